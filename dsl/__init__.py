@@ -1,0 +1,1 @@
+"""The pipec front end: source text -> frozen AST, diagnostics, formatter."""

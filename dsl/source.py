@@ -1,0 +1,69 @@
+"""Source text and positions: what every diagnostic points into."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """A region of source text. Lines and columns are 1-based, offsets 0-based."""
+
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+    start: int
+    end: int
+
+    def to(self, other: "Span") -> "Span":
+        """The span from the start of ``self`` to the end of ``other``."""
+        return Span(self.line, self.column, other.end_line, other.end_column, self.start, other.end)
+
+    def __str__(self) -> str:
+        return f"{self.line}:{self.column}"
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A `.pipe` file's name and decoded text."""
+
+    path: str
+    text: str
+
+    @classmethod
+    def read(cls, path: str | Path) -> "SourceFile":
+        """Read ``path`` as UTF-8. Raises :class:`dsl.diagnostics.FileError` on any failure."""
+        from dsl.diagnostics import FileError
+
+        p = Path(path)
+        try:
+            data = p.read_bytes()
+        except FileNotFoundError:
+            raise FileError(str(path), "no such file") from None
+        except IsADirectoryError:
+            raise FileError(str(path), "is a directory, not a .pipe file") from None
+        except OSError as exc:
+            raise FileError(str(path), exc.strerror or str(exc)) from None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data.count(b"\n", 0, exc.start) + 1
+            col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+            raise FileError(
+                str(path),
+                f"line {line}, column {col}: byte 0x{data[exc.start]:02x} is not valid UTF-8",
+                hint=".pipe files are UTF-8 text",
+            ) from None
+        return cls(str(path), text)
+
+    @cached_property
+    def _lines(self) -> list[str]:
+        return self.text.split("\n")
+
+    def line_text(self, line: int) -> str:
+        """The text of 1-based ``line`` without its newline ('' past the end)."""
+        lines = self._lines
+        return lines[line - 1].rstrip("\r") if 0 < line <= len(lines) else ""
