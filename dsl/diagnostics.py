@@ -31,6 +31,7 @@ class Diagnostic:
     span: Span | None = None
     hint: str | None = None
     path: str | None = None
+    code: str | None = None  # "unsupported" for a backend capability gap
 
     @property
     def is_error(self) -> bool:

@@ -1,0 +1,32 @@
+"""Backends: one module per engine behind the :class:`backends.base.Backend` interface.
+
+Engines are imported lazily, only when a backend is asked for, so the compiler and the
+static commands never import Dask, Ray or Spark.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from dsl.diagnostics import UsageError, did_you_mean
+
+# name -> (module, class, the pip extra that installs its engine)
+REGISTRY: dict[str, tuple[str, str, str | None]] = {
+    "local": ("backends.local", "LocalBackend", None),
+}
+
+DEFAULT_BACKEND = "local"
+
+
+def backend_class(name: str):
+    """The Backend subclass registered as ``name``."""
+    if name not in REGISTRY:
+        raise UsageError(f"unknown backend `{name}`",
+                         did_you_mean(name, REGISTRY) or f"choose one of: {', '.join(REGISTRY)}")
+    module_name, cls_name, _extra = REGISTRY[name]
+    return getattr(importlib.import_module(module_name), cls_name)
+
+
+def get_backend(name: str, **options):
+    """An instance of backend ``name`` configured with ``options`` (e.g. ``address``)."""
+    return backend_class(name)(**options)

@@ -1,0 +1,331 @@
+"""The reference backend: runs everything the language can say, in process, strictly.
+
+Strict means it fails where a cluster would: every partition and every broadcast value
+crossing a stage boundary is pickled and unpickled (a stage whose output cannot be
+serialised fails here first, naming the stage), and a function that mutates its input
+is caught by comparing the input's pickled bytes before and after the call.
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+from typing import Any
+
+from compiler import ir
+from compiler.schedule import Block, blocks
+from backends.base import Backend, Plan, Progress, RunResult
+from backends.runtime import semantics
+from backends.runtime.actors import ActorHost
+from backends.runtime.driver import Driver
+from backends.runtime.tasks import apply_elementwise, fn_of, resolve
+
+# Actors reachable from handle proxies in this process, by (run id, actor node).
+_HANDLES: dict[tuple[str, str], ActorHost] = {}
+
+
+class ActorHandle:
+    """What a stage function receives for ``with server = ps``: method calls block and
+    return the actor's results. Pickles by name, like a real remote handle."""
+
+    def __init__(self, run_id: str, actor: str):
+        self._key = (run_id, actor)
+
+    def __getattr__(self, method: str):
+        if method.startswith("_"):
+            raise AttributeError(method)
+        host = _HANDLES[self._key]
+
+        def call(*args, **kwargs):
+            return host.invoke(method, args, kwargs)
+        return call
+
+    def __reduce__(self):
+        return (ActorHandle, self._key)
+
+
+class LocalBackend(Backend):
+    name = "local"
+    description = "reference backend: in process, every boundary pickled, mutation checked"
+
+    def lower(self, graph: ir.IR, params: dict[str, Any]) -> "LocalPlan":
+        return LocalPlan(graph, params)
+
+
+class LocalPlan(Plan):
+    backend = "local"
+
+    def explain(self) -> str:
+        lines = [f"local plan for pipeline `{self.ir.info.name}` (runs in process, in this order)"]
+        _explain_block(self.ir, blocks(self.ir), lines, 1)
+        return "\n".join(lines) + "\n"
+
+    def to_json(self) -> dict:
+        def block_json(block: Block):
+            return {"loop": block.loop.id if block.loop else None,
+                    "items": [block_json(i) if isinstance(i, Block) else i for i in block.items]}
+        return {"backend": "local", "pipeline": self.ir.info.name, "params": self.params,
+                "schedule": block_json(blocks(self.ir))}
+
+    def run(self, progress: Progress | None = None, run_dir: str | None = None) -> RunResult:
+        return LocalDriver(self.ir, self.params, progress, run_dir).run()
+
+
+def _explain_block(graph: ir.IR, block: Block, lines: list[str], depth: int) -> None:
+    pad = "  " * depth
+    for item in block.items:
+        if isinstance(item, Block):
+            loop = item.loop
+            count = loop.count.value if isinstance(loop.count, ir.Lit) else loop.count.node
+            extra = f" until {loop.until.node if isinstance(loop.until, ir.NodeRef) else loop.until.value}" \
+                if loop.until is not None else ""
+            lines.append(f"{pad}repeat {count}{extra}:  # {loop.id}")
+            _explain_block(graph, item, lines, depth + 1)
+        else:
+            lines.append(f"{pad}{item} = {describe(graph, item)}")
+
+
+def describe(graph: ir.IR, node: str) -> str:
+    """A one-line summary of a node's operation, for plans and graphs."""
+    op = graph.op(node)
+    ins = [src for _, src in op.inputs()]
+    fn = getattr(op, "fn", None)
+    callee = fn.dotted if isinstance(fn, ir.FnRef) else (f"{op.pool.node}.{op.method}" if getattr(op, "pool", None) else "")
+    label = getattr(op, "kind", None) or getattr(op, "operator", None) or op.op
+    if isinstance(op, ir.ActorCall):
+        return f"{op.actor.node}.{op.method}(#{op.seq})"
+    if isinstance(op, ir.Const):
+        return repr(op.value)
+    parts = [label, callee] if callee else [label]
+    text = " ".join(parts)
+    return f"{text}({', '.join(ins)})" if ins else text
+
+
+class LocalDriver(Driver):
+    backend = "local"
+
+    def setup(self) -> None:
+        self.hosts: dict[str, ActorHost] = {}
+        self.pools: dict[str, list] = {}
+
+    def teardown(self) -> None:
+        for actor in self.hosts:
+            _HANDLES.pop((self.run_id, actor), None)
+
+    # ---- strictness
+
+    def roundtrip(self, obj, where: str, what: str, span) -> Any:
+        try:
+            return pickle.loads(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+        except Exception as exc:
+            raise self.error(where, f"{what} cannot be pickled, so it cannot cross to another process "
+                                    f"({type(exc).__name__}: {exc})", span,
+                             "return plain data (numbers, strings, lists, dicts, numpy arrays)") from None
+
+    def run_task(self, where: str, op, partition: int, body, inputs: list, retries: int):
+        """Run ``body()`` for one partition with retries, timeout and the mutation check."""
+        options = getattr(op, "options", ir.StageOptions())
+        before = [pickle.dumps(x, protocol=pickle.HIGHEST_PROTOCOL) for x in inputs]
+        attempts = 0 if options.effectful else retries
+        for attempt in range(attempts + 1):
+            try:
+                result = self._with_timeout(where, op, partition, body, options.timeout)
+                break
+            except TimeoutError:
+                raise self.error(where, f"partition {partition} did not finish within its timeout of "
+                                        f"{options.timeout:g} s", op.span) from None
+            except Exception as exc:
+                if attempt == attempts:
+                    raise self.user_error(where, exc, op.span, partition) from None
+        after = [pickle.dumps(x, protocol=pickle.HIGHEST_PROTOCOL) for x in inputs]
+        if before != after:
+            raise self.error(where, f"the function changed its input (partition {partition})", op.span,
+                             "functions must not mutate their inputs; build and return a new object")
+        return result
+
+    def _with_timeout(self, where, op, partition, body, timeout):
+        if timeout is None:
+            return body()
+        box: dict = {}
+
+        def target():
+            try:
+                box["result"] = body()
+            except BaseException as exc:  # handed to the caller below
+                box["error"] = exc
+        thread = threading.Thread(target=target, daemon=True, name=f"pipec-{where}-{partition}")
+        thread.start()
+        thread.join(timeout)
+        if thread.is_alive():
+            raise TimeoutError
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
+
+    def partitions(self, node: str) -> list[list]:
+        return self.env[node]
+
+    def gather(self, node: str) -> list:
+        return [x for part in self.env[node] for x in part]
+
+    def count(self, node: str) -> int:
+        return sum(len(p) for p in self.env[node])
+
+    # ---- sources
+
+    def collection_source(self, node: str, op: ir.Source):
+        k = self.value(op.partitions)
+        self.progress.stage(node, k)
+        args = [self.value(a) for a in op.args]
+        kwargs = {key: self.value(v) for key, v in op.kwargs.items()}
+        try:
+            if op.kind == "range":
+                n = args[0]
+                parts = [list(range(a, b)) for a, b in semantics.partition_bounds(n, k)]
+            elif op.kind == "read_text":
+                parts = semantics.split(_read_lines(args[0]), k)
+            elif op.kind == "read_jsonl":
+                parts = semantics.split(_read_jsonl(args[0]), k)
+            elif op.sharded:
+                fn = fn_of(op.fn)
+                parts = [list(fn(*args, **kwargs, partition=i, partitions=k)) for i in range(k)]
+            else:
+                parts = semantics.split(list(fn_of(op.fn)(*args, **kwargs)), k)
+        except OSError as exc:
+            raise self.error(node, f"cannot read {args[0] if args else ''}: {exc.strerror or exc}", op.span) from None
+        except Exception as exc:
+            raise self.user_error(node, exc, op.span) from None
+        self.progress.advance(node, k)
+        return [self.roundtrip(p, node, "a partition", op.span) for p in parts]
+
+    # ---- element-wise
+
+    def collection_elementwise(self, node: str, op: ir.Elementwise):
+        parts = self.partitions(op.input.node)
+        self.progress.stage(node, len(parts))
+        bindings = {k: self.binding(node, v, op.span) for k, v in op.bindings.items()}
+        out = []
+        for i, items in enumerate(parts):
+            fn = self.pool_member(op, i) if op.pool is not None else fn_of(op.fn)
+            local = self.roundtrip(bindings, node, "a broadcast value", op.span)
+            result = self.run_task(node, op, i, lambda: apply_elementwise(op.kind, fn, items, local, i),
+                                   [items], op.options.retries)
+            out.append(self.roundtrip(result, node, f"partition {i} of the output", op.span))
+            self.progress.advance(node)
+        return out
+
+    def binding(self, node: str, operand, span):
+        if isinstance(operand, ir.NodeRef) and self.ir.op(operand.node).node_shape == ir.ACTOR:
+            return ActorHandle(self.run_id, operand.node)
+        return self.value(operand)
+
+    def pool_member(self, op: ir.Elementwise, partition: int):
+        members = self.pools[op.pool.node]
+        return getattr(members[partition % len(members)], op.method)
+
+    # ---- keyed
+
+    def _shuffle(self, node: str, op, parts: list[list], k: int, split):
+        try:
+            return [split(items, k) for items in parts]
+        except TypeError as exc:
+            raise self.error(node, str(exc), op.span) from None
+
+    def collection_reduce_by_key(self, node: str, op: ir.ReduceByKey):
+        parts = self.partitions(op.input.node)
+        fn, k = fn_of(op.fn), len(parts)
+        self.progress.stage(node, 2 * k)
+        partials = [self.run_task(node, op, i, lambda items=items: semantics.reduce_by_key_partial(fn, items),
+                                  [items], op.options.retries) for i, items in enumerate(parts)]
+        buckets = self._shuffle(node, op, partials, k, lambda items, k: semantics.shuffle_split(items, k, "reduce_by_key"))
+        out = [self.run_task(node, op, j, lambda j=j: semantics.reduce_by_key_merge(fn, [b[j] for b in buckets]),
+                             [], op.options.retries) for j in range(k)]
+        self.progress.advance(node, 2 * k)
+        return [self.roundtrip(p, node, "a partition", op.span) for p in out]
+
+    def collection_group_by_key(self, node: str, op: ir.GroupByKey):
+        parts = self.partitions(op.input.node)
+        k = len(parts)
+        buckets = self._shuffle(node, op, parts, k, lambda items, k: semantics.shuffle_split(items, k, "group_by_key"))
+        return [self.roundtrip(semantics.group_merge([b[j] for b in buckets]), node, "a partition", op.span)
+                for j in range(k)]
+
+    def collection_join(self, node: str, op: ir.Join):
+        left, right = self.partitions(op.left.node), self.partitions(op.right.node)
+        k = max(len(left), len(right))
+        lb = self._shuffle(node, op, left, k, lambda items, k: semantics.shuffle_split(items, k, "join"))
+        rb = self._shuffle(node, op, right, k, lambda items, k: semantics.shuffle_split(items, k, "join"))
+        return [self.roundtrip(semantics.join_merge([b[j] for b in lb], [b[j] for b in rb]), node,
+                               "a partition", op.span) for j in range(k)]
+
+    def collection_distinct(self, node: str, op: ir.Distinct):
+        parts = self.partitions(op.input.node)
+        k = len(parts)
+        buckets = [semantics.distinct_split(items, k) for items in parts]
+        return [semantics.distinct_merge([b[j] for b in buckets]) for j in range(k)]
+
+    def collection_union(self, node: str, op: ir.UnionAll):
+        return [list(p) for part in op.parts for p in self.partitions(part.node)]
+
+    # ---- values from collections
+
+    def op_reduce(self, node: str, op: ir.Reduce):
+        fn = fn_of(op.fn)
+        parts = self.partitions(op.input.node)
+        partials = [self.run_task(node, op, i, lambda items=items: semantics.fold(fn, items), [items],
+                                  op.options.retries) for i, items in enumerate(parts)]
+        try:
+            result = semantics.combine_partials(fn, partials)
+        except Exception as exc:
+            raise self.user_error(node, exc, op.span) from None
+        if result is semantics.EMPTY:
+            raise self.error(node, "`reduce` over an empty collection has no value", op.span,
+                             "filter less, or give the reduction an initial element in the data")
+        return self.roundtrip(result, node, "the reduced value", op.span)
+
+    # ---- actors
+
+    def start_actor(self, node: str, op: ir.Actor):
+        args = [self.value(a) for a in op.args]
+        kwargs = {k: self.value(v) for k, v in op.kwargs.items()}
+        try:
+            host = ActorHost(op.cls.module, op.cls.attr, args, kwargs, op.checkpoint_every,
+                             self.snapshot_path(node) if op.checkpoint_every else None)
+        except Exception as exc:
+            raise self.user_error(node, exc, op.span) from None
+        self.hosts[node] = host
+        _HANDLES[(self.run_id, node)] = host
+        return host
+
+    def start_pool(self, node: str, op: ir.Actor, size: int):
+        cls = resolve(op.cls.module, op.cls.attr)
+        args = [self.value(a) for a in op.args]
+        kwargs = {k: self.value(v) for k, v in op.kwargs.items()}
+        try:
+            self.pools[node] = [cls(*args, **kwargs) for _ in range(size)]
+        except Exception as exc:
+            raise self.user_error(node, exc, op.span) from None
+        return self.pools[node]
+
+    def call_actor(self, actor: str, seq: int, method: str, args: list, kwargs: dict):
+        args, kwargs = self.roundtrip((args, kwargs), actor, "an actor call's arguments", None)
+        result = self.hosts[actor].call(seq, method, args, kwargs)
+        return self.roundtrip(result, actor, f"the result of {method}()", None)
+
+
+def _read_lines(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as fh:
+        return [line.rstrip("\n").rstrip("\r") for line in fh]
+
+
+def _read_jsonl(path: str) -> list:
+    import json
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from None
+    return out

@@ -1,0 +1,255 @@
+"""The driver loop every backend shares: blocks, rounds, vars, values, actors, sinks.
+
+A backend subclasses :class:`Driver` and implements the collection operations
+(``collection_<op>``) and how a collection becomes a Python list (``gather``). Values,
+actor calls, loops and sinks mean the same everywhere and live here once.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from compiler import ir
+from compiler.schedule import Block, blocks
+from dsl.diagnostics import PipelineRuntimeError
+from dsl.source import SourceFile, Span
+from backends.base import NoProgress, Progress, RunResult
+from backends.runtime import semantics
+from backends.runtime.actors import SKIPPED, ReplayLog
+from backends.runtime.sinks import write_sink
+from backends.runtime.tasks import ensure_path, fn_of, user_frame
+
+
+class Driver:
+    """Runs one plan. Subclasses provide the engine-specific collection operations."""
+
+    backend = "driver"
+
+    def __init__(self, graph: ir.IR, params: dict[str, Any], progress: Progress | None = None,
+                 run_dir: str | None = None):
+        self.ir = graph
+        self.params = params
+        self.progress = progress or NoProgress()
+        self.run_id = uuid.uuid4().hex[:12]
+        self.run_dir = Path(run_dir) if run_dir else Path(".pipec") / "runs" / self.run_id
+        self.env: dict[str, Any] = {}
+        self.round_index: dict[str, int] = {}
+        self.result = RunResult(backend=self.backend, run_dir=str(self.run_dir))
+        self.logs: dict[str, ReplayLog] = {}
+        self._source: SourceFile | None = None
+
+    # ---- entry
+
+    def run(self) -> RunResult:
+        start = time.perf_counter()
+        ensure_path(self.ir.info.module_roots)
+        self.setup()
+        try:
+            self.run_block(blocks(self.ir))
+        finally:
+            self.teardown()
+        self.result.seconds = time.perf_counter() - start
+        return self.result
+
+    def setup(self) -> None:
+        """Engine-specific start (after user modules are importable)."""
+
+    def teardown(self) -> None:
+        """Engine-specific cleanup; runs even when the pipeline failed."""
+
+    # ---- blocks and loops
+
+    def run_block(self, block: Block) -> None:
+        for item in block.items:
+            if isinstance(item, Block):
+                self.run_loop(item)
+            else:
+                self.run_node(item)
+
+    def run_loop(self, block: Block) -> None:
+        loop = block.loop
+        count = self.value(loop.count)
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise self.error(loop.id, f"`repeat` needs a non-negative integer count, got {count!r}", loop.span)
+        rounds = 0
+        for i in range(count):
+            self.progress.round(loop.id, i, count)
+            self.round_index[loop.id] = i
+            self.run_block(Block(None, block.items))
+            for rebind in block.rebinds(self.ir):
+                op = self.ir.op(rebind)
+                self.env[op.var] = self.env[rebind]
+            self.end_round(block)
+            rounds = i + 1
+            if loop.until is not None:
+                done = self.value(loop.until)
+                if not isinstance(done, bool):
+                    raise self.error(loop.id, f"`until` must give true or false, got {type(done).__name__}",
+                                     loop.span)
+                if done:
+                    break
+        self.result.rounds[loop.id] = rounds
+
+    def end_round(self, block: Block) -> None:
+        """Hook after each round (backends drop per-round data here)."""
+
+    # ---- nodes
+
+    def run_node(self, node: str) -> None:
+        op = self.ir.op(node)
+        start = time.perf_counter()
+        handler = getattr(self, f"op_{op.op}", None) or getattr(self, f"collection_{op.op}")
+        self.env[node] = handler(node, op)
+        if op.name or op.node_shape == ir.COLLECTION:
+            self.result.timings[node] = self.result.timings.get(node, 0.0) + time.perf_counter() - start
+
+    def value(self, operand: ir.Lit | ir.NodeRef | None) -> Any:
+        if operand is None:
+            return None
+        if isinstance(operand, ir.Lit):
+            return operand.value
+        return self.env[operand.node]
+
+    def error(self, where: str, message: str, span: ir.SpanModel | None = None, hint: str | None = None):
+        if self._source is None:
+            try:
+                self._source = SourceFile.read(self.ir.info.path)
+            except Exception:
+                self._source = SourceFile(self.ir.info.path, "")
+        s = Span(span.line, span.column, span.end_line, span.end_column, 0, 0) if span else None
+        return PipelineRuntimeError(where, message, s, self._source, hint)
+
+    def user_error(self, where: str, exc: BaseException, span: ir.SpanModel | None, partition: int | None = None):
+        place = f" (partition {partition})" if partition is not None else ""
+        frame = user_frame(exc)
+        hint = f"raised at {frame}" if frame else None
+        return self.error(where, f"{type(exc).__name__}: {exc}{place}", span, hint)
+
+    # ---- values
+
+    def op_param(self, node: str, op: ir.Param):
+        return self.params[node]
+
+    def op_const(self, node: str, op: ir.Const):
+        return op.value
+
+    def op_round_index(self, node: str, op: ir.RoundIndex):
+        return self.round_index[op.of_loop]
+
+    def op_expr(self, node: str, op: ir.Expr):
+        values = [self.value(o) for o in op.operands]
+        try:
+            return semantics.apply_operator(op.operator, *values)
+        except Exception as exc:
+            raise self.error(node, f"{type(exc).__name__}: {exc}", op.span) from None
+
+    def op_call(self, node: str, op: ir.Call):
+        fn = fn_of(op.fn)
+        args = [self.value(a) for a in op.args]
+        kwargs = {k: self.value(v) for k, v in op.kwargs.items()}
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            raise self.user_error(node, exc, op.span) from None
+
+    def op_var(self, node: str, op: ir.Var):
+        return self.env[op.init.node]
+
+    def op_rebind(self, node: str, op: ir.Rebind):
+        return self.env[op.value.node]
+
+    def op_collect(self, node: str, op: ir.Collect):
+        return semantics.ordered(self.gather(op.input.node), self.order_of(op.input.node))
+
+    def op_count(self, node: str, op: ir.Count):
+        return self.count(op.input.node)
+
+    def op_top(self, node: str, op: ir.Top):
+        items = semantics.ordered(self.gather(op.input.node), self.order_of(op.input.node))
+        n = self.value(op.n)
+        try:
+            return semantics.top(items, n, fn_of(op.by))
+        except Exception as exc:
+            raise self.user_error(node, exc, op.span) from None
+
+    def op_sink(self, node: str, op: ir.Sink):
+        src = op.input.node
+        is_collection = self.ir.op(src).node_shape == ir.COLLECTION
+        value = self.env[src]
+        if is_collection:
+            value = semantics.ordered(self.gather(src), self.order_of(src))
+        if op.format is None:
+            self.result.outputs[node] = value
+            return value
+        path = self.value(op.path)
+        try:
+            written = write_sink(value, op.format, path, is_collection)
+        except (TypeError, ValueError) as exc:
+            raise self.error(node, f"cannot write {op.format}: {exc}", op.span) from None
+        except OSError as exc:
+            raise self.error(node, f"cannot write {path}: {exc.strerror or exc}", op.span) from None
+        self.result.files[node] = str(written)
+        return str(written)
+
+    def order_of(self, node: str) -> str | None:
+        """The canonical order of a collection's output (None: partition order)."""
+        op = self.ir.op(node)
+        if isinstance(op, (ir.ReduceByKey, ir.GroupByKey, ir.Join)):
+            return "key"
+        if isinstance(op, ir.Distinct):
+            return "element"
+        if isinstance(op, ir.Elementwise) and op.kind in ("filter", "map_values"):
+            return self.order_of(op.input.node)
+        if isinstance(op, (ir.Var, ir.Rebind)):
+            return self.order_of((op.init if isinstance(op, ir.Var) else op.value).node)
+        return None
+
+    # ---- actors
+
+    def op_actor(self, node: str, op: ir.Actor):
+        if op.pool_size is not None:
+            size = self.value(op.pool_size)
+            return self.start_pool(node, op, size)
+        self.logs[node] = ReplayLog(op.checkpoint_every)
+        return self.start_actor(node, op)
+
+    def op_actor_call(self, node: str, op: ir.ActorCall):
+        actor = op.actor.node
+        args = [self.value(a) for a in op.args]
+        kwargs = {k: self.value(v) for k, v in op.kwargs.items()}
+        log = self.logs[actor]
+        seq = log.record(op.method, args, kwargs)
+        try:
+            result = self.call_actor(actor, seq, op.method, args, kwargs)
+        except PipelineRuntimeError:
+            raise
+        except Exception as exc:
+            raise self.user_error(f"{actor}.{op.method}", exc, op.span) from None
+        if isinstance(result, str) and result == SKIPPED:
+            raise self.error(node, f"call {seq} was not applied again after a restore", op.span)
+        log.confirm(seq)
+        return result
+
+    def snapshot_path(self, actor: str) -> str:
+        return str((self.run_dir / "actors" / f"{actor}.snapshot").resolve())
+
+    # ---- what a backend provides
+
+    def start_actor(self, node: str, op: ir.Actor):
+        raise NotImplementedError
+
+    def start_pool(self, node: str, op: ir.Actor, size: int):
+        raise NotImplementedError
+
+    def call_actor(self, actor: str, seq: int, method: str, args: list, kwargs: dict):
+        raise NotImplementedError
+
+    def gather(self, node: str) -> list:
+        """A collection's items, partition after partition."""
+        raise NotImplementedError
+
+    def count(self, node: str) -> int:
+        return len(self.gather(node))

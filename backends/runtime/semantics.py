@@ -1,0 +1,285 @@
+"""The exact meaning of pipec's operations, shared by every backend.
+
+Engines shuffle, combine and schedule in their own orders; a pipeline must still write
+byte-identical sinks on all of them. Each backend therefore does the engine-specific
+part (moving partitions, running tasks) and calls these functions for everything that
+decides a result: how sources are cut into partitions, which partition a key goes to,
+in which order partial results are combined, how keyed output is ordered, how values
+are written as JSON. Pure Python, no engine imports: workers import this module too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import operator
+import struct
+from typing import Any, Callable, Iterable, Sequence
+
+# Partial results are combined in groups of this many, by partition index, level by level.
+FAN_IN = 8
+
+
+class _Empty:
+    """The partial of an empty partition: skipped when combining."""
+
+    _instance = None
+
+    def __new__(cls):
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __reduce__(self):
+        return (_Empty, ())
+
+    def __repr__(self) -> str:
+        return "EMPTY"
+
+
+EMPTY = _Empty()
+
+
+# ---- partitioning ---------------------------------------------------------------------------
+
+
+def partition_bounds(n: int, k: int) -> list[tuple[int, int]]:
+    """Partition i of n items cut k ways holds items [i*n//k, (i+1)*n//k)."""
+    return [(i * n // k, (i + 1) * n // k) for i in range(k)]
+
+
+def split(items: Sequence, k: int) -> list[list]:
+    """Cut a sequence into k contiguous blocks by :func:`partition_bounds`."""
+    return [list(items[a:b]) for a, b in partition_bounds(len(items), k)]
+
+
+def _encode(x, out: list[bytes]) -> None:
+    """A canonical byte encoding: equal keys give equal bytes in every process."""
+    if hasattr(x, "item") and type(x).__module__ == "numpy" and getattr(x, "ndim", 1) == 0:
+        x = x.item()
+    if x is None:
+        out.append(b"n")
+    elif isinstance(x, bool) or isinstance(x, int):
+        out.append(b"i" + str(int(x)).encode())
+    elif isinstance(x, float):
+        if x.is_integer():
+            out.append(b"i" + str(int(x)).encode())  # 1.0 == 1, so they share a partition
+        else:
+            out.append(b"f" + struct.pack("<d", x))
+    elif isinstance(x, str):
+        data = x.encode("utf-8", "surrogatepass")
+        out.append(b"s" + str(len(data)).encode() + b":" + data)
+    elif isinstance(x, bytes):
+        out.append(b"b" + str(len(x)).encode() + b":" + x)
+    elif isinstance(x, (tuple, list)):
+        out.append(b"t" + str(len(x)).encode() + b"(")
+        for item in x:
+            _encode(item, out)
+        out.append(b")")
+    elif isinstance(x, frozenset):
+        out.append(b"z(")
+        for item in sorted(x, key=canonical_key):
+            _encode(item, out)
+        out.append(b")")
+    else:
+        out.append(b"r" + repr(x).encode("utf-8", "backslashreplace"))
+
+
+def stable_hash(key) -> int:
+    """A 64-bit hash of ``key`` that is the same in every process (unlike ``hash``)."""
+    parts: list[bytes] = []
+    _encode(key, parts)
+    return int.from_bytes(hashlib.blake2b(b"".join(parts), digest_size=8).digest(), "little")
+
+
+def key_partition(key, k: int) -> int:
+    """The output partition of a record with ``key`` among ``k``."""
+    return stable_hash(key) % k
+
+
+def canonical_key(x):
+    """A sort key that orders any mix of keys the same way everywhere."""
+    if hasattr(x, "item") and type(x).__module__ == "numpy" and getattr(x, "ndim", 1) == 0:
+        x = x.item()
+    if x is None:
+        return (0,)
+    if isinstance(x, (bool, int, float)):
+        return (1, x) if not (isinstance(x, float) and math.isnan(x)) else (1, math.inf, 1)
+    if isinstance(x, str):
+        return (2, x)
+    if isinstance(x, bytes):
+        return (3, x)
+    if isinstance(x, (tuple, list)):
+        return (4, tuple(canonical_key(i) for i in x))
+    return (9, type(x).__name__, repr(x))
+
+
+def _record_key(record, what: str):
+    try:
+        key, _ = record
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} needs (key, value) pairs, got {type(record).__name__} {record!r:.60}") from None
+    return key
+
+
+# ---- reductions -----------------------------------------------------------------------------
+
+
+def fold(fn: Callable, items: Iterable):
+    """Left fold of one partition; EMPTY for an empty one."""
+    acc = EMPTY
+    for item in items:
+        acc = item if acc is EMPTY else fn(acc, item)
+    return acc
+
+
+def combine_partials(fn: Callable, partials: Sequence):
+    """Combine per-partition partials in index order, FAN_IN at a time, level by level."""
+    level = [p for p in partials if p is not EMPTY]
+    while len(level) > 1:
+        level = [fold(fn, level[i:i + FAN_IN]) for i in range(0, len(level), FAN_IN)]
+    return level[0] if level else EMPTY
+
+
+def shuffle_split(records: Iterable, k: int, what: str) -> list[list]:
+    """Bucket one partition's (key, value) records into k outputs, keeping their order."""
+    buckets: list[list] = [[] for _ in range(k)]
+    for record in records:
+        buckets[key_partition(_record_key(record, what), k)].append(record)
+    return buckets
+
+
+def reduce_by_key_partial(fn: Callable, records: Iterable) -> list[tuple]:
+    """Map-side combine of one partition: one (key, partial) per key, in first-seen order."""
+    acc: dict = {}
+    for record in records:
+        key = _record_key(record, "reduce_by_key")
+        _, value = record
+        acc[key] = fn(acc[key], value) if key in acc else value
+    return list(acc.items())
+
+
+def reduce_by_key_merge(fn: Callable, parts: Sequence[Iterable]) -> list[tuple]:
+    """Reduce side: ``parts`` are the buckets for one output partition, in source
+    partition order; partials of a key are folded in that order. Sorted by key."""
+    acc: dict = {}
+    for part in parts:
+        for key, value in part:
+            acc[key] = fn(acc[key], value) if key in acc else value
+    return sort_records(acc.items())
+
+
+def group_merge(parts: Sequence[Iterable]) -> list[tuple]:
+    """Each key with its values in input order (source partition, then position)."""
+    acc: dict = {}
+    for part in parts:
+        for record in part:
+            key = _record_key(record, "group_by_key")
+            acc.setdefault(key, []).append(record[1])
+    return sort_records(acc.items())
+
+
+def join_merge(left_parts: Sequence[Iterable], right_parts: Sequence[Iterable]) -> list[tuple]:
+    """Inner join of one output partition: (key, (a, b)) sorted by key, pairs in input order."""
+    left = dict(group_merge(left_parts))
+    right = dict(group_merge(right_parts))
+    out = []
+    for key in sorted(left.keys() & right.keys(), key=canonical_key):
+        for a in left[key]:
+            for b in right[key]:
+                out.append((key, (a, b)))
+    return out
+
+
+def distinct_split(items: Iterable, k: int) -> list[list]:
+    buckets: list[list] = [[] for _ in range(k)]
+    for item in items:
+        buckets[key_partition(item, k)].append(item)
+    return buckets
+
+
+def distinct_merge(parts: Sequence[Iterable]) -> list:
+    """The distinct elements of one output partition, in canonical order."""
+    seen: dict = {}
+    for part in parts:
+        for item in part:
+            parts_ = []
+            _encode(item, parts_)
+            seen.setdefault(b"".join(parts_), item)
+    return sorted(seen.values(), key=canonical_key)
+
+
+def sort_records(records: Iterable) -> list[tuple]:
+    return sorted(records, key=lambda kv: canonical_key(kv[0]))
+
+
+def ordered(items: list, order: str | None) -> list:
+    """A collected collection in its canonical order: keyed output sorted by key."""
+    if order == "key":
+        return sort_records(items)
+    if order == "element":
+        return sorted(items, key=canonical_key)
+    return items
+
+
+def top(items: Sequence, n: int, by: Callable | None):
+    """The n largest items by ``by`` (or themselves); ties keep their collected order."""
+    keyfn = by if by is not None else (lambda x: x)
+    return sorted(items, key=keyfn, reverse=True)[: max(0, n)]
+
+
+# ---- operators on values --------------------------------------------------------------------
+
+_OPERATORS: dict[str, Callable] = {
+    "+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
+    "//": operator.floordiv, "%": operator.mod, "**": operator.pow,
+    "==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
+    ">": operator.gt, ">=": operator.ge,
+    "neg": operator.neg, "pos": operator.pos, "not": operator.not_,
+}
+
+
+def apply_operator(op: str, *values):
+    """The value of a pipec operator on Python values."""
+    if op == "and":
+        return values[0] and values[1]
+    if op == "or":
+        return values[0] or values[1]
+    if op == "list":
+        return list(values)
+    if op == "**" and all(isinstance(v, int) for v in values) and abs(values[1]) > 10_000:
+        raise OverflowError("exponent too large")
+    return _OPERATORS[op](*values)
+
+
+# ---- writing results ----------------------------------------------------------------------
+
+
+def to_jsonable(x: Any):
+    """Plain JSON data: numpy arrays as lists, numpy scalars as numbers, tuples as lists."""
+    module = type(x).__module__
+    if module == "numpy" and hasattr(x, "tolist"):
+        return to_jsonable(x.tolist())
+    if isinstance(x, dict):
+        return {k if isinstance(k, str) else json.dumps(to_jsonable(k)): to_jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [to_jsonable(i) for i in x]
+    if isinstance(x, (set, frozenset)):
+        return [to_jsonable(i) for i in sorted(x, key=canonical_key)]
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return x
+    raise TypeError(f"cannot write a {type(x).__name__} as JSON")
+
+
+def render_sink(value, fmt: str, is_collection: bool) -> str:
+    """The exact text a sink writes."""
+    if fmt == "json":
+        return json.dumps(to_jsonable(value), sort_keys=True, indent=2, allow_nan=True) + "\n"
+    if fmt == "jsonl":
+        items = value if is_collection or isinstance(value, (list, tuple)) else [value]
+        return "".join(json.dumps(to_jsonable(i), sort_keys=True) + "\n" for i in items)
+    if fmt == "text":
+        items = value if is_collection else [value]
+        return "".join(f"{i}\n" for i in items)
+    raise ValueError(f"unknown sink format {fmt!r}")

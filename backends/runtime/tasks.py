@@ -1,0 +1,74 @@
+"""Task bodies: what one partition of a stage does, identical on every engine."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from functools import lru_cache
+from typing import Any, Callable, Sequence
+
+from compiler.ir import FnRef
+
+
+def ensure_path(roots: Sequence[str]) -> None:
+    """Make the user's module folders importable (driver and workers alike)."""
+    for root in roots:
+        if root not in sys.path:
+            sys.path.insert(0, root)
+
+
+@lru_cache(maxsize=None)
+def resolve(module: str, attr: str) -> Callable:
+    """Import ``module`` and return its attribute ``attr``."""
+    return getattr(importlib.import_module(module), attr)
+
+
+def fn_of(ref: FnRef | None) -> Callable | None:
+    return resolve(ref.module, ref.attr) if ref is not None else None
+
+
+@lru_cache(maxsize=None)
+def _accepts_partition(fn: Callable) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "partition" in params
+
+
+def apply_elementwise(kind: str, fn: Callable, items: list, bindings: dict[str, Any], partition: int) -> list:
+    """One partition of ``map``/``flat_map``/``filter``/``map_batches``/``map_values``."""
+    if kind == "map":
+        return [fn(x, **bindings) for x in items]
+    if kind == "flat_map":
+        return [y for x in items for y in fn(x, **bindings)]
+    if kind == "filter":
+        return [x for x in items if fn(x, **bindings)]
+    if kind == "map_values":
+        out = []
+        for record in items:
+            try:
+                key, value = record
+            except (TypeError, ValueError):
+                raise TypeError(f"map_values needs (key, value) pairs, got {record!r:.60}") from None
+            out.append((key, fn(value, **bindings)))
+        return out
+    if kind == "map_batches":
+        extra = {"partition": partition} if _accepts_partition(fn) else {}
+        result = fn(items, **bindings, **extra)
+        return list(result) if result is not None else []
+    raise ValueError(f"unknown elementwise kind {kind!r}")
+
+
+def user_frame(exc: BaseException) -> str | None:
+    """``file:line in function`` of the innermost frame outside pipec, for error messages."""
+    tb = exc.__traceback__
+    found = None
+    here = __file__.rsplit("/", 3)[0]
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if not filename.startswith(here) and "site-packages" not in filename and "<frozen" not in filename:
+            found = f"{filename}:{tb.tb_lineno} in {tb.tb_frame.f_code.co_name}"
+        tb = tb.tb_next
+    return found

@@ -1,0 +1,157 @@
+"""The Python API for notebooks and tests: ``load(path) -> Pipeline``.
+
+>>> p = load("examples/wordcount.pipe")
+>>> p.check()                      # warnings; raises CompileError on errors
+>>> p.ir                           # the networkx-backed IR
+>>> p.run(backend="local", params={"n": 5}).outputs
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from dsl import ast
+from dsl.diagnostics import (ERROR, Diagnostic, SemanticError, UnsupportedOnBackend, UsageError,
+                             did_you_mean)
+from dsl.parser import parse
+from dsl.source import SourceFile
+from compiler import ir
+from compiler.build import Builder
+
+
+@dataclass
+class Pipeline:
+    """A parsed and built pipeline. Building never imports user code."""
+
+    source: SourceFile
+    module: ast.Module
+    ir: ir.IR
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.ir.info.name
+
+    @property
+    def warnings(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if not d.is_error]
+
+    def check(self, backend: str | None = None) -> list[Diagnostic]:
+        """Raise :class:`CompileError` if the pipeline (or ``backend``'s capabilities)
+        rejects it; otherwise return the warnings."""
+        diagnostics = list(self.diagnostics)
+        if backend is not None:
+            from backends import get_backend
+            diagnostics += get_backend(backend).check(self.ir)
+        errors = [d for d in diagnostics if d.is_error]
+        if errors:
+            gap = all(d.code == "unsupported" for d in errors)
+            raise (UnsupportedOnBackend if gap else SemanticError)(diagnostics, self.source)
+        return diagnostics
+
+    def params(self, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Bind parameters: defaults, overridden by ``given`` (strings are parsed by type)."""
+        return bind_params(self, given or {})
+
+    def lower(self, backend: str = "local", params: Mapping[str, Any] | None = None, **options):
+        """The backend's plan for these parameters (what `pipec compile` shows)."""
+        from backends import get_backend
+        self.check(backend)
+        engine = get_backend(backend, **options)
+        return engine.lower(self.ir, self.params(params))
+
+    def run(self, backend: str = "local", params: Mapping[str, Any] | None = None, **options):
+        """Run the pipeline; returns a :class:`backends.base.RunResult`."""
+        plan = self.lower(backend, params, **{k: v for k, v in options.items() if k == "address"})
+        return plan.run(**{k: v for k, v in options.items() if k != "address"})
+
+
+def load(path: str | Path) -> Pipeline:
+    """Read, parse and build ``path``. Raises on syntax errors; semantic errors are kept in
+    ``diagnostics`` and raised by :meth:`Pipeline.check` (so tools can show all of them)."""
+    source = SourceFile.read(path)
+    return load_source(source)
+
+
+def load_source(source: SourceFile) -> Pipeline:
+    module = parse(source)
+    builder = Builder(module, source)
+    graph = builder.build()
+    return Pipeline(source, module, graph, builder.diagnostics)
+
+
+def _convert(value: Any, type_name: str):
+    if not isinstance(value, str):
+        if type_name == "float" and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        ok = {"int": int, "float": float, "str": str, "bool": bool}[type_name]
+        if isinstance(value, ok) and not (type_name == "int" and isinstance(value, bool)):
+            return value
+        raise ValueError
+    if type_name == "bool":
+        lowered = value.strip().lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+        raise ValueError
+    if type_name == "int":
+        return int(value.replace("_", ""), 10)
+    if type_name == "float":
+        result = float(value.replace("_", ""))
+        return result
+    return value
+
+
+def bind_params(pipeline: Pipeline, given: Mapping[str, Any]) -> dict[str, Any]:
+    """Defaults overridden by ``given``; errors point at the parameter's declaration."""
+    declared = {p.name.text: p for p in pipeline.module.pipeline.params}
+    diagnostics: list[Diagnostic] = []
+    for name in given:
+        if name not in declared:
+            hint = did_you_mean(name, declared) or (
+                f"`{pipeline.name}` takes: {', '.join(declared)}" if declared else f"`{pipeline.name}` takes no parameters")
+            diagnostics.append(Diagnostic(ERROR, f"unknown parameter `{name}`", pipeline.module.pipeline.name.span,
+                                          hint, pipeline.source.path))
+    values: dict[str, Any] = {}
+    for name, param in declared.items():
+        op = pipeline.ir.op(name) if name in pipeline.ir.graph else None
+        if not isinstance(op, ir.Param):
+            continue
+        if name in given:
+            try:
+                values[name] = _convert(given[name], op.type)
+            except (ValueError, TypeError):
+                diagnostics.append(Diagnostic(
+                    ERROR, f"parameter `{name}` is {'an' if op.type == 'int' else 'a'} {op.type}, "
+                           f"and {given[name]!r} is not", param.span,
+                    f"for example --param {name}={_example(op.type)}", pipeline.source.path))
+        elif op.required:
+            diagnostics.append(Diagnostic(ERROR, f"parameter `{name}` has no default and was not given",
+                                          param.span, f"pass --param {name}={_example(op.type)}",
+                                          pipeline.source.path))
+        else:
+            values[name] = op.default
+    if diagnostics:
+        raise SemanticError(diagnostics, pipeline.source)
+    return values
+
+
+def _example(type_name: str) -> str:
+    return {"int": "10", "float": "0.5", "str": "text", "bool": "true"}[type_name]
+
+
+def parse_param_args(items: list[str]) -> dict[str, str]:
+    """``["k=v", ...]`` from the command line to a dict; raises UsageError on bad items."""
+    out: dict[str, str] = {}
+    for item in items:
+        if "=" not in item:
+            raise UsageError(f"--param expects name=value, got {item!r}", "e.g. --param epochs=5")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        if not key.isidentifier():
+            raise UsageError(f"--param name {key!r} is not a valid name")
+        out[key] = value
+    return out

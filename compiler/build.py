@@ -1,0 +1,1147 @@
+"""AST -> IR: name resolution, shape checks and every semantic diagnostic.
+
+Names are defined before use, in program order, the way a reader reads the file; the
+one exception a user can trip over, a name used before its definition, is reported as
+such, or as a cycle when the later definition leads back. Each definition is visible in
+its own ``repeat`` body and the bodies nested in it; a ``var`` carries a value out of a
+loop. All errors found in one pass are reported together.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from dsl import ast
+from dsl.diagnostics import ERROR, WARNING, Diagnostic, did_you_mean
+from dsl.source import SourceFile, Span
+from compiler import ir
+from compiler.modules import ModuleIndex, ModuleInfo, ModuleSyntaxError
+
+ELEMENTWISE = ("map", "flat_map", "filter", "map_batches", "map_values")
+SOURCES = ("range", "read_text", "read_jsonl")
+VALUE_BUILTINS = ("collect", "count", "top")
+COLLECTION_BUILTINS = ("join", "union", "distinct")
+BUILTINS = SOURCES + VALUE_BUILTINS + COLLECTION_BUILTINS
+PARAM_TYPES = ("int", "float", "str", "bool")
+SINK_FORMATS = ("json", "jsonl", "text")
+_MEMORY = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?i?B?)\s*$", re.IGNORECASE)
+_MEMORY_UNITS = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "KIB": 2**10, "M": 1e6, "MB": 1e6, "MIB": 2**20,
+                 "G": 1e9, "GB": 1e9, "GIB": 2**30, "T": 1e12, "TB": 1e12, "TIB": 2**40}
+
+
+class _Abort(Exception):
+    """Stops building one statement after its error was recorded."""
+
+
+@dataclass
+class Binding:
+    """What a name means at a point of the program."""
+
+    kind: str  # param, source, stage, value, var, actor, pool, index, sink
+    node: str | None
+    shape: str  # collection, value, actor, effect
+    span: Span
+    region: str | None
+    keyed: bool | None = None  # for collections: known keyed (True), known not (False)
+    order: str | None = None  # for collections: "key" when sorted by key per partition
+    actor_class: ir.FnRef | None = None
+    pool: bool = False
+    py_type: type | None = None  # for values whose Python type is known statically
+
+
+@dataclass
+class Typed:
+    """An expression after resolution: an operand and what it is."""
+
+    operand: ir.Lit | ir.NodeRef
+    shape: str
+    keyed: bool | None = None
+    order: str | None = None
+    py_type: type | None = None  # for literals and typed params
+    actor: Binding | None = None
+
+
+@dataclass
+class _Region:
+    id: str | None
+    parent: "_Region | None"
+    names: dict[str, Binding] = field(default_factory=dict)
+    rebound: dict[str, str] = field(default_factory=dict)  # var name -> rebind node
+
+
+class Builder:
+    """Builds the IR of one parsed module; collects diagnostics instead of stopping."""
+
+    def __init__(self, module: ast.Module, source: SourceFile, index: ModuleIndex | None = None):
+        self.module = module
+        self.source = source
+        self.index = index or ModuleIndex.for_file(source.path)
+        self.diagnostics: list[Diagnostic] = []
+        self.aliases: dict[str, tuple[str, Span]] = {}
+        self.used_aliases: set[str] = set()
+        self.ir = ir.IR(ir.PipelineInfo(name=module.pipeline.name.text, path=source.path,
+                                        params=[p.name.text for p in module.pipeline.params]))
+        self.loops: dict[str, ir.Loop] = {}
+        self.region = _Region(None, None)
+        self.later: dict[str, ast.Stmt] = {}  # names defined further down (for hints)
+        self.defaults = ir.StageOptions()
+        self.actor_seq: dict[str, int] = {}
+        self.last_actor_use: dict[str, str] = {}
+        self.handle_stages: dict[str, list[str]] = {}  # actor node -> stages using a handle
+        self.sinks: list[str] = []
+
+    # ---- diagnostics
+
+    def error(self, message: str, span: Span | None, hint: str | None = None) -> None:
+        self.diagnostics.append(Diagnostic(ERROR, message, span, hint, self.source.path))
+
+    def warn(self, message: str, span: Span | None, hint: str | None = None) -> None:
+        self.diagnostics.append(Diagnostic(WARNING, message, span, hint, self.source.path))
+
+    def fail(self, message: str, span: Span | None, hint: str | None = None):
+        self.error(message, span, hint)
+        raise _Abort
+
+    # ---- entry point
+
+    def build(self) -> ir.IR:
+        """Build the IR; inspect ``diagnostics`` for errors before using it."""
+        for use in self.module.uses:
+            self._use(use)
+        pipeline = self.module.pipeline
+        for param in pipeline.params:
+            self._guard(self._param, param)
+        self._collect_later(pipeline.body)
+        defaults = [s for s in pipeline.body if isinstance(s, ast.Defaults)]
+        for extra in defaults[1:]:
+            self.error("a pipeline has one `defaults` block", extra.span,
+                       f"merge it with the one at line {defaults[0].span.line}")
+        if defaults:
+            self.defaults = self._guard(self._options, defaults[0].options, ir.StageOptions(), "stage") \
+                or ir.StageOptions()
+        self._block(pipeline.body)
+        self._finish()
+        self.ir.info = self.ir.info.model_copy(update={
+            "loops": self.loops,
+            "module_roots": [str(r) for r in self.index.found_roots]})
+        return self.ir
+
+    def _guard(self, fn, *args):
+        try:
+            return fn(*args)
+        except _Abort:
+            return None
+
+    def _collect_later(self, body) -> None:
+        for stmt in body:
+            name = getattr(stmt, "name", None)
+            if isinstance(name, ast.Name) and not isinstance(stmt, ast.Rebind):
+                self.later.setdefault(name.text, stmt)
+            if isinstance(stmt, ast.Repeat):
+                if stmt.index:
+                    self.later.setdefault(stmt.index.text, stmt)
+                self._collect_later(stmt.body)
+
+    # ---- use and params
+
+    def _use(self, use: ast.Use) -> None:
+        alias = use.alias.text
+        if alias in self.aliases:
+            self.error(f"alias `{alias}` is already defined", use.alias.span,
+                       f"the first `use ... as {alias}` is at line {self.aliases[alias][1].line}")
+            return
+        self.aliases[alias] = (use.path.text, use.span)
+        if self._module(use.path.text, use.path.span) is None:
+            return
+
+    def _module(self, name: str, span: Span) -> ModuleInfo | None:
+        try:
+            found = self.index.find(name)
+        except ModuleSyntaxError as exc:
+            self.error(f"module `{name}` has a Python syntax error: {exc.err.msg}", span,
+                       f"see {exc.path}:{exc.err.lineno}")
+            return None
+        if found is None:
+            self.error(f"cannot find module `{name}`", span,
+                       f"looked for {name.replace('.', '/')}.py next to {self.source.path} "
+                       f"and in the folders above it")
+        return found
+
+    def _param(self, param: ast.Param) -> None:
+        name, type_name = param.name.text, param.type.text
+        if type_name not in PARAM_TYPES:
+            self.fail(f"unknown parameter type `{type_name}`", param.type.span,
+                      did_you_mean(type_name, PARAM_TYPES) or "use int, float, str or bool")
+        default = None
+        if param.default is not None:
+            default = _literal_value(param.default)
+            if default is _NOT_LITERAL:
+                self.fail("a parameter's default must be a literal", param.default.span)
+            if not _fits(default, type_name):
+                self.fail(f"default {_show(default)} is not a{'n' if type_name == 'int' else ''} "
+                          f"{type_name}", param.default.span)
+            if type_name == "float":
+                default = float(default)
+        self._define(name, param.name.span, "param", self.ir.add(name, ir.Param(
+            type=type_name, default=default, required=param.default is None,
+            span=ir.SpanModel.of(param.span), name=name)), ir.VALUE,
+            py_type={"int": int, "float": float, "str": str, "bool": bool}[type_name])
+
+    # ---- scopes
+
+    def _define(self, name: str, span: Span, kind: str, node: str | None, shape: str, **extra) -> Binding:
+        existing = self._lookup(name)
+        if existing is not None:
+            self.error(f"`{name}` is already defined", span,
+                       f"the first definition is at line {existing.span.line}; pick another name")
+        if name in self.aliases:
+            self.error(f"`{name}` is already a module alias", span,
+                       f"`use ... as {name}` is at line {self.aliases[name][1].line}")
+        binding = Binding(kind, node, shape, span, self.region.id, **extra)
+        self.region.names[name] = binding
+        return binding
+
+    def _lookup(self, name: str) -> Binding | None:
+        region = self.region
+        while region is not None:
+            if name in region.names:
+                return region.names[name]
+            region = region.parent
+        return None
+
+    def _visible(self) -> set[str]:
+        names, region = set(), self.region
+        while region is not None:
+            names |= set(region.names)
+            region = region.parent
+        return names
+
+    def _node_id(self, wanted: str) -> str:
+        node, n = wanted, 1
+        while node in self.ir.graph:
+            n += 1
+            node = f"{wanted}-{n}"
+        return node
+
+    def _add(self, node_id: str, op: ir.Op) -> str:
+        return self.ir.add(self._node_id(node_id), op.model_copy(update={"loop": self.region.id}))
+
+    # ---- statements
+
+    def _block(self, body) -> None:
+        for stmt in body:
+            try:
+                self._stmt(stmt)
+            except _Abort:
+                # Keep the name defined so later uses do not cascade into more errors.
+                name = getattr(stmt, "name", None)
+                if isinstance(name, ast.Name) and self._lookup(name.text) is None \
+                        and not isinstance(stmt, ast.Rebind):
+                    self.region.names[name.text] = Binding("broken", None, "broken", name.span,
+                                                           self.region.id)
+
+    def _stmt(self, stmt) -> None:
+        kind = type(stmt).__name__
+        getattr(self, f"_stmt_{kind.lower()}")(stmt)
+
+    def _stmt_defaults(self, stmt: ast.Defaults) -> None:
+        if self.region.id is not None:
+            self.error("`defaults` belongs at the top of the pipeline, not inside `repeat`", stmt.span)
+
+    def _stmt_source(self, stmt: ast.Source) -> None:
+        call = stmt.call
+        parts = call.func.parts
+        options = self._options(stmt.options, self.defaults, "stage")
+        partitions = self._partitions(stmt.partitions)
+        keyed = None
+        if len(parts) == 1:
+            kind = parts[0]
+            if kind not in SOURCES:
+                hint = did_you_mean(kind, SOURCES) or \
+                    "a source is range(n), read_text(path), read_jsonl(path) or module.function(...)"
+                self.fail(f"unknown source `{kind}`", call.func.span, hint)
+            if stmt.sharded:
+                self.fail("only a Python callable source can be `sharded`", stmt.span,
+                          "sharded sources are called once per partition on the workers")
+            expected = 1
+            if len(call.args) != expected or call.kwargs:
+                self.fail(f"`{kind}` takes exactly one argument", call.span)
+            arg = self._expr(call.args[0])
+            want = int if kind == "range" else str
+            self._expect_value(arg, call.args[0], want)
+            op = ir.Source(kind=kind, args=[arg.operand], partitions=partitions, options=options,
+                           span=ir.SpanModel.of(stmt.span), name=stmt.name.text)
+            keyed = False if kind in ("range", "read_text") else None
+        else:
+            fn = self._function(call.func, what="source function")
+            args = [self._value_arg(a) for a in call.args]
+            kwargs = {k.name.text: self._value_arg(k.value) for k in call.kwargs}
+            self._check_signature(fn, call, extra=("partition", "partitions") if stmt.sharded else ())
+            op = ir.Source(kind="callable", fn=fn, args=args, kwargs=kwargs, partitions=partitions,
+                           sharded=stmt.sharded, options=options, span=ir.SpanModel.of(stmt.span),
+                           name=stmt.name.text)
+        node = self._add(stmt.name.text, op)
+        self._define(stmt.name.text, stmt.name.span, "source", node, ir.COLLECTION, keyed=keyed)
+
+    def _partitions(self, expr) -> ir.Lit | ir.NodeRef:
+        typed = self._expr(expr)
+        if isinstance(typed.operand, ir.Lit):
+            value = typed.operand.value
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                self.fail(f"`partitions` needs a positive integer, not {_show(value)}", expr.span)
+        elif typed.py_type is not int:
+            self.fail("`partitions` needs an integer literal or an `int` parameter", expr.span)
+        return typed.operand
+
+    def _stmt_stage(self, stmt: ast.Stage) -> None:
+        options = self._options(stmt.options, self.defaults, "stage")
+        typed = self._expr(stmt.expr, name=stmt.name.text, options=options)
+        if typed.shape != ir.COLLECTION:
+            self._shape_error(typed, ir.COLLECTION, stmt.expr,
+                              f"a stage computes a collection; use `value {stmt.name.text} = ...` "
+                              f"for a single object")
+        if self._is_alias(typed, stmt.expr):
+            self.fail(f"stage `{stmt.name.text}` only renames another collection", stmt.expr.span,
+                      "a stage must apply an operation, e.g. `map f over xs`")
+        self._define(stmt.name.text, stmt.name.span, "stage", typed.operand.node, ir.COLLECTION,
+                     keyed=typed.keyed, order=typed.order)
+
+    def _is_alias(self, typed: Typed, expr) -> bool:
+        return isinstance(_unparen(expr), ast.Ref)
+
+    def _stmt_value(self, stmt: ast.Value) -> None:
+        typed = self._expr(stmt.expr, name=stmt.name.text)
+        if typed.shape != ir.VALUE:
+            self._shape_error(typed, ir.VALUE, stmt.expr,
+                              f"a value is one object; use `stage {stmt.name.text} = ...` for a collection, "
+                              f"or `collect(...)` / `count(...)` / `reduce f over ...` to make one value")
+        node = self._materialise(typed, stmt.name.text, stmt.span)
+        self._define(stmt.name.text, stmt.name.span, "value", node, ir.VALUE,
+                     py_type=typed.py_type)
+
+    def _materialise(self, typed: Typed, name: str, span: Span) -> str:
+        if isinstance(typed.operand, ir.NodeRef):
+            return typed.operand.node
+        return self._add(name, ir.Const(value=typed.operand.value, span=ir.SpanModel.of(span), name=name))
+
+    def _stmt_var(self, stmt: ast.Var) -> None:
+        typed = self._expr(stmt.expr, name=f"{stmt.name.text}/init")
+        if typed.shape not in (ir.COLLECTION, ir.VALUE):
+            self._shape_error(typed, ir.VALUE, stmt.expr, "a var holds a collection or a value")
+        init = self._materialise(typed, f"{stmt.name.text}/init", stmt.expr.span)
+        node = self._add(stmt.name.text, ir.Var(var_shape=typed.shape, init=ir.NodeRef(node=init),
+                                                span=ir.SpanModel.of(stmt.span), name=stmt.name.text))
+        self._define(stmt.name.text, stmt.name.span, "var", node, typed.shape,
+                     keyed=typed.keyed, order=typed.order, py_type=typed.py_type)
+
+    def _stmt_rebind(self, stmt: ast.Rebind) -> None:
+        name = stmt.name.text
+        binding = self._lookup(name)
+        if binding is None:
+            self._undefined(name, stmt.name.span, rebinding=True)
+        if binding.kind == "broken":
+            raise _Abort
+        if binding.kind != "var":
+            self.fail(f"`{name}` is a {binding.kind}, not a `var`, and cannot be rebound", stmt.name.span,
+                      f"declare it with `var {name} = ...` before the loop to update it each round")
+        if self.region.id is None:
+            self.fail(f"`{name}` is rebound outside a `repeat`", stmt.name.span,
+                      "a var is rebound once per round inside a loop; outside, define a new name")
+        if binding.region == self.region.id:
+            self.fail(f"`{name}` is rebound in the block that declares it", stmt.name.span,
+                      "declare the var before the `repeat` that updates it")
+        if name in self.region.rebound:
+            self.fail(f"`{name}` is rebound twice in one round", stmt.name.span,
+                      "compute the final value once and rebind it once")
+        typed = self._expr(stmt.expr, name=f"{name}@{self.region.id}")
+        if typed.shape != binding.shape:
+            self._shape_error(typed, binding.shape, stmt.expr,
+                              f"`{name}` was declared as a {binding.shape} (line {binding.span.line})")
+        value = self._materialise(typed, f"{name}@{self.region.id}/value", stmt.expr.span)
+        node = self._add(f"{name}@{self.region.id}", ir.Rebind(
+            var=binding.node, var_shape=binding.shape, value=ir.NodeRef(node=value),
+            span=ir.SpanModel.of(stmt.span), name=name))
+        self.region.rebound[name] = node
+        # Later reads in this round see the new value.
+        self.region.names[name] = Binding("var", node, binding.shape, binding.span, self.region.id,
+                                          keyed=typed.keyed, order=typed.order)
+
+    def _stmt_actor(self, stmt: ast.Actor) -> None:
+        name = stmt.name.text
+        cls = self._function(stmt.ctor.func, what="actor class")
+        info = self._class_info(cls)
+        self._check_signature(cls, stmt.ctor)
+        args = [self._value_arg(a) for a in stmt.ctor.args]
+        kwargs = {k.name.text: self._value_arg(k.value) for k in stmt.ctor.kwargs}
+        size = None
+        if stmt.pool and stmt.size is None:
+            self.fail(f"actor pool `{name}` needs a size", stmt.span, f"write `... x 2` after the constructor")
+        if stmt.size is not None and not stmt.pool:
+            self.fail(f"`x N` makes a pool; write `actor pool {name} = ...`", stmt.size.span)
+        if stmt.size is not None:
+            size = self._partitions(stmt.size)
+        restarts, checkpoint, idempotent = 0, None, []
+        seen: dict[str, Span] = {}
+        for opt in stmt.options:
+            if opt.kind in seen:
+                self.error(f"`{opt.kind}` is given twice", opt.span, f"first at line {seen[opt.kind].line}")
+            seen[opt.kind] = opt.span
+            if opt.kind == "restarts":
+                restarts = opt.value.value
+            elif opt.kind == "checkpoint":
+                checkpoint = opt.value.value
+                if checkpoint < 1:
+                    self.error("checkpoint every N calls needs N >= 1", opt.value.span)
+                    checkpoint = None
+            elif opt.kind == "idempotent":
+                for method in opt.value:
+                    self._check_method(info, cls, method.text, method.span)
+                    idempotent.append(method.text)
+        if stmt.pool and checkpoint:
+            self.warn("a pool member serves stages, not graph-level calls; `checkpoint` has nothing to "
+                      "replay", seen["checkpoint"], "pool members are rebuilt from their constructor")
+        node = self._add(name, ir.Actor(cls=cls, args=args, kwargs=kwargs, pool_size=size, restarts=restarts,
+                                        checkpoint_every=checkpoint, idempotent=idempotent,
+                                        span=ir.SpanModel.of(stmt.span), name=name))
+        self._define(name, stmt.name.span, "pool" if stmt.pool else "actor", node, ir.ACTOR,
+                     actor_class=cls, pool=stmt.pool)
+
+    def _stmt_callstmt(self, stmt: ast.CallStmt) -> None:
+        typed = self._expr(stmt.call)
+        if typed.shape == ir.VALUE and isinstance(typed.operand, ir.NodeRef):
+            op = self.ir.op(typed.operand.node)
+            if isinstance(op, ir.ActorCall):
+                return
+        self.fail("only an actor call can stand alone as a statement", stmt.span,
+                  "give the result a name: `value x = ...`")
+
+    def _stmt_repeat(self, stmt: ast.Repeat) -> None:
+        count = self._expr(stmt.count)
+        if count.shape != ir.VALUE:
+            self._shape_error(count, ir.VALUE, stmt.count, "`repeat` takes a number of rounds")
+        if isinstance(count.operand, ir.Lit):
+            v = count.operand.value
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                self.fail(f"`repeat` needs a non-negative integer count, not {_show(v)}", stmt.count.span)
+        elif count.py_type not in (int, None):
+            self.fail(f"`repeat` needs an integer count, and this is a {count.py_type.__name__}",
+                      stmt.count.span, "declare the parameter as `int`")
+        loop_id = f"loop{len(self.loops) + 1}"
+        outer = self.region
+        self.region = _Region(loop_id, outer)
+        try:
+            index = None
+            if stmt.index is not None:
+                index = self._add(stmt.index.text, ir.RoundIndex(of_loop=loop_id, name=stmt.index.text,
+                                                                 span=ir.SpanModel.of(stmt.index.span)))
+                self._define(stmt.index.text, stmt.index.span, "index", index, ir.VALUE, py_type=int)
+            # Register the loop before its body so nested loops name it as their parent.
+            self.loops[loop_id] = ir.Loop(id=loop_id, parent=outer.id, count=count.operand, index=index,
+                                          span=ir.SpanModel.of(stmt.span))
+            self._block(stmt.body)
+            until = None
+            if stmt.until is not None:
+                cond = self._guard(self._expr, stmt.until, f"{loop_id}/until")
+                if cond is not None:
+                    if cond.shape != ir.VALUE:
+                        self._guard(self._shape_error, cond, ir.VALUE, stmt.until,
+                                    "`until` is checked after each round and needs a boolean value")
+                    elif cond.py_type not in (bool, None):
+                        self.error(f"`until` needs a boolean, and this is a {cond.py_type.__name__}",
+                                   stmt.until.span, "compare it, e.g. `until delta < 0.001`")
+                    until = cond.operand
+            self.loops[loop_id] = self.loops[loop_id].model_copy(update={"until": until})
+        finally:
+            self.region = outer
+
+    def _stmt_sink(self, stmt: ast.Sink) -> None:
+        typed = self._expr(stmt.expr, name=f"{stmt.name.text}/value")
+        if typed.shape not in (ir.COLLECTION, ir.VALUE):
+            self._shape_error(typed, ir.VALUE, stmt.expr, "a sink writes a collection or a value")
+        fmt, path = None, None
+        if stmt.format is not None:
+            fmt = stmt.format.text
+            if fmt not in SINK_FORMATS:
+                self.fail(f"unknown sink format `{fmt}`", stmt.format.span,
+                          did_you_mean(fmt, SINK_FORMATS) or "use json, jsonl or text")
+            target = self._expr(stmt.target)
+            self._expect_value(target, stmt.target, str)
+            path = target.operand
+        source = self._materialise(typed, f"{stmt.name.text}/value", stmt.expr.span)
+        if self.region.id is not None:
+            self.error("a sink is written once, after the pipeline; it cannot sit inside `repeat`", stmt.span,
+                       "declare a `var` before the loop, rebind it inside, and sink it after")
+        node = self._add(stmt.name.text, ir.Sink(input=ir.NodeRef(node=source), format=fmt, path=path,
+                                                 span=ir.SpanModel.of(stmt.span), name=stmt.name.text))
+        self._define(stmt.name.text, stmt.name.span, "sink", node, ir.EFFECT)
+        self.sinks.append(node)
+
+    # ---- options
+
+    def _options(self, options, base: ir.StageOptions, what: str) -> ir.StageOptions:
+        update: dict = {}
+        seen: dict[str, Span] = {}
+        for opt in options:
+            if opt.kind in seen:
+                self.error(f"`{opt.kind}` is given twice", opt.span, f"first at line {seen[opt.kind].line}")
+            seen[opt.kind] = opt.span
+            if opt.kind == "retries":
+                update["retries"] = opt.value.value
+            elif opt.kind == "timeout":
+                if opt.value.value <= 0:
+                    self.error("`timeout` needs a positive number of seconds", opt.value.span)
+                else:
+                    update["timeout"] = float(opt.value.value)
+            elif opt.kind == "effectful":
+                update["effectful"] = True
+            elif opt.kind == "resources":
+                update["resources"] = base.resources.merged(self._resources(opt.value))
+        return base.model_copy(update=update)
+
+    def _resources(self, items) -> ir.Resources:
+        values: dict = {}
+        for name, literal in items:
+            key = name.text
+            if key not in ("cpus", "gpus", "memory"):
+                self.error(f"unknown resource `{key}`", name.span,
+                           did_you_mean(key, ("cpus", "gpus", "memory")) or "resources are cpus, gpus and memory")
+                continue
+            value = literal.value
+            if key == "memory":
+                value = _memory_bytes(value)
+                if value is None:
+                    self.error(f"cannot read memory size {literal.raw}", literal.span,
+                               'write a number of bytes or a string like "2GB" or "512MiB"')
+                    continue
+            elif not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                self.error(f"`{key}` needs a non-negative number", literal.span)
+                continue
+            values[key] = value
+        return ir.Resources(**values)
+
+    # ---- expressions
+
+    def _expr(self, expr, name: str | None = None, options: ir.StageOptions | None = None) -> Typed:
+        """Resolve ``expr``. ``name`` names the node it creates (nested nodes get derived
+        names); ``options`` are the stage options of the outermost stage operation."""
+        method = getattr(self, f"_expr_{type(expr).__name__.lower()}")
+        return method(expr, name, options)
+
+    def _nested(self, expr, name: str | None, suffix: str) -> Typed:
+        return self._expr(expr, f"{name}/{suffix}" if name else None, None)
+
+    def _expr_paren(self, expr: ast.Paren, name, options) -> Typed:
+        return self._expr(expr.inner, name, options)
+
+    def _expr_literal(self, expr: ast.Literal, name, options) -> Typed:
+        return Typed(ir.Lit(value=expr.value), ir.VALUE, py_type=type(expr.value))
+
+    def _expr_listexpr(self, expr: ast.ListExpr, name, options) -> Typed:
+        items = [self._value_arg(i) for i in expr.items]
+        if all(isinstance(i, ir.Lit) for i in items):
+            return Typed(ir.Lit(value=[i.value for i in items]), ir.VALUE, py_type=list)
+        node = self._add(name or "list", ir.Expr(operator="list", operands=items, span=ir.SpanModel.of(expr.span)))
+        return Typed(ir.NodeRef(node=node), ir.VALUE, py_type=list)
+
+    def _expr_ref(self, expr: ast.Ref, name, options) -> Typed:
+        parts = expr.path.parts
+        head = parts[0]
+        binding = self._lookup(head)
+        if binding is None:
+            if head in self.aliases or len(parts) > 1:
+                fn = self._function(expr.path)
+                self.fail(f"`{fn.dotted}` is a function; call it, or pass it to an operation",
+                          expr.span, f"e.g. `map {expr.path.text} over xs` or `{expr.path.text}(...)`")
+            self._undefined(head, expr.path.span)
+        if binding.kind == "broken":
+            raise _Abort
+        if len(parts) > 1:
+            if binding.kind in ("actor", "pool"):
+                self.fail(f"`{expr.path.text}` is an actor method; call it: `{expr.path.text}()`", expr.span)
+            self.fail(f"`{head}` is a {binding.kind} and has no attributes", expr.span)
+        if binding.kind == "sink":
+            self.fail(f"`{head}` is a sink; sinks produce files, not data", expr.span)
+        return Typed(ir.NodeRef(node=binding.node), binding.shape, binding.keyed, binding.order,
+                     binding.py_type, binding if binding.shape == ir.ACTOR else None)
+
+    def _undefined(self, name: str, span: Span, rebinding: bool = False):
+        later = self.later.get(name)
+        if later is not None and later.span.start > span.start:
+            if self._cycle_back(name, span):
+                self.fail(f"cycle: `{name}` depends on itself", span,
+                          f"`{name}` (line {later.span.line}) reads a name defined here; "
+                          f"break the cycle with a `var` carried through a `repeat`")
+            self.fail(f"`{name}` is used before it is defined", span,
+                      f"it is defined at line {later.span.line}; move that definition above this line")
+        if later is not None and not rebinding:
+            self.fail(f"`{name}` is not visible here", span,
+                      f"it is defined inside a `repeat` at line {later.span.line}; declare a `var` "
+                      f"before the loop and rebind it inside to use it afterwards")
+        hint = did_you_mean(name, self._visible() | set(self.aliases))
+        self.fail(f"undefined name `{name}`", span, hint)
+
+    def _cycle_back(self, name: str, use_span: Span) -> bool:
+        """Does the (later) definition of ``name`` read the statement containing ``use_span``?"""
+        stmt = self.later[name]
+        owner = self._statement_at(use_span)
+        if owner is None:
+            return False
+        owner_name = owner.name.text
+        seen, todo = set(), [stmt]
+        while todo:
+            current = todo.pop()
+            for ref in _names_read(current):
+                if ref == owner_name:
+                    return True
+                nxt = self.later.get(ref)
+                if nxt is not None and ref not in seen and nxt.span.start > use_span.start:
+                    seen.add(ref)
+                    todo.append(nxt)
+        return False
+
+    def _statement_at(self, span: Span):
+        for stmt in self.later.values():
+            if not isinstance(stmt, ast.Repeat) and stmt.span.start <= span.start < stmt.span.end:
+                return stmt
+        return None
+
+    def _expr_binop(self, expr: ast.BinOp, name, options) -> Typed:
+        left = self._nested(expr.left, name, "left")
+        right = self._nested(expr.right, name, "right")
+        for side, typed in (("left", left), ("right", right)):
+            if typed.shape != ir.VALUE:
+                self._shape_error(typed, ir.VALUE, getattr(expr, side),
+                                  f"`{expr.op}` works on values; reduce the collection to a value first")
+        py_type = _result_type(expr.op, left.py_type, right.py_type)
+        if isinstance(left.operand, ir.Lit) and isinstance(right.operand, ir.Lit):
+            try:
+                value = _fold(expr.op, left.operand.value, right.operand.value)
+            except Exception as exc:  # a constant expression that cannot be computed
+                self.fail(f"cannot compute {expr.op} here: {exc}", expr.span)
+            return Typed(ir.Lit(value=value), ir.VALUE, py_type=type(value))
+        node = self._add(name or "expr", ir.Expr(operator=expr.op, operands=[left.operand, right.operand],
+                                                  span=ir.SpanModel.of(expr.span)))
+        return Typed(ir.NodeRef(node=node), ir.VALUE, py_type=py_type)
+
+    def _expr_unaryop(self, expr: ast.UnaryOp, name, options) -> Typed:
+        inner = self._nested(expr.operand, name, "operand")
+        if inner.shape != ir.VALUE:
+            self._shape_error(inner, ir.VALUE, expr.operand, f"`{expr.op}` works on values")
+        operator = {"-": "neg", "+": "pos", "not": "not"}[expr.op]
+        if isinstance(inner.operand, ir.Lit):
+            try:
+                value = _fold(operator, inner.operand.value)
+            except Exception as exc:
+                self.fail(f"cannot compute `{expr.op}` here: {exc}", expr.span)
+            return Typed(ir.Lit(value=value), ir.VALUE, py_type=type(value))
+        node = self._add(name or "expr", ir.Expr(operator=operator, operands=[inner.operand],
+                                                  span=ir.SpanModel.of(expr.span)))
+        return Typed(ir.NodeRef(node=node), ir.VALUE, py_type=bool if operator == "not" else inner.py_type)
+
+    def _expr_call(self, expr: ast.Call, name, options) -> Typed:
+        parts = expr.func.parts
+        if len(parts) == 1:
+            builtin = parts[0]
+            if builtin in SOURCES:
+                self.fail(f"`{builtin}` makes a source; declare it as a statement", expr.span,
+                          f"`source xs = {builtin}(...) partitions 4`")
+            if builtin in VALUE_BUILTINS or builtin in COLLECTION_BUILTINS:
+                return getattr(self, f"_builtin_{builtin}")(expr, name or builtin, options)
+            binding = self._lookup(builtin)
+            if binding is not None:
+                self.fail(f"`{builtin}` is a {binding.kind}, not a function", expr.func.span)
+            self.fail(f"unknown function `{builtin}`", expr.func.span,
+                      did_you_mean(builtin, BUILTINS)
+                      or "name Python functions by module: `use mymodule as m` then `m.f(...)`")
+        binding = self._lookup(parts[0])
+        if binding is not None and binding.kind != "broken":
+            if binding.shape != ir.ACTOR:
+                self.fail(f"`{parts[0]}` is a {binding.kind}, not an actor; it has no methods", expr.func.span,
+                          "methods are called on actors declared with `actor name = Class(...)`")
+            return self._actor_call(expr, binding, name)
+        if binding is not None:
+            raise _Abort
+        fn = self._function(expr.func)
+        self._check_signature(fn, expr)
+        args = [self._value_arg(a) for a in expr.args]
+        kwargs = {k.name.text: self._value_arg(k.value) for k in expr.kwargs}
+        node = self._add(name or fn.attr, ir.Call(fn=fn, args=args, kwargs=kwargs, span=ir.SpanModel.of(expr.span)))
+        return Typed(ir.NodeRef(node=node), ir.VALUE)
+
+    def _actor_call(self, expr: ast.Call, actor: Binding, name) -> Typed:
+        parts = expr.func.parts
+        if len(parts) != 2:
+            self.fail("an actor method call is `actor.method(...)`", expr.func.span)
+        method = parts[1]
+        if actor.pool:
+            self.fail(f"`{parts[0]}` is an actor pool; its members serve stages", expr.func.span,
+                      f"use it as `map_batches {expr.func.text} over xs`, or declare a single actor")
+        info = self._class_info(actor.actor_class)
+        self._check_method(info, actor.actor_class, method, expr.func.span, call=expr)
+        args = [self._value_arg(a) for a in expr.args]
+        kwargs = {k.name.text: self._value_arg(k.value) for k in expr.kwargs}
+        seq = self.actor_seq.get(actor.node, 0)
+        self.actor_seq[actor.node] = seq + 1
+        node = self._add(name or f"{parts[0]}.{method}", ir.ActorCall(
+            actor=ir.NodeRef(node=actor.node), method=method, args=args, kwargs=kwargs, seq=seq,
+            span=ir.SpanModel.of(expr.span)))
+        self._after_actor_use(actor.node, node)
+        for stage in self.handle_stages.pop(actor.node, []):
+            if stage != node:
+                self.ir.add_order(stage, node)
+        return Typed(ir.NodeRef(node=node), ir.VALUE)
+
+    def _after_actor_use(self, actor: str, node: str) -> None:
+        previous = self.last_actor_use.get(actor)
+        if previous is not None:
+            self.ir.add_order(previous, node)
+        self.last_actor_use[actor] = node
+
+    def _value_arg(self, expr) -> ir.Lit | ir.NodeRef:
+        typed = self._expr(expr)
+        if typed.shape == ir.COLLECTION:
+            self._shape_error(typed, ir.VALUE, expr,
+                              "arguments here are values; turn the collection into one with "
+                              "`collect(...)`, `count(...)` or `reduce f over ...`")
+        if typed.shape == ir.ACTOR:
+            self.fail("an actor can only be passed into a stage with `with name = actor`", expr.span)
+        return typed.operand
+
+    def _expect_value(self, typed: Typed, expr, want: type) -> None:
+        if typed.shape != ir.VALUE:
+            self._shape_error(typed, ir.VALUE, expr, f"expected a {want.__name__}")
+        if typed.py_type is not None and typed.py_type is not want and not (want is float and typed.py_type is int):
+            self.fail(f"expected a {want.__name__}, got a {typed.py_type.__name__}", expr.span)
+
+    # ---- builtins
+
+    def _args(self, expr: ast.Call, count: int, kw: tuple[str, ...] = ()) -> None:
+        fn = expr.func.text
+        if len(expr.args) != count:
+            self.fail(f"`{fn}` takes {count} argument{'s' if count != 1 else ''}, got {len(expr.args)}", expr.span)
+        for k in expr.kwargs:
+            if k.name.text not in kw:
+                self.fail(f"`{fn}` has no keyword `{k.name.text}`", k.name.span,
+                          did_you_mean(k.name.text, kw) if kw else None)
+
+    def _collection_arg(self, expr, name, what: str) -> Typed:
+        typed = self._expr(expr, name)
+        if typed.shape != ir.COLLECTION:
+            self._shape_error(typed, ir.COLLECTION, expr, f"{what} needs a collection")
+        return typed
+
+    def _builtin_collect(self, expr: ast.Call, name, options) -> Typed:
+        self._args(expr, 1)
+        src = self._collection_arg(expr.args[0], f"{name}/input", "`collect`")
+        node = self._add(name, ir.Collect(input=src.operand, span=ir.SpanModel.of(expr.span)))
+        return Typed(ir.NodeRef(node=node), ir.VALUE, py_type=list)
+
+    def _builtin_count(self, expr: ast.Call, name, options) -> Typed:
+        self._args(expr, 1)
+        src = self._collection_arg(expr.args[0], f"{name}/input", "`count`")
+        node = self._add(name, ir.Count(input=src.operand, span=ir.SpanModel.of(expr.span)))
+        return Typed(ir.NodeRef(node=node), ir.VALUE, py_type=int)
+
+    def _builtin_top(self, expr: ast.Call, name, options) -> Typed:
+        self._args(expr, 2, ("by",))
+        src = self._collection_arg(expr.args[0], f"{name}/input", "`top`")
+        n = self._expr(expr.args[1])
+        self._expect_value(n, expr.args[1], int)
+        by = None
+        for k in expr.kwargs:
+            value = _unparen(k.value)
+            if not isinstance(value, ast.Ref):
+                self.fail("`by` takes a function, e.g. `by = m.score`", k.value.span)
+            by = self._function(value.path)
+            self._check_arity(by, 1, value.span)
+        node = self._add(name, ir.Top(input=src.operand, n=n.operand, by=by, span=ir.SpanModel.of(expr.span)))
+        return Typed(ir.NodeRef(node=node), ir.VALUE, py_type=list)
+
+    def _builtin_join(self, expr: ast.Call, name, options) -> Typed:
+        self._args(expr, 2)
+        left = self._collection_arg(expr.args[0], f"{name}/left", "`join`")
+        right = self._collection_arg(expr.args[1], f"{name}/right", "`join`")
+        for side, typed in (("first", left), ("second", right)):
+            if typed.keyed is False:
+                self.fail(f"the {side} input of `join` is not keyed", expr.args[0 if side == "first" else 1].span,
+                          "join pairs up (key, value) records; make them with `map`")
+        node = self._add(name, ir.Join(left=left.operand, right=right.operand, options=options or self.defaults,
+                                       span=ir.SpanModel.of(expr.span)))
+        return Typed(ir.NodeRef(node=node), ir.COLLECTION, keyed=True, order="key")
+
+    def _builtin_union(self, expr: ast.Call, name, options) -> Typed:
+        if len(expr.args) < 2 or expr.kwargs:
+            self.fail("`union` takes two or more collections", expr.span)
+        parts = [self._collection_arg(a, f"{name}/part{i}", "`union`") for i, a in enumerate(expr.args)]
+        keyed = True if all(p.keyed for p in parts) else (False if any(p.keyed is False for p in parts) else None)
+        node = self._add(name, ir.UnionAll(parts=[p.operand for p in parts], span=ir.SpanModel.of(expr.span)))
+        return Typed(ir.NodeRef(node=node), ir.COLLECTION, keyed=keyed)
+
+    def _builtin_distinct(self, expr: ast.Call, name, options) -> Typed:
+        self._args(expr, 1)
+        src = self._collection_arg(expr.args[0], f"{name}/input", "`distinct`")
+        node = self._add(name, ir.Distinct(input=src.operand, options=options or self.defaults,
+                                           span=ir.SpanModel.of(expr.span)))
+        return Typed(ir.NodeRef(node=node), ir.COLLECTION, keyed=src.keyed, order="element")
+
+    # ---- dataflow
+
+    def _expr_dataflow(self, expr: ast.Dataflow, name, options) -> Typed:
+        options = options or self.defaults
+        name = name or expr.kind
+        src = self._collection_arg(expr.input, f"{name}/input", f"`{expr.kind}`")
+        span = ir.SpanModel.of(expr.span)
+        if expr.kind == "group_by_key":
+            self._need_keyed(src, expr)
+            node = self._add(name, ir.GroupByKey(input=src.operand, options=options, span=span))
+            return Typed(ir.NodeRef(node=node), ir.COLLECTION, keyed=True, order="key")
+        if expr.kind in ("reduce", "reduce_by_key"):
+            fn = self._function(expr.fn)
+            self._check_arity(fn, 2, expr.fn.span)
+            if expr.kind == "reduce":
+                node = self._add(name, ir.Reduce(fn=fn, input=src.operand, options=options, span=span))
+                return Typed(ir.NodeRef(node=node), ir.VALUE)
+            self._need_keyed(src, expr)
+            node = self._add(name, ir.ReduceByKey(fn=fn, input=src.operand, options=options, span=span))
+            return Typed(ir.NodeRef(node=node), ir.COLLECTION, keyed=True, order="key")
+        return self._elementwise(expr, src, name, options, span)
+
+    def _need_keyed(self, src: Typed, expr: ast.Dataflow) -> None:
+        if src.keyed is False:
+            self.fail(f"`{expr.kind}` needs (key, value) records, and its input is not keyed", expr.input.span,
+                      "make pairs first, e.g. `map m.to_pair over xs`")
+
+    def _elementwise(self, expr: ast.Dataflow, src: Typed, name: str, options, span) -> Typed:
+        if expr.kind == "map_values":
+            self._need_keyed(src, expr)
+        fn, pool, method = None, None, None
+        head = self._lookup(expr.fn.parts[0])
+        if head is not None and head.shape == ir.ACTOR:
+            if not head.pool:
+                self.fail(f"`{expr.fn.parts[0]}` is a single actor; a stage is served by an actor pool",
+                          expr.fn.span,
+                          f"declare `actor pool {expr.fn.parts[0]} = ... x N`, or pass it as a handle with "
+                          f"`with server = {expr.fn.parts[0]}`")
+            if len(expr.fn.parts) != 2:
+                self.fail("a pool method is `pool.method`", expr.fn.span)
+            method = expr.fn.parts[1]
+            self._check_method(self._class_info(head.actor_class), head.actor_class, method, expr.fn.span)
+            pool = ir.NodeRef(node=head.node)
+        elif head is not None and head.kind != "broken":
+            self.fail(f"`{expr.fn.parts[0]}` is a {head.kind}, not a function", expr.fn.span,
+                      "name a Python function as `module.function`")
+        elif head is not None:
+            raise _Abort
+        else:
+            fn = self._function(expr.fn)
+        bindings: dict[str, ir.Lit | ir.NodeRef] = {}
+        handles: list[Binding] = []
+        for kw in expr.bindings:
+            key = kw.name.text
+            if key in bindings:
+                self.error(f"`{key}` is bound twice", kw.name.span)
+            if key == "partition" and expr.kind == "map_batches":
+                self.error("`partition` is passed by pipec to map_batches functions that accept it",
+                           kw.name.span, "pick another name")
+            typed = self._expr(kw.value, f"{name}/{key}")
+            if typed.shape == ir.COLLECTION:
+                self._shape_error(typed, ir.VALUE, kw.value,
+                                  "a collection cannot be broadcast to every partition; "
+                                  "`collect(...)` it into a value, or `join` the two collections")
+            if typed.shape == ir.ACTOR:
+                if typed.actor is not None and typed.actor.pool:
+                    self.fail("an actor pool cannot be passed as a handle", kw.value.span,
+                              "pass a single actor, or use the pool as `map_batches pool.method over xs`")
+                handles.append(typed.actor)
+            bindings[key] = typed.operand
+        if fn is not None:
+            self._check_arity(fn, 1, expr.fn.span, keywords=tuple(bindings),
+                              optional=("partition",) if expr.kind == "map_batches" else ())
+        node = self._add(name, ir.Elementwise(kind=expr.kind, fn=fn, pool=pool, method=method, input=src.operand,
+                                              bindings=bindings, options=options, span=span))
+        if pool is not None:
+            self._after_actor_use(pool.node, node)
+        for actor in handles:
+            self._handle_stage(actor, node, fn, expr, options)
+        keyed = True if expr.kind == "map_values" else (src.keyed if expr.kind == "filter" else None)
+        order = src.order if expr.kind in ("filter", "map_values") else None
+        return Typed(ir.NodeRef(node=node), ir.COLLECTION, keyed=keyed, order=order)
+
+    def _handle_stage(self, actor: Binding, node: str, fn: ir.FnRef | None, expr: ast.Dataflow, options) -> None:
+        self._after_actor_use(actor.node, node)
+        self.handle_stages.setdefault(actor.node, []).append(node)
+        actor_op = self.ir.op(actor.node)
+        called = self._methods_called_through(fn, expr)
+        unsafe = sorted(m for m in called if m not in actor_op.idempotent) if called is not None else None
+        if not options.effectful and (unsafe is None or unsafe):
+            what = (f"calls `{', '.join(unsafe)}` on" if unsafe else "uses")
+            self.warn(f"stage `{node}` {what} actor `{actor_op.name}` through a handle, so a retried task "
+                      f"calls it again", expr.span,
+                      f"mark the stage `effectful`, or declare the methods `idempotent` in the actor block "
+                      f"if repeating them is harmless")
+
+    def _methods_called_through(self, fn: ir.FnRef | None, expr: ast.Dataflow) -> set[str] | None:
+        """Methods the stage function calls on its handle parameters, read from its source."""
+        if fn is None:
+            return None
+        info = self.index.find(fn.module)
+        if info is None or info.path is None:
+            return None
+        import ast as pyast
+        try:
+            tree = pyast.parse(info.path.read_text(encoding="utf-8", errors="replace"))
+        except SyntaxError:
+            return None
+        handle_names = {kw.name.text for kw in expr.bindings}
+        for node in tree.body:
+            if isinstance(node, (pyast.FunctionDef, pyast.AsyncFunctionDef)) and node.name == fn.attr:
+                called = set()
+                for sub in pyast.walk(node):
+                    if (isinstance(sub, pyast.Call) and isinstance(sub.func, pyast.Attribute)
+                            and isinstance(sub.func.value, pyast.Name) and sub.func.value.id in handle_names):
+                        called.add(sub.func.attr)
+                return called
+        return None
+
+    # ---- functions, classes and signatures (read statically)
+
+    def _function(self, path: ast.Dotted, what: str = "function") -> ir.FnRef:
+        parts = list(path.parts)
+        if parts[0] in self.aliases:
+            self.used_aliases.add(parts[0])
+            module_parts = self.aliases[parts[0]][0].split(".")
+            if len(parts) == 1:
+                self.fail(f"`{parts[0]}` is a module alias; name a {what} in it", path.span,
+                          f"e.g. `{parts[0]}.name`")
+            parts = module_parts + parts[1:]
+        elif len(parts) == 1:
+            self.fail(f"`{parts[0]}` is not a {what}", path.span,
+                      did_you_mean(parts[0], self.aliases) or
+                      "name Python functions by module: `use mymodule as m` then `m.f`")
+        module, attr = ".".join(parts[:-1]), parts[-1]
+        info = self._module(module, path.span)
+        if info is None:
+            raise _Abort
+        if not info.has(attr):
+            hint = did_you_mean(attr, info.names())
+            self.fail(f"module `{module}` has no {what} `{attr}`", path.span,
+                      hint or f"{info.path} defines: {', '.join(sorted(info.names())[:8]) or 'nothing'}")
+        return ir.FnRef(module=module, attr=attr)
+
+    def _class_info(self, ref: ir.FnRef):
+        info = self.index.find(ref.module)
+        return info.classes.get(ref.attr) if info else None
+
+    def _check_method(self, cls_info, ref: ir.FnRef, method: str, span: Span, call: ast.Call | None = None):
+        if cls_info is None or not cls_info.complete:
+            return
+        fn = cls_info.methods.get(method)
+        if fn is None or method.startswith("_"):
+            public = [m for m in cls_info.methods if not m.startswith("_")]
+            self.fail(f"actor class `{ref.attr}` has no method `{method}`", span,
+                      did_you_mean(method, public) or f"its methods: {', '.join(public) or 'none'}")
+        if call is not None:
+            self._check_call_shape(fn, call, drop_self=True, label=f"{ref.attr}.{method}")
+
+    def _check_signature(self, ref: ir.FnRef, call: ast.Call, extra: tuple[str, ...] = ()) -> None:
+        info = self.index.find(ref.module)
+        if info is None or info.path is None:
+            return
+        if ref.attr in info.classes:
+            cls = info.classes[ref.attr]
+            if cls.init is not None and cls.complete:
+                self._check_call_shape(cls.init, call, drop_self=True, label=ref.attr)
+        elif ref.attr in info.functions:
+            self._check_call_shape(info.functions[ref.attr], call, label=ref.attr, extra=extra)
+
+    def _check_call_shape(self, fn, call: ast.Call, drop_self=False, label="", extra=()) -> None:
+        params = fn.params[1:] if drop_self else fn.params
+        for kw in call.kwargs:
+            if not fn.accepts_keyword(kw.name.text) or kw.name.text in extra:
+                self.fail(f"`{label}` has no parameter `{kw.name.text}`", kw.name.span,
+                          did_you_mean(kw.name.text, params))
+        if len(call.args) > len(params) and not fn.var_positional:
+            self.fail(f"`{label}` takes {len(params)} positional argument{'s' if len(params) != 1 else ''}, "
+                      f"got {len(call.args)}", call.span)
+
+    def _check_arity(self, ref: ir.FnRef, positional: int, span: Span, keywords=(), optional=()) -> None:
+        info = self.index.find(ref.module)
+        if info is None or info.path is None or ref.attr not in info.functions:
+            return
+        fn = info.functions[ref.attr]
+        for k in keywords:
+            if not fn.accepts_keyword(k):
+                self.fail(f"`{ref.attr}` has no parameter `{k}` for `with {k} = ...`", span,
+                          did_you_mean(k, fn.params[positional:]))
+        if len(fn.params) < positional and not fn.var_positional:
+            self.fail(f"`{ref.attr}` takes {len(fn.params)} argument{'s' if len(fn.params) != 1 else ''}; "
+                      f"it is called with {positional}", span)
+
+    # ---- shapes
+
+    def _shape_error(self, typed: Typed, wanted: str, expr, hint: str | None = None):
+        got = typed.shape
+        article = {"collection": "a collection", "value": "a value", "actor": "an actor",
+                   "effect": "a sink"}
+        self.fail(f"expected {article[wanted]}, found {article.get(got, got)}", expr.span, hint)
+
+    # ---- after the whole body
+
+    def _finish(self) -> None:
+        for alias, (path, span) in self.aliases.items():
+            if alias not in self.used_aliases:
+                self.warn(f"module alias `{alias}` is never used", span)
+        if not self.diagnostics or not any(d.is_error for d in self.diagnostics):
+            self._unused()
+            self._mark_schedule_dependent()
+
+    def _unused(self) -> None:
+        """Warn about stages and values whose results reach no sink and no actor."""
+        graph = self.ir.graph
+        useful: set[str] = set()
+        roots = [n for n, op in self.ir.items() if isinstance(op, (ir.Sink, ir.ActorCall, ir.Rebind))]
+        for loop in self.loops.values():
+            if isinstance(loop.until, ir.NodeRef):
+                roots.append(loop.until.node)
+        stack = list(roots)
+        while stack:
+            node = stack.pop()
+            if node in useful:
+                continue
+            useful.add(node)
+            stack.extend(graph.predecessors(node))
+        for node, op in self.ir.items():
+            if node in useful or op.name is None or node != op.name:
+                continue
+            if isinstance(op, (ir.Param, ir.RoundIndex, ir.Actor)):
+                continue
+            if isinstance(op, ir.Elementwise) and op.options.effectful:
+                continue
+            span = self._name_span(op)
+            self.warn(f"`{node}` is computed but never used", span,
+                      "use it in a sink or an actor call, or remove it")
+
+    def _name_span(self, op: ir.Op) -> Span | None:
+        s = op.span
+        return Span(s.line, s.column, s.end_line, s.end_column, 0, 0) if s else None
+
+    def _mark_schedule_dependent(self) -> None:
+        """A sink that reads state an actor gathered through handles depends on scheduling."""
+        handle_actors = {src for src, dst, kind in self.ir.graph.edges(data="kind")
+                         if kind == "actor" and isinstance(self.ir.op(dst), ir.Elementwise)
+                         and self.ir.op(dst).pool is None}
+        if not handle_actors:
+            return
+        dag = self.ir.dag()
+        import networkx as nx
+        tainted = set(handle_actors)
+        for actor in handle_actors:
+            tainted |= nx.descendants(dag, actor)
+        for node in self.sinks:
+            if node in tainted:
+                op = self.ir.op(node)
+                self.ir.graph.nodes[node]["op"] = op.model_copy(update={"schedule_dependent": True})
+                self.warn(f"sink `{node}` depends on the order in which tasks reached an actor", self._name_span(op),
+                          "its content may differ from run to run; compare it by a property, not by bytes")
+
+
+# ---- helpers ------------------------------------------------------------------------------
+
+_NOT_LITERAL = object()
+
+
+def _unparen(expr):
+    while isinstance(expr, ast.Paren):
+        expr = expr.inner
+    return expr
+
+
+def _literal_value(expr):
+    expr = _unparen(expr)
+    if isinstance(expr, ast.Literal):
+        return expr.value
+    if isinstance(expr, ast.UnaryOp) and expr.op == "-":
+        inner = _literal_value(expr.operand)
+        if isinstance(inner, (int, float)) and not isinstance(inner, bool):
+            return -inner
+    return _NOT_LITERAL
+
+
+def _fits(value, type_name: str) -> bool:
+    if type_name == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if type_name == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if type_name == "str":
+        return isinstance(value, str)
+    return isinstance(value, bool)
+
+
+def _show(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    return repr(value)
+
+
+def _memory_bytes(value) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return int(value) if value >= 0 else None
+    match = _MEMORY.match(str(value))
+    if not match:
+        return None
+    unit = match.group(2).upper()
+    if unit not in _MEMORY_UNITS:
+        return None
+    return int(float(match.group(1)) * _MEMORY_UNITS[unit])
+
+
+_ARITH = {"+", "-", "*", "/", "//", "%", "**"}
+
+
+def _result_type(op: str, left: type | None, right: type | None) -> type | None:
+    if op in ("==", "!=", "<", "<=", ">", ">=", "and", "or") and op not in ("and", "or"):
+        return bool
+    if op in ("and", "or"):
+        return bool if left is bool and right is bool else None
+    if op == "/":
+        return float
+    if left is int and right is int:
+        return int
+    if {left, right} <= {int, float} and None not in (left, right):
+        return float
+    if op == "+" and left is str and right is str:
+        return str
+    return None
+
+
+def _fold(op: str, *values):
+    """Compute a constant expression at compile time, exactly as the runtime would."""
+    from backends.runtime.semantics import apply_operator
+    return apply_operator(op, *values)
+
+
+def _names_read(stmt) -> set[str]:
+    """Every plain name an AST statement reads (for cycle hints)."""
+    found: set[str] = set()
+    stack = [stmt]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.Ref):
+            found.add(node.path.parts[0])
+            continue
+        if isinstance(node, ast.Call) and len(node.func.parts) > 1:
+            found.add(node.func.parts[0])
+        for attr in getattr(node, "__slots__", ()):
+            if attr in ("span", "name"):
+                continue
+            child = getattr(node, attr, None)
+            if isinstance(child, tuple):
+                stack.extend(c for c in child if hasattr(c, "__slots__"))
+            elif hasattr(child, "__slots__") and not isinstance(child, (Span, ast.Name)):
+                stack.append(child)
+    return found
