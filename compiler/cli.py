@@ -1,0 +1,248 @@
+"""The `pipec` command.
+
+Exit codes: 0 success, 1 errors in the pipeline (or it failed while running), 2 usage
+errors. pipec never shows a Python traceback for bad input; an internal error says it is
+a bug in pipec. Static commands (check, compile, graph, fmt) never import user code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from dsl.diagnostics import CompileError, FileError, PipecError, PipelineRuntimeError, UsageError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors are usage errors: exit 2
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _backend_names() -> list[str]:
+    from backends import REGISTRY
+    return list(REGISTRY)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pipec", description="Compile and run .pipe pipelines on local, Dask, Ray or Spark.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def add(name, help_text):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        return p
+
+    p = add("check", "report every error and warning in a .pipe file")
+    p.add_argument("file")
+    p.add_argument("--backend", "-b", help="also check what this backend supports")
+    p.add_argument("--param", "-p", action="append", default=[], metavar="K=V", help="check these parameter values")
+    p.add_argument("--quiet", "-q", action="store_true", help="print errors only, no warnings")
+
+    p = add("compile", "show the IR or a backend's lowered plan")
+    p.add_argument("file")
+    p.add_argument("--backend", "-b", help="lower for this backend (default: show the IR)")
+    p.add_argument("--format", "-f", choices=["text", "json"], default=None)
+    p.add_argument("--param", "-p", action="append", default=[], metavar="K=V")
+    p.add_argument("-o", "--output", help="write to this file instead of standard output")
+
+    p = add("graph", "draw the pipeline's graph, or what a backend will run")
+    p.add_argument("file")
+    p.add_argument("--backend", "-b", help="draw this backend's lowered graph")
+    p.add_argument("--format", "-f", choices=["dot", "mermaid", "json", "svg", "png", "html"], default="dot")
+    p.add_argument("--param", "-p", action="append", default=[], metavar="K=V")
+    p.add_argument("-o", "--output", help="write to this file (needed for png)")
+
+    p = add("run", "run a pipeline")
+    p.add_argument("file")
+    p.add_argument("--backend", "-b", default=None, help="engine (default: the embedded default engine)")
+    p.add_argument("--param", "-p", action="append", default=[], metavar="K=V")
+    p.add_argument("--address", help="a cluster to use: Dask scheduler, Ray head or Spark master")
+    p.add_argument("--run-dir", help="where checkpoints go (default .pipec/runs/RUN)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    p = add("fmt", "format a .pipe file canonically")
+    p.add_argument("file")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--check", action="store_true", help="exit 1 if the file is not formatted")
+    group.add_argument("--write", "-w", action="store_true", help="rewrite the file in place")
+
+    add("backends", "what each engine supports")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except CompileError as exc:
+        print(exc.render(), file=sys.stderr)
+        return EXIT_ERROR
+    except UsageError as exc:
+        print(exc.render(), file=sys.stderr)
+        return EXIT_USAGE
+    except (FileError, PipelineRuntimeError) as exc:
+        print(exc.render(), file=sys.stderr)
+        return EXIT_ERROR
+    except PipecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as exc:  # a bug in pipec, not in the user's input
+        if os.environ.get("PIPEC_DEBUG"):
+            raise
+        print(f"internal error: {type(exc).__name__}: {exc}\n"
+              "this is a bug in pipec; rerun with PIPEC_DEBUG=1 for the traceback", file=sys.stderr)
+        return 3
+
+
+# ---- commands -------------------------------------------------------------------------------
+
+
+def _load(path: str):
+    from compiler.api import load
+    return load(path)
+
+
+def _params(pipeline, items):
+    from compiler.api import parse_param_args
+    return pipeline.params(parse_param_args(items))
+
+
+def _emit(text: str, output: str | None) -> None:
+    if output:
+        from backends.runtime.sinks import atomic_write
+        atomic_write(output, text)
+    else:
+        sys.stdout.write(text)
+
+
+def cmd_check(args) -> int:
+    pipeline = _load(args.file)
+    diagnostics = pipeline.check(args.backend)
+    if args.param:
+        _params(pipeline, args.param)
+    if not args.quiet:
+        for d in diagnostics:
+            print(d.render(pipeline.source), file=sys.stderr)
+    warnings = len(diagnostics)
+    print(f"{pipeline.source.path}: ok" + (f" ({warnings} warning{'s' if warnings != 1 else ''})" if warnings else ""),
+          file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_compile(args) -> int:
+    pipeline = _load(args.file)
+    pipeline.check(args.backend)
+    params = _params(pipeline, args.param)
+    fmt = args.format or ("json" if args.output and args.output.endswith(".json") else "text")
+    if args.backend is None:
+        if fmt == "json":
+            text = pipeline.ir.dumps()
+        else:
+            from backends.local import LocalPlan
+            text = LocalPlan(pipeline.ir, params).explain()
+    else:
+        plan = pipeline.lower(args.backend, params)
+        text = json.dumps(plan.to_json(), indent=2) + "\n" if fmt == "json" else plan.explain()
+    _emit(text, args.output)
+    return EXIT_OK
+
+
+def cmd_graph(args) -> int:
+    from compiler import render
+    pipeline = _load(args.file)
+    pipeline.check(args.backend)
+    if args.backend:
+        plan = pipeline.lower(args.backend, _params(pipeline, args.param))
+        drawing = render.plan_drawing(plan)
+    else:
+        drawing = render.pipeline_drawing(pipeline.ir)
+    if args.format in ("svg", "png"):
+        data = render.to_image(drawing, args.format)
+        if args.format == "png" and not args.output:
+            raise UsageError("a PNG image needs -o FILE")
+        if args.output:
+            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.output).write_bytes(data)
+        else:
+            sys.stdout.write(data.decode("utf-8"))
+        return EXIT_OK
+    _emit(render.render(drawing, args.format), args.output)
+    return EXIT_OK
+
+
+def cmd_fmt(args) -> int:
+    from dsl.format import format_source
+    from dsl.source import SourceFile
+    source = SourceFile.read(args.file)
+    formatted = format_source(source)
+    if args.check:
+        if formatted != source.text:
+            print(f"{args.file}: would be reformatted", file=sys.stderr)
+            return EXIT_ERROR
+        return EXIT_OK
+    if args.write:
+        if formatted != source.text:
+            from backends.runtime.sinks import atomic_write
+            atomic_write(args.file, formatted)
+            print(f"{args.file}: formatted", file=sys.stderr)
+        return EXIT_OK
+    sys.stdout.write(formatted)
+    return EXIT_OK
+
+
+def cmd_run(args) -> int:
+    from backends import DEFAULT_BACKEND
+    from compiler.progress import TerminalProgress, print_summary
+    pipeline = _load(args.file)
+    backend = args.backend or DEFAULT_BACKEND
+    for d in pipeline.check(backend):
+        print(d.render(pipeline.source), file=sys.stderr)
+    params = _params(pipeline, args.param)
+    options = {"address": args.address} if args.address else {}
+    plan = pipeline.lower(backend, params, **options)
+    with TerminalProgress(sys.stderr) as progress:
+        result = plan.run(progress=progress, run_dir=args.run_dir)
+    print_summary(result, pipeline, as_json=args.json)
+    return EXIT_OK
+
+
+def cmd_backends(args) -> int:
+    from backends import REGISTRY, backend_class
+    from compiler.capabilities import FEATURES
+    names = list(REGISTRY)
+    classes = {n: backend_class(n) for n in names}
+    width = max(len(f) for f in FEATURES)
+    print(f"{'feature':<{width}}  " + "  ".join(f"{n:>6}" for n in names))
+    for feature in FEATURES:
+        marks = "  ".join(f"{'yes' if feature in classes[n].capabilities else 'no':>6}" for n in names)
+        print(f"{feature:<{width}}  {marks}")
+    print()
+    for n in names:
+        extra = REGISTRY[n][2]
+        print(f"{n}: {classes[n].description}" + (f"  (pip install 'pipec[{extra}]')" if extra else ""))
+    return EXIT_OK
+
+
+_COMMANDS = {"check": cmd_check, "compile": cmd_compile, "graph": cmd_graph, "run": cmd_run,
+             "fmt": cmd_fmt, "backends": cmd_backends}
+
+
+def entry() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()
