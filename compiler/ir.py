@@ -18,6 +18,7 @@ innermost loop, and backends lower a region to a driver loop.
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from typing import Annotated, Any, ClassVar, Iterator, Literal, Union
 
 import networkx as nx
@@ -104,12 +105,18 @@ class Op(Model):
 
     def inputs(self) -> Iterator[tuple[str, str]]:
         """(port, node id) for every node this op reads, in a stable order."""
-        for field_name in type(self).model_fields:
+        for field_name in _field_names(type(self)):
             yield from _refs(field_name, getattr(self, field_name))
 
     @property
     def node_shape(self) -> str:
         return type(self).shape
+
+
+@lru_cache(maxsize=None)
+def _field_names(cls: type) -> tuple[str, ...]:
+    # Asking pydantic for model_fields costs tens of microseconds; a pipeline asks often.
+    return tuple(name for name in cls.model_fields if name not in ("span", "loop", "name", "op"))
 
 
 def _refs(port: str, value) -> Iterator[tuple[str, str]]:

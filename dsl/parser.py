@@ -11,9 +11,8 @@ import ast as pyast
 import threading
 from functools import lru_cache
 
-from lark import Lark, Token, v_args
-from lark.visitors import Transformer_NonRecursive
-from lark.exceptions import VisitError, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark import Lark, Token, Tree
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from dsl import ast
 from dsl.diagnostics import ERROR, Diagnostic, PipeSyntaxError
@@ -48,8 +47,7 @@ class _TooDeep(Exception):
         self.span = span
 
 
-@v_args(meta=True, inline=True)
-class _ToAst(Transformer_NonRecursive):
+class _ToAst:
     """Lark rule -> AST node. One method per grammar rule or alias.
 
     It also measures how deeply expressions and loops nest (later passes recurse over
@@ -57,8 +55,26 @@ class _ToAst(Transformer_NonRecursive):
     """
 
     def __init__(self):
-        super().__init__()
         self._depth: dict[int, int] = {}
+
+    def transform(self, tree: Tree):
+        """Build the AST bottom-up without recursion (input may nest deeply). Each rule's
+        method gets the rule's position (``meta``) and its already-built children."""
+        values: list = []
+        stack: list = [(tree, False)]
+        while stack:
+            node, ready = stack.pop()
+            if not isinstance(node, Tree):
+                values.append(node)  # a token, or None for an absent optional part
+            elif ready:
+                n = len(node.children)
+                children = values[len(values) - n:] if n else []
+                del values[len(values) - n:]
+                values.append(getattr(self, str(node.data))(node.meta, *children))
+            else:
+                stack.append((node, True))
+                stack.extend((child, False) for child in reversed(node.children))
+        return values[0]
 
     def _nest(self, node, *children):
         depth = 1 + max((self._depth.get(id(c), 0) for c in children), default=0)
@@ -264,11 +280,9 @@ def parse(source: SourceFile) -> ast.Module:
         module = _ToAst().transform(_parser().parse(source.text))
     except UnexpectedInput as exc:
         raise PipeSyntaxError([_describe(exc, source)], source) from None
-    except VisitError as exc:
-        if not isinstance(exc.orig_exc, _TooDeep):
-            raise
+    except _TooDeep as exc:
         raise PipeSyntaxError([Diagnostic(
-            ERROR, f"nested more than {MAX_NESTING} levels deep", exc.orig_exc.span,
+            ERROR, f"nested more than {MAX_NESTING} levels deep", exc.span,
             "split the expression into named stages or values", source.path)], source) from None
     finally:
         comments, _comments.found = tuple(_comments.found), []

@@ -1,0 +1,127 @@
+"""Every example runs, and its result matches an independent plain-Python computation."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pytest
+
+from compiler.api import load
+from tests.conftest import EXAMPLES
+
+EXAMPLE_FILES = sorted(EXAMPLES.glob("*.pipe"))
+
+
+def test_every_example_is_covered():
+    """A new example must get an independent check here."""
+    assert {p.stem for p in EXAMPLE_FILES} == set(CHECKS)
+
+
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.stem)
+def test_example_checks_clean(path):
+    pipeline = load(path)
+    assert [d for d in pipeline.check() if d.is_error] == []
+
+
+def _run(name: str, **params):
+    result = load(Path("examples") / f"{name}.pipe").run(backend="local", params=params)
+    return result
+
+
+def check_train(workdir):
+    import numpy as np
+    from examples.linreg import make_batches
+
+    rows, epochs, rate = 4_000, 5, 0.1
+    result = _run("train", rows=rows, epochs=epochs, rate=rate)
+    got = np.array(json.loads(Path(result.files["weights"]).read_text()))
+    # Plain numpy: full-batch gradient descent on the same data.
+    batches = make_batches(rows, 10, 0)
+    X = np.vstack([b[0] for b in batches])
+    y = np.concatenate([b[1] for b in batches])
+    w = np.zeros(10)
+    for _ in range(epochs):
+        w = w - rate * (X.T @ (X @ w - y)) / len(y)
+    np.testing.assert_allclose(got, w, rtol=1e-9, atol=1e-12)
+
+
+def check_wordcount(workdir):
+    result = _run("wordcount", n=7)
+    got = json.loads(Path(result.files["top_words"]).read_text())
+    import re
+    counts = Counter(w for line in Path("examples/data/corpus.txt").read_text().splitlines()
+                     for w in re.findall(r"[a-z']+", line.lower()))
+    expected = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:7]
+    assert [tuple(x) for x in got] == expected
+
+
+def check_infer(workdir):
+    result = _run("infer", n=1_000)
+    lines = Path(result.files["out"]).read_text().splitlines()
+    got = [json.loads(line) for line in lines]
+    import random
+    rng = random.Random(0)
+    weight, bias = round(rng.uniform(0.5, 1.5), 6), round(rng.uniform(-1, 1), 6)
+    assert got == [{"id": i, "score": round(i * weight + bias, 6)} for i in range(1_000)]
+
+
+def check_pagerank(workdir):
+    rounds = 6
+    result = _run("pagerank", rounds=rounds)
+    got = dict(json.loads(Path(result.files["ranks_out"]).read_text()))
+    edges = {tuple(line.split()[:2]) for line in Path("examples/data/links.txt").read_text().splitlines() if line}
+    links = defaultdict(list)
+    for src, dst in sorted(edges):
+        links[src].append(dst)
+    n = len(links)
+    ranks = {page: 1.0 for page in links}
+    for _ in range(rounds):
+        incoming = defaultdict(float)
+        for page, rank in ranks.items():
+            for dst in links[page]:
+                incoming[dst] += rank / len(links[page])
+        ranks = {page: 0.15 / n + 0.85 * total for page, total in incoming.items()}
+    assert got.keys() == ranks.keys()
+    for page in ranks:
+        assert math.isclose(got[page], ranks[page], rel_tol=1e-12)
+    assert list(got) == sorted(got), "keyed output comes sorted by key"
+
+
+def check_kmeans(workdir):
+    result = _run("kmeans", points=600)
+    got = json.loads(Path(result.files["centres"]).read_text())
+    from examples.kmeans import make_points
+    import random
+    points = make_points(600, 1)
+    rng = random.Random(1)
+    centres = [(rng.uniform(-1, 6), rng.uniform(-1, 7)) for _ in range(3)]
+    rounds = 0
+    for rounds in range(1, 21):
+        sums = defaultdict(lambda: [0.0, 0.0, 0])
+        for p in points:
+            best = min(range(3), key=lambda i: math.dist(p, centres[i]))
+            sums[best][0] += p[0]
+            sums[best][1] += p[1]
+            sums[best][2] += 1
+        new = list(centres)
+        for c, (sx, sy, count) in sums.items():
+            new[c] = (sx / count, sy / count)
+        moved = max(math.dist(a, b) for a, b in zip(centres, new))
+        centres = new
+        if moved < 1e-4:
+            break
+    assert result.rounds["loop1"] == rounds < 20
+    for (gx, gy), (ex, ey) in zip(got, centres):
+        assert math.isclose(gx, ex, rel_tol=1e-9) and math.isclose(gy, ey, rel_tol=1e-9)
+
+
+CHECKS = {"train": check_train, "wordcount": check_wordcount, "infer": check_infer,
+          "pagerank": check_pagerank, "kmeans": check_kmeans}
+
+
+@pytest.mark.parametrize("name", sorted(CHECKS))
+def test_example_matches_plain_python(name, workdir):
+    CHECKS[name](workdir)

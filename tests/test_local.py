@@ -1,0 +1,259 @@
+"""The reference backend's strictness and the exact semantics every backend shares."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+
+from compiler.api import load
+from dsl.diagnostics import PipelineRuntimeError
+from backends.runtime import semantics
+from backends.runtime.actors import SKIPPED, ActorHost, ReplayLog
+
+MOD = '''
+import threading, time
+
+def inc(x):
+    return x + 1
+
+def pair(x):
+    return (x % 3, x)
+
+def add(a, b):
+    return a + b
+
+def lock(x):
+    return threading.Lock()
+
+def mutate(batch):
+    batch.append(99)
+    return batch
+
+flaky_calls = {"n": 0}
+
+def flaky(x):
+    flaky_calls["n"] += 1
+    if flaky_calls["n"] <= 2:
+        raise RuntimeError("transient")
+    return x
+
+def slow(x):
+    time.sleep(5)
+    return x
+
+def boom(x):
+    raise ValueError(f"bad item {x}")
+
+def first(xs):
+    return xs[0]
+
+def items(n):
+    return [f"item{i}" for i in range(n)]
+
+def shard(partition, partitions):
+    return [(partition, partitions)]
+
+def batch_index(items, partition):
+    return [partition] * len(items)
+
+class Counter:
+    def __init__(self):
+        self.total = 0
+    def add(self, x):
+        self.total += x
+        return self.total
+    def value(self):
+        return self.total
+'''
+
+
+def run(write_pipe, body: str, params=None, **extra_modules):
+    path = write_pipe("use m as m\npipeline p() {\n" + body + "\n}\n", m=MOD, **extra_modules)
+    pipeline = load(path)
+    pipeline.check()
+    return pipeline.run(backend="local", params=params or {})
+
+
+def test_range_partitions_are_contiguous_blocks(write_pipe):
+    result = run(write_pipe, "source xs = range(10) partitions 3\nsink out = collect(xs)")
+    assert result.outputs["out"] == list(range(10))
+    assert semantics.partition_bounds(10, 3) == [(0, 3), (3, 6), (6, 10)]
+
+
+def test_callable_source_cut_into_blocks_and_sharded_called_per_partition(write_pipe):
+    result = run(write_pipe, "source xs = m.items(n = 5) partitions 2\n"
+                             "source ys = m.shard() sharded partitions 3\n"
+                             "sink a = collect(xs)\nsink b = collect(ys)")
+    assert result.outputs["a"] == [f"item{i}" for i in range(5)]
+    assert result.outputs["b"] == [(0, 3), (1, 3), (2, 3)]
+
+
+def test_map_batches_gets_partition_index(write_pipe):
+    result = run(write_pipe, "source xs = range(6) partitions 3\n"
+                             "stage ps = map_batches m.batch_index over xs\nsink out = collect(ps)")
+    assert result.outputs["out"] == [0, 0, 1, 1, 2, 2]
+
+
+def test_unpicklable_output_fails_naming_the_stage(write_pipe):
+    with pytest.raises(PipelineRuntimeError) as err:
+        run(write_pipe, "source xs = range(4) partitions 2\nstage locks = map m.lock over xs\nsink out = collect(locks)")
+    assert "`locks`" in str(err.value) and "cannot be pickled" in str(err.value)
+
+
+def test_mutating_a_input_is_caught(write_pipe):
+    with pytest.raises(PipelineRuntimeError) as err:
+        run(write_pipe, "source xs = range(4) partitions 2\nstage ys = map_batches m.mutate over xs\n"
+                        "sink out = collect(ys)")
+    assert "changed its input" in str(err.value)
+
+
+def test_retries_recover_a_transient_failure(write_pipe):
+    result = run(write_pipe, "source xs = range(1) partitions 1\nstage ys = map m.flaky over xs retries 2\n"
+                             "sink out = collect(ys)")
+    assert result.outputs["out"] == [0]
+
+
+def test_without_retries_the_error_names_stage_partition_and_user_line(write_pipe):
+    with pytest.raises(PipelineRuntimeError) as err:
+        run(write_pipe, "source xs = range(4) partitions 2\nstage ys = map m.boom over xs\nsink out = collect(ys)")
+    text = str(err.value)
+    assert "`ys`" in text and "ValueError: bad item 0" in text and "partition 0" in text
+    assert "m.py" in text  # points at the user's code
+
+
+def test_timeout_is_enforced(write_pipe):
+    with pytest.raises(PipelineRuntimeError) as err:
+        run(write_pipe, "source xs = range(1) partitions 1\nstage ys = map m.slow over xs timeout 0.2\n"
+                        "sink out = collect(ys)")
+    assert "timeout of 0.2 s" in str(err.value)
+
+
+def test_keyed_results_sorted_and_grouped_in_input_order(write_pipe):
+    result = run(write_pipe, "source xs = range(12) partitions 4\nstage pairs = map m.pair over xs\n"
+                             "stage sums = reduce_by_key m.add over pairs\n"
+                             "stage groups = group_by_key over pairs\n"
+                             "sink a = collect(sums)\nsink b = collect(groups)")
+    assert result.outputs["a"] == [(0, 18), (1, 22), (2, 26)]
+    assert result.outputs["b"] == [(0, [0, 3, 6, 9]), (1, [1, 4, 7, 10]), (2, [2, 5, 8, 11])]
+
+
+def test_join_distinct_union_and_vars(write_pipe):
+    result = run(write_pipe, """
+    source xs = range(6) partitions 3
+    stage pairs = map m.pair over xs
+    stage both = join(pairs, pairs)
+    stage uniq = distinct(union(xs, xs))
+    var total = 0
+    repeat 3 as i {
+        total = total + i
+    }
+    sink a = collect(both)
+    sink b = collect(uniq)
+    sink c = total
+    sink d = count(both)""")
+    assert result.outputs["b"] == list(range(6))
+    assert result.outputs["c"] == 0 + 1 + 2
+    assert result.outputs["d"] == 12
+    assert result.outputs["a"][:4] == [(0, (0, 0)), (0, (0, 3)), (0, (3, 0)), (0, (3, 3))]
+
+
+def test_until_stops_early_and_collection_var_carries(write_pipe):
+    result = run(write_pipe, """
+    source xs = range(4) partitions 2
+    var ys = map m.inc over xs
+    repeat 10 until count(ys) > 0 and m.first(collect(ys)) >= 3 {
+        ys = map m.inc over ys
+    }
+    sink out = collect(ys)""")
+    # ys starts at [1..4]; each round adds one; stops once the first item reaches 3.
+    assert result.outputs["out"] == [3, 4, 5, 6]
+    assert result.rounds["loop1"] == 2
+
+
+def test_actor_calls_in_program_order(write_pipe):
+    result = run(write_pipe, """
+    actor c = m.Counter()
+    repeat 4 as i {
+        c.add(i)
+    }
+    sink total = c.value()""")
+    assert result.outputs["total"] == 6
+
+
+def test_sinks_are_written_atomically_and_only_whole(write_pipe, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    target = tmp_path / "out" / "x.json"
+    target.parent.mkdir()
+    target.write_text("old")
+    with pytest.raises(PipelineRuntimeError) as err:
+        # A value JSON cannot hold: the old file must survive untouched, no temp left.
+        run(write_pipe, "source xs = range(2) partitions 1\nstage ys = map m.inc over xs\n"
+                        "sink x = m.lock(collect(ys)) -> json(\"out/x.json\")")
+    assert "cannot write json" in str(err.value)
+    assert target.read_text() == "old"
+    assert [p.name for p in target.parent.iterdir()] == ["x.json"]
+
+
+def test_json_sink_writes_numpy_as_plain_json():
+    np = pytest.importorskip("numpy")
+    text = semantics.render_sink({"b": np.arange(3), "a": np.float64(1.5), "c": (np.int64(2),)}, "json", False)
+    assert json.loads(text) == {"a": 1.5, "b": [0, 1, 2], "c": [2]}
+    assert text.index('"a"') < text.index('"b"')  # keys sorted
+
+
+PINNED_HASH = 12434854893140991437
+
+
+def test_stable_hash_is_process_independent_and_equal_for_equal_keys():
+    assert semantics.stable_hash("word") == semantics.stable_hash("word")
+    assert semantics.stable_hash(1) == semantics.stable_hash(1.0) == semantics.stable_hash(True)
+    assert semantics.stable_hash(("a", 1)) != semantics.stable_hash(("a", 2))
+    # Pinned: a change here silently changes every backend's partitioning.
+    assert semantics.stable_hash("pipec") == PINNED_HASH
+
+
+def test_combine_partials_order_is_fixed_by_index():
+    calls = []
+
+    def cat(a, b):
+        calls.append((a, b))
+        return a + b
+    parts = [str(i) for i in range(10)]
+    assert semantics.combine_partials(cat, parts) == "0123456789"
+    # Groups of FAN_IN=8 first, then the level above: ((0..7), (8, 9)).
+    assert calls[-1] == ("01234567", "89")
+
+
+def test_actor_host_snapshot_and_replay_apply_each_call_once(tmp_path):
+    snap = tmp_path / "c.snapshot"
+    mod = tmp_path / "counter_mod.py"
+    mod.write_text(MOD)
+    import sys
+    sys.path.insert(0, str(tmp_path))
+    try:
+        log = ReplayLog(checkpoint_every=3)
+        host = ActorHost("counter_mod", "Counter", [], {}, 3, str(snap))
+        for x in range(5):  # calls 0..4; snapshot after call 2
+            seq = log.record("add", [x], {})
+            host.call(seq, "add", [x], {})
+            log.confirm(seq)
+        assert host.obj.total == 10
+        assert [e[0] for e in log.entries] == [3, 4]
+        # The process dies: a new host restores the snapshot (calls 0..2 applied) ...
+        restored = ActorHost("counter_mod", "Counter", [], {}, 3, str(snap))
+        assert restored.restored and restored.applied == 2 and restored.obj.total == 3
+        # ... a stale re-send of an old call is not applied again ...
+        assert restored.call(1, "add", [1], {}) == SKIPPED
+        # ... and the driver replays the rest in order.
+        for seq, method, args, kwargs in log.since(restored.applied):
+            restored.call(seq, method, args, kwargs)
+        assert restored.obj.total == 10
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+def test_pickle_roundtrip_of_empty_marker():
+    assert pickle.loads(pickle.dumps(semantics.EMPTY)) is semantics.EMPTY
