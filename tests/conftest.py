@@ -57,3 +57,8 @@ def write_pipe(tmp_path):
         path.write_text(text, encoding="utf-8")
         return path
     return make
+
+
+def pytest_sessionfinish(session, exitstatus):
+    from tests.engines import shutdown_all
+    shutdown_all()
