@@ -9,6 +9,7 @@ loop. All errors found in one pass are reported together.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -91,6 +92,7 @@ class Builder:
         self.handle_stages: dict[str, list[str]] = {}  # actor node -> stages using a handle
         self.sinks: list[str] = []
         self._id_counts: dict[str, int] = {}
+        self._naming: str | None = None  # the name the current statement defines
 
     # ---- diagnostics
 
@@ -125,7 +127,8 @@ class Builder:
         self._finish()
         self.ir.info = self.ir.info.model_copy(update={
             "loops": self.loops,
-            "module_roots": [str(r) for r in self.index.found_roots]})
+            "module_roots": [os.path.relpath(r, os.path.dirname(os.path.abspath(self.source.path)))
+                             for r in self.index.found_roots]})
         return self.ir
 
     def _guard(self, fn, *args):
@@ -232,7 +235,10 @@ class Builder:
                 return node
 
     def _add(self, node_id: str, op: ir.Op) -> str:
-        return self.ir.add(self._node_id(node_id), op.model_copy(update={"loop": self.region.id}))
+        update = {"loop": self.region.id}
+        if op.name is None and node_id == self._naming:
+            update["name"] = node_id  # the node the user named (`stage grads = ...`)
+        return self.ir.add(self._node_id(node_id), op.model_copy(update=update))
 
     # ---- statements
 
@@ -250,6 +256,8 @@ class Builder:
 
     def _stmt(self, stmt) -> None:
         kind = type(stmt).__name__
+        name = getattr(stmt, "name", None)
+        self._naming = name.text if isinstance(name, ast.Name) and not isinstance(stmt, ast.Rebind) else None
         getattr(self, f"_stmt_{kind.lower()}")(stmt)
 
     def _stmt_defaults(self, stmt: ast.Defaults) -> None:
@@ -361,7 +369,7 @@ class Builder:
         if name in self.region.rebound:
             self.fail(f"`{name}` is rebound twice in one round", stmt.name.span,
                       "compute the final value once and rebind it once")
-        typed = self._expr(stmt.expr, name=f"{name}@{self.region.id}")
+        typed = self._expr(stmt.expr, name=f"{name}@{self.region.id}/value")
         if typed.shape != binding.shape:
             self._shape_error(typed, binding.shape, stmt.expr,
                               f"`{name}` was declared as a {binding.shape} (line {binding.span.line})")
@@ -1009,8 +1017,9 @@ class Builder:
         useful: set[str] = set()
         roots = [n for n, op in self.ir.items() if isinstance(op, (ir.Sink, ir.ActorCall, ir.Rebind))]
         for loop in self.loops.values():
-            if isinstance(loop.until, ir.NodeRef):
-                roots.append(loop.until.node)
+            for operand in (loop.until, loop.count):
+                if isinstance(operand, ir.NodeRef):
+                    roots.append(operand.node)
         stack = list(roots)
         while stack:
             node = stack.pop()

@@ -169,9 +169,9 @@ def cmd_graph(args) -> int:
     else:
         drawing = render.pipeline_drawing(pipeline.ir)
     if args.format in ("svg", "png"):
-        data = render.to_image(drawing, args.format)
         if args.format == "png" and not args.output:
             raise UsageError("a PNG image needs -o FILE")
+        data = render.to_image(drawing, args.format)
         if args.output:
             Path(args.output).parent.mkdir(parents=True, exist_ok=True)
             Path(args.output).write_bytes(data)

@@ -359,7 +359,15 @@ class PipelineInfo(Model):
     path: str
     params: list[str]
     loops: dict[str, Loop] = {}
-    module_roots: list[str] = []  # where the user's Python modules were found
+    # Folders holding the user's Python modules, relative to the .pipe file's folder (so
+    # the IR's JSON does not depend on where the checkout lives); see module_paths().
+    module_roots: list[str] = []
+
+    def module_paths(self) -> list[str]:
+        """The module folders as absolute paths, for sys.path on the driver and workers."""
+        import os
+        base = os.path.dirname(os.path.abspath(self.path))
+        return [os.path.normpath(os.path.join(base, root)) for root in self.module_roots]
 
 
 # ---- the graph --------------------------------------------------------------------------------

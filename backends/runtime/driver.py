@@ -45,7 +45,7 @@ class Driver:
 
     def run(self) -> RunResult:
         start = time.perf_counter()
-        ensure_path(self.ir.info.module_roots)
+        ensure_path(self.ir.info.module_paths())
         self.setup()
         try:
             self.run_block(blocks(self.ir))
