@@ -11,6 +11,7 @@ import sys
 from typing import TextIO
 
 from backends.base import RunResult
+from compiler import ir
 from backends.runtime.semantics import to_jsonable
 
 
@@ -72,9 +73,15 @@ def print_summary(result: RunResult, pipeline, as_json: bool = False, out: TextI
         err.write(f"  wrote {path}  ({name})\n")
     for loop, rounds in result.rounds.items():
         err.write(f"  {loop}: {rounds} round{'s' if rounds != 1 else ''}\n")
-    slowest = sorted(result.timings.items(), key=lambda kv: -kv[1])[:8]
+    busy = {k: v for k, v in result.timings.items() if k in pipeline.ir.graph and _does_work(pipeline.ir.op(k))}
+    slowest = sorted(busy.items(), key=lambda kv: -kv[1])[:8]
     if slowest:
         err.write("  time by operation (slowest first):\n")
         width = max(len(k) for k, _ in slowest)
         for name, seconds in slowest:
             err.write(f"    {name:<{width}}  {seconds:8.3f} s\n")
+
+
+def _does_work(op: ir.Op) -> bool:
+    """Operations worth listing in the timing summary (not parameters or constants)."""
+    return not isinstance(op, (ir.Param, ir.Const, ir.RoundIndex, ir.Var, ir.Rebind, ir.Expr))

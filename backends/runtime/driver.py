@@ -103,8 +103,7 @@ class Driver:
         start = time.perf_counter()
         handler = getattr(self, f"op_{op.op}", None) or getattr(self, f"collection_{op.op}")
         self.env[node] = handler(node, op)
-        if op.name or op.node_shape == ir.COLLECTION:
-            self.result.timings[node] = self.result.timings.get(node, 0.0) + time.perf_counter() - start
+        self.result.timings[node] = self.result.timings.get(node, 0.0) + time.perf_counter() - start
 
     def value(self, operand: ir.Lit | ir.NodeRef | None) -> Any:
         if operand is None:
