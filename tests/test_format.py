@@ -591,7 +591,6 @@ def test_cli_syntax_error(tmp_path, flag):
 # `--write` goes through backends.runtime.sinks.atomic_write (mkstemp + os.replace),
 # which is atomic but creates the new file with mode 0600 and replaces a symlink by a
 # regular file. Marked strict so the test fails (and the mark goes) once that is fixed.
-@pytest.mark.xfail(strict=True, reason="atomic_write: mkstemp gives the new file mode 0600")
 def test_cli_write_keeps_the_file_mode(tmp_path):
     path = tmp_path / "p.pipe"
     path.write_text(ONE_LINE)
@@ -600,7 +599,6 @@ def test_cli_write_keeps_the_file_mode(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o644
 
 
-@pytest.mark.xfail(strict=True, reason="atomic_write: os.replace on a symlink replaces the link")
 def test_cli_write_through_a_symlink_formats_its_target(tmp_path):
     target = tmp_path / "p.pipe"
     target.write_text(ONE_LINE)

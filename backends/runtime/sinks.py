@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -10,14 +11,23 @@ from backends.runtime.semantics import render_sink
 
 
 def atomic_write(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` so readers see the old file or the whole new one."""
-    target = Path(path)
+    """Write ``text`` to ``path`` so readers see the old file or the whole new one.
+
+    A symlink is followed (its target is replaced, the link stays) and an existing
+    file keeps its permissions; a new file gets the usual mode (0666 less the umask).
+    Returns ``path`` as given."""
+    target = Path(os.path.realpath(path))
     target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        mode = 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
             fh.write(text)
             fh.flush()
+            os.fchmod(fh.fileno(), mode)
             os.fsync(fh.fileno())
         os.replace(tmp, target)
     except BaseException:
@@ -26,9 +36,21 @@ def atomic_write(path: str | Path, text: str) -> Path:
         except FileNotFoundError:
             pass
         raise
-    return target
+    return Path(path)
 
 
 def write_sink(value, fmt: str, path: str, is_collection: bool) -> Path:
     """Render ``value`` in ``fmt`` (fully, before touching the disk) and write it."""
     return atomic_write(path, render_sink(value, fmt, is_collection))
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would race with threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
