@@ -48,19 +48,26 @@ class ActorHost:
         self.checkpoint_every = checkpoint_every
         self.snapshot_path = Path(snapshot) if snapshot else None
         self.applied = -1  # seq of the last call applied to ``obj``
+        # The result of call ``applied``: if the worker dies after a snapshot but before
+        # the caller got the result, the call sent again returns it instead of SKIPPED.
+        self.last_result: Any = None
         self.restored = False
         if self.snapshot_path is not None and self.snapshot_path.exists():
-            self.obj, self.applied = pickle.loads(self.snapshot_path.read_bytes())
+            state = pickle.loads(self.snapshot_path.read_bytes())
+            self.obj, self.applied = state[0], state[1]
+            self.last_result = state[2] if len(state) > 2 else SKIPPED
             self.restored = True
         else:
             self.obj = resolve(module, cls)(*args, **kwargs)
 
     def call(self, seq: int, method: str, args: list, kwargs: dict) -> Any:
-        """Apply call ``seq`` unless it was applied already (then return SKIPPED)."""
+        """Apply call ``seq`` unless it was applied already (then return SKIPPED, or the
+        result of the last applied call when ``seq`` is that call)."""
         if seq <= self.applied:
-            return SKIPPED
+            return self.last_result if seq == self.applied else SKIPPED
         result = getattr(self.obj, method)(*args, **kwargs)
         self.applied = seq
+        self.last_result = result
         if self.checkpoint_every and self.snapshot_path is not None and (seq + 1) % self.checkpoint_every == 0:
             self.save()
         return result
@@ -70,7 +77,7 @@ class ActorHost:
         return getattr(self.obj, method)(*args, **kwargs)
 
     def save(self) -> None:
-        _write_atomic_bytes(self.snapshot_path, pickle.dumps((self.obj, self.applied)))
+        _write_atomic_bytes(self.snapshot_path, pickle.dumps((self.obj, self.applied, self.last_result)))
 
     def state(self):
         return self.obj

@@ -110,7 +110,12 @@ class Driver:
             return None
         if isinstance(operand, ir.Lit):
             return operand.value
-        return self.env[operand.node]
+        return self.materialize(self.env[operand.node])
+
+    def materialize(self, value: Any) -> Any:
+        """A value the driver can use. Backends that keep values on the cluster until the
+        driver needs one (a reduction result, say) fetch it here; the default has it."""
+        return value
 
     def error(self, where: str, message: str, span: ir.SpanModel | None = None, hint: str | None = None):
         if self._source is None:
@@ -177,7 +182,7 @@ class Driver:
     def op_sink(self, node: str, op: ir.Sink):
         src = op.input.node
         is_collection = self.ir.op(src).node_shape == ir.COLLECTION
-        value = self.env[src]
+        value = self.materialize(self.env[src])
         if is_collection:
             value = semantics.ordered(self.gather(src), self.order_of(src))
         if op.format is None:
@@ -195,16 +200,7 @@ class Driver:
 
     def order_of(self, node: str) -> str | None:
         """The canonical order of a collection's output (None: partition order)."""
-        op = self.ir.op(node)
-        if isinstance(op, (ir.ReduceByKey, ir.GroupByKey, ir.Join)):
-            return "key"
-        if isinstance(op, ir.Distinct):
-            return "element"
-        if isinstance(op, ir.Elementwise) and op.kind in ("filter", "map_values"):
-            return self.order_of(op.input.node)
-        if isinstance(op, (ir.Var, ir.Rebind)):
-            return self.order_of((op.init if isinstance(op, ir.Var) else op.value).node)
-        return None
+        return order_of(self.ir, node)
 
     # ---- actors
 
@@ -252,3 +248,18 @@ class Driver:
 
     def count(self, node: str) -> int:
         return len(self.gather(node))
+
+
+def order_of(graph: ir.IR, node: str) -> str | None:
+    """The canonical order of collection ``node``'s output: "key" (sorted by key),
+    "element" (sorted), or None (partition order)."""
+    op = graph.op(node)
+    if isinstance(op, (ir.ReduceByKey, ir.GroupByKey, ir.Join)):
+        return "key"
+    if isinstance(op, ir.Distinct):
+        return "element"
+    if isinstance(op, ir.Elementwise) and op.kind in ("filter", "map_values"):
+        return order_of(graph, op.input.node)
+    if isinstance(op, (ir.Var, ir.Rebind)):
+        return order_of(graph, (op.init if isinstance(op, ir.Var) else op.value).node)
+    return None

@@ -134,11 +134,19 @@ def fold(fn: Callable, items: Iterable):
     return acc
 
 
+def combine_group(fn: Callable, group: Iterable):
+    """Fold one group of partials left to right, skipping EMPTY ones (EMPTY if all are)."""
+    return fold(fn, (p for p in group if p is not EMPTY))
+
+
 def combine_partials(fn: Callable, partials: Sequence):
-    """Combine per-partition partials in index order, FAN_IN at a time, level by level."""
-    level = [p for p in partials if p is not EMPTY]
+    """Combine per-partition partials level by level: consecutive groups of FAN_IN (by
+    partition index; an empty partition keeps its place in its group), each folded with
+    :func:`combine_group`. The grouping depends only on the number of partitions, so an
+    engine can build the tree of combine tasks before anything runs."""
+    level = list(partials)
     while len(level) > 1:
-        level = [fold(fn, level[i:i + FAN_IN]) for i in range(0, len(level), FAN_IN)]
+        level = [combine_group(fn, level[i:i + FAN_IN]) for i in range(0, len(level), FAN_IN)]
     return level[0] if level else EMPTY
 
 
@@ -227,6 +235,20 @@ def top(items: Sequence, n: int, by: Callable | None):
     """The n largest items by ``by`` (or themselves); ties keep their collected order."""
     keyfn = by if by is not None else (lambda x: x)
     return sorted(items, key=keyfn, reverse=True)[: max(0, n)]
+
+
+def top_partial(items: list, n: int, by: Callable | None, order: str | None) -> list:
+    """One partition's candidates for :func:`top`: its own top n in its canonical order.
+
+    ``top_merge`` of the partitions' candidates (in partition order) equals ``top`` of the
+    whole collected collection: every item of the global top n is in its partition's top
+    n, and the stable sorts keep equal items in their collected order."""
+    return top(ordered(items, order), n, by)
+
+
+def top_merge(candidates: Sequence[list], n: int, by: Callable | None, order: str | None) -> list:
+    """The global top n from the per-partition candidates, given in partition order."""
+    return top(ordered([x for part in candidates for x in part], order), n, by)
 
 
 # ---- operators on values --------------------------------------------------------------------

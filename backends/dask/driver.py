@@ -1,0 +1,493 @@
+"""The Dask driver: the shared driver loop, with graph steps submitted to Dask.
+
+Driver steps (values, actor calls, vars, sinks) run through :class:`Driver`; every graph
+step becomes one Dask task graph built from the plan's task specs and submitted at once.
+Collections and values a later step reads stay on the cluster (the driver holds their
+futures), so a loop's inputs are computed once and every round reuses them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from collections import Counter
+from typing import Any
+
+from dask._task_spec import DataNode, Task, TaskRef
+from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+from distributed import WorkerPlugin, as_completed
+
+from compiler import ir
+from backends.dask import worker
+from backends.dask.lowering import Arg, GraphStep, LoopStep, Ref, Seq, StepLowering
+from backends.runtime.driver import Driver
+from backends.runtime.tasks import ensure_path
+
+log = logging.getLogger("pipec.dask")
+
+# How long an actor call may go without an answer before the driver checks that the
+# actor's worker is still alive (a long call on a live worker simply goes on).
+_PROBE_AFTER = 2.0
+
+
+class Parts:
+    """A collection kept on the cluster: one future per partition, in order."""
+
+    __slots__ = ("futures",)
+
+    def __init__(self, futures: list):
+        self.futures = futures
+
+
+class Lazy:
+    """A value kept on the cluster until the driver needs it (then fetched once)."""
+
+    __slots__ = ("future", "_value", "_fetched")
+
+    def __init__(self, future):
+        self.future = future
+        self._fetched = False
+        self._value = None
+
+    def get(self):
+        if not self._fetched:
+            self._value = self.future.result()
+            self._fetched = True
+        return self._value
+
+
+class ActorRecord:
+    """The driver's side of one actor: its Dask actor, where it lives, restarts left."""
+
+    def __init__(self, node: str, op: ir.Actor, args: list, kwargs: dict):
+        self.node, self.op, self.args, self.kwargs = node, op, args, kwargs
+        self.restarts_left = op.restarts
+        self.incarnation = 0
+        self.future = None
+        self.actor = None
+        self.address: str | None = None
+        self.broken = False
+
+
+class PoolRecord:
+    """An actor pool: members spread over the workers, and each member's next call number."""
+
+    def __init__(self, node: str, op: ir.Actor, args: list, kwargs: dict, size: int):
+        self.node, self.op, self.args, self.kwargs = node, op, args, kwargs
+        self.restarts_left = op.restarts
+        self.futures: list = [None] * size
+        self.actors: list = [None] * size
+        self.addresses: list = [None] * size
+        self.incarnations = [0] * size
+        self.next = [0] * size
+
+
+class PathsPlugin(WorkerPlugin):
+    """The user's module folders on every worker, also on workers that join later."""
+
+    def __init__(self, roots: list[str]):
+        self.roots = list(roots)
+
+    def setup(self, worker=None):
+        ensure_path(self.roots)
+
+
+def _worker_addresses(dask_scheduler=None) -> list[str]:
+    return sorted(dask_scheduler.workers)
+
+
+class LiveContext:
+    """Partition counts and pool sizes as they are in this run."""
+
+    def __init__(self, driver: "DaskDriver"):
+        self.driver = driver
+
+    def partitions(self, node: str, operand) -> int:
+        k = self.driver.value(operand)
+        if not isinstance(k, int) or isinstance(k, bool):
+            op = self.driver.ir.op(node)
+            raise self.driver.error(node, f"`partitions` needs an integer, got {k!r}", op.span)
+        return max(0, k)
+
+    def nparts(self, node: str) -> int:
+        return len(self.driver.env[node].futures)
+
+    def pool_size(self, pool: str) -> int:
+        return len(self.driver.env[pool].futures)
+
+
+class DaskDriver(Driver):
+    backend = "dask"
+
+    def __init__(self, plan, client, progress=None, run_dir: str | None = None):
+        super().__init__(plan.ir, plan.params, progress, run_dir)
+        self.plan = plan
+        self.planner = plan.planner
+        self.client = client
+        self.tag = self.run_id[:8]
+        self._submissions = itertools.count(1)
+        self._placement = itertools.count()
+        self.events: list[str] = []
+        self.submitted: list[list[str]] = []  # plan keys of each graph submitted (for tests)
+
+    # ---- lifecycle
+
+    def setup(self) -> None:
+        roots = list(self.ir.info.module_roots)
+        if roots:
+            self.client.register_plugin(PathsPlugin(roots), name=f"pipec-paths-{abs(hash(tuple(roots)))}")
+            try:
+                self.client.run_on_scheduler(ensure_path, roots)
+            except Exception:  # a scheduler that cannot run our code still schedules
+                pass
+
+    def teardown(self) -> None:
+        for value in list(self.env.values()):
+            if isinstance(value, ActorRecord) and value.future is not None:
+                value.future.release()
+            elif isinstance(value, PoolRecord):
+                for f in value.futures:
+                    if f is not None:
+                        f.release()
+        self.env.clear()
+
+    # ---- blocks
+
+    def run_block(self, block) -> None:
+        for step in self.planner.steps_for(block.items):
+            if isinstance(step, GraphStep):
+                self.run_graph(step)
+            elif isinstance(step, LoopStep):
+                self.run_loop(step.block)
+            else:
+                self.run_node(step.node)
+
+    def end_round(self, block) -> None:
+        # This round's results are not read again (vars were rebound already): let the
+        # cluster forget them now rather than when the next round replaces them.
+        for node in block.nodes():
+            if node not in self.planner.loop_reads:
+                self.env.pop(node, None)
+
+    def materialize(self, value: Any) -> Any:
+        return value.get() if isinstance(value, Lazy) else value
+
+    def gather(self, node: str) -> list:
+        parts = self.client.gather(self.env[node].futures)
+        return [x for part in parts for x in part]
+
+    def count(self, node: str) -> int:
+        return len(self.gather(node))
+
+    # ---- graph steps
+
+    def run_graph(self, step: GraphStep) -> None:
+        while True:
+            try:
+                self._run_graph_once(step)
+                return
+            except worker.ActorLost as lost:
+                self._recover(lost)
+
+    def _run_graph_once(self, step: GraphStep) -> None:
+        lowering = StepLowering(self.ir, step, LiveContext(self), self.planner.actors)
+        specs = lowering.lower()
+        suffix = f"@{self.tag}.{next(self._submissions)}"
+        in_step = {spec.key: spec for spec in specs}
+        aliases: dict[str, Any] = {}  # data keys whose value is already on the cluster
+        layers: dict[tuple, dict] = {}
+        annotations: dict[tuple, dict] = {}
+        task_specs = []
+        for spec in specs:
+            if spec.data is not None:
+                held = self.env[spec.data]
+                if isinstance(held, Lazy):
+                    aliases[spec.key] = held.future
+                    continue
+                layers.setdefault(("data",), {})[spec.key + suffix] = DataNode(spec.key + suffix, held)
+                annotations[("data",)] = {}
+                continue
+            task_specs.append(spec)
+
+        def resolve(arg):
+            if isinstance(arg, Ref):
+                if arg.key in aliases:
+                    return aliases[arg.key]
+                if arg.key in in_step:
+                    return TaskRef(arg.key + suffix)
+                return self._held(arg)
+            if isinstance(arg, Arg):
+                value = self.value(arg.operand)
+                return os.path.abspath(value) if arg.path and isinstance(value, str) else value
+            if isinstance(arg, Seq):
+                return self.env[arg.pool].next[arg.member] + arg.offset
+            if isinstance(arg, tuple):
+                return tuple(resolve(a) for a in arg)
+            if isinstance(arg, list):
+                return [resolve(a) for a in arg]
+            if isinstance(arg, dict):
+                return {k: resolve(v) for k, v in arg.items()}
+            return arg
+
+        for spec in task_specs:
+            notes: dict[str, Any] = {}
+            if spec.retries:
+                notes["retries"] = spec.retries
+            if spec.resources:
+                notes["resources"] = spec.resources
+            if spec.member is not None:
+                pool, m = spec.member
+                notes["workers"] = [self.env[pool].addresses[m]]
+                notes["allow_other_workers"] = True
+            sig = (spec.group, tuple(sorted((k, repr(v)) for k, v in notes.items())))
+            key = spec.key + suffix
+            layers.setdefault(sig, {})[key] = Task(key, spec.func, *(resolve(a) for a in spec.args))
+            annotations[sig] = notes
+        self.submitted.append([spec.key for spec in specs])
+        futures: dict[str, Any] = {}
+        if task_specs:
+            names = {sig: f"{sig[0]}-{i}{suffix}" for i, sig in enumerate(layers)}
+            hlg = HighLevelGraph({names[sig]: MaterializedLayer(layer, annotations=annotations[sig] or None)
+                                  for sig, layer in layers.items()},
+                                 {names[sig]: set() for sig in layers})
+            keys = [spec.key + suffix for spec in task_specs]
+            submitted = self.client.get(hlg, keys, sync=False)
+            futures = {spec.key: f for spec, f in zip(task_specs, submitted)}
+            self._wait(step, task_specs, futures, lowering)
+        self._keep(step, lowering, futures, aliases)
+        self._advance_pools(task_specs)
+
+    def _advance_pools(self, specs) -> None:
+        last: dict[tuple[str, int], int] = {}
+        for spec in specs:
+            for arg in spec.args:
+                if isinstance(arg, Seq):
+                    last[(arg.pool, arg.member)] = max(last.get((arg.pool, arg.member), -1), arg.offset)
+        for (pool, m), offset in last.items():
+            self.env[pool].next[m] += offset + 1
+
+    def _held(self, ref: Ref):
+        """The future of a key kept from an earlier graph (or an actor's)."""
+        held = self.env[ref.node]
+        if isinstance(held, Parts):
+            return held.futures[ref.part]
+        if isinstance(held, Lazy):
+            return held.future
+        if isinstance(held, ActorRecord):
+            return held.future
+        if isinstance(held, PoolRecord):
+            return held.futures[ref.part]
+        raise AssertionError(f"{ref.key} is not on the cluster")
+
+    def _wait(self, step: GraphStep, specs, futures: dict, lowering) -> None:
+        by_key = {f.key: spec for spec, f in zip(specs, futures.values())}
+        groups = Counter(spec.group for spec in specs)
+        for group, n in groups.items():
+            self.progress.stage(group, n)
+        keep = {ref.key for node in step.exports for ref in lowering.parts.get(node, [])}
+        keep |= {lowering.values[node].key for node in step.exports if node in lowering.values}
+        start = time.perf_counter()
+        done_at: dict[str, float] = {}
+        pending = as_completed(list(futures.values()), loop=self.client.loop)
+        try:
+            for future in pending:
+                spec = by_key[future.key]
+                if future.status != "finished":
+                    self._fail(future, spec, futures)
+                self.progress.advance(spec.group)
+                done_at[spec.group] = time.perf_counter() - start
+                if spec.key not in keep:
+                    future.release()  # not read after this graph: the cluster may drop it
+        except BaseException:
+            self.client.cancel(list(futures.values()))
+            raise
+        for group, seconds in done_at.items():
+            self.result.timings[group] = self.result.timings.get(group, 0.0) + seconds
+
+    def _fail(self, future, spec, futures) -> None:
+        exc = future.exception()
+        if isinstance(exc, worker.ActorLost):
+            raise exc
+        op = self.ir.op(spec.group) if spec.group in self.ir.graph else None
+        if isinstance(exc, worker.StageFailure):
+            where = exc.where if exc.where in self.ir.graph else spec.group
+            raise self.error(where, exc.message, self.ir.op(where).span, exc.hint) from None
+        if type(exc).__name__ == "KilledWorker":
+            raise self.error(spec.group, f"the workers running task {spec.key} died again and again; "
+                                         f"Dask gave up on it", op.span if op else None,
+                             "a stage that runs out of memory kills its worker: use more partitions") from None
+        if type(exc).__name__ in ("CancelledError", "FutureCancelledError"):
+            raise self.error(spec.group, f"task {spec.key} was cancelled by the cluster", op.span if op else None)
+        raise self.error(spec.group, f"{type(exc).__name__}: {exc}", op.span if op else None) from None
+
+    def _keep(self, step: GraphStep, lowering, futures: dict, aliases: dict) -> None:
+        """Hold the futures of what later steps read (the rest is released already)."""
+        def future_of(ref: Ref):
+            if ref.key in aliases:
+                return aliases[ref.key]
+            if ref.key in futures:
+                return futures[ref.key]
+            return self._held(ref)
+        for node in step.exports:
+            if node in lowering.parts:
+                self.env[node] = Parts([future_of(r) for r in lowering.parts[node]])
+            elif node in lowering.values:
+                self.env[node] = Lazy(future_of(lowering.values[node]))
+
+    # ---- actors
+
+    def _workers(self, avoid: str | None = None) -> list[str]:
+        addresses = [a for a in self.client.run_on_scheduler(_worker_addresses) if a != avoid]
+        if not addresses:
+            self.client.wait_for_workers(1, timeout=60)
+            addresses = [a for a in self.client.run_on_scheduler(_worker_addresses) if a != avoid]
+        return addresses
+
+    def _spawn(self, cls, args: tuple, key: str, where: str):
+        """A Dask actor of ``cls`` on worker ``where`` (elsewhere if it has gone)."""
+        future = self.client.submit(cls, *args, actor=True, workers=[where], allow_other_workers=True,
+                                    key=key, pure=False)
+        return future, future.result()
+
+    def start_actor(self, node: str, op: ir.Actor):
+        args = [self.value(a) for a in op.args]
+        kwargs = {k: self.value(v) for k, v in op.kwargs.items()}
+        record = ActorRecord(node, op, args, kwargs)
+        try:
+            self._start_host(record)
+        except Exception as exc:
+            raise self.user_error(node, exc, op.span) from None
+        return record
+
+    def _start_host(self, record: ActorRecord, avoid: str | None = None) -> None:
+        op = record.op
+        workers = self._workers(avoid)
+        where = workers[next(self._placement) % len(workers)]
+        snapshot = self.snapshot_path(record.node) if op.checkpoint_every else None
+        record.future, record.actor = self._spawn(
+            worker.DaskActorHost,
+            (list(self.ir.info.module_roots), op.cls.module, op.cls.attr, record.args, record.kwargs,
+             op.checkpoint_every, snapshot),
+            f"{record.node}-actor@{self.tag}.{record.incarnation}", where)
+        record.address = record.actor._address
+
+    def start_pool(self, node: str, op: ir.Actor, size: int):
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise self.error(node, f"an actor pool needs a positive number of members, got {size!r}", op.span)
+        args = [self.value(a) for a in op.args]
+        kwargs = {k: self.value(v) for k, v in op.kwargs.items()}
+        record = PoolRecord(node, op, args, kwargs, size)
+        workers = self._workers()
+        try:
+            for m in range(size):
+                self._start_member(record, m, workers[m % len(workers)])
+        except Exception as exc:
+            raise self.user_error(node, exc, op.span) from None
+        return record
+
+    def _start_member(self, record: PoolRecord, m: int, where: str) -> None:
+        op = record.op
+        record.futures[m], record.actors[m] = self._spawn(
+            worker.PoolMember,
+            (list(self.ir.info.module_roots), op.cls.module, op.cls.attr, record.args, record.kwargs, record.next[m]),
+            f"{record.node}-member-{m}@{self.tag}.{record.incarnations[m]}", where)
+        record.addresses[m] = record.actors[m]._address
+
+    def call_actor(self, actor: str, seq: int, method: str, args: list, kwargs: dict):
+        record: ActorRecord = self.env[actor]
+        while True:
+            try:
+                if record.broken:
+                    self._restore(record, upto=seq)
+                return self._result(record, record.actor.call(seq, method, args, kwargs))
+            except Exception as exc:
+                if isinstance(exc, worker.ActorLost) or self._lost(record, exc):
+                    record.broken = True
+                    continue
+                raise
+
+    def _result(self, record: ActorRecord, future):
+        """Wait for an actor call; a silent actor whose worker is gone counts as lost."""
+        while True:
+            try:
+                return future.result(timeout=_PROBE_AFTER)
+            except TimeoutError:
+                if not self._alive(record.actor):
+                    raise worker.ActorLost(record.node, None, "no answer, and its worker is gone") from None
+
+    def _alive(self, actor) -> bool:
+        try:
+            return bool(actor.ping().result(timeout=10))
+        except Exception:
+            return False
+
+    def _lost(self, record: ActorRecord, exc: BaseException) -> bool:
+        if worker.is_lost(exc):
+            return True
+        if isinstance(exc, (OSError, RuntimeError, TimeoutError)):
+            return not self._alive(record.actor)
+        return False
+
+    def _restore(self, record: ActorRecord, upto: int | None) -> None:
+        """Re-create a lost actor on a live worker from its snapshot; replay the calls
+        after it (those before ``upto``: the caller sends ``upto`` itself)."""
+        node, op = record.node, record.op
+        if record.restarts_left <= 0:
+            hint = ("give the actor `restarts N` (and `checkpoint every N calls`) to survive a worker's death"
+                    if op.restarts == 0 else f"it was restarted {op.restarts} times already")
+            raise self.error(node, f"actor `{node}` was lost with its worker and has no restarts left",
+                             op.span, hint)
+        record.restarts_left -= 1
+        record.incarnation += 1
+        dead = record.address
+        if record.future is not None:
+            record.future.release()
+        self._start_host(record, avoid=dead)
+        applied = self._result(record, record.actor.applied_seq())
+        replay = [e for e in self.logs[node].since(applied) if upto is None or e[0] < upto]
+        for seq, method, args, kwargs in replay:
+            self._result(record, record.actor.call(seq, method, args, kwargs))
+        record.broken = False
+        self._event(f"actor `{node}` was lost with worker {dead}; re-created on {record.address} "
+                    f"from its checkpoint (call {applied}) and replayed {len(replay)} call"
+                    f"{'s' if len(replay) != 1 else ''}")
+
+    def _recover(self, lost: worker.ActorLost) -> None:
+        """A graph could not reach an actor: bring it back, then the graph runs again."""
+        record = self.env.get(lost.actor)
+        if isinstance(record, ActorRecord):
+            if self._alive(record.actor):
+                raise self.error(lost.actor, str(lost), record.op.span)
+            record.broken = True
+            self._restore(record, upto=None)
+            return
+        if isinstance(record, PoolRecord):
+            m = lost.member
+            if self._alive(record.actors[m]):
+                raise self.error(lost.actor, str(lost), record.op.span)
+            if record.restarts_left <= 0:
+                raise self.error(lost.actor, f"a member of actor pool `{lost.actor}` was lost with its worker and "
+                                             f"the pool has no restarts left", record.op.span,
+                                 "give the pool `restarts N` to survive a worker's death")
+            record.restarts_left -= 1
+            record.incarnations[m] += 1
+            dead = record.addresses[m]
+            record.futures[m].release()
+            workers = self._workers(avoid=dead)
+            self._start_member(record, m, workers[m % len(workers)])
+            self._event(f"member {m} of actor pool `{lost.actor}` was lost with worker {dead}; "
+                        f"re-created on {record.addresses[m]}")
+            return
+        raise lost
+
+    def _event(self, message: str) -> None:
+        self.events.append(message)
+        log.warning(message)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.run_dir / "events.log", "a", encoding="utf-8") as fh:
+                fh.write(message + "\n")
+        except OSError:
+            pass

@@ -1,0 +1,545 @@
+"""Lowering a pipeline onto Dask: steps, and the tasks of each graph.
+
+A block (the top level, or one round of a ``repeat``) becomes a list of steps:
+
+* a *graph* step is one Dask task graph, submitted at once: the collection operations
+  and reductions that can run before the driver needs one of their results;
+* a *driver* step runs in the driver: parameters, plain calls, actor calls (numbered,
+  exactly once), loop variables, sinks;
+* a *loop* step runs its own steps once per round.
+
+A driver step that does not read the open graph runs before it is submitted (program
+order is kept wherever it can be observed: a sink, or a call to an actor that a stage of
+the open graph talks to, waits for the graph). Inside a graph, adjacent element-wise
+stages are fused into one task per partition, and the partition-wise half of a
+reduction, a shuffle or a top-n is fused onto them when nothing else reads the stage.
+
+Pure Python, no engine import: ``pipec compile`` shows the plan without starting Dask,
+and a run builds its graphs from the very same task specs.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from compiler import ir
+from compiler.schedule import Block, blocks
+from backends.dask import worker
+from backends.runtime import semantics
+from backends.runtime.driver import order_of
+
+GRAPH_OPS = (ir.Source, ir.Elementwise, ir.ReduceByKey, ir.GroupByKey, ir.Join, ir.UnionAll, ir.Distinct,
+             ir.Reduce, ir.Count, ir.Top)
+# Operations whose per-partition half can be fused onto the element-wise chain feeding them.
+TERMINALS = (ir.Reduce, ir.Count, ir.Top, ir.ReduceByKey, ir.GroupByKey, ir.Distinct, ir.Join)
+
+
+# ---- steps -----------------------------------------------------------------------------------
+
+
+@dataclass
+class DriverStep:
+    node: str
+
+
+@dataclass
+class GraphStep:
+    number: int
+    nodes: list[str]
+    exports: frozenset[str]  # nodes read after this graph: their keys stay on the cluster
+    fuse: dict[str, str]  # node -> the consumer it is fused into
+
+
+@dataclass
+class LoopStep:
+    block: Block
+    steps: list
+
+
+Step = DriverStep | GraphStep | LoopStep
+
+
+def signature(items: list) -> tuple:
+    """Identifies a block's items (the driver re-creates Block objects every round)."""
+    return tuple(i if isinstance(i, str) else ("loop", i.loop.id) for i in items)
+
+
+class Planner:
+    """Splits every block of a pipeline into steps, once, in program order."""
+
+    def __init__(self, graph: ir.IR):
+        self.ir = graph
+        self.actors = {n for n, op in graph.items() if isinstance(op, ir.Actor)}
+        self.loop_reads: set[str] = set()
+        for loop in graph.info.loops.values():
+            for operand in (loop.count, loop.until):
+                if isinstance(operand, ir.NodeRef):
+                    self.loop_reads.add(operand.node)
+        self._numbers = itertools.count(1)
+        self._by_items: dict[tuple, list[Step]] = {}
+        self.root = self.plan(blocks(graph))
+
+    def steps_for(self, items: list) -> list[Step]:
+        return self._by_items[signature(items)]
+
+    def graph_steps(self, steps: list[Step] | None = None):
+        for step in self.root if steps is None else steps:
+            if isinstance(step, GraphStep):
+                yield step
+            elif isinstance(step, LoopStep):
+                yield from self.graph_steps(step.steps)
+
+    # planning
+
+    def plan(self, block: Block) -> list[Step]:
+        steps: list[Step] = []
+        open_nodes: list[str] = []
+
+        def flush():
+            if open_nodes:
+                steps.append(self._graph_step(list(open_nodes)))
+                open_nodes.clear()
+
+        for item in block.items:
+            if isinstance(item, Block):
+                flush()
+                steps.append(LoopStep(item, self.plan(item)))
+                continue
+            op = self.ir.op(item)
+            if isinstance(op, GRAPH_OPS):
+                if any(src in open_nodes for src in _structural(op)):
+                    flush()
+                open_nodes.append(item)
+            else:
+                if open_nodes and self._must_wait(op, set(open_nodes)):
+                    flush()
+                steps.append(DriverStep(item))
+        flush()
+        self._by_items[signature(block.items)] = steps
+        return steps
+
+    def _must_wait(self, op: ir.Op, open_nodes: set[str]) -> bool:
+        if isinstance(op, ir.Sink):
+            return True
+        if any(src in open_nodes for _, src in op.inputs()):
+            return True
+        if isinstance(op, ir.ActorCall):
+            return any(op.actor.node in self.handles(n) for n in open_nodes)
+        return False
+
+    def handles(self, node: str) -> set[str]:
+        """Actors a stage talks to through a handle (``with server = ps``)."""
+        op = self.ir.op(node)
+        if not isinstance(op, ir.Elementwise):
+            return set()
+        return {v.node for v in op.bindings.values() if isinstance(v, ir.NodeRef) and v.node in self.actors}
+
+    def _graph_step(self, nodes: list[str]) -> GraphStep:
+        inside = set(nodes)
+        exports = frozenset(n for n in nodes if n in self.loop_reads or any(
+            dst not in inside for _, dst, kind in self.ir.graph.out_edges(n, data="kind")
+            if kind in ("data", "value")))
+        fuse: dict[str, str] = {}
+        for n in nodes:
+            op = self.ir.op(n)
+            if not isinstance(op, ir.Elementwise) or op.pool is not None or n in exports:
+                continue
+            outs = [dst for _, dst, kind in self.ir.graph.out_edges(n, data="kind") if kind in ("data", "value")]
+            if len(outs) != 1 or outs[0] not in inside:
+                continue
+            consumer = self.ir.op(outs[0])
+            if isinstance(consumer, ir.Elementwise) and consumer.pool is None:
+                if _compatible(op.options, consumer.options, chain=True):
+                    fuse[n] = outs[0]
+            elif isinstance(consumer, TERMINALS):
+                if _compatible(op.options, getattr(consumer, "options", None), chain=False):
+                    fuse[n] = outs[0]
+        return GraphStep(next(self._numbers), nodes, exports, fuse)
+
+
+def _structural(op: ir.Op) -> list[str]:
+    """Nodes whose values shape the graph itself (so they must be known to build it)."""
+    if isinstance(op, ir.Source):
+        return [src for _, src in op.inputs()]
+    if isinstance(op, ir.Top) and isinstance(op.n, ir.NodeRef):
+        return [op.n.node]
+    return []
+
+
+def _compatible(a: ir.StageOptions, b: ir.StageOptions | None, chain: bool) -> bool:
+    if b is None:
+        return True
+    if a.resources != b.resources or a.timeout != b.timeout:
+        return False
+    return a.effectful == b.effectful if chain else True
+
+
+# ---- task specs ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A key a task reads: made in the same graph, or kept from an earlier one, where the
+    driver holds it as partition ``part`` of ``node`` (``None``: a value or an actor)."""
+
+    key: str
+    node: str
+    part: int | None = None
+
+
+@dataclass(frozen=True)
+class Arg:
+    """A value the driver knows when it builds the graph (a source's arguments, top's n)."""
+
+    operand: Any  # ir.Lit | ir.NodeRef
+    path: bool = False  # a file name: made absolute, workers may run elsewhere
+
+
+@dataclass(frozen=True)
+class Seq:
+    """The number of a pool member's call: the member's next number plus ``offset``."""
+
+    pool: str
+    member: int
+    offset: int
+
+
+@dataclass
+class TaskSpec:
+    """One key of a lowered graph: what it runs, on what, with which options."""
+
+    key: str
+    group: str  # the stage or operation the key belongs to
+    label: str  # what it does, for people
+    func: Callable | None
+    args: tuple = ()
+    retries: int = 0
+    resources: dict[str, float] | None = None
+    member: tuple[str, int] | None = None  # run next to this pool member
+    data: str | None = None  # a data key: the value of this node, shipped once
+
+    @property
+    def deps(self) -> list[Ref]:
+        return [a for a in self.args if isinstance(a, Ref)]
+
+    @property
+    def task_name(self) -> str:
+        return "data" if self.func is None else self.func.__name__
+
+
+def resources_of(options: ir.StageOptions | None) -> dict[str, float] | None:
+    """Dask worker resources for a stage's ``resources { ... }``."""
+    if options is None:
+        return None
+    r = options.resources
+    out = {name: float(value) for name, value in (("CPU", r.cpus), ("GPU", r.gpus), ("MEMORY", r.memory))
+           if value is not None}
+    return out or None
+
+
+def retries_of(*options: ir.StageOptions | None) -> int:
+    given = [o for o in options if o is not None]
+    if any(o.effectful for o in given):
+        return 0  # no blind retry of an effectful stage
+    return max((o.retries for o in given), default=0)
+
+
+def part_key(node: str, i: int) -> str:
+    return f"{node}-{i}"
+
+
+class StaticContext:
+    """Partition counts known before running (parameters, literals, arithmetic on them)."""
+
+    def __init__(self, graph: ir.IR, params: dict[str, Any]):
+        self.ir = graph
+        self.params = params
+        self.unknown: set[str] = set()
+
+    def value(self, operand):
+        if operand is None or isinstance(operand, ir.Lit):
+            return None if operand is None else operand.value
+        op = self.ir.op(operand.node)
+        if isinstance(op, ir.Param):
+            return self.params[operand.node]
+        if isinstance(op, ir.Const):
+            return op.value
+        if isinstance(op, ir.Expr):
+            return semantics.apply_operator(op.operator, *[self.value(o) for o in op.operands])
+        raise LookupError(operand.node)
+
+    def partitions(self, node: str, operand) -> int:
+        try:
+            return max(0, int(self.value(operand)))
+        except (LookupError, TypeError, ValueError, ArithmeticError):
+            self.unknown.add(node)
+            return 1
+
+    def pool_size(self, pool: str) -> int:
+        try:
+            return max(1, int(self.value(self.ir.op(pool).pool_size)))
+        except (LookupError, TypeError, ValueError, ArithmeticError):
+            self.unknown.add(pool)
+            return 1
+
+    def nparts(self, node: str) -> int:
+        op = self.ir.op(node)
+        if isinstance(op, ir.Source):
+            return self.partitions(node, op.partitions)
+        if isinstance(op, (ir.Elementwise, ir.ReduceByKey, ir.GroupByKey, ir.Distinct)):
+            return self.nparts(op.input.node)
+        if isinstance(op, ir.Join):
+            return max(self.nparts(op.left.node), self.nparts(op.right.node))
+        if isinstance(op, ir.UnionAll):
+            return sum(self.nparts(p.node) for p in op.parts)
+        if isinstance(op, ir.Var):
+            return self.nparts(op.init.node)
+        if isinstance(op, ir.Rebind):
+            return self.nparts(op.value.node)
+        raise ValueError(f"{node} is not a collection")
+
+
+@dataclass
+class _Chain:
+    base: list[Ref]
+    stages: list[tuple] = field(default_factory=list)
+    refs: list[Ref] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    options: list = field(default_factory=list)
+
+
+class StepLowering:
+    """The task specs of one graph step. ``ctx`` gives partition counts of collections
+    made outside the step and of sources (statically for a plan, live for a run)."""
+
+    def __init__(self, graph: ir.IR, step: GraphStep, ctx, actor_nodes: set[str]):
+        self.ir = graph
+        self.step = step
+        self.ctx = ctx
+        self.actors = actor_nodes
+        self.inside = set(step.nodes)
+        self.specs: dict[str, TaskSpec] = {}
+        self.parts: dict[str, list[Ref]] = {}  # collection node -> its partitions' refs
+        self.values: dict[str, Ref] = {}  # value node made here -> its key
+        self.chains: dict[str, _Chain] = {}  # stage fused into its consumer -> pending chain
+
+    def lower(self) -> list[TaskSpec]:
+        for node in self.step.nodes:
+            op = self.ir.op(node)
+            getattr(self, f"_lower_{op.op}")(node, op)
+        return list(self.specs.values())
+
+    # helpers
+
+    def _add(self, spec: TaskSpec) -> Ref:
+        self.specs[spec.key] = spec
+        return Ref(spec.key, spec.group)
+
+    def parts_of(self, node: str) -> list[Ref]:
+        if node in self.parts:
+            return self.parts[node]
+        if node in self.inside:
+            raise AssertionError(f"{node} is fused away but read")
+        return [Ref(part_key(node, i), node, i) for i in range(self.ctx.nparts(node))]
+
+    def nparts(self, node: str) -> int:
+        if node in self.chains:
+            return len(self.chains[node].base)
+        return len(self.parts_of(node))
+
+    def value_ref(self, node: str) -> Ref:
+        """A value read by a task: made in this graph, or shipped once as a data key."""
+        if node in self.values:
+            return self.values[node]
+        if node not in self.specs:
+            self.specs[node] = TaskSpec(node, node, "value from the driver, shipped once", None, data=node)
+        return Ref(node, node, None)
+
+    def _binding_spec(self, bindings: dict, refs: list[Ref]) -> dict:
+        spec = {}
+        for name, operand in bindings.items():
+            if isinstance(operand, ir.Lit):
+                spec[name] = ("lit", operand.value)
+                continue
+            node = operand.node
+            if node in self.actors:
+                ref = Ref(f"{node}-actor", node, None)
+            else:
+                ref = self.value_ref(node)
+            if ref not in refs:
+                refs.append(ref)
+            index = refs.index(ref)
+            spec[name] = ("handle", (index, node)) if node in self.actors else ("ref", index)
+        return spec
+
+    # sources
+
+    def _lower_source(self, node: str, op: ir.Source) -> None:
+        k = self.ctx.partitions(node, op.partitions)
+        retries, res = retries_of(op.options), resources_of(op.options)
+        args = [Arg(a) for a in op.args]
+        kwargs = {key: Arg(v) for key, v in op.kwargs.items()}
+        refs = []
+        if op.kind == "range":
+            for i in range(k):
+                refs.append(self._add(TaskSpec(part_key(node, i), node, f"range part {i} of {k}",
+                                               worker.source_range, (node, args[0], i, k), retries, res)))
+        elif op.kind in ("read_text", "read_jsonl"):
+            path = Arg(op.args[0], path=True)
+            for i in range(k):
+                refs.append(self._add(TaskSpec(part_key(node, i), node, f"{op.kind} part {i} of {k}",
+                                               worker.source_read, (node, op.kind, path, i, k), retries, res)))
+        elif op.sharded:
+            for i in range(k):
+                refs.append(self._add(TaskSpec(part_key(node, i), node, f"{op.fn.dotted} sharded part {i} of {k}",
+                                               worker.source_sharded,
+                                               (node, op.fn.module, op.fn.attr, args, kwargs, i, k), retries, res)))
+        else:
+            everything = self._add(TaskSpec(f"{node}-all", node, f"call {op.fn.dotted}", worker.source_call,
+                                            (node, op.fn.module, op.fn.attr, args, kwargs), retries, res))
+            for i in range(k):
+                refs.append(self._add(TaskSpec(part_key(node, i), node, f"part {i} of {k}", worker.take_part,
+                                               (node, i, k, everything), retries, res)))
+        self.parts[node] = refs
+
+    # element-wise
+
+    def _lower_elementwise(self, node: str, op: ir.Elementwise) -> None:
+        if op.pool is not None:
+            self._lower_pool_stage(node, op)
+            return
+        src = op.input.node
+        chain = self.chains.pop(src) if src in self.chains else _Chain(self.parts_of(src))
+        bindings = self._binding_spec(op.bindings, chain.refs)
+        chain.stages.append((node, op.kind, op.fn.module, op.fn.attr, bindings, op.options.timeout))
+        chain.names.append(node)
+        chain.labels.append(f"{op.kind} {op.fn.dotted}")
+        chain.options.append(op.options)
+        if node in self.step.fuse:
+            self.chains[node] = chain
+            return
+        self.parts[node] = self._chain_parts(chain)
+
+    def _emit_chain(self, chain: _Chain, terminal: tuple | None, term_label: str | None, term_options) -> list[Ref]:
+        last = chain.names[-1] if chain.names else None
+        label = " -> ".join(chain.labels + ([term_label] if term_label else []))
+        options = chain.options + ([term_options] if term_options is not None else [])
+        retries, res = retries_of(*options), resources_of(options[0] if options else None)
+        stages = tuple(chain.stages)
+        out = []
+        for i, base in enumerate(chain.base):
+            key = part_key(last, i) if last else None
+            spec = TaskSpec(key, last, label, worker.run_chain, (stages, terminal, i, base, *chain.refs), retries, res)
+            out.append(spec)
+        return out  # specs; callers add them (keys may need a terminal's name)
+
+    def _chain_parts(self, chain: _Chain) -> list[Ref]:
+        return [self._add(spec) for spec in self._emit_chain(chain, None, None, None)]
+
+    def _lower_pool_stage(self, node: str, op: ir.Elementwise) -> None:
+        pool = op.pool.node
+        size = self.ctx.pool_size(pool)
+        refs: list[Ref] = []
+        bindings = self._binding_spec(op.bindings, refs)
+        stage = (node, op.kind, op.method, bindings, op.options.timeout, pool)
+        out = []
+        for i, base in enumerate(self.parts_of(op.input.node)):
+            m = i % size
+            member = Ref(f"{pool}-member-{m}", pool, m)
+            out.append(self._add(TaskSpec(
+                part_key(node, i), node, f"{op.kind} {pool}.{op.method} on pool member {m}", worker.pool_call,
+                (stage, i, Seq(pool, m, i // size), m, member, base, *refs),
+                retries_of(op.options), resources_of(op.options), member=(pool, m))))
+        self.parts[node] = out
+
+    # partition-wise halves (fused onto a chain when they can be)
+
+    def _partials(self, node: str, src: str, terminal: tuple, label: str, options, name: str) -> list[Ref]:
+        """Per-partition results of ``terminal`` over ``src``; ``name`` keys them when they
+        are not fused (``{name}-{i}``)."""
+        if src in self.chains and self.step.fuse.get(src) == node:
+            chain = self.chains.pop(src)
+            return [self._add(spec) for spec in self._emit_chain(chain, terminal, label, options)]
+        out = []
+        for i, base in enumerate(self.parts_of(src)):
+            out.append(self._add(TaskSpec(part_key(name, i), node, label, worker.run_chain,
+                                          ((), terminal, i, base), retries_of(options), resources_of(options))))
+        return out
+
+    def _lower_reduce(self, node: str, op: ir.Reduce) -> None:
+        fn = (op.fn.module, op.fn.attr)
+        partials = self._partials(node, op.input.node, ("fold", node, *fn), f"fold {op.fn.dotted} (partial of {node})",
+                                  op.options, node)
+        retries, res = retries_of(op.options), resources_of(op.options)
+        level, depth = partials, 1
+        while len(level) > semantics.FAN_IN:
+            level = [self._add(TaskSpec(f"{node}-L{depth}-{j}", node,
+                                        f"combine {op.fn.dotted} (partials {j * semantics.FAN_IN}..)",
+                                        worker.combine, (node, *fn, False, *level[i:i + semantics.FAN_IN]),
+                                        retries, res))
+                     for j, i in enumerate(range(0, len(level), semantics.FAN_IN))]
+            depth += 1
+        self.values[node] = self._add(TaskSpec(node, node, f"combine {op.fn.dotted} (in partition order)",
+                                               worker.combine, (node, *fn, True, *level), retries, res))
+
+    def _lower_count(self, node: str, op: ir.Count) -> None:
+        lengths = self._partials(node, op.input.node, ("len", node), "len", None, node)
+        self.values[node] = self._add(TaskSpec(node, node, "sum of lengths", worker.count_total, (node, *lengths)))
+
+    def _lower_top(self, node: str, op: ir.Top) -> None:
+        src = op.input.node
+        order = order_of(self.ir, src)
+        by = (op.by.module, op.by.attr) if op.by else None
+        n = Arg(op.n)
+        cands = self._partials(node, src, ("top", node, n, by, order), "top n (candidates)", None, node)
+        self.values[node] = self._add(TaskSpec(node, node, "top n of the candidates", worker.top_final,
+                                               (node, n, by, order, *cands)))
+
+    # shuffles
+
+    def _lower_reduce_by_key(self, node: str, op: ir.ReduceByKey) -> None:
+        src = op.input.node
+        k = self.nparts(src)
+        fn = (op.fn.module, op.fn.attr)
+        splits = self._partials(node, src, ("rbk", node, *fn, k), f"combine by key {op.fn.dotted}, split {k} ways",
+                                op.options, f"{node}-split")
+        retries, res = retries_of(op.options), resources_of(op.options)
+        self.parts[node] = [self._add(TaskSpec(part_key(node, j), node, f"merge {op.fn.dotted} by key",
+                                               worker.rbk_merge, (node, *fn, j, *splits), retries, res))
+                            for j in range(k)]
+
+    def _lower_group_by_key(self, node: str, op: ir.GroupByKey) -> None:
+        src = op.input.node
+        k = self.nparts(src)
+        splits = self._partials(node, src, ("split", node, "group_by_key", k), f"split {k} ways by key",
+                                op.options, f"{node}-split")
+        self.parts[node] = [self._add(TaskSpec(part_key(node, j), node, "group by key", worker.group_merge,
+                                               (node, j, *splits), retries_of(op.options), resources_of(op.options)))
+                            for j in range(k)]
+
+    def _lower_distinct(self, node: str, op: ir.Distinct) -> None:
+        src = op.input.node
+        k = self.nparts(src)
+        splits = self._partials(node, src, ("distinct", node, k), f"split {k} ways by element", op.options,
+                                f"{node}-split")
+        self.parts[node] = [self._add(TaskSpec(part_key(node, j), node, "distinct", worker.distinct_merge,
+                                               (node, j, *splits), retries_of(op.options), resources_of(op.options)))
+                            for j in range(k)]
+
+    def _lower_join(self, node: str, op: ir.Join) -> None:
+        left, right = op.left.node, op.right.node
+        k = max(self.nparts(left), self.nparts(right))
+        term = ("split", node, "join", k)
+        lsplits = self._partials(node, left, term, f"split {k} ways by key", op.options, f"{node}-left")
+        rsplits = self._partials(node, right, term, f"split {k} ways by key", op.options, f"{node}-right")
+        self.parts[node] = [self._add(TaskSpec(part_key(node, j), node, "join by key", worker.join_merge,
+                                               (node, j, len(lsplits), *lsplits, *rsplits),
+                                               retries_of(op.options), resources_of(op.options)))
+                            for j in range(k)]
+
+    def _lower_union(self, node: str, op: ir.UnionAll) -> None:
+        self.parts[node] = [ref for part in op.parts for ref in self.parts_of(part.node)]
+
