@@ -10,12 +10,24 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-BACKENDS = ["local"]
+BACKENDS = ["local", "ray"]
 
 # backend -> function starting the engine once and returning run options (e.g. address)
 _STARTERS: dict[str, Callable[[], dict[str, Any]]] = {}
 _STARTED: dict[str, dict[str, Any]] = {}
 _STOPPERS: list[Callable[[], None]] = []
+
+
+def _start_ray() -> dict[str, Any]:
+    """One quiet Ray runtime for the session (2 CPUs, no dashboard); every run reuses the
+    Ray already initialised in this process, so no options are needed."""
+    from backends.ray_backend import start_runtime, stop_runtime
+    start_runtime(num_cpus=2)
+    on_shutdown(stop_runtime)
+    return {}
+
+
+_STARTERS["ray"] = _start_ray
 
 
 def engine_options(backend: str) -> dict[str, Any]:
