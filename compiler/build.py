@@ -9,6 +9,7 @@ loop. All errors found in one pass are reported together.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -24,6 +25,9 @@ SOURCES = ("range", "read_text", "read_jsonl")
 VALUE_BUILTINS = ("collect", "count", "top")
 COLLECTION_BUILTINS = ("join", "union", "distinct")
 BUILTINS = SOURCES + VALUE_BUILTINS + COLLECTION_BUILTINS
+# Words that read as keywords wherever an expression may start, so a stage or value named
+# after one could not be used (`collect(map)` is a syntax error).
+KEYWORDS = ELEMENTWISE + ("reduce", "reduce_by_key", "group_by_key", "not", "and", "or", "true", "false", "none")
 PARAM_TYPES = ("int", "float", "str", "bool")
 SINK_FORMATS = ("json", "jsonl", "text")
 _MEMORY = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?i?B?)\s*$", re.IGNORECASE)
@@ -174,6 +178,10 @@ class Builder:
 
     def _param(self, param: ast.Param) -> None:
         name, type_name = param.name.text, param.type.text
+        first = self._lookup(name)
+        if first is not None:
+            self.fail(f"parameter `{name}` is declared twice", param.name.span,
+                      f"the first is at line {first.span.line}, column {first.span.column}; pick another name")
         if type_name not in PARAM_TYPES:
             self.fail(f"unknown parameter type `{type_name}`", param.type.span,
                       did_you_mean(type_name, PARAM_TYPES) or "use int, float, str or bool")
@@ -195,6 +203,8 @@ class Builder:
     # ---- scopes
 
     def _define(self, name: str, span: Span, kind: str, node: str | None, shape: str, **extra) -> Binding:
+        if name in KEYWORDS:
+            self.error(f"`{name}` is a keyword and cannot be a name", span, f"pick another name, e.g. `{name}_`")
         existing = self._lookup(name)
         if existing is not None:
             self.error(f"`{name}` is already defined", span,
@@ -529,7 +539,7 @@ class Builder:
                     self.error(f"cannot read memory size {literal.raw}", literal.span,
                                'write a number of bytes or a string like "2GB" or "512MiB"')
                     continue
-            elif not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            elif not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < math.inf:
                 self.error(f"`{key}` needs a non-negative number", literal.span)
                 continue
             values[key] = value
@@ -633,7 +643,7 @@ class Builder:
             try:
                 value = _fold(expr.op, left.operand.value, right.operand.value)
             except Exception as exc:  # a constant expression that cannot be computed
-                self.fail(f"cannot compute {expr.op} here: {exc}", expr.span)
+                self.fail(f"cannot compute `{expr.op}` here: {_reason(exc)}", expr.span)
             return Typed(ir.Lit(value=value), ir.VALUE, py_type=type(value))
         node = self._add(name or "expr", ir.Expr(operator=expr.op, operands=[left.operand, right.operand],
                                                   span=ir.SpanModel.of(expr.span)))
@@ -648,7 +658,7 @@ class Builder:
             try:
                 value = _fold(operator, inner.operand.value)
             except Exception as exc:
-                self.fail(f"cannot compute `{expr.op}` here: {exc}", expr.span)
+                self.fail(f"cannot compute `{expr.op}` here: {_reason(exc)}", expr.span)
             return Typed(ir.Lit(value=value), ir.VALUE, py_type=type(value))
         node = self._add(name or "expr", ir.Expr(operator=operator, operands=[inner.operand],
                                                   span=ir.SpanModel.of(expr.span)))
@@ -1106,14 +1116,15 @@ def _memory_bytes(value) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        return int(value) if value >= 0 else None
+        return int(value) if 0 <= value < math.inf else None
     match = _MEMORY.match(str(value))
     if not match:
         return None
     unit = match.group(2).upper()
     if unit not in _MEMORY_UNITS:
         return None
-    return int(float(match.group(1)) * _MEMORY_UNITS[unit])
+    size = float(match.group(1)) * _MEMORY_UNITS[unit]
+    return int(size) if size < math.inf else None
 
 
 _ARITH = {"+", "-", "*", "/", "//", "%", "**"}
@@ -1135,10 +1146,36 @@ def _result_type(op: str, left: type | None, right: type | None) -> type | None:
     return None
 
 
+# Folding runs while checking, so a slip like `10 ** 10 ** 6` or `"ab" * 10 ** 9` must be
+# refused before it is computed, not hang the checker or exhaust memory. Python also refuses
+# to print an int of more than 4300 digits, which the IR's JSON and every sink need.
+_MAX_CONSTANT_BITS = 10_000  # about 3000 digits
+_MAX_CONSTANT_ITEMS = 1_000_000
+
+
 def _fold(op: str, *values):
-    """Compute a constant expression at compile time, exactly as the runtime would."""
+    """Compute a constant expression at compile time, exactly as the runtime would.
+    Raises OverflowError instead of building a huge constant."""
     from backends.runtime.semantics import apply_operator
-    return apply_operator(op, *values)
+    if len(values) == 2:
+        a, b = values
+        if op == "**" and isinstance(a, int) and isinstance(b, int) and abs(a) > 1 and b > 0 \
+                and a.bit_length() * b > _MAX_CONSTANT_BITS:
+            raise OverflowError("the result would have more than 3000 digits")
+        if op == "*":
+            for seq, n in ((a, b), (b, a)):
+                if isinstance(seq, (str, list)) and isinstance(n, int) and len(seq) * n > _MAX_CONSTANT_ITEMS:
+                    raise OverflowError(f"the result would hold more than {_MAX_CONSTANT_ITEMS:,} items")
+    value = apply_operator(op, *values)
+    if isinstance(value, int) and value.bit_length() > _MAX_CONSTANT_BITS:
+        raise OverflowError("the result has more than 3000 digits")
+    return value
+
+
+def _reason(exc: Exception) -> str:
+    """An exception's message without the errno tuple some carry: (34, 'Result too large')."""
+    text = exc.args[-1] if exc.args and isinstance(exc.args[-1], str) else str(exc)
+    return text[:1].lower() + text[1:] if text else type(exc).__name__
 
 
 def _names_read(stmt) -> set[str]:

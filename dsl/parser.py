@@ -8,6 +8,7 @@ second. Every failure becomes a :class:`dsl.diagnostics.PipeSyntaxError` with a 
 from __future__ import annotations
 
 import ast as pyast
+import re
 import threading
 from functools import lru_cache
 
@@ -42,9 +43,11 @@ def _split_options(items, kinds):
     return tuple(i for i in items if isinstance(i, ast.Option) and i.kind in kinds)
 
 
-class _TooDeep(Exception):
-    def __init__(self, span: Span):
-        self.span = span
+class _Refused(Exception):
+    """A construct the grammar accepts but pipec cannot take (too deep, a huge number)."""
+
+    def __init__(self, message: str, span: Span, hint: str | None = None):
+        self.message, self.span, self.hint = message, span, hint
 
 
 class _ToAst:
@@ -80,7 +83,9 @@ class _ToAst:
         depth = 1 + max((self._depth.get(id(c), 0) for c in children), default=0)
         if depth > MAX_NESTING:
             span = node.span
-            raise _TooDeep(Span(span.line, span.column, span.line, span.column + 1, span.start, span.start + 1))
+            raise _Refused(f"nested more than {MAX_NESTING} levels deep",
+                           Span(span.line, span.column, span.line, span.column + 1, span.start, span.start + 1),
+                           "split the expression into named stages or values")
         self._depth[id(node)] = depth
         return node
 
@@ -232,7 +237,13 @@ class _ToAst:
     # ---- literals
 
     def int(self, meta, tok):
-        return ast.Literal(int(str(tok)), str(tok), _tok_span(tok))
+        try:
+            value = int(str(tok))
+        except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+            digits = len(str(tok).replace("_", ""))
+            raise _Refused(f"integer literal is too long ({digits} digits)", _tok_span(tok),
+                           "pass a number this large from Python, not as a literal") from None
+        return ast.Literal(value, str(tok), _tok_span(tok))
 
     def float(self, meta, tok):
         return ast.Literal(float(str(tok)), str(tok), _tok_span(tok))
@@ -280,10 +291,8 @@ def parse(source: SourceFile) -> ast.Module:
         module = _ToAst().transform(_parser().parse(source.text))
     except UnexpectedInput as exc:
         raise PipeSyntaxError([_describe(exc, source)], source) from None
-    except _TooDeep as exc:
-        raise PipeSyntaxError([Diagnostic(
-            ERROR, f"nested more than {MAX_NESTING} levels deep", exc.span,
-            "split the expression into named stages or values", source.path)], source) from None
+    except _Refused as exc:
+        raise PipeSyntaxError([Diagnostic(ERROR, exc.message, exc.span, exc.hint, source.path)], source) from None
     finally:
         comments, _comments.found = tuple(_comments.found), []
     return ast.Module(module.uses, module.pipeline, comments, module.span)
@@ -309,6 +318,12 @@ _FRIENDLY = {
     "$END": "the end of the file",
 }
 
+# Keywords that start an expression: used where a name was meant, they read as keywords.
+_EXPRESSION_KEYWORDS = ("ELEMENTWISE", "REDUCER", "GROUP_BY_KEY", "NOT")
+
+# Text with nothing to parse: blanks and comments only.
+_NOTHING = re.compile(r"(\s|#[^\n]*)*")
+
 _STATEMENT_HINT = ("a statement starts with `source`, `stage`, `value`, `var`, `actor`, "
                    "`repeat`, `sink`, `defaults`, a name to rebind, or an actor call")
 
@@ -320,6 +335,15 @@ def _terminal_text(name: str) -> str:
     if term is not None and term.pattern.type == "str":
         return f"`{term.pattern.value}`"
     return name.lower()
+
+
+@lru_cache(maxsize=1)
+def _keywords() -> frozenset[str]:
+    """Every keyword of the grammar (``stage``, ``over``, ``map``...)."""
+    words = {t.pattern.value for t in _parser().terminals if t.pattern.type == "str"}
+    words |= {w for t in _parser().terminals if t.name in ("ELEMENTWISE", "REDUCER")
+              for w in re.findall(r"[a-z_]+", t.pattern.value)}
+    return frozenset(w for w in words if w.isidentifier())
 
 
 def _expected(names) -> str:
@@ -355,22 +379,38 @@ def _describe(exc: UnexpectedInput, source: SourceFile) -> Diagnostic:
         hint = (f"the `{opener[0]}` at line {opener[1]}, column {opener[2]} is never closed"
                 if opener else None)
         expected = exc.expected if isinstance(exc, UnexpectedEOF) else exc.accepts or exc.expected
-        if not text.strip():
-            return Diagnostic(ERROR, "the file is empty", None,
-                              "a .pipe file holds one `pipeline name(...) { ... }`", source.path)
+        if _NOTHING.fullmatch(text):
+            what = "the file is empty" if not text.strip() else "the file holds only comments"
+            return Diagnostic(ERROR, what, span, "a .pipe file holds one `pipeline name(...) { ... }`",
+                              source.path)
         return Diagnostic(ERROR, f"unexpected end of file; expected {_expected(expected)}", span, hint,
                           source.path)
     assert isinstance(exc, UnexpectedToken)
     tok = exc.token
     span = _tok_span(tok)
     expected = exc.accepts or exc.expected
+    previous = _previous_token(exc)
     hint = None
-    if "STAGE" in expected or "SOURCE" in expected:
-        hint = _STATEMENT_HINT
-    if tok.type == "EQUAL" and "__ANON" not in "".join(expected) and "COMPARE" in expected:
+    if tok.type == "EQUAL" and "COMPARE" in expected:
         hint = "use `==` to compare"
+    elif previous is not None and previous.type in _EXPRESSION_KEYWORDS and "NAME" in expected:
+        hint = f"`{previous}` is a keyword, not a name; rename what you called `{previous}`"
+    elif previous is not None and previous.type == "NAME" and str(previous) in _keywords():
+        hint = f"`{previous}` was read as a name here; is something missing before it?"
+    elif "STAGE" in expected or "SOURCE" in expected:
+        hint = _STATEMENT_HINT
     return Diagnostic(ERROR, f"unexpected {_token_text(tok)}; expected {_expected(expected)}", span,
                       hint, source.path)
+
+
+def _previous_token(exc: UnexpectedToken) -> Token | None:
+    """The token the parser read just before the unexpected one, if it is at hand."""
+    state = getattr(getattr(exc, "interactive_parser", None), "parser_state", None)
+    stack = getattr(state, "value_stack", None)
+    last = stack[-1] if stack else None
+    while isinstance(last, Tree) and last.children:  # its last token is the one just read
+        last = last.children[-1]
+    return last if isinstance(last, Token) else None
 
 
 def _point(source: SourceFile, pos: int) -> Span:
