@@ -10,12 +10,33 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-BACKENDS = ["local", "ray"]
+BACKENDS = ["local", "dask", "ray", "spark"]
 
 # backend -> function starting the engine once and returning run options (e.g. address)
 _STARTERS: dict[str, Callable[[], dict[str, Any]]] = {}
 _STARTED: dict[str, dict[str, Any]] = {}
 _STOPPERS: list[Callable[[], None]] = []
+
+
+def _start_dask() -> dict[str, Any]:
+    """One quiet local Dask cluster for the session: 2 worker processes x 1 thread."""
+    import logging
+    from distributed import Client, LocalCluster
+    from backends.dask.engine import LocalShape
+    shape = LocalShape(workers=2, threads=1, memory=2 * 2**30)
+    cluster = LocalCluster(n_workers=shape.workers, threads_per_worker=shape.threads, processes=True,
+                           memory_limit=shape.memory, resources=shape.resources, dashboard_address=None,
+                           silence_logs=logging.CRITICAL, host="127.0.0.1")
+    client = Client(cluster)
+
+    def stop():
+        client.close()
+        cluster.close()
+    on_shutdown(stop)
+    return {"client": client}
+
+
+_STARTERS["dask"] = _start_dask
 
 
 def _start_ray() -> dict[str, Any]:
@@ -29,6 +50,18 @@ def _start_ray() -> dict[str, Any]:
 
 _STARTERS["ray"] = _start_ray
 
+
+def _start_spark() -> dict[str, Any]:
+    """One quiet SparkContext for the session (local[2,3]: 2 cores, 3 attempts per task,
+    UI off, JVM output in a log file); every run reuses the active context."""
+    import tempfile
+    from backends.spark.session import start
+    session = start("local[2,3]", log_path=tempfile.mkstemp(prefix="pipec-tests-spark-", suffix=".log")[1])
+    on_shutdown(session.stop)
+    return {}
+
+
+_STARTERS["spark"] = _start_spark
 
 def engine_options(backend: str) -> dict[str, Any]:
     """Options for ``Pipeline.run`` that reach this session's engine for ``backend``."""

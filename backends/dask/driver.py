@@ -53,7 +53,7 @@ class Lazy:
 
     def get(self):
         if not self._fetched:
-            self._value = self.future.result()
+            self._value = worker.unseal(self.future.result())
             self._fetched = True
         return self._value
 
@@ -135,7 +135,7 @@ class DaskDriver(Driver):
     # ---- lifecycle
 
     def setup(self) -> None:
-        roots = list(self.ir.info.module_roots)
+        roots = list(self.ir.info.module_paths())
         if roots:
             self.client.register_plugin(PathsPlugin(roots), name=f"pipec-paths-{abs(hash(tuple(roots)))}")
             try:
@@ -176,7 +176,7 @@ class DaskDriver(Driver):
 
     def gather(self, node: str) -> list:
         parts = self.client.gather(self.env[node].futures)
-        return [x for part in parts for x in part]
+        return [x for part in parts for x in worker.unseal(part)]
 
     def count(self, node: str) -> int:
         return len(self.gather(node))
@@ -206,7 +206,7 @@ class DaskDriver(Driver):
                 if isinstance(held, Lazy):
                     aliases[spec.key] = held.future
                     continue
-                layers.setdefault(("data",), {})[spec.key + suffix] = DataNode(spec.key + suffix, held)
+                layers.setdefault(("data",), {})[spec.key + suffix] = DataNode(spec.key + suffix, worker.seal(held))
                 annotations[("data",)] = {}
                 continue
             task_specs.append(spec)
@@ -223,6 +223,8 @@ class DaskDriver(Driver):
                 return os.path.abspath(value) if arg.path and isinstance(value, str) else value
             if isinstance(arg, Seq):
                 return self.env[arg.pool].next[arg.member] + arg.offset
+            if isinstance(arg, worker.Head):
+                return worker.Head(arg.kind, resolve(arg.args))
             if isinstance(arg, tuple):
                 return tuple(resolve(a) for a in arg)
             if isinstance(arg, list):
@@ -368,7 +370,7 @@ class DaskDriver(Driver):
         snapshot = self.snapshot_path(record.node) if op.checkpoint_every else None
         record.future, record.actor = self._spawn(
             worker.DaskActorHost,
-            (list(self.ir.info.module_roots), op.cls.module, op.cls.attr, record.args, record.kwargs,
+            (list(self.ir.info.module_paths()), op.cls.module, op.cls.attr, record.args, record.kwargs,
              op.checkpoint_every, snapshot),
             f"{record.node}-actor@{self.tag}.{record.incarnation}", where)
         record.address = record.actor._address
@@ -391,7 +393,7 @@ class DaskDriver(Driver):
         op = record.op
         record.futures[m], record.actors[m] = self._spawn(
             worker.PoolMember,
-            (list(self.ir.info.module_roots), op.cls.module, op.cls.attr, record.args, record.kwargs, record.next[m]),
+            (list(self.ir.info.module_paths()), op.cls.module, op.cls.attr, record.args, record.kwargs, record.next[m]),
             f"{record.node}-member-{m}@{self.tag}.{record.incarnations[m]}", where)
         record.addresses[m] = record.actors[m]._address
 
@@ -401,7 +403,7 @@ class DaskDriver(Driver):
             try:
                 if record.broken:
                     self._restore(record, upto=seq)
-                return self._result(record, record.actor.call(seq, method, args, kwargs))
+                return self._result(record, record.actor.call_sealed(seq, method, worker.seal((args, kwargs))))
             except Exception as exc:
                 if isinstance(exc, worker.ActorLost) or self._lost(record, exc):
                     record.broken = True
@@ -412,7 +414,7 @@ class DaskDriver(Driver):
         """Wait for an actor call; a silent actor whose worker is gone counts as lost."""
         while True:
             try:
-                return future.result(timeout=_PROBE_AFTER)
+                return worker.unseal(future.result(timeout=_PROBE_AFTER))
             except TimeoutError:
                 if not self._alive(record.actor):
                     raise worker.ActorLost(record.node, None, "no answer, and its worker is gone") from None
@@ -448,7 +450,7 @@ class DaskDriver(Driver):
         applied = self._result(record, record.actor.applied_seq())
         replay = [e for e in self.logs[node].since(applied) if upto is None or e[0] < upto]
         for seq, method, args, kwargs in replay:
-            self._result(record, record.actor.call(seq, method, args, kwargs))
+            self._result(record, record.actor.call_sealed(seq, method, worker.seal((args, kwargs))))
         record.broken = False
         self._event(f"actor `{node}` was lost with worker {dead}; re-created on {record.address} "
                     f"from its checkpoint (call {applied}) and replayed {len(replay)} call"

@@ -144,7 +144,8 @@ class Planner:
         fuse: dict[str, str] = {}
         for n in nodes:
             op = self.ir.op(n)
-            if not isinstance(op, ir.Elementwise) or op.pool is not None or n in exports:
+            if n in exports or not (isinstance(op, ir.Elementwise) and op.pool is None or
+                                    isinstance(op, ir.Source) and (op.kind != "callable" or op.sharded)):
                 continue
             outs = [dst for _, dst, kind in self.ir.graph.out_edges(n, data="kind") if kind in ("data", "value")]
             if len(outs) != 1 or outs[0] not in inside:
@@ -382,28 +383,27 @@ class StepLowering:
         retries, res = retries_of(op.options), resources_of(op.options)
         args = [Arg(a) for a in op.args]
         kwargs = {key: Arg(v) for key, v in op.kwargs.items()}
-        refs = []
-        if op.kind == "range":
-            for i in range(k):
-                refs.append(self._add(TaskSpec(part_key(node, i), node, f"range part {i} of {k}",
-                                               worker.source_range, (node, args[0], i, k), retries, res)))
-        elif op.kind in ("read_text", "read_jsonl"):
-            path = Arg(op.args[0], path=True)
-            for i in range(k):
-                refs.append(self._add(TaskSpec(part_key(node, i), node, f"{op.kind} part {i} of {k}",
-                                               worker.source_read, (node, op.kind, path, i, k), retries, res)))
-        elif op.sharded:
-            for i in range(k):
-                refs.append(self._add(TaskSpec(part_key(node, i), node, f"{op.fn.dotted} sharded part {i} of {k}",
-                                               worker.source_sharded,
-                                               (node, op.fn.module, op.fn.attr, args, kwargs, i, k), retries, res)))
-        else:
+        if op.kind == "callable" and not op.sharded:
             everything = self._add(TaskSpec(f"{node}-all", node, f"call {op.fn.dotted}", worker.source_call,
                                             (node, op.fn.module, op.fn.attr, args, kwargs), retries, res))
-            for i in range(k):
-                refs.append(self._add(TaskSpec(part_key(node, i), node, f"part {i} of {k}", worker.take_part,
-                                               (node, i, k, everything), retries, res)))
-        self.parts[node] = refs
+            self.parts[node] = [self._add(TaskSpec(part_key(node, i), node, f"part {i} of {k}", worker.take_part,
+                                                   (node, i, k, everything), retries, res)) for i in range(k)]
+            return
+        if op.kind == "range":
+            heads = [worker.Head("range", (node, args[0], i, k)) for i in range(k)]
+            what = "range"
+        elif op.kind in ("read_text", "read_jsonl"):
+            heads = [worker.Head("read", (node, op.kind, Arg(op.args[0], path=True), i, k)) for i in range(k)]
+            what = op.kind
+        else:
+            heads = [worker.Head("sharded", (node, op.fn.module, op.fn.attr, args, kwargs, i, k)) for i in range(k)]
+            what = f"{op.fn.dotted} sharded"
+        if node in self.step.fuse:  # made inside the task of the stage reading it
+            self.chains[node] = _Chain(heads, names=[node], labels=[f"{what} (part of {k})"], options=[op.options])
+            return
+        self.parts[node] = [self._add(TaskSpec(part_key(node, i), node, f"{what} part {i} of {k}", worker.run_chain,
+                                               ((), None, i, head), retries, res))
+                            for i, head in enumerate(heads)]
 
     # element-wise
 

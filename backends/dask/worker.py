@@ -14,6 +14,7 @@ graph again.
 from __future__ import annotations
 
 import asyncio
+import pickle
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
@@ -54,6 +55,37 @@ def is_lost(exc: BaseException) -> bool:
     if isinstance(exc, OSError) and "Unable to contact Actor's worker" in text:
         return True
     return type(exc).__name__ in ("CommClosedError", "StreamClosedError")
+
+
+class Sealed:
+    """A value crossing between processes as in-band pickle bytes.
+
+    Dask hands numpy arrays over as views of network buffers, sometimes unaligned, and
+    numpy computes on an unaligned array without BLAS: other bits than the reference
+    backend, which pickles every boundary in-band (fresh, aligned arrays). So every task
+    result, broadcast value and actor argument is sealed by its producer and opened by
+    its consumer. Dask moves the bytes out of band (no copy) and measures their size."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data):
+        self.data = data
+
+    def __reduce_ex__(self, protocol):
+        if protocol >= 5:
+            return (Sealed, (pickle.PickleBuffer(self.data),))
+        return (Sealed, (bytes(self.data),))
+
+    def __sizeof__(self) -> int:
+        return object.__sizeof__(self) + memoryview(self.data).nbytes
+
+
+def seal(value) -> Sealed:
+    return Sealed(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def unseal(value):
+    return pickle.loads(value.data) if isinstance(value, Sealed) else value
 
 
 def _user_failure(where: str, exc: BaseException, partition: int | None) -> StageFailure:
@@ -97,6 +129,34 @@ def _read_lines(path: str) -> list[str]:
         return [line.rstrip("\n").rstrip("\r") for line in fh]
 
 
+def _line_offset(data: bytes, m: int) -> int:
+    """The byte offset where line m starts (after the m-th newline)."""
+    if m == 0:
+        return 0
+    pieces = data.split(b"\n", m)
+    return len(data) if len(pieces) <= m else len(data) - len(pieces[-1])
+
+
+def read_lines_part(path: str, i: int, k: int) -> list[str]:
+    """Lines [i*n//k, (i+1)*n//k) of a text file, exactly as reading all its lines in text
+    mode and cutting them would give, but decoding only this partition's bytes."""
+    with open(path, "rb") as fh:
+        data = fh.read()
+    if b"\r" in data:  # universal newlines: leave the exotic cases to the text layer
+        lines = _read_lines(path)
+        a, b = semantics.partition_bounds(len(lines), k)[i]
+        return lines[a:b]
+    n = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+    a, b = semantics.partition_bounds(n, k)[i]
+    if a == b:
+        return []
+    chunk = data[_line_offset(data, a):_line_offset(data, b)].decode("utf-8")
+    lines = chunk.split("\n")
+    if chunk.endswith("\n"):
+        lines.pop()
+    return lines
+
+
 def _read_jsonl(path: str) -> list:
     import json
     out = []
@@ -110,11 +170,11 @@ def _read_jsonl(path: str) -> list:
     return out
 
 
-def source_read(where: str, kind: str, path: str, i: int, k: int) -> list:
-    """Partition i of a text or JSON-lines file cut k ways. Each task reads the file
-    (no data crosses the network); the cut is the same contiguous one everywhere."""
+def _source_read(where: str, kind: str, path: str, i: int, k: int) -> list:
     try:
-        items = _read_lines(path) if kind == "read_text" else _read_jsonl(path)
+        if kind == "read_text":
+            return read_lines_part(path, i, k)
+        items = _read_jsonl(path)
     except OSError as exc:
         raise StageFailure(where, f"cannot read {path}: {exc.strerror or exc}") from None
     except Exception as exc:
@@ -123,26 +183,51 @@ def source_read(where: str, kind: str, path: str, i: int, k: int) -> list:
     return items[a:b]
 
 
-def source_call(where: str, module: str, attr: str, args: list, kwargs: dict) -> list:
-    """All items of a callable source (called once, on a worker)."""
-    try:
-        return list(resolve(module, attr)(*args, **kwargs))
-    except Exception as exc:
-        raise _user_failure(where, exc, None) from None
-
-
-def take_part(where: str, i: int, k: int, items: list) -> list:
-    """Partition i of k contiguous blocks of ``items``."""
-    a, b = semantics.partition_bounds(len(items), k)[i]
-    return list(items[a:b])
-
-
-def source_sharded(where: str, module: str, attr: str, args: list, kwargs: dict, i: int, k: int) -> list:
-    """A sharded source: the callable makes partition i itself."""
+def _source_sharded(where: str, module: str, attr: str, args: list, kwargs: dict, i: int, k: int) -> list:
     try:
         return list(resolve(module, attr)(*args, **kwargs, partition=i, partitions=k))
     except Exception as exc:
         raise _user_failure(where, exc, i) from None
+
+
+class Head:
+    """A source partition made inside the task that consumes it (source fused into its
+    stage): ``range``, a file's lines or JSON rows, or a sharded callable's partition."""
+
+    __slots__ = ("kind", "args")
+
+    def __init__(self, kind: str, args: tuple):
+        self.kind, self.args = kind, args
+
+    def __reduce__(self):
+        return (Head, (self.kind, self.args))
+
+    def make(self) -> list:
+        if self.kind == "range":
+            return source_range(*self.args)
+        if self.kind == "read":
+            return _source_read(*self.args)
+        return _source_sharded(*self.args)
+
+
+def source(kind: str, *args) -> Sealed:
+    """One partition of a source (when no stage consumes it alone)."""
+    return seal(Head(kind, args).make())
+
+
+def source_call(where: str, module: str, attr: str, args: list, kwargs: dict) -> Sealed:
+    """All items of a callable source (called once, on a worker)."""
+    try:
+        return seal(list(resolve(module, attr)(*args, **kwargs)))
+    except Exception as exc:
+        raise _user_failure(where, exc, None) from None
+
+
+def take_part(where: str, i: int, k: int, items: Sealed) -> Sealed:
+    """Partition i of k contiguous blocks of ``items``."""
+    items = unseal(items)
+    a, b = semantics.partition_bounds(len(items), k)[i]
+    return seal(list(items[a:b]))
 
 
 # ---- element-wise chains and partition-wise terminals ------------------------------------------
@@ -162,7 +247,7 @@ class HandleProxy:
 
         def call(*args, **kwargs):
             try:
-                return self._actor.invoke(method, args, kwargs).result()
+                return unseal(self._actor.invoke_sealed(method, seal((args, kwargs))).result())
             except Exception as exc:
                 if is_lost(exc):
                     raise ActorLost(self._node, None, str(exc)) from None
@@ -179,7 +264,7 @@ def _bindings(spec: dict, bound: Sequence) -> dict:
         if how == "lit":
             out[name] = what
         elif how == "ref":
-            out[name] = bound[what]
+            out[name] = unseal(bound[what])
         else:  # handle: (index, actor node)
             index, actor = what
             out[name] = HandleProxy(actor, bound[index])
@@ -204,23 +289,23 @@ def _terminal(term: tuple, items: list, partition: int):
     what, where = term[0], term[1]
     try:
         if what == "fold":
-            return semantics.fold(resolve(term[2], term[3]), items)
+            return seal(semantics.fold(resolve(term[2], term[3]), items))
         if what == "len":
-            return len(items)
+            return seal(len(items))
         if what == "top":
             _, _, n, by, order = term
-            return semantics.top_partial(items, n, resolve(*by) if by else None, order)
+            return seal(semantics.top_partial(items, n, resolve(*by) if by else None, order))
         if what == "rbk":
             _, _, module, attr, k = term
             partial = semantics.reduce_by_key_partial(resolve(module, attr), items)
         elif what == "split":
             _, _, label, k = term
             try:
-                return semantics.shuffle_split(items, k, label)
+                return [seal(b) for b in semantics.shuffle_split(items, k, label)]
             except TypeError as exc:
                 raise StageFailure(where, str(exc)) from None
         elif what == "distinct":
-            return semantics.distinct_split(items, term[2])
+            return [seal(b) for b in semantics.distinct_split(items, term[2])]
         else:
             raise ValueError(f"unknown terminal {what!r}")
     except StageFailure:
@@ -228,25 +313,27 @@ def _terminal(term: tuple, items: list, partition: int):
     except Exception as exc:
         raise _user_failure(where, exc, partition) from None
     try:
-        return semantics.shuffle_split(partial, k, "reduce_by_key")
+        return [seal(b) for b in semantics.shuffle_split(partial, k, "reduce_by_key")]
     except TypeError as exc:
         raise StageFailure(where, str(exc)) from None
 
 
-def run_chain(stages: tuple, terminal: tuple | None, partition: int, items: list, *bound):
-    """One partition through fused element-wise stages, then an optional terminal."""
+def run_chain(stages: tuple, terminal: tuple | None, partition: int, items, *bound):
+    """One partition (or the source making it) through fused element-wise stages, then
+    an optional terminal (the partition-wise half of a reduction, shuffle or top)."""
+    items = items.make() if isinstance(items, Head) else unseal(items)
     for stage in stages:
         items = _run_stage(stage, items, bound, partition)
     if terminal is not None:
         return _terminal(terminal, items, partition)
-    return items
+    return seal(items)
 
 
-def pool_call(stage: tuple, partition: int, seq: int, member_index: int, member, items: list, *bound):
+def pool_call(stage: tuple, partition: int, seq: int, member_index: int, member, items: Sealed, *bound):
     """One partition of a stage served by an actor pool member (calls in partition order)."""
     from distributed import rejoin, secede
     where, kind, method, bindings, timeout, pool = stage
-    values = _bindings(bindings, bound)
+    values = seal(_bindings(bindings, bound))
     try:
         future = member.apply(seq, kind, method, items, values, partition, timeout)
     except Exception as exc:
@@ -273,45 +360,49 @@ def pool_call(stage: tuple, partition: int, seq: int, member_index: int, member,
 # ---- shuffle merges and combines -----------------------------------------------------------------
 
 
-def rbk_merge(where: str, module: str, attr: str, j: int, *outputs):
+def _bucket(outputs, j: int) -> list:
+    return [unseal(out[j]) for out in outputs]
+
+
+def rbk_merge(where: str, module: str, attr: str, j: int, *outputs) -> Sealed:
     try:
-        return semantics.reduce_by_key_merge(resolve(module, attr), [out[j] for out in outputs])
+        return seal(semantics.reduce_by_key_merge(resolve(module, attr), _bucket(outputs, j)))
     except Exception as exc:
         raise _user_failure(where, exc, j) from None
 
 
-def group_merge(where: str, j: int, *outputs):
-    return semantics.group_merge([out[j] for out in outputs])
+def group_merge(where: str, j: int, *outputs) -> Sealed:
+    return seal(semantics.group_merge(_bucket(outputs, j)))
 
 
-def distinct_merge(where: str, j: int, *outputs):
-    return semantics.distinct_merge([out[j] for out in outputs])
+def distinct_merge(where: str, j: int, *outputs) -> Sealed:
+    return seal(semantics.distinct_merge(_bucket(outputs, j)))
 
 
-def join_merge(where: str, j: int, left_count: int, *outputs):
+def join_merge(where: str, j: int, left_count: int, *outputs) -> Sealed:
     left, right = outputs[:left_count], outputs[left_count:]
-    return semantics.join_merge([out[j] for out in left], [out[j] for out in right])
+    return seal(semantics.join_merge(_bucket(left, j), _bucket(right, j)))
 
 
-def combine(where: str, module: str, attr: str, final: bool, *partials):
+def combine(where: str, module: str, attr: str, final: bool, *partials) -> Sealed:
     """One node of a reduction's tree: partials in partition order, FAN_IN at most."""
     try:
-        result = semantics.combine_group(resolve(module, attr), partials)
+        result = semantics.combine_group(resolve(module, attr), [unseal(p) for p in partials])
     except Exception as exc:
         raise _user_failure(where, exc, None) from None
     if final and result is semantics.EMPTY:
         raise StageFailure(where, "`reduce` over an empty collection has no value",
                            "filter less, or give the reduction an initial element in the data")
-    return result
+    return seal(result)
 
 
-def count_total(where: str, *lengths) -> int:
-    return sum(lengths)
+def count_total(where: str, *lengths) -> Sealed:
+    return seal(sum(unseal(n) for n in lengths))
 
 
-def top_final(where: str, n: int, by, order, *candidates) -> list:
+def top_final(where: str, n: int, by, order, *candidates) -> Sealed:
     try:
-        return semantics.top_merge(candidates, n, resolve(*by) if by else None, order)
+        return seal(semantics.top_merge([unseal(c) for c in candidates], n, resolve(*by) if by else None, order))
     except Exception as exc:
         raise _user_failure(where, exc, None) from None
 
@@ -327,6 +418,14 @@ class DaskActorHost(ActorHost):
                  checkpoint_every: int | None, snapshot: str | None):
         ensure_path(roots)
         super().__init__(module, cls, args, kwargs, checkpoint_every, snapshot)
+
+    def call_sealed(self, seq: int, method: str, sealed: Sealed) -> Sealed:
+        args, kwargs = unseal(sealed)
+        return seal(self.call(seq, method, args, kwargs))
+
+    def invoke_sealed(self, method: str, sealed: Sealed) -> Sealed:
+        args, kwargs = unseal(sealed)
+        return seal(self.invoke(method, args, kwargs))
 
     def applied_seq(self) -> int:
         return self.applied
@@ -347,7 +446,7 @@ class PoolMember:
         self._cond: asyncio.Condition | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="pipec-pool")
 
-    async def apply(self, seq: int, kind: str, method: str, items: list, bindings: dict, partition: int,
+    async def apply(self, seq: int, kind: str, method: str, items: Sealed, bindings: Sealed, partition: int,
                     timeout: float | None):
         if self._cond is None:
             self._cond = asyncio.Condition()
@@ -355,7 +454,7 @@ class PoolMember:
             await self._cond.wait_for(lambda: self.next >= seq)
         fn = getattr(self.obj, method)
         work = asyncio.get_running_loop().run_in_executor(
-            self._executor, lambda: apply_elementwise(kind, fn, items, bindings, partition))
+            self._executor, lambda: seal(apply_elementwise(kind, fn, unseal(items), unseal(bindings), partition)))
         try:
             result = ("ok", await asyncio.wait_for(asyncio.shield(work), timeout))
         except asyncio.TimeoutError:

@@ -1,0 +1,1 @@
+"""Benchmarks: pipec's runtime overhead against hand-written engine programs."""
