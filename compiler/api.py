@@ -31,6 +31,8 @@ class Pipeline:
     module: ast.Module
     ir: ir.IR
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    # parameter -> (least value, what needs it, where it is used), from the builder
+    param_limits: dict[str, list] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -83,7 +85,7 @@ def load_source(source: SourceFile) -> Pipeline:
         module = parse(source)
         builder = Builder(module, source)
         graph = builder.build()
-    return Pipeline(source, module, graph, builder.diagnostics)
+    return Pipeline(source, module, graph, builder.diagnostics, builder.param_limits)
 
 
 @contextmanager
@@ -144,6 +146,13 @@ def bind_params(pipeline: Pipeline, given: Mapping[str, Any]) -> dict[str, Any]:
                     ERROR, f"parameter `{name}` is {'an' if op.type == 'int' else 'a'} {op.type}, "
                            f"and {given[name]!r} is not", param.span,
                     f"for example --param {name}={_example(op.type)}", pipeline.source.path))
+                continue
+            for minimum, what, span in pipeline.param_limits.get(name, ()):
+                if values[name] < minimum:
+                    diagnostics.append(Diagnostic(
+                        ERROR, f"parameter `{name}` is {values[name]}, and {what} needs at least {minimum}", span,
+                        f"pass --param {name}={minimum} or more", pipeline.source.path))
+                    break
         elif op.required:
             diagnostics.append(Diagnostic(ERROR, f"parameter `{name}` has no default and was not given",
                                           param.span, f"pass --param {name}={_example(op.type)}",

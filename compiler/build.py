@@ -95,6 +95,8 @@ class Builder:
         self.last_actor_use: dict[str, str] = {}
         self.handle_stages: dict[str, list[str]] = {}  # actor node -> stages using a handle
         self.sinks: list[str] = []
+        # parameter -> (least value, what needs it, where): checked when values are given
+        self.param_limits: dict[str, list[tuple[int, str, Span]]] = {}
         self._id_counts: dict[str, int] = {}
         self._naming: str | None = None  # the name the current statement defines
 
@@ -309,15 +311,28 @@ class Builder:
         node = self._add(stmt.name.text, op)
         self._define(stmt.name.text, stmt.name.span, "source", node, ir.COLLECTION, keyed=keyed)
 
-    def _partitions(self, expr) -> ir.Lit | ir.NodeRef:
+    def _partitions(self, expr, what: str = "`partitions`") -> ir.Lit | ir.NodeRef:
         typed = self._expr(expr)
         if isinstance(typed.operand, ir.Lit):
             value = typed.operand.value
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                self.fail(f"`partitions` needs a positive integer, not {_show(value)}", expr.span)
+                self.fail(f"{what} needs a positive integer, not {_show(value)}", expr.span)
         elif typed.py_type is not int:
-            self.fail("`partitions` needs an integer literal or an `int` parameter", expr.span)
+            self.fail(f"{what} needs an integer literal or an `int` parameter", expr.span)
+        else:
+            self._param_at_least(typed, 1, what, expr.span)
         return typed.operand
+
+    def _param_at_least(self, typed: Typed, minimum: int, what: str, span: Span) -> None:
+        """A parameter used where ``minimum`` is the least allowed: check its default now and
+        remember the limit for the values given later (:func:`compiler.api.bind_params`)."""
+        op = self.ir.op(typed.operand.node) if isinstance(typed.operand, ir.NodeRef) else None
+        if not isinstance(op, ir.Param):
+            return
+        self.param_limits.setdefault(op.name, []).append((minimum, what, span))
+        if op.default is not None and op.default < minimum:
+            self.error(f"{what} needs at least {minimum}, and the default of `{op.name}` is {op.default}", span,
+                       f"change the default at line {op.span.line}" if op.span else None)
 
     def _stmt_stage(self, stmt: ast.Stage) -> None:
         options = self._options(stmt.options, self.defaults, "stage")
@@ -405,7 +420,7 @@ class Builder:
         if stmt.size is not None and not stmt.pool:
             self.fail(f"`x N` makes a pool; write `actor pool {name} = ...`", stmt.size.span)
         if stmt.size is not None:
-            size = self._partitions(stmt.size)
+            size = self._partitions(stmt.size, "the pool size")
         restarts, checkpoint, idempotent = 0, None, []
         seen: dict[str, Span] = {}
         for opt in stmt.options:
@@ -452,6 +467,8 @@ class Builder:
         elif count.py_type not in (int, None):
             self.fail(f"`repeat` needs an integer count, and this is a {count.py_type.__name__}",
                       stmt.count.span, "declare the parameter as `int`")
+        else:
+            self._param_at_least(count, 0, "`repeat`", stmt.count.span)
         loop_id = f"loop{len(self.loops) + 1}"
         outer = self.region
         self.region = _Region(loop_id, outer)

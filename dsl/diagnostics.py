@@ -106,12 +106,14 @@ class UnsupportedOnBackend(CompileError):
 class FileError(PipecError):
     """A file could not be read (missing, a directory, not UTF-8)."""
 
-    def __init__(self, path: str, reason: str, hint: str | None = None):
-        self.path, self.reason, self.hint = path, reason, hint
+    def __init__(self, path: str, reason: str, hint: str | None = None, line: int | None = None,
+                 column: int | None = None):
+        self.path, self.reason, self.hint, self.line, self.column = path, reason, hint, line, column
         super().__init__(self.render())
 
     def render(self) -> str:
-        text = f"{self.path}: error: {self.reason}"
+        where = f"{self.path}:{self.line}:{self.column}" if self.line is not None else self.path
+        text = f"{where}: error: {self.reason}"
         return text + (f"\n  = hint: {self.hint}" if self.hint else "")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -47,16 +48,16 @@ class SourceFile:
             raise FileError(str(path), "is a directory, not a .pipe file") from None
         except OSError as exc:
             raise FileError(str(path), exc.strerror or str(exc)) from None
+        if data.startswith(codecs.BOM_UTF8):  # some editors start UTF-8 files with one
+            data = data[len(codecs.BOM_UTF8):]
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             line = data.count(b"\n", 0, exc.start) + 1
-            col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-            raise FileError(
-                str(path),
-                f"line {line}, column {col}: byte 0x{data[exc.start]:02x} is not valid UTF-8",
-                hint=".pipe files are UTF-8 text",
-            ) from None
+            # In characters, like every other column: the line up to the bad byte is valid.
+            col = len(data[data.rfind(b"\n", 0, exc.start) + 1 : exc.start].decode("utf-8")) + 1
+            raise FileError(str(path), f"byte 0x{data[exc.start]:02x} is not valid UTF-8",
+                            hint=".pipe files are UTF-8 text", line=line, column=col) from None
         return cls(str(path), text)
 
     @cached_property
