@@ -13,6 +13,7 @@ from dsl.diagnostics import UsageError, did_you_mean
 # name -> (module, class, the pip extra that installs its engine)
 REGISTRY: dict[str, tuple[str, str, str | None]] = {
     "local": ("backends.local", "LocalBackend", None),
+    "spark": ("backends.spark", "SparkBackend", "spark"),
     "ray": ("backends.ray_backend", "RayBackend", "ray"),
     "dask": ("backends.dask", "DaskBackend", "dask"),
 }
