@@ -85,6 +85,8 @@ class Builder:
         self.diagnostics: list[Diagnostic] = []
         self.aliases: dict[str, tuple[str, Span]] = {}
         self.used_aliases: set[str] = set()
+        self.broken_modules: set[str] = set()  # missing or unreadable, already reported
+        self.name_spans: dict[str, Span] = {}  # node -> where the user named it
         self.ir = ir.IR(ir.PipelineInfo(name=module.pipeline.name.text, path=source.path,
                                         params=[p.name.text for p in module.pipeline.params]))
         self.loops: dict[str, ir.Loop] = {}
@@ -169,10 +171,13 @@ class Builder:
         try:
             found = self.index.find(name)
         except ModuleSyntaxError as exc:
-            self.error(f"module `{name}` has a Python syntax error: {exc.err.msg}", span,
-                       f"see {exc.path}:{exc.err.lineno}")
+            if name not in self.broken_modules:
+                self.broken_modules.add(name)
+                where = f"{exc.path}:{exc.err.lineno}" if exc.err.lineno else str(exc.path)
+                self.error(f"module `{name}` has a Python syntax error: {exc.err.msg}", span, f"see {where}")
             return None
-        if found is None:
+        if found is None and name not in self.broken_modules:
+            self.broken_modules.add(name)  # said once, at its first use
             self.error(f"cannot find module `{name}`", span,
                        f"looked for {name.replace('.', '/')}.py next to {self.source.path} "
                        f"and in the folders above it")
@@ -215,6 +220,8 @@ class Builder:
             self.error(f"`{name}` is already a module alias", span,
                        f"`use ... as {name}` is at line {self.aliases[name][1].line}")
         binding = Binding(kind, node, shape, span, self.region.id, **extra)
+        if node is not None:
+            self.name_spans.setdefault(node, span)
         self.region.names[name] = binding
         return binding
 
@@ -1061,11 +1068,14 @@ class Builder:
                 continue
             if isinstance(op, ir.Elementwise) and op.options.effectful:
                 continue
-            span = self._name_span(op)
+            span = self._name_span(node, op)
             self.warn(f"`{node}` is computed but never used", span,
                       "use it in a sink or an actor call, or remove it")
 
-    def _name_span(self, op: ir.Op) -> Span | None:
+    def _name_span(self, node: str, op: ir.Op) -> Span | None:
+        """Where ``node``'s name is defined (``stage >grads< = ...``), else its statement."""
+        if node in self.name_spans:
+            return self.name_spans[node]
         s = op.span
         return Span(s.line, s.column, s.end_line, s.end_column, 0, 0) if s else None
 
@@ -1085,7 +1095,8 @@ class Builder:
             if node in tainted:
                 op = self.ir.op(node)
                 self.ir.graph.nodes[node]["op"] = op.model_copy(update={"schedule_dependent": True})
-                self.warn(f"sink `{node}` depends on the order in which tasks reached an actor", self._name_span(op),
+                self.warn(f"sink `{node}` depends on the order in which tasks reached an actor",
+                          self._name_span(node, op),
                           "its content may differ from run to run; compare it by a property, not by bytes")
 
 

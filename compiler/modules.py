@@ -65,7 +65,7 @@ class ModuleIndex:
 
     def __init__(self, roots: list[Path]):
         self.roots = [Path(r) for r in roots]
-        self._cache: dict[str, ModuleInfo | None] = {}
+        self._cache: dict[str, ModuleInfo | ModuleSyntaxError | None] = {}
         self.found_roots: list[Path] = []  # roots that held at least one user module
 
     @classmethod
@@ -78,8 +78,14 @@ class ModuleIndex:
     def find(self, module: str) -> ModuleInfo | None:
         """What ``module`` defines, or None when no such module exists on the path."""
         if module not in self._cache:
-            self._cache[module] = self._load(module)
-        return self._cache[module]
+            try:
+                self._cache[module] = self._load(module)
+            except ModuleSyntaxError as exc:  # kept, so a broken module is read once
+                self._cache[module] = exc
+        found = self._cache[module]
+        if isinstance(found, ModuleSyntaxError):
+            raise found
+        return found
 
     def _load(self, module: str) -> ModuleInfo | None:
         parts = module.split(".")
@@ -141,9 +147,15 @@ def _top_level(body: list[ast.stmt]):
 
 def _read(module: str, path: Path) -> ModuleInfo:
     try:
-        tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"), str(path))
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:  # unreadable here; the workers may still import it, so assume nothing
+        return ModuleInfo(module, None)
+    try:
+        tree = ast.parse(text, str(path))
     except SyntaxError as err:
         raise ModuleSyntaxError(path, err) from None
+    except (RecursionError, MemoryError):  # Python's own parser gives up on it too
+        raise ModuleSyntaxError(path, SyntaxError("too deeply nested to read")) from None
     info = ModuleInfo(module, path)
     raw_classes: dict[str, ast.ClassDef] = {}
     for stmt in _top_level(tree.body):
@@ -165,12 +177,15 @@ def _read(module: str, path: Path) -> ModuleInfo:
                 for n in ast.walk(t):
                     if isinstance(n, ast.Name):
                         info.other_names.add(n.id)
-    for name in raw_classes:
-        info.classes[name] = _class(name, raw_classes, set())
+    done: dict[str, ClassInfo] = {}
+    for name in raw_classes:  # in source order, so a base is usually done before its subclasses
+        info.classes[name] = _class(name, raw_classes, set(), done)
     return info
 
 
-def _class(name: str, raw: dict[str, ast.ClassDef], seen: set[str]) -> ClassInfo:
+def _class(name: str, raw: dict[str, ast.ClassDef], seen: set[str], done: dict[str, ClassInfo]) -> ClassInfo:
+    if name in done:
+        return done[name]
     node = raw[name]
     cls = ClassInfo(name)
     for base in node.bases:
@@ -178,7 +193,7 @@ def _class(name: str, raw: dict[str, ast.ClassDef], seen: set[str]) -> ClassInfo
         if base_name == "object":
             continue
         if base_name in raw and base_name not in seen:
-            parent = _class(base_name, raw, seen | {name})
+            parent = _class(base_name, raw, seen | {name}, done)
             cls.methods.update(parent.methods)
             cls.complete &= parent.complete
             cls.init = parent.init or cls.init
@@ -196,4 +211,5 @@ def _class(name: str, raw: dict[str, ast.ClassDef], seen: set[str]) -> ClassInfo
             for t in stmt.targets:
                 if isinstance(t, ast.Name):  # e.g. `push = apply` aliases a method
                     cls.methods.setdefault(t.id, FunctionInfo(t.id, [], True, True))
+    done[name] = cls
     return cls
