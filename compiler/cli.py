@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import uuid
 from pathlib import Path
 
 from dsl.diagnostics import CompileError, FileError, PipecError, PipelineRuntimeError, UsageError
@@ -64,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param", "-p", action="append", default=[], metavar="K=V")
     p.add_argument("--address", help="a cluster to use: Dask scheduler, Ray head or Spark master")
     p.add_argument("--run-dir", help="where checkpoints go (default .pipec/runs/RUN)")
+    p.add_argument("--resume", metavar="RUN", help="continue run RUN (its id under .pipec/runs, or its folder) "
+                                                   "from its last completed round")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     p = add("fmt", "format a .pipe file canonically")
@@ -212,10 +215,31 @@ def cmd_run(args) -> int:
     params = _params(pipeline, args.param)
     options = {"address": args.address} if args.address else {}
     plan = pipeline.lower(backend, params, **options)
+    run_options = {"run_dir": args.run_dir}
+    if args.resume:
+        if not getattr(plan, "resumable", False):
+            raise UsageError(f"backend `{backend}` cannot resume a run", "run it again without --resume")
+        run_options = {"run_dir": _resume_dir(args.resume, args.run_dir), "resume": True}
+    elif getattr(plan, "resumable", False):
+        # Name the run before it starts: if its driver dies, this is what --resume needs.
+        run_id = args.run_dir or uuid.uuid4().hex[:12]
+        run_options["run_dir"] = args.run_dir or str(Path(".pipec") / "runs" / run_id)
+        print(f"run {run_id}  (if it stops, continue it with --resume {run_id})", file=sys.stderr)
     with TerminalProgress(sys.stderr) as progress:
-        result = plan.run(progress=progress, run_dir=args.run_dir)
+        result = plan.run(progress=progress, **run_options)
     print_summary(result, pipeline, as_json=args.json)
     return EXIT_OK
+
+
+def _resume_dir(run: str, run_dir: str | None) -> str:
+    """The folder of run ``run``: a folder given as is, or an id under .pipec/runs."""
+    folder = Path(run) if Path(run).is_dir() else Path(".pipec") / "runs" / run
+    if not folder.is_dir():
+        raise UsageError(f"no run `{run}`: it is neither a folder nor a run under .pipec/runs",
+                         "the runs are the folders of .pipec/runs (newest last: ls -tr .pipec/runs)")
+    if run_dir is not None and Path(run_dir).resolve() != folder.resolve():
+        raise UsageError("--resume and --run-dir name different folders", "give only --resume RUN")
+    return str(folder)
 
 
 def cmd_backends(args) -> int:

@@ -91,7 +91,7 @@ def _graph_steps(steps: list[dict], g: nx.DiGraph, group: str, last: list) -> No
             g.add_node(sid, label=f"job {step['node']} ({step['action']}, {step['tasks']} tasks)", group=group)
             for rdd in step["rdds"]:
                 rid = f"rdd {rdd['id']}"
-                if rid not in g:
+                if "label" not in g.nodes.get(rid, {}):
                     label = f"{rdd['class']} {rdd['id']}\n{rdd['name']}" if rdd["name"] else f"{rdd['class']} {rdd['id']}"
                     if rdd["cached"]:
                         label += "\n(cached)"
@@ -100,7 +100,7 @@ def _graph_steps(steps: list[dict], g: nx.DiGraph, group: str, last: list) -> No
                     g.add_edge(f"rdd {dep}", rid, kind="data", label="shuffle" if shuffle else "")
             g.add_edge(f"rdd {step['rdds'][0]['id']}", sid, kind="data")
         else:
-            g.add_node(sid, label=step["text"], group=group)
+            g.add_node(sid, label=step["text"].removeprefix("driver: "), group=group)
         if last[0] is not None:
             g.add_edge(last[0], sid, kind="order")
         last[0] = sid

@@ -107,6 +107,9 @@ def start(master: str, log_path: str | None = None, ui: bool = False, conf: dict
         "spark.pyspark.python": os.environ["PYSPARK_PYTHON"],
         **(conf or {}),
     }
+    if is_local(master) or master.startswith("local-cluster"):
+        # Workers run this machine's Python, where pipec is installed: fork them warm.
+        settings.setdefault("spark.python.daemon.module", "backends.spark.daemon")
     spark_conf = SparkConf()
     for key, value in settings.items():
         spark_conf.set(key, value)
