@@ -178,10 +178,26 @@ class Builder:
             return None
         if found is None and name not in self.broken_modules:
             self.broken_modules.add(name)  # said once, at its first use
-            self.error(f"cannot find module `{name}`", span,
-                       f"looked for {name.replace('.', '/')}.py next to {self.source.path} "
-                       f"and in the folders above it")
+            self.error(f"cannot find module `{name}`", span, self._missing_module_hint(name))
         return found
+
+    def _missing_module_hint(self, name: str) -> str:
+        head = name.split(".")[0]
+        if head not in self.aliases and (alias := did_you_mean(head, self.aliases)):
+            return alias
+        parent, _, last = name.rpartition(".")
+        info = self._find_quietly(parent) if parent else None
+        if info is not None and last in info.names():
+            return f"`{last}` is defined in module `{parent}`; it is not a module"
+        return (f"looked for {name.replace('.', '/')}.py next to {self.source.path} "
+                f"and in the folders above it")
+
+    def _find_quietly(self, module: str) -> ModuleInfo | None:
+        """What ``module`` defines, or None if it is missing or broken (reported elsewhere)."""
+        try:
+            return self.index.find(module)
+        except ModuleSyntaxError:
+            return None
 
     def _param(self, param: ast.Param) -> None:
         name, type_name = param.name.text, param.type.text
@@ -965,9 +981,12 @@ class Builder:
                           f"e.g. `{parts[0]}.name`")
             parts = module_parts + parts[1:]
         elif len(parts) == 1:
+            found_in = [f"{alias}.{parts[0]}" for alias, (module, _) in self.aliases.items()
+                        if (info := self._find_quietly(module)) is not None and parts[0] in info.names()]
             self.fail(f"`{parts[0]}` is not a {what}", path.span,
-                      did_you_mean(parts[0], self.aliases) or
-                      "name Python functions by module: `use mymodule as m` then `m.f`")
+                      (f"did you mean `{found_in[0]}`?" if found_in else None)
+                      or did_you_mean(parts[0], self.aliases)
+                      or "name Python functions by module: `use mymodule as m` then `m.f`")
         module, attr = ".".join(parts[:-1]), parts[-1]
         info = self._module(module, path.span)
         if info is None:

@@ -83,7 +83,7 @@ class _ToAst:
         depth = 1 + max((self._depth.get(id(c), 0) for c in children), default=0)
         if depth > MAX_NESTING:
             span = node.span
-            raise _Refused(f"nested more than {MAX_NESTING} levels deep",
+            raise _Refused(f"nested too deeply (more than {MAX_NESTING} levels)",
                            Span(span.line, span.column, span.line, span.column + 1, span.start, span.start + 1),
                            "split the expression into named stages or values")
         self._depth[id(node)] = depth
