@@ -35,6 +35,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
+import socket
 import sys
 import time
 from collections import deque
@@ -103,6 +105,8 @@ def start_runtime(address: str | None = None, num_cpus: int | None = None,
     target = address or os.environ.get("RAY_ADDRESS") or "local"
     quiet = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                  configure_logging=True, namespace="pipec")
+    if target != "local":
+        _probe(target)
     try:
         if target == "local":
             ray.init(address="local", num_cpus=num_cpus, **quiet)
@@ -117,6 +121,20 @@ def start_runtime(address: str | None = None, num_cpus: int | None = None,
     _silence_raylet_messages()
     _OWNED["started"] = True
     return True
+
+
+def _probe(address: str) -> None:
+    """Fail fast on an address nothing listens on (Ray itself retries for minutes)."""
+    if address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except (OSError, ValueError) as exc:
+        reason = "not HOST:PORT" if isinstance(exc, ValueError) else (exc.strerror or str(exc))
+        raise RayEngineError(f"cannot reach the Ray cluster at {address}: {reason}\n"
+                             "  = hint: start one with `ray start --head`, or leave out --address (and "
+                             "RAY_ADDRESS) for an embedded runtime") from None
 
 
 def stop_runtime() -> None:
@@ -439,6 +457,16 @@ class Lowering:
             return Chain(producer, tuple(steps), True)
         return Chain(producer, tuple(steps), False)
 
+    def invariant(self, node: str, chain: Chain) -> bool:
+        """Whether a shuffle inside a loop reads an input that no round changes (defined
+        outside the loop, not a loop variable): its split is then computed once and the
+        buckets reused every round."""
+        op = self.ir.op(node)
+        if op.loop is None or chain.steps or chain.head_fused:
+            return False
+        head = self.ir.op(chain.head)
+        return not isinstance(head, ir.Var) and head.loop != op.loop
+
     def members(self, chain: Chain, owner: str | None) -> list[str]:
         """The IR nodes one task of this segment computes, in order."""
         return ([chain.head] if chain.head_fused else []) + list(chain.steps) + ([owner] if owner else [])
@@ -573,6 +601,8 @@ class RayDriver(Driver):
         self.ready: dict[str, Any] = {}
         self.pools: dict[str, list] = {}
         self.puts: dict[str, tuple[Any, Any]] = {}
+        self.splits: dict[tuple[str, str], tuple[Any, tuple, list]] = {}
+        self.names: dict[str, str] = {}  # Ray task name -> the IR node its errors belong to
         self.watched: dict[Any, tuple[_Watched, int]] = {}
         self.track = not isinstance(self.progress, NoProgress)
         self.cpus = max(1.0, float(ray.cluster_resources().get("CPU", 1)))
@@ -580,6 +610,7 @@ class RayDriver(Driver):
         self._check_resources(ray.cluster_resources())
 
     def teardown(self) -> None:
+        self._drain()
         for handle in list(self.actors.values()) + [h for hs in self.pools.values() for h in hs]:
             try:
                 self.ray.kill(handle, no_restart=True)
@@ -587,6 +618,7 @@ class RayDriver(Driver):
                 pass
         self.env.clear()
         self.puts.clear()
+        self.splits.clear()
         self.watched.clear()
 
     def _check_resources(self, cluster: dict) -> None:
@@ -617,6 +649,7 @@ class RayDriver(Driver):
         if returns != 1:
             options["num_returns"] = returns
         remote = self.fns.segment.options(**options)
+        self.names[name] = owner or nodes[-1]
         out = []
         for i, (head, args) in enumerate(heads):
             out.append(remote.remote((self.paths, head, step_specs, terminal, i), *args, *values))
@@ -731,6 +764,20 @@ class RayDriver(Driver):
                     raise self.task_error(exc) from None
             raise
 
+    def _drain(self) -> None:
+        """Report the tasks that finished while nobody waited on them."""
+        if not self.watched:
+            return
+        try:
+            ready, _ = self.ray.wait(list(self.watched), num_returns=len(self.watched), timeout=0,
+                                     fetch_local=False)
+        except Exception:
+            return
+        for ref in ready:
+            entry, _ = self.watched.pop(ref)
+            if self.track:
+                self.progress.advance(entry.name)
+
     def _next_deadline(self) -> float | None:
         deadlines = [entry.started[i] + entry.timeout for entry, i in self.watched.values()
                      if entry.timeout is not None and i in entry.started]
@@ -763,7 +810,16 @@ class RayDriver(Driver):
             return self.error(err.stage, f"{err.kind}: {err.message}{place}", span,
                               f"raised at {err.frame}" if err.frame else None)
         if isinstance(exc, ray.exceptions.RayTaskError) and cause is not None:
-            return self.error("ray", f"{type(cause).__name__}: {cause}", None)
+            # Failed outside the user's function: Ray could not pickle what the task returned.
+            # Ray's message starts with the task's name (ours: the segment's), in colour.
+            found = re.search(r"ray::([^\s(]+)\(", re.sub(r"\x1b\[[0-9;]*m", "", str(exc)))
+            owner = self.names.get(found.group(1)) if found else None
+            span = self.ir.op(owner).span if owner in self.ir.graph else None
+            if "pickle" in str(cause).lower():
+                return self.error(owner or "ray", f"the output cannot be pickled, so it cannot cross to another "
+                                                  f"process ({type(cause).__name__}: {cause})", span,
+                                  "return plain data (numbers, strings, lists, dicts, numpy arrays)")
+            return self.error(owner or "ray", f"{type(cause).__name__}: {cause}", span)
         if isinstance(exc, (ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError,
                             ray.exceptions.OwnerDiedError, ray.exceptions.NodeDiedError)):
             return self.error("ray", f"a Ray worker or node was lost and the task ran out of retries "
@@ -852,8 +908,16 @@ class RayDriver(Driver):
         return self._shuffled(node, Buckets("join", node, k, lparts, rparts))
 
     def _split(self, chain: Chain, node: str, terminal: tuple, k: int, role: str = "split") -> list[list]:
+        invariant = self.low.invariant(node, chain)
+        if invariant:
+            cached = self.splits.get((node, role))
+            if cached is not None and cached[0] is self.env[chain.head] and cached[1] == terminal:
+                return cached[2]
         out = self.submit(chain, node, terminal, role, returns=k) if k else []
-        return [list(refs) if k > 1 else [refs] for refs in out]
+        buckets = [list(refs) if k > 1 else [refs] for refs in out]
+        if invariant:
+            self.splits[(node, role)] = (self.env[chain.head], terminal, buckets)
+        return buckets
 
     def _shuffled(self, node: str, buckets: Buckets):
         self.env[node] = buckets
@@ -1258,7 +1322,10 @@ class _Planner:
         self.width[node] = step.tasks
 
     def _split(self, node, op, chain: Chain, key: str, terminal: str, loop, role="split") -> Step:
+        invariant = self.low.invariant(node, chain)
         step = self.segment(chain, node, terminal, role, loop)
+        if invariant:
+            step.what += f"  (first round only: {chain.head} does not change in {loop}, so its buckets are reused)"
         self.made[key] = step.id
         return step
 
@@ -1510,7 +1577,8 @@ class RayPlan(Plan):
             else:
                 names = [step.id]
                 label = f"{step.id}\n{step.kind}" + suffix
-                g.add_node(step.id, label=label, group=step.id)
+                extra = {"op": self.ir.op(step.nodes[0])} if len(step.nodes) == 1 else {}
+                g.add_node(step.id, label=label, group=step.id, **extra)
             ids[step.id] = names
         for step in self.steps():
             mine = ids[step.id]
@@ -1572,3 +1640,4 @@ class RayBackend(Backend):
 
     def lower(self, graph: ir.IR, params: dict[str, Any]) -> RayPlan:
         return RayPlan(graph, params, self.address)
+

@@ -1,0 +1,457 @@
+"""The Ray backend: its lowered plans (golden files), stage options and errors, progress,
+fault tolerance (a killed parameter server, a killed worker, actors dying mid-call and
+while idle), the embedded runtime and a real `ray start --head` cluster.
+
+Runs use the test session's one Ray runtime (tests/engines.py); the command-line tests
+start their own in a subprocess, as a user would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+
+from compiler import render  # noqa: E402
+from compiler.api import load  # noqa: E402
+from compiler.capabilities import FEATURES  # noqa: E402
+from dsl.diagnostics import PipelineRuntimeError  # noqa: E402
+from backends.ray_backend import RayBackend, fusion  # noqa: E402
+from tests.conftest import EXAMPLES, ROOT  # noqa: E402
+from tests.engines import engine_options  # noqa: E402
+
+EXAMPLE_NAMES = ["infer", "kmeans", "pagerank", "train", "wordcount"]
+
+# One module for every pipeline of this file: long-lived Ray workers cache modules by
+# name, so its content must not differ between tests.
+MOD = '''
+import os, threading, time
+
+def inc(x):
+    return x + 1
+
+def add(a, b):
+    return a + b
+
+def square(x):
+    return x * x
+
+def boom(x):
+    raise ValueError(f"bad item {x}")
+
+def slow_square(x):
+    time.sleep(0.1)
+    return x * x
+
+def sleepy(x):
+    time.sleep(30)
+    return x
+
+def flaky(x, path):
+    """Fails the first two times it is called, counted in a file (tasks are processes)."""
+    with open(path, "a") as fh:
+        fh.write("x")
+    if os.path.getsize(path) <= 2:
+        raise RuntimeError("transient")
+    return x
+
+def lock(x):
+    return threading.Lock()
+
+class Counter:
+    def __init__(self, start=0):
+        self.total = start
+        self.calls = []
+    def add(self, x):
+        self.total += x
+        self.calls.append(x)
+        return self.total
+    def value(self):
+        return self.total
+    def history(self):
+        return list(self.calls)
+    def fail(self):
+        raise KeyError("no such thing")
+
+class Fragile(Counter):
+    """Loses its process once, the first time its total reaches `at`: in the middle of
+    the call (`die = "during"`), or just after answering it (`die = "after"`)."""
+    def __init__(self, at, marker, die):
+        super().__init__()
+        self.at, self.marker, self.die = at, marker, die
+    def add(self, x):
+        total = super().add(x)
+        if total >= self.at and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            if self.die == "during":
+                os._exit(1)
+            threading.Timer(0.05, os._exit, [1]).start()
+        return total
+
+class Broken:
+    def __init__(self):
+        raise RuntimeError("no model file")
+    def run(self, items):
+        return items
+'''
+
+
+def _ray_options():
+    return engine_options("ray")
+
+
+def run(write_pipe, body: str, params=None, **options):
+    path = write_pipe("use ray_t_mod as m\npipeline p() {\n" + body + "\n}\n", ray_t_mod=MOD)
+    pipeline = load(path)
+    pipeline.check("ray")
+    return pipeline.run(backend="ray", params=params or {}, **_ray_options(), **options)
+
+
+# ---- capabilities and the lowered plan (no engine needed) --------------------------------------
+
+
+def test_ray_declares_every_feature_and_checks_every_example_clean():
+    assert RayBackend.capabilities == frozenset(FEATURES)
+    assert RayBackend.gap_hints == {}
+    for name in EXAMPLE_NAMES:
+        assert [d for d in load(EXAMPLES / f"{name}.pipe").check("ray") if d.is_error] == []
+
+
+@pytest.mark.parametrize("name", EXAMPLE_NAMES)
+def test_lowered_plan_golden(name, golden):
+    plan = load(EXAMPLES / f"{name}.pipe").lower("ray")
+    golden(f"ray/{name}.txt", plan.explain())
+    golden(f"ray/{name}.json", json.dumps(plan.to_json(), indent=2) + "\n")
+    golden(f"ray/{name}.dot", render.render(render.plan_drawing(plan), "dot"))
+
+
+def test_graph_nodes_are_tasks_with_label_and_group_and_edges_have_kinds():
+    plan = load(EXAMPLES / "train.pipe").lower("ray")
+    g = plan.graph()
+    assert all("label" in d and "group" in d for _, d in g.nodes(data=True))
+    assert {f"grads+total:fold[{i}]" for i in range(8)} <= set(g)
+    kinds = {d["kind"] for _, _, d in g.edges(data=True)}
+    assert {"data", "value", "actor", "order"} <= kinds
+    # each fold task reads its own partition of the batches
+    assert g.has_edge("batches[3]", "grads+total:fold[3]") and not g.has_edge("batches[3]", "grads+total:fold[4]")
+
+
+def test_adjacent_stages_fuse_and_options_map_to_ray():
+    wordcount = load(EXAMPLES / "wordcount.pipe").ir
+    assert fusion(wordcount) == {"words": "pairs", "pairs": "counts"}
+    train = load(EXAMPLES / "train.pipe").lower("ray")
+    assert train.lowering.fused == {"grads": "total"}
+    # fused with `reduce`, the gradient stage keeps its `retries 3` as Ray's max_retries
+    assert train.lowering.options(["grads", "total"]) == {"max_retries": 3, "retry_exceptions": True,
+                                                          "num_cpus": 1}
+    assert train.lowering.actor_options(train.ir.op("ps"), "n") == {"max_restarts": 3, "max_task_retries": 0,
+                                                                   "name": "n"}
+
+
+def test_resources_timeouts_and_effectful_stages(write_pipe):
+    path = write_pipe("use ray_t_mod as m\npipeline p() {\n"
+                      "source xs = range(8) partitions 2\n"
+                      "stage a = map m.inc over xs retries 2 resources { cpus 0.5 gpus 1 memory \"1GB\" }\n"
+                      "stage b = map m.inc over a timeout 5\n"
+                      "stage c = map m.inc over b retries 4 effectful\n"
+                      "sink out = collect(c)\n}\n", ray_t_mod=MOD)
+    plan = load(path).lower("ray")
+    low = plan.lowering
+    assert low.fused == {}  # different resources, a timeout, an effectful stage: nothing fuses
+    assert low.options(["a"]) == {"max_retries": 2, "retry_exceptions": True, "num_cpus": 0.5, "num_gpus": 1,
+                                  "memory": 10**9}
+    assert low.timeout(["b"]) == 5
+    assert low.options(["c"])["max_retries"] == 0  # effectful: no blind retry
+    text = plan.explain()
+    assert "timeout_s (driver)=5" in text and "num_gpus=1" in text
+
+
+def test_compile_and_graph_never_import_ray_or_user_code():
+    code = ("import sys\nfrom compiler.cli import main\n"
+            "assert main(['compile', 'examples/train.pipe', '--backend', 'ray', '--format', 'json', '-o', "
+            "sys.argv[1]]) == 0\n"
+            "assert main(['graph', 'examples/train.pipe', '--backend', 'ray', '-o', sys.argv[2]]) == 0\n"
+            "assert 'ray' not in sys.modules and 'examples.linreg' not in sys.modules, "
+            "sorted(m for m in sys.modules if m.startswith(('ray', 'examples')))\n")
+    out = subprocess.run([sys.executable, "-c", code, "/dev/null", "/dev/null"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
+# ---- running on the session's runtime ---------------------------------------------------------
+
+
+def test_a_failing_function_names_stage_partition_and_user_line(write_pipe):
+    with pytest.raises(PipelineRuntimeError) as err:
+        run(write_pipe, "source xs = range(4) partitions 2\nstage ys = map m.boom over xs\nsink out = collect(ys)")
+    text = str(err.value)
+    assert "`ys`" in text and "ValueError: bad item 0" in text and "partition 0" in text
+    assert "ray_t_mod.py" in text
+
+
+def test_retries_recover_a_transient_failure(write_pipe, tmp_path):
+    counter = tmp_path / "calls.txt"
+    result = run(write_pipe, f'source xs = range(1) partitions 1\n'
+                             f'stage ys = map m.flaky over xs with path = "{counter}" retries 2\n'
+                             f'sink out = collect(ys)')
+    assert result.outputs["out"] == [0]
+    assert counter.read_text() == "xxx"
+
+
+def test_timeout_is_enforced_by_the_driver_and_names_the_stage(write_pipe):
+    start = time.monotonic()
+    with pytest.raises(PipelineRuntimeError) as err:
+        run(write_pipe, "source xs = range(2) partitions 1\nstage ys = map m.sleepy over xs timeout 0.5\n"
+                        "sink out = collect(ys)")
+    assert "`ys`" in str(err.value) and "timeout of 0.5 s" in str(err.value)
+    assert time.monotonic() - start < 20
+
+
+def test_resources_the_cluster_lacks_are_refused_before_anything_runs(write_pipe):
+    with pytest.raises(PipelineRuntimeError) as err:
+        run(write_pipe, "source xs = range(2) partitions 1\n"
+                        "stage ys = map m.inc over xs resources { gpus 1 }\nsink out = collect(ys)")
+    assert "`ys`" in str(err.value) and "gpu" in str(err.value)
+
+
+def test_unpicklable_output_fails_naming_the_stage(write_pipe):
+    with pytest.raises(PipelineRuntimeError) as err:
+        run(write_pipe, "source xs = range(4) partitions 2\nstage locks = map m.lock over xs\n"
+                        "sink out = collect(locks)")
+    assert "locks" in str(err.value)
+
+
+def test_actor_errors_name_the_call_or_the_actor(write_pipe):
+    with pytest.raises(PipelineRuntimeError) as err:
+        run(write_pipe, "actor c = m.Counter()\nc.add(1)\nvalue v = c.fail()\nsink out = v")
+    assert "c.fail" in str(err.value) and "KeyError" in str(err.value)
+    with pytest.raises(PipelineRuntimeError) as err:
+        run(write_pipe, "source xs = range(4) partitions 2\nactor pool b = m.Broken() x 2\n"
+                        "stage ys = map_batches b.run over xs\nsink out = collect(ys)")
+    assert "`b`" in str(err.value) and "no model file" in str(err.value)
+
+
+class Recorder:
+    def __init__(self):
+        self.events = []
+
+    def stage(self, name, tasks):
+        self.events.append(("stage", name, tasks))
+
+    def advance(self, name, done=1):
+        self.events.append(("advance", name, done))
+
+    def round(self, loop, index, count):
+        self.events.append(("round", loop, index, count))
+
+
+def test_progress_reports_every_task_and_round(workdir):
+    recorder = Recorder()
+    load(Path("examples/train.pipe")).run(backend="ray", params={"rows": 2_000, "epochs": 3},
+                                          progress=recorder, **_ray_options())
+    rounds = [e for e in recorder.events if e[0] == "round"]
+    assert rounds == [("round", "loop1", i, 3) for i in range(3)]
+    stages = [e for e in recorder.events if e[0] == "stage"]
+    assert ("stage", "grads+total:fold", 8) in stages and stages.count(("stage", "grads+total:fold", 8)) == 3
+    announced = sum(e[2] for e in stages)
+    advanced = sum(e[2] for e in recorder.events if e[0] == "advance")
+    assert advanced == announced
+
+
+# ---- fault tolerance ---------------------------------------------------------------------------
+
+
+def _named_actor(prefix: str, deadline: float):
+    import ray
+    while time.monotonic() < deadline:
+        for entry in ray.util.list_named_actors(all_namespaces=True):
+            if entry["name"].startswith(prefix):
+                return ray.get_actor(entry["name"], namespace=entry["namespace"])
+        time.sleep(0.02)
+    raise AssertionError(f"no actor named {prefix}*")
+
+
+def test_killing_the_parameter_server_mid_run_gives_the_weights_of_a_clean_run(workdir):
+    import ray
+    options = _ray_options()  # the session's runtime, before another thread asks Ray anything
+    params = {"rows": 2_000, "epochs": 40}
+    pipeline = load(Path("examples/train.pipe"))
+    clean = pipeline.run(backend="local", params=params)
+    expected = Path(clean.files["weights"]).read_bytes()
+    box = {}
+
+    def target():
+        try:
+            box["result"] = pipeline.run(backend="ray", params=params, **options)
+        except BaseException as exc:  # handed to the test below
+            box["error"] = exc
+    thread = threading.Thread(target=target)
+    thread.start()
+    ps = _named_actor("pipec.train.ps.", time.monotonic() + 60)
+    while ray.get(ps.applied.remote()) < 12:  # a few rounds in, past a snapshot
+        time.sleep(0.01)
+    ray.kill(ps, no_restart=False)
+    thread.join(timeout=180)
+    assert "error" not in box, box.get("error")
+    result = box["result"]
+    assert result.recoveries["ps"] >= 1
+    assert Path(result.files["weights"]).read_bytes() == expected
+
+
+@pytest.mark.parametrize("die", ["during", "after"])
+def test_an_actor_losing_its_process_is_restored_and_every_call_applied_once(write_pipe, tmp_path, die):
+    marker = tmp_path / "died"
+    body = (f'actor c = m.Fragile(at = 10, marker = "{marker}", die = "{die}") {{\n'
+            f'    restarts 2\n    checkpoint every 3 calls\n}}\n'
+            f'source xs = range(4) partitions 2\n'
+            f'repeat 8 as i {{\n'
+            f'    value s = reduce m.add over (map m.slow_square over xs)\n'
+            f'    c.add(i)\n'
+            f'}}\n'
+            f'sink out = c.history()\nsink total = c.value()')
+    result = run(write_pipe, body, run_dir=str(tmp_path / "run"))
+    assert marker.exists(), "the actor never died"
+    assert result.outputs["out"] == list(range(8))  # each call applied exactly once, in order
+    assert result.outputs["total"] == 28
+    assert result.recoveries["c"] == 1
+
+
+def test_an_actor_without_restarts_that_dies_fails_with_a_hint(write_pipe, tmp_path):
+    body = (f'actor c = m.Fragile(at = 1, marker = "{tmp_path / "died"}", die = "during")\n'
+            f'c.add(5)\nsink total = c.value()')
+    with pytest.raises(PipelineRuntimeError) as err:
+        run(write_pipe, body)
+    assert "restarts 0" in str(err.value)
+
+
+def _processes_named(prefix: str) -> list[int]:
+    """Ray workers running a task are titled `ray::<task name>`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        if cmdline.startswith(prefix):
+            found.append(int(entry))
+    return found
+
+
+def test_killing_a_worker_running_stage_tasks_gives_the_same_result(write_pipe, tmp_path):
+    body = ("source xs = range(40) partitions 4\n"
+            "stage ys = map m.slow_square over xs retries 2\n"
+            "value total = reduce m.add over ys\n"
+            "sink out = total")
+    path = write_pipe("use ray_t_mod as m\npipeline p() {\n" + body + "\n}\n", ray_t_mod=MOD)
+    pipeline = load(path)
+    options = _ray_options()
+    expected = sum(x * x for x in range(40))
+    name = "ray::" + pipeline.lower("ray").lowering.group(
+        pipeline.lower("ray").lowering.chain("total", "input"), "total", "fold")
+    box = {}
+    thread = threading.Thread(target=lambda: box.update(result=pipeline.run(backend="ray", **options)))
+    thread.start()
+    deadline, killed = time.monotonic() + 60, None
+    while killed is None and time.monotonic() < deadline and thread.is_alive():
+        pids = _processes_named(name)
+        if pids:
+            time.sleep(0.2)  # well inside its task (each takes 1 s)
+            os.kill(pids[0], signal.SIGKILL)
+            killed = pids[0]
+        time.sleep(0.02)
+    thread.join(timeout=120)
+    assert killed is not None, f"no process titled {name} was seen"
+    assert box["result"].outputs["out"] == expected
+
+
+# ---- the command line: embedded runtime, and a real `ray start --head` cluster -------------------
+
+
+def _pipec(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 240):
+    return subprocess.run([sys.executable, "-m", "compiler.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)})
+
+
+def _quiet(stdout: str, stderr: str) -> None:
+    """Only pipec's own summary: no Ray log lines, warnings or worker output."""
+    text = stdout + stderr
+    for noise in ("INFO", "WARNING", "(raylet)", "Token authentication", "gcs_client", "pid="):
+        assert noise not in text, text
+
+
+def test_pipec_run_on_an_embedded_runtime_is_quiet_and_matches_local(workdir):
+    local = _pipec(["run", "examples/wordcount.pipe", "--param", "n=5"], workdir)
+    assert local.returncode == 0, local.stderr
+    expected = (workdir / "out" / "top.json").read_bytes()
+    out = _pipec(["run", "examples/wordcount.pipe", "--backend", "ray", "--param", "n=5"], workdir,
+                 env={"RAY_ADDRESS": ""})
+    assert out.returncode == 0, out.stderr
+    _quiet(out.stdout, out.stderr)
+    assert "finished on ray" in out.stderr
+    assert (workdir / "out" / "top.json").read_bytes() == expected
+
+
+def test_an_unreachable_address_fails_fast_with_a_hint(workdir):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    start = time.monotonic()
+    out = _pipec(["run", "examples/wordcount.pipe", "--backend", "ray", "--address", f"127.0.0.1:{port}"], workdir)
+    assert out.returncode == 1
+    assert f"cannot reach the Ray cluster at 127.0.0.1:{port}" in out.stderr and "ray start --head" in out.stderr
+    assert time.monotonic() - start < 60
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_real_head_node_runs_an_example(workdir, tmp_path_factory):
+    """`ray start --head` on 127.0.0.1, pipec joins it with --address, then the head is
+    stopped by signalling the one `ray start --block` process this test started (not
+    `ray stop`, which would stop every Ray on the machine, the test session's too)."""
+    psutil = pytest.importorskip("psutil")
+    port = _free_port()
+    temp_dir = Path(f"/tmp/pipec-ray-{os.getpid()}")  # short: Ray puts sockets in it
+    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"), "RAY_USAGE_STATS_ENABLED": "0"}
+    log = tmp_path_factory.mktemp("head") / "head.log"
+    with open(log, "w") as fh:
+        head = subprocess.Popen(["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+                                 f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+                                 f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+                                stdout=fh, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 90
+        while "--block" not in log.read_text():
+            assert head.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        local = _pipec(["run", "examples/pagerank.pipe", "--param", "rounds=3"], workdir)
+        assert local.returncode == 0, local.stderr
+        expected = (workdir / "out" / "ranks.json").read_bytes()
+        out = _pipec(["run", "examples/pagerank.pipe", "--param", "rounds=3", "--backend", "ray",
+                      "--address", f"127.0.0.1:{port}"], workdir, env={"RAY_AUTH_MODE": env["RAY_AUTH_MODE"]})
+        assert out.returncode == 0, out.stderr
+        _quiet(out.stdout, out.stderr)
+        assert (workdir / "out" / "ranks.json").read_bytes() == expected
+    finally:
+        children = psutil.Process(head.pid).children(recursive=True) if head.poll() is None else []
+        head.send_signal(signal.SIGTERM)
+        head.wait(timeout=60)
+        gone, alive = psutil.wait_procs(children, timeout=30)
+        for proc in alive:  # only processes of this head, by id
+            proc.kill()
+    assert not alive, [p.pid for p in alive]
