@@ -488,7 +488,7 @@ class Builder:
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 self.fail(f"`repeat` needs a non-negative integer count, not {_show(v)}", stmt.count.span)
         elif count.py_type not in (int, None):
-            self.fail(f"`repeat` needs an integer count, and this is a {count.py_type.__name__}",
+            self.fail(f"`repeat` needs an integer count, and this is {_a(count.py_type.__name__)}",
                       stmt.count.span, "declare the parameter as `int`")
         else:
             self._param_at_least(count, 0, "`repeat`", stmt.count.span)
@@ -513,7 +513,7 @@ class Builder:
                         self._guard(self._shape_error, cond, ir.VALUE, stmt.until,
                                     "`until` is checked after each round and needs a boolean value")
                     elif cond.py_type not in (bool, None):
-                        self.error(f"`until` needs a boolean, and this is a {cond.py_type.__name__}",
+                        self.error(f"`until` needs a boolean, and this is {_a(cond.py_type.__name__)}",
                                    stmt.until.span, "compare it, e.g. `until delta < 0.001`")
                     until = cond.operand
             self.loops[loop_id] = self.loops[loop_id].model_copy(update={"until": until})
@@ -775,9 +775,9 @@ class Builder:
 
     def _expect_value(self, typed: Typed, expr, want: type) -> None:
         if typed.shape != ir.VALUE:
-            self._shape_error(typed, ir.VALUE, expr, f"expected a {want.__name__}")
+            self._shape_error(typed, ir.VALUE, expr, f"expected {_a(want.__name__)}")
         if typed.py_type is not None and typed.py_type is not want and not (want is float and typed.py_type is int):
-            self.fail(f"expected a {want.__name__}, got a {typed.py_type.__name__}", expr.span)
+            self.fail(f"expected {_a(want.__name__)}, got {_a(typed.py_type.__name__)}", expr.span)
 
     # ---- builtins
 
@@ -922,7 +922,7 @@ class Builder:
             bindings[key] = typed.operand
         if fn is not None:
             self._check_arity(fn, 1, expr.fn.span, keywords=tuple(bindings),
-                              optional=("partition",) if expr.kind == "map_batches" else ())
+                              optional=("partition",) if expr.kind == "map_batches" else (), bindable=True)
         node = self._add(name, ir.Elementwise(kind=expr.kind, fn=fn, pool=pool, method=method, input=src.operand,
                                               bindings=bindings, options=options, span=span))
         if pool is not None:
@@ -1032,8 +1032,13 @@ class Builder:
         if len(call.args) > len(params) and not fn.var_positional:
             self.fail(f"`{label}` takes {len(params)} positional argument{'s' if len(params) != 1 else ''}, "
                       f"got {len(call.args)}", call.span)
+        missing = fn.missing(len(call.args), {k.name.text for k in call.kwargs} | set(extra), skip=int(drop_self))
+        if missing:
+            self.fail(f"`{label}` needs argument {', '.join(f'`{p}`' for p in missing)}", call.span,
+                      f"pass it as `{missing[0]} = ...`")
 
-    def _check_arity(self, ref: ir.FnRef, positional: int, span: Span, keywords=(), optional=()) -> None:
+    def _check_arity(self, ref: ir.FnRef, positional: int, span: Span, keywords=(), optional=(),
+                     bindable: bool = False) -> None:
         info = self.index.find(ref.module)
         if info is None or info.path is None or ref.attr not in info.functions:
             return
@@ -1045,6 +1050,12 @@ class Builder:
         if len(fn.params) < positional and not fn.var_positional:
             self.fail(f"`{ref.attr}` takes {len(fn.params)} argument{'s' if len(fn.params) != 1 else ''}; "
                       f"it is called with {positional}", span)
+        missing = fn.missing(positional, set(keywords) | set(optional))
+        if missing:
+            self.fail(f"`{ref.attr}` is called with {positional} argument{'s' if positional != 1 else ''} "
+                      f"and needs {', '.join(f'`{p}`' for p in missing)} too", span,
+                      f"give `{missing[0]}` a default"
+                      + (f", or bind it: `with {missing[0]} = ...`" if bindable else ""))
 
     # ---- shapes
 
@@ -1217,6 +1228,11 @@ def _fold(op: str, *values):
     if isinstance(value, int) and value.bit_length() > _MAX_CONSTANT_BITS:
         raise OverflowError("the result has more than 3000 digits")
     return value
+
+
+def _a(word: str) -> str:
+    """``word`` with its indefinite article: "an int", "a str"."""
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
 
 
 def _reason(exc: Exception) -> str:

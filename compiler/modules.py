@@ -21,9 +21,17 @@ class FunctionInfo:
     var_positional: bool = False
     var_keyword: bool = False
     lineno: int = 0
+    required: list[str] = field(default_factory=list)  # positional parameters without a default
+    required_keywords: list[str] = field(default_factory=list)  # keyword-only ones without a default
 
     def accepts_keyword(self, name: str) -> bool:
         return self.var_keyword or name in self.params
+
+    def missing(self, positional: int, keywords=(), skip: int = 0) -> list[str]:
+        """Required parameters left unset by ``positional`` arguments and ``keywords``;
+        ``skip`` leading parameters are bound already (``self``)."""
+        left = self.required[skip + positional:] + self.required_keywords
+        return [p for p in left if p not in keywords]
 
 
 @dataclass
@@ -126,10 +134,23 @@ def _extension_exists(root: Path, parts: list[str]) -> bool:
     return any(folder.glob(f"{parts[-1]}.*.so")) or any(folder.glob(f"{parts[-1]}.*.pyd"))
 
 
-def _function(node: ast.FunctionDef | ast.AsyncFunctionDef) -> FunctionInfo:
+def _function(node: ast.FunctionDef | ast.AsyncFunctionDef, method: bool = False) -> FunctionInfo:
     a = node.args
-    params = [p.arg for p in (*a.posonlyargs, *a.args, *a.kwonlyargs)]
-    return FunctionInfo(node.name, params, a.vararg is not None, a.kwarg is not None, node.lineno)
+    positional = [p.arg for p in (*a.posonlyargs, *a.args)]
+    params = positional + [p.arg for p in a.kwonlyargs]
+    info = FunctionInfo(node.name, params, a.vararg is not None, a.kwarg is not None, node.lineno,
+                        required=positional[:len(positional) - len(a.defaults)],
+                        required_keywords=[p.arg for p, d in zip(a.kwonlyargs, a.kw_defaults) if d is None])
+    decorators = {d.id if isinstance(d, ast.Name) else getattr(d, "attr", None) for d in node.decorator_list}
+    if method and "staticmethod" in decorators:
+        # Called on an instance without `self`: give it a stand-in so callers can drop one.
+        info.params.insert(0, "self")
+        info.required.insert(0, "self")
+    elif decorators - {"classmethod", "staticmethod"}:
+        # Any other decorator may change the signature: accept whatever is passed.
+        info.var_positional = info.var_keyword = True
+        info.required, info.required_keywords = [], []
+    return info
 
 
 def _top_level(body: list[ast.stmt]):
@@ -201,7 +222,7 @@ def _class(name: str, raw: dict[str, ast.ClassDef], seen: set[str], done: dict[s
             cls.complete = False
     for stmt in node.body:
         if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            fn = _function(stmt)
+            fn = _function(stmt, method=True)
             cls.methods[stmt.name] = fn
             if stmt.name == "__init__":
                 cls.init = fn

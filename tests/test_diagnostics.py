@@ -38,6 +38,15 @@ def pair(x):
 def source(n):
     return range(n)
 
+class Decorated:
+    @staticmethod
+    def make(seed):
+        return seed
+
+    @some.decorator
+    def anything(self):
+        return 1
+
 class Server:
     def __init__(self, size=1):
         self.size = size
@@ -166,6 +175,13 @@ CASES = [
          SemanticError, 3, 15, "cannot compute `**` here: the result would have more than 3000 digits"),
     Case("constant_division_by_zero", "    value v = 1 / 0\n",
          SemanticError, 3, 15, "cannot compute `/` here: division by zero"),
+    Case("source_path_not_a_string", "    source xs = read_text(3) partitions 2\n",
+         SemanticError, 3, 27, "expected a str, got an int"),
+    Case("function_needs_more_arguments",
+         "    source xs = range(10) partitions 2\n    stage ys = map m.add over xs\n",
+         SemanticError, 4, 20, "`add` is called with 1 argument and needs `b` too", "`with b = ...`"),
+    Case("call_missing_an_argument", "    value v = m.add(1)\n",
+         SemanticError, 3, 15, "`add` needs argument `b`", "pass it as `b = ...`"),
     Case("statement_call_not_an_actor", "    m.f(1)\n",
          SemanticError, 3, 5, "only an actor call can stand alone", "give the result a name"),
 
@@ -222,7 +238,7 @@ CASES = [
     Case("rebind_outside_loop", "    var v = 1\n    v = 2\n",
          SemanticError, 4, 5, "`v` is rebound outside a `repeat`"),
     Case("until_not_boolean", "    var v = 0\n    repeat 3 until 5 {\n        v = v + 1\n    }\n    sink s = v\n",
-         SemanticError, 4, 20, "`until` needs a boolean, and this is a int", "compare it"),
+         SemanticError, 4, 20, "`until` needs a boolean, and this is an int", "compare it"),
     Case("sink_inside_repeat",
          "    source xs = range(10) partitions 2\n    repeat 2 {\n        sink s = collect(xs)\n    }\n",
          SemanticError, 5, 9, "a sink is written once", "declare a `var` before the loop"),
@@ -376,6 +392,13 @@ def test_a_deep_class_hierarchy_is_read(write_pipe):
                       "    sink s = v\n}\n", deep=classes)
     _, diag = _first_error(path)
     assert (diag.span.line, diag.span.column, diag.hint) == (4, 15, "did you mean `get`?")
+
+
+def test_decorated_methods_are_not_second_guessed(write_pipe):
+    """A staticmethod takes no `self`; another decorator may change the signature."""
+    path = write_pipe(body("    actor d = m.Decorated()\n    value a = d.make(1)\n    value b = d.anything(1, 2)\n"
+                           "    sink s = [a, b]\n"), m=M)
+    assert [w.message for w in load(path).check()] == []
 
 
 # ---- warnings ------------------------------------------------------------------------------
