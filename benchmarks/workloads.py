@@ -4,6 +4,7 @@ the hand-written engine programs (so both do the same work on the same data)."""
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import numpy as np
 
@@ -77,6 +78,12 @@ def write_corpus(path: str, lines: int, seed: int = 0) -> None:
 
 def words(line: str) -> list[str]:
     return line.split()
+
+
+def count_words(lines: list[str]) -> list[tuple[str, int]]:
+    """One partition's (word, count) pairs: the per-partition combine, as dask.bag's
+    ``frequencies`` does it, so both programs do the same work per word."""
+    return list(Counter(word for line in lines for word in line.split()).items())
 
 
 def one(word: str):

@@ -96,11 +96,14 @@ class Planner:
     def plan(self, block: Block) -> list[Step]:
         steps: list[Step] = []
         open_nodes: list[str] = []
+        deferred: list[str] = []  # vars bound to the open graph's output: set right after it
 
         def flush():
             if open_nodes:
                 steps.append(self._graph_step(list(open_nodes)))
                 open_nodes.clear()
+            steps.extend(DriverStep(n) for n in deferred)
+            deferred.clear()
 
         for item in block.items:
             if isinstance(item, Block):
@@ -108,12 +111,15 @@ class Planner:
                 steps.append(LoopStep(item, self.plan(item)))
                 continue
             op = self.ir.op(item)
+            reads = {src for _, src in op.inputs()}
             if isinstance(op, GRAPH_OPS):
-                if any(src in open_nodes for src in _structural(op)):
+                if any(src in open_nodes for src in _structural(op)) or reads & set(deferred):
                     flush()
                 open_nodes.append(item)
+            elif isinstance(op, (ir.Var, ir.Rebind)) and reads & set(open_nodes) and not reads & set(deferred):
+                deferred.append(item)  # binding a name moves no data: no need to wait here
             else:
-                if open_nodes and self._must_wait(op, set(open_nodes)):
+                if (open_nodes or deferred) and (self._must_wait(op, set(open_nodes)) or reads & set(deferred)):
                     flush()
                 steps.append(DriverStep(item))
         flush()
@@ -145,7 +151,8 @@ class Planner:
         for n in nodes:
             op = self.ir.op(n)
             if n in exports or not (isinstance(op, ir.Elementwise) and op.pool is None or
-                                    isinstance(op, ir.Source) and (op.kind != "callable" or op.sharded)):
+                                    isinstance(op, ir.Source) and (op.kind != "callable" or op.sharded) or
+                                    isinstance(op, (ir.ReduceByKey, ir.GroupByKey, ir.Join, ir.Distinct))):
                 continue
             outs = [dst for _, dst, kind in self.ir.graph.out_edges(n, data="kind") if kind in ("data", "value")]
             if len(outs) != 1 or outs[0] not in inside:
@@ -304,17 +311,29 @@ class StaticContext:
 
 @dataclass
 class _Chain:
-    base: list[Ref]
+    """Work fused into one task per partition: a head (a partition read from a key, a
+    source making it, or a shuffle's merge), element-wise stages, maybe a terminal."""
+
+    base: list  # per partition: a Ref to its items, or a worker.Head making them
+    refs: list[Ref] = field(default_factory=list)  # keys every task reads (slots, bindings)
     stages: list[tuple] = field(default_factory=list)
-    refs: list[Ref] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
     options: list = field(default_factory=list)
 
+    def slot(self, ref: Ref) -> int:
+        if ref not in self.refs:
+            self.refs.append(ref)
+        return self.refs.index(ref)
+
 
 class StepLowering:
     """The task specs of one graph step. ``ctx`` gives partition counts of collections
-    made outside the step and of sources (statically for a plan, live for a run)."""
+    made outside the step and of sources (statically for a plan, live for a run).
+
+    Every partition-wise piece of work goes through :func:`worker.run_chain`: a head
+    (items from a key, a source, a shuffle's merge), fused element-wise stages, and an
+    optional terminal (the per-partition half of a reduction, a shuffle or a top)."""
 
     def __init__(self, graph: ir.IR, step: GraphStep, ctx, actor_nodes: set[str]):
         self.ir = graph
@@ -325,7 +344,7 @@ class StepLowering:
         self.specs: dict[str, TaskSpec] = {}
         self.parts: dict[str, list[Ref]] = {}  # collection node -> its partitions' refs
         self.values: dict[str, Ref] = {}  # value node made here -> its key
-        self.chains: dict[str, _Chain] = {}  # stage fused into its consumer -> pending chain
+        self.chains: dict[str, _Chain] = {}  # node fused into its consumer -> pending chain
 
     def lower(self) -> list[TaskSpec]:
         for node in self.step.nodes:
@@ -351,30 +370,62 @@ class StepLowering:
             return len(self.chains[node].base)
         return len(self.parts_of(node))
 
+    def chain_of(self, node: str) -> _Chain:
+        """The pending chain ending at ``node`` (fused into the caller), or a new chain
+        reading ``node``'s partitions."""
+        if node in self.chains:
+            return self.chains.pop(node)
+        return _Chain(list(self.parts_of(node)))
+
     def value_ref(self, node: str) -> Ref:
         """A value read by a task: made in this graph, or shipped once as a data key."""
         if node in self.values:
             return self.values[node]
         if node not in self.specs:
-            self.specs[node] = TaskSpec(node, node, "value from the driver, shipped once", None, data=node)
+            made = isinstance(self.ir.op(node), (ir.Reduce, ir.Count, ir.Top))
+            self.specs[node] = TaskSpec(node, node, "value made by an earlier graph, read where it is" if made
+                                        else "value from the driver, shipped once", None, data=node)
         return Ref(node, node, None)
 
-    def _binding_spec(self, bindings: dict, refs: list[Ref]) -> dict:
+    def _binding_spec(self, bindings: dict, chain: _Chain) -> dict:
         spec = {}
         for name, operand in bindings.items():
             if isinstance(operand, ir.Lit):
                 spec[name] = ("lit", operand.value)
-                continue
-            node = operand.node
-            if node in self.actors:
-                ref = Ref(f"{node}-actor", node, None)
+            elif operand.node in self.actors:
+                spec[name] = ("handle", (chain.slot(Ref(f"{operand.node}-actor", operand.node, None)), operand.node))
             else:
-                ref = self.value_ref(node)
-            if ref not in refs:
-                refs.append(ref)
-            index = refs.index(ref)
-            spec[name] = ("handle", (index, node)) if node in self.actors else ("ref", index)
+                spec[name] = ("ref", chain.slot(self.value_ref(operand.node)))
         return spec
+
+    def _start(self, node: str, heads: list, chain: _Chain, label: str, options) -> None:
+        """``node`` makes its partitions with ``heads``: fused into its consumer's tasks,
+        or tasks of its own now."""
+        chain.base = heads
+        chain.names.append(node)
+        chain.labels.append(label)
+        chain.options.append(options)
+        self._continue(node, chain)
+
+    def _continue(self, node: str, chain: _Chain) -> None:
+        if node in self.step.fuse:
+            self.chains[node] = chain
+        else:
+            self.parts[node] = self._emit(chain, None, None, None)
+
+    def _emit(self, chain: _Chain, terminal: tuple | None, term_label: str | None, term_options,
+              name: str | None = None, group: str | None = None) -> list[Ref]:
+        """One task per partition running ``chain`` (and ``terminal``)."""
+        last = name or chain.names[-1]
+        label = " -> ".join(chain.labels + ([term_label] if term_label else []))
+        options = chain.options + [term_options]
+        retries = retries_of(*options)
+        given = [o for o in options if o is not None]
+        res = resources_of(given[0] if given else None)
+        stages = tuple(chain.stages)
+        return [self._add(TaskSpec(part_key(last, i), group or last, label, worker.run_chain,
+                                   (stages, terminal, i, base, *chain.refs), retries, res))
+                for i, base in enumerate(chain.base)]
 
     # sources
 
@@ -389,21 +440,24 @@ class StepLowering:
             self.parts[node] = [self._add(TaskSpec(part_key(node, i), node, f"part {i} of {k}", worker.take_part,
                                                    (node, i, k, everything), retries, res)) for i in range(k)]
             return
+        chain = _Chain([])
         if op.kind == "range":
             heads = [worker.Head("range", (node, args[0], i, k)) for i in range(k)]
-            what = "range"
-        elif op.kind in ("read_text", "read_jsonl"):
-            heads = [worker.Head("read", (node, op.kind, Arg(op.args[0], path=True), i, k)) for i in range(k)]
-            what = op.kind
+            what = f"range, part of {k}"
+        elif op.kind == "read_text":
+            # One small task counts the lines once; each partition then reads its bytes only.
+            index = self._add(TaskSpec(f"{node}-index", node, "count the lines", worker.line_index,
+                                       (node, Arg(op.args[0], path=True)), retries, res))
+            slot = chain.slot(index)
+            heads = [worker.Head("read", (node, op.kind, Arg(op.args[0], path=True), i, k, slot)) for i in range(k)]
+            what = f"read_text, part of {k}"
+        elif op.kind == "read_jsonl":
+            heads = [worker.Head("read", (node, op.kind, Arg(op.args[0], path=True), i, k, None)) for i in range(k)]
+            what = f"read_jsonl, part of {k}"
         else:
             heads = [worker.Head("sharded", (node, op.fn.module, op.fn.attr, args, kwargs, i, k)) for i in range(k)]
-            what = f"{op.fn.dotted} sharded"
-        if node in self.step.fuse:  # made inside the task of the stage reading it
-            self.chains[node] = _Chain(heads, names=[node], labels=[f"{what} (part of {k})"], options=[op.options])
-            return
-        self.parts[node] = [self._add(TaskSpec(part_key(node, i), node, f"{what} part {i} of {k}", worker.run_chain,
-                                               ((), None, i, head), retries, res))
-                            for i, head in enumerate(heads)]
+            what = f"{op.fn.dotted} sharded, part of {k}"
+        self._start(node, heads, chain, what, op.options)
 
     # element-wise
 
@@ -411,39 +465,19 @@ class StepLowering:
         if op.pool is not None:
             self._lower_pool_stage(node, op)
             return
-        src = op.input.node
-        chain = self.chains.pop(src) if src in self.chains else _Chain(self.parts_of(src))
-        bindings = self._binding_spec(op.bindings, chain.refs)
+        chain = self.chain_of(op.input.node)
+        bindings = self._binding_spec(op.bindings, chain)
         chain.stages.append((node, op.kind, op.fn.module, op.fn.attr, bindings, op.options.timeout))
         chain.names.append(node)
         chain.labels.append(f"{op.kind} {op.fn.dotted}")
         chain.options.append(op.options)
-        if node in self.step.fuse:
-            self.chains[node] = chain
-            return
-        self.parts[node] = self._chain_parts(chain)
-
-    def _emit_chain(self, chain: _Chain, terminal: tuple | None, term_label: str | None, term_options) -> list[Ref]:
-        last = chain.names[-1] if chain.names else None
-        label = " -> ".join(chain.labels + ([term_label] if term_label else []))
-        options = chain.options + ([term_options] if term_options is not None else [])
-        retries, res = retries_of(*options), resources_of(options[0] if options else None)
-        stages = tuple(chain.stages)
-        out = []
-        for i, base in enumerate(chain.base):
-            key = part_key(last, i) if last else None
-            spec = TaskSpec(key, last, label, worker.run_chain, (stages, terminal, i, base, *chain.refs), retries, res)
-            out.append(spec)
-        return out  # specs; callers add them (keys may need a terminal's name)
-
-    def _chain_parts(self, chain: _Chain) -> list[Ref]:
-        return [self._add(spec) for spec in self._emit_chain(chain, None, None, None)]
+        self._continue(node, chain)
 
     def _lower_pool_stage(self, node: str, op: ir.Elementwise) -> None:
         pool = op.pool.node
         size = self.ctx.pool_size(pool)
-        refs: list[Ref] = []
-        bindings = self._binding_spec(op.bindings, refs)
+        chain = _Chain([])  # only for its slots
+        bindings = self._binding_spec(op.bindings, chain)
         stage = (node, op.kind, op.method, bindings, op.options.timeout, pool)
         out = []
         for i, base in enumerate(self.parts_of(op.input.node)):
@@ -451,23 +485,18 @@ class StepLowering:
             member = Ref(f"{pool}-member-{m}", pool, m)
             out.append(self._add(TaskSpec(
                 part_key(node, i), node, f"{op.kind} {pool}.{op.method} on pool member {m}", worker.pool_call,
-                (stage, i, Seq(pool, m, i // size), m, member, base, *refs),
+                (stage, i, Seq(pool, m, i // size), m, member, base, *chain.refs),
                 retries_of(op.options), resources_of(op.options), member=(pool, m))))
         self.parts[node] = out
 
-    # partition-wise halves (fused onto a chain when they can be)
+    # partition-wise halves of reductions, shuffles and top
 
     def _partials(self, node: str, src: str, terminal: tuple, label: str, options, name: str) -> list[Ref]:
-        """Per-partition results of ``terminal`` over ``src``; ``name`` keys them when they
-        are not fused (``{name}-{i}``)."""
+        """Per-partition results of ``terminal`` over ``src``: in the tasks of ``src``'s
+        chain when fused, else in tasks keyed ``{name}-{i}``."""
         if src in self.chains and self.step.fuse.get(src) == node:
-            chain = self.chains.pop(src)
-            return [self._add(spec) for spec in self._emit_chain(chain, terminal, label, options)]
-        out = []
-        for i, base in enumerate(self.parts_of(src)):
-            out.append(self._add(TaskSpec(part_key(name, i), node, label, worker.run_chain,
-                                          ((), terminal, i, base), retries_of(options), resources_of(options))))
-        return out
+            return self._emit(self.chains.pop(src), terminal, label, options)
+        return self._emit(_Chain(list(self.parts_of(src))), terminal, label, options, name=name, group=node)
 
     def _lower_reduce(self, node: str, op: ir.Reduce) -> None:
         fn = (op.fn.module, op.fn.attr)
@@ -477,7 +506,7 @@ class StepLowering:
         level, depth = partials, 1
         while len(level) > semantics.FAN_IN:
             level = [self._add(TaskSpec(f"{node}-L{depth}-{j}", node,
-                                        f"combine {op.fn.dotted} (partials {j * semantics.FAN_IN}..)",
+                                        f"combine {op.fn.dotted} (partials {i}..{min(i + semantics.FAN_IN, len(level)) - 1})",
                                         worker.combine, (node, *fn, False, *level[i:i + semantics.FAN_IN]),
                                         retries, res))
                      for j, i in enumerate(range(0, len(level), semantics.FAN_IN))]
@@ -498,7 +527,13 @@ class StepLowering:
         self.values[node] = self._add(TaskSpec(node, node, "top n of the candidates", worker.top_final,
                                                (node, n, by, order, *cands)))
 
-    # shuffles
+    # shuffles: a split per input partition, a merge per output partition
+
+    def _merge(self, node: str, op, kind: str, args: tuple, splits: list[list[Ref]], label: str, k: int) -> None:
+        chain = _Chain([])
+        slots = [tuple(chain.slot(ref) for ref in side) for side in splits]
+        heads = [worker.Head(kind, (node, *args, j, *slots)) for j in range(k)]
+        self._start(node, heads, chain, label, op.options)
 
     def _lower_reduce_by_key(self, node: str, op: ir.ReduceByKey) -> None:
         src = op.input.node
@@ -506,28 +541,21 @@ class StepLowering:
         fn = (op.fn.module, op.fn.attr)
         splits = self._partials(node, src, ("rbk", node, *fn, k), f"combine by key {op.fn.dotted}, split {k} ways",
                                 op.options, f"{node}-split")
-        retries, res = retries_of(op.options), resources_of(op.options)
-        self.parts[node] = [self._add(TaskSpec(part_key(node, j), node, f"merge {op.fn.dotted} by key",
-                                               worker.rbk_merge, (node, *fn, j, *splits), retries, res))
-                            for j in range(k)]
+        self._merge(node, op, "rbk", fn, [splits], f"merge {op.fn.dotted} by key", k)
 
     def _lower_group_by_key(self, node: str, op: ir.GroupByKey) -> None:
         src = op.input.node
         k = self.nparts(src)
         splits = self._partials(node, src, ("split", node, "group_by_key", k), f"split {k} ways by key",
                                 op.options, f"{node}-split")
-        self.parts[node] = [self._add(TaskSpec(part_key(node, j), node, "group by key", worker.group_merge,
-                                               (node, j, *splits), retries_of(op.options), resources_of(op.options)))
-                            for j in range(k)]
+        self._merge(node, op, "group", (), [splits], "group by key", k)
 
     def _lower_distinct(self, node: str, op: ir.Distinct) -> None:
         src = op.input.node
         k = self.nparts(src)
         splits = self._partials(node, src, ("distinct", node, k), f"split {k} ways by element", op.options,
                                 f"{node}-split")
-        self.parts[node] = [self._add(TaskSpec(part_key(node, j), node, "distinct", worker.distinct_merge,
-                                               (node, j, *splits), retries_of(op.options), resources_of(op.options)))
-                            for j in range(k)]
+        self._merge(node, op, "distinct", (), [splits], "distinct", k)
 
     def _lower_join(self, node: str, op: ir.Join) -> None:
         left, right = op.left.node, op.right.node
@@ -535,11 +563,7 @@ class StepLowering:
         term = ("split", node, "join", k)
         lsplits = self._partials(node, left, term, f"split {k} ways by key", op.options, f"{node}-left")
         rsplits = self._partials(node, right, term, f"split {k} ways by key", op.options, f"{node}-right")
-        self.parts[node] = [self._add(TaskSpec(part_key(node, j), node, "join by key", worker.join_merge,
-                                               (node, j, len(lsplits), *lsplits, *rsplits),
-                                               retries_of(op.options), resources_of(op.options)))
-                            for j in range(k)]
+        self._merge(node, op, "join", (), [lsplits, rsplits], "join by key", k)
 
     def _lower_union(self, node: str, op: ir.UnionAll) -> None:
         self.parts[node] = [ref for part in op.parts for ref in self.parts_of(part.node)]
-

@@ -129,28 +129,64 @@ def _read_lines(path: str) -> list[str]:
         return [line.rstrip("\n").rstrip("\r") for line in fh]
 
 
-def _line_offset(data: bytes, m: int) -> int:
-    """The byte offset where line m starts (after the m-th newline)."""
-    if m == 0:
-        return 0
-    pieces = data.split(b"\n", m)
-    return len(data) if len(pieces) <= m else len(data) - len(pieces[-1])
-
-
 def read_lines_part(path: str, i: int, k: int) -> list[str]:
     """Lines [i*n//k, (i+1)*n//k) of a text file, exactly as reading all its lines in text
     mode and cutting them would give, but decoding only this partition's bytes."""
-    with open(path, "rb") as fh:
-        data = fh.read()
-    if b"\r" in data:  # universal newlines: leave the exotic cases to the text layer
+    return read_lines_indexed(path, i, k, line_index("", path, sealed=False))
+
+
+_CHUNK = 1 << 16
+
+
+def line_index(where: str, path: str, sealed: bool = True):
+    """Newlines counted per 64 KiB chunk of a text file (C speed), so each partition can
+    seek to its own lines; None when the file has carriage returns (universal newlines
+    are left to the text layer)."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise StageFailure(where, f"cannot read {path}: {exc.strerror or exc}") from None
+    if b"\r" in data:
+        index = None
+    else:
+        cum = [0]
+        for pos in range(0, len(data), _CHUNK):
+            cum.append(cum[-1] + data.count(b"\n", pos, pos + _CHUNK))
+        lines = cum[-1] + (1 if data and not data.endswith(b"\n") else 0)
+        index = {"size": len(data), "lines": lines, "cum": cum}
+    return seal(index) if sealed else index
+
+
+def _line_start(fh, index: dict, m: int) -> int:
+    """The byte offset where line m starts (just after the m-th newline)."""
+    import bisect
+    if m == 0:
+        return 0
+    cum = index["cum"]
+    j = bisect.bisect_left(cum, m) - 1  # cum[j] < m <= cum[j + 1]: the m-th newline is in chunk j
+    if j + 1 >= len(cum):
+        return index["size"]
+    fh.seek(j * _CHUNK)
+    data = fh.read(_CHUNK)
+    idx = -1
+    for _ in range(m - cum[j]):
+        idx = data.index(b"\n", idx + 1)
+    return j * _CHUNK + idx + 1
+
+
+def read_lines_indexed(path: str, i: int, k: int, index: dict | None) -> list[str]:
+    if index is None:
         lines = _read_lines(path)
         a, b = semantics.partition_bounds(len(lines), k)[i]
         return lines[a:b]
-    n = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
-    a, b = semantics.partition_bounds(n, k)[i]
+    a, b = semantics.partition_bounds(index["lines"], k)[i]
     if a == b:
         return []
-    chunk = data[_line_offset(data, a):_line_offset(data, b)].decode("utf-8")
+    with open(path, "rb") as fh:
+        start, end = _line_start(fh, index, a), _line_start(fh, index, b)
+        fh.seek(start)
+        chunk = fh.read(end - start).decode("utf-8")
     lines = chunk.split("\n")
     if chunk.endswith("\n"):
         lines.pop()
@@ -170,10 +206,10 @@ def _read_jsonl(path: str) -> list:
     return out
 
 
-def _source_read(where: str, kind: str, path: str, i: int, k: int) -> list:
+def _source_read(where: str, kind: str, path: str, i: int, k: int, index=None) -> list:
     try:
         if kind == "read_text":
-            return read_lines_part(path, i, k)
+            return read_lines_indexed(path, i, k, index)
         items = _read_jsonl(path)
     except OSError as exc:
         raise StageFailure(where, f"cannot read {path}: {exc.strerror or exc}") from None
@@ -191,8 +227,10 @@ def _source_sharded(where: str, module: str, attr: str, args: list, kwargs: dict
 
 
 class Head:
-    """A source partition made inside the task that consumes it (source fused into its
-    stage): ``range``, a file's lines or JSON rows, or a sharded callable's partition."""
+    """How a task gets its partition when it does not read it from a key: a source
+    making it (``range``, a file's lines or JSON rows, a sharded callable) or a shuffle's
+    merge of the buckets for this partition. ``bound`` holds the keys a head reads (the
+    line index, the split outputs) at the positions its arguments name."""
 
     __slots__ = ("kind", "args")
 
@@ -202,17 +240,36 @@ class Head:
     def __reduce__(self):
         return (Head, (self.kind, self.args))
 
-    def make(self) -> list:
-        if self.kind == "range":
-            return source_range(*self.args)
-        if self.kind == "read":
-            return _source_read(*self.args)
-        return _source_sharded(*self.args)
+    def make(self, bound: Sequence = ()) -> list:
+        kind, args = self.kind, self.args
+        if kind == "range":
+            return source_range(*args)
+        if kind == "read":
+            *rest, slot = args
+            return _source_read(*rest, unseal(bound[slot]) if slot is not None else None)
+        if kind == "sharded":
+            return _source_sharded(*args)
+        if kind == "rbk":
+            where, module, attr, j, slots = args
+            try:
+                return semantics.reduce_by_key_merge(resolve(module, attr), _bucket([bound[s] for s in slots], j))
+            except Exception as exc:
+                raise _user_failure(where, exc, j) from None
+        if kind == "group":
+            where, j, slots = args
+            return semantics.group_merge(_bucket([bound[s] for s in slots], j))
+        if kind == "distinct":
+            where, j, slots = args
+            return semantics.distinct_merge(_bucket([bound[s] for s in slots], j))
+        if kind == "join":
+            where, j, left, right = args
+            return semantics.join_merge(_bucket([bound[s] for s in left], j), _bucket([bound[s] for s in right], j))
+        raise ValueError(f"unknown head {kind!r}")
 
 
-def source(kind: str, *args) -> Sealed:
-    """One partition of a source (when no stage consumes it alone)."""
-    return seal(Head(kind, args).make())
+def _bucket(outputs, j: int) -> list:
+    """Bucket j of each split output (each bucket sealed on its own), in partition order."""
+    return [unseal(out[j]) for out in outputs]
 
 
 def source_call(where: str, module: str, attr: str, args: list, kwargs: dict) -> Sealed:
@@ -321,7 +378,7 @@ def _terminal(term: tuple, items: list, partition: int):
 def run_chain(stages: tuple, terminal: tuple | None, partition: int, items, *bound):
     """One partition (or the source making it) through fused element-wise stages, then
     an optional terminal (the partition-wise half of a reduction, shuffle or top)."""
-    items = items.make() if isinstance(items, Head) else unseal(items)
+    items = items.make(bound) if isinstance(items, Head) else unseal(items)
     for stage in stages:
         items = _run_stage(stage, items, bound, partition)
     if terminal is not None:
@@ -358,30 +415,6 @@ def pool_call(stage: tuple, partition: int, seq: int, member_index: int, member,
 
 
 # ---- shuffle merges and combines -----------------------------------------------------------------
-
-
-def _bucket(outputs, j: int) -> list:
-    return [unseal(out[j]) for out in outputs]
-
-
-def rbk_merge(where: str, module: str, attr: str, j: int, *outputs) -> Sealed:
-    try:
-        return seal(semantics.reduce_by_key_merge(resolve(module, attr), _bucket(outputs, j)))
-    except Exception as exc:
-        raise _user_failure(where, exc, j) from None
-
-
-def group_merge(where: str, j: int, *outputs) -> Sealed:
-    return seal(semantics.group_merge(_bucket(outputs, j)))
-
-
-def distinct_merge(where: str, j: int, *outputs) -> Sealed:
-    return seal(semantics.distinct_merge(_bucket(outputs, j)))
-
-
-def join_merge(where: str, j: int, left_count: int, *outputs) -> Sealed:
-    left, right = outputs[:left_count], outputs[left_count:]
-    return seal(semantics.join_merge(_bucket(left, j), _bucket(right, j)))
 
 
 def combine(where: str, module: str, attr: str, final: bool, *partials) -> Sealed:

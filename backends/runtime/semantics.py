@@ -160,11 +160,18 @@ def shuffle_split(records: Iterable, k: int, what: str) -> list[list]:
 
 def reduce_by_key_partial(fn: Callable, records: Iterable) -> list[tuple]:
     """Map-side combine of one partition: one (key, partial) per key, in first-seen order."""
+    records = records if isinstance(records, (list, tuple)) else list(records)
     acc: dict = {}
-    for record in records:
-        key = _record_key(record, "reduce_by_key")
-        _, value = record
-        acc[key] = fn(acc[key], value) if key in acc else value
+    try:
+        for key, value in records:
+            if key in acc:
+                acc[key] = fn(acc[key], value)
+            else:
+                acc[key] = value
+    except (TypeError, ValueError):
+        for record in records:  # a record that is not a pair gets the clear message
+            _record_key(record, "reduce_by_key")
+        raise
     return list(acc.items())
 
 
