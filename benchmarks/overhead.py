@@ -159,7 +159,7 @@ def start_engine(backend: str, address: str | None):
         return Client(address), None
     shape = LocalShape.of_machine()
     cluster = LocalCluster(n_workers=shape.workers, threads_per_worker=shape.threads, processes=True,
-                           memory_limit=shape.memory, resources=shape.resources, dashboard_address=None,
+                           memory_limit=shape.memory, resources=shape.resources, dashboard_address="127.0.0.1:0",
                            silence_logs=logging.CRITICAL, host="127.0.0.1")
     return Client(cluster), cluster
 

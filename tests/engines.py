@@ -25,7 +25,7 @@ def _start_dask() -> dict[str, Any]:
     from backends.dask.engine import LocalShape
     shape = LocalShape(workers=2, threads=1, memory=2 * 2**30)
     cluster = LocalCluster(n_workers=shape.workers, threads_per_worker=shape.threads, processes=True,
-                           memory_limit=shape.memory, resources=shape.resources, dashboard_address=None,
+                           memory_limit=shape.memory, resources=shape.resources, dashboard_address="127.0.0.1:0",
                            silence_logs=logging.CRITICAL, host="127.0.0.1")
     client = Client(cluster)
 

@@ -135,6 +135,7 @@ class DaskDriver(Driver):
     # ---- lifecycle
 
     def setup(self) -> None:
+        self._check_resources()
         roots = list(self.ir.info.module_paths())
         if roots:
             self.client.register_plugin(PathsPlugin(roots), name=f"pipec-paths-{abs(hash(tuple(roots)))}")
@@ -142,6 +143,27 @@ class DaskDriver(Driver):
                 self.client.run_on_scheduler(ensure_path, roots)
             except Exception:  # a scheduler that cannot run our code still schedules
                 pass
+
+    def _check_resources(self) -> None:
+        """A task needing a resource no worker offers would wait forever: refuse to start.
+        (For the embedded cluster ``lower`` already refused, with the source position.)"""
+        need: dict[str, tuple[float, str]] = {}
+        for specs in self.plan.tasks.values():
+            for spec in specs:
+                for name, amount in (spec.resources or {}).items():
+                    if amount > need.get(name, (0.0, ""))[0]:
+                        need[name] = (amount, spec.group)
+        if not need:
+            return
+        offered = [w.get("resources") or {} for w in self.client.scheduler_info()["workers"].values()]
+        for name, (amount, group) in sorted(need.items()):
+            if not any(r.get(name, 0) >= amount for r in offered):
+                op = self.ir.op(group) if group in self.ir.graph else None
+                have = sorted({r.get(name, 0) for r in offered})
+                raise self.error(group, f"needs {amount:g} {name} per task, and no worker of the cluster offers "
+                                        f"that much (workers offer {name}: {', '.join(f'{h:g}' for h in have)})",
+                                 op.span if op else None,
+                                 f"start the workers with --resources \"{name}={amount:g}\", or ask for less")
 
     def teardown(self) -> None:
         for value in list(self.env.values()):

@@ -139,8 +139,10 @@ def start_client(address: str | None, shape: LocalShape):
             return Client(address, timeout="10s")
         except (OSError, TimeoutError) as exc:
             raise EngineError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+    # The dashboard (an HTTP server the scheduler always starts) on a free local port: no
+    # clash with another cluster's 8787, and no warning about one.
     cluster = LocalCluster(n_workers=shape.workers, threads_per_worker=shape.threads, processes=True,
-                           memory_limit=shape.memory, resources=shape.resources, dashboard_address=None,
+                           memory_limit=shape.memory, resources=shape.resources, dashboard_address="127.0.0.1:0",
                            silence_logs=logging.CRITICAL, host="127.0.0.1")
     client = Client(cluster)
     client._pipec_cluster = cluster

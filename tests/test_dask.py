@@ -1,0 +1,522 @@
+"""The Dask backend: what it lowers to, and that it survives dying workers.
+
+Every test runs on a real Dask cluster: the session's local cluster (two single-threaded
+worker processes, from tests/engines.py), a `dask scheduler` with two `dask worker`
+processes started here, or the cluster `pipec run` starts itself. Byte-identical sinks
+across backends are the conformance suite's job (tests/test_conformance.py); this file
+covers the lowering, the engine, progress, errors and fault tolerance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from compiler.api import load
+from dsl.diagnostics import PipelineRuntimeError, UnsupportedOnBackend
+from tests.conftest import ROOT
+from tests.engines import engine_options
+
+pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
+
+
+@pytest.fixture(scope="module")
+def client():
+    client = engine_options("dask")["client"]
+    client.wait_for_workers(2, timeout=60)
+    return client
+
+
+def _workers_back(client, n: int = 2) -> None:
+    """After a kill the nanny restarts the worker; later tests want the full cluster."""
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if len(client.scheduler_info()["workers"]) >= n:
+            return
+        time.sleep(0.2)
+    raise AssertionError("the killed worker did not come back")
+
+
+def _sinks(result) -> dict[str, bytes]:
+    return {name: Path(path).read_bytes() for name, path in result.files.items()}
+
+
+class Recorder:
+    """A Progress that records what it is told (and can act on a round)."""
+
+    def __init__(self, on_round=None, on_stage=None):
+        self.stages: dict[str, int] = {}
+        self.advanced: dict[str, int] = {}
+        self.rounds: list[tuple[str, int, int]] = []
+        self.on_round, self.on_stage = on_round, on_stage
+
+    def stage(self, name, tasks):
+        self.stages[name] = tasks
+        self.advanced.setdefault(name, 0)
+        if self.on_stage:
+            self.on_stage(name)
+
+    def advance(self, name, done=1):
+        self.advanced[name] = self.advanced.get(name, 0) + done
+
+    def round(self, loop, index, count):
+        self.rounds.append((loop, index, count))
+        if self.on_round:
+            self.on_round(index)
+
+
+# ---- lowering: what `compile` shows is what runs ------------------------------------------------
+
+
+def test_train_lowers_to_readable_keys_with_dependencies():
+    plan = load(ROOT / "examples" / "train.pipe").lower("dask")
+    text = plan.explain()
+    assert "repeat 20 rounds" in text
+    loop_graph = plan.tasks[2]
+    keys = {s.key: s for s in loop_graph}
+    # map and the partition-wise fold fused: one task per partition; a tree for the total
+    assert [k for k in keys if k.startswith("grads-")] == [f"grads-{i}" for i in range(8)]
+    assert [r.key for r in keys["grads-3"].deps] == ["batches-3", "grads/weights"]
+    assert keys["grads-3"].retries == 3
+    assert [r.key for r in keys["total"].deps] == [f"grads-{i}" for i in range(8)]
+    # the weights are one data key per round, read by every partition
+    assert [s.key for s in loop_graph if s.data] == ["grads/weights"]
+    assert "grads-3" in text and "total" in text and "<- batches-3, grads/weights" in text
+    # the batches are made before the loop, once
+    assert all(not k.startswith("batches") for k in keys)
+    assert {"batches-all", "batches-0"} <= {s.key for s in plan.tasks[1]}
+
+
+def test_fusion_and_reduction_tree(write_pipe):
+    path = write_pipe("""
+use m_fusion_and_reduction as m
+pipeline p(n: int = 200) {
+    source xs = range(n) partitions 20
+    stage ys = filter m.even over (map m.square over xs)
+    value total = reduce m.add over ys
+    sink out = total -> json("out/t.json")
+}""", m_fusion_and_reduction="def square(x):\n    return x * x\ndef even(x):\n    return x % 2 == 0\n"
+        "def add(a, b):\n    return a + b\n")
+    plan = load(path).lower("dask")
+    specs = {s.key: s for s in plan.tasks[1]}
+    # source, map, filter and the partial fold: one task per partition
+    assert specs["ys-7"].label == ("range, part of 20 -> map m_fusion_and_reduction.square -> filter m_fusion_and_reduction.even "
+                                     "-> fold m_fusion_and_reduction.add (partial of total)")
+    assert [r.key for r in specs["ys-7"].deps] == []
+    # 20 partials combined 8 at a time by partition index: 3 combines, then the total
+    assert [r.key for r in specs["total-L1-2"].deps] == [f"ys-{i}" for i in range(16, 20)]
+    assert [r.key for r in specs["total"].deps] == ["total-L1-0", "total-L1-1", "total-L1-2"]
+
+
+def test_plan_json_and_graph_for_the_renderer():
+    plan = load(ROOT / "examples" / "wordcount.pipe").lower("dask")
+    data = plan.to_json()
+    graph_steps = [s for s in data["steps"] if s["step"] == "graph"]
+    tasks = {t["key"]: t for t in graph_steps[0]["tasks"]}
+    assert tasks["counts-2"]["deps"] == [f"pairs-{i}" for i in range(4)]
+    assert tasks["pairs-0"]["deps"] == ["lines-index"]
+    json.dumps(data)  # JSON-ready
+    g = plan.graph()
+    assert all(isinstance(d["label"], str) and "group" in d for _, d in g.nodes(data=True))
+    assert all("kind" in d for _, _, d in g.edges(data=True))
+    assert g.has_edge("pairs-1", "counts-3") and g.nodes["counts-3"]["group"] == "counts"
+    assert g.has_edge("top_words/value", "driver:top_words")
+
+
+def test_compile_cli_text_and_json_never_import_the_engine(tmp_path):
+    code = ("import sys\nfrom compiler.cli import main\n"
+            "rc = main(['compile', 'examples/train.pipe', '--backend', 'dask', '-o', sys.argv[1]])\n"
+            "rc2 = main(['compile', 'examples/train.pipe', '--backend', 'dask', '--format', 'json', '-o', sys.argv[2]])\n"
+            "print(rc, rc2, 'distributed' in sys.modules, 'dask' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "p.txt"), str(tmp_path / "p.json")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["0", "0", "False", "False"], out.stderr
+    assert "grads-3" in (tmp_path / "p.txt").read_text()
+    steps = json.loads((tmp_path / "p.json").read_text())["steps"]
+    loop = next(s for s in steps if s["step"] == "loop")
+    assert any(t["key"] == "total" for s in loop["steps"] if s["step"] == "graph" for t in s["tasks"])
+
+
+def test_run_submits_exactly_the_planned_keys(client, workdir):
+    plan = load("examples/train.pipe").lower("dask", {"rows": 2000, "epochs": 3})
+    plan.run(client=client)
+    submitted = plan.last_driver.submitted
+    assert len(submitted) == 1 + 3  # the batches once, then one graph per round
+    assert sorted(submitted[0]) == sorted(s.key for s in plan.tasks[1])
+    assert all(sorted(keys) == sorted(s.key for s in plan.tasks[2]) for keys in submitted[1:])
+
+
+def test_loop_inputs_are_computed_once(client, write_pipe, tmp_path, monkeypatch):
+    calls = tmp_path / "calls.txt"
+    path = write_pipe(f"""
+use m_loop_inputs_are_comp as m
+pipeline p(rounds: int = 4) {{
+    source xs = m.make() partitions 3
+    actor acc = m.Acc()
+    repeat rounds {{
+        acc.add(reduce m.add over xs)
+    }}
+    sink out = acc.total() -> json("out/t.json")
+}}""", m_loop_inputs_are_comp=f"""
+def make():
+    with open({str(calls)!r}, "a") as fh:
+        fh.write("call\\n")
+    return list(range(10))
+def add(a, b):
+    return a + b
+class Acc:
+    def __init__(self):
+        self.n = 0
+    def add(self, x):
+        self.n += x
+    def total(self):
+        return self.n
+""")
+    monkeypatch.chdir(tmp_path)
+    result = load(path).run(backend="dask", client=client)
+    assert json.loads(Path(result.files["out"]).read_text()) == 4 * 45
+    assert calls.read_text() == "call\n"
+
+
+# ---- progress, errors, options ------------------------------------------------------------------
+
+
+def test_progress_per_stage_and_round(client, workdir):
+    rec = Recorder()
+    load("examples/train.pipe").lower("dask", {"rows": 2000, "epochs": 3}).run(progress=rec, client=client)
+    assert rec.rounds == [("loop1", 0, 3), ("loop1", 1, 3), ("loop1", 2, 3)]
+    assert rec.stages["grads"] == 8 and rec.stages["total"] == 1 and rec.stages["batches"] == 9
+    assert rec.advanced["grads"] == 3 * 8 and rec.advanced["total"] == 3
+
+
+def test_stage_error_points_at_the_source_line(client, write_pipe, tmp_path, monkeypatch):
+    path = write_pipe("""
+use m_stage_error_points_a as m
+pipeline p() {
+    source xs = range(10) partitions 2
+    stage ys = map m.boom over xs
+    sink out = collect(ys) -> json("out/o.json")
+}""", m_stage_error_points_a="def boom(x):\n    if x == 7:\n        raise ValueError('bad seven')\n    return x\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PipelineRuntimeError) as err:
+        load(path).run(backend="dask", client=client)
+    text = err.value.render()
+    assert "in `ys`: ValueError: bad seven (partition 1)" in text
+    assert "p.pipe:5:" in text and "raised at" in text and "m_stage_error_points_a.py:3" in text
+    assert not (tmp_path / "out" / "o.json").exists()
+
+
+def test_retries_are_dask_retries_and_timeouts_hold(client, write_pipe, tmp_path, monkeypatch):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    module = f"""
+import os, time
+def flaky(batch, partition):
+    mark = os.path.join({str(marks)!r}, str(partition))
+    if not os.path.exists(mark):
+        open(mark, "w").close()
+        raise RuntimeError("first try fails")
+    return [x * 2 for x in batch]
+def slow(x):
+    time.sleep(3)
+    return x
+"""
+    path = write_pipe("""
+use m_retries_are_dask_ret as m
+pipeline p() {
+    source xs = range(12) partitions 3
+    stage ys = map_batches m.flaky over xs retries 1
+    sink out = collect(ys) -> json("out/o.json")
+}""", m_retries_are_dask_ret=module)
+    monkeypatch.chdir(tmp_path)
+    assert load(path).lower("dask").tasks[1][0].retries == 1
+    result = load(path).run(backend="dask", client=client)
+    assert json.loads(Path(result.files["out"]).read_text()) == [x * 2 for x in range(12)]
+    slow = write_pipe("""
+use m_retries_are_dask_ret as m
+pipeline q() {
+    source xs = range(2) partitions 1
+    stage ys = map m.slow over xs timeout 0.5
+    sink out = collect(ys)
+}""", name="q.pipe", m_retries_are_dask_ret=module)
+    with pytest.raises(PipelineRuntimeError, match="did not finish within its timeout of 0.5 s"):
+        load(slow).run(backend="dask", client=client)
+
+
+def test_resources_map_to_worker_resources(client, write_pipe, tmp_path, monkeypatch):
+    text = """
+use m_resources_map_to_wor as m
+pipeline p() {
+    source xs = range(6) partitions 2
+    stage ys = map m.inc over xs resources { %s }
+    sink out = collect(ys)
+}"""
+    path = write_pipe(text % "cpus 1", m_resources_map_to_wor="def inc(x):\n    return x + 1\n")
+    monkeypatch.chdir(tmp_path)
+    plan = load(path).lower("dask")
+    assert [s.resources for s in plan.tasks[1] if s.group == "ys"] == [{"CPU": 1.0}] * 2
+    assert plan.run(client=client).outputs["out"] == [1, 2, 3, 4, 5, 6]
+    gpu = write_pipe(text % "gpus 1", name="g.pipe", m_resources_map_to_wor="def inc(x):\n    return x + 1\n")
+    with pytest.raises(UnsupportedOnBackend) as err:
+        load(gpu).lower("dask")  # the embedded cluster has no GPU: refused before running
+    assert "needs a GPU: no worker of the local cluster has a GPU" in err.value.render()
+    assert "g.pipe:5:" in err.value.render()
+    load(gpu).lower("dask", address="tcp://127.0.0.1:1")  # a real cluster may have them
+
+
+def test_scheduler_address_from_the_environment(monkeypatch):
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://10.0.0.1:8786")
+    plan = load(ROOT / "examples" / "wordcount.pipe").lower("dask")
+    assert plan.address == "tcp://10.0.0.1:8786" and "scheduler at tcp://10.0.0.1:8786" in plan.explain()
+
+
+def test_stateful_pool_members_serve_partitions_in_order(client, write_pipe, tmp_path, monkeypatch):
+    path = write_pipe("""
+use m_stateful_pool_member as m
+pipeline p() {
+    source xs = range(40) partitions 10
+    actor pool tags = m.Tagger() x 3
+    stage ys = map_batches tags.tag over xs
+    sink out = collect(ys) -> json("out/o.json")
+}""", m_stateful_pool_member="""
+import time, random
+class Tagger:
+    def __init__(self):
+        self.seen = 0
+    def tag(self, batch):
+        time.sleep(random.random() * 0.02)
+        self.seen += 1
+        return [(self.seen, x) for x in batch]
+""")
+    monkeypatch.chdir(tmp_path)
+    pipeline = load(path)
+    local = _sinks(pipeline.run(backend="local"))
+    assert _sinks(pipeline.run(backend="dask", client=client)) == local
+
+
+# ---- fault tolerance ------------------------------------------------------------------------------
+
+
+def _actor_worker(client, prefix: str) -> str:
+    def held(dask_scheduler=None):
+        return {str(k): [w.address for w in ts.who_has or ()] for k, ts in dask_scheduler.tasks.items() if ts.actor}
+    for key, holders in client.run_on_scheduler(held).items():
+        if key.startswith(prefix) and holders:
+            return holders[0]
+    raise AssertionError(f"no actor {prefix}")
+
+
+def _kill(client, address: str) -> None:
+    pid = client.run(os.getpid, workers=[address])[address]
+    os.kill(pid, signal.SIGKILL)
+
+
+def test_killing_the_parameter_server_worker_mid_train_gives_the_clean_weights(client, workdir):
+    params = {"rows": 4000, "epochs": 12}
+    pipeline = load("examples/train.pipe")
+    clean = _sinks(pipeline.lower("dask", params).run(client=client))
+    assert clean == _sinks(pipeline.run(backend="local", params=params))
+    killed = []
+
+    def on_round(index):
+        if index == 6:  # calls 0..11 applied, the snapshot holds 0..9: two calls to replay
+            address = _actor_worker(client, "ps-actor@")
+            _kill(client, address)
+            killed.append(address)
+    plan = pipeline.lower("dask", params)
+    result = plan.run(progress=Recorder(on_round=on_round), client=client)
+    assert killed
+    assert _sinks(result) == clean
+    events = plan.last_driver.events
+    assert len(events) == 1 and "from its checkpoint (call 9) and replayed 2 calls" in events[0]
+    assert (Path(result.run_dir) / "events.log").read_text().strip() == events[0]
+    _workers_back(client)
+
+
+def test_killing_a_worker_running_stage_tasks_gives_the_clean_result(client, write_pipe, tmp_path, monkeypatch):
+    path = write_pipe("""
+use m_killing_a_worker_run as m
+pipeline p() {
+    source xs = range(40) partitions 8
+    stage ys = map_batches m.slow_squares over xs
+    value total = reduce m.add over ys
+    sink out = [total, count(ys)] -> json("out/o.json")
+}""", m_killing_a_worker_run="""
+import time
+def slow_squares(batch):
+    time.sleep(0.4)
+    return [x * x / 7 for x in batch]
+def add(a, b):
+    return a + b
+""")
+    monkeypatch.chdir(tmp_path)
+    pipeline = load(path)
+    local = _sinks(pipeline.run(backend="local"))
+    killed = []
+
+    def kill_busy_worker():
+        time.sleep(0.6)
+
+        def busy(dask_scheduler=None):
+            return [w.address for w in dask_scheduler.workers.values() if w.processing]
+        workers = client.run_on_scheduler(busy)
+        if workers:
+            _kill(client, workers[0])
+            killed.append(workers[0])
+
+    def on_stage(name):
+        if name == "ys" and not killed:
+            threading.Thread(target=kill_busy_worker, daemon=True).start()
+    result = pipeline.lower("dask").run(progress=Recorder(on_stage=on_stage), client=client)
+    assert killed
+    assert _sinks(result) == local
+    _workers_back(client)
+
+
+def test_an_actor_without_restarts_fails_clearly_when_its_worker_dies(client, write_pipe, tmp_path, monkeypatch):
+    path = write_pipe("""
+use m_an_actor_without_res as m
+pipeline p() {
+    actor c = m.C()
+    repeat 3 {
+        c.inc()
+    }
+    sink out = c.get()
+}""", m_an_actor_without_res="class C:\n    def __init__(self):\n        self.n = 0\n    def inc(self):\n        self.n += 1\n"
+        "    def get(self):\n        return self.n\n")
+    monkeypatch.chdir(tmp_path)
+
+    def on_round(index):
+        if index == 1:
+            _kill(client, _actor_worker(client, "c-actor@"))
+    with pytest.raises(PipelineRuntimeError) as err:
+        load(path).lower("dask").run(progress=Recorder(on_round=on_round), client=client)
+    assert "actor `c` was lost with its worker and has no restarts left" in err.value.render()
+    assert "restarts N" in err.value.render()
+    _workers_back(client)
+
+
+# ---- the engine: embedded, and a real `dask scheduler` + `dask worker` ------------------------------
+
+
+def test_pipec_run_starts_and_stops_a_quiet_local_cluster(workdir):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-m", "compiler.cli", "run", "examples/wordcount.pipe", "--backend", "dask",
+                          "--run-dir", "run"], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.startswith("pipeline `wordcount` finished on dask in"), out.stderr
+    assert "distributed" not in out.stderr and "Traceback" not in out.stderr
+    dask_top = Path("out/top.json").read_bytes()
+    local = load("examples/wordcount.pipe").run(backend="local")
+    assert Path(local.files["top_words"]).read_bytes() == dask_top
+
+
+@pytest.fixture(scope="module")
+def dask_cli_cluster(tmp_path_factory):
+    """A `dask scheduler` and two `dask worker` processes on 127.0.0.1 (no resources)."""
+    from distributed import Client
+    folder = tmp_path_factory.mktemp("dask-cli")
+    scheduler_file = folder / "scheduler.json"
+    log = open(folder / "cluster.log", "w")
+    procs = [subprocess.Popen(["dask", "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                               "--scheduler-file", str(scheduler_file)], cwd=folder, stdout=log, stderr=log)]
+    try:
+        deadline = time.time() + 60
+        while not scheduler_file.exists() and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.2)
+        address = json.loads(scheduler_file.read_text())["address"]
+        for i in range(2):
+            procs.append(subprocess.Popen(["dask", "worker", address, "--nthreads", "1", "--no-dashboard",
+                                           "--memory-limit", "1GiB", "--name", f"w{i}"],
+                                          cwd=folder, stdout=log, stderr=log))
+        client = Client(address, timeout="30s")
+        client.wait_for_workers(2, timeout=60)
+        yield address, client
+        client.close()
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        log.close()
+
+
+def test_examples_on_a_dask_scheduler_and_two_workers(dask_cli_cluster, workdir):
+    address, _ = dask_cli_cluster
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-m", "compiler.cli", "run", "examples/wordcount.pipe", "--backend", "dask",
+                          "--address", address], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    dask_top = Path("out/top.json").read_bytes()
+    assert Path(load("examples/wordcount.pipe").run(backend="local").files["top_words"]).read_bytes() == dask_top
+    params = {"rows": 2000, "epochs": 3}
+    pipeline = load("examples/train.pipe")
+    on_cluster = _sinks(pipeline.run(backend="dask", params=params, address=address))
+    assert on_cluster == _sinks(pipeline.run(backend="local", params=params))
+
+
+def test_a_resource_no_worker_offers_fails_before_running(dask_cli_cluster, write_pipe, tmp_path, monkeypatch):
+    address, client = dask_cli_cluster
+    path = write_pipe("""
+use m_a_resource_no_worker as m
+pipeline p() {
+    source xs = range(6) partitions 2
+    stage ys = map m.inc over xs resources { cpus 2 }
+    sink out = collect(ys)
+}""", m_a_resource_no_worker="def inc(x):\n    return x + 1\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PipelineRuntimeError) as err:
+        load(path).run(backend="dask", address=address)
+    assert "needs 2 CPU per task, and no worker of the cluster offers that much" in err.value.render()
+
+
+# ---- the exact semantics the lowering relies on (no cluster) -----------------------------------------
+
+
+def test_top_from_partition_candidates_is_top_of_everything():
+    from backends.runtime import semantics
+    rng = random.Random(3)
+    for trial in range(300):
+        order = rng.choice([None, "key", "element"])
+        k = rng.randint(1, 6)
+        if order == "element":
+            parts = [sorted({rng.randint(0, 30) for _ in range(rng.randint(0, 8))}) for _ in range(k)]
+            by = rng.choice([None, lambda x: x % 4])
+        else:
+            parts = [sorted([(rng.randint(0, 9), rng.randint(0, 3)) for _ in range(rng.randint(0, 8))])
+                     if order == "key" else [(rng.randint(0, 9), rng.randint(0, 3)) for _ in range(rng.randint(0, 8))]
+                     for _ in range(k)]
+            by = rng.choice([None, lambda kv: kv[1]])
+        n = rng.randint(0, 10)
+        everything = semantics.ordered([x for p in parts for x in p], order)
+        expected = semantics.top(everything, n, by)
+        got = semantics.top_merge([semantics.top_partial(p, n, by, order) for p in parts], n, by, order)
+        assert got == expected, (trial, parts, n, order)
+
+
+def test_text_partitions_read_only_their_bytes_and_match_text_mode(tmp_path):
+    from backends.dask.worker import _read_lines, read_lines_part
+    from backends.runtime.semantics import split
+    rng = random.Random(5)
+    samples = ["", "\n", "a", "a\n", "\n\n\n", "é\nü\n\nx", "a\r\nb\r\n", "a\rb\rc\n", "\ufeffbom\nx",
+               "x\n" * 70000 + "tail"]
+    samples += ["".join(rng.choice("ab é\n\n") for _ in range(rng.randint(0, 3000))) for _ in range(30)]
+    path = tmp_path / "f.txt"
+    for text in samples:
+        path.write_bytes(text.encode("utf-8"))
+        lines = _read_lines(str(path))
+        for k in (1, 2, 5):
+            assert [read_lines_part(str(path), i, k) for i in range(k)] == split(lines, k), repr(text[:30])
