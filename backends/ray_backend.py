@@ -194,10 +194,48 @@ def run_segment(spec: tuple, *args):
             bindings = dict(zip(names, args[used:used + len(names)]))
             used += len(names)
             items = apply_elementwise(kind, resolve(module, attr), items, bindings, partition)
+        if terminal[0] == "scan":
+            return _scan(terminal, items, args, used, partition)
         where = terminal[1]
         return _terminal(terminal, items)
+    except StageError:
+        raise
     except Exception as exc:
         raise _failure(where, partition, exc) from None
+
+
+def _scan(terminal: tuple, items: list, args: tuple, used: int, partition: int):
+    """A shared scan: the partition itself (if anything else reads it), then for each
+    branch its element-wise steps and terminal, all from one pass over the input."""
+    _, _, keep, branches = terminal
+    outputs = [items] if keep else []
+    for steps, branch_terminal in branches:
+        where = branch_terminal[1]
+        try:
+            out = items
+            for stage, kind, module, attr, names in steps:
+                where = stage
+                bindings = dict(zip(names, args[used:used + len(names)]))
+                used += len(names)
+                out = apply_elementwise(kind, resolve(module, attr), out, bindings, partition)
+            where = branch_terminal[1]
+            result = _terminal(branch_terminal, out)
+        except Exception as exc:
+            raise _failure(where, partition, exc) from None
+        outputs.extend(result if _returns(branch_terminal) > 1 else [result])
+    return tuple(outputs) if len(outputs) > 1 else outputs[0]
+
+
+def _returns(terminal: tuple) -> int:
+    """How many objects a terminal gives: one per bucket for a split, else one."""
+    kind = terminal[0]
+    if kind in ("rbk_split", "split"):
+        return terminal[-1]
+    if kind == "distinct_split":
+        return terminal[2]
+    if kind == "scan":
+        return int(terminal[2]) + sum(_returns(t) for _, t in terminal[3])
+    return 1
 
 
 def _head_items(head: tuple, args: tuple, partition: int) -> tuple[list, int]:
@@ -437,12 +475,75 @@ class Chain:
     head_fused: bool
 
 
+_BRANCH_ENDS = (ir.Reduce, ir.Count, ir.ReduceByKey, ir.GroupByKey, ir.Distinct)
+
+
+@dataclass(frozen=True)
+class Branch:
+    """One consumer of a shared scan: element-wise ``steps`` on the scanned partition,
+    then the map side of ``owner`` (a fold, a count or a shuffle split)."""
+
+    owner: str
+    steps: tuple[str, ...]
+
+
 class Lowering:
     """The static decisions for one pipeline: fusion, chains, task options and names."""
 
     def __init__(self, graph: ir.IR):
         self.ir = graph
         self.fused = fusion(graph)
+        self.scans = self._shared_scans()  # collection -> (keep its partitions?, branches)
+        self.scanned = {b.owner: (head, b) for head, (_, branches) in self.scans.items() for b in branches}
+
+    def _shared_scans(self) -> dict[str, tuple["Branch", ...]]:
+        """Collections read by several consumers whose reductions or shuffle splits can
+        run in the collection's own tasks, in one pass over each partition (a branch per
+        consumer). A branch qualifies when it is in the same loop body, pure, without a
+        timeout, asks for the same resources, and binds only values computed before the
+        collection (so computing it early changes nothing)."""
+        order = {n: i for i, n in enumerate(self.ir)}
+        scans: dict[str, list[Branch]] = {}
+        for node, op in self.ir.items():
+            if not isinstance(op, _BRANCH_ENDS) or not _plain(op.options if hasattr(op, "options")
+                                                              else ir.StageOptions()):
+                continue
+            chain = self.chain(node, "input")
+            head = chain.head
+            hop = self.ir.op(head)
+            if chain.head_fused or head in self.fused or not self._scannable(head, hop):
+                continue
+            members = list(chain.steps) + [node]
+            if any(self.ir.op(m).loop != hop.loop or _resources(self.ir.op(m)) != _resources(hop)
+                   for m in members):
+                continue
+            if any(not self._bound_before(s, order[head]) for s in chain.steps):
+                continue
+            scans.setdefault(head, []).append(Branch(node, chain.steps))
+        out = {}
+        for head, branches in scans.items():
+            readers = [dst for _, dst, kind in self.ir.graph.out_edges(head, data="kind") if kind != "carry"]
+            starts = [b.steps[0] if b.steps else b.owner for b in branches]
+            keep = any(readers.count(r) != starts.count(r) for r in set(readers)) or len(readers) != len(starts)
+            out[head] = (keep, tuple(branches))
+        return out
+
+    def _scannable(self, node: str, op: ir.Op) -> bool:
+        if isinstance(op, ir.Elementwise):
+            return op.fn is not None and not _handles(self.ir, node, op) and _plain(op.options)
+        if isinstance(op, ir.Source):
+            return (op.kind == "range" or op.sharded) and _plain(op.options)
+        return isinstance(op, (ir.ReduceByKey, ir.GroupByKey, ir.Distinct, ir.Join)) and _plain(op.options)
+
+    def _bound_before(self, step: str, index: int) -> bool:
+        order = {n: i for i, n in enumerate(self.ir)}
+        op = self.ir.op(step)
+        return all(isinstance(v, ir.Lit) or order[v.node] < index for v in op.bindings.values())
+
+    def scan_of(self, node: str) -> tuple[str, "Branch"] | None:
+        """(the scanned collection, the branch) when ``node``'s input side runs in
+        another collection's tasks."""
+        return self.scanned.get(node)
 
     def chain(self, node: str, port: str) -> Chain:
         op = self.ir.op(node)
@@ -476,6 +577,11 @@ class Lowering:
         the Ray task name, so `ray::NAME` shows in process lists while a task runs."""
         names = self.members(chain, owner)
         return "+".join(names) + (f":{role}" if role else "")
+
+    def scan_name(self, chain: Chain, owner: str | None, role: str, also: list[str]) -> str:
+        """A segment's name, with the nodes of a shared scan's branches after a `&`."""
+        name = self.group(chain, owner, role)
+        return name + ("&" + "+".join(also) if also else "")
 
     def options(self, nodes: list[str]) -> dict[str, Any]:
         """Ray task options for a segment computing ``nodes``: the most retries any of
@@ -543,6 +649,14 @@ class Fused:
     """An element-wise stage computed inside its consumer's tasks."""
 
 
+class Scanned:
+    """A shared scan whose partitions nothing else reads: only its branches' outputs
+    were kept. ``k`` is its number of partitions."""
+
+    def __init__(self, k: int):
+        self.k = k
+
+
 FUSED = Fused()
 
 
@@ -603,6 +717,7 @@ class RayDriver(Driver):
         self.puts: dict[str, tuple[Any, Any]] = {}
         self.splits: dict[tuple[str, str], tuple[Any, tuple, list]] = {}
         self.names: dict[str, str] = {}  # Ray task name -> the IR node its errors belong to
+        self.branch_out: dict[str, list] = {}  # shared-scan outputs, until their owner runs
         self.watched: dict[Any, tuple[_Watched, int]] = {}
         self.track = not isinstance(self.progress, NoProgress)
         self.cpus = max(1.0, float(ray.cluster_resources().get("CPU", 1)))
@@ -619,6 +734,7 @@ class RayDriver(Driver):
         self.env.clear()
         self.puts.clear()
         self.splits.clear()
+        self.branch_out.clear()
         self.watched.clear()
 
     def _check_resources(self, cluster: dict) -> None:
@@ -637,14 +753,19 @@ class RayDriver(Driver):
 
     # ---- submitting segments
 
-    def submit(self, chain: Chain, owner: str | None, terminal: tuple, role: str = "", returns: int = 1) -> list:
+    def submit(self, chain: Chain, owner: str | None, terminal: tuple, role: str = "", returns: int = 1,
+               also: list[str] = (), also_values: list = ()) -> list:
         """One task per head partition running ``chain`` then ``terminal`` (whose result
-        belongs to ``owner``); per task one ref, or a list of ``returns`` refs."""
+        belongs to ``owner``); per task one ref, or a list of ``returns`` refs. ``also``
+        names the nodes of a shared scan's branches, ``also_values`` their bound values."""
         low = self.low
-        nodes = low.members(chain, owner)
-        name = low.group(chain, owner, role)
+        nodes = low.members(chain, owner) + list(also)
+        name = low.scan_name(chain, owner, role, also)
         heads = self._heads(chain.head)
+        if not heads:
+            return []
         step_specs, values = self._steps(chain.steps)
+        values = values + list(also_values)
         options = dict(low.options(nodes), name=name)
         if returns != 1:
             options["num_returns"] = returns
@@ -678,6 +799,8 @@ class RayDriver(Driver):
 
     def _width(self, node: str) -> int:
         value = self.env[node]
+        if isinstance(value, Scanned):
+            return value.k
         if isinstance(value, Parts):
             return len(value.refs)
         if isinstance(value, Gen):
@@ -721,6 +844,45 @@ class RayDriver(Driver):
             self.env[node] = parts
             return parts.refs
         raise RuntimeError(f"pipec internal error: {node} has no partitions ({type(value).__name__})")
+
+    def produce(self, node: str, chain: Chain, role: str = ""):
+        """Compute collection ``node`` with ``chain``; when it is a shared scan, its
+        branches' fold, count or split outputs come from the same tasks (kept for their
+        owners in ``branch_out``), and the partitions are kept only if read elsewhere."""
+        scan = self.low.scans.get(node)
+        if scan is None:
+            return Parts(self.submit(chain, None, ("part", node), role))
+        keep, branches = scan
+        k = len(self._heads(chain.head))
+        specs, values, members = [], [], []
+        for branch in branches:
+            step_specs, vals = self._steps(branch.steps)
+            specs.append((step_specs, self._branch_terminal(branch.owner, k)))
+            values += vals
+            members += list(branch.steps) + [branch.owner]
+        terminal = ("scan", node, keep, tuple(specs))
+        n = _returns(terminal)
+        out = self.submit(chain, None, terminal, role, returns=n, also=members, also_values=values)
+        rows = [list(refs) if n > 1 else [refs] for refs in out]
+        at = 1 if keep else 0
+        for branch, (_, term) in zip(branches, specs):
+            r = _returns(term)
+            self.branch_out[branch.owner] = [row[at] if term[0] in ("fold", "count") else row[at:at + r]
+                                             for row in rows]
+            at += r
+        return Parts([row[0] for row in rows]) if keep else Scanned(k)
+
+    def _branch_terminal(self, owner: str, k: int) -> tuple:
+        op = self.ir.op(owner)
+        if isinstance(op, ir.Reduce):
+            return ("fold", owner, op.fn.module, op.fn.attr)
+        if isinstance(op, ir.Count):
+            return ("count", owner)
+        if isinstance(op, ir.ReduceByKey):
+            return ("rbk_split", owner, op.fn.module, op.fn.attr, k)
+        if isinstance(op, ir.GroupByKey):
+            return ("split", owner, "group_by_key", k)
+        return ("distinct_split", owner, k)
 
     # ---- waiting, progress, timeouts, errors
 
@@ -844,7 +1006,7 @@ class RayDriver(Driver):
             self.env[node] = Gen(heads)
             if node in self.low.fused:
                 return self.env[node]
-            return Parts(self.submit(Chain(node, (), True), None, ("part", node)))
+            return self.produce(node, Chain(node, (), True))
         from backends.local import _read_jsonl, _read_lines  # the reference's exact reading
         self.progress.stage(node, k)
         try:
@@ -873,12 +1035,12 @@ class RayDriver(Driver):
         if op.pool is not None:
             return Parts(self.run_pool(node, op))
         chain = self.low.chain(node, "input")
-        refs = self.submit(Chain(chain.head, chain.steps + (node,), chain.head_fused), None, ("part", node))
+        out = self.produce(node, Chain(chain.head, chain.steps + (node,), chain.head_fused))
         if _handles(self.ir, node, op) or not self.ir.consumers(node):
             # Graph-level calls after this stage must see its calls; and an unused
             # stage's failure must still surface.
-            self.fetch(refs)
-        return Parts(refs)
+            self.fetch(out.refs)
+        return out
 
     # ---- keyed operations
 
@@ -908,6 +1070,8 @@ class RayDriver(Driver):
         return self._shuffled(node, Buckets("join", node, k, lparts, rparts))
 
     def _split(self, chain: Chain, node: str, terminal: tuple, k: int, role: str = "split") -> list[list]:
+        if node in self.branch_out:  # split in the tasks of a shared scan
+            return self.branch_out.pop(node)
         invariant = self.low.invariant(node, chain)
         if invariant:
             cached = self.splits.get((node, role))
@@ -923,7 +1087,7 @@ class RayDriver(Driver):
         self.env[node] = buckets
         if node in self.low.fused:
             return buckets
-        return Parts(self.submit(Chain(node, (), True), None, ("part", node), "merge"))
+        return self.produce(node, Chain(node, (), True), "merge")
 
     def collection_union(self, node: str, op: ir.UnionAll):
         return Parts([ref for part in op.parts for ref in self.parts(part.node)])
@@ -1002,7 +1166,9 @@ class RayDriver(Driver):
     def op_reduce(self, node: str, op: ir.Reduce):
         fn = fn_of(op.fn)
         chain = self.low.chain(node, "input")
-        level = self.submit(chain, node, ("fold", node, op.fn.module, op.fn.attr), "fold")
+        level = self.branch_out.pop(node, None)
+        if level is None:
+            level = self.submit(chain, node, ("fold", node, op.fn.module, op.fn.attr), "fold")
         if hasattr(semantics, "combine_group"):
             depth = 0
             while len(level) > semantics.FAN_IN:
@@ -1023,7 +1189,9 @@ class RayDriver(Driver):
         return result
 
     def op_count(self, node: str, op: ir.Count):
-        refs = self.submit(self.low.chain(node, "input"), node, ("count", node), "count")
+        refs = self.branch_out.pop(node, None)
+        if refs is None:
+            refs = self.submit(self.low.chain(node, "input"), node, ("count", node), "count")
         return sum(self.fetch(refs))
 
     def gather(self, node: str) -> list:
@@ -1278,6 +1446,39 @@ class _Planner:
                     deps + more, nodes)
         return self.add(step, loop)
 
+    def terminal_text(self, owner: str, k) -> str:
+        op = self.ir.op(owner)
+        if isinstance(op, ir.Reduce):
+            return f"fold {op.fn.dotted} (left to right)"
+        if isinstance(op, ir.Count):
+            return "len"
+        if isinstance(op, ir.ReduceByKey):
+            return f"reduce_by_key partial {op.fn.dotted}, split into {k} buckets by stable key hash"
+        if isinstance(op, ir.GroupByKey):
+            return f"split into {k} buckets by stable key hash"
+        return f"split into {k} buckets by stable hash"
+
+    def scan(self, step: Step, node: str) -> Step:
+        """Extend the step computing ``node`` with its shared scan's branches, if any."""
+        if node not in self.low.scans:
+            return step
+        keep, branches = self.low.scans[node]
+        texts, members = [], []
+        for branch in branches:
+            lines, deps = self.steps_text(branch.steps)
+            step.deps += [d for d in deps if d not in step.deps]
+            texts.append(" -> ".join(lines + [self.terminal_text(branch.owner, step.tasks)])
+                         + f" for {branch.owner}")
+            members += list(branch.steps) + [branch.owner]
+        step.id = f"{step.id}&{'+'.join(members)}"
+        for branch in branches:
+            self.made[f"{branch.owner}:scan"] = step.id
+        step.nodes += members
+        step.options = dict(self.low.options(step.nodes))
+        step.what += ("; in the same pass: " + "; ".join(texts)
+                      + ("" if keep else f" (the partitions of {node} are not kept: nothing else reads them)"))
+        return step
+
     # ---- operations
 
     def plan_source(self, node, op: ir.Source, loop):
@@ -1286,7 +1487,7 @@ class _Planner:
         if op.kind == "range" or op.sharded:
             if node in self.low.fused:
                 return
-            step = self.segment(Chain(node, (), True), None, "", "", loop)
+            step = self.scan(self.segment(Chain(node, (), True), None, "", "", loop), node)
             self.made[node] = step.id
             return
         what = {"read_text": f"read_text({self.args_text(op.args, {})})",
@@ -1315,13 +1516,16 @@ class _Planner:
             self.made[node] = self.add(step, loop).id
             return
         full = Chain(chain.head, chain.steps + (node,), chain.head_fused)
-        step = self.segment(full, None, "", "", loop)
+        step = self.scan(self.segment(full, None, "", "", loop), node)
         if _handles(self.ir, node, op):
             step.what += "  (the driver waits for it: later actor calls see its calls)"
         self.made[node] = step.id
         self.width[node] = step.tasks
 
-    def _split(self, node, op, chain: Chain, key: str, terminal: str, loop, role="split") -> Step:
+    def _split(self, node, op, chain: Chain, key: str, terminal: str, loop, role="split") -> Step | None:
+        if node in self.low.scanned:
+            self.made[key] = self.made[f"{node}:scan"]
+            return None
         invariant = self.low.invariant(node, chain)
         step = self.segment(chain, node, terminal, role, loop)
         if invariant:
@@ -1335,7 +1539,7 @@ class _Planner:
         what, deps, k = self.merge_text(node, op)
         options = dict(self.low.options([node]))
         step = Step(f"{node}:merge", "tasks", what, k, options, deps, [node])
-        self.made[node] = self.add(step, loop).id
+        self.made[node] = self.add(self.scan(step, node), loop).id
 
     def plan_reduce_by_key(self, node, op, loop):
         chain = self.low.chain(node, "input")
@@ -1379,8 +1583,11 @@ class _Planner:
 
     def plan_reduce(self, node, op: ir.Reduce, loop):
         chain = self.low.chain(node, "input")
-        fold = self.segment(chain, node, f"fold {op.fn.dotted} (left to right)", "fold", loop)
-        k, prev, depth = fold.tasks, fold.id, 0
+        if node in self.low.scanned:
+            k, prev, depth = self.width.get(chain.head), self.made[f"{node}:scan"], 0
+        else:
+            fold = self.segment(chain, node, f"fold {op.fn.dotted} (left to right)", "fold", loop)
+            k, prev, depth = fold.tasks, fold.id, 0
         if k is not None:
             while k > semantics.FAN_IN:
                 depth += 1
@@ -1396,8 +1603,9 @@ class _Planner:
 
     def plan_count(self, node, op, loop):
         chain = self.low.chain(node, "input")
-        seg = self.segment(chain, node, "len", "count", loop)
-        step = Step(node, "driver", "sum of the partition counts", None, {}, [(seg.id, "gather")], [node])
+        source = self.made[f"{node}:scan"] if node in self.low.scanned else \
+            self.segment(chain, node, "len", "count", loop).id
+        step = Step(node, "driver", "sum of the partition counts", None, {}, [(source, "gather")], [node])
         self.made[node] = self.add(step, loop).id
 
     def _driver_value(self, node, op, what, loop, deps):

@@ -176,6 +176,40 @@ def test_resources_timeouts_and_effectful_stages(write_pipe):
     assert "timeout_s (driver)=5" in text and "num_gpus=1" in text
 
 
+SCAN_BODY = """
+    value k = 3
+    source xs = range(50) partitions 5
+    stage ys = map m.square over xs
+    value total = reduce m.add over ys
+    value n = count(ys)
+    stage groups = group_by_key over (map m.pair_by over ys with k = k)
+    stage uniq = distinct(map m.inc over ys)
+    stage later = map m.inc over ys with k = total
+    sink a = [total, n] -> json("out/a.json")
+    sink b = collect(groups) -> json("out/b.json")
+    sink c = collect(uniq) -> json("out/c.json")
+    sink d = collect(later) -> json("out/d.json")"""
+
+
+def test_a_shared_scan_computes_every_branch_in_one_pass_and_matches_local(write_pipe, tmp_path, monkeypatch):
+    mod = MOD + "\ndef pair_by(x, k):\n    return (x % k, x)\n"
+    path = write_pipe("use ray_t_scan as m\npipeline p() {\n" + SCAN_BODY + "\n}\n",
+                      ray_t_scan=mod.replace("def inc(x):", "def inc(x, k=1):").replace(
+                          "    return x + 1", "    return x + k"))
+    pipeline = load(path)
+    low = pipeline.lower("ray").lowering
+    keep, branches = low.scans["ys"]
+    # reduce, count, group_by_key and distinct read ys in its own tasks; `later` binds a
+    # value computed after ys, so it reads the kept partitions
+    assert keep and [b.owner for b in branches] == ["total", "n", "groups", "uniq"]
+    monkeypatch.chdir(tmp_path)
+    outputs = {}
+    for backend in ("local", "ray"):
+        pipeline.run(backend=backend, **(_ray_options() if backend == "ray" else {}))
+        outputs[backend] = {p.name: p.read_bytes() for p in sorted((tmp_path / "out").iterdir())}
+    assert outputs["ray"] == outputs["local"]
+
+
 def test_compile_and_graph_never_import_ray_or_user_code():
     code = ("import sys\nfrom compiler.cli import main\n"
             "assert main(['compile', 'examples/train.pipe', '--backend', 'ray', '--format', 'json', '-o', "
