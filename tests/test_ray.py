@@ -98,6 +98,16 @@ class Fragile(Counter):
             threading.Timer(0.05, os._exit, [1]).start()
         return total
 
+class FragileModel:
+    """Loses its process once, in the middle of scoring partition 2."""
+    def __init__(self, marker):
+        self.marker = marker
+    def run(self, items, partition):
+        if partition == 2 and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os._exit(1)
+        return [x * 3 for x in items]
+
 class Broken:
     def __init__(self):
         raise RuntimeError("no model file")
@@ -366,6 +376,16 @@ def test_an_actor_without_restarts_that_dies_fails_with_a_hint(write_pipe, tmp_p
     with pytest.raises(PipelineRuntimeError) as err:
         run(write_pipe, body)
     assert "restarts 0" in str(err.value)
+
+
+def test_a_pool_actor_dying_mid_batch_has_its_partition_served_again(write_pipe, tmp_path):
+    marker = tmp_path / "died"
+    result = run(write_pipe, f'source xs = range(30) partitions 6\n'
+                             f'actor pool models = m.FragileModel(marker = "{marker}") x 2 {{ restarts 1 }}\n'
+                             f'stage ys = map_batches models.run over xs\n'
+                             f'sink out = collect(ys)')
+    assert marker.exists(), "the pool actor never died"
+    assert result.outputs["out"] == [x * 3 for x in range(30)]
 
 
 def _processes_named(prefix: str) -> list[int]:
