@@ -712,7 +712,6 @@ class RayDriver(Driver):
         self.ray = ray
         self.fns = _remote()
         self.actors: dict[str, Any] = {}
-        self.ready: dict[str, Any] = {}
         self.pools: dict[str, list] = {}
         self.puts: dict[str, tuple[Any, Any]] = {}
         self.splits: dict[tuple[str, str], tuple[Any, tuple, list]] = {}
@@ -720,9 +719,10 @@ class RayDriver(Driver):
         self.branch_out: dict[str, list] = {}  # shared-scan outputs, until their owner runs
         self.watched: dict[Any, tuple[_Watched, int]] = {}
         self.track = not isinstance(self.progress, NoProgress)
-        self.cpus = max(1.0, float(ray.cluster_resources().get("CPU", 1)))
+        cluster = ray.cluster_resources()
+        self.cpus = max(1.0, float(cluster.get("CPU", 1)))
         self.call_op: ir.ActorCall | None = None
-        self._check_resources(ray.cluster_resources())
+        self._check_resources(cluster)
 
     def teardown(self) -> None:
         self._drain()
@@ -770,11 +770,12 @@ class RayDriver(Driver):
         if returns != 1:
             options["num_returns"] = returns
         remote = self.fns.segment.options(**options)
-        self.names[name] = owner or nodes[-1]
+        primary = owner or low.members(chain, owner)[-1]  # whose output this is, for errors
+        self.names[name] = primary
         out = []
         for i, (head, args) in enumerate(heads):
             out.append(remote.remote((self.paths, head, step_specs, terminal, i), *args, *values))
-        self._watch(name, owner or nodes[-1], [r[0] if returns != 1 else r for r in out], low.timeout(nodes),
+        self._watch(name, primary, [r[0] if returns != 1 else r for r in out], low.timeout(nodes),
                     options["num_cpus"])
         return out
 
