@@ -175,6 +175,8 @@ def _read(module: str, path: Path) -> ModuleInfo:
         tree = ast.parse(text, str(path))
     except SyntaxError as err:
         raise ModuleSyntaxError(path, err) from None
+    except ValueError as err:  # a NUL byte, on Pythons that do not call it a SyntaxError
+        raise ModuleSyntaxError(path, SyntaxError(str(err))) from None
     except (RecursionError, MemoryError):  # Python's own parser gives up on it too
         raise ModuleSyntaxError(path, SyntaxError("too deeply nested to read")) from None
     info = ModuleInfo(module, path)

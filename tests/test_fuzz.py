@@ -109,6 +109,7 @@ def assert_only_pipec_errors(source: SourceFile) -> None:
         for diag in pipeline.diagnostics:
             _check_span(diag, source)
         pipeline.check()
+        pipeline.params({})
     except CompileError as exc:
         assert exc.diagnostics, "a CompileError without a diagnostic"
         for diag in exc.diagnostics:
@@ -145,27 +146,33 @@ def literal():
     )
 
 
+def _atom(text: str) -> str:
+    """``text`` where the grammar wants an atom: parenthesised unless it is one token."""
+    return text if text.replace(".", "").replace("_", "").isalnum() else f"({text})"
+
+
 def expression(depth: int = 3):
     leaf = st.one_of(literal(), ident)
     if depth <= 0:
         return leaf
     sub = st.deferred(lambda: expression(depth - 1))
+    operand = sub.map(_atom)
     kinds = st.sampled_from(["map", "flat_map", "filter", "map_batches", "map_values"])
     binding = st.tuples(st.sampled_from(["weights", "k", "partition", "server"]), sub).map(
         lambda kv: f"{kv[0]} = {kv[1]}")
     return st.one_of(
         leaf,
-        st.tuples(sub, st.sampled_from(["+", "-", "*", "/", "//", "%", "**", "==", "<", "and", "or"]), sub)
+        st.tuples(operand, st.sampled_from(["+", "-", "*", "/", "//", "%", "**", "==", "<", "and", "or"]), operand)
         .map(lambda t: f"{t[0]} {t[1]} {t[2]}"),
-        st.tuples(st.sampled_from(["-", "not ", "+"]), sub).map(lambda t: t[0] + t[1]),
+        st.tuples(st.sampled_from(["-", "not ", "+"]), operand).map(lambda t: t[0] + t[1]),
         sub.map(lambda e: f"({e})"),
         st.lists(sub, max_size=3).map(lambda items: "[" + ", ".join(items) + "]"),
-        st.tuples(kinds, st.one_of(func, ident.map(lambda n: n + "." + "predict")), sub,
+        st.tuples(kinds, st.one_of(func, ident.map(lambda n: n + "." + "predict")), operand,
                   st.lists(binding, max_size=2))
         .map(lambda t: f"{t[0]} {t[1]} over {t[2]}" + (" with " + ", ".join(t[3]) if t[3] else "")),
-        st.tuples(st.sampled_from(["reduce", "reduce_by_key"]), func, sub)
+        st.tuples(st.sampled_from(["reduce", "reduce_by_key"]), func, operand)
         .map(lambda t: f"{t[0]} {t[1]} over {t[2]}"),
-        sub.map(lambda e: f"group_by_key over {e}"),
+        operand.map(lambda e: f"group_by_key over {e}"),
         st.tuples(st.sampled_from(["join", "union", "distinct", "collect", "count", "top", "range", "zip"]),
                   st.lists(sub, max_size=3))
         .map(lambda t: f"{t[0]}({', '.join(t[1])})"),
@@ -219,15 +226,21 @@ def statement(depth: int = 2):
     return st.one_of(simple, repeat)
 
 
+# Definitions most programs start with, so that later statements get past name lookup.
+PRELUDE = ["source xs = range(10) partitions 2", "stage pairs = map fz.pair over xs", "actor a = fz.Actor()",
+           "actor pool pool = fz.Actor() x 2", "var v = 0", "value total = count(xs)"]
+
+
 @st.composite
 def programs(draw):
     uses = draw(st.lists(st.sampled_from(["use fz as m", "use examples.text as t", "use nosuch as q",
                                           "use fz as fz2", "use examples.model as fz"]), max_size=2))
-    params = draw(st.lists(st.sampled_from(["n: int = 3", "rate: float = 0.5", 's: str = "x"',
-                                            "flag: bool = true", "k: list", "n: int = 2.5", "m: float"]),
-                           max_size=3))
+    params = draw(st.lists(st.sampled_from(["n: int = 3", "rate: float = 0.5", 's: str = "x"', "flag: bool = true",
+                                            "k: list", "n: int = 2.5", "m: float"]),
+                           max_size=3, unique=draw(st.booleans())))
+    prelude = draw(st.lists(st.sampled_from(PRELUDE), unique=True, max_size=len(PRELUDE)))
     body = draw(st.lists(statement(), max_size=8))
-    return "\n".join([*uses, f"pipeline fuzz({', '.join(params)}) {{", *body, "}", ""])
+    return "\n".join([*uses, f"pipeline fuzz({', '.join(params)}) {{", *prelude, *body, "}", ""])
 
 
 @FUZZ
