@@ -722,6 +722,7 @@ class RayDriver(Driver):
         cluster = ray.cluster_resources()
         self.cpus = max(1.0, float(cluster.get("CPU", 1)))
         self.call_op: ir.ActorCall | None = None
+        self.call_ref = None
         self._check_resources(cluster)
 
     def teardown(self) -> None:
@@ -1226,21 +1227,28 @@ class RayDriver(Driver):
         return members
 
     def op_actor_call(self, node: str, op: ir.ActorCall):
-        self.call_op = op
+        self.call_op, self.call_ref = op, None
         try:
-            return super().op_actor_call(node, op)
+            result = super().op_actor_call(node, op)
         finally:
             self.call_op = None
+        if self.call_ref is not None:
+            # The result already sits in Ray's object store: a stage binding it reads it
+            # from there, with no second put.
+            self.puts[node] = (result, self.call_ref)
+        return result
 
     def call_actor(self, actor: str, seq: int, method: str, args: list, kwargs: dict):
         ray = self.ray
         handle = self.actors[actor]
+        ref = handle.call.remote(seq, method, args, kwargs)
         try:
-            result = self._actor_result(handle.call.remote(seq, method, args, kwargs))
+            result = self._actor_result(ref)
         except ray.exceptions.RayActorError:
             return self._recover(actor, seq, method, args, kwargs)
         if isinstance(result, Gap):  # restarted while idle: calls since its snapshot are missing
             return self._recover(actor, seq, method, args, kwargs)
+        self.call_ref = ref
         return result
 
     def _actor_result(self, ref):
