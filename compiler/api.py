@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, Mapping
 from dsl import ast
 from dsl.diagnostics import (ERROR, Diagnostic, SemanticError, UnsupportedOnBackend, UsageError,
                              did_you_mean)
-from dsl.parser import parse
+from dsl.parser import MAX_NESTING, parse
 from dsl.source import SourceFile
 from compiler import ir
 from compiler.build import Builder
@@ -81,7 +82,7 @@ def load(path: str | Path) -> Pipeline:
 
 def load_source(source: SourceFile) -> Pipeline:
     """Parse and build ``source`` (see :func:`load`)."""
-    with _few_collections():
+    with _few_collections(), _stack_for_nesting():
         module = parse(source)
         builder = Builder(module, source)
         graph = builder.build()
@@ -98,6 +99,21 @@ def _few_collections():
         yield
     finally:
         gc.set_threshold(*old)
+
+
+@contextmanager
+def _stack_for_nesting():
+    """The builder recurses up to about 5 frames per level of nesting, which the parser
+    caps at MAX_NESTING: make room for that above however deep the caller already is."""
+    old = sys.getrecursionlimit()
+    depth, frame = 0, sys._getframe()
+    while frame is not None:
+        depth, frame = depth + 1, frame.f_back
+    sys.setrecursionlimit(max(old, depth + 5 * MAX_NESTING + 100))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(old)
 
 
 def _convert(value: Any, type_name: str):

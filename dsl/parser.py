@@ -144,7 +144,10 @@ class _ToAst:
 
     def repeat_stmt(self, meta, count, index, until, *body):
         node = ast.Repeat(count, _name(index) if index else None, until, tuple(body), _span(meta))
-        return self._nest(node, count, until, *body)
+        # The expressions of the body count too: later passes recurse through loop and
+        # expression alike, so 150 loops around a 150-deep expression are 300 levels.
+        parts = [getattr(stmt, slot) for stmt in body for slot in stmt.__slots__]
+        return self._nest(node, count, until, *body, *parts)
 
     def sink_stmt(self, meta, name, expr, fmt, target):
         return ast.Sink(_name(name), expr, _name(fmt) if fmt else None, target, _span(meta))

@@ -548,6 +548,37 @@ def test_ten_thousand_levels_of_nesting(write_pipe, capsys, text, column):
     assert first.endswith(f":2:{column}: error: nested too deeply (more than 200 levels)"), first
 
 
+def _deep(n: int) -> list[str]:
+    """Pipeline bodies nesting ``n`` levels in each way the builder recurses."""
+    join = "join(" * n + "pairs" + ", pairs)" * n
+    maps = (n + 1) // 2  # each `map ... over (...)` is two levels: the operation and its parentheses
+    flow = "map m.pair over (" * (maps - 1) + "map m.pair over xs" + ")" * (maps - 1)
+    flow = flow if 2 * maps - 1 == n else f"({flow})"
+    calls = "m.f(" * n + "1" + ")" * n
+    loops, parens = n // 2, n - n // 2 - 1  # the loops, then `v + (((1)))` inside them
+    loops = "repeat 1 {\n" * loops + "v = v + " + "(" * parens + "1" + ")" * parens + "\n" + "}\n" * loops
+    return [
+        f"    stage j = {join}\n    sink s = collect(j)\n",
+        f"    stage f = {flow}\n    sink s = collect(f)\n",
+        f"    value c = {calls}\n    sink s = c\n",
+        f"    value u = {'-' * n}1\n    sink s = u\n",
+        f"    value l = {'[' * n}{']' * n}\n    sink s = l\n",
+        f"    value t = {' + '.join(['1'] * (n + 1))}\n    sink s = t\n",
+        f"    var v = 0\n{loops}    sink s = v\n",
+    ]
+
+
+@pytest.mark.parametrize("index", range(7), ids=["join", "dataflow", "calls", "unary", "lists", "sum", "loops"])
+def test_the_deepest_nesting_allowed_is_checked_without_recursion_error(write_pipe, index):
+    """200 levels pass the parser; the checker, which recurses, must cope with them all."""
+    prelude = "    source xs = range(10) partitions 2\n    stage pairs = map m.pair over xs\n"
+    path = write_pipe(body(prelude + _deep(200)[index]), m=M)
+    load(path).check()
+    too_deep = write_pipe(body(prelude + _deep(201)[index]), name="deeper.pipe", m=M)
+    with pytest.raises(PipeSyntaxError, match="nested too deeply"):
+        load(too_deep)
+
+
 def test_ten_thousand_unmatched_braces(write_pipe, capsys):
     code, _, err = _cli(["check", write_pipe("pipeline p() " + "{" * 10_000 + "}" * 10_000)], capsys)
     assert code == 1
