@@ -101,6 +101,12 @@ def start_runtime(address: str | None = None, num_cpus: int | None = None,
     configure_environment()
     import ray
     if ray.is_initialized():
+        current = ray.get_runtime_context().gcs_address
+        if address and address != "auto" and "://" not in address and not _same_address(address, current):
+            raise RayEngineError(f"this process is already connected to the Ray cluster at {current}, "
+                                 f"so it cannot join {address}\n"
+                                 "  = hint: leave out --address to use the connected cluster, or run pipec in a "
+                                 "fresh process")
         return False
     target = address or os.environ.get("RAY_ADDRESS") or "local"
     quiet = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
@@ -121,6 +127,20 @@ def start_runtime(address: str | None = None, num_cpus: int | None = None,
     _silence_raylet_messages()
     _OWNED["started"] = True
     return True
+
+
+def _same_address(a: str, b: str) -> bool:
+    """Whether two HOST:PORT addresses name the same Ray head (a loopback host matches
+    this machine's own address, as Ray reports its GCS by the node's IP)."""
+    def host_port(address: str) -> tuple[str, str]:
+        host, _, port = address.rpartition(":")
+        try:
+            host = socket.gethostbyname(host or "127.0.0.1")
+        except OSError:
+            pass
+        return host, port
+    (ha, pa), (hb, pb) = host_port(a), host_port(b)
+    return pa == pb and (ha == hb or ha.startswith("127.") or hb.startswith("127."))
 
 
 def _probe(address: str) -> None:

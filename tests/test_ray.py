@@ -468,6 +468,14 @@ def test_an_unreachable_address_fails_fast_with_a_hint(workdir):
     assert time.monotonic() - start < 60
 
 
+def test_a_process_connected_to_one_cluster_refuses_to_join_another(workdir):
+    from backends.ray_backend import RayEngineError
+    _ray_options()
+    with pytest.raises(RayEngineError) as err:
+        load(Path("examples/wordcount.pipe")).run(backend="ray", address="10.255.255.1:6379")
+    assert "already connected" in str(err.value) and "10.255.255.1:6379" in str(err.value)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
