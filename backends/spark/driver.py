@@ -567,7 +567,7 @@ class SparkDriver(Driver):
         src = self.env[op.input.node]
         partials = self.job(node, "reduce", src, worker.Fold(node, worker.Fn(op.fn.module, op.fn.attr),
                                                              _policy(op.options)),
-                            f"{node} = reduce {op.fn.dotted} over {op.input.node}: {src.parts} tasks fold their "
+                            f"{_lhs(self.ir, node)}reduce {op.fn.dotted} over {_coll(self.ir, op.input.node)}: {src.parts} tasks fold their "
                             f"partition; the driver combines the partials in partition order, {semantics.FAN_IN} at a time")
         if partials is None:
             return Pending(f"reduce {op.fn.dotted}")
@@ -584,22 +584,22 @@ class SparkDriver(Driver):
     def gather(self, node: str, why: str = "collect") -> list | None:
         coll = self.env[node]
         if coll.held:
-            self.note("driver", node, f"driver: {why} {node} (its partitions are on the driver already)")
+            self.note("driver", node, f"driver: {why} {_coll(self.ir, node)} (its partitions are on the driver already)")
             return None if coll.data is None else [x for part in coll.data for x in part]
         parts = self.job(node, why, coll, worker.Gather(node),
-                         f"{why} {node}: {coll.parts} tasks; the driver receives the partitions in order")
+                         f"{why} {_coll(self.ir, node)}: {coll.parts} tasks; the driver receives the partitions in order")
         return None if parts is None else [x for part in parts for x in part]
 
     def count(self, node: str) -> int | None:
         coll = self.env[node]
         if coll.held:
-            self.note("driver", node, f"driver: count {node} (its partitions are on the driver already)")
+            self.note("driver", node, f"driver: count {_coll(self.ir, node)} (its partitions are on the driver already)")
             return None if coll.data is None else sum(len(p) for p in coll.data)
-        counts = self.job(node, "count", coll, worker.Count(node), f"count {node}: {coll.parts} tasks")
+        counts = self.job(node, "count", coll, worker.Count(node), f"count {_coll(self.ir, node)}: {coll.parts} tasks")
         return None if counts is None else sum(counts)
 
     def op_collect(self, node: str, op: ir.Collect):
-        items = self.gather(op.input.node, f"{node} = collect")
+        items = self.gather(op.input.node, f"{_lhs(self.ir, node)}collect")
         if items is None:
             return Pending(f"collect({op.input.node})")
         return semantics.ordered(items, self.order_of(op.input.node))
@@ -610,7 +610,8 @@ class SparkDriver(Driver):
 
     def op_top(self, node: str, op: ir.Top):
         if self.dry:
-            self.gather(op.input.node, f"{node} = top")
+            self.gather(op.input.node, f"{_lhs(self.ir, node)}top {_text(self.ir, op.n)}"
+                                        f"{f' by {op.by.dotted}' if op.by else ''} of")
             return Pending(f"top({op.input.node})")
         return super().op_top(node, op)
 
@@ -620,7 +621,7 @@ class SparkDriver(Driver):
         src = op.input.node
         where = f"{op.format} {_text(self.ir, op.path)}" if op.format else "printed by pipec run"
         if self.ir.op(src).node_shape == ir.COLLECTION:
-            self.gather(src, f"sink {node} ->")
+            self.gather(src, f"sink {node}: collect")
         self.note("driver", node, f"driver: write sink {node} ({where})")
         return Pending(f"sink {node}")
 
@@ -737,6 +738,34 @@ def _text(graph: ir.IR, operand) -> str:
     """An operand as the pipeline's source spells it."""
     from compiler.render import _operand
     return _operand(graph, operand)
+
+
+def _lhs(graph: ir.IR, node: str) -> str:
+    """``name = `` for a value the user named, else nothing."""
+    op = graph.op(node)
+    return f"{node} = " if op.name and node.isidentifier() else ""
+
+
+def _coll(graph: ir.IR, node: str, depth: int = 0) -> str:
+    """A collection as the source spells it: its name, or the nested expression."""
+    op = graph.op(node)
+    if (op.name and node.isidentifier()) or depth > 3:
+        return node
+    inner = (lambda ref: _coll(graph, ref.node, depth + 1))
+    if isinstance(op, ir.Elementwise):
+        callee = op.fn.dotted if op.fn else f"{op.pool.node}.{op.method}"
+        return f"({op.kind} {callee} over {inner(op.input)})"
+    if isinstance(op, ir.ReduceByKey):
+        return f"(reduce_by_key {op.fn.dotted} over {inner(op.input)})"
+    if isinstance(op, ir.GroupByKey):
+        return f"(group_by_key over {inner(op.input)})"
+    if isinstance(op, (ir.Distinct,)):
+        return f"distinct({inner(op.input)})"
+    if isinstance(op, ir.Join):
+        return f"join({inner(op.left)}, {inner(op.right)})"
+    if isinstance(op, ir.UnionAll):
+        return f"union({', '.join(inner(p) for p in op.parts)})"
+    return node
 
 
 def _arguments(graph: ir.IR, args, kwargs) -> str:

@@ -1,0 +1,327 @@
+"""The Spark backend: its plans, its gaps, how it fails and how it survives failure.
+
+Every test runs real Spark: one SparkContext for the session (tests/engines.py), plus a
+few processes of their own where a test must kill a driver or use another master.
+Byte-identity with the reference backend is the conformance suite's job
+(tests/test_conformance.py); these tests cover what is particular to Spark.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from compiler.api import load
+from dsl.diagnostics import PipelineRuntimeError, UnsupportedOnBackend, UsageError
+from tests.conftest import EXAMPLES, ROOT
+from tests.engines import engine_options
+
+EXAMPLE_NAMES = ["infer", "kmeans", "pagerank", "train", "wordcount"]
+
+
+@pytest.fixture
+def spark():
+    """The session's SparkContext (started on first use)."""
+    engine_options("spark")
+    from backends.spark.session import active
+    return active()
+
+
+def pipe(write_pipe, body: str, module: str, source: str, params: str = ""):
+    """A pipeline using ``module`` (unique per test: the driver imports it for good)."""
+    return write_pipe(f"use {module} as m\npipeline p({params}) {{\n{body}\n}}\n", **{module: source})
+
+
+def cli(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "compiler.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# ---- compile time: gaps, warnings, plans ------------------------------------------------------------
+
+HANDLE = '''
+class Counter:
+    def __init__(self):
+        self.total = 0
+    def add(self, x):
+        self.total += x
+        return self.total
+    def value(self):
+        return self.total
+
+def push(x, server):
+    server.add(x)
+    return x
+'''
+
+
+def test_actor_handle_is_refused_before_anything_runs(write_pipe):
+    path = pipe(write_pipe, "actor c = m.Counter()\nsource xs = range(4) partitions 2\n"
+                            "stage ys = map m.push over xs with server = c effectful\n"
+                            "value n = count(ys)\nsink out = c.value()", "m_handle", HANDLE)
+    with pytest.raises(UnsupportedOnBackend) as err:
+        load(path).check("spark")
+    text = str(err.value)
+    assert "backend `spark` does not support an actor handle passed into a stage" in text
+    assert "Spark has tasks but no actors" in text and "graph level" in text and "engine" in text
+    result = cli("check", str(path), "--backend", "spark")
+    assert result.returncode == 1 and "p.pipe:5:" in result.stderr and "error: backend `spark`" in result.stderr
+
+
+def test_effectful_and_resources_warn_where_spark_differs(write_pipe):
+    path = pipe(write_pipe, "source xs = range(4) partitions 2\n"
+                            "stage ys = map m.f over xs effectful\n"
+                            "stage zs = map m.f over ys resources { cpus 2 }\nsink out = collect(zs)",
+                "m_warn", "def f(x):\n    return x\n")
+    warnings = [d.message for d in load(path).check("spark")]
+    assert any("`ys` is effectful" in w and "re-runs the tasks of a lost executor" in w for w in warnings)
+    assert any("`zs` asks for resources (cpus 2)" in w and "resource profile" in w for w in warnings)
+
+
+@pytest.mark.parametrize("example", EXAMPLE_NAMES)
+def test_plan_golden(example, spark, golden):
+    """`pipec compile --backend spark` (text and JSON) and `pipec graph --backend spark`."""
+    from compiler import render
+    plan = load(EXAMPLES / f"{example}.pipe").lower("spark")
+    master = plan.lowered()["master"]
+    golden(f"spark/{example}.txt", plan.explain().replace(f" on {master}", " on MASTER"))
+    data = dict(plan.to_json(), master="MASTER")
+    golden(f"spark/{example}.json", json.dumps(data, indent=2) + "\n")
+    golden(f"spark/{example}.dot", render.render(render.plan_drawing(plan), "dot"))
+
+
+def test_plan_shows_fusion_caching_broadcasts_and_driver_calls(spark):
+    text = load(EXAMPLES / "train.pipe").lower("spark").explain()
+    assert "cache batches (read by every round of loop1)" in text
+    assert "broadcast ps.weights() as `weights` to grads (once per round)" in text
+    # the gradient map and the fold run in one pass over each partition
+    assert "total: map examples.linreg.gradient | fold examples.linreg.add PythonRDD" in text
+    assert text.index("driver: ps.weights()") < text.index("job: total") < text.index("driver: ps.apply(total)")
+    wordcount = load(EXAMPLES / "wordcount.pipe").lower("spark").explain()
+    assert "flat_map examples.text.words | map examples.text.one | reduce_by_key map side" in wordcount
+    assert "ShuffledRDD" in wordcount and "stable hash" in wordcount
+
+
+def test_compiling_imports_no_user_code(write_pipe, spark):
+    path = pipe(write_pipe, "source xs = m.items() partitions 3\nstage ys = map m.f over xs\n"
+                            "value t = reduce m.add over ys\nsink out = t",
+                "m_noimport", "raise RuntimeError('imported!')\ndef items():\n    return []\n"
+                              "def f(x):\n    return x\ndef add(a, b):\n    return a + b\n")
+    text = load(path).lower("spark").explain()
+    assert "job: t = reduce m_noimport.add over ys" in text
+    assert "m_noimport" not in sys.modules
+
+
+# ---- running: errors, retries, timeouts, pools, modules ----------------------------------------------
+
+FAULTS = '''
+import os, time
+
+def _bump(path):
+    n = int(open(path).read()) + 1 if os.path.exists(path) else 1
+    with open(path, "w") as fh:
+        fh.write(str(n))
+    return n
+
+def boom(x):
+    raise ValueError(f"bad item {x}")
+
+def flaky(x, marker, fails):
+    if _bump(marker) <= fails:
+        raise RuntimeError("transient")
+    return x * 10
+
+def crash_once(x, marker):
+    if _bump(marker) == 1:
+        os._exit(3)  # the Python worker dies: Spark itself must retry the task
+    return x + 1
+
+def slow(x):
+    time.sleep(30)
+    return x
+'''
+
+
+def run(path, **params):
+    return load(path).run(backend="spark", params=params, **engine_options("spark"))
+
+
+def test_user_error_names_stage_partition_and_line(write_pipe, spark):
+    path = pipe(write_pipe, "source xs = range(4) partitions 2\nstage ys = map m.boom over xs\n"
+                            "sink out = collect(ys)", "m_err", FAULTS)
+    with pytest.raises(PipelineRuntimeError) as err:
+        run(path)
+    text = str(err.value)
+    assert "in `ys`: ValueError: bad item 0 (partition 0)" in text
+    assert "m_err.py:11 in boom" in text and "p.pipe:4:" in text
+
+
+def test_retries_are_per_stage_and_effectful_stages_are_not_retried(write_pipe, spark, tmp_path):
+    """local[2,3] would let Spark try every task 3 times; pipec holds each stage to its own count."""
+    marker = tmp_path / "calls"
+    body = ("source xs = range(1) partitions 1\nstage ys = map m.flaky over xs with marker = mk, fails = 2 {}\n"
+            "sink out = collect(ys)")
+    params = 'mk: str = "x"'
+    ok = pipe(write_pipe, body.format("retries 2"), "m_retry", FAULTS, params)
+    assert run(ok, mk=str(marker)).outputs["out"] == [0]
+    assert marker.read_text() == "3"
+    marker.unlink()
+    strict = pipe(write_pipe, body.format("retries 1"), "m_retry", FAULTS, params)
+    with pytest.raises(PipelineRuntimeError, match="RuntimeError: transient"):
+        run(strict, mk=str(marker))
+    assert marker.read_text() == "2"
+    marker.unlink()
+    effectful = pipe(write_pipe, body.format("retries 2 effectful"), "m_retry", FAULTS, params)
+    with pytest.raises(PipelineRuntimeError, match="transient"):
+        run(effectful, mk=str(marker))
+    assert marker.read_text() == "1"
+
+
+def test_crashed_worker_process_is_retried_by_spark(write_pipe, spark, tmp_path):
+    marker = tmp_path / "crashes"
+    path = pipe(write_pipe, "source xs = range(3) partitions 1\nstage ys = map m.crash_once over xs with marker = mk\n"
+                            "sink out = collect(ys)", "m_crash", FAULTS, 'mk: str = "x"')
+    assert run(path, mk=str(marker)).outputs["out"] == [1, 2, 3]
+    assert int(marker.read_text()) >= 4  # the first attempt died on its first item
+
+
+def test_timeout_stops_the_stage(write_pipe, spark):
+    path = pipe(write_pipe, "source xs = range(2) partitions 1\nstage ys = map m.slow over xs timeout 0.5\n"
+                            "sink out = collect(ys)", "m_slow", FAULTS)
+    start = time.perf_counter()
+    with pytest.raises(PipelineRuntimeError, match=r"did not finish within its timeout of 0\.5 s"):
+        run(path)
+    assert time.perf_counter() - start < 20
+
+
+POOL = '''
+import os
+
+class Model:
+    def __init__(self, folder):
+        open(os.path.join(folder, f"built-{os.getpid()}-{id(self)}"), "w").close()
+    def predict(self, batch):
+        return [(x, os.getpid()) for x in batch]
+'''
+
+
+def test_pool_is_one_instance_per_python_worker(write_pipe, spark, tmp_path):
+    folder = tmp_path / "built"
+    folder.mkdir()
+    path = pipe(write_pipe, "source xs = range(40) partitions 8\nactor pool models = m.Model(folder = d) x 5\n"
+                            "stage ys = map_batches models.predict over xs\nsink out = collect(ys)",
+                "m_pool", POOL, 'd: str = "x"')
+    out = run(path, d=str(folder)).outputs["out"]
+    assert [x for x, _ in out] == list(range(40))
+    workers = {pid for _, pid in out}
+    built = list(folder.iterdir())
+    assert len(built) == len(workers) < 8  # not one per partition, not the pool size: one per worker
+    assert {int(p.name.split("-")[1]) for p in built} == workers
+
+
+def test_edited_module_is_used_by_the_next_run(write_pipe, spark, tmp_path):
+    """Spark reuses worker processes; a new run must not see the last run's module."""
+    body = "source xs = range(4) partitions 2\nstage ys = map m.f over xs\nsink out = collect(ys)"
+    path = pipe(write_pipe, body, "m_edit", "def f(x):\n    return x + 1\n")
+    assert run(path).outputs["out"] == [1, 2, 3, 4]
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "m_edit2.py").write_text("def f(x):\n    return x + 100\n")
+    (other / "p.pipe").write_text(f"use m_edit2 as m\npipeline p() {{\n{body}\n}}\n")
+    assert run(other / "p.pipe").outputs["out"] == [100, 101, 102, 103]
+    (tmp_path / "m_edit.py").write_text("def f(x):\n    return x + 1\n\ndef g(x):\n    return x\n")
+    path2 = pipe(write_pipe, body.replace("m.f", "m.g"), "m_edit", (tmp_path / "m_edit.py").read_text())
+    assert run(path2).outputs["out"] == [0, 1, 2, 3]
+
+
+def test_modules_are_zipped_for_cluster_workers(write_pipe):
+    from backends.spark.session import module_archive
+    path = pipe(write_pipe, "source xs = range(4) partitions 2\nstage ys = map m.f over xs\nsink out = collect(ys)",
+                "m_ship", "def f(x):\n    return x\n")
+    import io
+    import zipfile
+    name, data = module_archive(load(path).ir)
+    assert name.startswith("pipec-modules-") and zipfile.ZipFile(io.BytesIO(data)).namelist() == ["m_ship.py"]
+    assert module_archive(load(path).ir) == (name, data)  # same content, same name
+
+
+# ---- the command line: quiet output, resume after the driver died ---------------------------------------
+
+
+def test_pipec_run_is_quiet(workdir):
+    result = cli("run", "examples/wordcount.pipe", "--backend", "spark", "--run-dir", "run1", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    noise = ("WARN", "INFO", "log4j", "SparkContext", "Using Spark", "WARNING", "Stage", "[Stage")
+    assert not [n for n in noise if n in result.stdout + result.stderr], result.stderr
+    assert result.stderr.startswith("run run1  (if it stops, continue it with --resume run1)")
+    assert "finished on spark" in result.stderr
+    assert (workdir / "run1" / "spark.log").stat().st_size > 0  # Spark's output went here
+    assert (workdir / "out" / "top.json").exists()
+
+
+def test_driver_killed_mid_run_resumes_to_the_clean_weights(workdir):
+    params = ["-p", "epochs=10", "-p", "rows=8000"]
+    run_dir = workdir / "crashed"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    driver = subprocess.Popen([sys.executable, "-m", "compiler.cli", "run", "examples/train.pipe", "--backend",
+                               "spark", "--run-dir", str(run_dir), *params], cwd=workdir, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    record = run_dir / "resume" / "state.pickle"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and driver.poll() is None:
+            if record.exists() and pickle.loads(record.read_bytes()).rounds >= 2:
+                break
+            time.sleep(0.05)
+        time.sleep(0.1)  # into the next round
+        assert driver.poll() is None, "the run ended before it could be killed"
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver, its JVM and the Python workers
+        driver.wait()
+    stopped_at = pickle.loads(record.read_bytes()).rounds
+    assert 2 <= stopped_at < 10 and not (workdir / "out" / "weights.json").exists()
+    resumed = cli("run", "examples/train.pipe", "--backend", "spark", "--resume", str(run_dir), *params, cwd=workdir)
+    assert resumed.returncode == 0, resumed.stderr
+    got = (workdir / "out" / "weights.json").read_bytes()
+    clean = load("examples/train.pipe").run(backend="local", params={"epochs": 10, "rows": 8000})
+    assert got == Path(clean.files["weights"]).read_bytes()
+    again = cli("run", "examples/train.pipe", "--backend", "spark", "--resume", str(run_dir), *params, cwd=workdir)
+    assert again.returncode == 2 and "finished already" in again.stderr
+
+
+def test_resume_is_refused_where_it_cannot_work(workdir, spark):
+    pipeline = load("examples/train.pipe")
+    pipeline.run(backend="spark", params={"epochs": 2, "rows": 2000}, run_dir="r1", **engine_options("spark"))
+    with pytest.raises(UsageError, match="finished already"):
+        pipeline.run(backend="spark", params={"epochs": 2, "rows": 2000}, run_dir="r1", resume=True)
+    from backends.spark import resume as resuming
+    (Path("r1") / resuming.FINISHED).unlink()
+    with pytest.raises(UsageError, match="different parameters"):
+        pipeline.run(backend="spark", params={"epochs": 3, "rows": 2000}, run_dir="r1", resume=True)
+    result = cli("run", "examples/train.pipe", "--resume", "r1", cwd=workdir)
+    assert result.returncode == 2 and "backend `local` cannot resume a run" in result.stderr
+    result = cli("run", "examples/train.pipe", "--backend", "spark", "--resume", "nope", cwd=workdir)
+    assert result.returncode == 2 and "no run `nope`" in result.stderr
+
+
+def test_executor_killed_mid_run_gives_the_clean_weights(workdir):
+    """local-cluster[2,1,1024]: two executor JVMs; one is killed during a round's job."""
+    result = subprocess.run([sys.executable, str(ROOT / "tests" / "spark_executor_kill.py"), str(workdir),
+                             "6", "8000", "2"], capture_output=True, text=True, timeout=400,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["killed"] in report["executors"] and len(report["executors"]) == 2
+    assert "Lost executor" in Path(report["log"]).read_text()
+    got = (workdir / report["weights"]).read_bytes()
+    clean = load("examples/train.pipe").run(backend="local", params={"epochs": 6, "rows": 8000})
+    assert got == Path(clean.files["weights"]).read_bytes()
