@@ -10,6 +10,9 @@ Lowering (decided statically, so `pipec compile` shows exactly what runs):
   fused element-wise stages, then a terminal (the partition itself, a fold partial, a
   count, or a shuffle split with one return per output partition). :func:`fusion`
   decides which stages fuse; the driver and the explained plan both use it.
+* A collection read by several reductions or shuffles is a *shared scan*: their fold,
+  count or split runs in the collection's own tasks, one pass over each partition.
+* Inside a loop, the split of a shuffle input that no round changes is computed once.
 * ``reduce`` folds each partition inside its segment; combine tasks then fold the
   partials FAN_IN at a time by partition index, level by level, and the driver folds
   the last group when it fetches the value.
@@ -306,16 +309,9 @@ def combine_task(spec: tuple, *partials):
     paths, stage, module, attr, first = spec
     ensure_path(paths)
     try:
-        return _combine_group(resolve(module, attr), partials)
+        return semantics.combine_group(resolve(module, attr), partials)
     except Exception as exc:
         raise _failure(stage, None, exc) from None
-
-
-def _combine_group(fn, group):
-    combine = getattr(semantics, "combine_group", None)
-    if combine is not None:
-        return combine(fn, group)
-    return semantics.fold(fn, (p for p in group if p is not semantics.EMPTY))
 
 
 class Gap:
@@ -1191,15 +1187,15 @@ class RayDriver(Driver):
         level = self.branch_out.pop(node, None)
         if level is None:
             level = self.submit(chain, node, ("fold", node, op.fn.module, op.fn.attr), "fold")
-        if hasattr(semantics, "combine_group"):
-            depth = 0
-            while len(level) > semantics.FAN_IN:
-                depth += 1
-                remote = self.fns.combine.options(**self.low.options([node]), name=f"{node}:combine{depth}")
-                level = [remote.remote((self.paths, node, op.fn.module, op.fn.attr, i),
-                                       *level[i:i + semantics.FAN_IN])
-                         for i in range(0, len(level), semantics.FAN_IN)]
-                self._watch(f"{node}:combine{depth}", node, level, None, 1)
+        # The tree of combine_partials, level by level, FAN_IN partials per task in
+        # partition order; the last group is folded here, where the value is needed.
+        depth = 0
+        while len(level) > semantics.FAN_IN:
+            depth += 1
+            remote = self.fns.combine.options(**self.low.options([node]), name=f"{node}:combine{depth}")
+            level = [remote.remote((self.paths, node, op.fn.module, op.fn.attr, i), *level[i:i + semantics.FAN_IN])
+                     for i in range(0, len(level), semantics.FAN_IN)]
+            self._watch(f"{node}:combine{depth}", node, level, None, 1)
         partials = self.fetch(level)
         try:
             result = semantics.combine_partials(fn, partials)
@@ -1523,7 +1519,8 @@ class _Planner:
                 "read_jsonl": f"read_jsonl({self.args_text(op.args, {})})"}.get(
             op.kind, f"{op.fn.dotted}({self.args_text(op.args, op.kwargs)})" if op.fn else op.kind)
         step = Step(node, "put", f"driver runs {what}, cuts it into {k if k is not None else '?'} contiguous "
-                                 f"blocks, ray.put each", k, {}, self.value_deps(list(op.args) + list(op.kwargs.values())),
+                                 f"blocks, ray.put each", k, {},
+                    self.value_deps(list(op.args) + list(op.kwargs.values())),
                     [node])
         self.made[node] = self.add(step, loop).id
 
@@ -1737,8 +1734,9 @@ class RayPlan(Plan):
     def explain(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
         lines = [f"ray plan for pipeline `{self.ir.info.name}`" + (f" ({params})" if params else ""),
-                 f"runtime: {'the Ray cluster at ' + self.address if self.address else 'embedded local Ray (or RAY_ADDRESS)'}"
-                 f"; module folders on every worker's path: {', '.join(self.ir.info.module_roots) or 'none'}",
+                 "runtime: " + (f"the Ray cluster at {self.address}" if self.address
+                                else "embedded local Ray (or RAY_ADDRESS)")
+                 + f"; module folders on every worker's path: {', '.join(self.ir.info.module_roots) or 'none'}",
                  "each step: its tasks (task i reads partition i), what they run, Ray options, and <- what "
                  "it depends on"]
         by_loop: dict[str | None, list[Step]] = {}
@@ -1765,7 +1763,8 @@ class RayPlan(Plan):
             if isinstance(entry, Block):
                 loop = entry.loop
                 count = planner.text(loop.count)
-                until = f" until {planner.text(loop.until)} (checked after each round)" if loop.until is not None else ""
+                until = (f" until {planner.text(loop.until)} (checked after each round)"
+                         if loop.until is not None else "")
                 lines.append(f"{pad}repeat {count}{until}, each round:  # {loop.id}")
                 self._explain_block(entry, by_loop, lines, depth + 1)
                 continue
