@@ -584,6 +584,16 @@ class Lowering:
         head = self.ir.op(chain.head)
         return not isinstance(head, ir.Var) and head.loop != op.loop
 
+    def early(self, node: str) -> bool:
+        """Whether actor ``node`` can be started when the run begins, its process starting
+        while the driver loads sources: a top-level actor whose arguments are literals or
+        parameters (nothing computed)."""
+        op = self.ir.op(node)
+        if not isinstance(op, ir.Actor) or op.loop is not None:
+            return False
+        operands = list(op.args) + list(op.kwargs.values()) + ([op.pool_size] if op.pool_size is not None else [])
+        return all(isinstance(o, ir.Lit) or isinstance(self.ir.op(o.node), (ir.Param, ir.Const)) for o in operands)
+
     def members(self, chain: Chain, owner: str | None) -> list[str]:
         """The IR nodes one task of this segment computes, in order."""
         return ([chain.head] if chain.head_fused else []) + list(chain.steps) + ([owner] if owner else [])
@@ -740,6 +750,22 @@ class RayDriver(Driver):
         self.call_op: ir.ActorCall | None = None
         self.call_ref = None
         self._check_resources(cluster)
+        self.early: dict[str, Any] = {}
+        for node, op in self.ir.items():
+            if self.low.early(node):
+                args, kwargs = self._static(op.args), {k: self._static([v])[0] for k, v in op.kwargs.items()}
+                self.early[node] = (self._create_pool(node, op, self._static([op.pool_size])[0], args, kwargs)
+                                    if op.pool_size is not None else self._create_actor(node, op, args, kwargs))
+
+    def _static(self, operands) -> list:
+        out = []
+        for operand in operands:
+            if isinstance(operand, ir.Lit):
+                out.append(operand.value)
+                continue
+            op = self.ir.op(operand.node)
+            out.append(self.params[operand.node] if isinstance(op, ir.Param) else op.value)
+        return out
 
     def teardown(self) -> None:
         self._drain()
@@ -1221,8 +1247,12 @@ class RayDriver(Driver):
     # ---- actors
 
     def start_actor(self, node: str, op: ir.Actor):
-        args = [self.value(a) for a in op.args]
-        kwargs = {k: self.value(v) for k, v in op.kwargs.items()}
+        if node in self.early:
+            return self.early.pop(node)
+        return self._create_actor(node, op, [self.value(a) for a in op.args],
+                                  {k: self.value(v) for k, v in op.kwargs.items()})
+
+    def _create_actor(self, node: str, op: ir.Actor, args: list, kwargs: dict):
         snapshot = self.snapshot_path(node) if op.checkpoint_every else None
         name = f"pipec.{self.ir.info.name}.{node}.{self.run_id}"
         handle = self.fns.actor.options(**self.low.actor_options(op, name)).remote(
@@ -1232,8 +1262,12 @@ class RayDriver(Driver):
         return handle
 
     def start_pool(self, node: str, op: ir.Actor, size: int):
-        args = [self.value(a) for a in op.args]
-        kwargs = {k: self.value(v) for k, v in op.kwargs.items()}
+        if node in self.early:
+            return self.early.pop(node)
+        return self._create_pool(node, op, size, [self.value(a) for a in op.args],
+                                 {k: self.value(v) for k, v in op.kwargs.items()})
+
+    def _create_pool(self, node: str, op: ir.Actor, size: int, args: list, kwargs: dict):
         members = []
         for i in range(size):
             options = self.low.actor_options(op, f"pipec.{self.ir.info.name}.{node}.{i}.{self.run_id}")
@@ -1663,14 +1697,17 @@ class _Planner:
     def plan_actor(self, node, op: ir.Actor, loop):
         opts = self.low.actor_options(op, f"pipec.{self.ir.info.name}.{node}.RUN")
         opts.pop("name")
+        early = " (started as the run begins: its arguments are known, so its process starts while " \
+                "the driver loads sources)" if self.low.early(node) else ""
         if op.pool_size is not None:
             size = self.static(op.pool_size)
             step = Step(node, "pool", f"{size if size is not None else '?'} Ray actors "
-                                      f"{op.cls.dotted}({self.args_text(op.args, op.kwargs)})", size, opts,
+                                      f"{op.cls.dotted}({self.args_text(op.args, op.kwargs)}){early}", size, opts,
                         self.value_deps(list(op.args) + list(op.kwargs.values())), [node])
         else:
             extra = f", snapshot every {op.checkpoint_every} calls" if op.checkpoint_every else ""
-            step = Step(node, "actor", f"Ray actor {op.cls.dotted}({self.args_text(op.args, op.kwargs)}){extra}",
+            step = Step(node, "actor", f"Ray actor {op.cls.dotted}({self.args_text(op.args, op.kwargs)}){extra}"
+                                       f"{early}",
                         None, opts, self.value_deps(list(op.args) + list(op.kwargs.values())), [node])
             if op.checkpoint_every:
                 step.options["checkpoint_every"] = op.checkpoint_every
