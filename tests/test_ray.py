@@ -509,6 +509,12 @@ def test_a_real_head_node_runs_an_example(workdir, tmp_path_factory):
         assert out.returncode == 0, out.stderr
         _quiet(out.stdout, out.stderr)
         assert (workdir / "out" / "ranks.json").read_bytes() == expected
+        (workdir / "out" / "ranks.json").unlink()
+        # RAY_ADDRESS reaches the same cluster without --address
+        out = _pipec(["run", "examples/pagerank.pipe", "--param", "rounds=3", "--backend", "ray"], workdir,
+                     env={"RAY_AUTH_MODE": env["RAY_AUTH_MODE"], "RAY_ADDRESS": f"127.0.0.1:{port}"})
+        assert out.returncode == 0, out.stderr
+        assert (workdir / "out" / "ranks.json").read_bytes() == expected
     finally:
         children = psutil.Process(head.pid).children(recursive=True) if head.poll() is None else []
         head.send_signal(signal.SIGTERM)
