@@ -1483,7 +1483,10 @@ class _Planner:
                         bound.append(f"{name}=handle({operand.node})")
                         deps.append((self.made[operand.node], "actor"))
                     elif isinstance(operand, ir.NodeRef) and operand.node in self.made:
-                        bound.append(f"{name}=ray.put({operand.node})")
+                        if isinstance(self.ir.op(operand.node), ir.ActorCall):
+                            bound.append(f"{name}={operand.node} (the call's result object, by reference)")
+                        else:
+                            bound.append(f"{name}=ray.put({operand.node}) (once per value)")
                         deps.append((self.made[operand.node], "value"))
                     else:
                         bound.append(f"{name}={self.text(operand)}")
@@ -1565,12 +1568,14 @@ class _Planner:
         self.width[node] = self.width.get(chain.head)
         if op.pool is not None:
             inp = op.input.node
-            lines, deps = self.steps_text(())
             bound = ", ".join(op.bindings)
+            pool = self.ir.op(op.pool.node)
+            resend = 0 if op.options.effectful else max(op.options.retries, pool.restarts)
             step = Step(node, "pool", f"{inp}[i] -> {op.kind} {op.pool.node}.{op.method}"
                                       + (f" with {bound}" if bound else "")
-                                      + " on the next free actor of the pool",
-                        self.width.get(inp), {"retries": op.options.retries},
+                                      + " on the next free actor of the pool; a partition whose actor died is "
+                                        f"sent again, up to {resend} times",
+                        self.width.get(inp), {"retries": op.options.retries, "max_task_retries": 0},
                         [(self.made[inp], "each"), (self.made[op.pool.node], "actor")] + self.value_deps(
                             [v for v in op.bindings.values()]), [node])
             self.made[node] = self.add(step, loop).id
