@@ -31,6 +31,7 @@ and driver-side call is recorded instead of run.
 from __future__ import annotations
 
 import pickle
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from compiler.schedule import Block, blocks
 from dsl.diagnostics import PipelineRuntimeError, UsageError
 from backends.runtime import semantics
 from backends.runtime.actors import ReplayLog
+from backends.base import NoProgress
 from backends.runtime.driver import Driver
 from backends.runtime.tasks import ensure_path, fn_of
 from backends.spark import resume as resuming
@@ -389,12 +391,19 @@ class SparkDriver(Driver):
             self.note("job", node, text, action=action, tasks=coll.parts, rdd=rdd)
             return None
         self.progress.stage(node, coll.parts)
-        self.sc.setJobDescription(f"pipec {self.ir.info.name}: {node} ({action})")
+        self._jobs = getattr(self, "_jobs", 0) + 1
+        group = f"pipec-{self.run_id}-{self._jobs}"
+        self.sc.setJobGroup(group, f"pipec {self.ir.info.name}: {node} ({action})")
+        watcher = _Watcher(self.sc, group, node, self.progress) if _live(self.progress) else None
         try:
             out = rdd.collect()
         except Exception as exc:
             raise self._job_error(node, exc) from None
-        self.progress.advance(node, coll.parts)
+        finally:
+            if watcher is not None:
+                watcher.stop()
+        if watcher is None:
+            self.progress.advance(node, coll.parts)
         failures = [x for x in out if type(x) is worker.Failed]
         if failures:
             raise self._failure(min(failures, key=lambda f: (self.order.get(f.node, 0), f.partition)))
@@ -703,6 +712,50 @@ class SparkDriver(Driver):
 
 
 # ---- helpers ---------------------------------------------------------------------------------
+
+
+def _live(progress) -> bool:
+    """Whether anyone watches ``progress`` (a terminal), so polling Spark is worth it."""
+    return not isinstance(progress, NoProgress) and getattr(progress, "enabled", True)
+
+
+class _Watcher:
+    """Reports a running job's tasks (all its stages) to ``progress`` a few times a second."""
+
+    def __init__(self, sc, group: str, node: str, progress, every: float = 0.25):
+        self.sc, self.group, self.node, self.progress, self.every = sc, group, node, progress, every
+        self.total, self.done = None, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name=f"pipec-progress-{node}")
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self.update()
+
+    def update(self) -> None:
+        try:
+            tracker = self.sc.statusTracker()
+            total = done = 0
+            for job in tracker.getJobIdsForGroup(self.group):
+                info = tracker.getJobInfo(job)
+                for stage in (info.stageIds if info else ()):
+                    si = tracker.getStageInfo(stage)
+                    if si is not None:
+                        total, done = total + si.numTasks, done + si.numCompletedTasks
+        except Exception:
+            return  # the context is stopping; progress is best effort
+        if total and total != self.total:
+            self.total, self.done = total, 0
+            self.progress.stage(self.node, total)
+        if done > self.done:
+            self.progress.advance(self.node, done - self.done)
+            self.done = done
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.update()
 
 
 def _name_shuffle(shuffled, name: str, map_sides: list[str]) -> None:
