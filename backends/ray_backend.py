@@ -944,22 +944,25 @@ class RayDriver(Driver):
             self.watched[ref] = (entry, i)
 
     def fetch(self, refs: list) -> list:
-        """The values of ``refs``, reporting progress and enforcing timeouts meanwhile."""
-        needed = [r for r in refs if r in self.watched]
-        while needed:
+        """The values of ``refs``, reporting progress and enforcing timeouts meanwhile
+        (also of tasks upstream of ``refs``: a hung task would block them forever)."""
+        waiting = set(refs)
+        while self.watched and waiting:
             now = time.monotonic()
             deadline = self._next_deadline()
             wait = None if deadline is None else max(0.0, deadline - now)
-            ready, _ = self.ray.wait(list(self.watched), num_returns=1, timeout=wait, fetch_local=False)
+            pool = list(self.watched) + [r for r in waiting if r not in self.watched]
+            ready, _ = self.ray.wait(pool, num_returns=1, timeout=wait, fetch_local=False)
             now = time.monotonic()
             for ref in ready:
-                entry, i = self.watched.pop(ref)
-                entry.done.add(i)
-                entry.start_more(now)
-                if self.track:
-                    self.progress.advance(entry.name)
+                waiting.discard(ref)
+                if ref in self.watched:
+                    entry, i = self.watched.pop(ref)
+                    entry.done.add(i)
+                    entry.start_more(now)
+                    if self.track:
+                        self.progress.advance(entry.name)
             self._check_deadlines(now)
-            needed = [r for r in needed if r in self.watched]
         try:
             return self.ray.get(refs)
         except Exception:
