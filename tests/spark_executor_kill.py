@@ -4,7 +4,9 @@ process, because a local-cluster master needs its own SparkContext.
 
     python tests/spark_executor_kill.py WORKDIR EPOCHS ROWS KILL_ROUND
 
-Prints one JSON line: the weights file, the executor killed and the Spark log.
+Then runs a stage that asks for resources (a stage-level resource profile, which a
+local-cluster master supports). Prints one JSON line: the weights file, the executor
+killed, the Spark log and the resource-profiled stage's output.
 """
 
 from __future__ import annotations
@@ -76,8 +78,14 @@ def main(workdir: str, epochs: int, rows: int, kill_round: int) -> None:
         progress = KillDuringRound(sc._gateway.proc.pid, kill_round)
         result = load("examples/train.pipe").run(backend="spark", params={"epochs": epochs, "rows": rows},
                                                  progress=progress)
+        # While the cluster is up: a stage asking for resources runs under a resource profile.
+        Path("res_mod.py").write_text("def f(x):\n    return x * 2\n")
+        Path("res.pipe").write_text("use res_mod as m\npipeline res() {\n    source xs = range(6) partitions 2\n"
+                                    "    stage ys = map m.f over xs resources { cpus 1 }\n"
+                                    "    sink out = collect(ys)\n}\n")
+        profiled = load("res.pipe").run(backend="spark").outputs["out"]
         print(json.dumps({"weights": result.files["weights"], "killed": progress.killed,
-                          "executors": progress.alive_before, "log": log}))
+                          "executors": progress.alive_before, "log": log, "profiled": profiled}))
     finally:
         session.stop()
 

@@ -322,6 +322,8 @@ def test_executor_killed_mid_run_gives_the_clean_weights(workdir):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["killed"] in report["executors"] and len(report["executors"]) == 2
     assert "Lost executor" in Path(report["log"]).read_text()
+    assert report["profiled"] == [0, 2, 4, 6, 8, 10]
+    assert "warning:" not in result.stderr  # the cluster took the resource profile
     got = (workdir / report["weights"]).read_bytes()
     clean = load("examples/train.pipe").run(backend="local", params={"epochs": 6, "rows": 8000})
     assert got == Path(clean.files["weights"]).read_bytes()

@@ -30,7 +30,9 @@ and driver-side call is recorded instead of run.
 
 from __future__ import annotations
 
+import math
 import pickle
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -497,7 +499,31 @@ class SparkDriver(Driver):
         pool = self.pools_by_node.get(op.pool.node) if op.pool is not None else None
         step = worker.Elementwise(node, op.kind, worker.Fn(op.fn.module, op.fn.attr) if op.fn else None,
                                   pool, op.method, self.bind(node, op), _policy(op.options))
+        asked = op.options.resources
+        if any(v is not None for v in asked.model_dump().values()) and not self.session.local:
+            return self._with_resources(node, Coll(src.rdd, src.steps + (step,), src.parts), asked)
         return self.extend(node, src, step)
+
+    def _with_resources(self, node: str, coll: Coll, asked: ir.Resources) -> Coll:
+        """The stage as its own pass under a stage-level resource profile, where the
+        cluster supports one (``pipec check`` warned that local masters do not)."""
+        coll = self.materialise(node, coll)
+        from pyspark.resource import ExecutorResourceRequests, ResourceProfileBuilder, TaskResourceRequests
+        task = TaskResourceRequests()
+        if asked.cpus is not None:
+            task.cpus(max(1, math.ceil(asked.cpus)))
+        if asked.gpus is not None:
+            task.resource("gpu", asked.gpus)
+        builder = ResourceProfileBuilder().require(task)
+        if asked.memory is not None:
+            builder.require(ExecutorResourceRequests().memory(f"{max(1, asked.memory // 2**20)}m"))
+        try:
+            coll.rdd.withResources(builder.build)
+            self.note("driver", node, f"resource profile for {node}: {_resources_text(asked)}")
+        except Exception as exc:
+            warn(f"stage `{node}` runs without its resources ({_resources_text(asked)}): the cluster "
+                 f"refused a stage-level resource profile ({_first_line(exc)})")
+        return Coll(coll.rdd, (), coll.parts)
 
     def bind(self, stage: str, op: ir.Elementwise) -> worker.Bindings:
         out = []
@@ -773,6 +799,20 @@ def _name_shuffle(shuffled, name: str, map_sides: list[str]) -> None:
     deps = union.dependencies()
     for i in range(min(deps.size(), len(map_sides))):
         deps.apply(i).rdd().setName(map_sides[i])
+
+
+def warn(message: str) -> None:
+    """A run-time warning on standard error (the CLI's summary goes to standard out)."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _resources_text(asked: ir.Resources) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in asked.model_dump().items() if v is not None)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0][:200] if lines else type(exc).__name__
 
 
 def _policy(options: ir.StageOptions) -> worker.Policy:
