@@ -324,9 +324,6 @@ _FRIENDLY = {
 # Keywords that start an expression: used where a name was meant, they read as keywords.
 _EXPRESSION_KEYWORDS = ("ELEMENTWISE", "REDUCER", "GROUP_BY_KEY", "NOT")
 
-# Text with nothing to parse: blanks and comments only.
-_NOTHING = re.compile(r"(\s|#[^\n]*)*")
-
 _STATEMENT_HINT = ("a statement starts with `source`, `stage`, `value`, `var`, `actor`, "
                    "`repeat`, `sink`, `defaults`, a name to rebind, or an actor call")
 
@@ -346,7 +343,7 @@ def _keywords() -> frozenset[str]:
     words = {t.pattern.value for t in _parser().terminals if t.pattern.type == "str"}
     words |= {w for t in _parser().terminals if t.name in ("ELEMENTWISE", "REDUCER")
               for w in re.findall(r"[a-z_]+", t.pattern.value)}
-    return frozenset(w for w in words if w.isidentifier())
+    return frozenset(w for w in words if w.isidentifier() and w != "x")  # `x` is a fine name too
 
 
 def _expected(names) -> str:
@@ -382,7 +379,7 @@ def _describe(exc: UnexpectedInput, source: SourceFile) -> Diagnostic:
         hint = (f"the `{opener[0]}` at line {opener[1]}, column {opener[2]} is never closed"
                 if opener else None)
         expected = exc.expected if isinstance(exc, UnexpectedEOF) else exc.accepts or exc.expected
-        if _NOTHING.fullmatch(text):
+        if _only_comments(text):
             what = "the file is empty" if not text.strip() else "the file holds only comments"
             return Diagnostic(ERROR, what, span, "a .pipe file holds one `pipeline name(...) { ... }`",
                               source.path)
@@ -404,6 +401,11 @@ def _describe(exc: UnexpectedInput, source: SourceFile) -> Diagnostic:
         hint = _STATEMENT_HINT
     return Diagnostic(ERROR, f"unexpected {_token_text(tok)}; expected {_expected(expected)}", span,
                       hint, source.path)
+
+
+def _only_comments(text: str) -> bool:
+    """Is there nothing to parse in ``text``, only blank lines and comments?"""
+    return all(line.lstrip().startswith("#") or not line.strip() for line in text.split("\n"))
 
 
 def _previous_token(exc: UnexpectedToken) -> Token | None:

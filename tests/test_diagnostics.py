@@ -615,7 +615,7 @@ def test_usage_errors_exit_2(write_pipe, capsys, argv, message):
 
 def _run(*args, cwd):
     return subprocess.run([sys.executable, "-m", "compiler.cli", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=120,
+                          capture_output=True, text=True, timeout=60,
                           env={**{k: v for k, v in os.environ.items() if k != "PIPEC_DEBUG"},
                                "PYTHONPATH": str(ROOT)})
 
@@ -632,6 +632,14 @@ def test_cli_subprocess(tmp_path, make, code, expected):
     assert done.returncode == code, done.stderr
     assert expected in done.stderr
     assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_cli_subprocess_many_comments_then_end_of_file(tmp_path):
+    """The end-of-file message looks at the comments: in linear time (a regex once took hours)."""
+    text = ("# # # # # # # # # # # # # # # # # # # #\n" * 3000 + "pipeline p() {\n").encode()
+    done = _run("check", _file(tmp_path, text), cwd=tmp_path)
+    assert done.returncode == 1
+    assert "p.pipe:3001:15: error: unexpected end of file" in done.stderr
 
 
 def test_cli_subprocess_usage_error(tmp_path):
