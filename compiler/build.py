@@ -30,7 +30,8 @@ BUILTINS = SOURCES + VALUE_BUILTINS + COLLECTION_BUILTINS
 KEYWORDS = ELEMENTWISE + ("reduce", "reduce_by_key", "group_by_key", "not", "and", "or", "true", "false", "none")
 PARAM_TYPES = ("int", "float", "str", "bool")
 SINK_FORMATS = ("json", "jsonl", "text")
-_MEMORY = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?i?B?)\s*$", re.IGNORECASE)
+# Matched against the stripped text: blanks at both ends made the regex quadratic.
+_MEMORY = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?i?B?)", re.IGNORECASE)
 _MEMORY_UNITS = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "KIB": 2**10, "M": 1e6, "MB": 1e6, "MIB": 2**20,
                  "G": 1e9, "GB": 1e9, "GIB": 2**30, "T": 1e12, "TB": 1e12, "TIB": 2**40}
 
@@ -576,7 +577,7 @@ class Builder:
             if key == "memory":
                 value = _memory_bytes(value)
                 if value is None:
-                    self.error(f"cannot read memory size {literal.raw}", literal.span,
+                    self.error(f"cannot read memory size {_clip(literal.raw)}", literal.span,
                                'write a number of bytes or a string like "2GB" or "512MiB"')
                     continue
             elif not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < math.inf:
@@ -1175,7 +1176,7 @@ def _memory_bytes(value) -> int | None:
         return None
     if isinstance(value, (int, float)):
         return int(value) if 0 <= value < math.inf else None
-    match = _MEMORY.match(str(value))
+    match = _MEMORY.fullmatch(str(value).strip())
     if not match:
         return None
     unit = match.group(2).upper()
@@ -1228,6 +1229,11 @@ def _fold(op: str, *values):
     if isinstance(value, int) and value.bit_length() > _MAX_CONSTANT_BITS:
         raise OverflowError("the result has more than 3000 digits")
     return value
+
+
+def _clip(text: str, width: int = 40) -> str:
+    """``text`` cut to ``width`` characters for a message (the caret shows the rest)."""
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def _a(word: str) -> str:

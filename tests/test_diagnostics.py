@@ -253,6 +253,10 @@ CASES = [
     Case("bad_memory",
          "    source xs = range(10) partitions 2\n    stage ys = map m.f over xs resources { memory \"lots\" }\n",
          SemanticError, 4, 51, "cannot read memory size \"lots\"", "\"512MiB\""),
+    Case("memory_with_long_blanks",
+         "    source xs = range(10) partitions 2\n    stage ys = map m.f over xs resources { memory \"1"
+         + " " * 100_000 + "x\" }\n",
+         SemanticError, 4, 51, "cannot read memory size \"1" + " " * 35 + "..."),
     Case("infinite_memory",
          "    source xs = range(10) partitions 2\n    stage ys = map m.f over xs resources { memory 1e999 }\n",
          SemanticError, 4, 51, "cannot read memory size 1e999"),
