@@ -27,10 +27,6 @@ from backends.runtime.tasks import ensure_path
 
 log = logging.getLogger("pipec.dask")
 
-# How long an actor call may go without an answer before the driver checks that the
-# actor's worker is still alive (a long call on a live worker simply goes on).
-_PROBE_AFTER = 2.0
-
 
 class Parts:
     """A collection kept on the cluster: one future per partition, in order."""
@@ -82,6 +78,14 @@ class PoolRecord:
         self.addresses: list = [None] * size
         self.incarnations = [0] * size
         self.next = [0] * size
+
+
+class _ActorsGone(Exception):
+    """A task failed because an actor it reads could not be reached."""
+
+    def __init__(self, spec, refs: list[Ref], cause: BaseException):
+        super().__init__(spec.key)
+        self.spec, self.refs, self.cause = spec, refs, cause
 
 
 class PathsPlugin(WorkerPlugin):
@@ -206,12 +210,22 @@ class DaskDriver(Driver):
     # ---- graph steps
 
     def run_graph(self, step: GraphStep) -> None:
+        unexplained = 0
         while True:
             try:
                 self._run_graph_once(step)
                 return
-            except worker.ActorLost as lost:
-                self._recover(lost)
+            except _ActorsGone as gone:
+                # The graph could not reach an actor: bring back every actor it reads that
+                # is gone, then the graph runs again (its stages are pure; calls made
+                # through handles are sent again, as the compiler warned).
+                lost = [ref for ref in gone.refs if not self._reachable(ref)]
+                if not lost:  # they answer now: a slow moment, try again (not forever)
+                    unexplained += 1
+                    if unexplained > 2:
+                        raise self.error(gone.spec.group, str(gone.cause), self._span(gone.spec.group)) from None
+                for ref in lost:
+                    self._recover(ref)
 
     def _run_graph_once(self, step: GraphStep) -> None:
         lowering = StepLowering(self.ir, step, LiveContext(self), self.planner.actors)
@@ -315,25 +329,34 @@ class DaskDriver(Driver):
         start = time.perf_counter()
         done_at: dict[str, float] = {}
         pending = as_completed(list(futures.values()), loop=self.client.loop)
+        released: set[str] = set()
         try:
             for future in pending:
                 spec = by_key[future.key]
                 if future.status != "finished":
-                    self._fail(future, spec, futures)
+                    self._fail(future, spec, specs)
                 self.progress.advance(spec.group)
                 done_at[spec.group] = time.perf_counter() - start
                 if spec.key not in keep:
                     future.release()  # not read after this graph: the cluster may drop it
+                    released.add(future.key)
         except BaseException:
-            self.client.cancel(list(futures.values()))
+            self.client.cancel([f for f in futures.values() if f.key not in released])
             raise
         for group, seconds in done_at.items():
             self.result.timings[group] = self.result.timings.get(group, 0.0) + seconds
 
-    def _fail(self, future, spec, futures) -> None:
+    def _span(self, node: str):
+        return self.ir.op(node).span if node in self.ir.graph else None
+
+    def _fail(self, future, spec, specs) -> None:
         exc = future.exception()
-        if isinstance(exc, worker.ActorLost):
-            raise exc
+        if isinstance(exc, worker.ActorLost) or worker.is_lost(exc):
+            # The failure may reach us through a task downstream of the one that called
+            # the actor: consider every actor this graph reads.
+            actors = list({ref: None for s in specs for ref in s.deps if ref.node in self.planner.actors})
+            if actors:
+                raise _ActorsGone(spec, actors, exc)
         op = self.ir.op(spec.group) if spec.group in self.ir.graph else None
         if isinstance(exc, worker.StageFailure):
             where = exc.where if exc.where in self.ir.graph else spec.group
@@ -434,12 +457,7 @@ class DaskDriver(Driver):
 
     def _result(self, record: ActorRecord, future):
         """Wait for an actor call; a silent actor whose worker is gone counts as lost."""
-        while True:
-            try:
-                return worker.unseal(future.result(timeout=_PROBE_AFTER))
-            except TimeoutError:
-                if not self._alive(record.actor):
-                    raise worker.ActorLost(record.node, None, "no answer, and its worker is gone") from None
+        return worker.unseal(worker.await_actor(future, record.actor, record.node, None))
 
     def _alive(self, actor) -> bool:
         try:
@@ -474,37 +492,36 @@ class DaskDriver(Driver):
         for seq, method, args, kwargs in replay:
             self._result(record, record.actor.call_sealed(seq, method, worker.seal((args, kwargs))))
         record.broken = False
+        start = f"from its checkpoint (call {applied})" if applied >= 0 else "from scratch"
         self._event(f"actor `{node}` was lost with worker {dead}; re-created on {record.address} "
-                    f"from its checkpoint (call {applied}) and replayed {len(replay)} call"
-                    f"{'s' if len(replay) != 1 else ''}")
+                    f"{start} and replayed {len(replay)} call{'s' if len(replay) != 1 else ''}")
 
-    def _recover(self, lost: worker.ActorLost) -> None:
-        """A graph could not reach an actor: bring it back, then the graph runs again."""
-        record = self.env.get(lost.actor)
+    def _reachable(self, ref: Ref) -> bool:
+        record = self.env[ref.node]
+        if isinstance(record, PoolRecord):
+            return self._alive(record.actors[ref.part])
+        return self._alive(record.actor)
+
+    def _recover(self, ref: Ref) -> None:
+        """Bring back an actor (or pool member) that a graph could not reach."""
+        record = self.env[ref.node]
         if isinstance(record, ActorRecord):
-            if self._alive(record.actor):
-                raise self.error(lost.actor, str(lost), record.op.span)
             record.broken = True
             self._restore(record, upto=None)
             return
-        if isinstance(record, PoolRecord):
-            m = lost.member
-            if self._alive(record.actors[m]):
-                raise self.error(lost.actor, str(lost), record.op.span)
-            if record.restarts_left <= 0:
-                raise self.error(lost.actor, f"a member of actor pool `{lost.actor}` was lost with its worker and "
-                                             f"the pool has no restarts left", record.op.span,
-                                 "give the pool `restarts N` to survive a worker's death")
-            record.restarts_left -= 1
-            record.incarnations[m] += 1
-            dead = record.addresses[m]
-            record.futures[m].release()
-            workers = self._workers(avoid=dead)
-            self._start_member(record, m, workers[m % len(workers)])
-            self._event(f"member {m} of actor pool `{lost.actor}` was lost with worker {dead}; "
-                        f"re-created on {record.addresses[m]}")
-            return
-        raise lost
+        m = ref.part
+        if record.restarts_left <= 0:
+            raise self.error(ref.node, f"a member of actor pool `{ref.node}` was lost with its worker and "
+                                       f"the pool has no restarts left", record.op.span,
+                             "give the pool `restarts N` to survive a worker's death")
+        record.restarts_left -= 1
+        record.incarnations[m] += 1
+        dead = record.addresses[m]
+        record.futures[m].release()
+        workers = self._workers(avoid=dead)
+        self._start_member(record, m, workers[m % len(workers)])
+        self._event(f"member {m} of actor pool `{ref.node}` was lost with worker {dead}; "
+                    f"re-created on {record.addresses[m]}")
 
     def _event(self, message: str) -> None:
         self.events.append(message)

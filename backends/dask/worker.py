@@ -304,15 +304,42 @@ class HandleProxy:
 
         def call(*args, **kwargs):
             try:
-                return unseal(self._actor.invoke_sealed(method, seal((args, kwargs))).result())
+                future = self._actor.invoke_sealed(method, seal((args, kwargs)))
             except Exception as exc:
                 if is_lost(exc):
                     raise ActorLost(self._node, None, str(exc)) from None
                 raise
+            return unseal(await_actor(future, self._actor, self._node, None))
         return call
 
     def __reduce__(self):
         return (HandleProxy, (self._node, self._actor))
+
+
+# How long a call to an actor may go unanswered before the caller checks that the
+# actor's worker is still there (a long call on a live worker simply goes on).
+PROBE_AFTER = 2.0
+PING_TIMEOUT = 5.0
+
+
+def await_actor(future, actor, node: str, member: int | None):
+    """The result of an actor call. Dask leaves a call to an actor whose worker died
+    unanswered at times, so a silent actor is pinged (its event loop answers even while
+    a long call runs) and counts as lost when it does not answer."""
+    while True:
+        try:
+            return future.result(timeout=PROBE_AFTER)
+        except TimeoutError:
+            try:
+                alive = actor.ping().result(timeout=PING_TIMEOUT)
+            except Exception:
+                alive = False
+            if not alive:
+                raise ActorLost(node, member, "no answer, and its worker is gone") from None
+        except Exception as exc:
+            if is_lost(exc):
+                raise ActorLost(node, member, str(exc)) from None
+            raise
 
 
 def _bindings(spec: dict, bound: Sequence) -> dict:
@@ -400,11 +427,7 @@ def pool_call(stage: tuple, partition: int, seq: int, member_index: int, member,
     # Free this worker thread while the member works (and waits for earlier partitions).
     secede()
     try:
-        status, payload = future.result()
-    except Exception as exc:
-        if is_lost(exc):
-            raise ActorLost(pool, member_index, str(exc)) from None
-        raise
+        status, payload = await_actor(future, member, pool, member_index)
     finally:
         rejoin()
     if status == "ok":
