@@ -327,3 +327,13 @@ def test_executor_killed_mid_run_gives_the_clean_weights(workdir):
     got = (workdir / report["weights"]).read_bytes()
     clean = load("examples/train.pipe").run(backend="local", params={"epochs": 6, "rows": 8000})
     assert got == Path(clean.files["weights"]).read_bytes()
+
+
+def test_reduce_over_many_partitions_combines_on_executors_bit_identically(write_pipe, spark):
+    """Past FAN_IN**2 partitions a level of combine tasks runs on the executors first."""
+    path = pipe(write_pipe, "source xs = range(3000) partitions 100\n"
+                            "value total = reduce m.fadd over (map m.third over xs)\nsink out = total",
+                "m_tree", "def third(x):\n    return x / 3.0\n\ndef fadd(a, b):\n    return a + b\n")
+    assert "100 tasks fold their partition; 13 tasks combine them 8 at a time" in load(path).lower("spark").explain()
+    got = run(path).outputs["out"]
+    assert repr(got) == repr(load(path).run(backend="local").outputs["out"])

@@ -14,6 +14,7 @@ PySpark is imported only when a plan is explained or run.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from compiler import ir
@@ -36,9 +37,10 @@ class SparkBackend(Backend):
             "with actors (`pipec backends` lists them)"),
     }
 
-    def __init__(self, address: str | None = None, ui: bool = False):
+    def __init__(self, address: str | None = None, ui: bool | None = None):
         super().__init__(address)
-        self.ui = ui
+        # The Spark UI is off unless asked for (PIPEC_SPARK_UI=1, or ui=True from Python).
+        self.ui = ui if ui is not None else os.environ.get("PIPEC_SPARK_UI") == "1"
 
     def check(self, graph: ir.IR) -> list[Diagnostic]:
         """Gaps as errors (see :attr:`gap_hints`), and warnings where Spark's behaviour

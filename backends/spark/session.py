@@ -31,6 +31,10 @@ APP_NAME = "pipec"
 MIN_TASK_ATTEMPTS = 4
 
 
+# Where this process's Spark JVM writes its output (set when pipec launched it).
+_JVM_LOG: list[str] = []
+
+
 class SparkUnavailable(UsageError):
     """Spark cannot start here (no Java, wrong Java, a JVM that exits at once)."""
 
@@ -83,7 +87,7 @@ def session(address: str | None, log_path: str | None = None, max_retries: int =
     current = active()
     if current is not None:
         if address is None or address == current.master:
-            return Session(current, owned=False, log=None)
+            return Session(current, owned=False, log=_JVM_LOG[0] if _JVM_LOG else None)
         raise UsageError(f"this process already runs a SparkContext on `{current.master}`, "
                          f"so pipec cannot start one on `{address}`",
                          "stop that context first, or leave out --address to use it")
@@ -115,7 +119,9 @@ def start(master: str, log_path: str | None = None, ui: bool = False, conf: dict
         spark_conf.set(key, value)
     log = log_path or os.path.join(tempfile.gettempdir(), f"pipec-spark-{os.getpid()}.log")
     gateway = None
-    if SparkContext._gateway is None:
+    if SparkContext._gateway is not None:
+        log = _JVM_LOG[0] if _JVM_LOG else None  # one JVM per process: its output stays where it went
+    else:
         from pyspark.java_gateway import launch_gateway
         Path(log).parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as fh:
@@ -124,6 +130,7 @@ def start(master: str, log_path: str | None = None, ui: bool = False, conf: dict
             except Exception as exc:
                 raise SparkUnavailable(f"Spark's JVM did not start ({type(exc).__name__}: {exc})",
                                        f"its output is in {log}:\n{_tail(log)}") from None
+        _JVM_LOG[:] = [log]
     try:
         sc = SparkContext(conf=spark_conf, gateway=gateway)
     except Exception as exc:

@@ -208,7 +208,7 @@ class Split:
             return [Failed(self.node, index, "plain", message=str(exc))]
         return [(j, (self.tag, index, bucket)) for j, bucket in enumerate(buckets) if bucket]
 
-    def failure_records(self, failure: Failed) -> list:
+    def failure_records(self, failure: Failed, index: int) -> list:
         """A failure crossing the shuffle: delivered to output partition 0."""
         return [(0, (self.tag, -1, failure))]
 
@@ -267,6 +267,45 @@ class Fold:
 
 
 @dataclass(frozen=True)
+class ToGroup:
+    """After :class:`Fold`: key the partial by its combine group, ``index // fan_in``
+    (``combine_partials`` groups consecutive partitions, so the tree is known upfront)."""
+
+    node: str
+    fan_in: int
+
+    def apply(self, index: int, items: list) -> list:
+        return [(index // self.fan_in, (index, items[0]))]
+
+    def failure_records(self, failure: Failed, index: int) -> list:
+        return [(index // self.fan_in, (index, failure))]
+
+    def describe(self) -> str:
+        return f"key by combine group (partition // {self.fan_in})"
+
+
+@dataclass(frozen=True)
+class CombineGroup:
+    """One group of a reduction's first combine level: its partials in partition order."""
+
+    node: str
+    fn: Fn
+    policy: Policy = Policy()
+
+    def apply(self, index: int, items: list) -> list:
+        records = sorted((value for _, value in items), key=lambda r: r[0])
+        for _, partial in records:
+            if type(partial) is Failed:
+                return [partial]
+        fn = self.fn.get()
+        return attempt(self.node, self.policy, index,
+                       lambda: [semantics.combine_group(fn, [p for _, p in records])])
+
+    def describe(self) -> str:
+        return f"combine {self.fn.dotted} in partition order"
+
+
+@dataclass(frozen=True)
 class Count:
     node: str
 
@@ -303,14 +342,14 @@ class Steps:
         for step in self.steps:
             failure = failed_in(items)
             if failure is not None:
-                return self._crossing(failure)
+                return self._crossing(failure, index)
             items = step.apply(index, items)
         failure = failed_in(items)
-        return self._crossing(failure) if failure is not None else items
+        return self._crossing(failure, index) if failure is not None else items
 
-    def _crossing(self, failure: Failed) -> list:
+    def _crossing(self, failure: Failed, index: int) -> list:
         last = self.steps[-1] if self.steps else None
-        return last.failure_records(failure) if isinstance(last, Split) else [failure]
+        return last.failure_records(failure, index) if hasattr(last, "failure_records") else [failure]
 
 
 def destination(key: int) -> int:
