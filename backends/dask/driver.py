@@ -28,6 +28,11 @@ from backends.runtime.tasks import ensure_path
 log = logging.getLogger("pipec.dask")
 
 
+# A value the driver ships to a graph travels inside the graph (one data key) up to this
+# size; a bigger one is scattered to a worker first (graphs go through the scheduler).
+_SCATTER_ABOVE = 1 << 20
+
+
 class Parts:
     """A collection kept on the cluster: one future per partition, in order."""
 
@@ -96,6 +101,12 @@ class PathsPlugin(WorkerPlugin):
 
     def setup(self, worker=None):
         ensure_path(self.roots)
+
+
+def _release(future, actor) -> None:
+    for f in (future, getattr(actor, "_future", None)):
+        if f is not None:
+            f.release()
 
 
 def _worker_addresses(dask_scheduler=None) -> list[str]:
@@ -170,13 +181,16 @@ class DaskDriver(Driver):
                                  f"start the workers with --resources \"{name}={amount:g}\", or ask for less")
 
     def teardown(self) -> None:
+        # Let the cluster forget this run's keys and actors now (on a shared cluster the
+        # driver object may outlive the run). An actor handle holds a future of its own.
         for value in list(self.env.values()):
-            if isinstance(value, ActorRecord) and value.future is not None:
-                value.future.release()
+            if isinstance(value, ActorRecord):
+                _release(value.future, value.actor)
+                value.future = value.actor = None
             elif isinstance(value, PoolRecord):
-                for f in value.futures:
-                    if f is not None:
-                        f.release()
+                for m, (future, actor) in enumerate(zip(value.futures, value.actors)):
+                    _release(future, actor)
+                    value.futures[m] = value.actors[m] = None
         self.env.clear()
 
     # ---- blocks
@@ -242,32 +256,14 @@ class DaskDriver(Driver):
                 if isinstance(held, Lazy):
                     aliases[spec.key] = held.future
                     continue
-                layers.setdefault(("data",), {})[spec.key + suffix] = DataNode(spec.key + suffix, worker.seal(held))
+                sealed = worker.seal(held)
+                if len(sealed.data) > _SCATTER_ABOVE:  # big: straight to a worker, not via the scheduler
+                    aliases[spec.key] = self.client.scatter(sealed, hash=False)
+                    continue
+                layers.setdefault(("data",), {})[spec.key + suffix] = DataNode(spec.key + suffix, sealed)
                 annotations[("data",)] = {}
                 continue
             task_specs.append(spec)
-
-        def resolve(arg):
-            if isinstance(arg, Ref):
-                if arg.key in aliases:
-                    return aliases[arg.key]
-                if arg.key in in_step:
-                    return TaskRef(arg.key + suffix)
-                return self._held(arg)
-            if isinstance(arg, Arg):
-                value = self.value(arg.operand)
-                return os.path.abspath(value) if arg.path and isinstance(value, str) else value
-            if isinstance(arg, Seq):
-                return self.env[arg.pool].next[arg.member] + arg.offset
-            if isinstance(arg, worker.Head):
-                return worker.Head(arg.kind, resolve(arg.args))
-            if isinstance(arg, tuple):
-                return tuple(resolve(a) for a in arg)
-            if isinstance(arg, list):
-                return [resolve(a) for a in arg]
-            if isinstance(arg, dict):
-                return {k: resolve(v) for k, v in arg.items()}
-            return arg
 
         for spec in task_specs:
             notes: dict[str, Any] = {}
@@ -281,7 +277,7 @@ class DaskDriver(Driver):
                 notes["allow_other_workers"] = True
             sig = (spec.group, tuple(sorted((k, repr(v)) for k, v in notes.items())))
             key = spec.key + suffix
-            layers.setdefault(sig, {})[key] = Task(key, spec.func, *(resolve(a) for a in spec.args))
+            layers.setdefault(sig, {})[key] = Task(key, spec.func, *(self._resolve(a, aliases, in_step, suffix) for a in spec.args))
             annotations[sig] = notes
         self.submitted.append([spec.key for spec in specs])
         futures: dict[str, Any] = {}
@@ -296,6 +292,31 @@ class DaskDriver(Driver):
             self._wait(step, task_specs, futures, lowering)
         self._keep(step, lowering, futures, aliases)
         self._advance_pools(task_specs)
+
+    def _resolve(self, arg, aliases: dict, in_step: dict, suffix: str):
+        """A task argument as Dask gets it: refs become keys, placeholders values."""
+        # Keys held from earlier graphs are named, not embedded as futures: the graph
+        # must not keep them alive (the driver's handles decide how long they live).
+        if isinstance(arg, Ref):
+            if arg.key in aliases:
+                return TaskRef(aliases[arg.key].key)
+            if arg.key in in_step:
+                return TaskRef(arg.key + suffix)
+            return TaskRef(self._held(arg).key)
+        if isinstance(arg, Arg):
+            value = self.value(arg.operand)
+            return os.path.abspath(value) if arg.path and isinstance(value, str) else value
+        if isinstance(arg, Seq):
+            return self.env[arg.pool].next[arg.member] + arg.offset
+        if isinstance(arg, worker.Head):
+            return worker.Head(arg.kind, self._resolve(arg.args, aliases, in_step, suffix))
+        if isinstance(arg, tuple):
+            return tuple(self._resolve(a, aliases, in_step, suffix) for a in arg)
+        if isinstance(arg, list):
+            return [self._resolve(a, aliases, in_step, suffix) for a in arg]
+        if isinstance(arg, dict):
+            return {k: self._resolve(v, aliases, in_step, suffix) for k, v in arg.items()}
+        return arg
 
     def _advance_pools(self, specs) -> None:
         last: dict[tuple[str, int], int] = {}
@@ -484,8 +505,7 @@ class DaskDriver(Driver):
         record.restarts_left -= 1
         record.incarnation += 1
         dead = record.address
-        if record.future is not None:
-            record.future.release()
+        _release(record.future, record.actor)
         self._start_host(record, avoid=dead)
         applied = self._result(record, record.actor.applied_seq())
         replay = [e for e in self.logs[node].since(applied) if upto is None or e[0] < upto]
@@ -517,7 +537,7 @@ class DaskDriver(Driver):
         record.restarts_left -= 1
         record.incarnations[m] += 1
         dead = record.addresses[m]
-        record.futures[m].release()
+        _release(record.futures[m], record.actors[m])
         workers = self._workers(avoid=dead)
         self._start_member(record, m, workers[m % len(workers)])
         self._event(f"member {m} of actor pool `{ref.node}` was lost with worker {dead}; "

@@ -435,7 +435,7 @@ class StepLowering:
         args = [Arg(a) for a in op.args]
         kwargs = {key: Arg(v) for key, v in op.kwargs.items()}
         if op.kind == "callable" and not op.sharded:
-            everything = self._add(TaskSpec(f"{node}-all", node, f"call {op.fn.dotted}", worker.source_call,
+            everything = self._add(TaskSpec(f"{node}-all", node, f"call {op.fn.dotted} (once, on a worker)", worker.source_call,
                                             (node, op.fn.module, op.fn.attr, args, kwargs), retries, res))
             self.parts[node] = [self._add(TaskSpec(part_key(node, i), node, f"part {i} of {k}", worker.take_part,
                                                    (node, i, k, everything), retries, res)) for i in range(k)]
