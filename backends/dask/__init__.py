@@ -21,8 +21,7 @@ from dsl.diagnostics import ERROR, Diagnostic, UnsupportedOnBackend
 from dsl.source import SourceFile, Span
 from backends.base import Backend, Plan, Progress, RunResult
 from backends.dask.engine import LocalShape, scheduler_address
-from backends.dask.lowering import (Arg, DriverStep, GraphStep, LoopStep, Planner, Ref, StaticContext,
-                                    StepLowering, TaskSpec)
+from backends.dask.lowering import DriverStep, LoopStep, Planner, Ref, StaticContext, StepLowering, TaskSpec
 from backends.local import describe
 
 KEY_NOTE = ("`stage-i` is partition i of a stage, a bare name is a value; at run time every key "

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from dask._task_spec import DataNode, Task, TaskRef
+from dask.task_spec import DataNode, Task, TaskRef
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 from distributed import WorkerPlugin, as_completed
 

@@ -17,7 +17,7 @@ import asyncio
 import pickle
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import Sequence
 
 from backends.runtime import semantics
 from backends.runtime.actors import ActorHost
