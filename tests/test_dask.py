@@ -116,8 +116,8 @@ pipeline p(n: int = 200) {
     plan = load(path).lower("dask")
     specs = {s.key: s for s in plan.tasks[1]}
     # source, map, filter and the partial fold: one task per partition
-    assert specs["ys-7"].label == ("range, part of 20 -> map m_fusion_and_reduction.square -> filter m_fusion_and_reduction.even "
-                                     "-> fold m_fusion_and_reduction.add (partial of total)")
+    m = "m_fusion_and_reduction"
+    assert specs["ys-7"].label == f"range, part of 20 -> map {m}.square -> filter {m}.even -> fold {m}.add (partial of total)"
     assert [r.key for r in specs["ys-7"].deps] == []
     # 20 partials combined 8 at a time by partition index: 3 combines, then the total
     assert [r.key for r in specs["total-L1-2"].deps] == [f"ys-{i}" for i in range(16, 20)]

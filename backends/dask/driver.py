@@ -277,7 +277,8 @@ class DaskDriver(Driver):
                 notes["allow_other_workers"] = True
             sig = (spec.group, tuple(sorted((k, repr(v)) for k, v in notes.items())))
             key = spec.key + suffix
-            layers.setdefault(sig, {})[key] = Task(key, spec.func, *(self._resolve(a, aliases, in_step, suffix) for a in spec.args))
+            args = [self._resolve(a, aliases, in_step, suffix) for a in spec.args]
+            layers.setdefault(sig, {})[key] = Task(key, spec.func, *args)
             annotations[sig] = notes
         self.submitted.append([spec.key for spec in specs])
         futures: dict[str, Any] = {}

@@ -435,8 +435,9 @@ class StepLowering:
         args = [Arg(a) for a in op.args]
         kwargs = {key: Arg(v) for key, v in op.kwargs.items()}
         if op.kind == "callable" and not op.sharded:
-            everything = self._add(TaskSpec(f"{node}-all", node, f"call {op.fn.dotted} (once, on a worker)", worker.source_call,
-                                            (node, op.fn.module, op.fn.attr, args, kwargs), retries, res))
+            everything = self._add(TaskSpec(f"{node}-all", node, f"call {op.fn.dotted} (once, on a worker)",
+                                            worker.source_call, (node, op.fn.module, op.fn.attr, args, kwargs),
+                                            retries, res))
             self.parts[node] = [self._add(TaskSpec(part_key(node, i), node, f"part {i} of {k}", worker.take_part,
                                                    (node, i, k, everything), retries, res)) for i in range(k)]
             return
@@ -504,12 +505,12 @@ class StepLowering:
                                   op.options, node)
         retries, res = retries_of(op.options), resources_of(op.options)
         level, depth = partials, 1
-        while len(level) > semantics.FAN_IN:
+        fan = semantics.FAN_IN
+        while len(level) > fan:
             level = [self._add(TaskSpec(f"{node}-L{depth}-{j}", node,
-                                        f"combine {op.fn.dotted} (partials {i}..{min(i + semantics.FAN_IN, len(level)) - 1})",
-                                        worker.combine, (node, *fn, False, *level[i:i + semantics.FAN_IN]),
-                                        retries, res))
-                     for j, i in enumerate(range(0, len(level), semantics.FAN_IN))]
+                                        f"combine {op.fn.dotted} (level {depth}, inputs {i}..{min(i + fan, len(level)) - 1})",
+                                        worker.combine, (node, *fn, False, *level[i:i + fan]), retries, res))
+                     for j, i in enumerate(range(0, len(level), fan))]
             depth += 1
         self.values[node] = self._add(TaskSpec(node, node, f"combine {op.fn.dotted} (in partition order)",
                                                worker.combine, (node, *fn, True, *level), retries, res))
