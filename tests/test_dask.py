@@ -103,6 +103,20 @@ def test_train_lowers_to_readable_keys_with_dependencies():
     assert {"batches-all", "batches-0"} <= {s.key for s in plan.tasks[1]}
 
 
+@pytest.mark.parametrize("example", ["wordcount", "pagerank", "kmeans", "infer", "train"])
+def test_plan_golden(example, golden):
+    """`pipec compile --backend dask` (text and JSON) and `pipec graph --backend dask`,
+    for a fixed two-worker embedded cluster."""
+    from backends.dask import DaskBackend
+    from backends.dask.engine import LocalShape
+    from compiler import render
+    pipeline = load(ROOT / "examples" / f"{example}.pipe")
+    plan = DaskBackend(shape=LocalShape(workers=2, threads=1, memory=2**31)).lower(pipeline.ir, pipeline.params())
+    golden(f"dask/{example}.txt", plan.explain())
+    golden(f"dask/{example}.json", json.dumps(plan.to_json(), indent=2) + "\n")
+    golden(f"dask/{example}.dot", render.render(render.plan_drawing(plan), "dot"))
+
+
 def test_fusion_and_reduction_tree(write_pipe):
     path = write_pipe("""
 use m_fusion_and_reduction as m

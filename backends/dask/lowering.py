@@ -50,6 +50,7 @@ class GraphStep:
     nodes: list[str]
     exports: frozenset[str]  # nodes read after this graph: their keys stay on the cluster
     fuse: dict[str, str]  # node -> the consumer it is fused into
+    loop: str | None = None  # the loop whose every round submits this graph
 
 
 @dataclass
@@ -100,7 +101,7 @@ class Planner:
 
         def flush():
             if open_nodes:
-                steps.append(self._graph_step(list(open_nodes)))
+                steps.append(self._graph_step(list(open_nodes), block.loop.id if block.loop else None))
                 open_nodes.clear()
             steps.extend(DriverStep(n) for n in deferred)
             deferred.clear()
@@ -142,7 +143,7 @@ class Planner:
             return set()
         return {v.node for v in op.bindings.values() if isinstance(v, ir.NodeRef) and v.node in self.actors}
 
-    def _graph_step(self, nodes: list[str]) -> GraphStep:
+    def _graph_step(self, nodes: list[str], loop: str | None) -> GraphStep:
         inside = set(nodes)
         exports = frozenset(n for n in nodes if n in self.loop_reads or any(
             dst not in inside for _, dst, kind in self.ir.graph.out_edges(n, data="kind")
@@ -164,7 +165,7 @@ class Planner:
             elif isinstance(consumer, TERMINALS):
                 if _compatible(op.options, getattr(consumer, "options", None), chain=False):
                     fuse[n] = outs[0]
-        return GraphStep(next(self._numbers), nodes, exports, fuse)
+        return GraphStep(next(self._numbers), nodes, exports, fuse, loop)
 
 
 def _structural(op: ir.Op) -> list[str]:
@@ -383,8 +384,9 @@ class StepLowering:
             return self.values[node]
         if node not in self.specs:
             made = isinstance(self.ir.op(node), (ir.Reduce, ir.Count, ir.Top))
+            shipped = "value from the driver, shipped once" + (" per round" if self.step.loop else "")
             self.specs[node] = TaskSpec(node, node, "value made by an earlier graph, read where it is" if made
-                                        else "value from the driver, shipped once", None, data=node)
+                                        else shipped, None, data=node)
         return Ref(node, node, None)
 
     def _binding_spec(self, bindings: dict, chain: _Chain) -> dict:
