@@ -138,6 +138,22 @@ pipeline p(n: int = 200) {
     assert [r.key for r in specs["total"].deps] == ["total-L1-0", "total-L1-1", "total-L1-2"]
 
 
+def test_keys_of_nodes_named_like_partitions_never_collide(client, write_pipe, tmp_path, monkeypatch):
+    # A second `count` is the node `count-2`: its key must not be partition 2 of `count`.
+    path = write_pipe("""
+use m_keys_never_collide as m
+pipeline p() {
+    source xs = range(30) partitions 20
+    sink out = [count(xs), count(map m.inc over xs), count(distinct(xs))] -> json("out/o.json")
+}""", m_keys_never_collide="def inc(x):\n    return x + 1\n")
+    monkeypatch.chdir(tmp_path)
+    pipeline = load(path)
+    plan = pipeline.lower("dask")
+    keys = [s.key for specs in plan.tasks.values() for s in specs]
+    assert len(keys) == len(set(keys)) and "count#2" in keys and "count-2" in keys
+    assert _sinks(plan.run(client=client)) == _sinks(pipeline.run(backend="local"))
+
+
 def test_plan_json_and_graph_for_the_renderer():
     plan = load(ROOT / "examples" / "wordcount.pipe").lower("dask")
     data = plan.to_json()

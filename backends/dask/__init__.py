@@ -21,7 +21,8 @@ from dsl.diagnostics import ERROR, Diagnostic, UnsupportedOnBackend
 from dsl.source import SourceFile, Span
 from backends.base import Backend, Plan, Progress, RunResult
 from backends.dask.engine import LocalShape, scheduler_address
-from backends.dask.lowering import DriverStep, LoopStep, Planner, Ref, StaticContext, StepLowering, TaskSpec
+from backends.dask.lowering import (DriverStep, LoopStep, Planner, Ref, StaticContext, StepLowering, TaskSpec,
+                                    key_of)
 from backends.local import describe
 
 KEY_NOTE = ("`stage-i` is partition i of a stage, a bare name is a value; at run time every key "
@@ -224,9 +225,8 @@ class DaskPlan(Plan):
                     if src_op.node_shape == ir.COLLECTION and not isinstance(src_op, (ir.Var, ir.Rebind)):
                         for key in self.parts.get(src, []):
                             g.add_edge(key, f"driver:{node}", kind="data")
-                    elif src in self.parts or any(src == s.key for specs in self.tasks.values() for s in specs
-                                                  if s.data is None):
-                        g.add_edge(src, f"driver:{node}", kind="value")
+                    elif any(key_of(src) == s.key for specs in self.tasks.values() for s in specs if s.data is None):
+                        g.add_edge(key_of(src), f"driver:{node}", kind="value")
                     else:
                         g.add_edge(f"driver:{src}", f"driver:{node}", kind=kind)
                 for src, _, kind in self.ir.graph.in_edges(node, data="kind"):

@@ -21,7 +21,7 @@ from distributed import WorkerPlugin, as_completed
 
 from compiler import ir
 from backends.dask import worker
-from backends.dask.lowering import Arg, GraphStep, LoopStep, Ref, Seq, StepLowering
+from backends.dask.lowering import Arg, GraphStep, LoopStep, Ref, Seq, StepLowering, key_of
 from backends.runtime.driver import Driver
 from backends.runtime.tasks import ensure_path
 
@@ -439,7 +439,7 @@ class DaskDriver(Driver):
             worker.DaskActorHost,
             (list(self.ir.info.module_paths()), op.cls.module, op.cls.attr, record.args, record.kwargs,
              op.checkpoint_every, snapshot),
-            f"{record.node}-actor@{self.tag}.{record.incarnation}", where)
+            f"{key_of(record.node)}-actor@{self.tag}.{record.incarnation}", where)
         record.address = record.actor._address
 
     def start_pool(self, node: str, op: ir.Actor, size: int):
@@ -461,7 +461,7 @@ class DaskDriver(Driver):
         record.futures[m], record.actors[m] = self._spawn(
             worker.PoolMember,
             (list(self.ir.info.module_paths()), op.cls.module, op.cls.attr, record.args, record.kwargs, record.next[m]),
-            f"{record.node}-member-{m}@{self.tag}.{record.incarnations[m]}", where)
+            f"{key_of(record.node)}-member-{m}@{self.tag}.{record.incarnations[m]}", where)
         record.addresses[m] = record.actors[m]._address
 
     def call_actor(self, actor: str, seq: int, method: str, args: list, kwargs: dict):

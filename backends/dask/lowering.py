@@ -255,8 +255,15 @@ def retries_of(*options: ir.StageOptions | None) -> int:
     return max((o.retries for o in given), default=0)
 
 
-def part_key(node: str, i: int) -> str:
-    return f"{node}-{i}"
+def key_of(node: str) -> str:
+    """The key name of a node. Node ids may end in ``-N`` (a second ``count``, say, is
+    ``count-2``), which would read as partition N of another node: ``-`` becomes ``#``, so
+    every key is ``base``, ``base-i`` or ``base-what...`` with a base of one node only."""
+    return node.replace("-", "#")
+
+
+def part_key(base: str, i: int) -> str:
+    return f"{base}-{i}"
 
 
 class StaticContext:
@@ -364,7 +371,7 @@ class StepLowering:
             return self.parts[node]
         if node in self.inside:
             raise AssertionError(f"{node} is fused away but read")
-        return [Ref(part_key(node, i), node, i) for i in range(self.ctx.nparts(node))]
+        return [Ref(part_key(key_of(node), i), node, i) for i in range(self.ctx.nparts(node))]
 
     def nparts(self, node: str) -> int:
         if node in self.chains:
@@ -382,12 +389,13 @@ class StepLowering:
         """A value read by a task: made in this graph, or shipped once as a data key."""
         if node in self.values:
             return self.values[node]
-        if node not in self.specs:
+        key = key_of(node)
+        if key not in self.specs:
             made = isinstance(self.ir.op(node), (ir.Reduce, ir.Count, ir.Top))
             shipped = "value from the driver, shipped once" + (" per round" if self.step.loop else "")
-            self.specs[node] = TaskSpec(node, node, "value made by an earlier graph, read where it is" if made
+            self.specs[key] = TaskSpec(key, node, "value made by an earlier graph, read where it is" if made
                                         else shipped, None, data=node)
-        return Ref(node, node, None)
+        return Ref(key, node, None)
 
     def _binding_spec(self, bindings: dict, chain: _Chain) -> dict:
         spec = {}
@@ -395,7 +403,7 @@ class StepLowering:
             if isinstance(operand, ir.Lit):
                 spec[name] = ("lit", operand.value)
             elif operand.node in self.actors:
-                spec[name] = ("handle", (chain.slot(Ref(f"{operand.node}-actor", operand.node, None)), operand.node))
+                spec[name] = ("handle", (chain.slot(Ref(f"{key_of(operand.node)}-actor", operand.node, None)), operand.node))
             else:
                 spec[name] = ("ref", chain.slot(self.value_ref(operand.node)))
         return spec
@@ -418,14 +426,14 @@ class StepLowering:
     def _emit(self, chain: _Chain, terminal: tuple | None, term_label: str | None, term_options,
               name: str | None = None, group: str | None = None) -> list[Ref]:
         """One task per partition running ``chain`` (and ``terminal``)."""
-        last = name or chain.names[-1]
+        stem = name or key_of(chain.names[-1])
         label = " -> ".join(chain.labels + ([term_label] if term_label else []))
         options = chain.options + [term_options]
         retries = retries_of(*options)
         given = [o for o in options if o is not None]
         res = resources_of(given[0] if given else None)
         stages = tuple(chain.stages)
-        return [self._add(TaskSpec(part_key(last, i), group or last, label, worker.run_chain,
+        return [self._add(TaskSpec(part_key(stem, i), group or chain.names[-1], label, worker.run_chain,
                                    (stages, terminal, i, base, *chain.refs), retries, res))
                 for i, base in enumerate(chain.base)]
 
@@ -437,10 +445,11 @@ class StepLowering:
         args = [Arg(a) for a in op.args]
         kwargs = {key: Arg(v) for key, v in op.kwargs.items()}
         if op.kind == "callable" and not op.sharded:
-            everything = self._add(TaskSpec(f"{node}-all", node, f"call {op.fn.dotted} (once, on a worker)",
+            everything = self._add(TaskSpec(f"{key_of(node)}-all", node, f"call {op.fn.dotted} (once, on a worker)",
                                             worker.source_call, (node, op.fn.module, op.fn.attr, args, kwargs),
                                             retries, res))
-            self.parts[node] = [self._add(TaskSpec(part_key(node, i), node, f"part {i} of {k}", worker.take_part,
+            self.parts[node] = [self._add(TaskSpec(part_key(key_of(node), i), node, f"part {i} of {k}",
+                                                   worker.take_part,
                                                    (node, i, k, everything), retries, res)) for i in range(k)]
             return
         chain = _Chain([])
@@ -449,7 +458,7 @@ class StepLowering:
             what = f"range, part of {k}"
         elif op.kind == "read_text":
             # One small task counts the lines once; each partition then reads its bytes only.
-            index = self._add(TaskSpec(f"{node}-index", node, "count the lines", worker.line_index,
+            index = self._add(TaskSpec(f"{key_of(node)}-index", node, "count the lines", worker.line_index,
                                        (node, Arg(op.args[0], path=True)), retries, res))
             slot = chain.slot(index)
             heads = [worker.Head("read", (node, op.kind, Arg(op.args[0], path=True), i, k, slot)) for i in range(k)]
@@ -485,9 +494,10 @@ class StepLowering:
         out = []
         for i, base in enumerate(self.parts_of(op.input.node)):
             m = i % size
-            member = Ref(f"{pool}-member-{m}", pool, m)
+            member = Ref(f"{key_of(pool)}-member-{m}", pool, m)
             out.append(self._add(TaskSpec(
-                part_key(node, i), node, f"{op.kind} {pool}.{op.method} on pool member {m}", worker.pool_call,
+                part_key(key_of(node), i), node, f"{op.kind} {pool}.{op.method} on pool member {m}",
+                worker.pool_call,
                 (stage, i, Seq(pool, m, i // size), m, member, base, *chain.refs),
                 retries_of(op.options), resources_of(op.options), member=(pool, m))))
         self.parts[node] = out
@@ -504,30 +514,30 @@ class StepLowering:
     def _lower_reduce(self, node: str, op: ir.Reduce) -> None:
         fn = (op.fn.module, op.fn.attr)
         partials = self._partials(node, op.input.node, ("fold", node, *fn), f"fold {op.fn.dotted} (partial of {node})",
-                                  op.options, node)
+                                  op.options, key_of(node))
         retries, res = retries_of(op.options), resources_of(op.options)
         level, depth = partials, 1
         fan = semantics.FAN_IN
         while len(level) > fan:
-            level = [self._add(TaskSpec(f"{node}-L{depth}-{j}", node,
+            level = [self._add(TaskSpec(f"{key_of(node)}-L{depth}-{j}", node,
                                         f"combine {op.fn.dotted} (level {depth}, inputs {i}..{min(i + fan, len(level)) - 1})",
                                         worker.combine, (node, *fn, False, *level[i:i + fan]), retries, res))
                      for j, i in enumerate(range(0, len(level), fan))]
             depth += 1
-        self.values[node] = self._add(TaskSpec(node, node, f"combine {op.fn.dotted} (in partition order)",
+        self.values[node] = self._add(TaskSpec(key_of(node), node, f"combine {op.fn.dotted} (in partition order)",
                                                worker.combine, (node, *fn, True, *level), retries, res))
 
     def _lower_count(self, node: str, op: ir.Count) -> None:
-        lengths = self._partials(node, op.input.node, ("len", node), "len", None, node)
-        self.values[node] = self._add(TaskSpec(node, node, "sum of lengths", worker.count_total, (node, *lengths)))
+        lengths = self._partials(node, op.input.node, ("len", node), "len", None, key_of(node))
+        self.values[node] = self._add(TaskSpec(key_of(node), node, "sum of lengths", worker.count_total, (node, *lengths)))
 
     def _lower_top(self, node: str, op: ir.Top) -> None:
         src = op.input.node
         order = order_of(self.ir, src)
         by = (op.by.module, op.by.attr) if op.by else None
         n = Arg(op.n)
-        cands = self._partials(node, src, ("top", node, n, by, order), "top n (candidates)", None, node)
-        self.values[node] = self._add(TaskSpec(node, node, "top n of the candidates", worker.top_final,
+        cands = self._partials(node, src, ("top", node, n, by, order), "top n (candidates)", None, key_of(node))
+        self.values[node] = self._add(TaskSpec(key_of(node), node, "top n of the candidates", worker.top_final,
                                                (node, n, by, order, *cands)))
 
     # shuffles: a split per input partition, a merge per output partition
@@ -543,29 +553,29 @@ class StepLowering:
         k = self.nparts(src)
         fn = (op.fn.module, op.fn.attr)
         splits = self._partials(node, src, ("rbk", node, *fn, k), f"combine by key {op.fn.dotted}, split {k} ways",
-                                op.options, f"{node}-split")
+                                op.options, f"{key_of(node)}-split")
         self._merge(node, op, "rbk", fn, [splits], f"merge {op.fn.dotted} by key", k)
 
     def _lower_group_by_key(self, node: str, op: ir.GroupByKey) -> None:
         src = op.input.node
         k = self.nparts(src)
         splits = self._partials(node, src, ("split", node, "group_by_key", k), f"split {k} ways by key",
-                                op.options, f"{node}-split")
+                                op.options, f"{key_of(node)}-split")
         self._merge(node, op, "group", (), [splits], "group by key", k)
 
     def _lower_distinct(self, node: str, op: ir.Distinct) -> None:
         src = op.input.node
         k = self.nparts(src)
         splits = self._partials(node, src, ("distinct", node, k), f"split {k} ways by element", op.options,
-                                f"{node}-split")
+                                f"{key_of(node)}-split")
         self._merge(node, op, "distinct", (), [splits], "distinct", k)
 
     def _lower_join(self, node: str, op: ir.Join) -> None:
         left, right = op.left.node, op.right.node
         k = max(self.nparts(left), self.nparts(right))
         term = ("split", node, "join", k)
-        lsplits = self._partials(node, left, term, f"split {k} ways by key", op.options, f"{node}-left")
-        rsplits = self._partials(node, right, term, f"split {k} ways by key", op.options, f"{node}-right")
+        lsplits = self._partials(node, left, term, f"split {k} ways by key", op.options, f"{key_of(node)}-left")
+        rsplits = self._partials(node, right, term, f"split {k} ways by key", op.options, f"{key_of(node)}-right")
         self._merge(node, op, "join", (), [lsplits, rsplits], "join by key", k)
 
     def _lower_union(self, node: str, op: ir.UnionAll) -> None:
