@@ -356,14 +356,16 @@ class DaskDriver(Driver):
             for future in pending:
                 spec = by_key[future.key]
                 if future.status != "finished":
-                    self._fail(future, spec, specs)
+                    self._fail(self._first_failure(future, pending, by_key), specs)
                 self.progress.advance(spec.group)
                 done_at[spec.group] = time.perf_counter() - start
                 if spec.key not in keep:
                     future.release()  # not read after this graph: the cluster may drop it
                     released.add(future.key)
         except BaseException:
-            self.client.cancel([f for f in futures.values() if f.key not in released])
+            for f in futures.values():  # nobody wants the rest: the scheduler drops it
+                if f.key not in released:
+                    f.release()
             raise
         for group, seconds in done_at.items():
             self.result.timings[group] = self.result.timings.get(group, 0.0) + seconds
@@ -371,8 +373,43 @@ class DaskDriver(Driver):
     def _span(self, node: str):
         return self.ir.op(node).span if node in self.ir.graph else None
 
-    def _fail(self, future, spec, specs) -> None:
-        exc = future.exception()
+    def _first_failure(self, future, pending, by_key, patience: float = 5.0):
+        """Of the tasks of this graph that fail, the one the reference backend meets first
+        (earliest stage in program order, then lowest partition), so the error reported
+        is the same on every backend. Tasks still running get ``patience`` seconds."""
+        failures = [(future, by_key[future.key], future.exception())]
+        if isinstance(failures[0][2], worker.ActorLost) or worker.is_lost(failures[0][2]):
+            return failures[0]  # an actor to bring back, not an error to report
+        deadline = time.monotonic() + patience
+        try:
+            while time.monotonic() < deadline:
+                batch = pending.next_batch(block=False)
+                if not batch and pending.is_empty():
+                    break
+                for other in batch:
+                    if other.status not in ("finished", "pending"):
+                        failures.append((other, by_key[other.key], other.exception()))
+                if not batch:
+                    time.sleep(0.05)
+        except Exception:  # ordering errors is best effort; the first one stands
+            pass
+        order = self._program_order()
+
+        def rank(item):
+            _, spec, exc = item
+            where = getattr(exc, "where", None) or spec.group
+            partition = getattr(exc, "partition", None)
+            real = isinstance(exc, worker.StageFailure)
+            return (not real, order.get(where, len(order)), partition if partition is not None else 1 << 30)
+        return min(failures, key=rank)
+
+    def _program_order(self) -> dict[str, int]:
+        if not hasattr(self, "_order"):
+            self._order = {node: i for i, node in enumerate(self.ir.graph.nodes)}
+        return self._order
+
+    def _fail(self, failure, specs) -> None:
+        future, spec, exc = failure
         if isinstance(exc, worker.ActorLost) or worker.is_lost(exc):
             # The failure may reach us through a task downstream of the one that called
             # the actor: consider every actor this graph reads.

@@ -27,9 +27,9 @@ from backends.runtime.tasks import apply_elementwise, ensure_path, resolve, user
 class StageFailure(Exception):
     """A stage failed on a worker: ``where`` is the IR node, ``hint`` where it raised."""
 
-    def __init__(self, where: str, message: str, hint: str | None = None):
-        super().__init__(where, message, hint)
-        self.where, self.message, self.hint = where, message, hint
+    def __init__(self, where: str, message: str, hint: str | None = None, partition: int | None = None):
+        super().__init__(where, message, hint, partition)
+        self.where, self.message, self.hint, self.partition = where, message, hint, partition
 
     def __str__(self) -> str:
         return f"in `{self.where}`: {self.message}"
@@ -91,7 +91,8 @@ def unseal(value):
 def _user_failure(where: str, exc: BaseException, partition: int | None) -> StageFailure:
     place = f" (partition {partition})" if partition is not None else ""
     frame = user_frame(exc)
-    return StageFailure(where, f"{type(exc).__name__}: {exc}{place}", f"raised at {frame}" if frame else None)
+    return StageFailure(where, f"{type(exc).__name__}: {exc}{place}", f"raised at {frame}" if frame else None,
+                        partition)
 
 
 def _with_timeout(where: str, partition: int, timeout: float | None, body):
@@ -109,7 +110,8 @@ def _with_timeout(where: str, partition: int, timeout: float | None, body):
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
-        raise StageFailure(where, f"partition {partition} did not finish within its timeout of {timeout:g} s")
+        raise StageFailure(where, f"partition {partition} did not finish within its timeout of {timeout:g} s",
+                           partition=partition)
     if "error" in box:
         raise box["error"]
     return box["result"]
@@ -387,7 +389,7 @@ def _terminal(term: tuple, items: list, partition: int):
             try:
                 return [seal(b) for b in semantics.shuffle_split(items, k, label)]
             except TypeError as exc:
-                raise StageFailure(where, str(exc)) from None
+                raise StageFailure(where, str(exc), partition=partition) from None
         elif what == "distinct":
             return [seal(b) for b in semantics.distinct_split(items, term[2])]
         else:
@@ -399,7 +401,7 @@ def _terminal(term: tuple, items: list, partition: int):
     try:
         return [seal(b) for b in semantics.shuffle_split(partial, k, "reduce_by_key")]
     except TypeError as exc:
-        raise StageFailure(where, str(exc)) from None
+        raise StageFailure(where, str(exc), partition=partition) from None
 
 
 def run_chain(stages: tuple, terminal: tuple | None, partition: int, items, *bound):
@@ -433,8 +435,9 @@ def pool_call(stage: tuple, partition: int, seq: int, member_index: int, member,
     if status == "ok":
         return payload
     if status == "timeout":
-        raise StageFailure(where, f"partition {partition} did not finish within its timeout of {timeout:g} s")
-    raise StageFailure(where, *payload)
+        raise StageFailure(where, f"partition {partition} did not finish within its timeout of {timeout:g} s",
+                           partition=partition)
+    raise StageFailure(where, *payload, partition=partition)
 
 
 # ---- shuffle merges and combines -----------------------------------------------------------------
