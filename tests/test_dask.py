@@ -594,6 +594,90 @@ pipeline p() {
     assert "needs 2 CPU per task, and no worker of the cluster offers that much" in err.value.render()
 
 
+# ---- random pipelines: the same bytes as the reference ------------------------------------------------
+
+_RANDOM_MODULE = """
+def inc(x): return x + 1
+def even(x): return x % 2 == 0
+def lst(x): return [x, x * 3]
+def pair(x): return (x % 5, x)
+def add(a, b): return a + b
+def third(x): return x / 3.0
+def size(vs): return len(vs)
+def jsum(ab): return ab[0] + ab[1]
+def scale(x, f): return x * f
+"""
+
+
+def _random_pipeline(seed: int) -> str:
+    """Sources, element-wise stages, shuffles, joins, unions, reductions and a loop over
+    a collection var, wired at random (fusion, shuffles and key names get exercised)."""
+    rng = random.Random(seed)
+    lines, ints, pairs, vals = [], [], [], []
+
+    def new(prefix):
+        return f"{prefix}{len(lines)}"
+    for _ in range(rng.randint(1, 2)):
+        s = new("s")
+        lines.append(f"source {s} = range({rng.randint(0, 40)}) partitions {rng.randint(1, 12)}")
+        ints.append(s)
+    for _ in range(rng.randint(3, 9)):
+        c, x = rng.random(), None
+        src = rng.choice(ints)
+        if c < 0.15:
+            x = new("c"); lines.append(f"stage {x} = map m.inc over {src}"); ints.append(x)
+        elif c < 0.25:
+            x = new("c"); lines.append(f"stage {x} = filter m.even over {src}"); ints.append(x)
+        elif c < 0.32:
+            x = new("c"); lines.append(f"stage {x} = flat_map m.lst over {src}"); ints.append(x)
+        elif c < 0.45 or not pairs:
+            x = new("p"); lines.append(f"stage {x} = map m.pair over {src}"); pairs.append(x)
+        elif c < 0.55:
+            x = new("p"); lines.append(f"stage {x} = reduce_by_key m.add over {rng.choice(pairs)}"); pairs.append(x)
+        elif c < 0.62:
+            x = new("p"); lines.append(f"stage {x} = map_values m.size over (group_by_key over {rng.choice(pairs)})")
+            pairs.append(x)
+        elif c < 0.68:
+            x = new("c"); lines.append(f"stage {x} = distinct({src})"); ints.append(x)
+        elif c < 0.74:
+            x = new("c"); lines.append(f"stage {x} = union({src}, {rng.choice(ints)})"); ints.append(x)
+        elif c < 0.80:
+            x = new("p"); lines.append(f"stage {x} = map_values m.jsum over join({rng.choice(pairs)}, "
+                                       f"{rng.choice(pairs)})"); pairs.append(x)
+        elif c < 0.87:
+            x = new("v"); lines.append(f"value {x} = reduce m.add over (map m.third over {src})"); vals.append(x)
+        elif c < 0.92 and vals:
+            x = new("c"); lines.append(f"stage {x} = map m.scale over {src} with f = {rng.choice(vals)}"); ints.append(x)
+        else:
+            x = new("v"); lines.append(f"value {x} = count({rng.choice(ints + pairs)})"); vals.append(x)
+    if rng.random() < 0.5:
+        v = rng.choice(ints)
+        lines += [f"var w = {v}", f"repeat {rng.randint(1, 3)} as i {{",
+                  f"    w = map m.scale over (union(w, {v})) with f = i + 1", "}"]
+        ints.append("w")
+    lines += [f"sink o{i} = collect({c}) -> json(\"out/o{i}.json\")" for i, c in enumerate(ints + pairs)]
+    lines += [f"sink q{i} = {v} -> json(\"out/q{i}.json\")" for i, v in enumerate(vals)]
+    return "use m_random_pipelines as m\npipeline r() {\n" + "\n".join("    " + x for x in lines) + "\n}\n"
+
+
+def _outcome(pipeline, **options):
+    import shutil
+    shutil.rmtree("out", ignore_errors=True)
+    try:
+        return _sinks(pipeline.run(**options))
+    except PipelineRuntimeError as exc:  # the same error, too (say, a reduce over nothing)
+        return exc.render()
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_pipelines_write_the_reference_bytes(seed, client, write_pipe, tmp_path, monkeypatch):
+    path = write_pipe(_random_pipeline(seed), m_random_pipelines=_RANDOM_MODULE)
+    monkeypatch.chdir(tmp_path)
+    pipeline = load(path)
+    pipeline.check()
+    assert _outcome(pipeline, backend="dask", client=client) == _outcome(pipeline, backend="local")
+
+
 # ---- the exact semantics the lowering relies on (no cluster) -----------------------------------------
 
 
