@@ -101,10 +101,11 @@ def test_plan_golden(example, spark, golden):
 
 def test_plan_shows_fusion_caching_broadcasts_and_driver_calls(spark):
     text = load(EXAMPLES / "train.pipe").lower("spark").explain()
-    assert "cache batches (read by every round of loop1)" in text
+    assert "batches is not cached (read by every round of loop1): Spark holds its partitions already" in text
+    assert "cache links (read by every round of loop1)" in load(EXAMPLES / "pagerank.pipe").lower("spark").explain()
     assert "broadcast ps.weights() as `weights` to grads (once per round)" in text
-    # the gradient map and the fold run in one pass over each partition
-    assert "total: map examples.linreg.gradient | fold examples.linreg.add PythonRDD" in text
+    # the source's blocks, the gradient map and the fold run in one pass over each partition
+    assert "total: source (items from the driver) | map examples.linreg.gradient | fold examples.linreg.add" in text
     assert text.index("driver: ps.weights()") < text.index("job: total") < text.index("driver: ps.apply(total)")
     wordcount = load(EXAMPLES / "wordcount.pipe").lower("spark").explain()
     assert "flat_map examples.text.words | map examples.text.one | reduce_by_key map side" in wordcount

@@ -9,7 +9,6 @@ actor call is listed where it happens, a loop's body once for all its rounds.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import networkx as nx
