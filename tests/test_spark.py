@@ -149,6 +149,9 @@ def crash_once(x, marker):
 def slow(x):
     time.sleep(30)
     return x
+
+def crash(x):
+    os._exit(3)
 '''
 
 
@@ -193,6 +196,16 @@ def test_crashed_worker_process_is_retried_by_spark(write_pipe, spark, tmp_path)
                             "sink out = collect(ys)", "m_crash", FAULTS, 'mk: str = "x"')
     assert run(path, mk=str(marker)).outputs["out"] == [1, 2, 3]
     assert int(marker.read_text()) >= 4  # the first attempt died on its first item
+
+
+def test_a_job_spark_cannot_finish_is_reported_with_its_log(write_pipe, spark):
+    path = pipe(write_pipe, "source xs = range(2) partitions 1\nstage ys = map m.crash over xs\n"
+                            "sink out = collect(ys)", "m_dead", FAULTS)
+    with pytest.raises(PipelineRuntimeError) as err:
+        run(path)
+    text = str(err.value)
+    assert "in `ys`: the Spark job failed: task 0 failed 3 times: its Python worker process died" in text
+    assert "Spark's log is" in text
 
 
 def test_timeout_stops_the_stage(write_pipe, spark):

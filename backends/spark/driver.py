@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import re
 import sys
 import threading
 import time
@@ -421,11 +422,21 @@ class SparkDriver(Driver):
                           f"raised at {f.frame}" if f.frame else None)
 
     def _job_error(self, node: str, exc: Exception) -> PipelineRuntimeError:
+        """A job Spark gave up on (a task failed on every attempt: a worker process that
+        crashed, an executor lost too often), said in one line, pointing at the log."""
         text = str(exc)
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
         cause = next((ln for ln in lines if "Exception:" in ln or "Error:" in ln), lines[0] if lines else repr(exc))
+        cause = re.sub(r"(org\.apache\.spark\.|java\.lang\.|py4j\.)[\w.$]*(Exception|Error): ", "", cause)
+        cause = cause.replace("Job aborted due to stage failure: ", "").lstrip(": ")
+        attempts = re.search(r"Task (\d+) in stage [\d.]+ failed (\d+) times", text)
+        if attempts and "Python worker exited unexpectedly" in text:
+            cause = (f"task {attempts.group(1)} failed {attempts.group(2)} times: its Python worker process died "
+                     f"(it crashed, was killed or ran out of memory)")
+        elif len(cause) > 300:
+            cause = cause[:300] + "..."
         log = self.session.log if self.session else None
-        return self.error(node, f"the Spark job failed: {cause[:300]}", self.ir.op(node).span,
+        return self.error(node, f"the Spark job failed: {cause}", self.ir.op(node).span,
                           f"Spark's log is {log}" if log else "see the Spark driver's log")
 
     # ---- sources
