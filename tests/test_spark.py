@@ -351,3 +351,9 @@ def test_reduce_over_many_partitions_combines_on_executors_bit_identically(write
     assert "100 tasks fold their partition; 13 tasks combine them 8 at a time" in load(path).lower("spark").explain()
     got = run(path).outputs["out"]
     assert repr(got) == repr(load(path).run(backend="local").outputs["out"])
+
+
+def test_unreachable_master_is_reported_before_spark_starts(workdir):
+    result = cli("run", "examples/wordcount.pipe", "--backend", "spark", "--address", "spark://127.0.0.1:9", cwd=workdir)
+    assert result.returncode == 2
+    assert "cannot reach the Spark master at spark://127.0.0.1:9" in result.stderr and "Traceback" not in result.stderr

@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from py4j.protocol import Py4JError
+
 from compiler import ir
 from compiler.schedule import Block, blocks
 from dsl.diagnostics import PipelineRuntimeError, UsageError
@@ -156,6 +158,10 @@ class SparkDriver(Driver):
                 self.lowered = self.capture(self)
             else:
                 resuming.finish(self.run_dir)
+        except Py4JError as exc:  # Spark itself went away (a job's failure is reported by job())
+            log = self.session.log if self.session else None
+            raise PipelineRuntimeError(self.ir.info.name, f"Spark stopped under the pipeline: {_first_line(exc)}",
+                                       hint=f"Spark's log is {log}" if log else None) from None
         finally:
             self.teardown()
         self.result.seconds = time.perf_counter() - start

@@ -16,6 +16,7 @@ import io
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -98,6 +99,7 @@ def session(address: str | None, log_path: str | None = None, max_retries: int =
 def start(master: str, log_path: str | None = None, ui: bool = False, conf: dict | None = None) -> Session:
     """Start a SparkContext on ``master`` with its JVM output in ``log_path``."""
     _check_java()
+    _check_reachable(master)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     if is_local(master) or master.startswith("local-cluster"):
         # Bind to loopback: no exposure on the network, and no hostname warning.
@@ -142,7 +144,10 @@ def start(master: str, log_path: str | None = None, ui: bool = False, conf: dict
 
 def stop(sc) -> None:
     """Stop ``sc`` and remove the work folder a ``local-cluster`` master leaves behind."""
-    app, master = sc.applicationId, sc.master
+    try:
+        app, master = sc.applicationId, sc.master
+    except Exception:  # stopped already (a lost master stops its context)
+        app, master = None, ""
     sc.stop()
     if master.startswith("local-cluster"):
         # The in-process workers write executor logs to SPARK_HOME/work/APP (not settable).
@@ -164,6 +169,23 @@ def _check_java() -> None:
         major = int(found.group(1)) if found.group(1) != "1" else int(found.group(2) or 0)
         if major < 17:
             raise SparkUnavailable(f"the spark backend needs Java 17 or newer, and {java} is Java {major}", hint)
+
+
+def _check_reachable(master: str) -> None:
+    """A standalone master that does not answer: say so now (Spark itself would retry for
+    a minute in the background, then stop the context under the running pipeline)."""
+    if not master.startswith("spark://"):
+        return
+    for address in master[len("spark://"):].split(","):
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=10).close()
+            return
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+    raise SparkUnavailable(f"cannot reach the Spark master at {master} ({reason})",
+                           "start it (sbin/start-master.sh) or check --address; without --address pipec "
+                           "runs an embedded local master")
 
 
 def _tail(path: str, lines: int = 15) -> str:
