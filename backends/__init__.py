@@ -18,7 +18,8 @@ REGISTRY: dict[str, tuple[str, str, str | None]] = {
     "dask": ("backends.dask", "DaskBackend", "dask"),
 }
 
-DEFAULT_BACKEND = "local"
+# The embedded default engine: a local Dask cluster (no JVM, no cluster to set up).
+DEFAULT_BACKEND = "dask"
 
 
 def backend_class(name: str):

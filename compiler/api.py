@@ -60,14 +60,15 @@ class Pipeline:
         """Bind parameters: defaults, overridden by ``given`` (strings are parsed by type)."""
         return bind_params(self, given or {})
 
-    def lower(self, backend: str = "local", params: Mapping[str, Any] | None = None, **options):
+    def lower(self, backend: str | None = None, params: Mapping[str, Any] | None = None, **options):
         """The backend's plan for these parameters (what `pipec compile` shows)."""
-        from backends import get_backend
+        from backends import DEFAULT_BACKEND, get_backend
+        backend = backend or DEFAULT_BACKEND
         self.check(backend)
         engine = get_backend(backend, **options)
         return engine.lower(self.ir, self.params(params))
 
-    def run(self, backend: str = "local", params: Mapping[str, Any] | None = None, **options):
+    def run(self, backend: str | None = None, params: Mapping[str, Any] | None = None, **options):
         """Run the pipeline; returns a :class:`backends.base.RunResult`."""
         plan = self.lower(backend, params, **{k: v for k, v in options.items() if k == "address"})
         return plan.run(**{k: v for k, v in options.items() if k != "address"})

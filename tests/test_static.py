@@ -105,3 +105,16 @@ def test_python_api_end_to_end(tmp_path, monkeypatch):
     (tmp_path / "examples" / "data" / "corpus.txt").write_text("b a b\nc b a\n")
     result = load(ROOT / "examples" / "wordcount.pipe").run(backend="local", params={"n": 2})
     assert json.loads(Path(result.files["top_words"]).read_text()) == [["b", 3], ["a", 2]]
+
+
+def test_run_defaults_to_the_embedded_dask_engine_quietly(tmp_path):
+    (tmp_path / "mod.py").write_text(TRAP.replace('raise RuntimeError("static commands must not import me")', ""))
+    (tmp_path / "p.pipe").write_text(PIPE.replace("trap", "mod"))
+    proc = subprocess.run([sys.executable, "-m", "compiler.cli", "run", "p.pipe"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert "finished on dask" in proc.stderr
+    assert json.loads((tmp_path / "out.json").read_text()) == [0, 2, 4, 6]
+    noise = [line for line in proc.stderr.splitlines()
+             if not line.startswith(("pipeline `", "  "))]
+    assert noise == [], noise

@@ -6,9 +6,10 @@ import importlib
 import inspect
 import sys
 from functools import lru_cache
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from compiler.ir import FnRef
+if TYPE_CHECKING:  # workers import this module: keep pydantic and networkx out of their start-up
+    from compiler.ir import FnRef
 
 
 def ensure_path(roots: Sequence[str]) -> None:
@@ -24,7 +25,7 @@ def resolve(module: str, attr: str) -> Callable:
     return getattr(importlib.import_module(module), attr)
 
 
-def fn_of(ref: FnRef | None) -> Callable | None:
+def fn_of(ref: "FnRef | None") -> Callable | None:
     return resolve(ref.module, ref.attr) if ref is not None else None
 
 
