@@ -451,7 +451,7 @@ def _quiet(stdout: str, stderr: str) -> None:
 
 
 def test_pipec_run_on_an_embedded_runtime_is_quiet_and_matches_local(workdir):
-    local = _pipec(["run", "examples/wordcount.pipe", "--param", "n=5"], workdir)
+    local = _pipec(["run", "examples/wordcount.pipe", "--backend", "local", "--param", "n=5"], workdir)
     assert local.returncode == 0, local.stderr
     expected = (workdir / "out" / "top.json").read_bytes()
     out = _pipec(["run", "examples/wordcount.pipe", "--backend", "ray", "--param", "n=5"], workdir,
@@ -506,7 +506,7 @@ def test_a_real_head_node_runs_an_example(workdir, tmp_path_factory):
         while "--block" not in log.read_text():
             assert head.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
-        local = _pipec(["run", "examples/pagerank.pipe", "--param", "rounds=3"], workdir)
+        local = _pipec(["run", "examples/pagerank.pipe", "--backend", "local", "--param", "rounds=3"], workdir)
         assert local.returncode == 0, local.stderr
         expected = (workdir / "out" / "ranks.json").read_bytes()
         out = _pipec(["run", "examples/pagerank.pipe", "--param", "rounds=3", "--backend", "ray",

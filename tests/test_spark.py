@@ -322,7 +322,7 @@ def test_resume_is_refused_where_it_cannot_work(workdir, spark):
     with pytest.raises(UsageError, match="different parameters"):
         pipeline.run(backend="spark", params={"epochs": 3, "rows": 2000}, run_dir="r1", resume=True)
     result = cli("run", "examples/train.pipe", "--resume", "r1", cwd=workdir)
-    assert result.returncode == 2 and "backend `local` cannot resume a run" in result.stderr
+    assert result.returncode == 2 and "backend `dask` cannot resume a run" in result.stderr
     result = cli("run", "examples/train.pipe", "--backend", "spark", "--resume", "nope", cwd=workdir)
     assert result.returncode == 2 and "no run `nope`" in result.stderr
 

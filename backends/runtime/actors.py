@@ -14,30 +14,15 @@ worker, Spark has none), so pipec closes the gap itself:
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backends.runtime.sinks import atomic_write
 from backends.runtime.tasks import resolve
 
 SKIPPED = "pipec:skipped"
-
-
-def _write_atomic_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class ActorHost:
@@ -77,7 +62,7 @@ class ActorHost:
         return getattr(self.obj, method)(*args, **kwargs)
 
     def save(self) -> None:
-        _write_atomic_bytes(self.snapshot_path, pickle.dumps((self.obj, self.applied, self.last_result)))
+        atomic_write(self.snapshot_path, pickle.dumps((self.obj, self.applied, self.last_result)))
 
     def state(self):
         return self.obj

@@ -1,4 +1,5 @@
-"""Sinks are written atomically: temporary file in the same folder, fsync, rename."""
+"""Every file pipec writes (sinks, snapshots, run records, formatted sources) is written
+atomically: temporary file in the same folder, fsync, rename."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from pathlib import Path
 from backends.runtime.semantics import render_sink
 
 
-def atomic_write(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` so readers see the old file or the whole new one.
+def atomic_write(path: str | Path, data: str | bytes) -> Path:
+    """Write ``data`` (text as UTF-8, or bytes) to ``path`` so readers see the old file
+    or the whole new one: temporary file in the same folder, fsync, rename.
 
     A symlink is followed (its target is replaced, the link stays) and an existing
     file keeps its permissions; a new file gets the usual mode (0666 less the umask).
@@ -24,8 +26,8 @@ def atomic_write(path: str | Path, text: str) -> Path:
         mode = 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
             fh.flush()
             os.fchmod(fh.fileno(), mode)
             os.fsync(fh.fileno())

@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from compiler import ir
 from backends.runtime.actors import ActorHost
+from backends.runtime.sinks import atomic_write
 
 FORMAT = 1
 RECORD = Path("resume") / "state.pickle"
@@ -52,7 +51,7 @@ class VersionedHost(ActorHost):
         super().save()
         self.saved = self.applied
         target = versioned(self.snapshot_path, self.applied)
-        write_atomic(target, self.snapshot_path.read_bytes())
+        atomic_write(target, self.snapshot_path.read_bytes())
 
 
 @dataclass
@@ -95,7 +94,7 @@ def write(run_dir: Path, record: Record) -> bool:
         data = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
         return False
-    write_atomic(run_dir / RECORD, data)
+    atomic_write(run_dir / RECORD, data)
     for actor, state in record.actors.items():
         if state["snapshot"] is not None:
             _prune(run_dir / "actors", actor, state["snapshot"])
@@ -111,7 +110,7 @@ def read(run_dir: Path) -> Record | None:
 
 
 def finish(run_dir: Path) -> None:
-    write_atomic(run_dir / FINISHED, b"")
+    atomic_write(run_dir / FINISHED, b"")
 
 
 def finished(run_dir: Path) -> bool:
@@ -131,17 +130,3 @@ def _prune(folder: Path, actor: str, keep_from: int) -> None:
         middle = path.name[len(actor) + 1:-len(".snapshot")]
         if middle.isdigit() and int(middle) < keep_from:
             path.unlink(missing_ok=True)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
