@@ -7,6 +7,7 @@ static commands never import Dask, Ray or Spark.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 from dsl.diagnostics import UsageError, did_you_mean
 
@@ -17,6 +18,9 @@ REGISTRY: dict[str, tuple[str, str, str | None]] = {
     "ray": ("backends.ray_backend", "RayBackend", "ray"),
     "dask": ("backends.dask", "DaskBackend", "dask"),
 }
+
+# extra -> the module whose presence says the engine is installed
+_ENGINE_MODULE = {"dask": "distributed", "ray": "ray", "spark": "pyspark"}
 
 # The embedded default engine: a local Dask cluster (no JVM, no cluster to set up).
 DEFAULT_BACKEND = "dask"
@@ -32,5 +36,11 @@ def backend_class(name: str):
 
 
 def get_backend(name: str, **options):
-    """An instance of backend ``name`` configured with ``options`` (e.g. ``address``)."""
-    return backend_class(name)(**options)
+    """An instance of backend ``name`` configured with ``options`` (e.g. ``address``).
+    Raises UsageError, naming the pip extra, when the backend's engine is not installed."""
+    cls = backend_class(name)
+    extra = REGISTRY[name][2]
+    if extra is not None and importlib.util.find_spec(_ENGINE_MODULE[extra]) is None:
+        raise UsageError(f"backend `{name}` needs its engine, which is not installed",
+                         f"pip install 'pipec[{extra}]' (or choose another backend with --backend)")
+    return cls(**options)

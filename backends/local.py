@@ -9,7 +9,6 @@ is caught by comparing the input's pickled bytes before and after the call.
 from __future__ import annotations
 
 import pickle
-import threading
 from typing import Any
 
 from compiler import ir
@@ -18,7 +17,7 @@ from backends.base import Backend, Plan, Progress, RunResult
 from backends.runtime import semantics
 from backends.runtime.actors import ActorHost
 from backends.runtime.driver import Driver
-from backends.runtime.tasks import apply_elementwise, fn_of, resolve
+from backends.runtime.tasks import apply_elementwise, fn_of, resolve, run_with_timeout
 
 # Actors reachable from handle proxies in this process, by (run id, actor node).
 _HANDLES: dict[tuple[str, str], ActorHost] = {}
@@ -129,7 +128,7 @@ class LocalDriver(Driver):
         attempts = 0 if options.effectful else retries
         for attempt in range(attempts + 1):
             try:
-                result = self._with_timeout(where, op, partition, body, options.timeout)
+                result = run_with_timeout(body, options.timeout, f"pipec-{where}-{partition}")
                 break
             except TimeoutError:
                 raise self.error(where, f"partition {partition} did not finish within its timeout of "
@@ -142,25 +141,6 @@ class LocalDriver(Driver):
             raise self.error(where, f"the function changed its input (partition {partition})", op.span,
                              "functions must not mutate their inputs; build and return a new object")
         return result
-
-    def _with_timeout(self, where, op, partition, body, timeout):
-        if timeout is None:
-            return body()
-        box: dict = {}
-
-        def target():
-            try:
-                box["result"] = body()
-            except BaseException as exc:  # handed to the caller below
-                box["error"] = exc
-        thread = threading.Thread(target=target, daemon=True, name=f"pipec-{where}-{partition}")
-        thread.start()
-        thread.join(timeout)
-        if thread.is_alive():
-            raise TimeoutError
-        if "error" in box:
-            raise box["error"]
-        return box["result"]
 
     def partitions(self, node: str) -> list[list]:
         return self.env[node]

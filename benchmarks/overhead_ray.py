@@ -31,14 +31,7 @@ if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` and pipec im
 from benchmarks import workloads as w  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-SIZES = {
-    "full": {"mapreduce": {"n": 2_000_000, "parts": 16},
-             "paramserver": {"rows": 200_000, "rounds": 20},
-             "wordcount": {"lines": 200_000, "parts": 8, "n": 20}},
-    "quick": {"mapreduce": {"n": 100_000, "parts": 16},
-              "paramserver": {"rows": 20_000, "rounds": 5},
-              "wordcount": {"lines": 10_000, "parts": 8, "n": 20}},
-}
+SIZES = w.SIZES
 
 
 # ---- the hand-written Ray programs ---------------------------------------------------------

@@ -14,6 +14,17 @@ VOCABULARY = [f"w{i:03d}" for i in range(500)]
 # ---- mapreduce: x -> (x*x) % 1000003; keep even; global sum; count per value % 100
 
 
+# The workloads' sizes as the issues define them ('full'), and a quick variant for a smoke run.
+SIZES = {
+    "full": {"mapreduce": {"n": 2_000_000, "parts": 16},
+             "paramserver": {"rows": 200_000, "rounds": 20},
+             "wordcount": {"lines": 200_000, "parts": 8, "n": 20}},
+    "quick": {"mapreduce": {"n": 100_000, "parts": 16},
+              "paramserver": {"rows": 20_000, "rounds": 5},
+              "wordcount": {"lines": 10_000, "parts": 8, "n": 20}},
+}
+
+
 def square_mod(x: int) -> int:
     return (x * x) % 1000003
 

@@ -118,3 +118,19 @@ def test_run_defaults_to_the_embedded_dask_engine_quietly(tmp_path):
     noise = [line for line in proc.stderr.splitlines()
              if not line.startswith(("pipeline `", "  "))]
     assert noise == [], noise
+
+
+def test_a_backend_whose_engine_is_missing_is_a_usage_error(tmp_path):
+    """Simulate a machine without Dask: the error names the extra to install, no traceback."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import importlib.util, sys\n"
+        "_real = importlib.util.find_spec\n"
+        "importlib.util.find_spec = lambda name, *a: None if name == 'distributed' else _real(name, *a)\n")
+    (tmp_path / "mod.py").write_text(TRAP.replace('raise RuntimeError("static commands must not import me")', ""))
+    (tmp_path / "p.pipe").write_text(PIPE.replace("trap", "mod"))
+    env = {**__import__("os").environ, "PYTHONPATH": f"{tmp_path}:{ROOT}"}
+    proc = subprocess.run([sys.executable, "-m", "compiler.cli", "run", "p.pipe"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert "backend `dask` needs its engine" in proc.stderr and "pipec[dask]" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import pickle
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 from backends.runtime import semantics
 from backends.runtime.actors import ActorHost
-from backends.runtime.tasks import apply_elementwise, ensure_path, resolve, user_frame
+from backends.runtime.tasks import apply_elementwise, ensure_path, resolve, run_with_timeout, user_frame
 
 
 class StageFailure(Exception):
@@ -96,25 +95,12 @@ def _user_failure(where: str, exc: BaseException, partition: int | None) -> Stag
 
 
 def _with_timeout(where: str, partition: int, timeout: float | None, body):
-    """``body()``, failing after ``timeout`` seconds (the thread is left to finish alone)."""
-    if timeout is None:
-        return body()
-    box: dict = {}
-
-    def target():
-        try:
-            box["result"] = body()
-        except BaseException as exc:  # handed to the caller below
-            box["error"] = exc
-    thread = threading.Thread(target=target, daemon=True, name=f"pipec-{where}-{partition}")
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
+    """``body()``, failing as the stage after ``timeout`` seconds."""
+    try:
+        return run_with_timeout(body, timeout, f"pipec-{where}-{partition}")
+    except TimeoutError:
         raise StageFailure(where, f"partition {partition} did not finish within its timeout of {timeout:g} s",
-                           partition=partition)
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
+                           partition=partition) from None
 
 
 # ---- sources ---------------------------------------------------------------------------------

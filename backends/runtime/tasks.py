@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import sys
+import threading
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -74,3 +75,25 @@ def user_frame(exc: BaseException) -> str | None:
             found = f"{filename}:{tb.tb_lineno} in {tb.tb_frame.f_code.co_name}"
         tb = tb.tb_next
     return found
+
+
+def run_with_timeout(body: Callable[[], Any], timeout: float | None, name: str) -> Any:
+    """``body()``, raising TimeoutError after ``timeout`` seconds. Python cannot stop a
+    thread, so a task past its time is left to finish alone (a daemon thread)."""
+    if timeout is None:
+        return body()
+    box: dict = {}
+
+    def target():
+        try:
+            box["result"] = body()
+        except BaseException as exc:  # handed to the caller below
+            box["error"] = exc
+    thread = threading.Thread(target=target, daemon=True, name=name)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TimeoutError
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
