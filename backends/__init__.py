@@ -15,7 +15,7 @@ from dsl.diagnostics import UsageError, did_you_mean
 REGISTRY: dict[str, tuple[str, str, str | None]] = {
     "local": ("backends.local", "LocalBackend", None),
     "spark": ("backends.spark", "SparkBackend", "spark"),
-    "ray": ("backends.ray_backend", "RayBackend", "ray"),
+    "ray": ("backends.ray", "RayBackend", "ray"),
     "dask": ("backends.dask", "DaskBackend", "dask"),
 }
 

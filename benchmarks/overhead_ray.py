@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="comma-separated workloads (default: all three)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
-    from backends.ray_backend import start_runtime, stop_runtime
+    from backends.ray.engine import start_runtime, stop_runtime
     import ray
     sizes = SIZES["quick" if args.quick else "full"]
     names = args.only.split(",") if args.only else list(sizes)

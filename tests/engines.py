@@ -42,7 +42,7 @@ _STARTERS["dask"] = _start_dask
 def _start_ray() -> dict[str, Any]:
     """One quiet Ray runtime for the session (2 CPUs, no dashboard); every run reuses the
     Ray already initialised in this process, so no options are needed."""
-    from backends.ray_backend import start_runtime, stop_runtime
+    from backends.ray.engine import start_runtime, stop_runtime
     start_runtime(num_cpus=2)
     on_shutdown(stop_runtime)
     return {}

@@ -26,7 +26,8 @@ from compiler import render  # noqa: E402
 from compiler.api import load  # noqa: E402
 from compiler.capabilities import FEATURES  # noqa: E402
 from dsl.diagnostics import PipelineRuntimeError  # noqa: E402
-from backends.ray_backend import RayBackend, fusion  # noqa: E402
+from backends.ray import RayBackend
+from backends.ray.lowering import fusion  # noqa: E402
 from tests.conftest import EXAMPLES, ROOT  # noqa: E402
 from tests.engines import engine_options  # noqa: E402
 
@@ -474,7 +475,7 @@ def test_an_unreachable_address_fails_fast_with_a_hint(workdir):
 
 
 def test_a_process_connected_to_one_cluster_refuses_to_join_another(workdir):
-    from backends.ray_backend import RayEngineError
+    from backends.ray.engine import RayEngineError
     _ray_options()
     with pytest.raises(RayEngineError) as err:
         load(Path("examples/wordcount.pipe")).run(backend="ray", address="10.255.255.1:6379")

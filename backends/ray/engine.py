@@ -1,0 +1,123 @@
+"""The Ray runtime pipec runs on: embedded, joined with ``--address``, or already running
+in this process. Settings are chosen on purpose so a run is quiet."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+
+
+from dsl.diagnostics import PipecError
+
+
+class RayEngineError(PipecError):
+    """The Ray runtime could not be started or reached."""
+
+
+_OWNED = {"started": False}
+
+
+def configure_environment() -> None:
+    """Settings that must be in place before Ray starts, chosen on purpose.
+
+    Ray 2.60 turns token authentication on for every new local cluster and warns about it
+    on each start unless ``RAY_AUTH_MODE`` says what is wanted. pipec asks for it
+    explicitly (the token lives in ~/.ray/auth_token, shared by the driver and `ray start`
+    on this machine); a value the user set is kept. Ray caches its configuration when it
+    is imported, so the cached copy is refreshed if Ray was imported already.
+    """
+    if "RAY_AUTH_MODE" not in os.environ:
+        os.environ["RAY_AUTH_MODE"] = "token"
+        if "ray._raylet" in sys.modules:
+            from ray._raylet import Config
+            Config.initialize("")
+    # Ray's usage-statistics prompt and its deduplication hints are terminal noise.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def start_runtime(address: str | None = None, num_cpus: int | None = None,
+                  runtime_env: dict | None = None) -> bool:
+    """Connect this process to Ray; True if this call started (or joined) it.
+
+    Reuses a Ray already initialised in this process. Otherwise joins ``address`` (or
+    ``RAY_ADDRESS``), or starts an embedded local runtime sized to the machine (or to
+    ``num_cpus``): no dashboard, worker output kept off the terminal, logs at ERROR.
+    """
+    configure_environment()
+    import ray
+    if ray.is_initialized():
+        current = ray.get_runtime_context().gcs_address
+        if address and address != "auto" and "://" not in address and not _same_address(address, current):
+            raise RayEngineError(f"this process is already connected to the Ray cluster at {current}, "
+                                 f"so it cannot join {address}\n"
+                                 "  = hint: leave out --address to use the connected cluster, or run pipec in a "
+                                 "fresh process")
+        return False
+    target = address or os.environ.get("RAY_ADDRESS") or "local"
+    quiet = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+                 configure_logging=True, namespace="pipec")
+    if target != "local":
+        _probe(target)
+    try:
+        if target == "local":
+            ray.init(address="local", num_cpus=num_cpus, **quiet)
+        else:
+            ray.init(address=target, runtime_env=runtime_env or None, **quiet)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = "start a local Ray runtime" if target == "local" else f"reach the Ray cluster at {target}"
+        raise RayEngineError(f"cannot {where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                             + ("" if target == "local" else
+                                "\n  = hint: start one with `ray start --head`, or leave out --address "
+                                "(and RAY_ADDRESS) for an embedded runtime")) from None
+    _silence_raylet_messages()
+    _OWNED["started"] = True
+    return True
+
+
+def _same_address(a: str, b: str) -> bool:
+    """Whether two HOST:PORT addresses name the same Ray head (a loopback host matches
+    this machine's own address, as Ray reports its GCS by the node's IP)."""
+    def host_port(address: str) -> tuple[str, str]:
+        host, _, port = address.rpartition(":")
+        try:
+            host = socket.gethostbyname(host or "127.0.0.1")
+        except OSError:
+            pass
+        return host, port
+    (ha, pa), (hb, pb) = host_port(a), host_port(b)
+    return pa == pb and (ha == hb or ha.startswith("127.") or hb.startswith("127."))
+
+
+def _probe(address: str) -> None:
+    """Fail fast on an address nothing listens on (Ray itself retries for minutes)."""
+    if address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except (OSError, ValueError) as exc:
+        reason = "not HOST:PORT" if isinstance(exc, ValueError) else (exc.strerror or str(exc))
+        raise RayEngineError(f"cannot reach the Ray cluster at {address}: {reason}\n"
+                             "  = hint: start one with `ray start --head`, or leave out --address (and "
+                             "RAY_ADDRESS) for an embedded runtime") from None
+
+
+def stop_runtime() -> None:
+    """Shut down (or leave) the Ray runtime this module started."""
+    if not _OWNED["started"]:
+        return
+    import ray
+    _OWNED["started"] = False
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def _silence_raylet_messages() -> None:
+    """Ray prints the raylet's error messages (a worker killed, say) on the driver's
+    stdout even with ``log_to_driver=False``. pipec reports failures itself, naming the
+    stage, so those lines are switched off with the flag Ray's own debugger uses."""
+    import ray._private.worker as ray_worker
+    if hasattr(ray_worker, "_worker_logs_enabled"):
+        ray_worker._worker_logs_enabled = False
