@@ -1,11 +1,13 @@
 """pipec's runtime overhead against hand-written, idiomatic engine programs.
 
-Three workloads, each run as a hand-written Dask program and as the pipec pipeline
-(benchmarks/*.pipe), on the same data, in the same engine session (one Client; starting
-the engine is not timed), several times; prints the median seconds of each and the ratio
-pipec / hand-written.
+Three workloads, each run as a hand-written program for the engine
+(``benchmarks/hand_<backend>.py``) and as the pipec pipeline (``benchmarks/<name>.pipe``),
+on the same data, in the same engine session (started once, not timed), alternating which
+goes first, after one warm-up run of each that also checks both computed the same; prints
+the median seconds of each and the ratio pipec / hand-written.
 
-    python benchmarks/overhead.py --backend dask [--reps 5] [--address tcp://...] [--quick]
+    python benchmarks/overhead.py --backend dask|ray|spark [--reps 5] [--quick]
+                                  [--only mapreduce,...] [--address URL] [--json OUT]
 
 * mapreduce:   2,000,000 integers in 16 partitions; x -> (x*x) % 1000003; keep even;
                global sum and count per (value % 100)
@@ -13,25 +15,28 @@ pipec / hand-written.
                seed 0) in 8 partitions, 20 rounds, weights held by an actor
 * wordcount:   200,000 generated lines from a fixed vocabulary (seeded), top 20 words
 
-Both programs of a workload call the same Python functions per element (the pipeline's
-functions live in benchmarks/workloads.py), so the ratio measures what pipec adds:
-lowering, the driver, graph submission, sealed boundaries. ``--only wordcount_naive``
-runs examples/wordcount.pipe's formulation (a call per word and per pair) against the
-same hand-written program, to show what that formulation costs.
+Both programs of a workload call the same Python functions (benchmarks/workloads.py), so
+the ratio measures what pipec adds: lowering, the driver, task submission, the shared
+semantics that make every backend byte-identical. ``--only wordcount_naive`` runs
+examples/wordcount.pipe's formulation (a call per word and per pair) against the same
+hand-written program, to show what that formulation costs.
+
+A backend joins by providing ``benchmarks/hand_<backend>.py`` with ``engine(address)`` (a
+context manager yielding a one-line description), ``run_options()`` (what ``plan.run``
+needs to share the engine), ``WEIGHTS_RTOL`` and one function per workload.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
+import importlib
 import json
-import logging
-import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` and pipec importable
@@ -40,166 +45,113 @@ if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` and pipec im
 from benchmarks import workloads as w  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-SIZES = w.SIZES
+BACKENDS = ("dask", "ray", "spark")
+WORKLOADS = ("mapreduce", "paramserver", "wordcount", "wordcount_naive")
 
 
-# ---- the hand-written programs ----------------------------------------------------------------
+def hand_written(backend: str):
+    """The module of hand-written programs for ``backend``."""
+    return importlib.import_module(f"benchmarks.hand_{backend}")
 
 
-def hand_mapreduce(client, n: int, parts: int):
-    import dask.bag as db
-    evens = db.range(n, npartitions=parts).map(w.square_mod).filter(w.is_even)
-    total, counts = client.compute([evens.sum(), evens.map(w.bucket_key).frequencies()], sync=True)
-    return total, sorted(counts)
-
-
-def _take(items, i, k):
-    return items[i * len(items) // k:(i + 1) * len(items) // k]
-
-
-def _partition_gradient(batches, weights):
-    return functools.reduce(w.add_grads, [w.gradient(b, weights) for b in batches])
-
-
-def _sum_grads(grads):
-    return functools.reduce(w.add_grads, grads)
-
-
-def hand_paramserver(client, rows: int, rounds: int, rate: float = 0.1):
-    data = client.submit(w.make_rows, rows, 10, 0)
-    parts = [client.submit(_take, data, i, 8) for i in range(8)]
-    ps = client.submit(w.ParameterServer, 10, rate, actor=True).result()
-    for _ in range(rounds):
-        weights = ps.weights().result()
-        grads = [client.submit(_partition_gradient, p, weights, pure=False) for p in parts]
-        total = client.submit(_sum_grads, grads, pure=False).result()
-        ps.apply(total).result()
-    return ps.weights().result()
-
-
-def hand_wordcount(client, path: str, parts: int, n: int):
-    import dask.bag as db
-    size = os.path.getsize(path)
-    lines = db.read_text(path, blocksize=-(-size // parts))
-    top = lines.map(w.words).flatten().frequencies().topk(n, key=1)
-    return client.compute(top, sync=True)
-
-
-# ---- the pipec pipelines ----------------------------------------------------------------------
-
-
-def pipec_plan(name: str, backend: str, params: dict, address: str | None):
+def pipec_plan(name: str, backend: str, params: dict):
+    """The benchmark pipeline ``name``, lowered for ``backend`` with ``params``."""
     from compiler.api import load
-    pipeline = load(HERE / f"{name}.pipe")
-    return pipeline.lower(backend, params, **({"address": address} if address else {}))
+    return load(HERE / f"{name}.pipe").lower(backend, params)
 
 
-def run_plan(plan, client, run_dir: str):
-    return plan.run(client=client, run_dir=run_dir)
+class Workload:
+    """One workload on one backend: the hand-written call, the pipec call, and a check
+    that both computed the same thing."""
+
+    def __init__(self, hand: Callable[[], object], pipec: Callable[[], object], same: Callable[[object, object], bool]):
+        self.hand, self.pipec, self.same = hand, pipec, same
 
 
-# ---- timing -------------------------------------------------------------------------------------
+def workload(name: str, size: dict, backend: str, scratch: Path) -> Workload:
+    """Build workload ``name`` at ``size`` (a row of ``workloads.SIZES``) for ``backend``;
+    its runs write under ``scratch``."""
+    progs = hand_written(backend)
+    runs = str(scratch / "runs" / name)
 
+    def run(plan):
+        return lambda: plan.run(run_dir=runs, **progs.run_options())
 
-def timed(fn) -> tuple[float, object]:
-    start = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - start, result
-
-
-def sizes_of(size, name):
-    return size if size is not None else SIZES["full"][name]
-
-
-def workload_runs(name: str, size: dict | None, client, backend: str, address: str | None, scratch: Path):
-    """(hand-written callable, pipec callable, a check that both computed the same)."""
     if name == "mapreduce":
-        plan = pipec_plan(name, backend, {"n": size["n"], "parts": size["parts"]}, address)
+        plan = pipec_plan(name, backend, {"n": size["n"], "parts": size["parts"]})
 
-        def check(hand, pipec):
+        def same(hand, result):
             total, counts = hand
-            return pipec.outputs["total_out"] == total and \
-                [tuple(kv) for kv in pipec.outputs["counts_out"]] == [tuple(kv) for kv in counts]
-        return (lambda: hand_mapreduce(client, size["n"], size["parts"]),
-                lambda: run_plan(plan, client, str(scratch / "runs")), check)
+            return result.outputs["total_out"] == total and \
+                [tuple(kv) for kv in result.outputs["counts_out"]] == [tuple(kv) for kv in counts]
+        return Workload(lambda: progs.mapreduce(size["n"], size["parts"]), run(plan), same)
     if name == "paramserver":
-        plan = pipec_plan(name, backend, {"rows": size["rows"], "rounds": size["rounds"]}, address)
+        import numpy as np
+        plan = pipec_plan(name, backend, {"rows": size["rows"], "rounds": size["rounds"]})
 
-        def check(hand, pipec):
-            return list(pipec.outputs["weights"]) == list(hand)
-        return (lambda: hand_paramserver(client, size["rows"], size["rounds"]),
-                lambda: run_plan(plan, client, str(scratch / "runs")), check)
+        def same(hand, result):
+            return bool(np.allclose(result.outputs["weights"], hand, rtol=progs.WEIGHTS_RTOL, atol=0))
+        return Workload(lambda: progs.paramserver(size["rows"], size["rounds"]), run(plan), same)
     if name in ("wordcount", "wordcount_naive"):
-        size = sizes_of(size, "wordcount")
         path = scratch / "corpus.txt"
         if not path.exists():
             w.write_corpus(str(path), size["lines"], seed=0)
-        plan = pipec_plan(name, backend, {"path": str(path), "parts": size["parts"], "n": size["n"]}, address)
+        plan = pipec_plan(name, backend, {"path": str(path), "parts": size["parts"], "n": size["n"]})
 
-        def check(hand, pipec):
-            return [c for _, c in pipec.outputs["top_words"]] == [c for _, c in hand]
-        return (lambda: hand_wordcount(client, str(path), size["parts"], size["n"]),
-                lambda: run_plan(plan, client, str(scratch / "runs")), check)
-    raise ValueError(name)
+        def same(hand, result):
+            # Ties between words of equal count may be listed in another order.
+            return [c for _, c in result.outputs["top_words"]] == [c for _, c in hand]
+        return Workload(lambda: progs.wordcount(str(path), size["parts"], size["n"]), run(plan), same)
+    raise ValueError(f"unknown workload {name!r}")
 
 
-def start_engine(backend: str, address: str | None):
-    if backend != "dask":
-        raise SystemExit(f"no hand-written programs for backend {backend!r} yet")
-    from distributed import Client, LocalCluster
-    from backends.dask.engine import LocalShape
-    if address:
-        return Client(address), None
-    shape = LocalShape.of_machine()
-    cluster = LocalCluster(n_workers=shape.workers, threads_per_worker=shape.threads, processes=True,
-                           memory_limit=shape.memory, resources=shape.resources, dashboard_address="127.0.0.1:0",
-                           silence_logs=logging.CRITICAL, host="127.0.0.1")
-    return Client(cluster), cluster
+def measure(load: Workload, reps: int) -> dict:
+    """Warm up once (worker processes, imports, caches) and check both programs agree,
+    then time ``reps`` runs of each, alternating which goes first."""
+    same = load.same(load.hand(), load.pipec())
+    times: dict[str, list[float]] = {"hand": [], "pipec": []}
+    for rep in range(reps):
+        order = [("hand", load.hand), ("pipec", load.pipec)]
+        for key, fn in (order if rep % 2 == 0 else order[::-1]):
+            start = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - start)
+    hand, pipec = statistics.median(times["hand"]), statistics.median(times["pipec"])
+    return {"hand_written_s": round(hand, 4), "pipec_s": round(pipec, 4), "ratio": round(pipec / hand, 3),
+            "same_result": bool(same), "hand_runs": [round(t, 4) for t in times["hand"]],
+            "pipec_runs": [round(t, 4) for t in times["pipec"]]}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backend", default="dask")
+    parser.add_argument("--backend", choices=BACKENDS, default="dask")
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions of each program")
-    parser.add_argument("--address", help="an existing scheduler (default: a local cluster)")
+    parser.add_argument("--address", help="an existing cluster (default: the backend's embedded engine)")
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
-    parser.add_argument("--only", help="comma-separated workloads (default: all three)")
+    parser.add_argument("--only", help="comma-separated workloads (default: mapreduce,paramserver,wordcount)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
-    sizes = SIZES["quick" if args.quick else "full"]
+    sizes = w.SIZES["quick" if args.quick else "full"]
     names = args.only.split(",") if args.only else list(sizes)
-    client, cluster = start_engine(args.backend, args.address)
+    unknown = [n for n in names if n not in WORKLOADS]
+    if unknown:
+        parser.error(f"unknown workload {unknown[0]!r} (choose from {', '.join(WORKLOADS)})")
     figures = {}
-    try:
-        workers = len(client.scheduler_info()["workers"])
-        print(f"backend {args.backend}, {workers} workers, {args.reps} repetitions (+1 warm-up), medians",
+    with hand_written(args.backend).engine(args.address) as engine, \
+            tempfile.TemporaryDirectory(prefix="pipec-bench-") as tmp:
+        print(f"backend {args.backend} ({engine}), {args.reps} repetitions (+1 warm-up), medians",
               file=sys.stderr)
-        with tempfile.TemporaryDirectory(prefix="pipec-bench-") as tmp:
-            for name in names:
-                size = sizes.get(name, sizes["wordcount"] if name == "wordcount_naive" else None)
-                hand, pipec, check = workload_runs(name, size, client, args.backend, args.address, Path(tmp))
-                same = check(hand(), pipec())  # warm-up: imports, worker caches
-                hand_times, pipec_times = [], []
-                for rep in range(args.reps):
-                    order = [(hand, hand_times), (pipec, pipec_times)]
-                    for fn, times in (order if rep % 2 == 0 else order[::-1]):
-                        times.append(timed(fn)[0])
-                h, p = statistics.median(hand_times), statistics.median(pipec_times)
-                figures[name] = {"hand_written_s": round(h, 4), "pipec_s": round(p, 4), "ratio": round(p / h, 3),
-                                 "same_result": bool(same), "hand_runs": [round(t, 4) for t in hand_times],
-                                 "pipec_runs": [round(t, 4) for t in pipec_times]}
-                print(f"  {name}: done", file=sys.stderr)
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
-    print(f"{'workload':<12} {'hand-written s':>15} {'pipec s':>9} {'pipec/hand':>11}  same result")
+        for name in names:
+            size = sizes["wordcount" if name == "wordcount_naive" else name]
+            figures[name] = measure(workload(name, size, args.backend, Path(tmp)), args.reps)
+            print(f"  {name}: done", file=sys.stderr)
+    print(f"{'workload':<16} {'hand-written s':>15} {'pipec s':>9} {'pipec/hand':>11}  same result")
     for name, f in figures.items():
-        print(f"{name:<12} {f['hand_written_s']:>15.3f} {f['pipec_s']:>9.3f} {f['ratio']:>11.2f}  "
+        print(f"{name:<16} {f['hand_written_s']:>15.3f} {f['pipec_s']:>9.3f} {f['ratio']:>11.2f}  "
               f"{'yes' if f['same_result'] else 'NO'}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
-    return 0
+    return 0 if all(f["same_result"] for f in figures.values()) else 1
 
 
 if __name__ == "__main__":
