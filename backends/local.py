@@ -14,7 +14,7 @@ from typing import Any
 from compiler import ir
 from compiler.schedule import Block, blocks
 from backends.base import Backend, Plan, Progress, RunResult
-from backends.runtime import semantics
+from backends.runtime import semantics, sources
 from backends.runtime.actors import ActorHost
 from backends.runtime.driver import Driver
 from backends.runtime.tasks import apply_elementwise, fn_of, resolve, run_with_timeout
@@ -163,9 +163,9 @@ class LocalDriver(Driver):
                 n = args[0]
                 parts = [list(range(a, b)) for a, b in semantics.partition_bounds(n, k)]
             elif op.kind == "read_text":
-                parts = semantics.split(_read_lines(args[0]), k)
+                parts = semantics.split(sources.read_lines(args[0]), k)
             elif op.kind == "read_jsonl":
-                parts = semantics.split(_read_jsonl(args[0]), k)
+                parts = semantics.split(sources.read_jsonl(args[0]), k)
             elif op.sharded:
                 fn = fn_of(op.fn)
                 parts = [list(fn(*args, **kwargs, partition=i, partitions=k)) for i in range(k)]
@@ -291,21 +291,3 @@ class LocalDriver(Driver):
         args, kwargs = self.roundtrip((args, kwargs), actor, "an actor call's arguments", None)
         result = self.hosts[actor].call(seq, method, args, kwargs)
         return self.roundtrip(result, actor, f"the result of {method}()", None)
-
-
-def _read_lines(path: str) -> list[str]:
-    with open(path, encoding="utf-8") as fh:
-        return [line.rstrip("\n").rstrip("\r") for line in fh]
-
-
-def _read_jsonl(path: str) -> list:
-    import json
-    out = []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from None
-    return out

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from compiler.api import load
-from dsl.diagnostics import UnsupportedOnBackend
+from dsl.diagnostics import PipelineRuntimeError, UnsupportedOnBackend
 from tests.conftest import EXAMPLES
 from tests.engines import BACKENDS, engine_options
 
@@ -59,6 +59,9 @@ def batch_sum(items, partition):
 
 def first(pair):
     return pair[0]
+
+def line_stats(lines, partition):
+    return [(partition, len(lines), lines[0] if lines else None, lines[-1] if lines else None)]
 
 def scale(x, factor):
     return x * factor
@@ -105,6 +108,11 @@ class Doubler:
 '''
 
 
+# Several 64 KiB chunks, lines of every length (some empty, some not ASCII): the Dask and
+# Ray tasks each read only their own lines of it, at byte offsets of their own.
+BIG_TEXT = "".join(("é" * (i % 7) + f"line {i}" * (i % 13)) + "\n" for i in range(9000)) + "no newline at the end"
+
+
 @dataclass
 class Case:
     body: str
@@ -121,6 +129,10 @@ CASES: dict[str, Case] = {
         source lines = read_text("data.txt") partitions 3
         stage ws = flat_map m.words over lines
         sink out = ws -> text("out/out.txt")""", files={"data.txt": "a b c\nd e\n\nf g h i\nj\n"}),
+    "read_text_partitions_across_chunks": Case("""
+        source lines = read_text("big.txt") partitions 7
+        stage stats = map_batches m.line_stats over lines
+        sink out = collect(stats) -> json("out/out.json")""", files={"big.txt": BIG_TEXT}),
     "read_jsonl": Case("""
         source rows = read_jsonl("rows.jsonl") partitions 2
         stage firsts = map m.first over rows
@@ -276,6 +288,18 @@ def test_conformance(backend, name, tmp_path, monkeypatch):
         return
     expected = _run_case(tmp_path, monkeypatch, "local", name, case)
     assert got == expected
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_missing_text_file_is_reported_at_its_source(backend, tmp_path, monkeypatch):
+    case = Case("""
+        source lines = read_text("missing.txt") partitions 3
+        sink out = collect(lines) -> json("out/out.json")""")
+    with pytest.raises(PipelineRuntimeError) as err:
+        _run_case(tmp_path, monkeypatch, backend, "missing_file", case)
+    assert "missing.txt: No such file or directory" in str(err.value)
+    assert err.value.span.line == 5  # the `source` line, under the `use` and `pipeline` lines
+    assert not (tmp_path / backend / "out").exists()
 
 
 @pytest.mark.parametrize("example", ["wordcount", "pagerank", "kmeans", "infer", "train"])

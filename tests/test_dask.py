@@ -700,18 +700,3 @@ def test_top_from_partition_candidates_is_top_of_everything():
         expected = semantics.top(everything, n, by)
         got = semantics.top_merge([semantics.top_partial(p, n, by, order) for p in parts], n, by, order)
         assert got == expected, (trial, parts, n, order)
-
-
-def test_text_partitions_read_only_their_bytes_and_match_text_mode(tmp_path):
-    from backends.dask.worker import _read_lines, read_lines_part
-    from backends.runtime.semantics import split
-    rng = random.Random(5)
-    samples = ["", "\n", "a", "a\n", "\n\n\n", "é\nü\n\nx", "a\r\nb\r\n", "a\rb\rc\n", "\ufeffbom\nx",
-               "x\n" * 70000 + "tail"]
-    samples += ["".join(rng.choice("ab é\n\n") for _ in range(rng.randint(0, 3000))) for _ in range(30)]
-    path = tmp_path / "f.txt"
-    for text in samples:
-        path.write_bytes(text.encode("utf-8"))
-        lines = _read_lines(str(path))
-        for k in (1, 2, 5):
-            assert [read_lines_part(str(path), i, k) for i in range(k)] == split(lines, k), repr(text[:30])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import random
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from compiler.api import load
 from dsl.diagnostics import PipelineRuntimeError
 from backends.runtime import semantics
 from backends.runtime.actors import SKIPPED, ActorHost, ReplayLog
+from backends.runtime.sources import line_index, read_lines, read_lines_part
 
 MOD = '''
 import threading, time
@@ -257,3 +259,20 @@ def test_actor_host_snapshot_and_replay_apply_each_call_once(tmp_path):
 
 def test_pickle_roundtrip_of_empty_marker():
     assert pickle.loads(pickle.dumps(semantics.EMPTY)) is semantics.EMPTY
+
+
+def test_text_partitions_read_only_their_bytes_and_match_text_mode(tmp_path):
+    rng = random.Random(5)
+    samples = ["", "\n", "a", "a\n", "\n\n\n", "é\nü\n\nx", "a\r\nb\r\n", "a\rb\rc\n", "\ufeffbom\nx",
+               "x\n" * 70000 + "tail"]
+    samples += ["".join(rng.choice("ab é\n\n") for _ in range(rng.randint(0, 3000))) for _ in range(30)]
+    path = tmp_path / "f.txt"
+    for text in samples:
+        path.write_bytes(text.encode("utf-8"))
+        with open(path, encoding="utf-8") as fh:  # what text mode gives, line by line
+            lines = [line.rstrip("\n") for line in fh]
+        assert read_lines(str(path)) == lines, repr(text[:30])
+        index = line_index(str(path))
+        assert (index is None) == ("\r" in text)
+        for k in (1, 2, 5):
+            assert [read_lines_part(str(path), i, k, index) for i in range(k)] == semantics.split(lines, k), repr(text[:30])

@@ -159,7 +159,7 @@ def test_graph_nodes_are_tasks_with_label_and_group_and_edges_have_kinds():
 
 def test_adjacent_stages_fuse_and_options_map_to_ray():
     wordcount = load(EXAMPLES / "wordcount.pipe").ir
-    assert fusion(wordcount) == {"words": "pairs", "pairs": "counts"}
+    assert fusion(wordcount) == {"lines": "words", "words": "pairs", "pairs": "counts"}
     train = load(EXAMPLES / "train.pipe").lower("ray")
     assert train.lowering.fused == {"grads": "total"}
     # fused with `reduce`, the gradient stage keeps its `retries 3` as Ray's max_retries

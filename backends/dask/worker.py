@@ -18,7 +18,7 @@ import pickle
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
-from backends.runtime import semantics
+from backends.runtime import semantics, sources
 from backends.runtime.actors import ActorHost
 from backends.runtime.tasks import apply_elementwise, ensure_path, resolve, run_with_timeout, user_frame
 
@@ -112,93 +112,19 @@ def source_range(where: str, n: int, i: int, k: int) -> list:
     return list(range(a, b))
 
 
-def _read_lines(path: str) -> list[str]:
-    with open(path, encoding="utf-8") as fh:
-        return [line.rstrip("\n").rstrip("\r") for line in fh]
-
-
-def read_lines_part(path: str, i: int, k: int) -> list[str]:
-    """Lines [i*n//k, (i+1)*n//k) of a text file, exactly as reading all its lines in text
-    mode and cutting them would give, but decoding only this partition's bytes."""
-    return read_lines_indexed(path, i, k, line_index("", path, sealed=False))
-
-
-_CHUNK = 1 << 16
-
-
-def line_index(where: str, path: str, sealed: bool = True):
-    """Newlines counted per 64 KiB chunk of a text file (C speed), so each partition can
-    seek to its own lines; None when the file has carriage returns (universal newlines
-    are left to the text layer)."""
+def line_index(where: str, path: str):
+    """The text file's line index (see :func:`sources.line_index`), as a task's result."""
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        return seal(sources.line_index(path))
     except OSError as exc:
         raise StageFailure(where, f"cannot read {path}: {exc.strerror or exc}") from None
-    if b"\r" in data:
-        index = None
-    else:
-        cum = [0]
-        for pos in range(0, len(data), _CHUNK):
-            cum.append(cum[-1] + data.count(b"\n", pos, pos + _CHUNK))
-        lines = cum[-1] + (1 if data and not data.endswith(b"\n") else 0)
-        index = {"size": len(data), "lines": lines, "cum": cum}
-    return seal(index) if sealed else index
-
-
-def _line_start(fh, index: dict, m: int) -> int:
-    """The byte offset where line m starts (just after the m-th newline)."""
-    import bisect
-    if m == 0:
-        return 0
-    cum = index["cum"]
-    j = bisect.bisect_left(cum, m) - 1  # cum[j] < m <= cum[j + 1]: the m-th newline is in chunk j
-    if j + 1 >= len(cum):
-        return index["size"]
-    fh.seek(j * _CHUNK)
-    data = fh.read(_CHUNK)
-    idx = -1
-    for _ in range(m - cum[j]):
-        idx = data.index(b"\n", idx + 1)
-    return j * _CHUNK + idx + 1
-
-
-def read_lines_indexed(path: str, i: int, k: int, index: dict | None) -> list[str]:
-    if index is None:
-        lines = _read_lines(path)
-        a, b = semantics.partition_bounds(len(lines), k)[i]
-        return lines[a:b]
-    a, b = semantics.partition_bounds(index["lines"], k)[i]
-    if a == b:
-        return []
-    with open(path, "rb") as fh:
-        start, end = _line_start(fh, index, a), _line_start(fh, index, b)
-        fh.seek(start)
-        chunk = fh.read(end - start).decode("utf-8")
-    lines = chunk.split("\n")
-    if chunk.endswith("\n"):
-        lines.pop()
-    return lines
-
-
-def _read_jsonl(path: str) -> list:
-    import json
-    out = []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from None
-    return out
 
 
 def _source_read(where: str, kind: str, path: str, i: int, k: int, index=None) -> list:
     try:
         if kind == "read_text":
-            return read_lines_indexed(path, i, k, index)
-        items = _read_jsonl(path)
+            return sources.read_lines_part(path, i, k, index)
+        items = sources.read_jsonl(path)
     except OSError as exc:
         raise StageFailure(where, f"cannot read {path}: {exc.strerror or exc}") from None
     except Exception as exc:

@@ -3,6 +3,7 @@ timeouts, and recovers restarted actors by replaying their calls in order."""
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections import deque
@@ -12,11 +13,11 @@ from typing import Any
 
 from compiler import ir
 from backends.base import NoProgress, Progress, RunResult
-from backends.runtime import semantics
+from backends.runtime import semantics, sources
 from backends.runtime.driver import Driver
 from backends.runtime.tasks import fn_of
 from dsl.diagnostics import PipelineRuntimeError
-from backends.ray.lowering import Chain, Lowering, actor_handles
+from backends.ray.lowering import Chain, Lowering, actor_handles, read_in_tasks
 from backends.ray.worker import ActorProxy, Gap, StageError, remote_calls, returns_of
 
 
@@ -32,9 +33,10 @@ class Parts:
 
 
 class Gen:
-    """A fused source: its partitions are generated inside the consumer's tasks."""
+    """A fused source: its partitions are made inside the consumer's tasks. ``heads``
+    holds, per partition, the head spec and the refs the head reads."""
 
-    def __init__(self, heads: list[tuple]):
+    def __init__(self, heads: list[tuple[tuple, list]]):
         self.heads = heads
 
 
@@ -204,7 +206,7 @@ class RayDriver(Driver):
         if isinstance(value, Parts):
             return [(("parts", node), [ref]) for ref in value.refs]
         if isinstance(value, Gen):
-            return [(head, []) for head in value.heads]
+            return value.heads
         if isinstance(value, Buckets):
             n = len(value.parts)
             if value.kind == "rbk":
@@ -421,22 +423,15 @@ class RayDriver(Driver):
         k = self.value(op.partitions)
         args = [self.value(a) for a in op.args]
         kwargs = {key: self.value(v) for key, v in op.kwargs.items()}
-        if op.kind == "range" or op.sharded:
-            if op.kind == "range":
-                heads = [("range", node, a, b) for a, b in semantics.partition_bounds(args[0], k)]
-            else:
-                heads = [("shard", node, op.fn.module, op.fn.attr, args, kwargs, k) for _ in range(k)]
-            self.env[node] = Gen(heads)
+        if read_in_tasks(op):
+            self.env[node] = Gen(self._source_heads(node, op, k, args, kwargs))
             if node in self.low.fused:
                 return self.env[node]
             return self.produce(node, Chain(node, (), True))
-        from backends.local import _read_jsonl, _read_lines  # the reference's exact reading
         self.progress.stage(node, k)
         try:
-            if op.kind == "read_text":
-                parts = semantics.split(_read_lines(args[0]), k)
-            elif op.kind == "read_jsonl":
-                parts = semantics.split(_read_jsonl(args[0]), k)
+            if op.kind == "read_jsonl":
+                parts = semantics.split(sources.read_jsonl(args[0]), k)
             else:
                 parts = semantics.split(list(fn_of(op.fn)(*args, **kwargs)), k)
         except OSError as exc:
@@ -451,6 +446,21 @@ class RayDriver(Driver):
                 from None
         self.progress.advance(node, k)
         return Parts(refs)
+
+    def _source_heads(self, node: str, op: ir.Source, k: int, args: list, kwargs: dict) -> list[tuple[tuple, list]]:
+        """Per partition, the head spec of a source made in its tasks, and its refs."""
+        if op.kind == "range":
+            return [(("range", node, a, b), []) for a, b in semantics.partition_bounds(args[0], k)]
+        if op.kind == "read_text":
+            # The driver counts the lines (streamed, C speed); each task decodes its own bytes.
+            # A relative path means the driver's working directory, not the worker's.
+            path = os.path.abspath(args[0])
+            try:
+                index = self.ray.put(sources.line_index(path))
+            except OSError as exc:
+                raise self.error(node, f"cannot read {args[0]}: {exc.strerror or exc}", op.span) from None
+            return [(("text", node, path, k), [index]) for _ in range(k)]
+        return [(("shard", node, op.fn.module, op.fn.attr, args, kwargs, k), []) for _ in range(k)]
 
     def collection_elementwise(self, node: str, op: ir.Elementwise):
         if node in self.low.fused:

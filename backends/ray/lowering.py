@@ -18,6 +18,12 @@ def _plain(options: ir.StageOptions) -> bool:
     return not options.effectful and options.timeout is None
 
 
+def read_in_tasks(op: ir.Source) -> bool:
+    """Whether a source's partitions are made inside the tasks that read them (a range
+    block, a text file's own lines, a sharded call) rather than on the driver."""
+    return op.kind in ("range", "read_text") or op.sharded
+
+
 def actor_handles(graph: ir.IR, node: str, op: ir.Elementwise) -> list[str]:
     """The binding names of ``op`` that pass an actor handle."""
     return [name for name, operand in op.bindings.items()
@@ -29,7 +35,7 @@ def _forwardable(graph: ir.IR, node: str, op: ir.Op) -> bool:
     if isinstance(op, ir.Elementwise):
         return op.fn is not None and not actor_handles(graph, node, op) and _plain(op.options)
     if isinstance(op, ir.Source):
-        return (op.kind == "range" or op.sharded) and _plain(op.options)
+        return read_in_tasks(op) and _plain(op.options)
     if isinstance(op, _SHUFFLES):
         return _plain(op.options)
     return False
@@ -139,7 +145,7 @@ class Lowering:
         if isinstance(op, ir.Elementwise):
             return op.fn is not None and not actor_handles(self.ir, node, op) and _plain(op.options)
         if isinstance(op, ir.Source):
-            return (op.kind == "range" or op.sharded) and _plain(op.options)
+            return read_in_tasks(op) and _plain(op.options)
         return isinstance(op, (ir.ReduceByKey, ir.GroupByKey, ir.Distinct, ir.Join)) and _plain(op.options)
 
     def _bound_before(self, step: str, index: int) -> bool:

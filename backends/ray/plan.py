@@ -18,7 +18,7 @@ from backends.base import Backend, Plan, Progress, RunResult
 from backends.runtime import semantics
 from backends.ray.driver import RayDriver
 from backends.ray.engine import start_runtime, stop_runtime
-from backends.ray.lowering import Chain, Lowering, actor_handles
+from backends.ray.lowering import Chain, Lowering, actor_handles, read_in_tasks
 
 
 @dataclass
@@ -127,6 +127,9 @@ class _Planner:
             k = self.static(op.partitions)
             if op.kind == "range":
                 return f"range({self.text(op.args[0])}) block i of {k if k is not None else '?'}", [], k
+            if op.kind == "read_text":
+                return (f"read_text({self.args_text(op.args, {})}) lines block i of {k if k is not None else '?'} "
+                        f"(each task reads only its own bytes)", [], k)
             return (f"{op.fn.dotted}({self.args_text(op.args, op.kwargs)}, partition=i, partitions={k})",
                     [], k)
         # a fused shuffle: the merge side
@@ -217,7 +220,7 @@ class _Planner:
     def plan_source(self, node, op: ir.Source, loop):
         k = self.static(op.partitions)
         self.width[node] = k
-        if op.kind == "range" or op.sharded:
+        if read_in_tasks(op):
             if node in self.low.fused:
                 return
             step = self.scan(self.segment(Chain(node, (), True), None, "", "", loop), node)

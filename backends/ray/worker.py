@@ -8,7 +8,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 
-from backends.runtime import semantics
+from backends.runtime import semantics, sources
 from backends.runtime.actors import ActorHost
 from backends.runtime.tasks import apply_elementwise, ensure_path, resolve, user_frame
 
@@ -41,6 +41,8 @@ def run_segment(spec: tuple, *args):
     where = head[1]
     try:
         items, used = _head_items(head, args, partition)
+        if isinstance(items, range) and (not steps or steps[0][1] == "map_batches"):
+            items = list(items)  # a partition, or a batch handed to user code, is a list
         for stage, kind, module, attr, names in steps:
             where = stage
             bindings = dict(zip(names, args[used:used + len(names)]))
@@ -95,7 +97,10 @@ def _head_items(head: tuple, args: tuple, partition: int) -> tuple[list, int]:
     if kind == "parts":
         return args[0], 1
     if kind == "range":
-        return list(range(head[2], head[3])), 0
+        # Left a range when a map, filter or flat_map reads it next: no list is built.
+        return range(head[2], head[3]), 0
+    if kind == "text":
+        return sources.read_lines_part(head[2], partition, head[3], args[0]), 1
     if kind == "shard":
         _, _, module, attr, fargs, fkwargs, k = head
         return list(resolve(module, attr)(*fargs, **fkwargs, partition=partition, partitions=k)), 0

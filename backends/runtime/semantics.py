@@ -10,6 +10,7 @@ are written as JSON. Pure Python, no engine imports: workers import this module 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -128,10 +129,10 @@ def _record_key(record, what: str):
 
 def fold(fn: Callable, items: Iterable):
     """Left fold of one partition; EMPTY for an empty one."""
-    acc = EMPTY
-    for item in items:
-        acc = item if acc is EMPTY else fn(acc, item)
-    return acc
+    items = iter(items)
+    first = next(items, EMPTY)
+    # functools.reduce is the same left fold, its loop in C.
+    return first if first is EMPTY else functools.reduce(fn, items, first)
 
 
 def combine_group(fn: Callable, group: Iterable):
@@ -162,12 +163,11 @@ def reduce_by_key_partial(fn: Callable, records: Iterable) -> list[tuple]:
     """Map-side combine of one partition: one (key, partial) per key, in first-seen order."""
     records = records if isinstance(records, (list, tuple)) else list(records)
     acc: dict = {}
+    get = acc.get
     try:
         for key, value in records:
-            if key in acc:
-                acc[key] = fn(acc[key], value)
-            else:
-                acc[key] = value
+            seen = get(key, EMPTY)  # one lookup, not two: this loop runs once per record
+            acc[key] = value if seen is EMPTY else fn(seen, value)
     except (TypeError, ValueError):
         for record in records:  # a record that is not a pair gets the clear message
             _record_key(record, "reduce_by_key")
@@ -179,9 +179,11 @@ def reduce_by_key_merge(fn: Callable, parts: Sequence[Iterable]) -> list[tuple]:
     """Reduce side: ``parts`` are the buckets for one output partition, in source
     partition order; partials of a key are folded in that order. Sorted by key."""
     acc: dict = {}
+    get = acc.get
     for part in parts:
         for key, value in part:
-            acc[key] = fn(acc[key], value) if key in acc else value
+            seen = get(key, EMPTY)
+            acc[key] = value if seen is EMPTY else fn(seen, value)
     return sort_records(acc.items())
 
 

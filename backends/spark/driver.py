@@ -46,7 +46,7 @@ from py4j.protocol import Py4JError
 from compiler import ir
 from compiler.schedule import Block, blocks
 from dsl.diagnostics import PipelineRuntimeError, UsageError
-from backends.runtime import semantics
+from backends.runtime import semantics, sources
 from backends.runtime.actors import ReplayLog
 from backends.base import NoProgress
 from backends.runtime.driver import Driver
@@ -481,12 +481,11 @@ class SparkDriver(Driver):
         if self.dry:
             coll = self.from_driver(node, [[] for _ in range(k)], f"source {what} (on the driver)", dry=True)
             return self._persisted(node, coll)
-        from backends.local import _read_jsonl, _read_lines
         try:
             if op.kind == "read_text":
-                items = _read_lines(args[0])
+                items = sources.read_lines(args[0])
             elif op.kind == "read_jsonl":
-                items = _read_jsonl(args[0])
+                items = sources.read_jsonl(args[0])
             else:
                 items = list(fn_of(op.fn)(*args, **kwargs))
         except OSError as exc:
