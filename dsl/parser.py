@@ -274,6 +274,33 @@ def _keep_comment(tok: Token) -> None:
     _comments.found.append(ast.Comment(str(tok), _tok_span(tok)))
 
 
+class _OptionOrName:
+    """A post-lexer: an option keyword directly followed by `=` is a name being rebound.
+
+    After a stage or an actor statement, both an option (`retries 3`, `x 2`) and the next
+    statement may follow, so the contextual lexer reads `retries` as the keyword even in
+    `retries = count(xs)`, the rebind of a var called `retries`. No option is ever followed
+    by `=`, so looking at the text right after the word settles it without a second token
+    of lookahead (which LALR(1) does not have)."""
+
+    OPTIONS = frozenset({"RETRIES", "TIMEOUT", "EFFECTFUL", "RESOURCES", "X"})
+    BOUND = re.compile(r"[ \t\r\n]*=(?!=)")
+    always_accept = ()
+
+    def __init__(self):
+        self.text = ""
+
+    def process(self, stream):
+        options, bound, text = self.OPTIONS, self.BOUND, self.text
+        for tok in stream:
+            if tok.type in options and bound.match(text, tok.end_pos):
+                tok = Token.new_borrow_pos("NAME", tok.value, tok)
+            yield tok
+
+
+_POSTLEX = _OptionOrName()
+
+
 @lru_cache(maxsize=1)
 def _parser() -> Lark:
     return Lark(
@@ -283,6 +310,7 @@ def _parser() -> Lark:
         propagate_positions=True,
         maybe_placeholders=True,
         lexer_callbacks={"COMMENT": _keep_comment},
+        postlex=_POSTLEX,
         cache=True,  # grammar analysis cached in the temp folder: ~10 ms instead of ~130 ms
     )
 
@@ -290,6 +318,7 @@ def _parser() -> Lark:
 def parse(source: SourceFile) -> ast.Module:
     """Parse a whole file. Raises :class:`PipeSyntaxError` with the position of the problem."""
     _comments.found = []
+    _POSTLEX.text = source.text
     try:
         module = _ToAst().transform(_parser().parse(source.text))
     except UnexpectedInput as exc:

@@ -363,6 +363,32 @@ pipeline p() {
     assert comment_texts(out) == Counter()
 
 
+def test_vars_named_like_options_are_rebound_not_read_as_options():
+    # After a stage or an actor an option may follow, so `retries`, `timeout`, `x` ...
+    # were once read as options here; followed by `=`, they are the rebind of a var.
+    src = """use examples.model as m
+pipeline p() {
+    var retries = 1
+    var timeout = 1
+    var x = 1
+    repeat 2 {
+        actor a = m.Scorer(seed = 0)
+        x = x + 1
+        stage s = map m.f over xs retries 2 timeout 5
+        timeout = timeout * 2
+        stage t = map m.f over xs effectful
+        retries = retries == 1
+    }
+}
+"""
+    body = parse_text(src).pipeline.body[3].body
+    assert [type(stmt).__name__ for stmt in body] == ["Actor", "Rebind", "Stage", "Rebind", "Stage", "Rebind"]
+    assert [stmt.name.text for stmt in body if type(stmt).__name__ == "Rebind"] == ["x", "timeout", "retries"]
+    assert [(o.kind, o.value.value) for o in body[2].options] == [("retries", 2), ("timeout", 5)]
+    assert body[0].size is None and [o.kind for o in body[4].options] == ["effectful"]
+    assert fmt(src) == src
+
+
 def test_call_arguments_keep_the_written_order():
     # The AST keeps positional and keyword arguments apart; the output must not reorder.
     out = fmt("pipeline p() { value v = f(a, k=1, b) }")
