@@ -28,6 +28,8 @@ BUILTINS = SOURCES + VALUE_BUILTINS + COLLECTION_BUILTINS
 # Words that read as keywords wherever an expression may start, so a stage or value named
 # after one could not be used (`collect(map)` is a syntax error).
 KEYWORDS = ELEMENTWISE + ("reduce", "reduce_by_key", "group_by_key", "not", "and", "or", "true", "false", "none")
+# Words that open a statement: a name spelled like one cannot begin a rebind.
+STATEMENT_KEYWORDS = ("source", "stage", "value", "var", "actor", "repeat", "sink", "defaults")
 PARAM_TYPES = ("int", "float", "str", "bool")
 SINK_FORMATS = ("json", "jsonl", "text")
 # Matched against the stripped text: blanks at both ends made the regex quadratic.
@@ -390,6 +392,11 @@ class Builder:
         return self._add(name, ir.Const(value=typed.operand.value, span=ir.SpanModel.of(span), name=name))
 
     def _stmt_var(self, stmt: ast.Var) -> None:
+        if stmt.name.text in STATEMENT_KEYWORDS:
+            # `value = ...` starts a new `value` statement: such a var could never be rebound.
+            self.error(f"a var cannot be called `{stmt.name.text}`: `{stmt.name.text} = ...` would start a "
+                       f"`{stmt.name.text}` statement, so it could never be rebound", stmt.name.span,
+                       f"pick another name, e.g. `{stmt.name.text}_`")
         typed = self._expr(stmt.expr, name=f"{stmt.name.text}/init")
         if typed.shape not in (ir.COLLECTION, ir.VALUE):
             self._shape_error(typed, ir.VALUE, stmt.expr, "a var holds a collection or a value")

@@ -274,16 +274,17 @@ def _keep_comment(tok: Token) -> None:
     _comments.found.append(ast.Comment(str(tok), _tok_span(tok)))
 
 
-class _OptionOrName:
-    """A post-lexer: an option keyword directly followed by `=` is a name being rebound.
+class _KeywordOrName:
+    """A post-lexer: a keyword directly followed by `=` is a name being bound.
 
-    After a stage or an actor statement, both an option (`retries 3`, `x 2`) and the next
-    statement may follow, so the contextual lexer reads `retries` as the keyword even in
-    `retries = count(xs)`, the rebind of a var called `retries`. No option is ever followed
-    by `=`, so looking at the text right after the word settles it without a second token
-    of lookahead (which LALR(1) does not have)."""
+    After a stage both an option (`retries 3`) and the next statement may follow, after an
+    actor its pool size (`x 2`), after `actor` the word `pool`: there the contextual lexer
+    reads `retries` as the keyword even in `retries = count(xs)`, the rebind of a var
+    called `retries`. None of these keywords is ever followed by `=`, so looking at the
+    text right after the word settles it without a second token of lookahead (which
+    LALR(1) does not have)."""
 
-    OPTIONS = frozenset({"RETRIES", "TIMEOUT", "EFFECTFUL", "RESOURCES", "X"})
+    KEYWORDS = frozenset({"RETRIES", "TIMEOUT", "EFFECTFUL", "RESOURCES", "X", "WITH", "POOL"})
     BOUND = re.compile(r"[ \t\r\n]*=(?!=)")
     always_accept = ()
 
@@ -291,14 +292,14 @@ class _OptionOrName:
         self.text = ""
 
     def process(self, stream):
-        options, bound, text = self.OPTIONS, self.BOUND, self.text
+        keywords, bound, text = self.KEYWORDS, self.BOUND, self.text
         for tok in stream:
-            if tok.type in options and bound.match(text, tok.end_pos):
+            if tok.type in keywords and bound.match(text, tok.end_pos):
                 tok = Token.new_borrow_pos("NAME", tok.value, tok)
             yield tok
 
 
-_POSTLEX = _OptionOrName()
+_POSTLEX = _KeywordOrName()
 
 
 @lru_cache(maxsize=1)
@@ -352,6 +353,9 @@ _FRIENDLY = {
 
 # Keywords that start an expression: used where a name was meant, they read as keywords.
 _EXPRESSION_KEYWORDS = ("ELEMENTWISE", "REDUCER", "GROUP_BY_KEY", "NOT")
+
+# Keywords that open a statement: `value = ...` is a `value` statement missing its name.
+_STATEMENT_KEYWORDS = ("SOURCE", "STAGE", "VALUE", "VAR", "ACTOR", "REPEAT", "SINK", "DEFAULTS")
 
 _STATEMENT_HINT = ("a statement starts with `source`, `stage`, `value`, `var`, `actor`, "
                    "`repeat`, `sink`, `defaults`, a name to rebind, or an actor call")
@@ -422,6 +426,9 @@ def _describe(exc: UnexpectedInput, source: SourceFile) -> Diagnostic:
     hint = None
     if tok.type == "EQUAL" and "COMPARE" in expected:
         hint = "use `==` to compare"
+    elif tok.type == "EQUAL" and previous is not None and previous.type in _STATEMENT_KEYWORDS:
+        hint = (f"`{previous}` starts a `{previous}` statement here: give it a name (`{previous} n = ...`), "
+                f"or, to rebind a var, give the var a name other than `{previous}`")
     elif previous is not None and previous.type in _EXPRESSION_KEYWORDS and "NAME" in expected:
         hint = f"`{previous}` is a keyword, not a name; rename what you called `{previous}`"
     elif previous is not None and previous.type == "NAME" and str(previous) in _keywords():

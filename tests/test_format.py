@@ -363,14 +363,15 @@ pipeline p() {
     assert comment_texts(out) == Counter()
 
 
-def test_vars_named_like_options_are_rebound_not_read_as_options():
-    # After a stage or an actor an option may follow, so `retries`, `timeout`, `x` ...
-    # were once read as options here; followed by `=`, they are the rebind of a var.
+def test_names_spelled_like_keywords_are_names_when_followed_by_equals():
+    # After a stage an option may follow, after an actor its pool size, after `actor` the
+    # word `pool`: these were once read as keywords; followed by `=` they are names.
     src = """use examples.model as m
 pipeline p() {
     var retries = 1
     var timeout = 1
     var x = 1
+    var with = 1
     repeat 2 {
         actor a = m.Scorer(seed = 0)
         x = x + 1
@@ -378,14 +379,21 @@ pipeline p() {
         timeout = timeout * 2
         stage t = map m.f over xs effectful
         retries = retries == 1
+        stage u = map m.f over xs
+        with = with + 1
     }
+    actor pool = m.Scorer(seed = 0)
 }
 """
-    body = parse_text(src).pipeline.body[3].body
-    assert [type(stmt).__name__ for stmt in body] == ["Actor", "Rebind", "Stage", "Rebind", "Stage", "Rebind"]
-    assert [stmt.name.text for stmt in body if type(stmt).__name__ == "Rebind"] == ["x", "timeout", "retries"]
+    stmts = parse_text(src).pipeline.body
+    body = stmts[4].body
+    assert [type(stmt).__name__ for stmt in body] == ["Actor", "Rebind", "Stage", "Rebind", "Stage", "Rebind",
+                                                      "Stage", "Rebind"]
+    assert [stmt.name.text for stmt in body if type(stmt).__name__ == "Rebind"] == ["x", "timeout", "retries",
+                                                                                  "with"]
     assert [(o.kind, o.value.value) for o in body[2].options] == [("retries", 2), ("timeout", 5)]
     assert body[0].size is None and [o.kind for o in body[4].options] == ["effectful"]
+    assert stmts[5].name.text == "pool" and not stmts[5].pool
     assert fmt(src) == src
 
 
