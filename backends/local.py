@@ -254,14 +254,7 @@ class LocalDriver(Driver):
         parts = self.partitions(op.input.node)
         partials = [self.run_task(node, op, i, lambda items=items: semantics.fold(fn, items), [items],
                                   op.options.retries) for i, items in enumerate(parts)]
-        try:
-            result = semantics.combine_partials(fn, partials)
-        except Exception as exc:
-            raise self.user_error(node, exc, op.span) from None
-        if result is semantics.EMPTY:
-            raise self.error(node, "`reduce` over an empty collection has no value", op.span,
-                             "filter less, or give the reduction an initial element in the data")
-        return self.roundtrip(result, node, "the reduced value", op.span)
+        return self.roundtrip(self.reduced(node, op, partials), node, "the reduced value", op.span)
 
     # ---- actors
 

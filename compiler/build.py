@@ -447,7 +447,7 @@ class Builder:
         kwargs = {k.name.text: self._value_arg(k.value) for k in stmt.ctor.kwargs}
         size = None
         if stmt.pool and stmt.size is None:
-            self.fail(f"actor pool `{name}` needs a size", stmt.span, f"write `... x 2` after the constructor")
+            self.fail(f"actor pool `{name}` needs a size", stmt.span, "write `... x 2` after the constructor")
         if stmt.size is not None and not stmt.pool:
             self.fail(f"`x N` makes a pool; write `actor pool {name} = ...`", stmt.size.span)
         if stmt.size is not None:
@@ -951,8 +951,8 @@ class Builder:
             what = (f"calls `{', '.join(unsafe)}` on" if unsafe else "uses")
             self.warn(f"stage `{node}` {what} actor `{actor_op.name}` through a handle, so a retried task "
                       f"calls it again", expr.span,
-                      f"mark the stage `effectful`, or declare the methods `idempotent` in the actor block "
-                      f"if repeating them is harmless")
+                      "mark the stage `effectful`, or declare the methods `idempotent` in the actor block "
+                      "if repeating them is harmless")
 
     def _methods_called_through(self, fn: ir.FnRef | None, expr: ast.Dataflow) -> set[str] | None:
         """Methods the stage function calls on its handle parameters, read from its source."""

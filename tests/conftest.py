@@ -6,7 +6,6 @@ comparing against them; review the diff before committing.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 

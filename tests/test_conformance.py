@@ -18,7 +18,6 @@ import pytest
 
 from compiler.api import load
 from dsl.diagnostics import PipelineRuntimeError, UnsupportedOnBackend
-from tests.conftest import EXAMPLES
 from tests.engines import BACKENDS, engine_options
 
 MODULE = '''

@@ -194,16 +194,16 @@ def test_run_submits_exactly_the_planned_keys(client, workdir):
 
 def test_loop_inputs_are_computed_once(client, write_pipe, tmp_path, monkeypatch):
     calls = tmp_path / "calls.txt"
-    path = write_pipe(f"""
+    path = write_pipe("""
 use m_loop_inputs_are_comp as m
-pipeline p(rounds: int = 4) {{
+pipeline p(rounds: int = 4) {
     source xs = m.make() partitions 3
     actor acc = m.Acc()
-    repeat rounds {{
+    repeat rounds {
         acc.add(reduce m.add over xs)
-    }}
+    }
     sink out = acc.total() -> json("out/t.json")
-}}""", m_loop_inputs_are_comp=f"""
+}""", m_loop_inputs_are_comp=f"""
 def make():
     with open({str(calls)!r}, "a") as fh:
         fh.write("call\\n")

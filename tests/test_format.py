@@ -19,7 +19,7 @@ import pytest
 from compiler.api import load_source
 from dsl.diagnostics import PipeSyntaxError
 from dsl.format import format_module, format_source
-from dsl.parser import MAX_NESTING, parse, parse_text
+from dsl.parser import MAX_NESTING, parse_text
 from dsl.source import SourceFile
 from tests.conftest import EXAMPLES, ROOT
 

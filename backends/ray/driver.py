@@ -597,7 +597,6 @@ class RayDriver(Driver):
     # ---- values from collections
 
     def op_reduce(self, node: str, op: ir.Reduce):
-        fn = fn_of(op.fn)
         chain = self.low.chain(node, "input")
         level = self.branch_out.pop(node, None)
         if level is None:
@@ -611,15 +610,7 @@ class RayDriver(Driver):
             level = [remote.remote((self.paths, node, op.fn.module, op.fn.attr, i), *level[i:i + semantics.FAN_IN])
                      for i in range(0, len(level), semantics.FAN_IN)]
             self._watch(f"{node}:combine{depth}", node, level, None, 1)
-        partials = self.fetch(level)
-        try:
-            result = semantics.combine_partials(fn, partials)
-        except Exception as exc:
-            raise self.user_error(node, exc, op.span) from None
-        if result is semantics.EMPTY:
-            raise self.error(node, "`reduce` over an empty collection has no value", op.span,
-                             "filter less, or give the reduction an initial element in the data")
-        return result
+        return self.reduced(node, op, self.fetch(level))
 
     def op_count(self, node: str, op: ir.Count):
         refs = self.branch_out.pop(node, None)

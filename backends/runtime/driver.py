@@ -165,6 +165,19 @@ class Driver:
     def op_rebind(self, node: str, op: ir.Rebind):
         return self.env[op.value.node]
 
+    def reduced(self, node: str, op: ir.Reduce, partials: list):
+        """The value of ``reduce``: the per-partition ``partials`` (in partition order)
+        combined in the fixed order every backend shares. Over an empty collection it is
+        an error at the reduction."""
+        try:
+            result = semantics.combine_partials(fn_of(op.fn), partials)
+        except Exception as exc:
+            raise self.user_error(node, exc, op.span) from None
+        if result is semantics.EMPTY:
+            raise self.error(node, "`reduce` over an empty collection has no value", op.span,
+                             "filter less, or give the reduction an initial element in the data")
+        return result
+
     def op_collect(self, node: str, op: ir.Collect):
         return semantics.ordered(self.gather(op.input.node), self.order_of(op.input.node))
 

@@ -643,15 +643,7 @@ class SparkDriver(Driver):
                                 f"driver combines their results")
         if partials is None:
             return Pending(f"reduce {op.fn.dotted}")
-        fn = fn_of(op.fn)
-        try:
-            result = semantics.combine_partials(fn, partials)
-        except Exception as exc:
-            raise self.user_error(node, exc, op.span) from None
-        if result is semantics.EMPTY:
-            raise self.error(node, "`reduce` over an empty collection has no value", op.span,
-                             "filter less, or give the reduction an initial element in the data")
-        return result
+        return self.reduced(node, op, partials)
 
     def gather(self, node: str, why: str = "collect") -> list | None:
         coll = self.env[node]
