@@ -6,10 +6,10 @@ Lowering (decided statically, so `pipec compile` shows exactly what runs):
   Partitions stay there between stages and across loop rounds; the driver fetches only
   what a value, a ``collect`` or a sink needs.
 * A *segment* is one Ray task per partition: a head (an input partition, a generated
-  ``range`` block, a call of a sharded source, or the merge side of a shuffle), then
-  fused element-wise stages, then a terminal (the partition itself, a fold partial, a
-  count, or a shuffle split with one return per output partition). :func:`fusion`
-  decides which stages fuse; the driver and the explained plan both use it.
+  ``range`` block, a text file's own lines, a call of a sharded source, or the merge side
+  of a shuffle), then fused element-wise stages, then a terminal (the partition itself,
+  a fold partial, a count, or a shuffle split with one return per output partition).
+  :func:`fusion` decides which stages fuse; the driver and the explained plan both use it.
 * A collection read by several reductions or shuffles is a *shared scan*: their fold,
   count or split runs in the collection's own tasks, one pass over each partition.
 * Inside a loop, the split of a shuffle input that no round changes is computed once.
