@@ -222,6 +222,11 @@ class _ToAst:
 
     def call(self, meta, func, *args):
         args = [a for a in args if a is not None]
+        named = next((i for i, a in enumerate(args) if isinstance(a, ast.Keyword)), len(args))
+        late = next((a for a in args[named:] if not isinstance(a, ast.Keyword)), None)
+        if late is not None:  # Python's rule, so a call reads the same in both languages
+            raise _Refused("a positional argument after a keyword argument", late.span,
+                           f"put it before `{args[named].name.text} = ...`, or name it too")
         kwargs = tuple(a for a in args if isinstance(a, ast.Keyword))
         positional = tuple(a for a in args if not isinstance(a, ast.Keyword))
         node = ast.Call(func, positional, kwargs, _span(meta))

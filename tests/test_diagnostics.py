@@ -108,6 +108,8 @@ CASES = [
     Case("assign_instead_of_compare",
          "    var v = 0\n    repeat epochs until v = 3 {\n        v = v + 1\n    }\n    sink s = v\n",
          PipeSyntaxError, 4, 27, "unexpected `=`", "use `==` to compare"),
+    Case("positional_after_keyword", "    value v = m.f(k = 1, 2)\n",
+         PipeSyntaxError, 3, 26, "a positional argument after a keyword argument", "put it before `k = ...`"),
     Case("keyword_without_name", "    stage = map m.f over xs\n",
          PipeSyntaxError, 3, 11, "unexpected `=`; expected a name", "give it a name (`stage n = ...`)"),
     Case("rebind_of_a_var_named_like_a_statement", "    value = 2\n",

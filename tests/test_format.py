@@ -399,8 +399,10 @@ pipeline p() {
 
 def test_call_arguments_keep_the_written_order():
     # The AST keeps positional and keyword arguments apart; the output must not reorder.
-    out = fmt("pipeline p() { value v = f(a, k=1, b) }")
-    assert "value v = f(a, k = 1, b)" in out
+    out = fmt("pipeline p() { value v = f(a, b, k=1, j=2) }")
+    assert "value v = f(a, b, k = 1, j = 2)" in out
+    with pytest.raises(PipeSyntaxError, match="a positional argument after a keyword argument"):
+        fmt("pipeline p() { value v = f(a, k=1, b) }")
 
 
 def test_empty_pipeline_and_loops():
