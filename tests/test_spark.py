@@ -317,7 +317,7 @@ def test_resume_is_refused_where_it_cannot_work(workdir, spark):
     pipeline.run(backend="spark", params={"epochs": 2, "rows": 2000}, run_dir="r1", **engine_options("spark"))
     with pytest.raises(UsageError, match="finished already"):
         pipeline.run(backend="spark", params={"epochs": 2, "rows": 2000}, run_dir="r1", resume=True)
-    from backends.spark import resume as resuming
+    from backends.runtime import resume as resuming
     (Path("r1") / resuming.FINISHED).unlink()
     with pytest.raises(UsageError, match="different parameters"):
         pipeline.run(backend="spark", params={"epochs": 3, "rows": 2000}, run_dir="r1", resume=True)

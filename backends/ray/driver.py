@@ -101,10 +101,11 @@ class _Restarted(Exception):
 
 class RayDriver(Driver):
     backend = "ray"
+    resumable = True
 
     def __init__(self, graph: ir.IR, params: dict[str, Any], progress: Progress | None, run_dir: str | None,
-                 lowering: Lowering):
-        super().__init__(graph, params, progress, run_dir)
+                 lowering: Lowering, resume: bool = False):
+        super().__init__(graph, params, progress, run_dir, resume)
         self.low = lowering
         self.result = RayRunResult(backend=self.backend, run_dir=str(self.run_dir))
         self.paths = graph.info.module_paths()
@@ -130,7 +131,8 @@ class RayDriver(Driver):
         self._check_resources(cluster)
         self.early: dict[str, Any] = {}
         for node, op in self.ir.items():
-            if self.low.early(node):
+            # A resumed actor must not start before the driver put its snapshot in place.
+            if self.low.early(node) and not (self.record is not None and node in self.record.actors):
                 args, kwargs = self._static(op.args), {k: self._static([v])[0] for k, v in op.kwargs.items()}
                 self.early[node] = (self._create_pool(node, op, self._static([op.pool_size])[0], args, kwargs)
                                     if op.pool_size is not None else self._create_actor(node, op, args, kwargs))
@@ -617,6 +619,12 @@ class RayDriver(Driver):
         if refs is None:
             refs = self.submit(self.low.chain(node, "input"), node, ("count", node), "count")
         return sum(self.fetch(refs))
+
+    def var_partitions(self, var: str) -> list[list]:
+        return self.fetch(self.parts(var))
+
+    def var_from_partitions(self, var: str, parts: list[list]):
+        return Parts([self.ray.put(part) for part in parts])
 
     def gather(self, node: str) -> list:
         return [x for part in self.fetch(self.parts(node)) for x in part]

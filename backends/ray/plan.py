@@ -431,6 +431,7 @@ class _Planner:
 
 class RayPlan(Plan):
     backend = "ray"
+    resumable = True  # `pipec run --resume RUN`
 
     def __init__(self, graph: ir.IR, params: dict[str, Any], address: str | None = None):
         super().__init__(graph, params)
@@ -554,10 +555,12 @@ class RayPlan(Plan):
 
     # ---- run
 
-    def run(self, progress: Progress | None = None, run_dir: str | None = None) -> RunResult:
+    def run(self, progress: Progress | None = None, run_dir: str | None = None, resume: bool = False) -> RunResult:
+        """Run on this process's Ray (or one started or joined for the run); with
+        ``resume``, continue the run in ``run_dir`` after its last completed round."""
         started = start_runtime(self.address, runtime_env=self._runtime_env())
         try:
-            return RayDriver(self.ir, self.params, progress, run_dir, self.lowering).run()
+            return RayDriver(self.ir, self.params, progress, run_dir, self.lowering, resume).run()
         finally:
             if started:
                 stop_runtime()

@@ -9,7 +9,7 @@ from functools import lru_cache
 
 
 from backends.runtime import semantics, sources
-from backends.runtime.actors import ActorHost
+from backends.runtime.actors import VersionedHost
 from backends.runtime.tasks import apply_elementwise, ensure_path, resolve, user_frame
 
 
@@ -160,8 +160,9 @@ class Gap:
 
 
 class ActorServer:
-    """The process behind one pipec actor: an :class:`ActorHost` restored from its last
-    snapshot when Ray restarts it (the constructor runs again)."""
+    """The process behind one pipec actor: a :class:`VersionedHost` restored from its
+    last snapshot when Ray restarts it (the constructor runs again), or from the one a
+    resumed run's record names."""
 
     def __init__(self, paths: list[str], name: str, module: str, cls: str, args: list, kwargs: dict,
                  checkpoint_every: int | None, snapshot: str | None):
@@ -169,7 +170,7 @@ class ActorServer:
         self.name = name
         self.failed: StageError | None = None
         try:
-            self.host = ActorHost(module, cls, args, kwargs, checkpoint_every, snapshot)
+            self.host = VersionedHost(module, cls, args, kwargs, checkpoint_every, snapshot)
         except Exception as exc:  # reported on the first call, at the actor's declaration
             self.failed = _failure(name, None, exc)
 

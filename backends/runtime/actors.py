@@ -89,3 +89,28 @@ class ReplayLog:
 
     def since(self, applied: int) -> list[tuple[int, str, list, dict]]:
         return [e for e in self.entries if e[0] > applied]
+
+
+def versioned(path: str | Path, seq: int) -> Path:
+    """``actors/ps.snapshot`` -> ``actors/ps.41.snapshot``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.{seq}{path.suffix}")
+
+
+class VersionedHost(ActorHost):
+    """An :class:`ActorHost` that also keeps each snapshot under its sequence number, for
+    backends that can resume a run: the newest snapshot may already hold calls of the
+    round the driver died in, so a resumed run restores the one its record names."""
+
+    def save(self) -> None:
+        super().save()
+        atomic_write(versioned(self.snapshot_path, self.applied), self.snapshot_path.read_bytes())
+
+
+def last_snapshot(checkpoint_every: int | None, next_seq: int) -> int | None:
+    """The sequence number of the newest snapshot once calls ``0 .. next_seq - 1`` are
+    applied (a host saves after call ``seq`` when ``(seq + 1) % checkpoint_every == 0``),
+    or None when there is none yet."""
+    if not checkpoint_every or next_seq < checkpoint_every:
+        return None
+    return next_seq // checkpoint_every * checkpoint_every - 1

@@ -14,11 +14,12 @@ from typing import Any
 
 from compiler import ir
 from compiler.schedule import Block, blocks
-from dsl.diagnostics import PipelineRuntimeError
+from dsl.diagnostics import PipelineRuntimeError, UsageError
 from dsl.source import SourceFile, Span
 from backends.base import NoProgress, Progress, RunResult
 from backends.runtime import semantics
-from backends.runtime.actors import SKIPPED, ReplayLog
+from backends.runtime import resume as resuming
+from backends.runtime.actors import SKIPPED, ReplayLog, last_snapshot
 from backends.runtime.sinks import write_sink
 from backends.runtime.tasks import ensure_path, fn_of, user_frame
 
@@ -27,9 +28,14 @@ class Driver:
     """Runs one plan. Subclasses provide the engine-specific collection operations."""
 
     backend = "driver"
+    # Whether a run writes a record at the end of every round of a top-level loop, so that
+    # `pipec run --resume RUN` can continue it after its driver died (see resume.py). Such
+    # a backend hosts its actors in VersionedHosts and implements var_partitions and
+    # var_from_partitions.
+    resumable = False
 
     def __init__(self, graph: ir.IR, params: dict[str, Any], progress: Progress | None = None,
-                 run_dir: str | None = None):
+                 run_dir: str | None = None, resume: bool = False):
         self.ir = graph
         self.params = params
         self.progress = progress or NoProgress()
@@ -40,19 +46,50 @@ class Driver:
         self.result = RunResult(backend=self.backend, run_dir=str(self.run_dir))
         self.logs: dict[str, ReplayLog] = {}
         self._source: SourceFile | None = None
+        self.resume = resume
+        self.record: resuming.Record | None = None  # what a resumed run continues from
+        self.records = resuming.RecordWriter(self.run_dir)
+        self.top_index = 0  # the top-level item running now
 
     # ---- entry
 
     def run(self) -> RunResult:
         start = time.perf_counter()
         ensure_path(self.ir.info.module_paths())
+        if self.resumable:
+            self.prepare_run_dir()
         self.setup()
         try:
-            self.run_block(blocks(self.ir))
+            self.run_top(blocks(self.ir))
+            if self.resumable:
+                self.finish_records()
         finally:
+            self.close_records()
             self.teardown()
         self.result.seconds = time.perf_counter() - start
         return self.result
+
+    def run_top(self, top: Block) -> None:
+        """The pipeline's top level. A resumable backend runs it item by item (a record
+        names the item it was at); a resumed run fast-forwards over what ran before its
+        record and continues the recorded loop after its last completed round."""
+        if not self.resumable:
+            self.run_block(top)
+            return
+        record = self.record
+        for index, item in enumerate(top.items):
+            self.top_index = index
+            if record is not None and index < record.top_index:
+                self.fast_forward(item)
+            elif record is not None and index == record.top_index:
+                if record.done:
+                    self.result.rounds[item.loop.id] = record.rounds
+                else:
+                    self.run_loop(item, first=record.rounds)
+            elif isinstance(item, Block):
+                self.run_loop(item)
+            else:
+                self.run_node(item)
 
     def setup(self) -> None:
         """Engine-specific start (after user modules are importable)."""
@@ -69,13 +106,14 @@ class Driver:
             else:
                 self.run_node(item)
 
-    def run_loop(self, block: Block) -> None:
+    def run_loop(self, block: Block, first: int = 0) -> None:
+        """Rounds ``first`` .. of a loop (``first`` > 0 when a resumed run continues it)."""
         loop = block.loop
         count = self.value(loop.count)
         if not isinstance(count, int) or isinstance(count, bool) or count < 0:
             raise self.error(loop.id, f"`repeat` needs a non-negative integer count, got {count!r}", loop.span)
-        rounds = 0
-        for i in range(count):
+        rounds = first
+        for i in range(first, count):
             self.progress.round(loop.id, i, count)
             self.round_index[loop.id] = i
             self.run_block(Block(None, block.items))
@@ -84,14 +122,25 @@ class Driver:
                 self.env[op.var] = self.env[rebind]
             self.end_round(block)
             rounds = i + 1
-            if loop.until is not None:
-                done = self.value(loop.until)
-                if not isinstance(done, bool):
-                    raise self.error(loop.id, f"`until` must give true or false, got {type(done).__name__}",
-                                     loop.span)
-                if done:
-                    break
+            stop = loop.until is not None and self.until(loop)  # checked on the last round too
+            done = stop or rounds == count
+            self.round_done(loop, rounds, done)
+            if done:
+                break
         self.result.rounds[loop.id] = rounds
+
+    def until(self, loop: ir.Loop) -> bool:
+        """Whether a `repeat ... until` loop stops after the round just run."""
+        done = self.value(loop.until)
+        if not isinstance(done, bool):
+            raise self.error(loop.id, f"`until` must give true or false, got {type(done).__name__}", loop.span)
+        return done
+
+    def round_done(self, loop: ir.Loop, rounds: int, done: bool) -> None:
+        """After each round: a round of a top-level loop is recorded, for a resume."""
+        if self.resumable and loop.parent is None:
+            self.result.rounds[loop.id] = rounds
+            self.save_progress(loop, rounds, done)
 
     def end_round(self, block: Block) -> None:
         """Hook after each round (backends drop per-round data here)."""
@@ -222,7 +271,29 @@ class Driver:
             size = self.value(op.pool_size)
             return self.start_pool(node, op, size)
         self.logs[node] = ReplayLog(op.checkpoint_every)
-        return self.start_actor(node, op)
+        saved = self.record.actors.get(node) if self.record is not None else None
+        if saved is not None and op.checkpoint_every:
+            # The actor restores the snapshot the record names as it starts.
+            resuming.restore_snapshot(self.snapshot_path(node), saved["snapshot"])
+        handle = self.start_actor(node, op)
+        if saved is not None:
+            self.replay_saved_calls(node, op, saved)
+        return handle
+
+    def replay_saved_calls(self, node: str, op: ir.Actor, saved: dict) -> None:
+        """A resumed actor: apply again, in order, the calls the record holds since its
+        snapshot (their first application died with the driver)."""
+        log = self.logs[node]
+        for seq, method, args, kwargs in saved["log"]:
+            log.entries.append((seq, method, args, kwargs))
+            try:
+                self.call_actor(node, seq, method, args, kwargs)
+            except PipelineRuntimeError:
+                raise
+            except Exception as exc:
+                raise self.user_error(f"{node}.{method}", exc, op.span) from None
+            log.confirm(seq)
+        log.next_seq = saved["next_seq"]
 
     def op_actor_call(self, node: str, op: ir.ActorCall):
         actor = op.actor.node
@@ -243,6 +314,100 @@ class Driver:
 
     def snapshot_path(self, actor: str) -> str:
         return str((self.run_dir / "actors" / f"{actor}.snapshot").resolve())
+
+    # ---- resuming a run whose driver died
+
+    def prepare_run_dir(self) -> None:
+        """Read the record of the run being resumed, or clear the run folder of an earlier
+        run's state (a fresh run must not restore its actors from old snapshots)."""
+        if self.resume:
+            if resuming.finished(self.run_dir):
+                raise UsageError(f"run {self.run_dir} finished already; there is nothing to resume",
+                                 "run the pipeline again without --resume")
+            record = resuming.read(self.run_dir)
+            if record is not None:
+                if record.fingerprint != self.fingerprint():
+                    raise UsageError(f"run {self.run_dir} was started with a different pipeline or different "
+                                     f"parameters", "resume with the same file and --param values")
+                self.record = record
+                self.result.files.update(record.files)
+                self.result.outputs.update(record.outputs)
+                return
+        resuming.clear(self.run_dir)
+
+    def finish_records(self) -> None:
+        """The run completed: every record is on disk, and the run is marked finished
+        (there is nothing left to resume)."""
+        try:
+            self.records.close()
+        except OSError as exc:
+            raise self.error(self.ir.info.name, f"cannot write the resume record in {self.run_dir}: "
+                                                f"{exc.strerror or exc}") from None
+        resuming.finish(self.run_dir)
+
+    def close_records(self) -> None:
+        """Wait for records still being written (a failed run keeps its last record)."""
+        try:
+            self.records.close()
+        except OSError:
+            pass  # the run failed already, or finish_records reported it
+
+    def fingerprint(self) -> str:
+        if not hasattr(self, "_fingerprint"):
+            self._fingerprint = resuming.fingerprint(self.ir, self.params)
+        return self._fingerprint
+
+    def save_progress(self, loop: ir.Loop, rounds: int, done: bool) -> None:
+        """The record at the end of a round of a top-level loop: top-level values, loop
+        variables, and per actor its newest snapshot and the calls made since."""
+        env, vars_ = {}, {}
+        for node, value in list(self.env.items()):
+            op = self.ir.op(node)
+            if isinstance(op, ir.Var):
+                vars_[node] = (resuming.CollectionValue(self.var_partitions(node))
+                               if op.var_shape == ir.COLLECTION else self.materialize(value))
+            elif op.loop is None and op.node_shape == ir.VALUE:
+                env[node] = self.materialize(value)
+        actors = {actor: {"next_seq": log.next_seq, "snapshot": last_snapshot(log.checkpoint_every, log.next_seq),
+                          "log": list(log.entries)}
+                  for actor, log in self.logs.items()}
+        record = resuming.Record(
+            pipeline=self.ir.info.name, fingerprint=self.fingerprint(), top_index=self.top_index,
+            loop=loop.id, rounds=rounds, done=done, env=env, vars=vars_, actors=actors,
+            loops_done=dict(self.result.rounds), files=dict(self.result.files), outputs=dict(self.result.outputs))
+        try:
+            self.records.write(record)
+        except OSError as exc:
+            raise self.error(self.ir.info.name, f"cannot write the resume record in {self.run_dir}: "
+                                                f"{exc.strerror or exc}") from None
+
+    def fast_forward(self, item) -> None:
+        """A top-level item that ran before the recorded round: restored, not run again
+        (actors are started again and restored; collections are recomputed lazily)."""
+        record = self.record
+        if isinstance(item, Block):
+            self.result.rounds[item.loop.id] = record.loops_done.get(item.loop.id, 0)
+            return
+        op = self.ir.op(item)
+        if isinstance(op, ir.Var):
+            value = record.vars[item]
+            if isinstance(value, resuming.CollectionValue):
+                value = self.var_from_partitions(item, value.parts)
+            self.env[item] = value
+        elif isinstance(op, ir.Sink):
+            return  # written before the driver died
+        elif item in record.env:
+            self.env[item] = record.env[item]
+        else:
+            self.run_node(item)
+
+    def var_partitions(self, var: str) -> list[list]:
+        """The items of collection var ``var``, partition by partition (for a record)."""
+        raise NotImplementedError
+
+    def var_from_partitions(self, var: str, parts: list[list]):
+        """Collection var ``var`` made again from a record's partitions."""
+        raise NotImplementedError
 
     # ---- what a backend provides
 

@@ -8,7 +8,8 @@ inside a running task, is refused by ``pipec check --backend spark`` before anyt
 
 Modules: :mod:`.driver` (lowering and running), :mod:`.worker` (what tasks run),
 :mod:`.plan` (what ``compile`` and ``graph`` show), :mod:`.session` (starting Spark
-quietly, shipping modules), :mod:`.resume` (records for ``pipec run --resume``).
+quietly, shipping modules). Records for ``pipec run --resume`` are the shared
+:mod:`backends.runtime.resume`.
 PySpark is imported only when a plan is explained or run.
 """
 

@@ -38,20 +38,18 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from py4j.protocol import Py4JError
 
 from compiler import ir
 from compiler.schedule import Block, blocks
-from dsl.diagnostics import PipelineRuntimeError, UsageError
+from dsl.diagnostics import PipelineRuntimeError
 from backends.runtime import semantics, sources
-from backends.runtime.actors import ReplayLog
+from backends.runtime.actors import VersionedHost
 from backends.base import NoProgress
 from backends.runtime.driver import Driver
 from backends.runtime.tasks import ensure_path, fn_of
-from backends.spark import resume as resuming
 from backends.spark import session as sessions
 from backends.spark import worker
 
@@ -115,21 +113,19 @@ class Analysis:
 
 class SparkDriver(Driver):
     backend = "spark"
+    resumable = True
 
     def __init__(self, plan, progress=None, run_dir: str | None = None, resume: bool = False, dry: bool = False):
-        super().__init__(plan.ir, plan.params, progress, run_dir)
+        super().__init__(plan.ir, plan.params, progress, run_dir, resume)
         self.plan = plan
         self.dry = dry
-        self.resume = resume
         self.analysis = plan.analysis
         self.order = {node: i for i, node in enumerate(plan.ir)}
         self.trace: list[dict] = []
         self._trace_stack: list[list] = [self.trace]
         self._scopes: list[dict] = []
         self._broadcasts: dict[str, tuple[Any, Any, dict]] = {}
-        self.hosts: dict[str, resuming.VersionedHost] = {}
-        self.record: resuming.Record | None = None
-        self.top_index = 0
+        self.hosts: dict[str, VersionedHost] = {}
         self.session: sessions.Session | None = None
 
     # ---- entry
@@ -139,30 +135,17 @@ class SparkDriver(Driver):
         ensure_path(self.ir.info.module_paths())
         self.setup()
         try:
-            top = blocks(self.ir)
-            record = self.record
-            for index, item in enumerate(top.items):
-                self.top_index = index
-                if record is not None and index < record.top_index:
-                    self.fast_forward(item)
-                elif record is not None and index == record.top_index:
-                    if record.done:
-                        self.result.rounds[item.loop.id] = record.rounds
-                    else:
-                        self.run_loop(item, first=record.rounds)
-                elif isinstance(item, Block):
-                    self.run_loop(item)
-                else:
-                    self.run_node(item)
+            self.run_top(blocks(self.ir))
             if self.dry:
                 self.lowered = self.capture(self)
             else:
-                resuming.finish(self.run_dir)
+                self.finish_records()
         except Py4JError as exc:  # Spark itself went away (a job's failure is reported by job())
             log = self.session.log if self.session else None
             raise PipelineRuntimeError(self.ir.info.name, f"Spark stopped under the pipeline: {_first_line(exc)}",
                                        hint=f"Spark's log is {log}" if log else None) from None
         finally:
+            self.close_records()
             self.teardown()
         self.result.seconds = time.perf_counter() - start
         return self.result
@@ -170,7 +153,7 @@ class SparkDriver(Driver):
     def setup(self) -> None:
         plan = self.plan
         if not self.dry:
-            self._prepare_run_dir()
+            self.prepare_run_dir()
         log = None if self.dry else str(self.run_dir / "spark.log")
         self.session = sessions.session(plan.address, log, plan.max_retries, plan.ui)
         self.sc = self.session.sc
@@ -186,23 +169,6 @@ class SparkDriver(Driver):
             self._close_scope()
         if self.session is not None:
             self.session.stop()
-
-    def _prepare_run_dir(self) -> None:
-        if self.resume:
-            if resuming.finished(self.run_dir):
-                raise UsageError(f"run {self.run_dir} finished already; there is nothing to resume",
-                                 "run the pipeline again without --resume")
-            record = resuming.read(self.run_dir)
-            if record is not None:
-                if record.fingerprint != resuming.fingerprint(self.ir, self.params):
-                    raise UsageError(f"run {self.run_dir} was started with a different pipeline or different "
-                                     f"parameters", "resume with the same file and --param values")
-                self.record = record
-                self.result.files.update(record.files)
-                self.result.outputs.update(record.outputs)
-                return
-        # A fresh start (or a resume before any round completed): old state must not leak in.
-        resuming.clear(self.run_dir)
 
     # ---- scopes: what a round caches and broadcasts, dropped when it ends
 
@@ -268,16 +234,9 @@ class SparkDriver(Driver):
             finally:
                 self._close_scope()
             rounds = i + 1
-            done = rounds == count
-            if loop.until is not None:
-                until = self.value(loop.until)
-                if not isinstance(until, bool):
-                    raise self.error(loop.id, f"`until` must give true or false, got {type(until).__name__}",
-                                     loop.span)
-                done = done or until
-            if loop.parent is None:
-                self.result.rounds[loop.id] = rounds
-                self.save_progress(loop, rounds, done)
+            stop = loop.until is not None and self.until(loop)
+            done = stop or rounds == count
+            self.round_done(loop, rounds, done)
             if done:
                 break
         self.result.rounds[loop.id] = rounds
@@ -328,50 +287,15 @@ class SparkDriver(Driver):
             return self.from_driver(var, [[]] * coll.parts, f"var {name} (from the driver)", dry=True)
         return self.from_driver(var, parts, f"var {name} (from the driver)")
 
-    # ---- resume
+    # ---- resume: collection vars in a record
 
-    def save_progress(self, loop: ir.Loop, rounds: int, done: bool) -> None:
-        """The resume record at the end of a round of a top-level loop."""
-        env, vars_ = {}, {}
-        for node, value in list(self.env.items()):
-            op = self.ir.op(node)
-            if isinstance(op, ir.Var):
-                if op.var_shape == ir.COLLECTION:
-                    value = self.env[node] = self.materialise_var(node, value)
-                    vars_[node] = resuming.CollectionValue(value.data)
-                else:
-                    vars_[node] = value
-            elif op.loop is None and op.node_shape == ir.VALUE:
-                env[node] = value
-        actors = {}
-        for actor, log in self.logs.items():
-            host = self.hosts.get(actor)
-            actors[actor] = {"next_seq": log.next_seq, "snapshot": host.saved if host else None,
-                             "log": list(log.entries)}
-        record = resuming.Record(
-            pipeline=self.ir.info.name, fingerprint=self.plan.fingerprint, top_index=self.top_index,
-            loop=loop.id, rounds=rounds, done=done, env=env, vars=vars_, actors=actors,
-            loops_done=dict(self.result.rounds), files=dict(self.result.files), outputs=dict(self.result.outputs))
-        resuming.write(self.run_dir, record)
+    def var_partitions(self, var: str) -> list[list]:
+        # Materialised here anyway, so the next round reads the driver's copy too.
+        coll = self.env[var] = self.materialise_var(var, self.env[var])
+        return coll.data
 
-    def fast_forward(self, item) -> None:
-        """Replay a top-level item that ran before the recorded round, without redoing work."""
-        record = self.record
-        if isinstance(item, Block):
-            self.result.rounds[item.loop.id] = record.loops_done.get(item.loop.id, 0)
-            return
-        op = self.ir.op(item)
-        if isinstance(op, ir.Var):
-            value = record.vars[item]
-            if isinstance(value, resuming.CollectionValue):
-                value = self.from_driver(item, value.parts, f"var {op.name or item} (restored)")
-            self.env[item] = value
-        elif isinstance(op, ir.Sink):
-            return  # written before the driver died
-        elif item in record.env:
-            self.env[item] = record.env[item]
-        else:
-            self.run_node(item)  # actors (restored), collections (lazy), params
+    def var_from_partitions(self, var: str, parts: list[list]):
+        return self.from_driver(var, parts, f"var {self.ir.op(var).name or var} (restored)")
 
     # ---- jobs
 
@@ -721,28 +645,11 @@ class SparkDriver(Driver):
         args = [self.value(a) for a in op.args]
         kwargs = {k: self.value(v) for k, v in op.kwargs.items()}
         path = self.snapshot_path(node) if op.checkpoint_every else None
-        saved = self.record.actors.get(node) if self.record is not None else None
-        try:
-            if saved is not None and saved["snapshot"] is not None:
-                host = resuming.VersionedHost(op.cls.module, op.cls.attr, args, kwargs, op.checkpoint_every,
-                                              str(resuming.versioned(path, saved["snapshot"])))
-                host.snapshot_path = Path(path)
-            else:
-                host = resuming.VersionedHost(op.cls.module, op.cls.attr, args, kwargs, op.checkpoint_every, None)
-                host.snapshot_path = Path(path) if path else None
+        try:  # restores the snapshot at `path` when a resumed run put one there
+            host = VersionedHost(op.cls.module, op.cls.attr, args, kwargs, op.checkpoint_every, path)
         except Exception as exc:
             raise self.user_error(node, exc, op.span) from None
         self.hosts[node] = host
-        if saved is not None:
-            log = self.logs[node] = ReplayLog(op.checkpoint_every)
-            for seq, method, a, kw in saved["log"]:
-                log.entries.append((seq, method, a, kw))
-                try:
-                    host.call(seq, method, a, kw)
-                except Exception as exc:
-                    raise self.user_error(f"{node}.{method}", exc, op.span) from None
-                log.confirm(seq)
-            log.next_seq = saved["next_seq"]
         return host
 
     def call_actor(self, actor: str, seq: int, method: str, args: list, kwargs: dict):

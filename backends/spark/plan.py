@@ -15,7 +15,6 @@ import networkx as nx
 
 from compiler import ir
 from backends.base import Plan, Progress, RunResult
-from backends.spark import resume as resuming
 from backends.spark.driver import Analysis, SparkDriver
 
 
@@ -30,7 +29,6 @@ class SparkPlan(Plan):
         self.analysis = Analysis.of(graph)
         self.max_retries = max((op.options.retries for _, op in graph.items()
                                 if isinstance(getattr(op, "options", None), ir.StageOptions)), default=0)
-        self.fingerprint = resuming.fingerprint(graph, params)
         self._lowered: dict | None = None
 
     def run(self, progress: Progress | None = None, run_dir: str | None = None, resume: bool = False) -> RunResult:

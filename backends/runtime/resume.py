@@ -1,0 +1,155 @@
+"""Continuing a run whose driver died: one record per completed round of a top-level loop.
+
+A dead driver loses its actors with everything else (Spark hosts them in the driver; on
+Ray and elsewhere they belong to the driver's job). At the end of every round of a
+top-level loop the driver (:class:`backends.runtime.driver.Driver`) writes, atomically,
+what the rest of the run needs: the top-level values computed so far, the loop
+variables, and for each actor the snapshot that holds its state (by sequence number)
+plus the calls made since then (method and arguments). ``pipec run --resume RUN``
+rebuilds every actor from that snapshot, applies those calls again (their first
+application died with the driver, and the snapshot does not hold them), and continues
+with the next round: every actor call is applied exactly once to the state the run ends
+with.
+
+Snapshots are also kept under their sequence number because the newest one may already
+hold calls of the round that was interrupted; a record always names one that matches
+the end of its round.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compiler import ir
+from backends.runtime.actors import versioned
+from backends.runtime.sinks import atomic_write
+
+FORMAT = 1
+RECORD = Path("resume") / "state.pickle"
+FINISHED = Path("resume") / "finished"
+
+
+@dataclass
+class CollectionValue:
+    """A collection var as a record holds it: its partitions' items."""
+
+    parts: list[list]
+
+
+@dataclass
+class Record:
+    """The state of a run at the end of round ``rounds`` of top-level loop ``loop``."""
+
+    pipeline: str
+    fingerprint: str
+    top_index: int  # the loop's position among the pipeline's top-level items
+    loop: str
+    rounds: int
+    done: bool  # the loop will run no more rounds
+    env: dict[str, Any] = field(default_factory=dict)
+    vars: dict[str, Any] = field(default_factory=dict)
+    actors: dict[str, dict] = field(default_factory=dict)  # next_seq, snapshot, log
+    loops_done: dict[str, int] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    format: int = FORMAT
+
+
+def fingerprint(graph: ir.IR, params: dict[str, Any]) -> str:
+    """Identifies the pipeline and parameters a run used (not where the file lives)."""
+    data = graph.to_json()
+    data["pipeline"] = {k: v for k, v in data["pipeline"].items() if k != "path"}
+    text = json.dumps([data, sorted(params.items())], sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class RecordWriter:
+    """Stores the records of one run, off the driver's path: a record is pickled at once
+    (it must hold the state of its own round), then written atomically by one background
+    thread, records in order, so the next round starts without waiting for the disk. A
+    driver that dies mid-write leaves the previous record whole."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self._thread: ThreadPoolExecutor | None = None
+        self._last: Future | None = None
+
+    def write(self, record: Record) -> bool:
+        """Queue ``record``; False (nothing written) if it cannot be pickled. Raises the
+        OSError of an earlier record that could not be written."""
+        try:
+            data = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            return False
+        if self._last is not None and self._last.done():
+            self._last.result()
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipec-record")
+        snapshots = {actor: state["snapshot"] for actor, state in record.actors.items()}
+        self._last = self._thread.submit(_store, self.run_dir, data, snapshots)
+        return True
+
+    def close(self) -> None:
+        """Wait until every queued record is written; raises the OSError of one that was
+        not."""
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+            self._thread = None
+        last, self._last = self._last, None
+        if last is not None:
+            last.result()
+
+
+def _store(run_dir: Path, data: bytes, snapshots: dict[str, int | None]) -> None:
+    atomic_write(run_dir / RECORD, data)
+    for actor, seq in snapshots.items():
+        if seq is not None:
+            _prune(run_dir / "actors", actor, seq)
+
+
+def read(run_dir: Path) -> Record | None:
+    path = run_dir / RECORD
+    if not path.exists():
+        return None
+    record = pickle.loads(path.read_bytes())
+    return record if getattr(record, "format", None) == FORMAT else None
+
+
+def finish(run_dir: Path) -> None:
+    atomic_write(run_dir / FINISHED, b"")
+
+
+def finished(run_dir: Path) -> bool:
+    return (run_dir / FINISHED).exists()
+
+
+def clear(run_dir: Path) -> None:
+    """Forget an earlier run's state in ``run_dir`` (a fresh run reusing the folder must
+    not restore its actors from old snapshots)."""
+    for sub in ("resume", "actors"):
+        shutil.rmtree(run_dir / sub, ignore_errors=True)
+
+
+def restore_snapshot(snapshot: str | Path, seq: int | None) -> None:
+    """Make an actor's snapshot file the one a record names (``seq``; None: no snapshot,
+    the actor starts from its constructor), so the actor restores from it as it starts."""
+    snapshot = Path(snapshot)
+    if seq is None:
+        snapshot.unlink(missing_ok=True)
+    else:
+        atomic_write(snapshot, versioned(snapshot, seq).read_bytes())
+
+
+def _prune(folder: Path, actor: str, keep_from: int) -> None:
+    """Drop versioned snapshots older than the one the newest record names."""
+    for path in folder.glob(f"{actor}.*.snapshot"):
+        middle = path.name[len(actor) + 1:-len(".snapshot")]
+        if middle.isdigit() and int(middle) < keep_from:
+            path.unlink(missing_ok=True)

@@ -1,0 +1,106 @@
+"""`pipec run --resume`: a run that stopped part-way continues after its last completed
+round, on every backend that keeps records, and ends with what a run that never stopped
+writes. The run here stops because a stage fails once in round 3 (the driver-killed
+variants, with SIGKILL, are in test_ray.py and test_spark.py).
+
+Covered: a collection var carried from round to round (restored from the record's
+partitions), an actor with checkpoints (restored from the snapshot the record names, the
+calls since replayed exactly once), and a top-level value computed before the loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from compiler.api import load
+from dsl.diagnostics import PipelineRuntimeError, UsageError
+from tests.engines import engine_options
+
+RESUMABLE = ["ray", "spark"]
+
+MODULE = '''
+import os
+
+MARKER = {marker!r}
+
+def one(x):
+    return x + 1
+
+def step(y, r):
+    if r == 3 and not os.path.exists(MARKER):
+        open(MARKER, "a").close()
+        raise RuntimeError("the run stops here once")
+    return y * 2 % 1000 + r
+
+def add(a, b):
+    return a + b
+
+class Acc:
+    def __init__(self):
+        self.seen = []
+    def add(self, x):
+        self.seen.append(x)
+        return len(self.seen)
+    def history(self):
+        return list(self.seen)
+'''
+
+PIPELINE = '''use m_resume as m
+
+pipeline p(rounds: int = 6) {
+    source xs = range(12) partitions 3
+    value base = reduce m.add over xs
+    var ys = map m.one over xs
+    actor acc = m.Acc() { checkpoint every 2 calls }
+    repeat rounds as r {
+        ys = map m.step over ys with r = r
+        acc.add(reduce m.add over ys)
+    }
+    sink out = collect(ys) -> json("out/ys.json")
+    sink calls = acc.history() -> json("out/calls.json")
+    sink first = base -> json("out/base.json")
+}
+'''
+
+
+def _outputs(root: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((root / "out").iterdir())}
+
+
+def _write(root: Path, marker: Path) -> Path:
+    root.mkdir()
+    (root / "m_resume.py").write_text(MODULE.format(marker=str(marker)))
+    path = root / "p.pipe"
+    path.write_text(PIPELINE)
+    return path
+
+
+@pytest.mark.parametrize("backend", RESUMABLE)
+def test_a_stopped_run_resumes_after_its_last_round_and_ends_as_a_clean_run(backend, tmp_path, monkeypatch):
+    clean_root = tmp_path / "clean"
+    clean_marker = tmp_path / "clean.marker"
+    clean_marker.touch()  # the clean run never stops
+    path = _write(clean_root, clean_marker)
+    monkeypatch.chdir(clean_root)
+    load(path).run(backend="local")
+    expected = _outputs(clean_root)
+
+    root = tmp_path / backend
+    path = _write(root, tmp_path / f"{backend}.marker")
+    monkeypatch.chdir(root)
+    pipeline = load(path)
+    options = engine_options(backend)
+    with pytest.raises(PipelineRuntimeError, match="the run stops here once"):
+        pipeline.run(backend=backend, run_dir="run", **options)
+    assert not (root / "out").exists()
+    resumed = pipeline.run(backend=backend, run_dir="run", resume=True, **options)
+    assert _outputs(root) == expected
+    assert resumed.rounds == {next(iter(resumed.rounds)): 6}
+    with pytest.raises(UsageError, match="finished already"):
+        pipeline.run(backend=backend, run_dir="run", resume=True, **options)
+
+
+def test_backends_without_records_refuse_to_resume(tmp_path):
+    plan = load(_write(tmp_path / "p", tmp_path / "marker")).lower("dask")
+    assert not getattr(plan, "resumable", False)
