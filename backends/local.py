@@ -15,7 +15,7 @@ from compiler import ir
 from compiler.schedule import Block, blocks
 from backends.base import Backend, Plan, Progress, RunResult
 from backends.runtime import semantics, sources
-from backends.runtime.actors import ActorHost
+from backends.runtime.actors import ActorHost, VersionedHost
 from backends.runtime.driver import Driver
 from backends.runtime.tasks import apply_elementwise, fn_of, resolve, run_with_timeout
 
@@ -53,6 +53,7 @@ class LocalBackend(Backend):
 
 class LocalPlan(Plan):
     backend = "local"
+    resumable = True  # `pipec run --resume RUN`
 
     def explain(self) -> str:
         lines = [f"local plan for pipeline `{self.ir.info.name}` (runs in process, in this order)"]
@@ -66,8 +67,10 @@ class LocalPlan(Plan):
         return {"backend": "local", "pipeline": self.ir.info.name, "params": self.params,
                 "schedule": block_json(blocks(self.ir))}
 
-    def run(self, progress: Progress | None = None, run_dir: str | None = None) -> RunResult:
-        return LocalDriver(self.ir, self.params, progress, run_dir).run()
+    def run(self, progress: Progress | None = None, run_dir: str | None = None, resume: bool = False) -> RunResult:
+        """Run in this process; with ``resume``, continue the run in ``run_dir`` after its
+        last completed round."""
+        return LocalDriver(self.ir, self.params, progress, run_dir, resume).run()
 
 
 def _explain_block(graph: ir.IR, block: Block, lines: list[str], depth: int) -> None:
@@ -102,6 +105,7 @@ def describe(graph: ir.IR, node: str) -> str:
 
 class LocalDriver(Driver):
     backend = "local"
+    resumable = True
 
     def setup(self) -> None:
         self.hosts: dict[str, ActorHost] = {}
@@ -147,6 +151,12 @@ class LocalDriver(Driver):
 
     def gather(self, node: str) -> list:
         return [x for part in self.env[node] for x in part]
+
+    def var_partitions(self, var: str) -> list[list]:
+        return self.env[var]
+
+    def var_from_partitions(self, var: str, parts: list[list]):
+        return parts
 
     def count(self, node: str) -> int:
         return sum(len(p) for p in self.env[node])
@@ -262,8 +272,8 @@ class LocalDriver(Driver):
         args = [self.value(a) for a in op.args]
         kwargs = {k: self.value(v) for k, v in op.kwargs.items()}
         try:
-            host = ActorHost(op.cls.module, op.cls.attr, args, kwargs, op.checkpoint_every,
-                             self.snapshot_path(node) if op.checkpoint_every else None)
+            host = VersionedHost(op.cls.module, op.cls.attr, args, kwargs, op.checkpoint_every,
+                                 self.snapshot_path(node) if op.checkpoint_every else None)
         except Exception as exc:
             raise self.user_error(node, exc, op.span) from None
         self.hosts[node] = host

@@ -17,19 +17,17 @@ from compiler.api import load
 from dsl.diagnostics import PipelineRuntimeError, UsageError
 from tests.engines import engine_options
 
-RESUMABLE = ["ray", "spark"]
+RESUMABLE = ["local", "ray", "spark"]
 
 MODULE = '''
 import os
 
-MARKER = {marker!r}
-
 def one(x):
     return x + 1
 
-def step(y, r):
-    if r == 3 and not os.path.exists(MARKER):
-        open(MARKER, "a").close()
+def step(y, r, marker):
+    if r == 3 and not os.path.exists(marker):
+        open(marker, "a").close()
         raise RuntimeError("the run stops here once")
     return y * 2 % 1000 + r
 
@@ -48,13 +46,13 @@ class Acc:
 
 PIPELINE = '''use m_resume as m
 
-pipeline p(rounds: int = 6) {
+pipeline p(marker: str, rounds: int = 6) {
     source xs = range(12) partitions 3
     value base = reduce m.add over xs
     var ys = map m.one over xs
     actor acc = m.Acc() { checkpoint every 2 calls }
     repeat rounds as r {
-        ys = map m.step over ys with r = r
+        ys = map m.step over ys with r = r, marker = marker
         acc.add(reduce m.add over ys)
     }
     sink out = collect(ys) -> json("out/ys.json")
@@ -68,9 +66,9 @@ def _outputs(root: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((root / "out").iterdir())}
 
 
-def _write(root: Path, marker: Path) -> Path:
+def _write(root: Path) -> Path:
     root.mkdir()
-    (root / "m_resume.py").write_text(MODULE.format(marker=str(marker)))
+    (root / "m_resume.py").write_text(MODULE)
     path = root / "p.pipe"
     path.write_text(PIPELINE)
     return path
@@ -81,26 +79,26 @@ def test_a_stopped_run_resumes_after_its_last_round_and_ends_as_a_clean_run(back
     clean_root = tmp_path / "clean"
     clean_marker = tmp_path / "clean.marker"
     clean_marker.touch()  # the clean run never stops
-    path = _write(clean_root, clean_marker)
+    path = _write(clean_root)
     monkeypatch.chdir(clean_root)
-    load(path).run(backend="local")
+    load(path).run(backend="local", params={"marker": str(clean_marker)}, run_dir="run")
     expected = _outputs(clean_root)
 
     root = tmp_path / backend
-    path = _write(root, tmp_path / f"{backend}.marker")
+    pipeline = load(_write(root))
     monkeypatch.chdir(root)
-    pipeline = load(path)
+    params = {"marker": str(tmp_path / f"{backend}.marker")}
     options = engine_options(backend)
     with pytest.raises(PipelineRuntimeError, match="the run stops here once"):
-        pipeline.run(backend=backend, run_dir="run", **options)
+        pipeline.run(backend=backend, params=params, run_dir="run", **options)
     assert not (root / "out").exists()
-    resumed = pipeline.run(backend=backend, run_dir="run", resume=True, **options)
+    resumed = pipeline.run(backend=backend, params=params, run_dir="run", resume=True, **options)
     assert _outputs(root) == expected
-    assert resumed.rounds == {next(iter(resumed.rounds)): 6}
+    assert list(resumed.rounds.values()) == [6]
     with pytest.raises(UsageError, match="finished already"):
-        pipeline.run(backend=backend, run_dir="run", resume=True, **options)
+        pipeline.run(backend=backend, params=params, run_dir="run", resume=True, **options)
 
 
 def test_backends_without_records_refuse_to_resume(tmp_path):
-    plan = load(_write(tmp_path / "p", tmp_path / "marker")).lower("dask")
+    plan = load(_write(tmp_path / "p")).lower("dask", {"marker": "m"})
     assert not getattr(plan, "resumable", False)
