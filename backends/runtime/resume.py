@@ -71,30 +71,24 @@ def fingerprint(graph: ir.IR, params: dict[str, Any]) -> str:
 
 
 class RecordWriter:
-    """Stores the records of one run, off the driver's path: a record is pickled at once
-    (it must hold the state of its own round), then written atomically by one background
-    thread, records in order, so the next round starts without waiting for the disk. A
-    driver that dies mid-write leaves the previous record whole."""
+    """Stores the records of one run, off the driver's path: one background thread
+    pickles and writes them atomically, in order, while the driver goes on with the next
+    round (pipec's values are never mutated, so a record handed over holds the state of
+    its own round). A driver that dies mid-write leaves the previous record whole."""
 
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
         self._thread: ThreadPoolExecutor | None = None
         self._last: Future | None = None
 
-    def write(self, record: Record) -> bool:
-        """Queue ``record``; False (nothing written) if it cannot be pickled. Raises the
-        OSError of an earlier record that could not be written."""
-        try:
-            data = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception:
-            return False
+    def write(self, record: Record) -> None:
+        """Queue ``record``. Raises the OSError of an earlier record that could not be
+        written."""
         if self._last is not None and self._last.done():
             self._last.result()
         if self._thread is None:
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipec-record")
-        snapshots = {actor: state["snapshot"] for actor, state in record.actors.items()}
-        self._last = self._thread.submit(_store, self.run_dir, data, snapshots)
-        return True
+        self._last = self._thread.submit(_store, self.run_dir, record)
 
     def close(self) -> None:
         """Wait until every queued record is written; raises the OSError of one that was
@@ -107,11 +101,15 @@ class RecordWriter:
             last.result()
 
 
-def _store(run_dir: Path, data: bytes, snapshots: dict[str, int | None]) -> None:
+def _store(run_dir: Path, record: Record) -> None:
+    try:
+        data = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return  # a value that cannot be pickled: the previous record stands
     atomic_write(run_dir / RECORD, data)
-    for actor, seq in snapshots.items():
-        if seq is not None:
-            _prune(run_dir / "actors", actor, seq)
+    for actor, state in record.actors.items():
+        if state["snapshot"] is not None:
+            _prune(run_dir / "actors", actor, state["snapshot"])
 
 
 def read(run_dir: Path) -> Record | None:
