@@ -341,9 +341,12 @@ class Driver:
         try:
             self.records.close()
         except OSError as exc:
-            raise self.error(self.ir.info.name, f"cannot write the resume record in {self.run_dir}: "
-                                                f"{exc.strerror or exc}") from None
+            raise self._record_error(exc) from None
         resuming.finish(self.run_dir)
+
+    def _record_error(self, exc: OSError) -> PipelineRuntimeError:
+        return self.error(self.ir.info.name, f"cannot write the resume record in {self.run_dir}: "
+                                             f"{exc.strerror or exc}")
 
     def close_records(self) -> None:
         """Wait for records still being written (a failed run keeps its last record)."""
@@ -378,12 +381,12 @@ class Driver:
         try:
             self.records.write(record)
         except OSError as exc:
-            raise self.error(self.ir.info.name, f"cannot write the resume record in {self.run_dir}: "
-                                                f"{exc.strerror or exc}") from None
+            raise self._record_error(exc) from None
 
     def fast_forward(self, item) -> None:
-        """A top-level item that ran before the recorded round: restored, not run again
-        (actors are started again and restored; collections are recomputed lazily)."""
+        """A top-level item that ran before the recorded round: restored from the record,
+        or run again where that is how it comes back (actors are started and restored,
+        collections recomputed from their pure stages)."""
         record = self.record
         if isinstance(item, Block):
             self.result.rounds[item.loop.id] = record.loops_done.get(item.loop.id, 0)
