@@ -14,7 +14,7 @@ from typing import Any
 from compiler import ir
 from compiler.schedule import Block, blocks
 from backends.base import Backend, Plan, Progress, RunResult
-from backends.runtime import semantics, sources
+from backends.runtime import semantics
 from backends.runtime.actors import ActorHost, VersionedHost
 from backends.runtime.driver import Driver
 from backends.runtime.tasks import apply_elementwise, fn_of, resolve, run_with_timeout
@@ -168,23 +168,17 @@ class LocalDriver(Driver):
         self.progress.stage(node, k)
         args = [self.value(a) for a in op.args]
         kwargs = {key: self.value(v) for key, v in op.kwargs.items()}
-        try:
-            if op.kind == "range":
-                n = args[0]
-                parts = [list(range(a, b)) for a, b in semantics.partition_bounds(n, k)]
-            elif op.kind == "read_text":
-                parts = semantics.split(sources.read_lines(args[0]), k)
-            elif op.kind == "read_jsonl":
-                parts = semantics.split(sources.read_jsonl(args[0]), k)
-            elif op.sharded:
-                fn = fn_of(op.fn)
-                parts = [list(fn(*args, **kwargs, partition=i, partitions=k)) for i in range(k)]
-            else:
-                parts = semantics.split(list(fn_of(op.fn)(*args, **kwargs)), k)
-        except OSError as exc:
-            raise self.error(node, f"cannot read {args[0] if args else ''}: {exc.strerror or exc}", op.span) from None
-        except Exception as exc:
-            raise self.user_error(node, exc, op.span) from None
+        if op.kind != "range" and not op.sharded:
+            parts = self.read_source(node, op, k, args, kwargs)
+        else:
+            try:
+                if op.kind == "range":
+                    parts = [list(range(a, b)) for a, b in semantics.partition_bounds(args[0], k)]
+                else:
+                    fn = fn_of(op.fn)
+                    parts = [list(fn(*args, **kwargs, partition=i, partitions=k)) for i in range(k)]
+            except Exception as exc:
+                raise self.user_error(node, exc, op.span) from None
         self.progress.advance(node, k)
         return [self.roundtrip(p, node, "a partition", op.span) for p in parts]
 

@@ -41,8 +41,12 @@ def run_options() -> dict:
 
 @functools.lru_cache(maxsize=None)
 def _remote():
-    """The programs' remote functions and actor, made once."""
+    """The programs' remote functions and actor, made once. The workload functions travel
+    with them by value, as Ray's docs advise for a module the workers cannot import
+    (a Ray started from another folder does not have this repository on its path)."""
     import ray
+    from ray import cloudpickle
+    cloudpickle.register_pickle_by_value(w)
 
     @ray.remote
     def mapreduce_part(lo: int, hi: int):

@@ -52,7 +52,12 @@ def run_options() -> dict:
 
 
 def _sc():
+    """The active SparkContext. The workload functions travel with the tasks by value,
+    as for a module the Python workers cannot import (a context started from another
+    folder does not have this repository on its workers' path)."""
+    from pyspark import cloudpickle
     from backends.spark.session import active
+    cloudpickle.register_pickle_by_value(w)
     return active()
 
 

@@ -15,7 +15,6 @@ from compiler import ir
 from backends.base import NoProgress, Progress, RunResult
 from backends.runtime import semantics, sources
 from backends.runtime.driver import Driver
-from backends.runtime.tasks import fn_of
 from dsl.diagnostics import PipelineRuntimeError
 from backends.ray.lowering import Chain, Lowering, actor_handles, read_in_tasks
 from backends.ray.worker import ActorProxy, Gap, StageError, remote_calls, returns_of
@@ -431,15 +430,7 @@ class RayDriver(Driver):
                 return self.env[node]
             return self.produce(node, Chain(node, (), True))
         self.progress.stage(node, k)
-        try:
-            if op.kind == "read_jsonl":
-                parts = semantics.split(sources.read_jsonl(args[0]), k)
-            else:
-                parts = semantics.split(list(fn_of(op.fn)(*args, **kwargs)), k)
-        except OSError as exc:
-            raise self.error(node, f"cannot read {args[0] if args else ''}: {exc.strerror or exc}", op.span) from None
-        except Exception as exc:
-            raise self.user_error(node, exc, op.span) from None
+        parts = self.read_source(node, op, k, args, kwargs)
         try:
             refs = [self.ray.put(p) for p in parts]
         except Exception as exc:

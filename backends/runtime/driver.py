@@ -17,7 +17,7 @@ from compiler.schedule import Block, blocks
 from dsl.diagnostics import PipelineRuntimeError, UsageError
 from dsl.source import SourceFile, Span
 from backends.base import NoProgress, Progress, RunResult
-from backends.runtime import semantics
+from backends.runtime import semantics, sources
 from backends.runtime import resume as resuming
 from backends.runtime.actors import SKIPPED, ReplayLog, last_snapshot
 from backends.runtime.sinks import write_sink
@@ -226,6 +226,23 @@ class Driver:
             raise self.error(node, "`reduce` over an empty collection has no value", op.span,
                              "filter less, or give the reduction an initial element in the data")
         return result
+
+    def read_source(self, node: str, op: ir.Source, k: int, args: list, kwargs: dict) -> list[list]:
+        """A ``read_text``, ``read_jsonl`` or plain callable source read whole on the driver
+        (its items must be counted to be cut) and cut into ``k`` blocks; a failure is
+        reported at the source."""
+        try:
+            if op.kind == "read_text":
+                items = sources.read_lines(args[0])
+            elif op.kind == "read_jsonl":
+                items = sources.read_jsonl(args[0])
+            else:
+                items = list(fn_of(op.fn)(*args, **kwargs))
+        except OSError as exc:
+            raise self.error(node, f"cannot read {args[0] if args else ''}: {exc.strerror or exc}", op.span) from None
+        except Exception as exc:
+            raise self.user_error(node, exc, op.span) from None
+        return semantics.split(items, k)
 
     def op_collect(self, node: str, op: ir.Collect):
         return semantics.ordered(self.gather(op.input.node), self.order_of(op.input.node))

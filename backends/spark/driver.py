@@ -45,11 +45,11 @@ from py4j.protocol import Py4JError
 from compiler import ir
 from compiler.schedule import Block, blocks
 from dsl.diagnostics import PipelineRuntimeError
-from backends.runtime import semantics, sources
+from backends.runtime import semantics
 from backends.runtime.actors import VersionedHost
 from backends.base import NoProgress
 from backends.runtime.driver import Driver
-from backends.runtime.tasks import ensure_path, fn_of
+from backends.runtime.tasks import ensure_path
 from backends.spark import session as sessions
 from backends.spark import worker
 
@@ -405,18 +405,8 @@ class SparkDriver(Driver):
         if self.dry:
             coll = self.from_driver(node, [[] for _ in range(k)], f"source {what} (on the driver)", dry=True)
             return self._persisted(node, coll)
-        try:
-            if op.kind == "read_text":
-                items = sources.read_lines(args[0])
-            elif op.kind == "read_jsonl":
-                items = sources.read_jsonl(args[0])
-            else:
-                items = list(fn_of(op.fn)(*args, **kwargs))
-        except OSError as exc:
-            raise self.error(node, f"cannot read {args[0] if args else ''}: {exc.strerror or exc}", op.span) from None
-        except Exception as exc:
-            raise self.user_error(node, exc, op.span) from None
-        return self._persisted(node, self.from_driver(node, semantics.split(items, k), f"source {what} (on the driver)"))
+        parts = self.read_source(node, op, k, args, kwargs)
+        return self._persisted(node, self.from_driver(node, parts, f"source {what} (on the driver)"))
 
     def _persisted(self, node: str, coll: Coll) -> Coll:
         why = self.analysis.persist.get(node)
