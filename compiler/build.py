@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from dsl import ast
 from dsl.diagnostics import ERROR, WARNING, Diagnostic, did_you_mean
+from dsl.parser import STATEMENT_KEYWORDS
 from dsl.source import SourceFile, Span
 from compiler import ir
 from compiler.modules import ModuleIndex, ModuleInfo, ModuleSyntaxError
@@ -28,8 +29,6 @@ BUILTINS = SOURCES + VALUE_BUILTINS + COLLECTION_BUILTINS
 # Words that read as keywords wherever an expression may start, so a stage or value named
 # after one could not be used (`collect(map)` is a syntax error).
 KEYWORDS = ELEMENTWISE + ("reduce", "reduce_by_key", "group_by_key", "not", "and", "or", "true", "false", "none")
-# Words that open a statement: a name spelled like one cannot begin a rebind.
-STATEMENT_KEYWORDS = ("source", "stage", "value", "var", "actor", "repeat", "sink", "defaults")
 PARAM_TYPES = ("int", "float", "str", "bool")
 SINK_FORMATS = ("json", "jsonl", "text")
 # Matched against the stripped text: blanks at both ends made the regex quadratic.

@@ -24,7 +24,8 @@ from grammar import grammar_text
 # Python stack in later passes (all of them recurse over expressions).
 MAX_NESTING = 200
 
-_comments = threading.local()
+# What one parse collects and reads, per thread: the comments found, the text being parsed.
+_parsing = threading.local()
 
 
 def _span(meta) -> Span:
@@ -276,7 +277,7 @@ class _ToAst:
 
 
 def _keep_comment(tok: Token) -> None:
-    _comments.found.append(ast.Comment(str(tok), _tok_span(tok)))
+    _parsing.found.append(ast.Comment(str(tok), _tok_span(tok)))
 
 
 class _KeywordOrName:
@@ -293,18 +294,12 @@ class _KeywordOrName:
     BOUND = re.compile(r"[ \t\r\n]*=(?!=)")
     always_accept = ()
 
-    def __init__(self):
-        self.text = ""
-
     def process(self, stream):
-        keywords, bound, text = self.KEYWORDS, self.BOUND, self.text
+        keywords, bound, text = self.KEYWORDS, self.BOUND, _parsing.text
         for tok in stream:
             if tok.type in keywords and bound.match(text, tok.end_pos):
                 tok = Token.new_borrow_pos("NAME", tok.value, tok)
             yield tok
-
-
-_POSTLEX = _KeywordOrName()
 
 
 @lru_cache(maxsize=1)
@@ -316,15 +311,15 @@ def _parser() -> Lark:
         propagate_positions=True,
         maybe_placeholders=True,
         lexer_callbacks={"COMMENT": _keep_comment},
-        postlex=_POSTLEX,
+        postlex=_KeywordOrName(),
         cache=True,  # grammar analysis cached in the temp folder: ~10 ms instead of ~130 ms
     )
 
 
 def parse(source: SourceFile) -> ast.Module:
     """Parse a whole file. Raises :class:`PipeSyntaxError` with the position of the problem."""
-    _comments.found = []
-    _POSTLEX.text = source.text
+    _parsing.found = []
+    _parsing.text = source.text
     try:
         module = _ToAst().transform(_parser().parse(source.text))
     except UnexpectedInput as exc:
@@ -332,7 +327,7 @@ def parse(source: SourceFile) -> ast.Module:
     except _Refused as exc:
         raise PipeSyntaxError([Diagnostic(ERROR, exc.message, exc.span, exc.hint, source.path)], source) from None
     finally:
-        comments, _comments.found = tuple(_comments.found), []
+        comments, _parsing.found = tuple(_parsing.found), []
     return ast.Module(module.uses, module.pipeline, comments, module.span)
 
 
@@ -359,11 +354,13 @@ _FRIENDLY = {
 # Keywords that start an expression: used where a name was meant, they read as keywords.
 _EXPRESSION_KEYWORDS = ("ELEMENTWISE", "REDUCER", "GROUP_BY_KEY", "NOT")
 
-# Keywords that open a statement: `value = ...` is a `value` statement missing its name.
-_STATEMENT_KEYWORDS = ("SOURCE", "STAGE", "VALUE", "VAR", "ACTOR", "REPEAT", "SINK", "DEFAULTS")
+# The words that open a statement (the compiler refuses a var called like one, since
+# `value = ...` is a `value` statement missing its name), and their terminals.
+STATEMENT_KEYWORDS = ("source", "stage", "value", "var", "actor", "repeat", "sink", "defaults")
+_STATEMENT_TERMINALS = frozenset(word.upper() for word in STATEMENT_KEYWORDS)
 
-_STATEMENT_HINT = ("a statement starts with `source`, `stage`, `value`, `var`, `actor`, "
-                   "`repeat`, `sink`, `defaults`, a name to rebind, or an actor call")
+_STATEMENT_HINT = ("a statement starts with " + ", ".join(f"`{word}`" for word in STATEMENT_KEYWORDS)
+                   + ", a name to rebind, or an actor call")
 
 
 def _terminal_text(name: str) -> str:
@@ -431,7 +428,7 @@ def _describe(exc: UnexpectedInput, source: SourceFile) -> Diagnostic:
     hint = None
     if tok.type == "EQUAL" and "COMPARE" in expected:
         hint = "use `==` to compare"
-    elif tok.type == "EQUAL" and previous is not None and previous.type in _STATEMENT_KEYWORDS:
+    elif tok.type == "EQUAL" and previous is not None and previous.type in _STATEMENT_TERMINALS:
         hint = (f"`{previous}` starts a `{previous}` statement here: give it a name (`{previous} n = ...`), "
                 f"or, to rebind a var, give the var a name other than `{previous}`")
     elif previous is not None and previous.type in _EXPRESSION_KEYWORDS and "NAME" in expected:

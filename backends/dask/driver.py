@@ -359,8 +359,9 @@ class DaskDriver(Driver):
             ends = [f for f in futures.values() if f.key not in read]
             wait(ends)
             if all(f.status == "finished" for f in ends):
+                seconds = time.perf_counter() - start
                 for spec, future in zip(specs, futures.values()):
-                    done_at[spec.group] = time.perf_counter() - start
+                    done_at[spec.group] = seconds
                     if spec.key not in keep:
                         future.release()
                 self._record_timings(done_at)

@@ -451,7 +451,7 @@ class RayDriver(Driver):
             try:
                 index = self.ray.put(sources.line_index(path))
             except OSError as exc:
-                raise self.error(node, f"cannot read {args[0]}: {exc.strerror or exc}", op.span) from None
+                raise self.cannot_read(node, op, args[0], exc) from None
             return [(("text", node, path, k), [index]) for _ in range(k)]
         return [(("shard", node, op.fn.module, op.fn.attr, args, kwargs, k), []) for _ in range(k)]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,10 @@ from backends.runtime import resume as resuming
 from backends.runtime.actors import SKIPPED, ReplayLog, last_snapshot
 from backends.runtime.sinks import write_sink
 from backends.runtime.tasks import ensure_path, fn_of, user_frame
+
+
+# The share of a run's time its resume records may take on the driver.
+RECORD_BUDGET = 0.05
 
 
 class Driver:
@@ -49,6 +54,7 @@ class Driver:
         self.resume = resume
         self.record: resuming.Record | None = None  # what a resumed run continues from
         self.records = resuming.RecordWriter(self.run_dir)
+        self._recorded_at, self._record_cost = 0.0, 0.0  # when the last record was made, what it cost
         self.top_index = 0  # the top-level item running now
 
     # ---- entry
@@ -137,10 +143,19 @@ class Driver:
         return done
 
     def round_done(self, loop: ir.Loop, rounds: int, done: bool) -> None:
-        """After each round: a round of a top-level loop is recorded, for a resume."""
-        if self.resumable and loop.parent is None:
-            self.result.rounds[loop.id] = rounds
+        """After each round of a top-level loop: record it, for a resume. A record costs
+        what it fetches (a collection var comes whole from the cluster) and what storing it
+        takes, so rounds are skipped while the last record's cost is above RECORD_BUDGET of
+        the time since; small records (values, actor calls) are written every round."""
+        if not (self.resumable and loop.parent is None):
+            return
+        self.result.rounds[loop.id] = rounds
+        start = time.perf_counter()
+        cost = self._record_cost + self.records.seconds
+        if start - self._recorded_at >= cost / RECORD_BUDGET:
             self.save_progress(loop, rounds, done)
+            self._recorded_at = time.perf_counter()
+            self._record_cost = self._recorded_at - start
 
     def end_round(self, block: Block) -> None:
         """Hook after each round (backends drop per-round data here)."""
@@ -239,10 +254,13 @@ class Driver:
             else:
                 items = list(fn_of(op.fn)(*args, **kwargs))
         except OSError as exc:
-            raise self.error(node, f"cannot read {args[0] if args else ''}: {exc.strerror or exc}", op.span) from None
+            raise self.cannot_read(node, op, args[0] if args else "", exc) from None
         except Exception as exc:
             raise self.user_error(node, exc, op.span) from None
         return semantics.split(items, k)
+
+    def cannot_read(self, node: str, op: ir.Source, path: str, exc: OSError) -> PipelineRuntimeError:
+        return self.error(node, f"cannot read {path}: {exc.strerror or exc}", op.span)
 
     def op_collect(self, node: str, op: ir.Collect):
         return semantics.ordered(self.gather(op.input.node), self.order_of(op.input.node))
@@ -343,7 +361,7 @@ class Driver:
                                  "run the pipeline again without --resume")
             record = resuming.read(self.run_dir)
             if record is not None:
-                if record.fingerprint != self.fingerprint():
+                if record.fingerprint != self.fingerprint:
                     raise UsageError(f"run {self.run_dir} was started with a different pipeline or different "
                                      f"parameters", "resume with the same file and --param values")
                 self.record = record
@@ -372,10 +390,10 @@ class Driver:
         except OSError:
             pass  # the run failed already, or finish_records reported it
 
+    @cached_property
     def fingerprint(self) -> str:
-        if not hasattr(self, "_fingerprint"):
-            self._fingerprint = resuming.fingerprint(self.ir, self.params)
-        return self._fingerprint
+        """What a record must match: the pipeline and its parameters."""
+        return resuming.fingerprint(self.ir, self.params)
 
     def save_progress(self, loop: ir.Loop, rounds: int, done: bool) -> None:
         """The record at the end of a round of a top-level loop: top-level values, loop
@@ -392,7 +410,7 @@ class Driver:
                           "log": list(log.entries)}
                   for actor, log in self.logs.items()}
         record = resuming.Record(
-            pipeline=self.ir.info.name, fingerprint=self.fingerprint(), top_index=self.top_index,
+            pipeline=self.ir.info.name, fingerprint=self.fingerprint, top_index=self.top_index,
             loop=loop.id, rounds=rounds, done=done, env=env, vars=vars_, actors=actors,
             loops_done=dict(self.result.rounds), files=dict(self.result.files), outputs=dict(self.result.outputs))
         try:

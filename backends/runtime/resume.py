@@ -22,6 +22,7 @@ import hashlib
 import json
 import pickle
 import shutil
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +81,7 @@ class RecordWriter:
         self.run_dir = run_dir
         self._thread: ThreadPoolExecutor | None = None
         self._last: Future | None = None
+        self.seconds = 0.0  # how long the thread took to store the last record
 
     def write(self, record: Record) -> None:
         """Queue ``record``. Raises the OSError of an earlier record that could not be
@@ -88,7 +90,7 @@ class RecordWriter:
             self._last.result()
         if self._thread is None:
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipec-record")
-        self._last = self._thread.submit(_store, self.run_dir, record)
+        self._last = self._thread.submit(self._store, record)
 
     def close(self) -> None:
         """Wait until every queued record is written; raises the OSError of one that was
@@ -101,15 +103,17 @@ class RecordWriter:
             last.result()
 
 
-def _store(run_dir: Path, record: Record) -> None:
-    try:
-        data = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:
-        return  # a value that cannot be pickled: the previous record stands
-    atomic_write(run_dir / RECORD, data)
-    for actor, state in record.actors.items():
-        if state["snapshot"] is not None:
-            _prune(run_dir / "actors", actor, state["snapshot"])
+    def _store(self, record: Record) -> None:
+        start = time.perf_counter()
+        try:
+            data = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            return  # a value that cannot be pickled: the previous record stands
+        atomic_write(self.run_dir / RECORD, data)
+        for actor, state in record.actors.items():
+            if state["snapshot"] is not None:
+                _prune(self.run_dir / "actors", actor, state["snapshot"])
+        self.seconds = time.perf_counter() - start
 
 
 def read(run_dir: Path) -> Record | None:
