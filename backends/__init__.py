@@ -1,4 +1,4 @@
-"""Backends: one module per engine behind the :class:`backends.base.Backend` interface.
+"""Backends: one module per engine behind the :class:`pipec.backends.base.Backend` interface.
 
 Engines are imported lazily, only when a backend is asked for, so the compiler and the
 static commands never import Dask, Ray or Spark.
@@ -9,14 +9,14 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
-from dsl.diagnostics import UsageError, did_you_mean
+from pipec.dsl.diagnostics import UsageError, did_you_mean
 
 # name -> (module, class, the pip extra that installs its engine)
 REGISTRY: dict[str, tuple[str, str, str | None]] = {
-    "local": ("backends.local", "LocalBackend", None),
-    "spark": ("backends.spark", "SparkBackend", "spark"),
-    "ray": ("backends.ray", "RayBackend", "ray"),
-    "dask": ("backends.dask", "DaskBackend", "dask"),
+    "local": ("pipec.backends.local", "LocalBackend", None),
+    "spark": ("pipec.backends.spark", "SparkBackend", "spark"),
+    "ray": ("pipec.backends.ray", "RayBackend", "ray"),
+    "dask": ("pipec.backends.dask", "DaskBackend", "dask"),
 }
 
 # extra -> the module whose presence says the engine is installed

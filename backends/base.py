@@ -12,10 +12,10 @@ from typing import Any, Protocol
 
 import networkx as nx
 
-from compiler import ir
-from compiler.capabilities import FEATURES, features_used
-from dsl.diagnostics import ERROR, Diagnostic
-from dsl.source import Span
+from pipec.compiler import ir
+from pipec.compiler.capabilities import FEATURES, features_used
+from pipec.dsl.diagnostics import ERROR, Diagnostic
+from pipec.dsl.source import Span
 
 
 @dataclass

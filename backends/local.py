@@ -11,13 +11,13 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
-from compiler import ir
-from compiler.schedule import Block, blocks
-from backends.base import Backend, Plan, Progress, RunResult
-from backends.runtime import semantics
-from backends.runtime.actors import ActorHost, VersionedHost
-from backends.runtime.driver import Driver
-from backends.runtime.tasks import apply_elementwise, fn_of, resolve, run_with_timeout
+from pipec.compiler import ir
+from pipec.compiler.schedule import Block, blocks
+from pipec.backends.base import Backend, Plan, Progress, RunResult
+from pipec.backends.runtime import semantics
+from pipec.backends.runtime.actors import ActorHost, VersionedHost
+from pipec.backends.runtime.driver import Driver
+from pipec.backends.runtime.tasks import apply_elementwise, fn_of, resolve, run_with_timeout
 
 # Actors reachable from handle proxies in this process, by (run id, actor node).
 _HANDLES: dict[tuple[str, str], ActorHost] = {}

@@ -18,10 +18,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from compiler.api import _few_collections  # noqa: E402
-from compiler.build import Builder  # noqa: E402
-from dsl.parser import parse  # noqa: E402
-from dsl.source import SourceFile  # noqa: E402
+from pipec.api import _few_collections  # noqa: E402
+from pipec.compiler.build import Builder  # noqa: E402
+from pipec.dsl.parser import parse  # noqa: E402
+from pipec.dsl.source import SourceFile  # noqa: E402
 
 MODULE = '''
 def f(x, k=1):
@@ -68,14 +68,14 @@ def measure(stages: int, repeat: int, folder: Path) -> dict[str, float]:
     times: dict[str, list[float]] = {"parse": [], "build": [], "backend check": [], "total": []}
     for _ in range(repeat):
         t0 = time.perf_counter()
-        with _few_collections():  # as compiler.api.load_source does
+        with _few_collections():  # as pipec.api.load_source does
             module = parse(source)
             t1 = time.perf_counter()
             builder = Builder(module, source)
             graph = builder.build()
         t2 = time.perf_counter()
         assert not [d for d in builder.diagnostics if d.is_error], builder.diagnostics[:3]
-        from backends import get_backend
+        from pipec.backends import get_backend
         get_backend("local").check(graph)
         t3 = time.perf_counter()
         times["parse"].append(t1 - t0)

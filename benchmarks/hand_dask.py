@@ -27,7 +27,7 @@ WEIGHTS_RTOL = 0.0
 def engine(address: str | None):
     """Start a quiet local cluster (or join the scheduler at ``address``), yield a
     one-line description of it, and stop what was started on exit."""
-    from backends.dask.engine import LocalShape, Session
+    from pipec.backends.dask.engine import LocalShape, Session
     with Session(address, LocalShape.of_machine()) as client:
         _CLIENT[:] = [client]
         try:

@@ -24,7 +24,7 @@ WEIGHTS_RTOL = 0.0
 def engine(address: str | None):
     """Start an embedded Ray runtime (or join the one at ``address``), yield a one-line
     description of it, and stop what was started on exit."""
-    from backends.ray.engine import start_runtime, stop_runtime
+    from pipec.backends.ray.engine import start_runtime, stop_runtime
     start_runtime(address)
     try:
         import ray

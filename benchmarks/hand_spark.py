@@ -36,7 +36,7 @@ WEIGHTS_RTOL = 1e-12
 def engine(address: str | None):
     """Start a SparkContext on ``address`` (default: the embedded ``local[N,F]``), yield
     a one-line description of it, and stop it on exit."""
-    from backends.spark.session import embedded_master, start
+    from pipec.backends.spark.session import embedded_master, start
     master = address or embedded_master()
     session = start(master, log_path=str(Path(tempfile.gettempdir()) / "pipec-bench-spark.log"))
     try:
@@ -56,7 +56,7 @@ def _sc():
     as for a module the Python workers cannot import (a context started from another
     folder does not have this repository on its workers' path)."""
     from pyspark import cloudpickle
-    from backends.spark.session import active
+    from pipec.backends.spark.session import active
     cloudpickle.register_pickle_by_value(w)
     return active()
 

@@ -56,7 +56,7 @@ def hand_written(backend: str):
 
 def pipec_plan(name: str, backend: str, params: dict):
     """The benchmark pipeline ``name``, lowered for ``backend`` with ``params``."""
-    from compiler.api import load
+    from pipec import load
     return load(HERE / f"{name}.pipe").lower(backend, params)
 
 

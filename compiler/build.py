@@ -14,12 +14,12 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from dsl import ast
-from dsl.diagnostics import ERROR, WARNING, Diagnostic, did_you_mean
-from dsl.parser import STATEMENT_KEYWORDS
-from dsl.source import SourceFile, Span
-from compiler import ir
-from compiler.modules import ModuleIndex, ModuleInfo, ModuleSyntaxError
+from pipec.dsl import ast
+from pipec.dsl.diagnostics import ERROR, WARNING, Diagnostic, did_you_mean
+from pipec.dsl.parser import STATEMENT_KEYWORDS
+from pipec.dsl.source import SourceFile, Span
+from pipec.compiler import ir
+from pipec.compiler.modules import ModuleIndex, ModuleInfo, ModuleSyntaxError
 
 ELEMENTWISE = ("map", "flat_map", "filter", "map_batches", "map_values")
 SOURCES = ("range", "read_text", "read_jsonl")
@@ -350,7 +350,7 @@ class Builder:
 
     def _param_at_least(self, typed: Typed, minimum: int, what: str, span: Span) -> None:
         """A parameter used where ``minimum`` is the least allowed: check its default now and
-        remember the limit for the values given later (:func:`compiler.api.bind_params`)."""
+        remember the limit for the values given later (:func:`pipec.api.bind_params`)."""
         op = self.ir.op(typed.operand.node) if isinstance(typed.operand, ir.NodeRef) else None
         if not isinstance(op, ir.Param):
             return
@@ -1221,7 +1221,7 @@ _MAX_CONSTANT_ITEMS = 1_000_000
 def _fold(op: str, *values):
     """Compute a constant expression at compile time, exactly as the runtime would.
     Raises OverflowError instead of building a huge constant."""
-    from backends.runtime.semantics import apply_operator
+    from pipec.backends.runtime.semantics import apply_operator
     if len(values) == 2:
         a, b = values
         if op == "**" and isinstance(a, int) and isinstance(b, int) and abs(a) > 1 and b > 0 \

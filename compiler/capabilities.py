@@ -7,7 +7,7 @@ position that needs it.
 
 from __future__ import annotations
 
-from compiler import ir
+from pipec.compiler import ir
 
 FEATURES: dict[str, str] = {
     "actor": "stateful actors with graph-level calls",

@@ -18,8 +18,8 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-from compiler import ir
-from dsl.diagnostics import PipecError, UsageError
+from pipec.compiler import ir
+from pipec.dsl.diagnostics import PipecError, UsageError
 
 # A lowered plan with more nodes than this is drawn one node per group (stage): a Dask
 # graph of thousands of tasks is unreadable, and Graphviz takes minutes to lay it out.

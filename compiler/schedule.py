@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from compiler import ir
+from pipec.compiler import ir
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from dsl.source import Span
+from pipec.dsl.source import Span
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ import difflib
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from dsl.source import SourceFile, Span
+from pipec.dsl.source import SourceFile, Span
 
 ERROR = "error"
 WARNING = "warning"

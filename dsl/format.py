@@ -31,9 +31,9 @@ import bisect
 from dataclasses import dataclass, field, fields, is_dataclass
 from itertools import accumulate
 
-from dsl import ast
-from dsl.parser import parse
-from dsl.source import SourceFile, Span
+from pipec.dsl import ast
+from pipec.dsl.parser import parse
+from pipec.dsl.source import SourceFile, Span
 
 INDENT = "    "
 
@@ -41,7 +41,7 @@ INDENT = "    "
 def format_source(source: SourceFile) -> str:
     """Parse ``source`` and return its canonical text (ending in one newline).
 
-    Raises :class:`dsl.diagnostics.PipeSyntaxError` when the text does not parse.
+    Raises :class:`pipec.dsl.diagnostics.PipeSyntaxError` when the text does not parse.
     """
     return format_module(parse(source), source.text)
 

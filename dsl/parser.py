@@ -1,8 +1,8 @@
-"""Parse `.pipe` text into the AST of :mod:`dsl.ast`.
+"""Parse `.pipe` text into the AST of :mod:`pipec.dsl.ast`.
 
 The grammar is ``grammar/pipe.lark``. Lark runs in LALR mode with the transformer applied
 while parsing (no intermediate parse tree), which keeps a 10,000-stage file well under a
-second. Every failure becomes a :class:`dsl.diagnostics.PipeSyntaxError` with a position.
+second. Every failure becomes a :class:`pipec.dsl.diagnostics.PipeSyntaxError` with a position.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from functools import lru_cache
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
-from dsl import ast
-from dsl.diagnostics import ERROR, Diagnostic, PipeSyntaxError
-from dsl.source import SourceFile, Span
-from grammar import grammar_text
+from pipec.dsl import ast
+from pipec.dsl.diagnostics import ERROR, Diagnostic, PipeSyntaxError
+from pipec.dsl.source import SourceFile, Span
+from pipec.grammar import grammar_text
 
 # Deeper nesting than this is refused with a located error instead of exhausting the
 # Python stack in later passes (all of them recurse over expressions).

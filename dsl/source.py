@@ -36,8 +36,8 @@ class SourceFile:
 
     @classmethod
     def read(cls, path: str | Path) -> "SourceFile":
-        """Read ``path`` as UTF-8. Raises :class:`dsl.diagnostics.FileError` on any failure."""
-        from dsl.diagnostics import FileError
+        """Read ``path`` as UTF-8. Raises :class:`pipec.dsl.diagnostics.FileError` on any failure."""
+        from pipec.dsl.diagnostics import FileError
 
         p = Path(path)
         try:

@@ -22,7 +22,7 @@ def _start_dask() -> dict[str, Any]:
     """One quiet local Dask cluster for the session: 2 worker processes x 1 thread."""
     import logging
     from distributed import Client, LocalCluster
-    from backends.dask.engine import LocalShape
+    from pipec.backends.dask.engine import LocalShape
     shape = LocalShape(workers=2, threads=1, memory=2 * 2**30)
     cluster = LocalCluster(n_workers=shape.workers, threads_per_worker=shape.threads, processes=True,
                            memory_limit=shape.memory, resources=shape.resources, dashboard_address="127.0.0.1:0",
@@ -42,7 +42,7 @@ _STARTERS["dask"] = _start_dask
 def _start_ray() -> dict[str, Any]:
     """One quiet Ray runtime for the session (2 CPUs, no dashboard); every run reuses the
     Ray already initialised in this process, so no options are needed."""
-    from backends.ray.engine import start_runtime, stop_runtime
+    from pipec.backends.ray.engine import start_runtime, stop_runtime
     start_runtime(num_cpus=2)
     on_shutdown(stop_runtime)
     return {}
@@ -55,7 +55,7 @@ def _start_spark() -> dict[str, Any]:
     """One quiet SparkContext for the session (local[2,3]: 2 cores, 3 attempts per task,
     UI off, JVM output in a log file); every run reuses the active context."""
     import tempfile
-    from backends.spark.session import start
+    from pipec.backends.spark.session import start
     session = start("local[2,3]", log_path=tempfile.mkstemp(prefix="pipec-tests-spark-", suffix=".log")[1])
     on_shutdown(session.stop)
     return {}

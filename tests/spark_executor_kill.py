@@ -65,8 +65,8 @@ class KillDuringRound:
 def main(workdir: str, epochs: int, rows: int, kill_round: int) -> None:
     os.chdir(workdir)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from backends.spark.session import start
-    from compiler.api import load
+    from pipec.backends.spark.session import start
+    from pipec import load
 
     log = str(Path(workdir) / "spark-cluster.log")
     session = start("local-cluster[2,1,1024]", log_path=log)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from compiler.api import load
-from dsl.diagnostics import PipelineRuntimeError, UnsupportedOnBackend
+from pipec import load
+from pipec.dsl.diagnostics import PipelineRuntimeError, UnsupportedOnBackend
 from tests.engines import BACKENDS, engine_options
 
 MODULE = '''
@@ -322,7 +322,7 @@ def test_local_reference_outputs_are_what_plain_python_says(tmp_path, monkeypatc
     import json
     out = _run_case(tmp_path, monkeypatch, "local", "float_reduce_is_bit_identical", CASES["float_reduce_is_bit_identical"])
     # Partition partials folded left to right, then combined 8 at a time by index.
-    from backends.runtime.semantics import combine_partials, fold, split
+    from pipec.backends.runtime.semantics import combine_partials, fold, split
     parts = split([x / 3.0 for x in range(1000)], 13)
     expected = combine_partials(lambda a, b: a + b, [fold(lambda a, b: a + b, p) for p in parts])
     assert json.loads(out["out.json"]) == expected

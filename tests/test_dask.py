@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from compiler.api import load
-from dsl.diagnostics import PipelineRuntimeError, UnsupportedOnBackend
+from pipec import load
+from pipec.dsl.diagnostics import PipelineRuntimeError, UnsupportedOnBackend
 from tests.conftest import ROOT
 from tests.engines import engine_options
 
@@ -42,7 +42,7 @@ def kill_client():
     leaves it empty, and the session's cluster is never disturbed)."""
     import logging
     from distributed import Client, LocalCluster
-    from backends.dask.engine import LocalShape
+    from pipec.backends.dask.engine import LocalShape
     shape = LocalShape(workers=3, threads=1, memory=2 * 2**30)
     cluster = LocalCluster(n_workers=shape.workers, threads_per_worker=1, processes=True, memory_limit=shape.memory,
                            resources=shape.resources, dashboard_address="127.0.0.1:0",
@@ -107,9 +107,9 @@ def test_train_lowers_to_readable_keys_with_dependencies():
 def test_plan_golden(example, golden):
     """`pipec compile --backend dask` (text and JSON) and `pipec graph --backend dask`,
     for a fixed two-worker embedded cluster."""
-    from backends.dask import DaskBackend
-    from backends.dask.engine import LocalShape
-    from compiler import render
+    from pipec.backends.dask import DaskBackend
+    from pipec.backends.dask.engine import LocalShape
+    from pipec.compiler import render
     pipeline = load(ROOT / "examples" / f"{example}.pipe")
     plan = DaskBackend(shape=LocalShape(workers=2, threads=1, memory=2**31)).lower(pipeline.ir, pipeline.params())
     golden(f"dask/{example}.txt", plan.explain())
@@ -170,7 +170,7 @@ def test_plan_json_and_graph_for_the_renderer():
 
 
 def test_compile_cli_text_and_json_never_import_the_engine(tmp_path):
-    code = ("import sys\nfrom compiler.cli import main\n"
+    code = ("import sys\nfrom pipec.cli import main\n"
             "rc = main(['compile', 'examples/train.pipe', '--backend', 'dask', '-o', sys.argv[1]])\n"
             "rc2 = main(['compile', 'examples/train.pipe', '--backend', 'dask', '--format', 'json', '-o', sys.argv[2]])\n"
             "print(rc, rc2, 'distributed' in sys.modules, 'dask' in sys.modules)\n")
@@ -520,7 +520,7 @@ pipeline p() {
 
 def test_pipec_run_starts_and_stops_a_quiet_local_cluster(workdir):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-m", "compiler.cli", "run", "examples/wordcount.pipe", "--backend", "dask",
+    out = subprocess.run([sys.executable, "-m", "pipec", "run", "examples/wordcount.pipe", "--backend", "dask",
                           "--run-dir", "run"], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stderr.startswith("pipeline `wordcount` finished on dask in"), out.stderr
@@ -568,7 +568,7 @@ def dask_cli_cluster(tmp_path_factory):
 def test_examples_on_a_dask_scheduler_and_two_workers(dask_cli_cluster, workdir):
     address, _ = dask_cli_cluster
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-m", "compiler.cli", "run", "examples/wordcount.pipe", "--backend", "dask",
+    out = subprocess.run([sys.executable, "-m", "pipec", "run", "examples/wordcount.pipe", "--backend", "dask",
                           "--address", address], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     dask_top = Path("out/top.json").read_bytes()
@@ -682,7 +682,7 @@ def test_random_pipelines_write_the_reference_bytes(seed, client, write_pipe, tm
 
 
 def test_top_from_partition_candidates_is_top_of_everything():
-    from backends.runtime import semantics
+    from pipec.backends.runtime import semantics
     rng = random.Random(3)
     for trial in range(300):
         order = rng.choice([None, "key", "element"])

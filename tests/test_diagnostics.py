@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from compiler import cli
-from compiler.api import load
-from dsl.diagnostics import CompileError, Diagnostic, PipeSyntaxError, SemanticError
-from dsl.source import SourceFile
+from pipec import cli
+from pipec import load
+from pipec.dsl.diagnostics import CompileError, Diagnostic, PipeSyntaxError, SemanticError
+from pipec.dsl.source import SourceFile
 
 from tests.conftest import ROOT
 
@@ -622,7 +622,7 @@ def test_usage_errors_exit_2(write_pipe, capsys, argv, message):
 
 
 def _run(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "compiler.cli", *map(str, args)], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "pipec", *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=60,
                           env={**{k: v for k, v in os.environ.items() if k != "PIPEC_DEBUG"},
                                "PYTHONPATH": str(ROOT)})

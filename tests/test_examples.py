@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from compiler.api import load
+from pipec import load
 from tests.conftest import EXAMPLES
 
 EXAMPLE_FILES = sorted(EXAMPLES.glob("*.pipe"))

@@ -16,11 +16,11 @@ from collections import Counter
 
 import pytest
 
-from compiler.api import load_source
-from dsl.diagnostics import PipeSyntaxError
-from dsl.format import format_module, format_source
-from dsl.parser import MAX_NESTING, parse_text
-from dsl.source import SourceFile
+from pipec.api import load_source
+from pipec.dsl.diagnostics import PipeSyntaxError
+from pipec.dsl.format import format_module, format_source
+from pipec.dsl.parser import MAX_NESTING, parse_text
+from pipec.dsl.source import SourceFile
 from tests.conftest import EXAMPLES, ROOT
 
 EXAMPLE_FILES = sorted(EXAMPLES.glob("*.pipe"))
@@ -560,7 +560,7 @@ def test_syntax_errors_propagate():
 
 def pipec(*args, cwd=None):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "compiler.cli", *args], cwd=cwd or ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "pipec", *args], cwd=cwd or ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
 
 

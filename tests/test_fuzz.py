@@ -6,7 +6,7 @@ mutations of the example files (truncation, byte flips, deleted tokens, duplicat
 lines, inserted characters), so the parser sees text no one would write on purpose.
 
 The property: ``load_source`` + ``check()`` either succeed or raise a
-:class:`dsl.diagnostics.PipecError`; every diagnostic with a span points inside the
+:class:`pipec.dsl.diagnostics.PipecError`; every diagnostic with a span points inside the
 file (1 <= line <= number of lines, column >= 1) and renders. The formatter, if it
 exists yet, obeys the same rule.
 """
@@ -20,12 +20,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from compiler.api import load_source
-from dsl.diagnostics import CompileError, Diagnostic, PipecError
-from dsl.source import SourceFile
+from pipec.api import load_source
+from pipec.dsl.diagnostics import CompileError, Diagnostic, PipecError
+from pipec.dsl.source import SourceFile
 
 try:
-    from dsl.format import format_source
+    from pipec.dsl.format import format_source
 except ImportError:  # written by someone else; not there yet
     format_source = None
 

@@ -8,11 +8,11 @@ import random
 
 import pytest
 
-from compiler.api import load
-from dsl.diagnostics import PipelineRuntimeError
-from backends.runtime import semantics
-from backends.runtime.actors import SKIPPED, ActorHost, ReplayLog
-from backends.runtime.sources import line_index, read_lines, read_lines_part
+from pipec import load
+from pipec.dsl.diagnostics import PipelineRuntimeError
+from pipec.backends.runtime import semantics
+from pipec.backends.runtime.actors import SKIPPED, ActorHost, ReplayLog
+from pipec.backends.runtime.sources import line_index, read_lines, read_lines_part
 
 MOD = '''
 import threading, time

@@ -22,12 +22,12 @@ import pytest
 
 pytest.importorskip("ray")
 
-from compiler import render  # noqa: E402
-from compiler.api import load  # noqa: E402
-from compiler.capabilities import FEATURES  # noqa: E402
-from dsl.diagnostics import PipelineRuntimeError  # noqa: E402
-from backends.ray import RayBackend
-from backends.ray.lowering import fusion  # noqa: E402
+from pipec.compiler import render  # noqa: E402
+from pipec import load  # noqa: E402
+from pipec.compiler.capabilities import FEATURES  # noqa: E402
+from pipec.dsl.diagnostics import PipelineRuntimeError  # noqa: E402
+from pipec.backends.ray import RayBackend
+from pipec.backends.ray.lowering import fusion  # noqa: E402
 from tests.conftest import EXAMPLES, ROOT  # noqa: E402
 from tests.engines import engine_options  # noqa: E402
 
@@ -222,7 +222,7 @@ def test_a_shared_scan_computes_every_branch_in_one_pass_and_matches_local(write
 
 
 def test_compile_and_graph_never_import_ray_or_user_code():
-    code = ("import sys\nfrom compiler.cli import main\n"
+    code = ("import sys\nfrom pipec.cli import main\n"
             "assert main(['compile', 'examples/train.pipe', '--backend', 'ray', '--format', 'json', '-o', "
             "sys.argv[1]]) == 0\n"
             "assert main(['graph', 'examples/train.pipe', '--backend', 'ray', '-o', sys.argv[2]]) == 0\n"
@@ -440,7 +440,7 @@ def test_killing_a_worker_running_stage_tasks_gives_the_same_result(write_pipe, 
 
 
 def _pipec(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 240):
-    return subprocess.run([sys.executable, "-m", "compiler.cli", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "pipec", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)})
 
 
@@ -473,7 +473,7 @@ def test_driver_killed_mid_run_resumes_to_the_clean_weights(workdir):
     params = ["-p", "epochs=100", "-p", "rows=8000"]  # rounds of ~20 ms: time to kill it mid-run
     run_dir = workdir / "crashed"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ""}
-    driver = subprocess.Popen([sys.executable, "-m", "compiler.cli", "run", "examples/train.pipe", "--backend",
+    driver = subprocess.Popen([sys.executable, "-m", "pipec", "run", "examples/train.pipe", "--backend",
                                "ray", "--run-dir", str(run_dir), *params], cwd=workdir, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     record = run_dir / "resume" / "state.pickle"
@@ -518,7 +518,7 @@ def test_an_unreachable_address_fails_fast_with_a_hint(workdir):
 
 
 def test_a_process_connected_to_one_cluster_refuses_to_join_another(workdir):
-    from backends.ray.engine import RayEngineError
+    from pipec.backends.ray.engine import RayEngineError
     _ray_options()
     with pytest.raises(RayEngineError) as err:
         load(Path("examples/wordcount.pipe")).run(backend="ray", address="10.255.255.1:6379")

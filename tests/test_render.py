@@ -19,9 +19,9 @@ from pathlib import Path
 import networkx as nx
 import pytest
 
-from compiler import ir, render
-from compiler.api import load
-from compiler.cli import main
+from pipec.compiler import ir, render
+from pipec import load
+from pipec.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted(p.stem for p in (ROOT / "examples").glob("*.pipe"))
@@ -298,7 +298,7 @@ def test_html_is_standalone_with_fallback(loops_pipe, capsys, tmp_path):
 def test_output_is_deterministic(at_root):
     env = dict(os.environ, PYTHONHASHSEED="12345")
     for fmt in ("dot", "mermaid", "json"):
-        runs = [subprocess.run([sys.executable, "-m", "compiler.cli", "graph", "examples/train.pipe", "-f", fmt],
+        runs = [subprocess.run([sys.executable, "-m", "pipec", "graph", "examples/train.pipe", "-f", fmt],
                                capture_output=True, text=True, env=dict(env, PYTHONHASHSEED=seed), cwd=ROOT)
                 for seed in ("1", "2")]
         assert runs[0].returncode == 0, runs[0].stderr
@@ -321,7 +321,7 @@ def test_dot_ids_and_labels_are_escaped():
 
 
 def test_unknown_format_is_a_usage_error():
-    from dsl.diagnostics import UsageError
+    from pipec.dsl.diagnostics import UsageError
     with pytest.raises(UsageError):
         render.render(render.Drawing("x"), "pdf")
 

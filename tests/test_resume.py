@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from compiler.api import load
-from dsl.diagnostics import PipelineRuntimeError, UsageError
+from pipec import load
+from pipec.dsl.diagnostics import PipelineRuntimeError, UsageError
 from tests.engines import engine_options
 
 RESUMABLE = ["local", "ray", "spark"]

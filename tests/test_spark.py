@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from compiler.api import load
-from dsl.diagnostics import PipelineRuntimeError, UnsupportedOnBackend, UsageError
+from pipec import load
+from pipec.dsl.diagnostics import PipelineRuntimeError, UnsupportedOnBackend, UsageError
 from tests.conftest import EXAMPLES, ROOT
 from tests.engines import engine_options
 
@@ -31,7 +31,7 @@ EXAMPLE_NAMES = ["infer", "kmeans", "pagerank", "train", "wordcount"]
 def spark():
     """The session's SparkContext (started on first use)."""
     engine_options("spark")
-    from backends.spark.session import active
+    from pipec.backends.spark.session import active
     return active()
 
 
@@ -42,7 +42,7 @@ def pipe(write_pipe, body: str, module: str, source: str, params: str = ""):
 
 def cli(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "compiler.cli", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "pipec", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -90,7 +90,7 @@ def test_effectful_and_resources_warn_where_spark_differs(write_pipe):
 @pytest.mark.parametrize("example", EXAMPLE_NAMES)
 def test_plan_golden(example, spark, golden):
     """`pipec compile --backend spark` (text and JSON) and `pipec graph --backend spark`."""
-    from compiler import render
+    from pipec.compiler import render
     plan = load(EXAMPLES / f"{example}.pipe").lower("spark")
     master = plan.lowered()["master"]
     golden(f"spark/{example}.txt", plan.explain().replace(f" on {master}", " on MASTER"))
@@ -258,7 +258,7 @@ def test_edited_module_is_used_by_the_next_run(write_pipe, spark, tmp_path):
 
 
 def test_modules_are_zipped_for_cluster_workers(write_pipe):
-    from backends.spark.session import module_archive
+    from pipec.backends.spark.session import module_archive
     path = pipe(write_pipe, "source xs = range(4) partitions 2\nstage ys = map m.f over xs\nsink out = collect(ys)",
                 "m_ship", "def f(x):\n    return x\n")
     import io
@@ -286,7 +286,7 @@ def test_driver_killed_mid_run_resumes_to_the_clean_weights(workdir):
     params = ["-p", "epochs=10", "-p", "rows=8000"]
     run_dir = workdir / "crashed"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    driver = subprocess.Popen([sys.executable, "-m", "compiler.cli", "run", "examples/train.pipe", "--backend",
+    driver = subprocess.Popen([sys.executable, "-m", "pipec", "run", "examples/train.pipe", "--backend",
                                "spark", "--run-dir", str(run_dir), *params], cwd=workdir, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     record = run_dir / "resume" / "state.pickle"
@@ -317,7 +317,7 @@ def test_resume_is_refused_where_it_cannot_work(workdir, spark):
     pipeline.run(backend="spark", params={"epochs": 2, "rows": 2000}, run_dir="r1", **engine_options("spark"))
     with pytest.raises(UsageError, match="finished already"):
         pipeline.run(backend="spark", params={"epochs": 2, "rows": 2000}, run_dir="r1", resume=True)
-    from backends.runtime import resume as resuming
+    from pipec.backends.runtime import resume as resuming
     (Path("r1") / resuming.FINISHED).unlink()
     with pytest.raises(UsageError, match="different parameters"):
         pipeline.run(backend="spark", params={"epochs": 3, "rows": 2000}, run_dir="r1", resume=True)

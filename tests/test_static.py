@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from compiler.api import load
-from compiler.ir import IR
+from pipec import load
+from pipec.compiler.ir import IR
 from tests.conftest import EXAMPLES, ROOT
 
 TRAP = '''
@@ -47,7 +47,7 @@ pipeline p(n: int = 4) {
 def test_static_commands_do_not_import_user_modules(tmp_path, command):
     (tmp_path / "trap.py").write_text(TRAP)
     (tmp_path / "p.pipe").write_text(PIPE)
-    proc = subprocess.run([sys.executable, "-m", "compiler.cli", command[0], "p.pipe", *command[1:]],
+    proc = subprocess.run([sys.executable, "-m", "pipec", command[0], "p.pipe", *command[1:]],
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert not (tmp_path / "IMPORTED").exists()
@@ -57,7 +57,7 @@ def test_static_commands_do_not_import_user_modules(tmp_path, command):
 def test_static_check_still_finds_a_missing_method_without_importing(tmp_path):
     (tmp_path / "trap.py").write_text(TRAP)
     (tmp_path / "p.pipe").write_text(PIPE.replace("acc.add(", "acc.ad("))
-    proc = subprocess.run([sys.executable, "-m", "compiler.cli", "check", "p.pipe"],
+    proc = subprocess.run([sys.executable, "-m", "pipec", "check", "p.pipe"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert "p.pipe:7:5: error: actor class `Acc` has no method `ad`" in proc.stderr
@@ -68,7 +68,7 @@ def test_static_check_still_finds_a_missing_method_without_importing(tmp_path):
 def test_run_does_import_user_code(tmp_path):
     (tmp_path / "mod.py").write_text(TRAP.replace('raise RuntimeError("static commands must not import me")', ""))
     (tmp_path / "p.pipe").write_text(PIPE.replace("trap", "mod"))
-    proc = subprocess.run([sys.executable, "-m", "compiler.cli", "run", "p.pipe", "--backend", "local"],
+    proc = subprocess.run([sys.executable, "-m", "pipec", "run", "p.pipe", "--backend", "local"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "out.json").read_text()) == [0, 2, 4, 6]
@@ -110,7 +110,7 @@ def test_python_api_end_to_end(tmp_path, monkeypatch):
 def test_run_defaults_to_the_embedded_dask_engine_quietly(tmp_path):
     (tmp_path / "mod.py").write_text(TRAP.replace('raise RuntimeError("static commands must not import me")', ""))
     (tmp_path / "p.pipe").write_text(PIPE.replace("trap", "mod"))
-    proc = subprocess.run([sys.executable, "-m", "compiler.cli", "run", "p.pipe"],
+    proc = subprocess.run([sys.executable, "-m", "pipec", "run", "p.pipe"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr
     assert "finished on dask" in proc.stderr
@@ -129,7 +129,7 @@ def test_a_backend_whose_engine_is_missing_is_a_usage_error(tmp_path):
     (tmp_path / "mod.py").write_text(TRAP.replace('raise RuntimeError("static commands must not import me")', ""))
     (tmp_path / "p.pipe").write_text(PIPE.replace("trap", "mod"))
     env = {**__import__("os").environ, "PYTHONPATH": f"{tmp_path}:{ROOT}"}
-    proc = subprocess.run([sys.executable, "-m", "compiler.cli", "run", "p.pipe"],
+    proc = subprocess.run([sys.executable, "-m", "pipec", "run", "p.pipe"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 2, proc.stderr
     assert "backend `dask` needs its engine" in proc.stderr and "pipec[dask]" in proc.stderr

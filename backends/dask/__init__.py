@@ -1,10 +1,10 @@
 """The Dask backend: each round of a pipeline is a real Dask task graph.
 
 ``lower`` splits the pipeline into driver steps and graph steps (see
-:mod:`backends.dask.lowering`) and lowers every graph step to task specs with readable
+:mod:`pipec.backends.dask.lowering`) and lowers every graph step to task specs with readable
 keys (``grads-3``, ``total``) and explicit dependencies; ``explain``, ``to_json`` and
 ``graph`` show exactly those, and ``run`` submits them. Actors are Dask actors hosted in
-an :class:`~backends.runtime.actors.ActorHost`, so they survive the death of their
+an :class:`~pipec.backends.runtime.actors.ActorHost`, so they survive the death of their
 worker (checkpoint and replay). Importing this package does not import Dask: only
 ``run`` starts the engine.
 """
@@ -15,15 +15,15 @@ from typing import Any
 
 import networkx as nx
 
-from compiler import ir
-from compiler.capabilities import FEATURES
-from dsl.diagnostics import ERROR, Diagnostic, UnsupportedOnBackend
-from dsl.source import SourceFile, Span
-from backends.base import Backend, Plan, Progress, RunResult
-from backends.dask.engine import LocalShape, scheduler_address
-from backends.dask.lowering import (DriverStep, LoopStep, Planner, Ref, StaticContext, StepLowering, TaskSpec,
+from pipec.compiler import ir
+from pipec.compiler.capabilities import FEATURES
+from pipec.dsl.diagnostics import ERROR, Diagnostic, UnsupportedOnBackend
+from pipec.dsl.source import SourceFile, Span
+from pipec.backends.base import Backend, Plan, Progress, RunResult
+from pipec.backends.dask.engine import LocalShape, scheduler_address
+from pipec.backends.dask.lowering import (DriverStep, LoopStep, Planner, Ref, StaticContext, StepLowering, TaskSpec,
                                     key_of)
-from backends.local import describe
+from pipec.backends.local import describe
 
 KEY_NOTE = ("`stage-i` is partition i of a stage, a bare name is a value; at run time every key "
             "gets the suffix @RUN.N (N numbers the graphs submitted), so rounds never collide")
@@ -255,8 +255,8 @@ class DaskPlan(Plan):
     def run(self, progress: Progress | None = None, run_dir: str | None = None, client=None) -> RunResult:
         """Run on the embedded cluster (started and stopped here), on ``address``, or on
         ``client`` (a :class:`distributed.Client` the caller keeps)."""
-        from backends.dask.driver import DaskDriver
-        from backends.dask.engine import Session
+        from pipec.backends.dask.driver import DaskDriver
+        from pipec.backends.dask.engine import Session
         driver = DaskDriver(self, None, progress, run_dir)
         with Session(self.address, self.shape or LocalShape.of_machine(), driver.run_dir / "engine.log",
                      client) as live:

@@ -19,12 +19,12 @@ from dask.task_spec import DataNode, Task, TaskRef
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 from distributed import WorkerPlugin, as_completed, wait
 
-from compiler import ir
-from backends.base import NoProgress
-from backends.dask import worker
-from backends.dask.lowering import Arg, GraphStep, LoopStep, Ref, Seq, StepLowering, key_of
-from backends.runtime.driver import Driver
-from backends.runtime.tasks import ensure_path
+from pipec.compiler import ir
+from pipec.backends.base import NoProgress
+from pipec.backends.dask import worker
+from pipec.backends.dask.lowering import Arg, GraphStep, LoopStep, Ref, Seq, StepLowering, key_of
+from pipec.backends.runtime.driver import Driver
+from pipec.backends.runtime.tasks import ensure_path
 
 log = logging.getLogger("pipec.dask")
 

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from dsl.diagnostics import PipecError
+from pipec.dsl.diagnostics import PipecError
 
 # Loggers of the engine and its libraries: sent to a file in the run folder while pipec
 # holds the engine, so worker deaths and restarts never scroll over the progress bars.

@@ -24,11 +24,11 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from compiler import ir
-from compiler.schedule import Block, blocks
-from backends.dask import worker
-from backends.runtime import semantics
-from backends.runtime.driver import order_of
+from pipec.compiler import ir
+from pipec.compiler.schedule import Block, blocks
+from pipec.backends.dask import worker
+from pipec.backends.runtime import semantics
+from pipec.backends.runtime.driver import order_of
 
 GRAPH_OPS = (ir.Source, ir.Elementwise, ir.ReduceByKey, ir.GroupByKey, ir.Join, ir.UnionAll, ir.Distinct,
              ir.Reduce, ir.Count, ir.Top)

@@ -1,7 +1,7 @@
 """What runs on the Dask workers: task bodies, actor hosts, the handle proxy.
 
-Every task body calls the shared functions of :mod:`backends.runtime.semantics` and
-:mod:`backends.runtime.tasks`, so a partition computed here is the one the reference
+Every task body calls the shared functions of :mod:`pipec.backends.runtime.semantics` and
+:mod:`pipec.backends.runtime.tasks`, so a partition computed here is the one the reference
 backend computes. Functions are pickled by reference: workers import this module (and
 ``distributed``, lazily, only where a task talks to an actor).
 
@@ -18,9 +18,9 @@ import pickle
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
-from backends.runtime import semantics, sources
-from backends.runtime.actors import ActorHost
-from backends.runtime.tasks import apply_elementwise, ensure_path, resolve, run_with_timeout, user_frame
+from pipec.backends.runtime import semantics, sources
+from pipec.backends.runtime.actors import ActorHost
+from pipec.backends.runtime.tasks import apply_elementwise, ensure_path, resolve, run_with_timeout, user_frame
 
 
 class StageFailure(Exception):

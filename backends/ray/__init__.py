@@ -29,7 +29,7 @@ number; the actor restores its last snapshot in its constructor, reports a gap w
 are missing, and the driver replays its log in order, each call applied exactly once.
 Actor pools are sets of Ray actors fed partitions as they free up.
 
-Every task body calls the shared runtime (``backends.runtime``), so sinks are
+Every task body calls the shared runtime (``pipec.backends.runtime``), so sinks are
 byte-identical to the local backend's. Ray itself is imported only when a plan runs.
 
 Modules: :mod:`.engine` (starting or joining Ray), :mod:`.lowering` (static decisions),
@@ -44,7 +44,7 @@ from typing import Any
 # Every Ray worker imports this package on its way to `backends.ray.worker`, so importing it
 # must stay cheap: the backend (which needs the compiler, networkx and pydantic) is loaded
 # only when it is asked for.
-_LAZY = {"RayBackend": "backends.ray.plan", "RayPlan": "backends.ray.plan"}
+_LAZY = {"RayBackend": "pipec.backends.ray.plan", "RayPlan": "pipec.backends.ray.plan"}
 
 
 def __getattr__(name: str) -> Any:

@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-from compiler import ir
-from backends.base import NoProgress, Progress, RunResult
-from backends.runtime import semantics, sources
-from backends.runtime.driver import Driver
-from dsl.diagnostics import PipelineRuntimeError
-from backends.ray.lowering import Chain, Lowering, actor_handles, read_in_tasks
-from backends.ray.worker import ActorProxy, Gap, StageError, remote_calls, returns_of
+from pipec.compiler import ir
+from pipec.backends.base import NoProgress, Progress, RunResult
+from pipec.backends.runtime import semantics, sources
+from pipec.backends.runtime.driver import Driver
+from pipec.dsl.diagnostics import PipelineRuntimeError
+from pipec.backends.ray.lowering import Chain, Lowering, actor_handles, read_in_tasks
+from pipec.backends.ray.worker import ActorProxy, Gap, StageError, remote_calls, returns_of
 
 
 # How long the driver waits for a restarted actor to come back before giving up.

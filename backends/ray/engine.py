@@ -9,7 +9,7 @@ import socket
 import sys
 
 
-from dsl.diagnostics import PipecError
+from pipec.dsl.diagnostics import PipecError
 
 
 class RayEngineError(PipecError):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 
-from compiler import ir
+from pipec.compiler import ir
 
 
 _SHUFFLES = (ir.ReduceByKey, ir.GroupByKey, ir.Join, ir.Distinct)

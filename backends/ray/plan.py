@@ -11,14 +11,14 @@ from typing import Any
 
 import networkx as nx
 
-from compiler import ir
-from compiler.capabilities import FEATURES
-from compiler.schedule import Block, blocks
-from backends.base import Backend, Plan, Progress, RunResult
-from backends.runtime import semantics
-from backends.ray.driver import RayDriver
-from backends.ray.engine import start_runtime, stop_runtime
-from backends.ray.lowering import Chain, Lowering, actor_handles, read_in_tasks
+from pipec.compiler import ir
+from pipec.compiler.capabilities import FEATURES
+from pipec.compiler.schedule import Block, blocks
+from pipec.backends.base import Backend, Plan, Progress, RunResult
+from pipec.backends.runtime import semantics
+from pipec.backends.ray.driver import RayDriver
+from pipec.backends.ray.engine import start_runtime, stop_runtime
+from pipec.backends.ray.lowering import Chain, Lowering, actor_handles, read_in_tasks
 
 
 @dataclass

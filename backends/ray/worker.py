@@ -8,9 +8,9 @@ from __future__ import annotations
 from functools import lru_cache
 
 
-from backends.runtime import semantics, sources
-from backends.runtime.actors import VersionedHost
-from backends.runtime.tasks import apply_elementwise, ensure_path, resolve, user_frame
+from pipec.backends.runtime import semantics, sources
+from pipec.backends.runtime.actors import VersionedHost
+from pipec.backends.runtime.tasks import apply_elementwise, ensure_path, resolve, user_frame
 
 
 class StageError(Exception):

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backends.runtime.sinks import atomic_write
-from backends.runtime.tasks import resolve
+from pipec.backends.runtime.sinks import atomic_write
+from pipec.backends.runtime.tasks import resolve
 
 SKIPPED = "pipec:skipped"
 

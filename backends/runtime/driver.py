@@ -13,16 +13,16 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from compiler import ir
-from compiler.schedule import Block, blocks
-from dsl.diagnostics import PipelineRuntimeError, UsageError
-from dsl.source import SourceFile, Span
-from backends.base import NoProgress, Progress, RunResult
-from backends.runtime import semantics, sources
-from backends.runtime import resume as resuming
-from backends.runtime.actors import SKIPPED, ReplayLog, last_snapshot
-from backends.runtime.sinks import write_sink
-from backends.runtime.tasks import ensure_path, fn_of, user_frame
+from pipec.compiler import ir
+from pipec.compiler.schedule import Block, blocks
+from pipec.dsl.diagnostics import PipelineRuntimeError, UsageError
+from pipec.dsl.source import SourceFile, Span
+from pipec.backends.base import NoProgress, Progress, RunResult
+from pipec.backends.runtime import semantics, sources
+from pipec.backends.runtime import resume as resuming
+from pipec.backends.runtime.actors import SKIPPED, ReplayLog, last_snapshot
+from pipec.backends.runtime.sinks import write_sink
+from pipec.backends.runtime.tasks import ensure_path, fn_of, user_frame
 
 
 # The share of a run's time its resume records may take on the driver.

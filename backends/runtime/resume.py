@@ -2,7 +2,7 @@
 
 A dead driver loses its actors with everything else (Spark hosts them in the driver; on
 Ray and elsewhere they belong to the driver's job). At the end of every round of a
-top-level loop the driver (:class:`backends.runtime.driver.Driver`) writes, atomically,
+top-level loop the driver (:class:`pipec.backends.runtime.driver.Driver`) writes, atomically,
 what the rest of the run needs: the top-level values computed so far, the loop
 variables, and for each actor the snapshot that holds its state (by sequence number)
 plus the calls made since then (method and arguments). ``pipec run --resume RUN``
@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compiler import ir
-from backends.runtime.actors import versioned
-from backends.runtime.sinks import atomic_write
+from pipec.compiler import ir
+from pipec.backends.runtime.actors import versioned
+from pipec.backends.runtime.sinks import atomic_write
 
 FORMAT = 1
 RECORD = Path("resume") / "state.pickle"

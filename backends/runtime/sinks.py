@@ -8,7 +8,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from backends.runtime.semantics import render_sink
+from pipec.backends.runtime.semantics import render_sink
 
 
 def atomic_write(path: str | Path, data: str | bytes) -> Path:

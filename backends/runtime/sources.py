@@ -16,7 +16,7 @@ from __future__ import annotations
 import bisect
 import json
 
-from backends.runtime import semantics
+from pipec.backends.runtime import semantics
 
 CHUNK = 1 << 16
 

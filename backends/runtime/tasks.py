@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import sys
 import threading
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 if TYPE_CHECKING:  # workers import this module: keep pydantic and networkx out of their start-up
-    from compiler.ir import FnRef
+    from pipec.compiler.ir import FnRef
 
 
 def ensure_path(roots: Sequence[str]) -> None:
@@ -64,14 +65,27 @@ def apply_elementwise(kind: str, fn: Callable, items: list, bindings: dict[str, 
     raise ValueError(f"unknown elementwise kind {kind!r}")
 
 
+@lru_cache(maxsize=None)
+def pipec_folders() -> tuple[str, ...]:
+    """The folders pipec's own code lives in, each ending in a separator: one per layer
+    in a source checkout (``dsl/``, ``backends/``, ...), all under ``pipec/`` in a wheel."""
+    import pipec
+    import pipec.backends
+    import pipec.compiler
+    import pipec.dsl
+    import pipec.grammar
+    return tuple(os.path.join(folder, "") for package in (pipec, pipec.backends, pipec.compiler, pipec.dsl,
+                                                          pipec.grammar) for folder in package.__path__)
+
+
 def user_frame(exc: BaseException) -> str | None:
     """``file:line in function`` of the innermost frame outside pipec, for error messages."""
     tb = exc.__traceback__
     found = None
-    here = __file__.rsplit("/", 3)[0]
+    ours = pipec_folders()
     while tb is not None:
         filename = tb.tb_frame.f_code.co_filename
-        if not filename.startswith(here) and "site-packages" not in filename and "<frozen" not in filename:
+        if not filename.startswith(ours) and "site-packages" not in filename and "<frozen" not in filename:
             found = f"{filename}:{tb.tb_lineno} in {tb.tb_frame.f_code.co_name}"
         tb = tb.tb_next
     return found

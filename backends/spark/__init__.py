@@ -9,7 +9,7 @@ inside a running task, is refused by ``pipec check --backend spark`` before anyt
 Modules: :mod:`.driver` (lowering and running), :mod:`.worker` (what tasks run),
 :mod:`.plan` (what ``compile`` and ``graph`` show), :mod:`.session` (starting Spark
 quietly, shipping modules). Records for ``pipec run --resume`` are the shared
-:mod:`backends.runtime.resume`.
+:mod:`pipec.backends.runtime.resume`.
 PySpark is imported only when a plan is explained or run.
 """
 
@@ -18,11 +18,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from compiler import ir
-from compiler.capabilities import FEATURES
-from dsl.diagnostics import WARNING, Diagnostic
-from dsl.source import Span
-from backends.base import Backend
+from pipec.compiler import ir
+from pipec.compiler.capabilities import FEATURES
+from pipec.dsl.diagnostics import WARNING, Diagnostic
+from pipec.dsl.source import Span
+from pipec.backends.base import Backend
 
 
 class SparkBackend(Backend):
@@ -69,7 +69,7 @@ class SparkBackend(Backend):
         return out
 
     def lower(self, graph: ir.IR, params: dict[str, Any]):
-        from backends.spark.plan import SparkPlan
+        from pipec.backends.spark.plan import SparkPlan
         return SparkPlan(graph, params, self.address, self.ui)
 
 

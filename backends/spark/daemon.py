@@ -7,7 +7,7 @@ process with threads can deadlock (PySpark's own daemon warns about the same).
 Used on masters whose workers run this machine's Python environment (see session.py).
 """
 
-import backends.spark.worker  # noqa: F401  (preloaded, see above)
+import pipec.backends.spark.worker  # noqa: F401  (preloaded, see above)
 from pyspark import daemon
 
 if __name__ == "__main__":

@@ -42,16 +42,16 @@ from typing import Any
 
 from py4j.protocol import Py4JError
 
-from compiler import ir
-from compiler.schedule import Block, blocks
-from dsl.diagnostics import PipelineRuntimeError
-from backends.runtime import semantics
-from backends.runtime.actors import VersionedHost
-from backends.base import NoProgress
-from backends.runtime.driver import Driver
-from backends.runtime.tasks import ensure_path
-from backends.spark import session as sessions
-from backends.spark import worker
+from pipec.compiler import ir
+from pipec.compiler.schedule import Block, blocks
+from pipec.dsl.diagnostics import PipelineRuntimeError
+from pipec.backends.runtime import semantics
+from pipec.backends.runtime.actors import VersionedHost
+from pipec.backends.base import NoProgress
+from pipec.backends.runtime.driver import Driver
+from pipec.backends.runtime.tasks import ensure_path
+from pipec.backends.spark import session as sessions
+from pipec.backends.spark import worker
 
 
 @dataclass(frozen=True)
@@ -755,7 +755,7 @@ def _steps_text(steps: tuple) -> str:
 
 def _text(graph: ir.IR, operand) -> str:
     """An operand as the pipeline's source spells it."""
-    from compiler.render import _operand
+    from pipec.compiler.render import _operand
     return _operand(graph, operand)
 
 
@@ -788,5 +788,5 @@ def _coll(graph: ir.IR, node: str, depth: int = 0) -> str:
 
 
 def _arguments(graph: ir.IR, args, kwargs) -> str:
-    from compiler.render import _arguments as arguments
+    from pipec.compiler.render import _arguments as arguments
     return arguments(graph, args, kwargs)

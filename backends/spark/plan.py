@@ -1,7 +1,7 @@
 """A pipeline lowered onto Spark: what ``pipec compile`` and ``pipec graph`` show, and runs.
 
 The plan is the driver's own walk of the pipeline in *dry* mode (see
-:mod:`backends.spark.driver`): the RDDs are really built, so the lineage shown is
+:mod:`pipec.backends.spark.driver`): the RDDs are really built, so the lineage shown is
 Spark's (``toDebugString``, with RDD ids renumbered from 1 and call sites left out so
 the text does not depend on the session), and each job, cache, broadcast and driver-side
 actor call is listed where it happens, a loop's body once for all its rounds.
@@ -13,9 +13,9 @@ from typing import Any
 
 import networkx as nx
 
-from compiler import ir
-from backends.base import Plan, Progress, RunResult
-from backends.spark.driver import Analysis, SparkDriver
+from pipec.compiler import ir
+from pipec.backends.base import Plan, Progress, RunResult
+from pipec.backends.spark.driver import Analysis, SparkDriver
 
 
 class SparkPlan(Plan):

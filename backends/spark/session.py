@@ -24,8 +24,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from compiler import ir
-from dsl.diagnostics import UsageError
+from pipec.compiler import ir
+from pipec.dsl.diagnostics import UsageError
 
 APP_NAME = "pipec"
 # Spark's cluster default for task attempts; the embedded master asks for at least this.
@@ -115,7 +115,7 @@ def start(master: str, log_path: str | None = None, ui: bool = False, conf: dict
     }
     if is_local(master) or master.startswith("local-cluster"):
         # Workers run this machine's Python, where pipec is installed: fork them warm.
-        settings.setdefault("spark.python.daemon.module", "backends.spark.daemon")
+        settings.setdefault("spark.python.daemon.module", "pipec.backends.spark.daemon")
     spark_conf = SparkConf()
     for key, value in settings.items():
         spark_conf.set(key, value)

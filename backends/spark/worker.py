@@ -6,7 +6,7 @@ function is :func:`run_pass` with a tuple of *steps*. Each step is a small pickl
 description (a function named by module and attribute, never the function object), so
 building the RDDs on the driver imports no user code: functions are resolved by name
 inside the task. Every step calls the shared task bodies in
-:mod:`backends.runtime.tasks` and :mod:`backends.runtime.semantics`, so results are the
+:mod:`pipec.backends.runtime.tasks` and :mod:`pipec.backends.runtime.semantics`, so results are the
 reference backend's, bit for bit.
 
 A user exception does not fail the Spark task. Spark's retry count is per application
@@ -27,15 +27,13 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
-from backends.runtime import semantics
-from backends.runtime.tasks import apply_elementwise, resolve, user_frame
+from pipec.backends.runtime import semantics
+from pipec.backends.runtime.tasks import apply_elementwise, pipec_folders, resolve, user_frame
 
-# pipec's own packages: never unloaded when a new run swaps the user's modules.
-_PIPEC_ROOT = str(Path(__file__).resolve().parents[2])
-_PIPEC_PACKAGES = tuple(os.path.join(_PIPEC_ROOT, p) + os.sep for p in ("backends", "compiler", "dsl", "grammar"))
+# pipec's own folders: never unloaded when a new run swaps the user's modules.
+_PIPEC_PACKAGES = pipec_folders()
 
 
 # ---- what a pass is told -------------------------------------------------------------------

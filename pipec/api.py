@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from dsl import ast
-from dsl.diagnostics import (ERROR, Diagnostic, SemanticError, UnsupportedOnBackend, UsageError,
+from pipec.dsl import ast
+from pipec.dsl.diagnostics import (ERROR, Diagnostic, SemanticError, UnsupportedOnBackend, UsageError,
                              did_you_mean)
-from dsl.parser import MAX_NESTING, parse
-from dsl.source import SourceFile
-from compiler import ir
-from compiler.build import Builder
+from pipec.dsl.parser import MAX_NESTING, parse
+from pipec.dsl.source import SourceFile
+from pipec.compiler import ir
+from pipec.compiler.build import Builder
 
 
 @dataclass
@@ -48,7 +48,7 @@ class Pipeline:
         rejects it; otherwise return the warnings."""
         diagnostics = list(self.diagnostics)
         if backend is not None:
-            from backends import get_backend
+            from pipec.backends import get_backend
             diagnostics += get_backend(backend).check(self.ir)
         errors = [d for d in diagnostics if d.is_error]
         if errors:
@@ -62,14 +62,14 @@ class Pipeline:
 
     def lower(self, backend: str | None = None, params: Mapping[str, Any] | None = None, **options):
         """The backend's plan for these parameters (what `pipec compile` shows)."""
-        from backends import DEFAULT_BACKEND, get_backend
+        from pipec.backends import DEFAULT_BACKEND, get_backend
         backend = backend or DEFAULT_BACKEND
         self.check(backend)
         engine = get_backend(backend, **options)
         return engine.lower(self.ir, self.params(params))
 
     def run(self, backend: str | None = None, params: Mapping[str, Any] | None = None, **options):
-        """Run the pipeline; returns a :class:`backends.base.RunResult`."""
+        """Run the pipeline; returns a :class:`pipec.backends.base.RunResult`."""
         plan = self.lower(backend, params, **{k: v for k, v in options.items() if k == "address"})
         return plan.run(**{k: v for k, v in options.items() if k != "address"})
 

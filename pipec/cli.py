@@ -14,7 +14,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from dsl.diagnostics import CompileError, FileError, PipecError, PipelineRuntimeError, UsageError
+from pipec.dsl.diagnostics import CompileError, FileError, PipecError, PipelineRuntimeError, UsageError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -26,7 +26,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _backend_names() -> list[str]:
-    from backends import REGISTRY
+    from pipec.backends import REGISTRY
     return list(REGISTRY)
 
 
@@ -113,18 +113,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _load(path: str):
-    from compiler.api import load
+    from pipec.api import load
     return load(path)
 
 
 def _params(pipeline, items):
-    from compiler.api import parse_param_args
+    from pipec.api import parse_param_args
     return pipeline.params(parse_param_args(items))
 
 
 def _emit(text: str, output: str | None) -> None:
     if output:
-        from backends.runtime.sinks import atomic_write
+        from pipec.backends.runtime.sinks import atomic_write
         atomic_write(output, text)
     else:
         sys.stdout.write(text)
@@ -153,7 +153,7 @@ def cmd_compile(args) -> int:
         if fmt == "json":
             text = pipeline.ir.dumps()
         else:
-            from backends.local import LocalPlan
+            from pipec.backends.local import LocalPlan
             text = LocalPlan(pipeline.ir, params).explain()
     else:
         plan = pipeline.lower(args.backend, params)
@@ -163,7 +163,7 @@ def cmd_compile(args) -> int:
 
 
 def cmd_graph(args) -> int:
-    from compiler import render
+    from pipec.compiler import render
     pipeline = _load(args.file)
     pipeline.check(args.backend)
     if args.backend:
@@ -186,8 +186,8 @@ def cmd_graph(args) -> int:
 
 
 def cmd_fmt(args) -> int:
-    from dsl.format import format_source
-    from dsl.source import SourceFile
+    from pipec.dsl.format import format_source
+    from pipec.dsl.source import SourceFile
     source = SourceFile.read(args.file)
     formatted = format_source(source)
     if args.check:
@@ -197,7 +197,7 @@ def cmd_fmt(args) -> int:
         return EXIT_OK
     if args.write:
         if formatted != source.text:
-            from backends.runtime.sinks import atomic_write
+            from pipec.backends.runtime.sinks import atomic_write
             atomic_write(args.file, formatted)
             print(f"{args.file}: formatted", file=sys.stderr)
         return EXIT_OK
@@ -206,8 +206,8 @@ def cmd_fmt(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from backends import DEFAULT_BACKEND
-    from compiler.progress import TerminalProgress, print_summary
+    from pipec.backends import DEFAULT_BACKEND
+    from pipec.progress import TerminalProgress, print_summary
     pipeline = _load(args.file)
     backend = args.backend or DEFAULT_BACKEND
     for d in pipeline.check(backend):
@@ -243,8 +243,8 @@ def _resume_dir(run: str, run_dir: str | None) -> str:
 
 
 def cmd_backends(args) -> int:
-    from backends import REGISTRY, backend_class
-    from compiler.capabilities import FEATURES
+    from pipec.backends import REGISTRY, backend_class
+    from pipec.compiler.capabilities import FEATURES
     names = list(REGISTRY)
     classes = {n: backend_class(n) for n in names}
     width = max(len(f) for f in FEATURES)

@@ -10,9 +10,9 @@ import json
 import sys
 from typing import TextIO
 
-from backends.base import RunResult
-from compiler import ir
-from backends.runtime.semantics import to_jsonable
+from pipec.backends.base import RunResult
+from pipec.compiler import ir
+from pipec.backends.runtime.semantics import to_jsonable
 
 
 class TerminalProgress:

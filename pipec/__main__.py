@@ -1,0 +1,5 @@
+"""``python -m pipec``: the `pipec` command."""
+
+from pipec.cli import entry
+
+entry()
