@@ -10,6 +10,15 @@ checks), ``pipec.backends`` (physical plan, shared runtime, one folder per engin
 
 from __future__ import annotations
 
+from pathlib import Path as _Path
+
+# In a source checkout the layers are the checkout's top-level folders. Looking there
+# first makes any checkout (a git worktree, say) import its own layers, whichever
+# checkout was installed in editable mode; an installed wheel has them inside pipec/.
+_CHECKOUT = _Path(__file__).resolve().parent.parent
+if (_CHECKOUT / "grammar" / "pipe.lark").is_file() and (_CHECKOUT / "pipec").is_dir():
+    __path__.append(str(_CHECKOUT))
+
 __all__ = ["load", "Pipeline", "RunResult"]
 
 
