@@ -20,6 +20,7 @@ from pipec.dsl.source import SourceFile, Span
 from pipec.backends.base import NoProgress, Progress, RunResult
 from pipec.backends.runtime import semantics, sources
 from pipec.backends.runtime import resume as resuming
+from pipec.backends.runtime.interpreter import StageFailure
 from pipec.backends.runtime.actors import SKIPPED, ReplayLog, last_snapshot
 from pipec.backends.runtime.sinks import write_sink
 from pipec.backends.runtime.tasks import ensure_path, fn_of, user_frame
@@ -195,6 +196,18 @@ class Driver:
         frame = user_frame(exc)
         hint = f"raised at {frame}" if frame else None
         return self.error(where, f"{type(exc).__name__}: {exc}{place}", span, hint)
+
+    def stage_failed(self, failure: "StageFailure") -> PipelineRuntimeError:
+        """The error the user sees for a StageFailure raised by the interpreter in a task."""
+        node = failure.node
+        base = node.split(".")[0]  # `ps.apply`: an actor's method
+        op = self.ir.op(base) if base in self.ir.graph else None
+        span = op.span if op is not None else None
+        if failure.kind == "error":
+            place = f" (partition {failure.partition})" if failure.partition is not None else ""
+            return self.error(node, f"{failure.error}: {failure.message}{place}", span,
+                              f"raised at {failure.frame}" if failure.frame else failure.hint)
+        return self.error(node, failure.message, span, failure.hint)
 
     # ---- values
 

@@ -1,0 +1,280 @@
+"""The physical plan's vocabulary: what one task does to one partition, as plain data.
+
+A *segment* is the work of one engine task per partition (a Dask key, a Ray task, one
+``mapPartitionsWithIndex`` pass on Spark): a **head** that makes the partition's items
+(read them from the input, cut a range, read a file's share, call a sharded source, or
+merge the shuffle buckets meant for this partition), the **fused element-wise steps**,
+and a **terminal** (the per-partition half of a reduction, a count, a top or a shuffle
+split; none when the partition itself is the output). The values and actor handles a
+step reads arrive as numbered **slots** beside the input, so a segment pickles small
+and never holds a function object: functions are named by module and attribute and
+resolved inside the task, which is how building a plan imports no user code.
+
+Every class is frozen and pickles by value; workers import this module, so it imports
+nothing heavy (no pydantic, no networkx, no engine). What the steps *do* lives in
+:mod:`pipec.backends.runtime.interpreter`, the one worker-side interpreter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Fn:
+    """A user function (or class) named by module and attribute."""
+
+    module: str
+    attr: str
+
+    @property
+    def dotted(self) -> str:
+        return f"{self.module}.{self.attr}"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A stage's fault-tolerance options as the interpreter applies them: user code is
+    tried ``retries + 1`` times (once when ``effectful``), each try cut at ``timeout``."""
+
+    retries: int = 0
+    timeout: float | None = None
+    effectful: bool = False
+
+    @property
+    def tries(self) -> int:
+        return 1 if self.effectful else self.retries + 1
+
+
+# ---- what a step reads beside its input -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Lit:
+    """A literal binding (``with n = 3``)."""
+
+    value: Any
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A value computed elsewhere (a reduction, a parameter, a broadcast), handed to the
+    task as its ``index``-th slot; the engine decides how it travels."""
+
+    index: int
+    node: str
+
+
+@dataclass(frozen=True)
+class Handle:
+    """An actor handle (``with server = ps``) in slot ``index``: the function gets a proxy
+    whose method calls block and return the actor's answers."""
+
+    index: int
+    actor: str
+
+
+Binding = Lit | Slot | Handle
+
+
+# ---- heads: how a task gets its partition ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Input:
+    """The partition arrives as the task's input (a key, an object ref, an RDD partition)."""
+
+    node: str
+
+
+@dataclass(frozen=True)
+class RangeSlice:
+    """Partition i of ``range(n)`` cut ``k`` ways: items ``[i*n//k, (i+1)*n//k)``."""
+
+    node: str
+    n: int
+    k: int
+
+
+@dataclass(frozen=True)
+class ReadText:
+    """Partition i of a text file's lines cut ``k`` ways. With ``index`` (a slot holding
+    the file's line index) the task decodes only its own bytes."""
+
+    node: str
+    path: str
+    k: int
+    index: int | None = None
+
+
+@dataclass(frozen=True)
+class ReadJsonl:
+    """Partition i of a JSON-lines file's values cut ``k`` ways."""
+
+    node: str
+    path: str
+    k: int
+
+
+@dataclass(frozen=True)
+class Sharded:
+    """A callable source called once per partition, on the worker, with ``partition=i``
+    and ``partitions=k``."""
+
+    node: str
+    fn: Fn
+    args: tuple = ()
+    kwargs: tuple = ()  # (name, value) pairs
+    k: int = 1
+    policy: Policy = Policy()
+
+
+@dataclass(frozen=True)
+class Merge:
+    """The reduce side of a keyed shuffle: the buckets meant for this partition from every
+    source partition, merged in source-partition order (a join's left side first).
+
+    ``how`` is ``reduce_by_key`` (``fn`` combines values), ``group_by_key``,
+    ``distinct`` or ``join``. The input is a list of ``(side, source partition, bucket)``
+    records in any order (the shuffle's order); the merge puts them in order first."""
+
+    node: str
+    how: str
+    fn: Fn | None = None
+    policy: Policy = Policy()
+
+
+Head = Input | RangeSlice | ReadText | ReadJsonl | Sharded | Merge
+
+
+# ---- element-wise steps ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Elementwise:
+    """``map``, ``flat_map``, ``filter``, ``map_batches`` or ``map_values`` of one stage.
+    ``fn`` is None for a stage served by an actor pool (the engine supplies the member's
+    bound method)."""
+
+    node: str
+    kind: str
+    fn: Fn | None
+    bindings: tuple[tuple[str, Binding], ...] = ()
+    policy: Policy = Policy()
+    pool: str | None = None
+    method: str | None = None
+
+    @property
+    def callee(self) -> str:
+        return f"{self.pool}.{self.method}" if self.pool is not None else self.fn.dotted
+
+
+# ---- terminals: the per-partition half of what reads the partition ----------------------------------
+
+
+@dataclass(frozen=True)
+class Fold:
+    """The partition's left fold by ``fn`` (EMPTY when it is empty): a reduction's partial."""
+
+    node: str
+    fn: Fn
+    policy: Policy = Policy()
+
+
+@dataclass(frozen=True)
+class Count:
+    """The partition's length."""
+
+    node: str
+
+
+@dataclass(frozen=True)
+class TopPartial:
+    """The partition's own top ``n`` by ``by``, in its canonical ``order``."""
+
+    node: str
+    n: int
+    by: Fn | None
+    order: str | None
+
+
+@dataclass(frozen=True)
+class Split:
+    """The map side of a keyed shuffle: the partition cut into ``k`` buckets by the stable
+    key hash (by element for ``distinct``); ``reduce_by_key`` combines per key first."""
+
+    node: str
+    how: str
+    k: int
+    fn: Fn | None = None
+    policy: Policy = Policy()
+
+
+@dataclass(frozen=True)
+class Branches:
+    """A shared scan: one pass over the partition feeds several consumers, each with its
+    own element-wise steps and terminal. ``keep`` also outputs the partition itself."""
+
+    node: str
+    branches: tuple[tuple[tuple[Elementwise, ...], "Terminal"], ...]
+    keep: bool = False
+
+
+Terminal = Fold | Count | TopPartial | Split | Branches
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One task per partition: ``head``, then ``steps``, then ``terminal`` (None: the
+    partition is the output). ``nodes`` are the IR nodes it computes, in order."""
+
+    name: str
+    head: Head
+    steps: tuple[Elementwise, ...] = ()
+    terminal: Terminal | None = None
+    nodes: tuple[str, ...] = field(default=())
+
+
+# ---- combining partials (one task each, not per partition) --------------------------------------------
+
+
+@dataclass(frozen=True)
+class Combine:
+    """One node of a reduction tree: partials in partition order (FAN_IN at most) folded
+    by ``fn``. The ``final`` node refuses an empty reduction."""
+
+    node: str
+    fn: Fn
+    final: bool = False
+    policy: Policy = Policy()
+
+
+@dataclass(frozen=True)
+class CountTotal:
+    """The sum of the partitions' lengths."""
+
+    node: str
+
+
+@dataclass(frozen=True)
+class TopMerge:
+    """The global top ``n`` from the partitions' candidates, given in partition order."""
+
+    node: str
+    n: int
+    by: Fn | None
+    order: str | None
+
+
+Finisher = Combine | CountTotal | TopMerge
+
+
+def outputs_of(terminal: Terminal | None) -> int:
+    """How many objects one task of a segment with ``terminal`` gives: one per bucket for
+    a split, the partition plus each branch's outputs for a shared scan, else one."""
+    if isinstance(terminal, Split):
+        return terminal.k
+    if isinstance(terminal, Branches):
+        return int(terminal.keep) + sum(outputs_of(t) for _, t in terminal.branches)
+    return 1

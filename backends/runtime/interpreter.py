@@ -1,0 +1,281 @@
+"""The one worker-side interpreter: runs a segment of the physical plan on one partition.
+
+Every engine calls :func:`run_segment` (and :func:`run_finisher` for a reduction's
+combine nodes) inside its own task, so a partition computed on Dask, Ray or Spark is
+the partition the reference backend computes, bit for bit. Three rules hold here once
+for every engine:
+
+* **one failure type**: user code that fails, a timeout, or input of the wrong shape
+  becomes a :class:`StageFailure` naming the stage, the partition and where the user's
+  code raised; the driver turns it into the error the user sees;
+* **one retry rule**: a step's user code is tried ``policy.tries`` times inside the task
+  (``retries`` of the stage, once when it is ``effectful``). An engine's own task retries
+  are left for what lineage recovery is for: a lost worker;
+* **one timeout mechanism**: the step runs in a helper thread and is abandoned after
+  ``policy.timeout`` seconds (Python cannot stop a thread; it is left to finish alone).
+
+The engine provides a :class:`Slots` reader for the values and actor handles a step
+reads, since how they travel is the engine's business.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol, Sequence
+
+from pipec.backends.physical import steps as s
+from pipec.backends.runtime import semantics, sources
+from pipec.backends.runtime.tasks import apply_elementwise, resolve, run_with_timeout, user_frame
+
+
+class StageFailure(Exception):
+    """A stage failed in a task: ``node`` is the IR node, ``partition`` the partition
+    (None for a combine), ``kind`` one of ``error`` (user code raised ``error``:
+    ``message``), ``timeout`` or ``plain`` (a message of pipec's own, e.g. a record that is
+    not a key/value pair). Picklable, so it crosses any engine unchanged."""
+
+    def __init__(self, node: str, partition: int | None, kind: str, message: str, error: str = "",
+                 frame: str | None = None, hint: str | None = None):
+        super().__init__(node, partition, kind, message, error, frame, hint)
+        self.node, self.partition, self.kind, self.message = node, partition, kind, message
+        self.error, self.frame, self.hint = error, frame, hint
+
+    def __str__(self) -> str:
+        place = f" (partition {self.partition})" if self.partition is not None else ""
+        what = f"{self.error}: {self.message}" if self.error else self.message
+        return f"in `{self.node}`: {what}{place}"
+
+
+class Slots(Protocol):
+    """How a task reads what its steps are bound to."""
+
+    def value(self, index: int) -> Any:
+        """The value in slot ``index``."""
+
+    def handle(self, index: int, actor: str) -> Any:
+        """A proxy for the actor handle in slot ``index``."""
+
+
+class Given:
+    """Slots given as plain values (the engine resolved them already); handles are made
+    by ``proxy(actor, value)``."""
+
+    def __init__(self, values: Sequence, proxy: Callable[[str, Any], Any] | None = None):
+        self.values, self.proxy = values, proxy
+
+    def value(self, index: int) -> Any:
+        return self.values[index]
+
+    def handle(self, index: int, actor: str) -> Any:
+        return self.proxy(actor, self.values[index]) if self.proxy else self.values[index]
+
+
+NO_SLOTS = Given(())
+
+
+def failure(node: str, partition: int | None, exc: BaseException) -> StageFailure:
+    """The StageFailure of user code that raised ``exc``."""
+    if isinstance(exc, StageFailure):
+        return exc
+    return StageFailure(node, partition, "error", str(exc), type(exc).__name__, user_frame(exc))
+
+
+def attempt(node: str, partition: int | None, policy: s.Policy, body: Callable[[], Any]) -> Any:
+    """``body()`` under ``policy``: tried ``policy.tries`` times, each try cut at the
+    timeout; raises the StageFailure of the last try."""
+    for n in range(policy.tries):
+        try:
+            return run_with_timeout(body, policy.timeout, f"pipec-{node}-{partition}")
+        except TimeoutError:
+            raise StageFailure(node, partition, "timeout",
+                               f"partition {partition} did not finish within its timeout of {policy.timeout:g} s") from None
+        except StageFailure:
+            raise
+        except Exception as exc:
+            if n == policy.tries - 1:
+                raise failure(node, partition, exc) from None
+    raise AssertionError("unreachable")
+
+
+def _plain(node: str, partition: int | None, body: Callable[[], Any]) -> Any:
+    """``body()`` whose TypeError is pipec's own message about the data's shape."""
+    try:
+        return body()
+    except TypeError as exc:
+        raise StageFailure(node, partition, "plain", str(exc)) from None
+
+
+class UnknownStep(TypeError):
+    """The interpreter met a step it has no handler for: a bug in pipec, never skipped."""
+
+
+# ---- heads -------------------------------------------------------------------------------------
+
+
+def _head_input(head: s.Input, items, partition: int, slots: Slots):
+    return items
+
+
+def _head_range(head: s.RangeSlice, items, partition: int, slots: Slots):
+    a, b = semantics.partition_bounds(head.n, head.k)[partition]
+    return range(a, b)  # a list only where user code would see it (see run_segment)
+
+
+def _head_text(head: s.ReadText, items, partition: int, slots: Slots):
+    index = slots.value(head.index) if head.index is not None else None
+    return _reading(head.node, head.path, lambda: sources.read_lines_part(head.path, partition, head.k, index))
+
+
+def _head_jsonl(head: s.ReadJsonl, items, partition: int, slots: Slots):
+    rows = _reading(head.node, head.path, lambda: sources.read_jsonl(head.path))
+    a, b = semantics.partition_bounds(len(rows), head.k)[partition]
+    return rows[a:b]
+
+
+def _reading(node: str, path: str, body: Callable[[], list]) -> list:
+    try:
+        return body()
+    except OSError as exc:
+        raise StageFailure(node, None, "plain", f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise StageFailure(node, None, "plain", str(exc)) from None
+
+
+def _head_sharded(head: s.Sharded, items, partition: int, slots: Slots):
+    fn = resolve(head.fn.module, head.fn.attr)
+    kwargs = dict(head.kwargs)
+    return attempt(head.node, partition, head.policy,
+                   lambda: list(fn(*head.args, **kwargs, partition=partition, partitions=head.k)))
+
+
+def _head_merge(head: s.Merge, items, partition: int, slots: Slots):
+    records = sorted(items, key=lambda r: (r[0], r[1]))
+    if head.how == "join":
+        return semantics.join_merge([b for side, _, b in records if side == 0],
+                                    [b for side, _, b in records if side == 1])
+    parts = [b for _, _, b in records]
+    if head.how == "reduce_by_key":
+        fn = resolve(head.fn.module, head.fn.attr)
+        return attempt(head.node, partition, head.policy, lambda: semantics.reduce_by_key_merge(fn, parts))
+    if head.how == "group_by_key":
+        return _plain(head.node, partition, lambda: semantics.group_merge(parts))
+    if head.how == "distinct":
+        return semantics.distinct_merge(parts)
+    raise UnknownStep(f"merge {head.how!r}")
+
+
+_HEADS = {s.Input: _head_input, s.RangeSlice: _head_range, s.ReadText: _head_text, s.ReadJsonl: _head_jsonl,
+          s.Sharded: _head_sharded, s.Merge: _head_merge}
+
+
+# ---- element-wise ----------------------------------------------------------------------------------
+
+
+def bind(step: s.Elementwise, slots: Slots) -> dict[str, Any]:
+    """The keyword arguments ``step``'s function gets from its bindings."""
+    out = {}
+    for name, binding in step.bindings:
+        if isinstance(binding, s.Lit):
+            out[name] = binding.value
+        elif isinstance(binding, s.Slot):
+            out[name] = slots.value(binding.index)
+        else:
+            out[name] = slots.handle(binding.index, binding.actor)
+    return out
+
+
+def run_elementwise(step: s.Elementwise, items, partition: int, slots: Slots, fn: Callable | None = None) -> list:
+    """One stage over one partition. ``fn`` is the callable when the engine supplies it
+    (an actor pool member's bound method); else ``step.fn`` is resolved here."""
+    if fn is None:
+        fn = resolve(step.fn.module, step.fn.attr)
+    bindings = bind(step, slots)
+    if isinstance(items, range) and (step.kind == "map_batches" or bindings or step.kind == "map_values"):
+        items = list(items)
+    return attempt(step.node, partition, step.policy,
+                   lambda: apply_elementwise(step.kind, fn, items, bindings, partition))
+
+
+# ---- terminals ---------------------------------------------------------------------------------------
+
+
+def _fold(step: s.Fold, items, partition: int, slots: Slots):
+    fn = resolve(step.fn.module, step.fn.attr)
+    return attempt(step.node, partition, step.policy, lambda: semantics.fold(fn, items))
+
+
+def _count(step: s.Count, items, partition: int, slots: Slots):
+    return len(items)
+
+
+def _top(step: s.TopPartial, items, partition: int, slots: Slots):
+    by = resolve(step.by.module, step.by.attr) if step.by else None
+    return attempt(step.node, partition, s.Policy(),
+                   lambda: semantics.top_partial(list(items), step.n, by, step.order))
+
+
+def _split(step: s.Split, items, partition: int, slots: Slots) -> list[list]:
+    if step.how == "reduce_by_key":
+        fn = resolve(step.fn.module, step.fn.attr)
+        items = attempt(step.node, partition, step.policy, lambda: semantics.reduce_by_key_partial(fn, items))
+    if step.how == "distinct":
+        return semantics.distinct_split(items, step.k)
+    return _plain(step.node, partition, lambda: semantics.shuffle_split(items, step.k, step.how))
+
+
+def _branches(step: s.Branches, items, partition: int, slots: Slots) -> list:
+    outputs = [list(items)] if step.keep else []
+    for chain, terminal in step.branches:
+        out = items
+        for element in chain:
+            out = run_elementwise(element, out, partition, slots)
+        result = run_terminal(terminal, out, partition, slots)
+        outputs.extend(result if s.outputs_of(terminal) > 1 else [result])
+    return outputs
+
+
+_TERMINALS = {s.Fold: _fold, s.Count: _count, s.TopPartial: _top, s.Split: _split, s.Branches: _branches}
+
+
+def run_terminal(terminal, items, partition: int, slots: Slots):
+    """The per-partition half of what reads the partition (see :mod:`steps`)."""
+    handler = _TERMINALS.get(type(terminal))
+    if handler is None:
+        raise UnknownStep(f"no handler for terminal {type(terminal).__name__}")
+    return handler(terminal, items, partition, slots)
+
+
+def run_segment(segment: s.Segment, partition: int, items=None, slots: Slots = NO_SLOTS):
+    """Segment ``segment`` on partition ``partition``: its head (from ``items`` when the
+    head is an :class:`~steps.Input` or a :class:`~steps.Merge`), fused steps, terminal.
+
+    Gives the output partition (a list), the terminal's one result, or for a split or a
+    shared scan a list of :func:`steps.outputs_of` results. Raises StageFailure."""
+    head = _HEADS.get(type(segment.head))
+    if head is None:
+        raise UnknownStep(f"no handler for head {type(segment.head).__name__}")
+    items = head(segment.head, items, partition, slots)
+    for step in segment.steps:
+        items = run_elementwise(step, items, partition, slots)
+    if segment.terminal is None:
+        return items if isinstance(items, list) else list(items)
+    return run_terminal(segment.terminal, items, partition, slots)
+
+
+# ---- finishers ---------------------------------------------------------------------------------------
+
+
+def run_finisher(step, partials: Sequence):
+    """A task that combines per-partition results (given in partition order)."""
+    if isinstance(step, s.Combine):
+        fn = resolve(step.fn.module, step.fn.attr)
+        result = attempt(step.node, None, step.policy, lambda: semantics.combine_group(fn, partials))
+        if step.final and result is semantics.EMPTY:
+            raise StageFailure(step.node, None, "plain", "`reduce` over an empty collection has no value",
+                               hint="filter less, or give the reduction an initial element in the data")
+        return result
+    if isinstance(step, s.CountTotal):
+        return sum(partials)
+    if isinstance(step, s.TopMerge):
+        by = resolve(step.by.module, step.by.attr) if step.by else None
+        return attempt(step.node, None, s.Policy(), lambda: semantics.top_merge(list(partials), step.n, by, step.order))
+    raise UnknownStep(f"no handler for {type(step).__name__}")
