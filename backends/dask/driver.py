@@ -9,6 +9,7 @@ futures), so a loop's inputs are computed once and every round reuses them.
 from __future__ import annotations
 
 import itertools
+from dataclasses import fields, is_dataclass, replace
 import logging
 import os
 import time
@@ -24,6 +25,7 @@ from pipec.backends.base import NoProgress
 from pipec.backends.dask import worker
 from pipec.backends.dask.lowering import Arg, GraphStep, LoopStep, Ref, Seq, StepLowering, key_of
 from pipec.backends.runtime.driver import Driver
+from pipec.backends.runtime.interpreter import StageFailure
 from pipec.backends.runtime.tasks import ensure_path
 
 log = logging.getLogger("pipec.dask")
@@ -247,6 +249,7 @@ class DaskDriver(Driver):
         specs = lowering.lower()
         suffix = f"@{self.tag}.{next(self._submissions)}"
         in_step = {spec.key: spec for spec in specs}
+        self._resolved: dict[int, tuple] = {}
         aliases: dict[str, Any] = {}  # data keys whose value is already on the cluster
         layers: dict[tuple, dict] = {}
         annotations: dict[tuple, dict] = {}
@@ -267,9 +270,9 @@ class DaskDriver(Driver):
             task_specs.append(spec)
 
         for spec in task_specs:
+            # No Dask retries: user code is retried inside the task by the interpreter (never
+            # an effectful stage); a task lost with its worker is rescheduled by Dask itself.
             notes: dict[str, Any] = {}
-            if spec.retries:
-                notes["retries"] = spec.retries
             if spec.resources:
                 notes["resources"] = spec.resources
             if spec.member is not None:
@@ -311,8 +314,14 @@ class DaskDriver(Driver):
             return os.path.abspath(value) if arg.path and isinstance(value, str) else value
         if isinstance(arg, Seq):
             return self.env[arg.pool].next[arg.member] + arg.offset
-        if isinstance(arg, worker.Head):
-            return worker.Head(arg.kind, self._resolve(arg.args, aliases, in_step, suffix))
+        if is_dataclass(arg) and not isinstance(arg, type):
+            # A step of the physical plan: its Args become this run's values (once per
+            # submission: every partition's task shares the same segment object).
+            done = self._resolved.get(id(arg))
+            if done is None or done[0] is not arg:
+                changes = {f.name: self._resolve(getattr(arg, f.name), aliases, in_step, suffix) for f in fields(arg)}
+                done = self._resolved[id(arg)] = (arg, replace(arg, **changes))
+            return done[1]
         if isinstance(arg, tuple):
             return tuple(self._resolve(a, aliases, in_step, suffix) for a in arg)
         if isinstance(arg, list):
@@ -417,9 +426,9 @@ class DaskDriver(Driver):
 
         def rank(item):
             _, spec, exc = item
-            where = getattr(exc, "where", None) or spec.group
+            where = getattr(exc, "node", None) or spec.group
             partition = getattr(exc, "partition", None)
-            real = isinstance(exc, worker.StageFailure)
+            real = isinstance(exc, StageFailure)
             return (not real, order.get(where, len(order)), partition if partition is not None else 1 << 30)
         return min(failures, key=rank)
 
@@ -437,9 +446,8 @@ class DaskDriver(Driver):
             if actors:
                 raise _ActorsGone(spec, actors, exc)
         op = self.ir.op(spec.group) if spec.group in self.ir.graph else None
-        if isinstance(exc, worker.StageFailure):
-            where = exc.where if exc.where in self.ir.graph else spec.group
-            raise self.error(where, exc.message, self.ir.op(where).span, exc.hint) from None
+        if isinstance(exc, StageFailure):
+            raise self.stage_failed(exc) from None
         if type(exc).__name__ == "KilledWorker":
             raise self.error(spec.group, f"the workers running task {spec.key} died again and again; "
                                          f"Dask gave up on it", op.span if op else None,

@@ -27,6 +27,7 @@ from typing import Any, Callable
 from pipec.compiler import ir
 from pipec.compiler.schedule import Block, blocks
 from pipec.backends.dask import worker
+from pipec.backends.physical import steps
 from pipec.backends.runtime import semantics
 from pipec.backends.runtime.driver import order_of
 
@@ -317,17 +318,34 @@ class StaticContext:
         raise ValueError(f"{node} is not a collection")
 
 
+def policy_of(options: ir.StageOptions | None) -> steps.Policy:
+    """A stage's options as the interpreter applies them."""
+    if options is None:
+        return steps.Policy()
+    return steps.Policy(options.retries, options.timeout, options.effectful)
+
+
+def fn_ref(ref: ir.FnRef | None) -> steps.Fn | None:
+    return steps.Fn(ref.module, ref.attr) if ref is not None else None
+
+
 @dataclass
 class _Chain:
     """Work fused into one task per partition: a head (a partition read from a key, a
     source making it, or a shuffle's merge), element-wise stages, maybe a terminal."""
 
-    base: list  # per partition: a Ref to its items, or a worker.Head making them
-    refs: list[Ref] = field(default_factory=list)  # keys every task reads (slots, bindings)
-    stages: list[tuple] = field(default_factory=list)
+    head: Any  # a physical-plan head (see physical.steps)
+    inputs: list  # per partition: a Ref to its items, or None when the head makes them
+    refs: list[Ref] = field(default_factory=list)  # keys every task reads (slots)
+    stages: list[steps.Elementwise] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
     options: list = field(default_factory=list)
+    sides: tuple | None = None  # a merge: the slots of each side's split outputs
+
+    @classmethod
+    def reading(cls, node: str, refs: list[Ref]) -> "_Chain":
+        return cls(steps.Input(node), list(refs))
 
     def slot(self, ref: Ref) -> int:
         if ref not in self.refs:
@@ -339,9 +357,9 @@ class StepLowering:
     """The task specs of one graph step. ``ctx`` gives partition counts of collections
     made outside the step and of sources (statically for a plan, live for a run).
 
-    Every partition-wise piece of work goes through :func:`worker.run_chain`: a head
-    (items from a key, a source, a shuffle's merge), fused element-wise stages, and an
-    optional terminal (the per-partition half of a reduction, a shuffle or a top)."""
+    Every partition-wise piece of work is a segment of the physical plan (a head, fused
+    element-wise stages, an optional terminal: the per-partition half of a reduction, a
+    shuffle or a top) that the worker runs with the shared interpreter."""
 
     def __init__(self, graph: ir.IR, step: GraphStep, ctx, actor_nodes: set[str]):
         self.ir = graph
@@ -375,7 +393,7 @@ class StepLowering:
 
     def nparts(self, node: str) -> int:
         if node in self.chains:
-            return len(self.chains[node].base)
+            return len(self.chains[node].inputs)
         return len(self.parts_of(node))
 
     def chain_of(self, node: str) -> _Chain:
@@ -383,7 +401,7 @@ class StepLowering:
         reading ``node``'s partitions."""
         if node in self.chains:
             return self.chains.pop(node)
-        return _Chain(list(self.parts_of(node)))
+        return _Chain.reading(node, self.parts_of(node))
 
     def value_ref(self, node: str) -> Ref:
         """A value read by a task: made in this graph, or shipped once as a data key."""
@@ -397,21 +415,21 @@ class StepLowering:
                                         else shipped, None, data=node)
         return Ref(key, node, None)
 
-    def _binding_spec(self, bindings: dict, chain: _Chain) -> dict:
-        spec = {}
+    def _bindings(self, bindings: dict, chain: _Chain) -> tuple:
+        out = []
         for name, operand in bindings.items():
             if isinstance(operand, ir.Lit):
-                spec[name] = ("lit", operand.value)
+                out.append((name, steps.Lit(operand.value)))
             elif operand.node in self.actors:
-                spec[name] = ("handle", (chain.slot(Ref(f"{key_of(operand.node)}-actor", operand.node, None)), operand.node))
+                ref = Ref(f"{key_of(operand.node)}-actor", operand.node, None)
+                out.append((name, steps.Handle(chain.slot(ref), operand.node)))
             else:
-                spec[name] = ("ref", chain.slot(self.value_ref(operand.node)))
-        return spec
+                out.append((name, steps.Slot(chain.slot(self.value_ref(operand.node)), operand.node)))
+        return tuple(out)
 
-    def _start(self, node: str, heads: list, chain: _Chain, label: str, options) -> None:
-        """``node`` makes its partitions with ``heads``: fused into its consumer's tasks,
-        or tasks of its own now."""
-        chain.base = heads
+    def _start(self, node: str, chain: _Chain, label: str, options) -> None:
+        """``node`` makes its partitions with ``chain``'s head: fused into its consumer's
+        tasks, or tasks of its own now."""
         chain.names.append(node)
         chain.labels.append(label)
         chain.options.append(options)
@@ -423,7 +441,7 @@ class StepLowering:
         else:
             self.parts[node] = self._emit(chain, None, None, None)
 
-    def _emit(self, chain: _Chain, terminal: tuple | None, term_label: str | None, term_options,
+    def _emit(self, chain: _Chain, terminal, term_label: str | None, term_options,
               name: str | None = None, group: str | None = None) -> list[Ref]:
         """One task per partition running ``chain`` (and ``terminal``)."""
         stem = name or key_of(chain.names[-1])
@@ -432,10 +450,15 @@ class StepLowering:
         retries = retries_of(*options)
         given = [o for o in options if o is not None]
         res = resources_of(given[0] if given else None)
-        stages = tuple(chain.stages)
-        return [self._add(TaskSpec(part_key(stem, i), group or chain.names[-1], label, worker.run_chain,
-                                   (stages, terminal, i, base, *chain.refs), retries, res))
-                for i, base in enumerate(chain.base)]
+        nodes = tuple(chain.names) + ((terminal.node,) if terminal is not None else ())
+        segment = steps.Segment(stem, chain.head, tuple(chain.stages), terminal, nodes)
+        if chain.sides is not None:
+            return [self._add(TaskSpec(part_key(stem, i), group or chain.names[-1], label, worker.merge_task,
+                                       (segment, i, chain.sides, *chain.refs), retries, res))
+                    for i in range(len(chain.inputs))]
+        return [self._add(TaskSpec(part_key(stem, i), group or chain.names[-1], label, worker.segment_task,
+                                   (segment, i, base, *chain.refs), retries, res))
+                for i, base in enumerate(chain.inputs)]
 
     # sources
 
@@ -446,30 +469,30 @@ class StepLowering:
         kwargs = {key: Arg(v) for key, v in op.kwargs.items()}
         if op.kind == "callable" and not op.sharded:
             everything = self._add(TaskSpec(f"{key_of(node)}-all", node, f"call {op.fn.dotted} (once, on a worker)",
-                                            worker.source_call, (node, op.fn.module, op.fn.attr, args, kwargs),
+                                            worker.source_call, (node, fn_ref(op.fn), args, kwargs),
                                             retries, res))
             self.parts[node] = [self._add(TaskSpec(part_key(key_of(node), i), node, f"part {i} of {k}",
                                                    worker.take_part,
                                                    (node, i, k, everything), retries, res)) for i in range(k)]
             return
-        chain = _Chain([])
+        chain = _Chain(None, [None] * k)
         if op.kind == "range":
-            heads = [worker.Head("range", (node, args[0], i, k)) for i in range(k)]
+            chain.head = steps.RangeSlice(node, args[0], k)
             what = f"range, part of {k}"
         elif op.kind == "read_text":
             # One small task counts the lines once; each partition then reads its bytes only.
             index = self._add(TaskSpec(f"{key_of(node)}-index", node, "count the lines", worker.line_index,
                                        (node, Arg(op.args[0], path=True)), retries, res))
-            slot = chain.slot(index)
-            heads = [worker.Head("read", (node, op.kind, Arg(op.args[0], path=True), i, k, slot)) for i in range(k)]
+            chain.head = steps.ReadText(node, Arg(op.args[0], path=True), k, chain.slot(index))
             what = f"read_text, part of {k}"
         elif op.kind == "read_jsonl":
-            heads = [worker.Head("read", (node, op.kind, Arg(op.args[0], path=True), i, k, None)) for i in range(k)]
+            chain.head = steps.ReadJsonl(node, Arg(op.args[0], path=True), k)
             what = f"read_jsonl, part of {k}"
         else:
-            heads = [worker.Head("sharded", (node, op.fn.module, op.fn.attr, args, kwargs, i, k)) for i in range(k)]
+            chain.head = steps.Sharded(node, fn_ref(op.fn), tuple(args), tuple(kwargs.items()), k,
+                                       policy_of(op.options))
             what = f"{op.fn.dotted} sharded, part of {k}"
-        self._start(node, heads, chain, what, op.options)
+        self._start(node, chain, what, op.options)
 
     # element-wise
 
@@ -478,8 +501,8 @@ class StepLowering:
             self._lower_pool_stage(node, op)
             return
         chain = self.chain_of(op.input.node)
-        bindings = self._binding_spec(op.bindings, chain)
-        chain.stages.append((node, op.kind, op.fn.module, op.fn.attr, bindings, op.options.timeout))
+        chain.stages.append(steps.Elementwise(node, op.kind, fn_ref(op.fn), self._bindings(op.bindings, chain),
+                                              policy_of(op.options)))
         chain.names.append(node)
         chain.labels.append(f"{op.kind} {op.fn.dotted}")
         chain.options.append(op.options)
@@ -488,9 +511,9 @@ class StepLowering:
     def _lower_pool_stage(self, node: str, op: ir.Elementwise) -> None:
         pool = op.pool.node
         size = self.ctx.pool_size(pool)
-        chain = _Chain([])  # only for its slots
-        bindings = self._binding_spec(op.bindings, chain)
-        stage = (node, op.kind, op.method, bindings, op.options.timeout, pool)
+        chain = _Chain(None, [])  # only for its slots
+        step = steps.Elementwise(node, op.kind, None, self._bindings(op.bindings, chain), policy_of(op.options),
+                                 pool=pool, method=op.method)
         out = []
         for i, base in enumerate(self.parts_of(op.input.node)):
             m = i % size
@@ -498,85 +521,87 @@ class StepLowering:
             out.append(self._add(TaskSpec(
                 part_key(key_of(node), i), node, f"{op.kind} {pool}.{op.method} on pool member {m}",
                 worker.pool_call,
-                (stage, i, Seq(pool, m, i // size), m, member, base, *chain.refs),
+                (step, i, Seq(pool, m, i // size), m, member, base, *chain.refs),
                 retries_of(op.options), resources_of(op.options), member=(pool, m))))
         self.parts[node] = out
 
     # partition-wise halves of reductions, shuffles and top
 
-    def _partials(self, node: str, src: str, terminal: tuple, label: str, options, name: str) -> list[Ref]:
+    def _partials(self, node: str, src: str, terminal, label: str, options, name: str) -> list[Ref]:
         """Per-partition results of ``terminal`` over ``src``: in the tasks of ``src``'s
         chain when fused, else in tasks keyed ``{name}-{i}``."""
         if src in self.chains and self.step.fuse.get(src) == node:
             return self._emit(self.chains.pop(src), terminal, label, options)
-        return self._emit(_Chain(list(self.parts_of(src))), terminal, label, options, name=name, group=node)
+        return self._emit(_Chain.reading(src, self.parts_of(src)), terminal, label, options, name=name, group=node)
 
     def _lower_reduce(self, node: str, op: ir.Reduce) -> None:
-        fn = (op.fn.module, op.fn.attr)
-        partials = self._partials(node, op.input.node, ("fold", node, *fn), f"fold {op.fn.dotted} (partial of {node})",
-                                  op.options, key_of(node))
+        fn, policy = fn_ref(op.fn), policy_of(op.options)
+        partials = self._partials(node, op.input.node, steps.Fold(node, fn, policy),
+                                  f"fold {op.fn.dotted} (partial of {node})", op.options, key_of(node))
         retries, res = retries_of(op.options), resources_of(op.options)
         level, depth = partials, 1
         fan = semantics.FAN_IN
         while len(level) > fan:
             level = [self._add(TaskSpec(f"{key_of(node)}-L{depth}-{j}", node,
                                         f"combine {op.fn.dotted} (level {depth}, inputs {i}..{min(i + fan, len(level)) - 1})",
-                                        worker.combine, (node, *fn, False, *level[i:i + fan]), retries, res))
+                                        worker.finisher_task, (steps.Combine(node, fn, False, policy), *level[i:i + fan]),
+                                        retries, res))
                      for j, i in enumerate(range(0, len(level), fan))]
             depth += 1
         self.values[node] = self._add(TaskSpec(key_of(node), node, f"combine {op.fn.dotted} (in partition order)",
-                                               worker.combine, (node, *fn, True, *level), retries, res))
+                                               worker.finisher_task, (steps.Combine(node, fn, True, policy), *level),
+                                               retries, res))
 
     def _lower_count(self, node: str, op: ir.Count) -> None:
-        lengths = self._partials(node, op.input.node, ("len", node), "len", None, key_of(node))
-        self.values[node] = self._add(TaskSpec(key_of(node), node, "sum of lengths", worker.count_total, (node, *lengths)))
+        lengths = self._partials(node, op.input.node, steps.Count(node), "len", None, key_of(node))
+        self.values[node] = self._add(TaskSpec(key_of(node), node, "sum of lengths", worker.finisher_task,
+                                               (steps.CountTotal(node), *lengths)))
 
     def _lower_top(self, node: str, op: ir.Top) -> None:
         src = op.input.node
         order = order_of(self.ir, src)
-        by = (op.by.module, op.by.attr) if op.by else None
-        n = Arg(op.n)
-        cands = self._partials(node, src, ("top", node, n, by, order), "top n (candidates)", None, key_of(node))
-        self.values[node] = self._add(TaskSpec(key_of(node), node, "top n of the candidates", worker.top_final,
-                                               (node, n, by, order, *cands)))
+        by, n = fn_ref(op.by), Arg(op.n)
+        cands = self._partials(node, src, steps.TopPartial(node, n, by, order), "top n (candidates)", None,
+                               key_of(node))
+        self.values[node] = self._add(TaskSpec(key_of(node), node, "top n of the candidates", worker.finisher_task,
+                                               (steps.TopMerge(node, n, by, order), *cands)))
 
     # shuffles: a split per input partition, a merge per output partition
 
-    def _merge(self, node: str, op, kind: str, args: tuple, splits: list[list[Ref]], label: str, k: int) -> None:
-        chain = _Chain([])
-        slots = [tuple(chain.slot(ref) for ref in side) for side in splits]
-        heads = [worker.Head(kind, (node, *args, j, *slots)) for j in range(k)]
-        self._start(node, heads, chain, label, op.options)
+    def _merge(self, node: str, op, how: str, fn, splits: list[list[Ref]], label: str, k: int) -> None:
+        chain = _Chain(steps.Merge(node, how, fn, policy_of(op.options)), [None] * k)
+        chain.sides = tuple(tuple(chain.slot(ref) for ref in side) for side in splits)
+        self._start(node, chain, label, op.options)
 
     def _lower_reduce_by_key(self, node: str, op: ir.ReduceByKey) -> None:
         src = op.input.node
         k = self.nparts(src)
-        fn = (op.fn.module, op.fn.attr)
-        splits = self._partials(node, src, ("rbk", node, *fn, k), f"combine by key {op.fn.dotted}, split {k} ways",
-                                op.options, f"{key_of(node)}-split")
-        self._merge(node, op, "rbk", fn, [splits], f"merge {op.fn.dotted} by key", k)
+        fn = fn_ref(op.fn)
+        splits = self._partials(node, src, steps.Split(node, "reduce_by_key", k, fn, policy_of(op.options)),
+                                f"combine by key {op.fn.dotted}, split {k} ways", op.options, f"{key_of(node)}-split")
+        self._merge(node, op, "reduce_by_key", fn, [splits], f"merge {op.fn.dotted} by key", k)
 
     def _lower_group_by_key(self, node: str, op: ir.GroupByKey) -> None:
         src = op.input.node
         k = self.nparts(src)
-        splits = self._partials(node, src, ("split", node, "group_by_key", k), f"split {k} ways by key",
+        splits = self._partials(node, src, steps.Split(node, "group_by_key", k), f"split {k} ways by key",
                                 op.options, f"{key_of(node)}-split")
-        self._merge(node, op, "group", (), [splits], "group by key", k)
+        self._merge(node, op, "group_by_key", None, [splits], "group by key", k)
 
     def _lower_distinct(self, node: str, op: ir.Distinct) -> None:
         src = op.input.node
         k = self.nparts(src)
-        splits = self._partials(node, src, ("distinct", node, k), f"split {k} ways by element", op.options,
-                                f"{key_of(node)}-split")
-        self._merge(node, op, "distinct", (), [splits], "distinct", k)
+        splits = self._partials(node, src, steps.Split(node, "distinct", k), f"split {k} ways by element",
+                                op.options, f"{key_of(node)}-split")
+        self._merge(node, op, "distinct", None, [splits], "distinct", k)
 
     def _lower_join(self, node: str, op: ir.Join) -> None:
         left, right = op.left.node, op.right.node
         k = max(self.nparts(left), self.nparts(right))
-        term = ("split", node, "join", k)
+        term = steps.Split(node, "join", k)
         lsplits = self._partials(node, left, term, f"split {k} ways by key", op.options, f"{key_of(node)}-left")
         rsplits = self._partials(node, right, term, f"split {k} ways by key", op.options, f"{key_of(node)}-right")
-        self._merge(node, op, "join", (), [lsplits, rsplits], "join by key", k)
+        self._merge(node, op, "join", None, [lsplits, rsplits], "join by key", k)
 
     def _lower_union(self, node: str, op: ir.UnionAll) -> None:
         self.parts[node] = [ref for part in op.parts for ref in self.parts_of(part.node)]

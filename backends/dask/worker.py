@@ -1,14 +1,16 @@
-"""What runs on the Dask workers: task bodies, actor hosts, the handle proxy.
+"""What runs on the Dask workers: the shared interpreter wrapped as task bodies, actor
+hosts, the handle proxy.
 
-Every task body calls the shared functions of :mod:`pipec.backends.runtime.semantics` and
-:mod:`pipec.backends.runtime.tasks`, so a partition computed here is the one the reference
-backend computes. Functions are pickled by reference: workers import this module (and
-``distributed``, lazily, only where a task talks to an actor).
+A task runs a segment of the physical plan with
+:func:`pipec.backends.runtime.interpreter.run_segment`, so a partition computed here is
+the one the reference backend computes; this module only adds Dask's way of moving data
+(values sealed as in-band pickles, split outputs as one sealed object per bucket).
+Functions are pickled by reference: workers import this module (and ``distributed``,
+lazily, only where a task talks to an actor).
 
-A user error inside a task becomes :class:`StageFailure` (picklable, names the stage and
-the partition) so the driver can point at the source line; a call to an actor whose
-worker died becomes :class:`ActorLost` so the driver can restore the actor and run the
-graph again.
+A failing stage raises the interpreter's :class:`StageFailure`, which the driver turns
+into the error the user sees; a call to an actor whose worker died becomes
+:class:`ActorLost` so the driver can restore the actor and run the graph again.
 """
 
 from __future__ import annotations
@@ -18,20 +20,12 @@ import pickle
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
+from pipec.backends.physical import steps
 from pipec.backends.runtime import semantics, sources
 from pipec.backends.runtime.actors import ActorHost
-from pipec.backends.runtime.tasks import apply_elementwise, ensure_path, resolve, run_with_timeout, user_frame
-
-
-class StageFailure(Exception):
-    """A stage failed on a worker: ``where`` is the IR node, ``hint`` where it raised."""
-
-    def __init__(self, where: str, message: str, hint: str | None = None, partition: int | None = None):
-        super().__init__(where, message, hint, partition)
-        self.where, self.message, self.hint, self.partition = where, message, hint, partition
-
-    def __str__(self) -> str:
-        return f"in `{self.where}`: {self.message}"
+from pipec.backends.runtime.interpreter import (StageFailure, bind, failure, run_elementwise, run_finisher,
+                                                run_segment)
+from pipec.backends.runtime.tasks import ensure_path, resolve
 
 
 class ActorLost(Exception):
@@ -87,29 +81,46 @@ def unseal(value):
     return pickle.loads(value.data) if isinstance(value, Sealed) else value
 
 
-def _user_failure(where: str, exc: BaseException, partition: int | None) -> StageFailure:
-    place = f" (partition {partition})" if partition is not None else ""
-    frame = user_frame(exc)
-    return StageFailure(where, f"{type(exc).__name__}: {exc}{place}", f"raised at {frame}" if frame else None,
-                        partition)
+# ---- task bodies: the shared interpreter, with Dask's way of moving data ---------------------------
 
 
-def _with_timeout(where: str, partition: int, timeout: float | None, body):
-    """``body()``, failing as the stage after ``timeout`` seconds."""
-    try:
-        return run_with_timeout(body, timeout, f"pipec-{where}-{partition}")
-    except TimeoutError:
-        raise StageFailure(where, f"partition {partition} did not finish within its timeout of {timeout:g} s",
-                           partition=partition) from None
+class SealedSlots:
+    """A task's slots as Dask hands them over: sealed values, or actors for handles."""
+
+    def __init__(self, bound: Sequence):
+        self.bound = bound
+
+    def value(self, index: int):
+        return unseal(self.bound[index])
+
+    def handle(self, index: int, actor: str):
+        return HandleProxy(actor, self.bound[index])
 
 
-# ---- sources ---------------------------------------------------------------------------------
+def segment_task(segment: steps.Segment, partition: int, items, *bound):
+    """One partition of a segment; ``items`` is the sealed input partition (None when the
+    head makes it). A split's buckets are sealed one by one, so a merge opens only its own."""
+    return _sealed(segment, run_segment(segment, partition, unseal(items), SealedSlots(bound)))
 
 
-def source_range(where: str, n: int, i: int, k: int) -> list:
-    """Partition i of ``range(n)`` cut k ways."""
-    a, b = semantics.partition_bounds(n, k)[i]
-    return list(range(a, b))
+def _sealed(segment: steps.Segment, out):
+    """A task's result as it leaves the worker; a split's buckets sealed one by one."""
+    if isinstance(segment.terminal, steps.Split):
+        return [seal(bucket) for bucket in out]
+    return seal(out)
+
+
+def merge_task(segment: steps.Segment, partition: int, sides: tuple, *bound):
+    """The reduce side of a shuffle: bucket ``partition`` of every split output (slots
+    ``sides[side]``, in source-partition order) merged by the segment's head."""
+    records = [(side, i, unseal(bound[slot][partition])) for side, slots in enumerate(sides)
+               for i, slot in enumerate(slots)]
+    return _sealed(segment, run_segment(segment, partition, records, SealedSlots(bound)))
+
+
+def finisher_task(step, *partials) -> Sealed:
+    """A combine node of a reduction tree, a count's total or a top's final merge."""
+    return seal(run_finisher(step, [unseal(p) for p in partials]))
 
 
 def line_index(where: str, path: str):
@@ -117,81 +128,15 @@ def line_index(where: str, path: str):
     try:
         return seal(sources.line_index(path))
     except OSError as exc:
-        raise StageFailure(where, f"cannot read {path}: {exc.strerror or exc}") from None
+        raise StageFailure(where, None, "plain", f"cannot read {path}: {exc.strerror or exc}") from None
 
 
-def _source_read(where: str, kind: str, path: str, i: int, k: int, index=None) -> list:
-    try:
-        if kind == "read_text":
-            return sources.read_lines_part(path, i, k, index)
-        items = sources.read_jsonl(path)
-    except OSError as exc:
-        raise StageFailure(where, f"cannot read {path}: {exc.strerror or exc}") from None
-    except Exception as exc:
-        raise _user_failure(where, exc, None) from None
-    a, b = semantics.partition_bounds(len(items), k)[i]
-    return items[a:b]
-
-
-def _source_sharded(where: str, module: str, attr: str, args: list, kwargs: dict, i: int, k: int) -> list:
-    try:
-        return list(resolve(module, attr)(*args, **kwargs, partition=i, partitions=k))
-    except Exception as exc:
-        raise _user_failure(where, exc, i) from None
-
-
-class Head:
-    """How a task gets its partition when it does not read it from a key: a source
-    making it (``range``, a file's lines or JSON rows, a sharded callable) or a shuffle's
-    merge of the buckets for this partition. ``bound`` holds the keys a head reads (the
-    line index, the split outputs) at the positions its arguments name."""
-
-    __slots__ = ("kind", "args")
-
-    def __init__(self, kind: str, args: tuple):
-        self.kind, self.args = kind, args
-
-    def __reduce__(self):
-        return (Head, (self.kind, self.args))
-
-    def make(self, bound: Sequence = ()) -> list:
-        kind, args = self.kind, self.args
-        if kind == "range":
-            return source_range(*args)
-        if kind == "read":
-            *rest, slot = args
-            return _source_read(*rest, unseal(bound[slot]) if slot is not None else None)
-        if kind == "sharded":
-            return _source_sharded(*args)
-        if kind == "rbk":
-            where, module, attr, j, slots = args
-            try:
-                return semantics.reduce_by_key_merge(resolve(module, attr), _bucket([bound[s] for s in slots], j))
-            except Exception as exc:
-                raise _user_failure(where, exc, j) from None
-        if kind == "group":
-            where, j, slots = args
-            return semantics.group_merge(_bucket([bound[s] for s in slots], j))
-        if kind == "distinct":
-            where, j, slots = args
-            return semantics.distinct_merge(_bucket([bound[s] for s in slots], j))
-        if kind == "join":
-            where, j, left, right = args
-            return semantics.join_merge(_bucket([bound[s] for s in left], j), _bucket([bound[s] for s in right], j))
-        raise ValueError(f"unknown head {kind!r}")
-
-
-def _bucket(outputs, j: int) -> list:
-    """Bucket j of each split output (each bucket sealed on its own), in partition order."""
-    return [unseal(out[j]) for out in outputs]
-
-
-def source_call(where: str, module: str, attr: str, args: list, kwargs: dict) -> Sealed:
+def source_call(where: str, fn: steps.Fn, args: list, kwargs: dict) -> Sealed:
     """All items of a callable source (called once, on a worker)."""
     try:
-        return seal(list(resolve(module, attr)(*args, **kwargs)))
+        return seal(list(resolve(fn.module, fn.attr)(*args, **kwargs)))
     except Exception as exc:
-        raise _user_failure(where, exc, None) from None
+        raise failure(where, None, exc) from None
 
 
 def take_part(where: str, i: int, k: int, items: Sealed) -> Sealed:
@@ -199,9 +144,6 @@ def take_part(where: str, i: int, k: int, items: Sealed) -> Sealed:
     items = unseal(items)
     a, b = semantics.partition_bounds(len(items), k)[i]
     return seal(list(items[a:b]))
-
-
-# ---- element-wise chains and partition-wise terminals ------------------------------------------
 
 
 class HandleProxy:
@@ -256,126 +198,25 @@ def await_actor(future, actor, node: str, member: int | None):
             raise
 
 
-def _bindings(spec: dict, bound: Sequence) -> dict:
-    out = {}
-    for name, (how, what) in spec.items():
-        if how == "lit":
-            out[name] = what
-        elif how == "ref":
-            out[name] = unseal(bound[what])
-        else:  # handle: (index, actor node)
-            index, actor = what
-            out[name] = HandleProxy(actor, bound[index])
-    return out
-
-
-def _run_stage(stage: tuple, items: list, bound: Sequence, partition: int) -> list:
-    where, kind, module, attr, bindings, timeout = stage
-    fn = resolve(module, attr)
-    values = _bindings(bindings, bound)
-    try:
-        return _with_timeout(where, partition, timeout,
-                             lambda: apply_elementwise(kind, fn, items, values, partition))
-    except (StageFailure, ActorLost):
-        raise
-    except Exception as exc:
-        raise _user_failure(where, exc, partition) from None
-
-
-def _terminal(term: tuple, items: list, partition: int):
-    """The partition-wise half of a reduction, shuffle or top, fused onto a chain."""
-    what, where = term[0], term[1]
-    try:
-        if what == "fold":
-            return seal(semantics.fold(resolve(term[2], term[3]), items))
-        if what == "len":
-            return seal(len(items))
-        if what == "top":
-            _, _, n, by, order = term
-            return seal(semantics.top_partial(items, n, resolve(*by) if by else None, order))
-        if what == "rbk":
-            _, _, module, attr, k = term
-            partial = semantics.reduce_by_key_partial(resolve(module, attr), items)
-        elif what == "split":
-            _, _, label, k = term
-            try:
-                return [seal(b) for b in semantics.shuffle_split(items, k, label)]
-            except TypeError as exc:
-                raise StageFailure(where, str(exc), partition=partition) from None
-        elif what == "distinct":
-            return [seal(b) for b in semantics.distinct_split(items, term[2])]
-        else:
-            raise ValueError(f"unknown terminal {what!r}")
-    except StageFailure:
-        raise
-    except Exception as exc:
-        raise _user_failure(where, exc, partition) from None
-    try:
-        return [seal(b) for b in semantics.shuffle_split(partial, k, "reduce_by_key")]
-    except TypeError as exc:
-        raise StageFailure(where, str(exc), partition=partition) from None
-
-
-def run_chain(stages: tuple, terminal: tuple | None, partition: int, items, *bound):
-    """One partition (or the source making it) through fused element-wise stages, then
-    an optional terminal (the partition-wise half of a reduction, shuffle or top)."""
-    items = items.make(bound) if isinstance(items, Head) else unseal(items)
-    for stage in stages:
-        items = _run_stage(stage, items, bound, partition)
-    if terminal is not None:
-        return _terminal(terminal, items, partition)
-    return seal(items)
-
-
-def pool_call(stage: tuple, partition: int, seq: int, member_index: int, member, items: Sealed, *bound):
+def pool_call(step: steps.Elementwise, partition: int, seq: int, member_index: int, member, items: Sealed, *bound):
     """One partition of a stage served by an actor pool member (calls in partition order)."""
     from distributed import rejoin, secede
-    where, kind, method, bindings, timeout, pool = stage
-    values = seal(_bindings(bindings, bound))
+    values = seal(bind(step, SealedSlots(bound)))
     try:
-        future = member.apply(seq, kind, method, items, values, partition, timeout)
+        future = member.apply(seq, step, items, values, partition)
     except Exception as exc:
         if is_lost(exc):
-            raise ActorLost(pool, member_index, str(exc)) from None
+            raise ActorLost(step.pool, member_index, str(exc)) from None
         raise
     # Free this worker thread while the member works (and waits for earlier partitions).
     secede()
     try:
-        status, payload = await_actor(future, member, pool, member_index)
+        result = await_actor(future, member, step.pool, member_index)
     finally:
         rejoin()
-    if status == "ok":
-        return payload
-    if status == "timeout":
-        raise StageFailure(where, f"partition {partition} did not finish within its timeout of {timeout:g} s",
-                           partition=partition)
-    raise StageFailure(where, *payload, partition=partition)
-
-
-# ---- shuffle merges and combines -----------------------------------------------------------------
-
-
-def combine(where: str, module: str, attr: str, final: bool, *partials) -> Sealed:
-    """One node of a reduction's tree: partials in partition order, FAN_IN at most."""
-    try:
-        result = semantics.combine_group(resolve(module, attr), [unseal(p) for p in partials])
-    except Exception as exc:
-        raise _user_failure(where, exc, None) from None
-    if final and result is semantics.EMPTY:
-        raise StageFailure(where, "`reduce` over an empty collection has no value",
-                           "filter less, or give the reduction an initial element in the data")
-    return seal(result)
-
-
-def count_total(where: str, *lengths) -> Sealed:
-    return seal(sum(unseal(n) for n in lengths))
-
-
-def top_final(where: str, n: int, by, order, *candidates) -> Sealed:
-    try:
-        return seal(semantics.top_merge([unseal(c) for c in candidates], n, resolve(*by) if by else None, order))
-    except Exception as exc:
-        raise _user_failure(where, exc, None) from None
+    if isinstance(result, StageFailure):
+        raise result
+    return result
 
 
 # ---- actors --------------------------------------------------------------------------------------
@@ -417,22 +258,20 @@ class PoolMember:
         self._cond: asyncio.Condition | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="pipec-pool")
 
-    async def apply(self, seq: int, kind: str, method: str, items: Sealed, bindings: Sealed, partition: int,
-                    timeout: float | None):
+    async def apply(self, seq: int, step: steps.Elementwise, items: Sealed, bindings: Sealed, partition: int):
+        """The sealed output partition, or the StageFailure of the stage."""
         if self._cond is None:
             self._cond = asyncio.Condition()
         async with self._cond:
             await self._cond.wait_for(lambda: self.next >= seq)
-        fn = getattr(self.obj, method)
-        work = asyncio.get_running_loop().run_in_executor(
-            self._executor, lambda: seal(apply_elementwise(kind, fn, unseal(items), unseal(bindings), partition)))
+        fn = getattr(self.obj, step.method)
+
+        def work():
+            return seal(run_elementwise(step, unseal(items), partition, fn=fn, bindings=unseal(bindings)))
         try:
-            result = ("ok", await asyncio.wait_for(asyncio.shield(work), timeout))
-        except asyncio.TimeoutError:
-            result = ("timeout", None)
-        except Exception as exc:
-            failure = _user_failure("", exc, partition)
-            result = ("error", (failure.message, failure.hint))
+            result = await asyncio.get_running_loop().run_in_executor(self._executor, work)
+        except StageFailure as exc:
+            result = exc
         async with self._cond:
             self.next = max(self.next, seq + 1)
             self._cond.notify_all()

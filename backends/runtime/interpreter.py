@@ -183,12 +183,16 @@ def bind(step: s.Elementwise, slots: Slots) -> dict[str, Any]:
     return out
 
 
-def run_elementwise(step: s.Elementwise, items, partition: int, slots: Slots, fn: Callable | None = None) -> list:
+def run_elementwise(step: s.Elementwise, items, partition: int, slots: Slots = NO_SLOTS, fn: Callable | None = None,
+                    bindings: dict[str, Any] | None = None) -> list:
     """One stage over one partition. ``fn`` is the callable when the engine supplies it
-    (an actor pool member's bound method); else ``step.fn`` is resolved here."""
+    (an actor pool member's bound method), else ``step.fn`` is resolved here; ``bindings``
+    are the keyword arguments when the engine resolved them already (else read from
+    ``slots``)."""
     if fn is None:
         fn = resolve(step.fn.module, step.fn.attr)
-    bindings = bind(step, slots)
+    if bindings is None:
+        bindings = bind(step, slots)
     if isinstance(items, range) and (step.kind == "map_batches" or bindings or step.kind == "map_values"):
         items = list(items)
     return attempt(step.node, partition, step.policy,
