@@ -16,6 +16,7 @@ from pipec.compiler.schedule import Block, blocks
 from pipec.backends.base import Backend, Plan, Progress, RunResult
 from pipec.backends.runtime import semantics
 from pipec.backends.runtime.actors import ActorHost, VersionedHost
+from pipec.backends.physical.explain import describe
 from pipec.backends.runtime.driver import Driver
 from pipec.backends.runtime.tasks import apply_elementwise, fn_of, resolve, run_with_timeout
 
@@ -85,22 +86,6 @@ def _explain_block(graph: ir.IR, block: Block, lines: list[str], depth: int) -> 
             _explain_block(graph, item, lines, depth + 1)
         else:
             lines.append(f"{pad}{item} = {describe(graph, item)}")
-
-
-def describe(graph: ir.IR, node: str) -> str:
-    """A one-line summary of a node's operation, for plans and graphs."""
-    op = graph.op(node)
-    ins = [src for _, src in op.inputs()]
-    fn = getattr(op, "fn", None)
-    callee = fn.dotted if isinstance(fn, ir.FnRef) else (f"{op.pool.node}.{op.method}" if getattr(op, "pool", None) else "")
-    label = getattr(op, "kind", None) or getattr(op, "operator", None) or op.op
-    if isinstance(op, ir.ActorCall):
-        return f"{op.actor.node}.{op.method}(#{op.seq})"
-    if isinstance(op, ir.Const):
-        return repr(op.value)
-    parts = [label, callee] if callee else [label]
-    text = " ".join(parts)
-    return f"{text}({', '.join(ins)})" if ins else text
 
 
 class LocalDriver(Driver):

@@ -88,7 +88,7 @@ def test_train_lowers_to_readable_keys_with_dependencies():
     plan = load(ROOT / "examples" / "train.pipe").lower("dask")
     text = plan.explain()
     assert "repeat 20 rounds" in text
-    loop_graph = plan.tasks[2]
+    loop_graph = plan.physical.tasks[2]
     keys = {s.key: s for s in loop_graph}
     # map and the partition-wise fold fused: one task per partition; a tree for the total
     assert [k for k in keys if k.startswith("grads-")] == [f"grads-{i}" for i in range(8)]
@@ -100,7 +100,7 @@ def test_train_lowers_to_readable_keys_with_dependencies():
     assert "grads-3" in text and "total" in text and "<- batches-3, grads/weights" in text
     # the batches are made before the loop, once
     assert all(not k.startswith("batches") for k in keys)
-    assert {"batches-all", "batches-0"} <= {s.key for s in plan.tasks[1]}
+    assert {"batches-all", "batches-0"} <= {s.key for s in plan.physical.tasks[1]}
 
 
 @pytest.mark.parametrize("example", ["wordcount", "pagerank", "kmeans", "infer", "train"])
@@ -128,7 +128,7 @@ pipeline p(n: int = 200) {
 }""", m_fusion_and_reduction="def square(x):\n    return x * x\ndef even(x):\n    return x % 2 == 0\n"
         "def add(a, b):\n    return a + b\n")
     plan = load(path).lower("dask")
-    specs = {s.key: s for s in plan.tasks[1]}
+    specs = {s.key: s for s in plan.physical.tasks[1]}
     # source, map, filter and the partial fold: one task per partition
     m = "m_fusion_and_reduction"
     assert specs["ys-7"].label == f"range, part of 20 -> map {m}.square -> filter {m}.even -> fold {m}.add (partial of total)"
@@ -149,7 +149,7 @@ pipeline p() {
     monkeypatch.chdir(tmp_path)
     pipeline = load(path)
     plan = pipeline.lower("dask")
-    keys = [s.key for specs in plan.tasks.values() for s in specs]
+    keys = [s.key for specs in plan.physical.tasks.values() for s in specs]
     assert len(keys) == len(set(keys)) and "count#2" in keys and "count-2" in keys
     assert _sinks(plan.run(client=client)) == _sinks(pipeline.run(backend="local"))
 
@@ -188,8 +188,8 @@ def test_run_submits_exactly_the_planned_keys(client, workdir):
     plan.run(client=client)
     submitted = plan.last_driver.submitted
     assert len(submitted) == 1 + 3  # the batches once, then one graph per round
-    assert sorted(submitted[0]) == sorted(s.key for s in plan.tasks[1])
-    assert all(sorted(keys) == sorted(s.key for s in plan.tasks[2]) for keys in submitted[1:])
+    assert sorted(submitted[0]) == sorted(s.key for s in plan.physical.tasks[1])
+    assert all(sorted(keys) == sorted(s.key for s in plan.physical.tasks[2]) for keys in submitted[1:])
 
 
 def test_loop_inputs_are_computed_once(client, write_pipe, tmp_path, monkeypatch):
@@ -275,7 +275,7 @@ pipeline p() {
     sink out = collect(ys) -> json("out/o.json")
 }""", m_retries_are_dask_ret=module)
     monkeypatch.chdir(tmp_path)
-    assert load(path).lower("dask").tasks[1][0].retries == 1
+    assert load(path).lower("dask").physical.tasks[1][0].retries == 1
     result = load(path).run(backend="dask", client=client)
     assert json.loads(Path(result.files["out"]).read_text()) == [x * 2 for x in range(12)]
     slow = write_pipe("""
@@ -300,7 +300,7 @@ pipeline p() {
     path = write_pipe(text % "cpus 1", m_resources_map_to_wor="def inc(x):\n    return x + 1\n")
     monkeypatch.chdir(tmp_path)
     plan = load(path).lower("dask")
-    assert [s.resources for s in plan.tasks[1] if s.group == "ys"] == [{"CPU": 1.0}] * 2
+    assert [s.resources for s in plan.physical.tasks[1] if s.group == "ys"] == [{"CPU": 1.0}] * 2
     assert plan.run(client=client).outputs["out"] == [1, 2, 3, 4, 5, 6]
     gpu = write_pipe(text % "gpus 1", name="g.pipe", m_resources_map_to_wor="def inc(x):\n    return x + 1\n")
     with pytest.raises(UnsupportedOnBackend) as err:

@@ -23,7 +23,7 @@ from distributed import WorkerPlugin, as_completed, wait
 from pipec.compiler import ir
 from pipec.backends.base import NoProgress
 from pipec.backends.dask import worker
-from pipec.backends.dask.lowering import Arg, GraphStep, LoopStep, Ref, Seq, StepLowering, key_of
+from pipec.backends.physical.planner import Arg, GraphStep, LoopStep, Ref, Seq, StepLowering, key_of
 from pipec.backends.runtime.driver import Driver
 from pipec.backends.runtime.interpreter import StageFailure
 from pipec.backends.runtime.tasks import ensure_path
@@ -34,6 +34,12 @@ log = logging.getLogger("pipec.dask")
 # A value the driver ships to a graph travels inside the graph (one data key) up to this
 # size; a bigger one is scattered to a worker first (graphs go through the scheduler).
 _SCATTER_ABOVE = 1 << 20
+
+
+# The plan's task bodies (see physical.planner.BODIES) as Dask task functions.
+BODIES = {"segment": worker.segment_task, "merge": worker.merge_task, "finish": worker.finisher_task,
+          "source_call": worker.source_call, "take_part": worker.take_part, "line_index": worker.line_index,
+          "pool": worker.pool_call}
 
 
 class Parts:
@@ -142,7 +148,7 @@ class DaskDriver(Driver):
     def __init__(self, plan, client, progress=None, run_dir: str | None = None):
         super().__init__(plan.ir, plan.params, progress, run_dir)
         self.plan = plan
-        self.planner = plan.planner
+        self.planner = plan.physical.planner
         self.client = client
         self.tag = self.run_id[:8]
         self._submissions = itertools.count(1)
@@ -166,7 +172,7 @@ class DaskDriver(Driver):
         """A task needing a resource no worker offers would wait forever: refuse to start.
         (For the embedded cluster ``lower`` already refused, with the source position.)"""
         need: dict[str, tuple[float, str]] = {}
-        for specs in self.plan.tasks.values():
+        for specs in self.plan.physical.tasks.values():
             for spec in specs:
                 for name, amount in (spec.resources or {}).items():
                     if amount > need.get(name, (0.0, ""))[0]:
@@ -282,7 +288,7 @@ class DaskDriver(Driver):
             sig = (spec.group, tuple(sorted((k, repr(v)) for k, v in notes.items())))
             key = spec.key + suffix
             args = [self._resolve(a, aliases, in_step, suffix) for a in spec.args]
-            layers.setdefault(sig, {})[key] = Task(key, spec.func, *args)
+            layers.setdefault(sig, {})[key] = Task(key, BODIES[spec.body], *args)
             annotations[sig] = notes
         self.submitted.append([spec.key for spec in specs])
         futures: dict[str, Any] = {}

@@ -15,6 +15,7 @@ from typing import Any
 
 from pipec.compiler import ir
 from pipec.compiler.schedule import Block, blocks
+from pipec.backends.physical.planner import order_of
 from pipec.dsl.diagnostics import PipelineRuntimeError, UsageError
 from pipec.dsl.source import SourceFile, Span
 from pipec.backends.base import NoProgress, Progress, RunResult
@@ -477,18 +478,3 @@ class Driver:
 
     def count(self, node: str) -> int:
         return len(self.gather(node))
-
-
-def order_of(graph: ir.IR, node: str) -> str | None:
-    """The canonical order of collection ``node``'s output: "key" (sorted by key),
-    "element" (sorted), or None (partition order)."""
-    op = graph.op(node)
-    if isinstance(op, (ir.ReduceByKey, ir.GroupByKey, ir.Join)):
-        return "key"
-    if isinstance(op, ir.Distinct):
-        return "element"
-    if isinstance(op, ir.Elementwise) and op.kind in ("filter", "map_values"):
-        return order_of(graph, op.input.node)
-    if isinstance(op, (ir.Var, ir.Rebind)):
-        return order_of(graph, (op.init if isinstance(op, ir.Var) else op.value).node)
-    return None

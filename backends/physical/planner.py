@@ -1,9 +1,10 @@
-"""Lowering a pipeline onto Dask: steps, and the tasks of each graph.
+"""Planning a pipeline once, for every engine: steps, and the tasks of each graph.
 
 A block (the top level, or one round of a ``repeat``) becomes a list of steps:
 
-* a *graph* step is one Dask task graph, submitted at once: the collection operations
-  and reductions that can run before the driver needs one of their results;
+* a *graph* step is one batch of tasks submitted at once (a Dask task graph, a wave of
+  Ray tasks, a Spark job's stages): the collection operations and reductions that can run
+  before the driver needs one of their results;
 * a *driver* step runs in the driver: parameters, plain calls, actor calls (numbered,
   exactly once), loop variables, sinks;
 * a *loop* step runs its own steps once per round.
@@ -11,30 +12,57 @@ A block (the top level, or one round of a ``repeat``) becomes a list of steps:
 A driver step that does not read the open graph runs before it is submitted (program
 order is kept wherever it can be observed: a sink, or a call to an actor that a stage of
 the open graph talks to, waits for the graph). Inside a graph, adjacent element-wise
-stages are fused into one task per partition, and the partition-wise half of a
-reduction, a shuffle or a top-n is fused onto them when nothing else reads the stage.
+stages are fused into one segment (one task per partition, see :mod:`.steps`), and the
+partition-wise half of a reduction, a shuffle or a top-n is fused onto them when nothing
+else reads the stage. Each task is named by a readable key (``grads-3``, ``total``) and
+says which body of the worker runs it (:data:`BODIES`); an engine maps each body to its
+primitive and nothing else.
 
-Pure Python, no engine import: ``pipec compile`` shows the plan without starting Dask,
-and a run builds its graphs from the very same task specs.
+Pure Python, no engine import: ``pipec compile`` shows the plan without starting an
+engine, and a run submits the very same tasks.
 """
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from pipec.compiler import ir
 from pipec.compiler.schedule import Block, blocks
-from pipec.backends.dask import worker
 from pipec.backends.physical import steps
 from pipec.backends.runtime import semantics
-from pipec.backends.runtime.driver import order_of
 
 GRAPH_OPS = (ir.Source, ir.Elementwise, ir.ReduceByKey, ir.GroupByKey, ir.Join, ir.UnionAll, ir.Distinct,
              ir.Reduce, ir.Count, ir.Top)
 # Operations whose per-partition half can be fused onto the element-wise chain feeding them.
 TERMINALS = (ir.Reduce, ir.Count, ir.Top, ir.ReduceByKey, ir.GroupByKey, ir.Distinct, ir.Join)
+
+# What a task runs, by name; each engine maps these to its own task functions.
+BODIES = {
+    "segment": "a segment of the physical plan over one partition (see steps.Segment)",
+    "merge": "a shuffle's merge: one bucket of every split output, then the segment",
+    "finish": "a combine node of a reduction tree, a count's total or a top's final merge",
+    "source_call": "a callable source called once, on a worker",
+    "take_part": "partition i of the items of a callable source",
+    "line_index": "a text file's newlines counted once, so each partition reads only its bytes",
+    "pool": "one partition of a stage served by an actor pool member",
+}
+
+
+def order_of(graph: ir.IR, node: str) -> str | None:
+    """The canonical order of collection ``node``'s output: "key" (sorted by key),
+    "element" (sorted), or None (partition order)."""
+    op = graph.op(node)
+    if isinstance(op, (ir.ReduceByKey, ir.GroupByKey, ir.Join)):
+        return "key"
+    if isinstance(op, ir.Distinct):
+        return "element"
+    if isinstance(op, ir.Elementwise) and op.kind in ("filter", "map_values"):
+        return order_of(graph, op.input.node)
+    if isinstance(op, (ir.Var, ir.Rebind)):
+        return order_of(graph, (op.init if isinstance(op, ir.Var) else op.value).node)
+    return None
 
 
 # ---- steps -----------------------------------------------------------------------------------
@@ -223,7 +251,7 @@ class TaskSpec:
     key: str
     group: str  # the stage or operation the key belongs to
     label: str  # what it does, for people
-    func: Callable | None
+    body: str | None  # what the task runs (see BODIES); None for a data key
     args: tuple = ()
     retries: int = 0
     resources: dict[str, float] | None = None
@@ -236,11 +264,11 @@ class TaskSpec:
 
     @property
     def task_name(self) -> str:
-        return "data" if self.func is None else self.func.__name__
+        return "data" if self.body is None else self.body
 
 
 def resources_of(options: ir.StageOptions | None) -> dict[str, float] | None:
-    """Dask worker resources for a stage's ``resources { ... }``."""
+    """A task's resources for a stage's ``resources { ... }`` (CPU, GPU, MEMORY)."""
     if options is None:
         return None
     r = options.resources
@@ -453,10 +481,10 @@ class StepLowering:
         nodes = tuple(chain.names) + ((terminal.node,) if terminal is not None else ())
         segment = steps.Segment(stem, chain.head, tuple(chain.stages), terminal, nodes)
         if chain.sides is not None:
-            return [self._add(TaskSpec(part_key(stem, i), group or chain.names[-1], label, worker.merge_task,
+            return [self._add(TaskSpec(part_key(stem, i), group or chain.names[-1], label, "merge",
                                        (segment, i, chain.sides, *chain.refs), retries, res))
                     for i in range(len(chain.inputs))]
-        return [self._add(TaskSpec(part_key(stem, i), group or chain.names[-1], label, worker.segment_task,
+        return [self._add(TaskSpec(part_key(stem, i), group or chain.names[-1], label, "segment",
                                    (segment, i, base, *chain.refs), retries, res))
                 for i, base in enumerate(chain.inputs)]
 
@@ -469,10 +497,10 @@ class StepLowering:
         kwargs = {key: Arg(v) for key, v in op.kwargs.items()}
         if op.kind == "callable" and not op.sharded:
             everything = self._add(TaskSpec(f"{key_of(node)}-all", node, f"call {op.fn.dotted} (once, on a worker)",
-                                            worker.source_call, (node, fn_ref(op.fn), args, kwargs),
+                                            "source_call", (node, fn_ref(op.fn), args, kwargs),
                                             retries, res))
             self.parts[node] = [self._add(TaskSpec(part_key(key_of(node), i), node, f"part {i} of {k}",
-                                                   worker.take_part,
+                                                   "take_part",
                                                    (node, i, k, everything), retries, res)) for i in range(k)]
             return
         chain = _Chain(None, [None] * k)
@@ -481,7 +509,7 @@ class StepLowering:
             what = f"range, part of {k}"
         elif op.kind == "read_text":
             # One small task counts the lines once; each partition then reads its bytes only.
-            index = self._add(TaskSpec(f"{key_of(node)}-index", node, "count the lines", worker.line_index,
+            index = self._add(TaskSpec(f"{key_of(node)}-index", node, "count the lines", "line_index",
                                        (node, Arg(op.args[0], path=True)), retries, res))
             chain.head = steps.ReadText(node, Arg(op.args[0], path=True), k, chain.slot(index))
             what = f"read_text, part of {k}"
@@ -520,7 +548,7 @@ class StepLowering:
             member = Ref(f"{key_of(pool)}-member-{m}", pool, m)
             out.append(self._add(TaskSpec(
                 part_key(key_of(node), i), node, f"{op.kind} {pool}.{op.method} on pool member {m}",
-                worker.pool_call,
+                "pool",
                 (step, i, Seq(pool, m, i // size), m, member, base, *chain.refs),
                 retries_of(op.options), resources_of(op.options), member=(pool, m))))
         self.parts[node] = out
@@ -544,17 +572,17 @@ class StepLowering:
         while len(level) > fan:
             level = [self._add(TaskSpec(f"{key_of(node)}-L{depth}-{j}", node,
                                         f"combine {op.fn.dotted} (level {depth}, inputs {i}..{min(i + fan, len(level)) - 1})",
-                                        worker.finisher_task, (steps.Combine(node, fn, False, policy), *level[i:i + fan]),
+                                        "finish", (steps.Combine(node, fn, False, policy), *level[i:i + fan]),
                                         retries, res))
                      for j, i in enumerate(range(0, len(level), fan))]
             depth += 1
         self.values[node] = self._add(TaskSpec(key_of(node), node, f"combine {op.fn.dotted} (in partition order)",
-                                               worker.finisher_task, (steps.Combine(node, fn, True, policy), *level),
+                                               "finish", (steps.Combine(node, fn, True, policy), *level),
                                                retries, res))
 
     def _lower_count(self, node: str, op: ir.Count) -> None:
         lengths = self._partials(node, op.input.node, steps.Count(node), "len", None, key_of(node))
-        self.values[node] = self._add(TaskSpec(key_of(node), node, "sum of lengths", worker.finisher_task,
+        self.values[node] = self._add(TaskSpec(key_of(node), node, "sum of lengths", "finish",
                                                (steps.CountTotal(node), *lengths)))
 
     def _lower_top(self, node: str, op: ir.Top) -> None:
@@ -563,7 +591,7 @@ class StepLowering:
         by, n = fn_ref(op.by), Arg(op.n)
         cands = self._partials(node, src, steps.TopPartial(node, n, by, order), "top n (candidates)", None,
                                key_of(node))
-        self.values[node] = self._add(TaskSpec(key_of(node), node, "top n of the candidates", worker.finisher_task,
+        self.values[node] = self._add(TaskSpec(key_of(node), node, "top n of the candidates", "finish",
                                                (steps.TopMerge(node, n, by, order), *cands)))
 
     # shuffles: a split per input partition, a merge per output partition
@@ -605,3 +633,41 @@ class StepLowering:
 
     def _lower_union(self, node: str, op: ir.UnionAll) -> None:
         self.parts[node] = [ref for part in op.parts for ref in self.parts_of(part.node)]
+
+
+class PhysicalPlan:
+    """A pipeline planned once for one set of parameters: the steps of every block and
+    the tasks of every graph step, with partition counts known before running (those
+    known only at run time are planned with one partition and listed in ``unknown``)."""
+
+    def __init__(self, graph: ir.IR, params: dict[str, Any]):
+        self.ir = graph
+        self.params = params
+        self.planner = Planner(graph)
+        self.static = StaticContext(graph, params)
+        self.tasks: dict[int, list[TaskSpec]] = {}
+        self.parts: dict[str, list[str]] = {}  # collection node -> its partitions' keys
+        for step in self.planner.graph_steps():
+            lowering = StepLowering(graph, step, self.static, self.planner.actors)
+            self.tasks[step.number] = lowering.lower()
+            for node, refs in lowering.parts.items():
+                self.parts[node] = [r.key for r in refs]
+
+    @property
+    def root(self) -> list[Step]:
+        return self.planner.root
+
+    @property
+    def unknown(self) -> set[str]:
+        return self.static.unknown
+
+    def rounds(self, loop: ir.Loop) -> str:
+        """How many rounds ``loop`` runs, as far as is known before running."""
+        try:
+            count = f"{self.static.value(loop.count)} rounds"
+        except (LookupError, TypeError, ValueError, ArithmeticError):
+            count = f"`{loop.count.node}` rounds"
+        if loop.until is not None:
+            until = loop.until.node if isinstance(loop.until, ir.NodeRef) else repr(loop.until.value)
+            count = f"at most {count}, until `{until}`"
+        return count
