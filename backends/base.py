@@ -51,13 +51,19 @@ class NoProgress:
 
 
 class Plan(ABC):
-    """A pipeline lowered for one engine, for one set of parameters."""
+    """A pipeline lowered for one engine, for one set of parameters.
+
+    ``explain``, ``to_json`` and ``graph`` need no running engine; ``run`` has one
+    signature on every backend (engine sessions are the backend's options)."""
 
     backend: str
 
     def __init__(self, graph: ir.IR, params: dict[str, Any]):
         self.ir = graph
         self.params = params
+        # The .pipe text, for run-time errors with a caret (set by Pipeline.lower; a plan
+        # made from the IR alone reads the file when an error needs it).
+        self.source = None
 
     @abstractmethod
     def explain(self) -> str:
@@ -72,35 +78,53 @@ class Plan(ABC):
         return self.ir.graph
 
     @abstractmethod
-    def run(self, progress: Progress | None = None, run_dir: str | None = None) -> RunResult:
-        """Run the plan and return its results."""
+    def run(self, progress: Progress | None = None, run_dir: str | None = None, resume: bool = False) -> RunResult:
+        """Run the plan and return its results. ``run_dir`` is the run folder (snapshots,
+        records); ``resume`` continues the run in it after its last completed round, for
+        a backend whose capabilities include ``resume``."""
 
 
 class Backend(ABC):
-    """An engine. Subclasses set ``name``, ``capabilities`` and implement ``lower``."""
+    """An engine. Subclasses set ``name``, ``capabilities`` and implement ``lower``.
+
+    ``check`` makes every static refusal, before anything runs (``lower`` refuses
+    nothing); capabilities are data, ``resume`` among them."""
 
     name: str = ""
     description: str = ""
     capabilities: frozenset[str] = frozenset(FEATURES)
     # feature -> why it is missing and what to do instead
     gap_hints: dict[str, str] = {}
+    # The module whose presence says the engine is installed, and the pip extra that
+    # installs it (None: nothing to install).
+    engine_module: str | None = None
+    extra: str | None = None
 
     def __init__(self, address: str | None = None):
         self.address = address
 
     def check(self, graph: ir.IR) -> list[Diagnostic]:
-        """One error per use of a feature this backend lacks, before anything runs."""
+        """Every reason this backend refuses ``graph``, as diagnostics at the source
+        positions that need what is missing. Subclasses add engine facts (resources a
+        worker cannot offer, say) to the capability gaps found here."""
         out = []
         for feature, spans in features_used(graph).items():
             if feature in self.capabilities:
                 continue
             for span in spans:
-                where = Span(span.line, span.column, span.end_line, span.end_column, 0, 0) if span else None
-                out.append(Diagnostic(
-                    ERROR, f"backend `{self.name}` does not support {FEATURES[feature]}", where,
-                    self.gap_hints.get(feature), graph.info.path, code="unsupported"))
+                out.append(self.refusal(graph, span, f"backend `{self.name}` does not support {FEATURES[feature]}",
+                                        self.gap_hints.get(feature)))
         return out
+
+    def refusal(self, graph: ir.IR, span: ir.SpanModel | None, message: str, hint: str | None) -> Diagnostic:
+        """An "unsupported" error at ``span`` of ``graph``'s file."""
+        where = Span(span.line, span.column, span.end_line, span.end_column, 0, 0) if span else None
+        return Diagnostic(ERROR, message, where, hint, graph.info.path, code="unsupported")
+
+    def can(self, feature: str) -> bool:
+        """Whether this backend supports ``feature`` (a key of capabilities.FEATURES)."""
+        return feature in self.capabilities
 
     @abstractmethod
     def lower(self, graph: ir.IR, params: dict[str, Any]) -> Plan:
-        """Translate the IR into this engine's plan."""
+        """Translate the IR into this engine's plan (``check`` has accepted it)."""

@@ -54,7 +54,6 @@ class LocalBackend(Backend):
 
 class LocalPlan(Plan):
     backend = "local"
-    resumable = True  # `pipec run --resume RUN`
 
     def explain(self) -> str:
         lines = [f"local plan for pipeline `{self.ir.info.name}` (runs in process, in this order)"]
@@ -71,7 +70,7 @@ class LocalPlan(Plan):
     def run(self, progress: Progress | None = None, run_dir: str | None = None, resume: bool = False) -> RunResult:
         """Run in this process; with ``resume``, continue the run in ``run_dir`` after its
         last completed round."""
-        return LocalDriver(self.ir, self.params, progress, run_dir, resume).run()
+        return LocalDriver(self.ir, self.params, progress, run_dir, resume, self.source).run()
 
 
 def _explain_block(graph: ir.IR, block: Block, lines: list[str], depth: int) -> None:

@@ -36,8 +36,8 @@ def engine(address: str | None):
             _CLIENT.clear()
 
 
-def run_options() -> dict:
-    """What ``plan.run`` needs to run on the same client."""
+def engine_options() -> dict:
+    """The backend options that run pipec on the same client."""
     return {"client": _CLIENT[0]}
 
 

@@ -33,8 +33,8 @@ def engine(address: str | None):
         stop_runtime()
 
 
-def run_options() -> dict:
-    """What ``plan.run`` needs to run on the same runtime: nothing, it reuses this
+def engine_options() -> dict:
+    """The backend options that run pipec on the same runtime: nothing, it reuses this
     process's."""
     return {}
 

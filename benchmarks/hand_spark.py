@@ -45,8 +45,8 @@ def engine(address: str | None):
         session.stop()
 
 
-def run_options() -> dict:
-    """What ``plan.run`` needs to run on the same context: nothing, it reuses the active
+def engine_options() -> dict:
+    """The backend options that run pipec on the same context: nothing, it reuses the active
     one."""
     return {}
 

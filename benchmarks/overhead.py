@@ -22,7 +22,7 @@ examples/wordcount.pipe's formulation (a call per word and per pair) against the
 hand-written program, to show what that formulation costs.
 
 A backend joins by providing ``benchmarks/hand_<backend>.py`` with ``engine(address)`` (a
-context manager yielding a one-line description), ``run_options()`` (what ``plan.run``
+context manager yielding a one-line description), ``engine_options()`` (the backend options for
 needs to share the engine), ``WEIGHTS_RTOL`` and one function per workload.
 """
 
@@ -55,9 +55,10 @@ def hand_written(backend: str):
 
 
 def pipec_plan(name: str, backend: str, params: dict):
-    """The benchmark pipeline ``name``, lowered for ``backend`` with ``params``."""
+    """The benchmark pipeline ``name``, lowered for ``backend`` with ``params``, on the
+    engine session the hand-written programs use."""
     from pipec import load
-    return load(HERE / f"{name}.pipe").lower(backend, params)
+    return load(HERE / f"{name}.pipe").lower(backend, params, **hand_written(backend).engine_options())
 
 
 class Workload:
@@ -75,7 +76,7 @@ def workload(name: str, size: dict, backend: str, scratch: Path) -> Workload:
     runs = str(scratch / "runs" / name)
 
     def run(plan):
-        return lambda: plan.run(run_dir=runs, **progs.run_options())
+        return lambda: plan.run(run_dir=runs)
 
     if name == "mapreduce":
         plan = pipec_plan(name, backend, {"n": size["n"], "parts": size["parts"]})

@@ -21,6 +21,7 @@ FEATURES: dict[str, str] = {
     "keyed": "keyed operations (`reduce_by_key`, `group_by_key`, `join`, `distinct`)",
     "timeout": "per-stage `timeout`",
     "gpus": "GPU resources",
+    "resume": "continuing a run whose driver died (`pipec run --resume RUN`)",
 }
 
 

@@ -13,7 +13,7 @@ import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from pipec.dsl import ast
 from pipec.dsl.diagnostics import (ERROR, Diagnostic, SemanticError, UnsupportedOnBackend, UsageError,
@@ -22,6 +22,9 @@ from pipec.dsl.parser import MAX_NESTING, parse
 from pipec.dsl.source import SourceFile
 from pipec.compiler import ir
 from pipec.compiler.build import Builder
+
+if TYPE_CHECKING:
+    from pipec.backends.base import Backend
 
 
 @dataclass
@@ -43,13 +46,13 @@ class Pipeline:
     def warnings(self) -> list[Diagnostic]:
         return [d for d in self.diagnostics if not d.is_error]
 
-    def check(self, backend: str | None = None) -> list[Diagnostic]:
-        """Raise :class:`CompileError` if the pipeline (or ``backend``'s capabilities)
-        rejects it; otherwise return the warnings."""
+    def check(self, backend: "str | Backend | None" = None) -> list[Diagnostic]:
+        """Raise :class:`CompileError` if the pipeline (or ``backend``, a name or a
+        configured Backend, with its capabilities and engine facts) rejects it; otherwise
+        return the warnings."""
         diagnostics = list(self.diagnostics)
         if backend is not None:
-            from pipec.backends import get_backend
-            diagnostics += get_backend(backend).check(self.ir)
+            diagnostics += self.backend(backend).check(self.ir)
         errors = [d for d in diagnostics if d.is_error]
         if errors:
             gap = all(d.code == "unsupported" for d in errors)
@@ -60,18 +63,36 @@ class Pipeline:
         """Bind parameters: defaults, overridden by ``given`` (strings are parsed by type)."""
         return bind_params(self, given or {})
 
-    def lower(self, backend: str | None = None, params: Mapping[str, Any] | None = None, **options):
-        """The backend's plan for these parameters (what `pipec compile` shows)."""
+    @staticmethod
+    def backend(backend: "str | Backend | None" = None, **options) -> "Backend":
+        """A configured Backend: ``backend`` itself, or the one registered under that name
+        (the default engine for None) made with ``options`` (``address``, ...)."""
         from pipec.backends import DEFAULT_BACKEND, get_backend
-        backend = backend or DEFAULT_BACKEND
-        self.check(backend)
-        engine = get_backend(backend, **options)
-        return engine.lower(self.ir, self.params(params))
+        from pipec.backends.base import Backend
+        if isinstance(backend, Backend):
+            return backend
+        return get_backend(backend or DEFAULT_BACKEND, **options)
 
-    def run(self, backend: str | None = None, params: Mapping[str, Any] | None = None, **options):
-        """Run the pipeline; returns a :class:`pipec.backends.base.RunResult`."""
-        plan = self.lower(backend, params, **{k: v for k, v in options.items() if k == "address"})
-        return plan.run(**{k: v for k, v in options.items() if k != "address"})
+    def lower(self, backend: "str | Backend | None" = None, params: Mapping[str, Any] | None = None, **options):
+        """The backend's plan for these parameters (what `pipec compile` shows); checks
+        first, so every refusal comes before anything is lowered."""
+        engine = self.backend(backend, **options)
+        self.check(engine)
+        plan = engine.lower(self.ir, self.params(params))
+        plan.source = self.source
+        return plan
+
+    def run(self, backend: "str | Backend | None" = None, params: Mapping[str, Any] | None = None,
+            progress=None, run_dir: str | None = None, resume: bool = False, **options):
+        """Run the pipeline on ``backend`` (made with engine ``options``: ``address``, a
+        Dask ``client``, ...); ``resume`` continues the run in ``run_dir``. Returns a
+        :class:`pipec.backends.base.RunResult`."""
+        engine = self.backend(backend, **options)
+        if resume and not engine.can("resume"):
+            raise UsageError(f"backend `{engine.name}` cannot resume a run",
+                             "run it again without --resume, or on a backend that can (`pipec backends`)")
+        plan = self.lower(engine, params)
+        return plan.run(progress=progress, run_dir=run_dir, resume=resume)
 
 
 def load(path: str | Path) -> Pipeline:

@@ -26,8 +26,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _backend_names() -> list[str]:
-    from pipec.backends import REGISTRY
-    return list(REGISTRY)
+    from pipec.backends import names
+    return names()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,21 +206,20 @@ def cmd_fmt(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from pipec.backends import DEFAULT_BACKEND
     from pipec.progress import TerminalProgress, print_summary
     pipeline = _load(args.file)
-    backend = args.backend or DEFAULT_BACKEND
-    for d in pipeline.check(backend):
+    engine = pipeline.backend(args.backend, **({"address": args.address} if args.address else {}))
+    for d in pipeline.check(engine):
         print(d.render(pipeline.source), file=sys.stderr)
     params = _params(pipeline, args.param)
-    options = {"address": args.address} if args.address else {}
-    plan = pipeline.lower(backend, params, **options)
+    if args.resume and not engine.can("resume"):
+        raise UsageError(f"backend `{engine.name}` cannot resume a run",
+                         "run it again without --resume, or on a backend that can (`pipec backends`)")
+    plan = pipeline.lower(engine, params)
     run_options = {"run_dir": args.run_dir}
     if args.resume:
-        if not getattr(plan, "resumable", False):
-            raise UsageError(f"backend `{backend}` cannot resume a run", "run it again without --resume")
         run_options = {"run_dir": _resume_dir(args.resume, args.run_dir), "resume": True}
-    elif getattr(plan, "resumable", False):
+    elif engine.can("resume"):
         # Name the run before it starts: if its driver dies, this is what --resume needs.
         run_id = args.run_dir or uuid.uuid4().hex[:12]
         run_options["run_dir"] = args.run_dir or str(Path(".pipec") / "runs" / run_id)
@@ -243,18 +242,18 @@ def _resume_dir(run: str, run_dir: str | None) -> str:
 
 
 def cmd_backends(args) -> int:
-    from pipec.backends import REGISTRY, backend_class
+    from pipec.backends import backend_class, names
     from pipec.compiler.capabilities import FEATURES
-    names = list(REGISTRY)
-    classes = {n: backend_class(n) for n in names}
+    known = names()
+    classes = {n: backend_class(n) for n in known}
     width = max(len(f) for f in FEATURES)
-    print(f"{'feature':<{width}}  " + "  ".join(f"{n:>6}" for n in names))
+    print(f"{'feature':<{width}}  " + "  ".join(f"{n:>6}" for n in known))
     for feature in FEATURES:
-        marks = "  ".join(f"{'yes' if feature in classes[n].capabilities else 'no':>6}" for n in names)
+        marks = "  ".join(f"{'yes' if feature in classes[n].capabilities else 'no':>6}" for n in known)
         print(f"{feature:<{width}}  {marks}")
     print()
-    for n in names:
-        extra = REGISTRY[n][2]
+    for n in known:
+        extra = classes[n].extra
         print(f"{n}: {classes[n].description}" + (f"  (pip install 'pipec[{extra}]')" if extra else ""))
     return EXIT_OK
 

@@ -148,10 +148,10 @@ pipeline p() {
 }""", m_keys_never_collide="def inc(x):\n    return x + 1\n")
     monkeypatch.chdir(tmp_path)
     pipeline = load(path)
-    plan = pipeline.lower("dask")
+    plan = pipeline.lower("dask", client=client)
     keys = [s.key for specs in plan.physical.tasks.values() for s in specs]
     assert len(keys) == len(set(keys)) and "count#2" in keys and "count-2" in keys
-    assert _sinks(plan.run(client=client)) == _sinks(pipeline.run(backend="local"))
+    assert _sinks(plan.run()) == _sinks(pipeline.run(backend="local"))
 
 
 def test_plan_json_and_graph_for_the_renderer():
@@ -184,8 +184,8 @@ def test_compile_cli_text_and_json_never_import_the_engine(tmp_path):
 
 
 def test_run_submits_exactly_the_planned_keys(client, workdir):
-    plan = load("examples/train.pipe").lower("dask", {"rows": 2000, "epochs": 3})
-    plan.run(client=client)
+    plan = load("examples/train.pipe").lower("dask", {"rows": 2000, "epochs": 3}, client=client)
+    plan.run()
     submitted = plan.last_driver.submitted
     assert len(submitted) == 1 + 3  # the batches once, then one graph per round
     assert sorted(submitted[0]) == sorted(s.key for s in plan.physical.tasks[1])
@@ -229,7 +229,7 @@ class Acc:
 
 def test_progress_per_stage_and_round(client, workdir):
     rec = Recorder()
-    load("examples/train.pipe").lower("dask", {"rows": 2000, "epochs": 3}).run(progress=rec, client=client)
+    load("examples/train.pipe").lower("dask", {"rows": 2000, "epochs": 3}, client=client).run(progress=rec)
     assert rec.rounds == [("loop1", 0, 3), ("loop1", 1, 3), ("loop1", 2, 3)]
     assert rec.stages["grads"] == 8 and rec.stages["total"] == 1 and rec.stages["batches"] == 9
     assert rec.advanced["grads"] == 3 * 8 and rec.advanced["total"] == 3
@@ -299,9 +299,9 @@ pipeline p() {
 }"""
     path = write_pipe(text % "cpus 1", m_resources_map_to_wor="def inc(x):\n    return x + 1\n")
     monkeypatch.chdir(tmp_path)
-    plan = load(path).lower("dask")
+    plan = load(path).lower("dask", client=client)
     assert [s.resources for s in plan.physical.tasks[1] if s.group == "ys"] == [{"CPU": 1.0}] * 2
-    assert plan.run(client=client).outputs["out"] == [1, 2, 3, 4, 5, 6]
+    assert plan.run().outputs["out"] == [1, 2, 3, 4, 5, 6]
     gpu = write_pipe(text % "gpus 1", name="g.pipe", m_resources_map_to_wor="def inc(x):\n    return x + 1\n")
     with pytest.raises(UnsupportedOnBackend) as err:
         load(gpu).lower("dask")  # the embedded cluster has no GPU: refused before running
@@ -362,7 +362,7 @@ def test_killing_the_parameter_server_worker_mid_train_gives_the_clean_weights(k
     client = kill_client
     params = {"rows": 4000, "epochs": 12}
     pipeline = load("examples/train.pipe")
-    clean = _sinks(pipeline.lower("dask", params).run(client=client))
+    clean = _sinks(pipeline.lower("dask", params, client=client).run())
     assert clean == _sinks(pipeline.run(backend="local", params=params))
     killed = []
 
@@ -371,8 +371,8 @@ def test_killing_the_parameter_server_worker_mid_train_gives_the_clean_weights(k
             address = _actor_worker(client, "ps-actor@")
             _kill(client, address)
             killed.append(address)
-    plan = pipeline.lower("dask", params)
-    result = plan.run(progress=Recorder(on_round=on_round), client=client)
+    plan = pipeline.lower("dask", params, client=client)
+    result = plan.run(progress=Recorder(on_round=on_round))
     assert killed
     assert _sinks(result) == clean
     events = plan.last_driver.events
@@ -415,7 +415,7 @@ def add(a, b):
     def on_stage(name):
         if name == "ys" and not killed:
             threading.Thread(target=kill_busy_worker, daemon=True).start()
-    result = pipeline.lower("dask").run(progress=Recorder(on_stage=on_stage), client=client)
+    result = pipeline.lower("dask", client=client).run(progress=Recorder(on_stage=on_stage))
     assert killed
     assert _sinks(result) == local
 
@@ -460,8 +460,8 @@ class Counter:
 """)
     monkeypatch.chdir(tmp_path)
     killed: list = []
-    plan = load(path).lower("dask")
-    result = plan.run(progress=_kill_during(kill_client, "pushed", "c-actor@", killed), client=kill_client)
+    plan = load(path).lower("dask", client=kill_client)
+    result = plan.run(progress=_kill_during(kill_client, "pushed", "c-actor@", killed))
     assert killed
     # re-created from scratch (no checkpoint), and the whole stage ran again against it
     assert result.outputs == {"seen": 40, "total": sum(range(40))}
@@ -485,8 +485,8 @@ class Doubler:
 """)
     monkeypatch.chdir(tmp_path)
     killed: list = []
-    plan = load(path).lower("dask")
-    result = plan.run(progress=_kill_during(kill_client, "ys", "ds-member-0@", killed), client=kill_client)
+    plan = load(path).lower("dask", client=kill_client)
+    result = plan.run(progress=_kill_during(kill_client, "ys", "ds-member-0@", killed))
     assert killed
     assert result.outputs["out"] == [2 * x for x in range(40)]
     assert "member 0 of actor pool `ds` was lost" in plan.last_driver.events[0]
@@ -510,7 +510,7 @@ pipeline p() {
         if index == 1:
             _kill(client, _actor_worker(client, "c-actor@"))
     with pytest.raises(PipelineRuntimeError) as err:
-        load(path).lower("dask").run(progress=Recorder(on_round=on_round), client=client)
+        load(path).lower("dask", client=client).run(progress=Recorder(on_round=on_round))
     assert "actor `c` was lost with its worker and has no restarts left" in err.value.render()
     assert "restarts N" in err.value.render()
 

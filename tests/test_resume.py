@@ -100,5 +100,8 @@ def test_a_stopped_run_resumes_after_its_last_round_and_ends_as_a_clean_run(back
 
 
 def test_backends_without_records_refuse_to_resume(tmp_path):
-    plan = load(_write(tmp_path / "p")).lower("dask", {"marker": "m"})
-    assert not getattr(plan, "resumable", False)
+    from pipec.backends import backend_class
+    pipeline = load(_write(tmp_path / "p"))
+    assert not backend_class("dask")().can("resume")
+    with pytest.raises(UsageError, match="cannot resume"):
+        pipeline.run(backend="dask", params={"marker": "m"}, run_dir=str(tmp_path / "run"), resume=True)

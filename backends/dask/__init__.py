@@ -18,8 +18,7 @@ import networkx as nx
 
 from pipec.compiler import ir
 from pipec.compiler.capabilities import FEATURES
-from pipec.dsl.diagnostics import ERROR, Diagnostic, UnsupportedOnBackend
-from pipec.dsl.source import SourceFile, Span
+from pipec.dsl.diagnostics import Diagnostic
 from pipec.backends.base import Backend, Plan, Progress, RunResult
 from pipec.backends.dask.engine import LocalShape, scheduler_address
 from pipec.backends.physical import explain as explaining
@@ -33,51 +32,52 @@ KEY_NOTE = ("each task is a Dask key: `stage-i` is partition i of a stage, a bar
 class DaskBackend(Backend):
     name = "dask"
     description = "Dask task graphs on an embedded local cluster, or on a scheduler (--address)"
-    # Every feature: actors are Dask actors made fault tolerant by checkpoint and replay,
-    # timeouts are enforced in the task body. GPUs need a cluster whose workers have them.
-    capabilities = frozenset(FEATURES)
-    gap_hints: dict[str, str] = {}
+    # Actors are Dask actors made fault tolerant by checkpoint and replay, timeouts are
+    # the interpreter's. GPUs need a cluster whose workers have them.
+    capabilities = frozenset(FEATURES) - {"resume"}
+    engine_module, extra = "distributed", "dask"
 
-    def __init__(self, address: str | None = None, shape: LocalShape | None = None):
+    def __init__(self, address: str | None = None, shape: LocalShape | None = None, client=None):
+        """``address`` of a scheduler, the ``shape`` of the embedded cluster, or a
+        :class:`distributed.Client` the caller keeps (``client``)."""
         super().__init__(address)
+        self.client = client
         self.shape = shape
+        self.scheduler = scheduler_address(address)
+
+    def local_shape(self) -> LocalShape | None:
+        """The embedded cluster's shape; None when a scheduler or a client is given."""
+        if self.scheduler or self.client is not None:
+            return None
+        return self.shape or LocalShape.of_machine()
+
+    def check(self, graph: ir.IR) -> list[Diagnostic]:
+        """Capability gaps, and stages asking for more than a worker of the embedded
+        cluster has (they would wait forever)."""
+        out = super().check(graph)
+        shape = self.local_shape()
+        if shape is None:
+            return out
+        for node, op in graph.items():
+            options = getattr(op, "options", None)
+            if options is None:
+                continue
+            r = options.resources
+            wanted = []
+            if r.gpus:
+                wanted.append(("a GPU", "no worker of the local cluster has a GPU"))
+            if r.cpus is not None and r.cpus > shape.threads:
+                wanted.append((f"{r.cpus:g} cpus", f"each worker of the local cluster has {shape.threads}"))
+            if r.memory is not None and r.memory > shape.memory:
+                wanted.append((f"{r.memory / 2**30:.1f} GiB of memory",
+                               f"each worker of the local cluster has {shape.memory / 2**30:.1f} GiB"))
+            for what, why in wanted:
+                out.append(self.refusal(graph, op.span, f"stage `{op.name or node}` needs {what}: {why}",
+                                        "ask for less, or run on a cluster that has it (--address)"))
+        return out
 
     def lower(self, graph: ir.IR, params: dict[str, Any]) -> "DaskPlan":
-        address = scheduler_address(self.address)
-        shape = None if address else (self.shape or LocalShape.of_machine())
-        if shape is not None:
-            _check_resources(graph, shape)
-        return DaskPlan(graph, params, address, shape)
-
-
-def _check_resources(graph: ir.IR, shape: LocalShape) -> None:
-    """A stage asking for more than a local worker has would wait forever: refuse it now."""
-    problems = []
-    for node, op in graph.items():
-        options = getattr(op, "options", None)
-        if options is None:
-            continue
-        r = options.resources
-        wanted = []
-        if r.gpus:
-            wanted.append(("a GPU", "no worker of the local cluster has a GPU"))
-        if r.cpus is not None and r.cpus > shape.threads:
-            wanted.append((f"{r.cpus:g} cpus", f"each worker of the local cluster has {shape.threads}"))
-        if r.memory is not None and r.memory > shape.memory:
-            wanted.append((f"{r.memory / 2**30:.1f} GiB of memory",
-                           f"each worker of the local cluster has {shape.memory / 2**30:.1f} GiB"))
-        for what, why in wanted:
-            span = op.span
-            where = Span(span.line, span.column, span.end_line, span.end_column, 0, 0) if span else None
-            problems.append(Diagnostic(ERROR, f"stage `{op.name or node}` needs {what}: {why}", where,
-                                       "ask for less, or run on a cluster that has it (--address)",
-                                       graph.info.path, code="unsupported"))
-    if problems:
-        try:
-            source = SourceFile.read(graph.info.path)
-        except Exception:
-            source = None
-        raise UnsupportedOnBackend(problems, source)
+        return DaskPlan(graph, params, self.scheduler, self.local_shape(), self.client)
 
 
 class DaskPlan(Plan):
@@ -86,17 +86,20 @@ class DaskPlan(Plan):
 
     backend = "dask"
 
-    def __init__(self, graph: ir.IR, params: dict[str, Any], address: str | None, shape: LocalShape | None):
+    def __init__(self, graph: ir.IR, params: dict[str, Any], address: str | None, shape: LocalShape | None,
+                 client=None):
         super().__init__(graph, params)
         self.address = address
         self.shape = shape
+        self.client = client
         self.physical = PhysicalPlan(graph, params)
 
     # ---- what runs
 
     @property
     def mapping(self) -> explaining.Mapping:
-        engine = f"Dask scheduler at {self.address}" if self.address else self.shape.describe()
+        engine = (f"Dask scheduler at {self.address}" if self.address else
+                  self.shape.describe() if self.shape else "the Dask cluster of the given client")
         return explaining.Mapping(
             "dask", engine, KEY_NOTE,
             {"address": self.address, "embedded": self.address is None,
@@ -116,14 +119,14 @@ class DaskPlan(Plan):
 
     # ---- running
 
-    def run(self, progress: Progress | None = None, run_dir: str | None = None, client=None) -> RunResult:
+    def run(self, progress: Progress | None = None, run_dir: str | None = None, resume: bool = False) -> RunResult:
         """Run on the embedded cluster (started and stopped here), on ``address``, or on
-        ``client`` (a :class:`distributed.Client` the caller keeps)."""
+        the backend's ``client`` (a :class:`distributed.Client` the caller keeps)."""
         from pipec.backends.dask.driver import DaskDriver
         from pipec.backends.dask.engine import Session
         driver = DaskDriver(self, None, progress, run_dir)
         with Session(self.address, self.shape or LocalShape.of_machine(), driver.run_dir / "engine.log",
-                     client) as live:
+                     self.client) as live:
             driver.client = live
             with live.as_current():  # actor handles unpickled here bind to this client
                 result = driver.run()

@@ -146,7 +146,7 @@ class DaskDriver(Driver):
     backend = "dask"
 
     def __init__(self, plan, client, progress=None, run_dir: str | None = None):
-        super().__init__(plan.ir, plan.params, progress, run_dir)
+        super().__init__(plan.ir, plan.params, progress, run_dir, source=plan.source)
         self.plan = plan
         self.planner = plan.physical.planner
         self.client = client

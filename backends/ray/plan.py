@@ -592,6 +592,7 @@ class RayBackend(Backend):
                    "from snapshots with calls replayed exactly once")
     capabilities = frozenset(FEATURES)
     gap_hints: dict[str, str] = {}
+    engine_module, extra = "ray", "ray"
 
     def lower(self, graph: ir.IR, params: dict[str, Any]) -> RayPlan:
         return RayPlan(graph, params, self.address)

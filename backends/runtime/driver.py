@@ -42,7 +42,7 @@ class Driver:
     resumable = False
 
     def __init__(self, graph: ir.IR, params: dict[str, Any], progress: Progress | None = None,
-                 run_dir: str | None = None, resume: bool = False):
+                 run_dir: str | None = None, resume: bool = False, source: SourceFile | None = None):
         self.ir = graph
         self.params = params
         self.progress = progress or NoProgress()
@@ -52,7 +52,7 @@ class Driver:
         self.round_index: dict[str, int] = {}
         self.result = RunResult(backend=self.backend, run_dir=str(self.run_dir))
         self.logs: dict[str, ReplayLog] = {}
-        self._source: SourceFile | None = None
+        self._source = source  # the .pipe text for errors; read from the file only when missing
         self.resume = resume
         self.record: resuming.Record | None = None  # what a resumed run continues from
         self.records = resuming.RecordWriter(self.run_dir)

@@ -30,6 +30,7 @@ class SparkBackend(Backend):
     description = ("Apache Spark (PySpark RDDs): fused stage passes, keyed shuffles, actors hosted "
                    "in the driver, resumable runs; needs Java 17+")
     capabilities = frozenset(FEATURES) - {"actor_handle"}
+    engine_module, extra = "pyspark", "spark"
     gap_hints = {
         "actor_handle": (
             "Spark has tasks but no actors: pipec hosts a Spark pipeline's actors in the driver, and a "
