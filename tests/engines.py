@@ -2,15 +2,18 @@
 
 Starting Ray or Spark costs seconds, so every test file reuses one runtime per session
 (``engine_options(backend)`` starts it lazily; ``shutdown_all()`` runs at session end,
-from tests/conftest.py). A backend joins the conformance suite by being listed in
-``BACKENDS``.
+from tests/conftest.py). Every registered backend (the ``pipec.backends`` entry points)
+is in ``BACKENDS``, so a new one joins the conformance suites by registering; one whose
+engine needs a shared session for the tests adds a starter to ``_STARTERS``.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
-BACKENDS = ["local", "dask", "ray", "spark"]
+from pipec.backends import names
+
+BACKENDS = names()
 
 # backend -> function starting the engine once and returning run options (e.g. address)
 _STARTERS: dict[str, Callable[[], dict[str, Any]]] = {}

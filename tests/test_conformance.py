@@ -3,10 +3,11 @@
 Each case is a small pipeline exercising one operator, actor form, loop, parameter or
 sink. The local backend is the reference; every other backend must write exactly the
 bytes it writes. A backend that lacks a feature must say so at compile time
-(UnsupportedOnBackend naming the feature and the backend): that is declared next to
-the case in ``GAPS`` and tested too, so a gap that closes is noticed.
+(UnsupportedOnBackend naming the feature and the backend): the gaps are the features a
+case uses that the backend's declared capabilities lack, so a gap that closes makes
+the case run, and pass or fail on its bytes.
 
-Backends join by adding their name to ``BACKENDS`` in tests/engines.py.
+Every registered backend runs the suite (tests/engines.py discovers them).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import pytest
 
 from pipec import load
 from pipec.dsl.diagnostics import PipelineRuntimeError, UnsupportedOnBackend
+from pipec.backends import backend_class
+from pipec.compiler.capabilities import FEATURES, features_used
 from tests.engines import BACKENDS, engine_options
 
 MODULE = '''
@@ -233,11 +236,6 @@ _PARAM_DECLS = {"n": "n: int = 10", "parts": "parts: int = 2", "factor": "factor
                 "name": "name: str = \"x\"", "flag": "flag: bool = false"}
 
 # Features a backend lacks, declared as data: backend -> {case: feature it is missing}.
-GAPS: dict[str, dict[str, str]] = {
-    # Spark has no actors: pipec hosts them in the driver, where a running task cannot call.
-    "spark": {"handle_in_stage_schedule_dependent": "actor_handle"},
-}
-
 # Cases whose sinks depend on scheduling: checked by a property, not by bytes.
 PROPERTIES = {
     "handle_in_stage_schedule_dependent": lambda out: (
@@ -271,12 +269,15 @@ def _run_case(tmp_path: Path, monkeypatch, backend: str, name: str, case: Case) 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_conformance(backend, name, tmp_path, monkeypatch):
     case = CASES[name]
-    gap = GAPS.get(backend, {}).get(name)
-    if gap is not None:
-        path = _write_case(tmp_path, name, case)
+    (tmp_path / "gaps").mkdir()
+    path = _write_case(tmp_path / "gaps", name, case)
+    gaps = set(features_used(load(path).ir)) - backend_class(backend).capabilities
+    if gaps:
+        # A declared gap: refused before anything runs, naming what is missing.
         with pytest.raises(UnsupportedOnBackend) as err:
             load(path).check(backend)
-        assert f"backend `{backend}` does not support" in str(err.value)
+        for feature in gaps:
+            assert f"backend `{backend}` does not support {FEATURES[feature]}" in str(err.value)
         return
     got = _run_case(tmp_path, monkeypatch, backend, name, case)
     assert got, "the case wrote no sink"
@@ -301,7 +302,7 @@ def test_missing_text_file_is_reported_at_its_source(backend, tmp_path, monkeypa
     assert not (tmp_path / backend / "out").exists()
 
 
-@pytest.mark.parametrize("example", ["wordcount", "pagerank", "kmeans", "infer", "train"])
+@pytest.mark.parametrize("example", sorted(p.stem for p in (Path(__file__).parent.parent / "examples").glob("*.pipe")))
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "local"])
 def test_examples_identical_to_local(backend, example, workdir):
     params = {"train": {"rows": 4_000, "epochs": 4}, "infer": {"n": 500}, "kmeans": {"points": 300}}.get(example, {})

@@ -169,20 +169,6 @@ def test_plan_json_and_graph_for_the_renderer():
     assert g.has_edge("top_words/value", "driver:top_words")
 
 
-def test_compile_cli_text_and_json_never_import_the_engine(tmp_path):
-    code = ("import sys\nfrom pipec.cli import main\n"
-            "rc = main(['compile', 'examples/train.pipe', '--backend', 'dask', '-o', sys.argv[1]])\n"
-            "rc2 = main(['compile', 'examples/train.pipe', '--backend', 'dask', '--format', 'json', '-o', sys.argv[2]])\n"
-            "print(rc, rc2, 'distributed' in sys.modules, 'dask' in sys.modules)\n")
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "p.txt"), str(tmp_path / "p.json")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert out.stdout.split() == ["0", "0", "False", "False"], out.stderr
-    assert "grads-3" in (tmp_path / "p.txt").read_text()
-    steps = json.loads((tmp_path / "p.json").read_text())["steps"]
-    loop = next(s for s in steps if s["step"] == "loop")
-    assert any(t["key"] == "total" for s in loop["steps"] if s["step"] == "graph" for t in s["tasks"])
-
-
 def test_run_submits_exactly_the_planned_keys(client, workdir):
     plan = load("examples/train.pipe").lower("dask", {"rows": 2000, "epochs": 3}, client=client)
     plan.run()
@@ -233,60 +219,6 @@ def test_progress_per_stage_and_round(client, workdir):
     assert rec.rounds == [("loop1", 0, 3), ("loop1", 1, 3), ("loop1", 2, 3)]
     assert rec.stages["grads"] == 8 and rec.stages["total"] == 1 and rec.stages["batches"] == 9
     assert rec.advanced["grads"] == 3 * 8 and rec.advanced["total"] == 3
-
-
-def test_stage_error_points_at_the_source_line(client, write_pipe, tmp_path, monkeypatch):
-    path = write_pipe("""
-use m_stage_error_points_a as m
-pipeline p() {
-    source xs = range(10) partitions 2
-    stage ys = map m.boom over xs
-    sink out = collect(ys) -> json("out/o.json")
-}""", m_stage_error_points_a="def boom(x):\n    if x == 7:\n        raise ValueError('bad seven')\n    return x\n")
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(PipelineRuntimeError) as err:
-        load(path).run(backend="dask", client=client)
-    text = err.value.render()
-    assert "in `ys`: ValueError: bad seven (partition 1)" in text
-    assert "p.pipe:5:" in text and "raised at" in text and "m_stage_error_points_a.py:3" in text
-    assert not (tmp_path / "out" / "o.json").exists()
-
-
-def test_retries_are_dask_retries_and_timeouts_hold(client, write_pipe, tmp_path, monkeypatch):
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    module = f"""
-import os, time
-def flaky(batch, partition):
-    mark = os.path.join({str(marks)!r}, str(partition))
-    if not os.path.exists(mark):
-        open(mark, "w").close()
-        raise RuntimeError("first try fails")
-    return [x * 2 for x in batch]
-def slow(x):
-    time.sleep(3)
-    return x
-"""
-    path = write_pipe("""
-use m_retries_are_dask_ret as m
-pipeline p() {
-    source xs = range(12) partitions 3
-    stage ys = map_batches m.flaky over xs retries 1
-    sink out = collect(ys) -> json("out/o.json")
-}""", m_retries_are_dask_ret=module)
-    monkeypatch.chdir(tmp_path)
-    assert load(path).lower("dask").physical.tasks[1][0].retries == 1
-    result = load(path).run(backend="dask", client=client)
-    assert json.loads(Path(result.files["out"]).read_text()) == [x * 2 for x in range(12)]
-    slow = write_pipe("""
-use m_retries_are_dask_ret as m
-pipeline q() {
-    source xs = range(2) partitions 1
-    stage ys = map m.slow over xs timeout 0.5
-    sink out = collect(ys)
-}""", name="q.pipe", m_retries_are_dask_ret=module)
-    with pytest.raises(PipelineRuntimeError, match="did not finish within its timeout of 0.5 s"):
-        load(slow).run(backend="dask", client=client)
 
 
 def test_resources_map_to_worker_resources(client, write_pipe, tmp_path, monkeypatch):
@@ -516,18 +448,6 @@ pipeline p() {
 
 
 # ---- the engine: embedded, and a real `dask scheduler` + `dask worker` ------------------------------
-
-
-def test_pipec_run_starts_and_stops_a_quiet_local_cluster(workdir):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-m", "pipec", "run", "examples/wordcount.pipe", "--backend", "dask",
-                          "--run-dir", "run"], capture_output=True, text=True, timeout=120, env=env)
-    assert out.returncode == 0, out.stderr
-    assert out.stderr.startswith("pipeline `wordcount` finished on dask in"), out.stderr
-    assert "distributed" not in out.stderr and "Traceback" not in out.stderr
-    dask_top = Path("out/top.json").read_bytes()
-    local = load("examples/wordcount.pipe").run(backend="local")
-    assert Path(local.files["top_words"]).read_bytes() == dask_top
 
 
 @pytest.fixture(scope="module")

@@ -111,27 +111,6 @@ def test_mutating_a_input_is_caught(write_pipe):
     assert "changed its input" in str(err.value)
 
 
-def test_retries_recover_a_transient_failure(write_pipe):
-    result = run(write_pipe, "source xs = range(1) partitions 1\nstage ys = map m.flaky over xs retries 2\n"
-                             "sink out = collect(ys)")
-    assert result.outputs["out"] == [0]
-
-
-def test_without_retries_the_error_names_stage_partition_and_user_line(write_pipe):
-    with pytest.raises(PipelineRuntimeError) as err:
-        run(write_pipe, "source xs = range(4) partitions 2\nstage ys = map m.boom over xs\nsink out = collect(ys)")
-    text = str(err.value)
-    assert "`ys`" in text and "ValueError: bad item 0" in text and "partition 0" in text
-    assert "m.py" in text  # points at the user's code
-
-
-def test_timeout_is_enforced(write_pipe):
-    with pytest.raises(PipelineRuntimeError) as err:
-        run(write_pipe, "source xs = range(1) partitions 1\nstage ys = map m.slow over xs timeout 0.2\n"
-                        "sink out = collect(ys)")
-    assert "timeout of 0.2 s" in str(err.value)
-
-
 def test_keyed_results_sorted_and_grouped_in_input_order(write_pipe):
     result = run(write_pipe, "source xs = range(12) partitions 4\nstage pairs = map m.pair over xs\n"
                              "stage sums = reduce_by_key m.add over pairs\n"

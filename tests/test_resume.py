@@ -15,9 +15,11 @@ import pytest
 
 from pipec import load
 from pipec.dsl.diagnostics import PipelineRuntimeError, UsageError
-from tests.engines import engine_options
+from pipec.backends import backend_class
+from tests.engines import BACKENDS, engine_options
 
-RESUMABLE = ["local", "ray", "spark"]
+# Every backend that declares the capability is held to a clean run.
+RESUMABLE = [b for b in BACKENDS if "resume" in backend_class(b).capabilities]
 
 MODULE = '''
 import os
@@ -100,7 +102,6 @@ def test_a_stopped_run_resumes_after_its_last_round_and_ends_as_a_clean_run(back
 
 
 def test_backends_without_records_refuse_to_resume(tmp_path):
-    from pipec.backends import backend_class
     pipeline = load(_write(tmp_path / "p"))
     assert not backend_class("dask")().can("resume")
     with pytest.raises(UsageError, match="cannot resume"):
