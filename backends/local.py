@@ -17,6 +17,8 @@ from pipec.backends.base import Backend, Plan, Progress, RunResult
 from pipec.backends.runtime import semantics
 from pipec.backends.runtime.actors import ActorHost, VersionedHost
 from pipec.backends.physical.explain import describe
+from pipec.backends.physical.planner import loops_of
+from pipec.backends.runtime.interpreter import ActorProxy
 from pipec.backends.runtime.driver import Driver
 from pipec.backends.runtime.tasks import apply_elementwise, fn_of, resolve, run_with_timeout
 
@@ -24,24 +26,11 @@ from pipec.backends.runtime.tasks import apply_elementwise, fn_of, resolve, run_
 _HANDLES: dict[tuple[str, str], ActorHost] = {}
 
 
-class ActorHandle:
-    """What a stage function receives for ``with server = ps``: method calls block and
-    return the actor's results. Pickles by name, like a real remote handle."""
-
-    def __init__(self, run_id: str, actor: str):
-        self._key = (run_id, actor)
-
-    def __getattr__(self, method: str):
-        if method.startswith("_"):
-            raise AttributeError(method)
-        host = _HANDLES[self._key]
-
-        def call(*args, **kwargs):
-            return host.invoke(method, args, kwargs)
-        return call
-
-    def __reduce__(self):
-        return (ActorHandle, self._key)
+def _caller(run_id: str, actor: str):
+    """How a stage calls actor ``actor`` of run ``run_id`` through a handle, in process."""
+    def call(key: tuple, method: str, args: tuple, kwargs: dict):
+        return _HANDLES[(run_id, actor)].invoke(key, method, args, kwargs)
+    return call
 
 
 class LocalBackend(Backend):
@@ -171,21 +160,24 @@ class LocalDriver(Driver):
     def collection_elementwise(self, node: str, op: ir.Elementwise):
         parts = self.partitions(op.input.node)
         self.progress.stage(node, len(parts))
-        bindings = {k: self.binding(node, v, op.span) for k, v in op.bindings.items()}
+        handles = {k: v.node for k, v in op.bindings.items()
+                   if isinstance(v, ir.NodeRef) and self.ir.op(v.node).node_shape == ir.ACTOR}
+        values = {k: self.value(v) for k, v in op.bindings.items() if k not in handles}
+        rounds = tuple(self.round_index.get(loop, 0) for loop in loops_of(self.ir, op.loop))
         out = []
         for i, items in enumerate(parts):
             fn = self.pool_member(op, i) if op.pool is not None else fn_of(op.fn)
-            local = self.roundtrip(bindings, node, "a broadcast value", op.span)
-            result = self.run_task(node, op, i, lambda: apply_elementwise(op.kind, fn, items, local, i),
-                                   [items], op.options.retries)
+            local = self.roundtrip(values, node, "a broadcast value", op.span)
+
+            def body(i=i, items=items, local=local, fn=fn):
+                # Proxies made afresh for each try: a retry sends the same idempotency keys.
+                bound = {**local, **{name: ActorProxy(_caller(self.run_id, actor), (node, rounds, i, name))
+                                     for name, actor in handles.items()}}
+                return apply_elementwise(op.kind, fn, items, bound, i)
+            result = self.run_task(node, op, i, body, [items], op.options.retries)
             out.append(self.roundtrip(result, node, f"partition {i} of the output", op.span))
             self.progress.advance(node)
         return out
-
-    def binding(self, node: str, operand, span):
-        if isinstance(operand, ir.NodeRef) and self.ir.op(operand.node).node_shape == ir.ACTOR:
-            return ActorHandle(self.run_id, operand.node)
-        return self.value(operand)
 
     def pool_member(self, op: ir.Elementwise, partition: int):
         members = self.pools[op.pool.node]

@@ -400,6 +400,60 @@ class Counter:
     assert "actor `c` was lost" in plan.last_driver.events[0]
 
 
+_LEDGER = """
+import time
+def push(x, server):
+    time.sleep(0.05)
+    server.add(x)
+    return x
+class Ledger:
+    def __init__(self):
+        self.seen = []
+    def add(self, x):
+        self.seen.append(x)
+    def total(self):
+        return sum(self.seen)
+    def applied(self):
+        return sorted(self.seen)
+"""
+
+
+@pytest.mark.parametrize("victim", ["stage", "actor"])
+def test_a_handle_stage_applies_every_call_once_when_a_worker_dies(victim, kill_client, write_pipe, tmp_path,
+                                                                   monkeypatch):
+    """Calls through a handle carry idempotency keys: a stage task re-run after its worker
+    died sends the same keys and the ledger answers them without applying them again; a
+    lost actor comes back from its snapshot and the stage runs again against it."""
+    path = write_pipe("""
+use m_ledger as m
+pipeline p() {
+    actor c = m.Ledger() { restarts 2 }
+    source xs = range(60) partitions 6
+    repeat 2 as r {
+        stage pushed = map m.push over xs with server = c
+        value seen = count(pushed)
+    }
+    sink applied = c.applied()
+}""", m_ledger=_LEDGER)
+    monkeypatch.chdir(tmp_path)
+    killed: list = []
+
+    def kill():
+        time.sleep(0.3)
+        holder = _actor_worker(kill_client, "c-actor@")
+        workers = sorted(kill_client.scheduler_info()["workers"])
+        target = holder if victim == "actor" else next(w for w in workers if w != holder)
+        _kill(kill_client, target)
+        killed.append(target)
+
+    def on_stage(name):
+        if name == "pushed" and not killed:
+            threading.Thread(target=kill, daemon=True).start()
+    result = load(path).lower("dask", client=kill_client).run(progress=Recorder(on_stage=on_stage))
+    assert killed
+    assert result.outputs["applied"] == sorted(list(range(60)) * 2)  # every call of both rounds, once
+
+
 def test_a_lost_pool_member_is_re_created_and_the_stage_runs_again(kill_client, write_pipe, tmp_path, monkeypatch):
     path = write_pipe("""
 use m_pool_kill as m

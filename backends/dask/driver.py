@@ -23,7 +23,7 @@ from distributed import WorkerPlugin, as_completed, wait
 from pipec.compiler import ir
 from pipec.backends.base import NoProgress
 from pipec.backends.dask import worker
-from pipec.backends.physical.planner import Arg, GraphStep, LoopStep, Ref, Seq, StepLowering, key_of
+from pipec.backends.physical.planner import Arg, GraphStep, LoopStep, Ref, Rounds, Seq, StepLowering, key_of
 from pipec.backends.runtime.driver import Driver
 from pipec.backends.runtime.interpreter import StageFailure
 from pipec.backends.runtime.tasks import ensure_path
@@ -237,6 +237,7 @@ class DaskDriver(Driver):
         while True:
             try:
                 self._run_graph_once(step)
+                self._checkpoint_handle_actors(step)
                 return
             except _ActorsGone as gone:
                 # The graph could not reach an actor: bring back every actor it reads that
@@ -249,6 +250,23 @@ class DaskDriver(Driver):
                         raise self.error(gone.spec.group, str(gone.cause), self._span(gone.spec.group)) from None
                 for ref in lost:
                     self._recover(ref)
+
+    def _checkpoint_handle_actors(self, step: GraphStep) -> None:
+        """Snapshot every actor this graph's stages called through handles: those calls
+        are in no replay log, so a later loss of the actor must restore them from here."""
+        for actor in sorted({a for node in step.nodes for a in self.planner.handles(node)}):
+            record = self.env.get(actor)
+            if isinstance(record, ActorRecord) and record.op.restarts > 0:
+                while True:
+                    try:
+                        self._result(record, record.actor.checkpoint())
+                        break
+                    except Exception as exc:
+                        if isinstance(exc, worker.ActorLost) or self._lost(record, exc):
+                            # Lost before it saved: the graph's calls are gone with it.
+                            record.broken = True
+                            raise _ActorsGone(self._last_specs[0], [Ref(f"{key_of(actor)}-actor", actor)], exc)
+                        raise
 
     def _run_graph_once(self, step: GraphStep) -> None:
         lowering = StepLowering(self.ir, step, LiveContext(self), self.planner.actors)
@@ -291,6 +309,7 @@ class DaskDriver(Driver):
             layers.setdefault(sig, {})[key] = Task(key, BODIES[spec.body], *args)
             annotations[sig] = notes
         self.submitted.append([spec.key for spec in specs])
+        self._last_specs = task_specs
         futures: dict[str, Any] = {}
         if task_specs:
             names = {sig: f"{sig[0]}-{i}{suffix}" for i, sig in enumerate(layers)}
@@ -318,6 +337,10 @@ class DaskDriver(Driver):
         if isinstance(arg, Arg):
             value = self.value(arg.operand)
             return os.path.abspath(value) if arg.path and isinstance(value, str) else value
+        if isinstance(arg, Rounds):
+            return tuple(self.round_index.get(loop, 0) for loop in arg.loops)
+        if isinstance(arg, Rounds):
+            return tuple(self.round_index.get(loop, 0) for loop in arg.loops)
         if isinstance(arg, Seq):
             return self.env[arg.pool].next[arg.member] + arg.offset
         if is_dataclass(arg) and not isinstance(arg, type):
@@ -505,7 +528,9 @@ class DaskDriver(Driver):
         op = record.op
         workers = self._workers(avoid)
         where = workers[next(self._placement) % len(workers)]
-        snapshot = self.snapshot_path(record.node) if op.checkpoint_every else None
+        # An actor that can restart always has a snapshot file: periodic checkpoints go
+        # there, and so do the snapshots taken after graphs that call it through handles.
+        snapshot = self.snapshot_path(record.node) if op.checkpoint_every or op.restarts > 0 else None
         record.future, record.actor = self._spawn(
             worker.DaskActorHost,
             (list(self.ir.info.module_paths()), op.cls.module, op.cls.attr, record.args, record.kwargs,

@@ -94,7 +94,7 @@ class SealedSlots:
         return unseal(self.bound[index])
 
     def handle(self, index: int, actor: str):
-        return HandleProxy(actor, self.bound[index])
+        return _caller(actor, self.bound[index])
 
 
 def segment_task(segment: steps.Segment, partition: int, items, *bound):
@@ -146,30 +146,18 @@ def take_part(where: str, i: int, k: int, items: Sealed) -> Sealed:
     return seal(list(items[a:b]))
 
 
-class HandleProxy:
-    """What a stage function receives for ``with server = ps``: method calls block and
-    return the actor's results (not numbered: a retried stage sends them again)."""
-
-    def __init__(self, actor_node: str, actor):
-        self._node = actor_node
-        self._actor = actor
-
-    def __getattr__(self, method: str):
-        if method.startswith("_"):
-            raise AttributeError(method)
-
-        def call(*args, **kwargs):
-            try:
-                future = self._actor.invoke_sealed(method, seal((args, kwargs)))
-            except Exception as exc:
-                if is_lost(exc):
-                    raise ActorLost(self._node, None, str(exc)) from None
-                raise
-            return unseal(await_actor(future, self._actor, self._node, None))
-        return call
-
-    def __reduce__(self):
-        return (HandleProxy, (self._node, self._actor))
+def _caller(node: str, actor):
+    """How a task calls ``actor`` (a Dask actor) through a handle: the call blocks, its
+    idempotency key travels with it, a lost worker is ActorLost."""
+    def call(key: tuple, method: str, args: tuple, kwargs: dict):
+        try:
+            future = actor.invoke_sealed(key, method, seal((args, kwargs)))
+        except Exception as exc:
+            if is_lost(exc):
+                raise ActorLost(node, None, str(exc)) from None
+            raise
+        return unseal(await_actor(future, actor, node, None))
+    return call
 
 
 # How long a call to an actor may go unanswered before the caller checks that the
@@ -235,9 +223,9 @@ class DaskActorHost(ActorHost):
         args, kwargs = unseal(sealed)
         return seal(self.call(seq, method, args, kwargs))
 
-    def invoke_sealed(self, method: str, sealed: Sealed) -> Sealed:
+    def invoke_sealed(self, key: tuple, method: str, sealed: Sealed) -> Sealed:
         args, kwargs = unseal(sealed)
-        return seal(self.invoke(method, args, kwargs))
+        return seal(self.invoke(key, method, args, kwargs))
 
     def applied_seq(self) -> int:
         return self.applied

@@ -236,6 +236,23 @@ class Arg:
 
 
 @dataclass(frozen=True)
+class Rounds:
+    """The indices of the current rounds of ``loops`` (outermost first), filled in when a
+    task is submitted: part of the idempotency key of a call through a handle."""
+
+    loops: tuple[str, ...] = ()
+
+
+def loops_of(graph: ir.IR, loop: str | None) -> tuple[str, ...]:
+    """The loop ``loop`` and the loops around it, outermost first."""
+    chain = []
+    while loop is not None:
+        chain.append(loop)
+        loop = graph.info.loops[loop].parent
+    return tuple(reversed(chain))
+
+
+@dataclass(frozen=True)
 class Seq:
     """The number of a pool member's call: the member's next number plus ``offset``."""
 
@@ -399,6 +416,7 @@ class StepLowering:
         self.parts: dict[str, list[Ref]] = {}  # collection node -> its partitions' refs
         self.values: dict[str, Ref] = {}  # value node made here -> its key
         self.chains: dict[str, _Chain] = {}  # node fused into its consumer -> pending chain
+        self.loops = loops_of(graph, step.loop)  # the loops whose every round runs this graph
 
     def lower(self) -> list[TaskSpec]:
         for node in self.step.nodes:
@@ -450,7 +468,7 @@ class StepLowering:
                 out.append((name, steps.Lit(operand.value)))
             elif operand.node in self.actors:
                 ref = Ref(f"{key_of(operand.node)}-actor", operand.node, None)
-                out.append((name, steps.Handle(chain.slot(ref), operand.node)))
+                out.append((name, steps.Handle(chain.slot(ref), operand.node, Rounds(self.loops))))
             else:
                 out.append((name, steps.Slot(chain.slot(self.value_ref(operand.node)), operand.node)))
         return tuple(out)

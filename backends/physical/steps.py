@@ -69,10 +69,14 @@ class Slot:
 @dataclass(frozen=True)
 class Handle:
     """An actor handle (``with server = ps``) in slot ``index``: the function gets a proxy
-    whose method calls block and return the actor's answers."""
+    whose method calls block and return the actor's answers. ``rounds`` are the indices
+    of the loop rounds the stage runs in (filled in when the task is submitted): with the
+    stage, the partition and the call's position in the task they make each call's
+    idempotency key, the same when the task runs again."""
 
     index: int
     actor: str
+    rounds: tuple = ()
 
 
 Binding = Lit | Slot | Handle

@@ -189,7 +189,7 @@ class ActorServer:
         """A call from inside a stage, through a handle: not numbered, not replayed."""
         if self.failed is not None:
             raise self.failed
-        return self.host.invoke(method, args, kwargs)
+        return self.host.invoke(None, method, args, kwargs)  # not keyed yet on Ray
 
     def applied(self) -> int:
         if self.failed is not None:

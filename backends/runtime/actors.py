@@ -37,10 +37,17 @@ class ActorHost:
         # the caller got the result, the call sent again returns it instead of SKIPPED.
         self.last_result: Any = None
         self.restored = False
+        # Calls made through handles from inside stages: idempotency key -> answer. A task
+        # run again (retried, or re-run after a worker or this actor was lost) sends the
+        # same keys, and gets the recorded answers without applying them twice.
+        self.keyed: dict[tuple, Any] = {}
+        self._latest: dict[str, tuple] = {}  # stage -> the newest round that called it
         if self.snapshot_path is not None and self.snapshot_path.exists():
             state = pickle.loads(self.snapshot_path.read_bytes())
             self.obj, self.applied = state[0], state[1]
             self.last_result = state[2] if len(state) > 2 else SKIPPED
+            if len(state) > 3:
+                self.keyed, self._latest = state[3], state[4]
             self.restored = True
         else:
             self.obj = resolve(module, cls)(*args, **kwargs)
@@ -57,12 +64,38 @@ class ActorHost:
             self.save()
         return result
 
-    def invoke(self, method: str, args: tuple, kwargs: dict) -> Any:
-        """A call from inside a stage (through a handle): not numbered, not replayed."""
-        return getattr(self.obj, method)(*args, **kwargs)
+    def invoke(self, key: tuple | None, method: str, args: tuple, kwargs: dict) -> Any:
+        """A call from inside a stage, through a handle. ``key`` is its idempotency key,
+        ``(stage, round, partition, binding, position)``: a key seen before is answered
+        from the table and not applied again. Keys of a stage's earlier rounds are dropped
+        when a newer round calls (rounds run one after another, so those tasks are done)."""
+        if key is None:
+            return getattr(self.obj, method)(*args, **kwargs)
+        if key in self.keyed:
+            return self.keyed[key]
+        stage, rounds = key[0], key[1]
+        latest = self._latest.get(stage)
+        if latest is None or rounds > latest:
+            if latest is not None:
+                self.keyed = {k: v for k, v in self.keyed.items() if k[0] != stage or k[1] >= rounds}
+            self._latest[stage] = rounds
+        result = getattr(self.obj, method)(*args, **kwargs)
+        self.keyed[key] = result
+        return result
 
     def save(self) -> None:
-        atomic_write(self.snapshot_path, pickle.dumps((self.obj, self.applied, self.last_result)))
+        atomic_write(self.snapshot_path, pickle.dumps(
+            (self.obj, self.applied, self.last_result, self.keyed, self._latest)))
+
+    def checkpoint(self) -> bool:
+        """A snapshot now, whatever ``checkpoint_every`` says: the driver asks for one when
+        a graph whose stages called this actor through handles has finished, so the state
+        those calls built survives a later loss (the driver's replay log holds only
+        graph-level calls). False when the actor has nowhere to save."""
+        if self.snapshot_path is None:
+            return False
+        ActorHost.save(self)
+        return True
 
     def state(self):
         return self.obj

@@ -45,28 +45,53 @@ class StageFailure(Exception):
         return f"in `{self.node}`: {what}{place}"
 
 
+# How an engine sends one call through an actor handle: (key, method, args, kwargs) -> answer.
+Caller = Callable[[tuple, str, tuple, dict], Any]
+
+
 class Slots(Protocol):
     """How a task reads what its steps are bound to."""
 
     def value(self, index: int) -> Any:
         """The value in slot ``index``."""
 
-    def handle(self, index: int, actor: str) -> Any:
-        """A proxy for the actor handle in slot ``index``."""
+    def handle(self, index: int, actor: str) -> Caller:
+        """How to call the actor whose handle is in slot ``index``."""
 
 
 class Given:
-    """Slots given as plain values (the engine resolved them already); handles are made
-    by ``proxy(actor, value)``."""
+    """Slots given as plain values (the engine resolved them already); the caller of a
+    handle is made by ``caller(actor, value)``."""
 
-    def __init__(self, values: Sequence, proxy: Callable[[str, Any], Any] | None = None):
-        self.values, self.proxy = values, proxy
+    def __init__(self, values: Sequence, caller: Callable[[str, Any], Caller] | None = None):
+        self.values, self.caller = values, caller
 
     def value(self, index: int) -> Any:
         return self.values[index]
 
-    def handle(self, index: int, actor: str) -> Any:
-        return self.proxy(actor, self.values[index]) if self.proxy else self.values[index]
+    def handle(self, index: int, actor: str) -> Caller:
+        return self.caller(actor, self.values[index])
+
+
+class ActorProxy:
+    """What a stage function gets for ``with server = ps``: method calls block and return
+    the actor's answers. Each call carries an idempotency key, ``prefix`` (stage, rounds,
+    partition, binding) plus its position among this try's calls, so the same task run
+    again sends the same keys and the actor applies each call once. That holds when the
+    task's calls depend only on its inputs and the answers it gets."""
+
+    def __init__(self, call: Caller, prefix: tuple):
+        self._call, self._prefix, self._position = call, prefix, 0
+
+    def __getattr__(self, method: str):
+        if method.startswith("_"):
+            raise AttributeError(method)
+
+        def call(*args, **kwargs):
+            key = self._prefix + (self._position,)
+            self._position += 1
+            return self._call(key, method, args, kwargs)
+        return call
 
 
 NO_SLOTS = Given(())
@@ -170,8 +195,9 @@ _HEADS = {s.Input: _head_input, s.RangeSlice: _head_range, s.ReadText: _head_tex
 # ---- element-wise ----------------------------------------------------------------------------------
 
 
-def bind(step: s.Elementwise, slots: Slots) -> dict[str, Any]:
-    """The keyword arguments ``step``'s function gets from its bindings."""
+def bind(step: s.Elementwise, slots: Slots, partition: int = 0) -> dict[str, Any]:
+    """The keyword arguments ``step``'s function gets from its bindings (a fresh proxy,
+    its call positions from 0, for each handle)."""
     out = {}
     for name, binding in step.bindings:
         if isinstance(binding, s.Lit):
@@ -179,8 +205,13 @@ def bind(step: s.Elementwise, slots: Slots) -> dict[str, Any]:
         elif isinstance(binding, s.Slot):
             out[name] = slots.value(binding.index)
         else:
-            out[name] = slots.handle(binding.index, binding.actor)
+            out[name] = ActorProxy(slots.handle(binding.index, binding.actor),
+                                   (step.node, binding.rounds, partition, name))
     return out
+
+
+def _has_handles(step: s.Elementwise) -> bool:
+    return any(isinstance(b, s.Handle) for _, b in step.bindings)
 
 
 def run_elementwise(step: s.Elementwise, items, partition: int, slots: Slots = NO_SLOTS, fn: Callable | None = None,
@@ -191,10 +222,15 @@ def run_elementwise(step: s.Elementwise, items, partition: int, slots: Slots = N
     ``slots``)."""
     if fn is None:
         fn = resolve(step.fn.module, step.fn.attr)
-    if bindings is None:
-        bindings = bind(step, slots)
-    if isinstance(items, range) and (step.kind == "map_batches" or bindings or step.kind == "map_values"):
+    if isinstance(items, range) and (step.kind == "map_batches" or step.bindings or step.kind == "map_values"):
         items = list(items)
+    if bindings is None and _has_handles(step):
+        # Each try binds afresh: its calls through handles are numbered from 0 again, so
+        # a retry sends the keys of the first try and nothing is applied twice.
+        return attempt(step.node, partition, step.policy,
+                       lambda: apply_elementwise(step.kind, fn, items, bind(step, slots, partition), partition))
+    if bindings is None:
+        bindings = bind(step, slots, partition)
     return attempt(step.node, partition, step.policy,
                    lambda: apply_elementwise(step.kind, fn, items, bindings, partition))
 
