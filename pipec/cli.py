@@ -219,8 +219,9 @@ def cmd_run(args) -> int:
     run_options = {"run_dir": args.run_dir}
     if args.resume:
         run_options = {"run_dir": _resume_dir(args.resume, args.run_dir), "resume": True}
-    elif engine.can("resume"):
-        # Name the run before it starts: if its driver dies, this is what --resume needs.
+    elif engine.can("resume") and any(loop.parent is None for loop in pipeline.ir.info.loops.values()):
+        # Name the run before it starts: if its driver dies, this is what --resume needs
+        # (records are kept at the end of each round of a top-level loop).
         run_id = args.run_dir or uuid.uuid4().hex[:12]
         run_options["run_dir"] = args.run_dir or str(Path(".pipec") / "runs" / run_id)
         print(f"run {run_id}  (if it stops, continue it with --resume {run_id})", file=sys.stderr)

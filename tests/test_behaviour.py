@@ -168,3 +168,15 @@ def test_pipec_run_is_quiet_and_writes_what_local_writes(backend, workdir):
     written = Path("out/top.json").read_bytes()
     expected = load("examples/wordcount.pipe").run(backend="local", params={"n": 5}).files["top_words"]
     assert Path(expected).read_bytes() == written
+
+
+def test_the_resume_hint_is_printed_only_for_a_pipeline_that_can_resume(workdir):
+    looped = subprocess.run([sys.executable, "-m", "pipec", "run", "examples/train.pipe", "--backend", "local",
+                             "--param", "rows=400", "--param", "epochs=2", "--run-dir", "r1"],
+                            capture_output=True, text=True, timeout=120)
+    assert looped.returncode == 0, looped.stderr
+    assert looped.stderr.startswith("run r1  (if it stops, continue it with --resume r1)")
+    assert (workdir / "r1" / "resume").is_dir()  # its records are there
+    flat = subprocess.run([sys.executable, "-m", "pipec", "run", "examples/wordcount.pipe", "--backend", "local",
+                           "--run-dir", "r2"], capture_output=True, text=True, timeout=120)
+    assert flat.returncode == 0 and "--resume" not in flat.stderr, flat.stderr

@@ -101,8 +101,24 @@ def test_a_stopped_run_resumes_after_its_last_round_and_ends_as_a_clean_run(back
         pipeline.run(backend=backend, params=params, run_dir="run", resume=True, **options)
 
 
-def test_backends_without_records_refuse_to_resume(tmp_path):
+def test_a_backend_without_the_capability_refuses_to_resume(tmp_path):
+    from pipec.backends.local import LocalBackend
+
+    class NoRecords(LocalBackend):
+        name = "no-records"
+        capabilities = LocalBackend.capabilities - {"resume"}
     pipeline = load(_write(tmp_path / "p"))
-    assert not backend_class("dask")().can("resume")
-    with pytest.raises(UsageError, match="cannot resume"):
-        pipeline.run(backend="dask", params={"marker": "m"}, run_dir=str(tmp_path / "run"), resume=True)
+    with pytest.raises(UsageError, match="backend `no-records` cannot resume a run"):
+        pipeline.run(backend=NoRecords(), params={"marker": "m"}, run_dir=str(tmp_path / "run"), resume=True)
+
+
+def test_a_record_resumes_only_on_the_backend_that_wrote_it(tmp_path, monkeypatch):
+    root = tmp_path / "run"
+    path = _write(root)
+    monkeypatch.chdir(root)
+    pipeline = load(path)
+    params = {"marker": str(tmp_path / "marker")}
+    with pytest.raises(PipelineRuntimeError):
+        pipeline.run(backend="local", params=params, run_dir="run")
+    with pytest.raises(UsageError, match="ran on backend `local`"):
+        pipeline.run(backend="dask", params=params, run_dir="run", resume=True, **engine_options("dask"))

@@ -34,7 +34,7 @@ class DaskBackend(Backend):
     description = "Dask task graphs on an embedded local cluster, or on a scheduler (--address)"
     # Actors are Dask actors made fault tolerant by checkpoint and replay, timeouts are
     # the interpreter's. GPUs need a cluster whose workers have them.
-    capabilities = frozenset(FEATURES) - {"resume"}
+    capabilities = frozenset(FEATURES)
     engine_module, extra = "distributed", "dask"
 
     def __init__(self, address: str | None = None, shape: LocalShape | None = None, client=None):
@@ -124,7 +124,7 @@ class DaskPlan(Plan):
         the backend's ``client`` (a :class:`distributed.Client` the caller keeps)."""
         from pipec.backends.dask.driver import DaskDriver
         from pipec.backends.dask.engine import Session
-        driver = DaskDriver(self, None, progress, run_dir)
+        driver = DaskDriver(self, None, progress, run_dir, resume)
         with Session(self.address, self.shape or LocalShape.of_machine(), driver.run_dir / "engine.log",
                      self.client) as live:
             driver.client = live

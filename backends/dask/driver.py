@@ -23,7 +23,8 @@ from distributed import WorkerPlugin, as_completed, wait
 from pipec.compiler import ir
 from pipec.backends.base import NoProgress
 from pipec.backends.dask import worker
-from pipec.backends.physical.planner import Arg, GraphStep, LoopStep, Ref, Rounds, Seq, StepLowering, key_of
+from pipec.backends.physical.planner import (Arg, DriverStep, GraphStep, LoopStep, Ref, Rounds, Seq, StepLowering,
+                                             key_of)
 from pipec.backends.runtime.driver import Driver
 from pipec.backends.runtime.interpreter import StageFailure
 from pipec.backends.runtime.tasks import ensure_path
@@ -144,9 +145,10 @@ class LiveContext:
 
 class DaskDriver(Driver):
     backend = "dask"
+    resumable = True
 
-    def __init__(self, plan, client, progress=None, run_dir: str | None = None):
-        super().__init__(plan.ir, plan.params, progress, run_dir, source=plan.source)
+    def __init__(self, plan, client, progress=None, run_dir: str | None = None, resume: bool = False):
+        super().__init__(plan.ir, plan.params, progress, run_dir, resume, source=plan.source)
         self.plan = plan
         self.planner = plan.physical.planner
         self.client = client
@@ -205,13 +207,26 @@ class DaskDriver(Driver):
     # ---- blocks
 
     def run_block(self, block) -> None:
-        for step in self.planner.steps_for(block.items):
-            if isinstance(step, GraphStep):
-                self.run_graph(step)
-            elif isinstance(step, LoopStep):
-                self.run_loop(step.block)
-            else:
-                self.run_node(step.node)
+        for item in self.top_items(block):
+            self.run_item(item)
+
+    def top_items(self, block) -> list:
+        """The block's planned steps: graphs, and driver nodes and loops as the shared
+        driver knows them (so records and resuming work on them unchanged)."""
+        return [step.node if isinstance(step, DriverStep) else step.block if isinstance(step, LoopStep) else step
+                for step in self.planner.steps_for(block.items)]
+
+    def run_item(self, item) -> None:
+        if isinstance(item, GraphStep):
+            self.run_graph(item)
+        else:
+            super().run_item(item)
+
+    def var_partitions(self, var: str) -> list[list]:
+        return [worker.unseal(part) for part in self.client.gather(self.env[var].futures)]
+
+    def var_from_partitions(self, var: str, parts: list[list]):
+        return Parts(self.client.scatter([worker.seal(part) for part in parts], hash=False))
 
     def end_round(self, block) -> None:
         # This round's results are not read again (vars were rebound already): let the

@@ -22,7 +22,7 @@ from typing import Sequence
 
 from pipec.backends.physical import steps
 from pipec.backends.runtime import semantics, sources
-from pipec.backends.runtime.actors import ActorHost
+from pipec.backends.runtime.actors import VersionedHost
 from pipec.backends.runtime.interpreter import (StageFailure, bind, failure, run_elementwise, run_finisher,
                                                 run_segment)
 from pipec.backends.runtime.tasks import ensure_path, resolve
@@ -210,9 +210,10 @@ def pool_call(step: steps.Elementwise, partition: int, seq: int, member_index: i
 # ---- actors --------------------------------------------------------------------------------------
 
 
-class DaskActorHost(ActorHost):
-    """An :class:`ActorHost` living on a worker as a Dask actor. Restores itself from the
-    snapshot file when one exists (a re-created actor), then the driver replays."""
+class DaskActorHost(VersionedHost):
+    """An actor host living on a worker as a Dask actor. Restores itself from the
+    snapshot file when one exists (a re-created actor, or the one a resumed run's record
+    names), then the driver replays."""
 
     def __init__(self, roots: list[str], module: str, cls: str, args: list, kwargs: dict,
                  checkpoint_every: int | None, snapshot: str | None):

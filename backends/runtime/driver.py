@@ -85,7 +85,7 @@ class Driver:
             self.run_block(top)
             return
         record = self.record
-        for index, item in enumerate(top.items):
+        for index, item in enumerate(self.top_items(top)):
             self.top_index = index
             if record is not None and index < record.top_index:
                 self.fast_forward(item)
@@ -94,10 +94,20 @@ class Driver:
                     self.result.rounds[item.loop.id] = record.rounds
                 else:
                     self.run_loop(item, first=record.rounds)
-            elif isinstance(item, Block):
-                self.run_loop(item)
             else:
-                self.run_node(item)
+                self.run_item(item)
+
+    def top_items(self, top: Block) -> list:
+        """What the top level runs, in order: nodes and loops (Blocks), and whatever steps
+        of its own a backend groups them into (see ``run_item``)."""
+        return top.items
+
+    def run_item(self, item) -> None:
+        """One top-level item: a loop, a node, or a backend's own step."""
+        if isinstance(item, Block):
+            self.run_loop(item)
+        else:
+            self.run_node(item)
 
     def setup(self) -> None:
         """Engine-specific start (after user modules are importable)."""
@@ -121,6 +131,9 @@ class Driver:
         if not isinstance(count, int) or isinstance(count, bool) or count < 0:
             raise self.error(loop.id, f"`repeat` needs a non-negative integer count, got {count!r}", loop.span)
         rounds = first
+        if first == 0 and count > 0 and self.resumable and loop.parent is None:
+            # A record before the first round: a driver that dies in it can be resumed too.
+            self.save_progress(loop, 0, False)
         for i in range(first, count):
             self.progress.round(loop.id, i, count)
             self.round_index[loop.id] = i
@@ -326,6 +339,7 @@ class Driver:
             resuming.restore_snapshot(self.snapshot_path(node), saved["snapshot"])
         handle = self.start_actor(node, op)
         if saved is not None:
+            self.env[node] = handle  # the replayed calls reach the actor through it
             self.replay_saved_calls(node, op, saved)
         return handle
 
@@ -375,6 +389,9 @@ class Driver:
                                  "run the pipeline again without --resume")
             record = resuming.read(self.run_dir)
             if record is not None:
+                if record.backend != self.backend:
+                    raise UsageError(f"run {self.run_dir} ran on backend `{record.backend}`",
+                                     f"resume it with --backend {record.backend}")
                 if record.fingerprint != self.fingerprint:
                     raise UsageError(f"run {self.run_dir} was started with a different pipeline or different "
                                      f"parameters", "resume with the same file and --param values")
@@ -383,6 +400,7 @@ class Driver:
                 self.result.outputs.update(record.outputs)
                 return
         resuming.clear(self.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)  # the run folder exists from the start
 
     def finish_records(self) -> None:
         """The run completed: every record is on disk, and the run is marked finished
@@ -424,7 +442,7 @@ class Driver:
                           "log": list(log.entries)}
                   for actor, log in self.logs.items()}
         record = resuming.Record(
-            pipeline=self.ir.info.name, fingerprint=self.fingerprint, top_index=self.top_index,
+            pipeline=self.ir.info.name, backend=self.backend, fingerprint=self.fingerprint, top_index=self.top_index,
             loop=loop.id, rounds=rounds, done=done, env=env, vars=vars_, actors=actors,
             loops_done=dict(self.result.rounds), files=dict(self.result.files), outputs=dict(self.result.outputs))
         try:
@@ -439,6 +457,9 @@ class Driver:
         record = self.record
         if isinstance(item, Block):
             self.result.rounds[item.loop.id] = record.loops_done.get(item.loop.id, 0)
+            return
+        if not isinstance(item, str):  # a backend's own step (a graph of pure work): run again
+            self.run_item(item)
             return
         op = self.ir.op(item)
         if isinstance(op, ir.Var):

@@ -32,7 +32,7 @@ from pipec.compiler import ir
 from pipec.backends.runtime.actors import versioned
 from pipec.backends.runtime.sinks import atomic_write
 
-FORMAT = 1
+FORMAT = 2
 RECORD = Path("resume") / "state.pickle"
 FINISHED = Path("resume") / "finished"
 
@@ -49,6 +49,7 @@ class Record:
     """The state of a run at the end of round ``rounds`` of top-level loop ``loop``."""
 
     pipeline: str
+    backend: str  # a record holds the backend's own steps: it resumes on the same backend
     fingerprint: str
     top_index: int  # the loop's position among the pipeline's top-level items
     loop: str
