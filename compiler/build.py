@@ -19,6 +19,7 @@ from pipec.dsl.diagnostics import ERROR, WARNING, Diagnostic, did_you_mean
 from pipec.dsl.parser import STATEMENT_KEYWORDS
 from pipec.dsl.source import SourceFile, Span
 from pipec.compiler import ir
+from pipec.compiler.operators import apply_operator
 from pipec.compiler.modules import ModuleIndex, ModuleInfo, ModuleSyntaxError
 
 ELEMENTWISE = ("map", "flat_map", "filter", "map_batches", "map_values")
@@ -1221,7 +1222,6 @@ _MAX_CONSTANT_ITEMS = 1_000_000
 def _fold(op: str, *values):
     """Compute a constant expression at compile time, exactly as the runtime would.
     Raises OverflowError instead of building a huge constant."""
-    from pipec.backends.runtime.semantics import apply_operator
     if len(values) == 2:
         a, b = values
         if op == "**" and isinstance(a, int) and isinstance(b, int) and abs(a) > 1 and b > 0 \
