@@ -13,13 +13,14 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from pipec.dsl import ast
-from pipec.dsl.diagnostics import ERROR, WARNING, Diagnostic, did_you_mean
+from pipec.dsl.diagnostics import Diagnostic, did_you_mean
 from pipec.dsl.parser import STATEMENT_KEYWORDS
 from pipec.dsl.source import SourceFile, Span
-from pipec.compiler import ir
-from pipec.compiler.operators import apply_operator
+from pipec.compiler import constants, ir
+from pipec.compiler.reporter import Abort, Reporter
 from pipec.compiler.modules import ModuleIndex, ModuleInfo, ModuleSyntaxError
 
 ELEMENTWISE = ("map", "flat_map", "filter", "map_batches", "map_values")
@@ -36,10 +37,6 @@ SINK_FORMATS = ("json", "jsonl", "text")
 _MEMORY = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?i?B?)", re.IGNORECASE)
 _MEMORY_UNITS = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "KIB": 2**10, "M": 1e6, "MB": 1e6, "MIB": 2**20,
                  "G": 1e9, "GB": 1e9, "GIB": 2**30, "T": 1e12, "TB": 1e12, "TIB": 2**40}
-
-
-class _Abort(Exception):
-    """Stops building one statement after its error was recorded."""
 
 
 @dataclass
@@ -85,7 +82,8 @@ class Builder:
         self.module = module
         self.source = source
         self.index = index or ModuleIndex.for_file(source.path)
-        self.diagnostics: list[Diagnostic] = []
+        self.report = Reporter(source.path)
+        self.diagnostics: list[Diagnostic] = self.report.diagnostics
         self.aliases: dict[str, tuple[str, Span]] = {}
         self.used_aliases: set[str] = set()
         self.broken_modules: set[str] = set()  # missing or unreadable, already reported
@@ -108,14 +106,13 @@ class Builder:
     # ---- diagnostics
 
     def error(self, message: str, span: Span | None, hint: str | None = None) -> None:
-        self.diagnostics.append(Diagnostic(ERROR, message, span, hint, self.source.path))
+        self.report.error(message, span, hint)
 
     def warn(self, message: str, span: Span | None, hint: str | None = None) -> None:
-        self.diagnostics.append(Diagnostic(WARNING, message, span, hint, self.source.path))
+        self.report.warn(message, span, hint)
 
-    def fail(self, message: str, span: Span | None, hint: str | None = None):
-        self.error(message, span, hint)
-        raise _Abort
+    def fail(self, message: str, span: Span | None, hint: str | None = None) -> NoReturn:
+        self.report.fail(message, span, hint)
 
     # ---- entry point
 
@@ -145,7 +142,7 @@ class Builder:
     def _guard(self, fn, *args):
         try:
             return fn(*args)
-        except _Abort:
+        except Abort:
             return None
 
     def _collect_later(self, body) -> None:
@@ -213,11 +210,11 @@ class Builder:
                       did_you_mean(type_name, PARAM_TYPES) or "use int, float, str or bool")
         default = None
         if param.default is not None:
-            default = _literal_value(param.default)
-            if default is _NOT_LITERAL:
+            default = constants.literal_value(param.default)
+            if default is constants.NOT_LITERAL:
                 self.fail("a parameter's default must be a literal", param.default.span)
-            if not _fits(default, type_name):
-                self.fail(f"default {_show(default)} is not a{'n' if type_name == 'int' else ''} "
+            if not constants.fits(default, type_name):
+                self.fail(f"default {constants.show(default)} is not a{'n' if type_name == 'int' else ''} "
                           f"{type_name}", param.default.span)
             if type_name == "float":
                 default = float(default)
@@ -284,7 +281,7 @@ class Builder:
         for stmt in body:
             try:
                 self._stmt(stmt)
-            except _Abort:
+            except Abort:
                 # Keep the name defined so later uses do not cascade into more errors.
                 name = getattr(stmt, "name", None)
                 if isinstance(name, ast.Name) and self._lookup(name.text) is None \
@@ -342,7 +339,7 @@ class Builder:
         if isinstance(typed.operand, ir.Lit):
             value = typed.operand.value
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                self.fail(f"{what} needs a positive integer, not {_show(value)}", expr.span)
+                self.fail(f"{what} needs a positive integer, not {constants.show(value)}", expr.span)
         elif typed.py_type is not int:
             self.fail(f"{what} needs an integer literal or an `int` parameter", expr.span)
         else:
@@ -374,7 +371,7 @@ class Builder:
                      keyed=typed.keyed, order=typed.order)
 
     def _is_alias(self, typed: Typed, expr) -> bool:
-        return isinstance(_unparen(expr), ast.Ref)
+        return isinstance(constants.unparen(expr), ast.Ref)
 
     def _stmt_value(self, stmt: ast.Value) -> None:
         typed = self._expr(stmt.expr, name=stmt.name.text)
@@ -412,7 +409,7 @@ class Builder:
         if binding is None:
             self._undefined(name, stmt.name.span, rebinding=True)
         if binding.kind == "broken":
-            raise _Abort
+            raise Abort
         if binding.kind != "var":
             self.fail(f"`{name}` is a {binding.kind}, not a `var`, and cannot be rebound", stmt.name.span,
                       f"declare it with `var {name} = ...` before the loop to update it each round")
@@ -494,7 +491,7 @@ class Builder:
         if isinstance(count.operand, ir.Lit):
             v = count.operand.value
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                self.fail(f"`repeat` needs a non-negative integer count, not {_show(v)}", stmt.count.span)
+                self.fail(f"`repeat` needs a non-negative integer count, not {constants.show(v)}", stmt.count.span)
         elif count.py_type not in (int, None):
             self.fail(f"`repeat` needs an integer count, and this is {_a(count.py_type.__name__)}",
                       stmt.count.span, "declare the parameter as `int`")
@@ -628,7 +625,7 @@ class Builder:
                           expr.span, f"e.g. `map {expr.path.text} over xs` or `{expr.path.text}(...)`")
             self._undefined(head, expr.path.span)
         if binding.kind == "broken":
-            raise _Abort
+            raise Abort
         if len(parts) > 1:
             if binding.kind in ("actor", "pool"):
                 self.fail(f"`{expr.path.text}` is an actor method; call it: `{expr.path.text}()`", expr.span)
@@ -686,12 +683,12 @@ class Builder:
             if typed.shape != ir.VALUE:
                 self._shape_error(typed, ir.VALUE, getattr(expr, side),
                                   f"`{expr.op}` works on values; reduce the collection to a value first")
-        py_type = _result_type(expr.op, left.py_type, right.py_type)
+        py_type = constants.result_type(expr.op, left.py_type, right.py_type)
         if isinstance(left.operand, ir.Lit) and isinstance(right.operand, ir.Lit):
             try:
-                value = _fold(expr.op, left.operand.value, right.operand.value)
+                value = constants.fold(expr.op, left.operand.value, right.operand.value)
             except Exception as exc:  # a constant expression that cannot be computed
-                self.fail(f"cannot compute `{expr.op}` here: {_reason(exc)}", expr.span)
+                self.fail(f"cannot compute `{expr.op}` here: {constants.reason(exc)}", expr.span)
             return Typed(ir.Lit(value=value), ir.VALUE, py_type=type(value))
         node = self._add(name or "expr", ir.Expr(operator=expr.op, operands=[left.operand, right.operand],
                                                   span=ir.SpanModel.of(expr.span)))
@@ -704,9 +701,9 @@ class Builder:
         operator = {"-": "neg", "+": "pos", "not": "not"}[expr.op]
         if isinstance(inner.operand, ir.Lit):
             try:
-                value = _fold(operator, inner.operand.value)
+                value = constants.fold(operator, inner.operand.value)
             except Exception as exc:
-                self.fail(f"cannot compute `{expr.op}` here: {_reason(exc)}", expr.span)
+                self.fail(f"cannot compute `{expr.op}` here: {constants.reason(exc)}", expr.span)
             return Typed(ir.Lit(value=value), ir.VALUE, py_type=type(value))
         node = self._add(name or "expr", ir.Expr(operator=operator, operands=[inner.operand],
                                                   span=ir.SpanModel.of(expr.span)))
@@ -734,7 +731,7 @@ class Builder:
                           "methods are called on actors declared with `actor name = Class(...)`")
             return self._actor_call(expr, binding, name)
         if binding is not None:
-            raise _Abort
+            raise Abort
         fn = self._function(expr.func)
         self._check_signature(fn, expr)
         args = [self._value_arg(a) for a in expr.args]
@@ -823,7 +820,7 @@ class Builder:
         self._expect_value(n, expr.args[1], int)
         by = None
         for k in expr.kwargs:
-            value = _unparen(k.value)
+            value = constants.unparen(k.value)
             if not isinstance(value, ast.Ref):
                 self.fail("`by` takes a function, e.g. `by = m.score`", k.value.span)
             by = self._function(value.path)
@@ -905,7 +902,7 @@ class Builder:
             self.fail(f"`{expr.fn.parts[0]}` is a {head.kind}, not a function", expr.fn.span,
                       "name a Python function as `module.function`")
         elif head is not None:
-            raise _Abort
+            raise Abort
         else:
             fn = self._function(expr.fn)
         bindings: dict[str, ir.Lit | ir.NodeRef] = {}
@@ -998,7 +995,7 @@ class Builder:
         module, attr = ".".join(parts[:-1]), parts[-1]
         info = self._module(module, path.span)
         if info is None:
-            raise _Abort
+            raise Abort
         if not info.has(attr):
             hint = did_you_mean(attr, info.names())
             self.fail(f"module `{module}` has no {what} `{attr}`", path.span,
@@ -1140,44 +1137,6 @@ class Builder:
 
 # ---- helpers ------------------------------------------------------------------------------
 
-_NOT_LITERAL = object()
-
-
-def _unparen(expr):
-    while isinstance(expr, ast.Paren):
-        expr = expr.inner
-    return expr
-
-
-def _literal_value(expr):
-    expr = _unparen(expr)
-    if isinstance(expr, ast.Literal):
-        return expr.value
-    if isinstance(expr, ast.UnaryOp) and expr.op == "-":
-        inner = _literal_value(expr.operand)
-        if isinstance(inner, (int, float)) and not isinstance(inner, bool):
-            return -inner
-    return _NOT_LITERAL
-
-
-def _fits(value, type_name: str) -> bool:
-    if type_name == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if type_name == "float":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if type_name == "str":
-        return isinstance(value, str)
-    return isinstance(value, bool)
-
-
-def _show(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "none"
-    return repr(value)
-
-
 def _memory_bytes(value) -> int | None:
     if isinstance(value, bool):
         return None
@@ -1193,50 +1152,6 @@ def _memory_bytes(value) -> int | None:
     return int(size) if size < math.inf else None
 
 
-_ARITH = {"+", "-", "*", "/", "//", "%", "**"}
-
-
-def _result_type(op: str, left: type | None, right: type | None) -> type | None:
-    if op in ("==", "!=", "<", "<=", ">", ">=", "and", "or") and op not in ("and", "or"):
-        return bool
-    if op in ("and", "or"):
-        return bool if left is bool and right is bool else None
-    if op == "/":
-        return float
-    if left is int and right is int:
-        return int
-    if {left, right} <= {int, float} and None not in (left, right):
-        return float
-    if op == "+" and left is str and right is str:
-        return str
-    return None
-
-
-# Folding runs while checking, so a slip like `10 ** 10 ** 6` or `"ab" * 10 ** 9` must be
-# refused before it is computed, not hang the checker or exhaust memory. Python also refuses
-# to print an int of more than 4300 digits, which the IR's JSON and every sink need.
-_MAX_CONSTANT_BITS = 10_000  # about 3000 digits
-_MAX_CONSTANT_ITEMS = 1_000_000
-
-
-def _fold(op: str, *values):
-    """Compute a constant expression at compile time, exactly as the runtime would.
-    Raises OverflowError instead of building a huge constant."""
-    if len(values) == 2:
-        a, b = values
-        if op == "**" and isinstance(a, int) and isinstance(b, int) and abs(a) > 1 and b > 0 \
-                and a.bit_length() * b > _MAX_CONSTANT_BITS:
-            raise OverflowError("the result would have more than 3000 digits")
-        if op == "*":
-            for seq, n in ((a, b), (b, a)):
-                if isinstance(seq, (str, list)) and isinstance(n, int) and len(seq) * n > _MAX_CONSTANT_ITEMS:
-                    raise OverflowError(f"the result would hold more than {_MAX_CONSTANT_ITEMS:,} items")
-    value = apply_operator(op, *values)
-    if isinstance(value, int) and value.bit_length() > _MAX_CONSTANT_BITS:
-        raise OverflowError("the result has more than 3000 digits")
-    return value
-
-
 def _clip(text: str, width: int = 40) -> str:
     """``text`` cut to ``width`` characters for a message (the caret shows the rest)."""
     return text if len(text) <= width else text[:width - 3] + "..."
@@ -1245,12 +1160,6 @@ def _clip(text: str, width: int = 40) -> str:
 def _a(word: str) -> str:
     """``word`` with its indefinite article: "an int", "a str"."""
     return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
-
-
-def _reason(exc: Exception) -> str:
-    """An exception's message without the errno tuple some carry: (34, 'Result too large')."""
-    text = exc.args[-1] if exc.args and isinstance(exc.args[-1], str) else str(exc)
-    return text[:1].lower() + text[1:] if text else type(exc).__name__
 
 
 def _names_read(stmt) -> set[str]:
