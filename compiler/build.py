@@ -9,9 +9,7 @@ loop. All errors found in one pass are reported together.
 
 from __future__ import annotations
 
-import math
 import os
-import re
 from dataclasses import dataclass, field
 from typing import NoReturn
 
@@ -20,6 +18,7 @@ from pipec.dsl.diagnostics import Diagnostic, did_you_mean
 from pipec.dsl.parser import STATEMENT_KEYWORDS
 from pipec.dsl.source import SourceFile, Span
 from pipec.compiler import constants, ir
+from pipec.compiler.options import actor_options, stage_options
 from pipec.compiler.reporter import Abort, Reporter
 from pipec.compiler.modules import ModuleIndex, ModuleInfo, ModuleSyntaxError
 
@@ -33,11 +32,6 @@ BUILTINS = SOURCES + VALUE_BUILTINS + COLLECTION_BUILTINS
 KEYWORDS = ELEMENTWISE + ("reduce", "reduce_by_key", "group_by_key", "not", "and", "or", "true", "false", "none")
 PARAM_TYPES = ("int", "float", "str", "bool")
 SINK_FORMATS = ("json", "jsonl", "text")
-# Matched against the stripped text: blanks at both ends made the regex quadratic.
-_MEMORY = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?i?B?)", re.IGNORECASE)
-_MEMORY_UNITS = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "KIB": 2**10, "M": 1e6, "MB": 1e6, "MIB": 2**20,
-                 "G": 1e9, "GB": 1e9, "GIB": 2**30, "T": 1e12, "TB": 1e12, "TIB": 2**40}
-
 
 @dataclass
 class Binding:
@@ -129,8 +123,7 @@ class Builder:
             self.error("a pipeline has one `defaults` block", extra.span,
                        f"merge it with the one at line {defaults[0].span.line}")
         if defaults:
-            self.defaults = self._guard(self._options, defaults[0].options, ir.StageOptions(), "stage") \
-                or ir.StageOptions()
+            self.defaults = stage_options(defaults[0].options, ir.StageOptions(), self.report)
         self._block(pipeline.body)
         self._finish()
         self.ir.info = self.ir.info.model_copy(update={
@@ -302,7 +295,7 @@ class Builder:
     def _stmt_source(self, stmt: ast.Source) -> None:
         call = stmt.call
         parts = call.func.parts
-        options = self._options(stmt.options, self.defaults, "stage")
+        options = stage_options(stmt.options, self.defaults, self.report)
         partitions = self._partitions(stmt.partitions)
         keyed = None
         if len(parts) == 1:
@@ -358,7 +351,7 @@ class Builder:
                        f"change the default at line {op.span.line}" if op.span else None)
 
     def _stmt_stage(self, stmt: ast.Stage) -> None:
-        options = self._options(stmt.options, self.defaults, "stage")
+        options = stage_options(stmt.options, self.defaults, self.report)
         typed = self._expr(stmt.expr, name=stmt.name.text, options=options)
         if typed.shape != ir.COLLECTION:
             self._shape_error(typed, ir.COLLECTION, stmt.expr,
@@ -449,28 +442,10 @@ class Builder:
             self.fail(f"`x N` makes a pool; write `actor pool {name} = ...`", stmt.size.span)
         if stmt.size is not None:
             size = self._partitions(stmt.size, "the pool size")
-        restarts, checkpoint, idempotent = 0, None, []
-        seen: dict[str, Span] = {}
-        for opt in stmt.options:
-            if opt.kind in seen:
-                self.error(f"`{opt.kind}` is given twice", opt.span, f"first at line {seen[opt.kind].line}")
-            seen[opt.kind] = opt.span
-            if opt.kind == "restarts":
-                restarts = opt.value.value
-            elif opt.kind == "checkpoint":
-                checkpoint = opt.value.value
-                if checkpoint < 1:
-                    self.error("checkpoint every N calls needs N >= 1", opt.value.span)
-                    checkpoint = None
-            elif opt.kind == "idempotent":
-                for method in opt.value:
-                    self._check_method(info, cls, method.text, method.span)
-                    idempotent.append(method.text)
-        if stmt.pool and checkpoint:
-            self.warn("a pool member serves stages, not graph-level calls; `checkpoint` has nothing to "
-                      "replay", seen["checkpoint"], "pool members are rebuilt from their constructor")
-        node = self._add(name, ir.Actor(cls=cls, args=args, kwargs=kwargs, pool_size=size, restarts=restarts,
-                                        checkpoint_every=checkpoint, idempotent=idempotent,
+        opts = actor_options(stmt.options, stmt.pool, self.report,
+                             lambda method, span: self._check_method(info, cls, method, span))
+        node = self._add(name, ir.Actor(cls=cls, args=args, kwargs=kwargs, pool_size=size, restarts=opts.restarts,
+                                        checkpoint_every=opts.checkpoint_every, idempotent=opts.idempotent,
                                         span=ir.SpanModel.of(stmt.span), name=name))
         self._define(name, stmt.name.span, "pool" if stmt.pool else "actor", node, ir.ACTOR,
                      actor_class=cls, pool=stmt.pool)
@@ -546,49 +521,6 @@ class Builder:
                                                  span=ir.SpanModel.of(stmt.span), name=stmt.name.text))
         self._define(stmt.name.text, stmt.name.span, "sink", node, ir.EFFECT)
         self.sinks.append(node)
-
-    # ---- options
-
-    def _options(self, options, base: ir.StageOptions, what: str) -> ir.StageOptions:
-        update: dict = {}
-        seen: dict[str, Span] = {}
-        for opt in options:
-            if opt.kind in seen:
-                self.error(f"`{opt.kind}` is given twice", opt.span, f"first at line {seen[opt.kind].line}")
-            seen[opt.kind] = opt.span
-            if opt.kind == "retries":
-                update["retries"] = opt.value.value
-            elif opt.kind == "timeout":
-                if opt.value.value <= 0:
-                    self.error("`timeout` needs a positive number of seconds", opt.value.span)
-                else:
-                    update["timeout"] = float(opt.value.value)
-            elif opt.kind == "effectful":
-                update["effectful"] = True
-            elif opt.kind == "resources":
-                update["resources"] = base.resources.merged(self._resources(opt.value))
-        return base.model_copy(update=update)
-
-    def _resources(self, items) -> ir.Resources:
-        values: dict = {}
-        for name, literal in items:
-            key = name.text
-            if key not in ("cpus", "gpus", "memory"):
-                self.error(f"unknown resource `{key}`", name.span,
-                           did_you_mean(key, ("cpus", "gpus", "memory")) or "resources are cpus, gpus and memory")
-                continue
-            value = literal.value
-            if key == "memory":
-                value = _memory_bytes(value)
-                if value is None:
-                    self.error(f"cannot read memory size {_clip(literal.raw)}", literal.span,
-                               'write a number of bytes or a string like "2GB" or "512MiB"')
-                    continue
-            elif not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < math.inf:
-                self.error(f"`{key}` needs a non-negative number", literal.span)
-                continue
-            values[key] = value
-        return ir.Resources(**values)
 
     # ---- expressions
 
@@ -1136,26 +1068,6 @@ class Builder:
 
 
 # ---- helpers ------------------------------------------------------------------------------
-
-def _memory_bytes(value) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return int(value) if 0 <= value < math.inf else None
-    match = _MEMORY.fullmatch(str(value).strip())
-    if not match:
-        return None
-    unit = match.group(2).upper()
-    if unit not in _MEMORY_UNITS:
-        return None
-    size = float(match.group(1)) * _MEMORY_UNITS[unit]
-    return int(size) if size < math.inf else None
-
-
-def _clip(text: str, width: int = 40) -> str:
-    """``text`` cut to ``width`` characters for a message (the caret shows the rest)."""
-    return text if len(text) <= width else text[:width - 3] + "..."
-
 
 def _a(word: str) -> str:
     """``word`` with its indefinite article: "an int", "a str"."""
