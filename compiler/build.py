@@ -18,9 +18,10 @@ from pipec.dsl.diagnostics import Diagnostic, did_you_mean
 from pipec.dsl.parser import STATEMENT_KEYWORDS
 from pipec.dsl.source import SourceFile, Span
 from pipec.compiler import constants, ir
+from pipec.compiler.modules import ModuleIndex
 from pipec.compiler.options import actor_options, stage_options
 from pipec.compiler.reporter import Abort, Reporter
-from pipec.compiler.modules import ModuleIndex, ModuleInfo, ModuleSyntaxError
+from pipec.compiler.signatures import Signatures
 
 ELEMENTWISE = ("map", "flat_map", "filter", "map_batches", "map_values")
 SOURCES = ("range", "read_text", "read_jsonl")
@@ -78,9 +79,7 @@ class Builder:
         self.index = index or ModuleIndex.for_file(source.path)
         self.report = Reporter(source.path)
         self.diagnostics: list[Diagnostic] = self.report.diagnostics
-        self.aliases: dict[str, tuple[str, Span]] = {}
-        self.used_aliases: set[str] = set()
-        self.broken_modules: set[str] = set()  # missing or unreadable, already reported
+        self.signatures = Signatures(self.index, self.report, source.path)
         self.name_spans: dict[str, Span] = {}  # node -> where the user named it
         self.ir = ir.IR(ir.PipelineInfo(name=module.pipeline.name.text, path=source.path,
                                         params=[p.name.text for p in module.pipeline.params]))
@@ -113,7 +112,7 @@ class Builder:
     def build(self) -> ir.IR:
         """Build the IR; inspect ``diagnostics`` for errors before using it."""
         for use in self.module.uses:
-            self._use(use)
+            self.signatures.use(use)
         pipeline = self.module.pipeline
         for param in pipeline.params:
             self._guard(self._param, param)
@@ -148,49 +147,7 @@ class Builder:
                     self.later.setdefault(stmt.index.text, stmt)
                 self._collect_later(stmt.body)
 
-    # ---- use and params
-
-    def _use(self, use: ast.Use) -> None:
-        alias = use.alias.text
-        if alias in self.aliases:
-            self.error(f"alias `{alias}` is already defined", use.alias.span,
-                       f"the first `use ... as {alias}` is at line {self.aliases[alias][1].line}")
-            return
-        self.aliases[alias] = (use.path.text, use.span)
-        if self._module(use.path.text, use.path.span) is None:
-            return
-
-    def _module(self, name: str, span: Span) -> ModuleInfo | None:
-        try:
-            found = self.index.find(name)
-        except ModuleSyntaxError as exc:
-            if name not in self.broken_modules:
-                self.broken_modules.add(name)
-                where = f"{exc.path}:{exc.err.lineno}" if exc.err.lineno else str(exc.path)
-                self.error(f"module `{name}` has a Python syntax error: {exc.err.msg}", span, f"see {where}")
-            return None
-        if found is None and name not in self.broken_modules:
-            self.broken_modules.add(name)  # said once, at its first use
-            self.error(f"cannot find module `{name}`", span, self._missing_module_hint(name))
-        return found
-
-    def _missing_module_hint(self, name: str) -> str:
-        head = name.split(".")[0]
-        if head not in self.aliases and (alias := did_you_mean(head, self.aliases)):
-            return alias
-        parent, _, last = name.rpartition(".")
-        info = self._find_quietly(parent) if parent else None
-        if info is not None and last in info.names():
-            return f"`{last}` is defined in module `{parent}`; it is not a module"
-        return (f"looked for {name.replace('.', '/')}.py next to {self.source.path} "
-                f"and in the folders above it")
-
-    def _find_quietly(self, module: str) -> ModuleInfo | None:
-        """What ``module`` defines, or None if it is missing or broken (reported elsewhere)."""
-        try:
-            return self.index.find(module)
-        except ModuleSyntaxError:
-            return None
+    # ---- params
 
     def _param(self, param: ast.Param) -> None:
         name, type_name = param.name.text, param.type.text
@@ -225,9 +182,9 @@ class Builder:
         if existing is not None:
             self.error(f"`{name}` is already defined", span,
                        f"the first definition is at line {existing.span.line}; pick another name")
-        if name in self.aliases:
+        if name in self.signatures.aliases:
             self.error(f"`{name}` is already a module alias", span,
-                       f"`use ... as {name}` is at line {self.aliases[name][1].line}")
+                       f"`use ... as {name}` is at line {self.signatures.aliases[name][1].line}")
         binding = Binding(kind, node, shape, span, self.region.id, **extra)
         if node is not None:
             self.name_spans.setdefault(node, span)
@@ -317,10 +274,10 @@ class Builder:
                            span=ir.SpanModel.of(stmt.span), name=stmt.name.text)
             keyed = False if kind in ("range", "read_text") else None
         else:
-            fn = self._function(call.func, what="source function")
+            fn = self.signatures.function(call.func, what="source function")
             args = [self._value_arg(a) for a in call.args]
             kwargs = {k.name.text: self._value_arg(k.value) for k in call.kwargs}
-            self._check_signature(fn, call, extra=("partition", "partitions") if stmt.sharded else ())
+            self.signatures.check_signature(fn, call, extra=("partition", "partitions") if stmt.sharded else ())
             op = ir.Source(kind="callable", fn=fn, args=args, kwargs=kwargs, partitions=partitions,
                            sharded=stmt.sharded, options=options, span=ir.SpanModel.of(stmt.span),
                            name=stmt.name.text)
@@ -430,9 +387,9 @@ class Builder:
 
     def _stmt_actor(self, stmt: ast.Actor) -> None:
         name = stmt.name.text
-        cls = self._function(stmt.ctor.func, what="actor class")
-        info = self._class_info(cls)
-        self._check_signature(cls, stmt.ctor)
+        cls = self.signatures.function(stmt.ctor.func, what="actor class")
+        info = self.signatures.class_info(cls)
+        self.signatures.check_signature(cls, stmt.ctor)
         args = [self._value_arg(a) for a in stmt.ctor.args]
         kwargs = {k.name.text: self._value_arg(k.value) for k in stmt.ctor.kwargs}
         size = None
@@ -443,7 +400,7 @@ class Builder:
         if stmt.size is not None:
             size = self._partitions(stmt.size, "the pool size")
         opts = actor_options(stmt.options, stmt.pool, self.report,
-                             lambda method, span: self._check_method(info, cls, method, span))
+                             lambda method, span: self.signatures.check_method(info, cls, method, span))
         node = self._add(name, ir.Actor(cls=cls, args=args, kwargs=kwargs, pool_size=size, restarts=opts.restarts,
                                         checkpoint_every=opts.checkpoint_every, idempotent=opts.idempotent,
                                         span=ir.SpanModel.of(stmt.span), name=name))
@@ -551,8 +508,8 @@ class Builder:
         head = parts[0]
         binding = self._lookup(head)
         if binding is None:
-            if head in self.aliases or len(parts) > 1:
-                fn = self._function(expr.path)
+            if head in self.signatures.aliases or len(parts) > 1:
+                fn = self.signatures.function(expr.path)
                 self.fail(f"`{fn.dotted}` is a function; call it, or pass it to an operation",
                           expr.span, f"e.g. `map {expr.path.text} over xs` or `{expr.path.text}(...)`")
             self._undefined(head, expr.path.span)
@@ -580,7 +537,7 @@ class Builder:
             self.fail(f"`{name}` is not visible here", span,
                       f"it is defined inside a `repeat` at line {later.span.line}; declare a `var` "
                       f"before the loop and rebind it inside to use it afterwards")
-        hint = did_you_mean(name, self._visible() | set(self.aliases))
+        hint = did_you_mean(name, self._visible() | set(self.signatures.aliases))
         self.fail(f"undefined name `{name}`", span, hint)
 
     def _cycle_back(self, name: str, use_span: Span) -> bool:
@@ -664,8 +621,8 @@ class Builder:
             return self._actor_call(expr, binding, name)
         if binding is not None:
             raise Abort
-        fn = self._function(expr.func)
-        self._check_signature(fn, expr)
+        fn = self.signatures.function(expr.func)
+        self.signatures.check_signature(fn, expr)
         args = [self._value_arg(a) for a in expr.args]
         kwargs = {k.name.text: self._value_arg(k.value) for k in expr.kwargs}
         node = self._add(name or fn.attr, ir.Call(fn=fn, args=args, kwargs=kwargs, span=ir.SpanModel.of(expr.span)))
@@ -679,8 +636,8 @@ class Builder:
         if actor.pool:
             self.fail(f"`{parts[0]}` is an actor pool; its members serve stages", expr.func.span,
                       f"use it as `map_batches {expr.func.text} over xs`, or declare a single actor")
-        info = self._class_info(actor.actor_class)
-        self._check_method(info, actor.actor_class, method, expr.func.span, call=expr)
+        info = self.signatures.class_info(actor.actor_class)
+        self.signatures.check_method(info, actor.actor_class, method, expr.func.span, call=expr)
         args = [self._value_arg(a) for a in expr.args]
         kwargs = {k.name.text: self._value_arg(k.value) for k in expr.kwargs}
         seq = self.actor_seq.get(actor.node, 0)
@@ -755,8 +712,8 @@ class Builder:
             value = constants.unparen(k.value)
             if not isinstance(value, ast.Ref):
                 self.fail("`by` takes a function, e.g. `by = m.score`", k.value.span)
-            by = self._function(value.path)
-            self._check_arity(by, 1, value.span)
+            by = self.signatures.function(value.path)
+            self.signatures.check_arity(by, 1, value.span)
         node = self._add(name, ir.Top(input=src.operand, n=n.operand, by=by, span=ir.SpanModel.of(expr.span)))
         return Typed(ir.NodeRef(node=node), ir.VALUE, py_type=list)
 
@@ -799,8 +756,8 @@ class Builder:
             node = self._add(name, ir.GroupByKey(input=src.operand, options=options, span=span))
             return Typed(ir.NodeRef(node=node), ir.COLLECTION, keyed=True, order="key")
         if expr.kind in ("reduce", "reduce_by_key"):
-            fn = self._function(expr.fn)
-            self._check_arity(fn, 2, expr.fn.span)
+            fn = self.signatures.function(expr.fn)
+            self.signatures.check_arity(fn, 2, expr.fn.span)
             if expr.kind == "reduce":
                 node = self._add(name, ir.Reduce(fn=fn, input=src.operand, options=options, span=span))
                 return Typed(ir.NodeRef(node=node), ir.VALUE)
@@ -828,7 +785,8 @@ class Builder:
             if len(expr.fn.parts) != 2:
                 self.fail("a pool method is `pool.method`", expr.fn.span)
             method = expr.fn.parts[1]
-            self._check_method(self._class_info(head.actor_class), head.actor_class, method, expr.fn.span)
+            self.signatures.check_method(self.signatures.class_info(head.actor_class), head.actor_class, method,
+                                         expr.fn.span)
             pool = ir.NodeRef(node=head.node)
         elif head is not None and head.kind != "broken":
             self.fail(f"`{expr.fn.parts[0]}` is a {head.kind}, not a function", expr.fn.span,
@@ -836,7 +794,7 @@ class Builder:
         elif head is not None:
             raise Abort
         else:
-            fn = self._function(expr.fn)
+            fn = self.signatures.function(expr.fn)
         bindings: dict[str, ir.Lit | ir.NodeRef] = {}
         handles: list[Binding] = []
         for kw in expr.bindings:
@@ -858,8 +816,8 @@ class Builder:
                 handles.append(typed.actor)
             bindings[key] = typed.operand
         if fn is not None:
-            self._check_arity(fn, 1, expr.fn.span, keywords=tuple(bindings),
-                              optional=("partition",) if expr.kind == "map_batches" else (), bindable=True)
+            self.signatures.check_arity(fn, 1, expr.fn.span, keywords=tuple(bindings),
+                                        optional=("partition",) if expr.kind == "map_batches" else (), bindable=True)
         node = self._add(name, ir.Elementwise(kind=expr.kind, fn=fn, pool=pool, method=method, input=src.operand,
                                               bindings=bindings, options=options, span=span))
         if pool is not None:
@@ -874,7 +832,7 @@ class Builder:
         self._after_actor_use(actor.node, node)
         self.handle_stages.setdefault(actor.node, []).append(node)
         actor_op = self.ir.op(actor.node)
-        called = self._methods_called_through(fn, expr)
+        called = self.signatures.methods_called_through(fn, {kw.name.text for kw in expr.bindings})
         unsafe = sorted(m for m in called if m not in actor_op.idempotent) if called is not None else None
         if not options.effectful and (unsafe is None or unsafe):
             what = (f"calls `{', '.join(unsafe)}` on" if unsafe else "uses")
@@ -882,117 +840,6 @@ class Builder:
                       f"calls it again", expr.span,
                       "mark the stage `effectful`, or declare the methods `idempotent` in the actor block "
                       "if repeating them is harmless")
-
-    def _methods_called_through(self, fn: ir.FnRef | None, expr: ast.Dataflow) -> set[str] | None:
-        """Methods the stage function calls on its handle parameters, read from its source."""
-        if fn is None:
-            return None
-        info = self.index.find(fn.module)
-        if info is None or info.path is None:
-            return None
-        import ast as pyast
-        try:
-            tree = pyast.parse(info.path.read_text(encoding="utf-8", errors="replace"))
-        except SyntaxError:
-            return None
-        handle_names = {kw.name.text for kw in expr.bindings}
-        for node in tree.body:
-            if isinstance(node, (pyast.FunctionDef, pyast.AsyncFunctionDef)) and node.name == fn.attr:
-                called = set()
-                for sub in pyast.walk(node):
-                    if (isinstance(sub, pyast.Call) and isinstance(sub.func, pyast.Attribute)
-                            and isinstance(sub.func.value, pyast.Name) and sub.func.value.id in handle_names):
-                        called.add(sub.func.attr)
-                return called
-        return None
-
-    # ---- functions, classes and signatures (read statically)
-
-    def _function(self, path: ast.Dotted, what: str = "function") -> ir.FnRef:
-        parts = list(path.parts)
-        if parts[0] in self.aliases:
-            self.used_aliases.add(parts[0])
-            module_parts = self.aliases[parts[0]][0].split(".")
-            if len(parts) == 1:
-                self.fail(f"`{parts[0]}` is a module alias; name a {what} in it", path.span,
-                          f"e.g. `{parts[0]}.name`")
-            parts = module_parts + parts[1:]
-        elif len(parts) == 1:
-            found_in = [f"{alias}.{parts[0]}" for alias, (module, _) in self.aliases.items()
-                        if (info := self._find_quietly(module)) is not None and parts[0] in info.names()]
-            self.fail(f"`{parts[0]}` is not a {what}", path.span,
-                      (f"did you mean `{found_in[0]}`?" if found_in else None)
-                      or did_you_mean(parts[0], self.aliases)
-                      or "name Python functions by module: `use mymodule as m` then `m.f`")
-        module, attr = ".".join(parts[:-1]), parts[-1]
-        info = self._module(module, path.span)
-        if info is None:
-            raise Abort
-        if not info.has(attr):
-            hint = did_you_mean(attr, info.names())
-            self.fail(f"module `{module}` has no {what} `{attr}`", path.span,
-                      hint or f"{info.path} defines: {', '.join(sorted(info.names())[:8]) or 'nothing'}")
-        return ir.FnRef(module=module, attr=attr)
-
-    def _class_info(self, ref: ir.FnRef):
-        info = self.index.find(ref.module)
-        return info.classes.get(ref.attr) if info else None
-
-    def _check_method(self, cls_info, ref: ir.FnRef, method: str, span: Span, call: ast.Call | None = None):
-        if cls_info is None or not cls_info.complete:
-            return
-        fn = cls_info.methods.get(method)
-        if fn is None or method.startswith("_"):
-            public = [m for m in cls_info.methods if not m.startswith("_")]
-            self.fail(f"actor class `{ref.attr}` has no method `{method}`", span,
-                      did_you_mean(method, public) or f"its methods: {', '.join(public) or 'none'}")
-        if call is not None:
-            self._check_call_shape(fn, call, drop_self=True, label=f"{ref.attr}.{method}")
-
-    def _check_signature(self, ref: ir.FnRef, call: ast.Call, extra: tuple[str, ...] = ()) -> None:
-        info = self.index.find(ref.module)
-        if info is None or info.path is None:
-            return
-        if ref.attr in info.classes:
-            cls = info.classes[ref.attr]
-            if cls.init is not None and cls.complete:
-                self._check_call_shape(cls.init, call, drop_self=True, label=ref.attr)
-        elif ref.attr in info.functions:
-            self._check_call_shape(info.functions[ref.attr], call, label=ref.attr, extra=extra)
-
-    def _check_call_shape(self, fn, call: ast.Call, drop_self=False, label="", extra=()) -> None:
-        params = fn.params[1:] if drop_self else fn.params
-        for kw in call.kwargs:
-            if not fn.accepts_keyword(kw.name.text) or kw.name.text in extra:
-                self.fail(f"`{label}` has no parameter `{kw.name.text}`", kw.name.span,
-                          did_you_mean(kw.name.text, params))
-        if len(call.args) > len(params) and not fn.var_positional:
-            self.fail(f"`{label}` takes {len(params)} positional argument{'s' if len(params) != 1 else ''}, "
-                      f"got {len(call.args)}", call.span)
-        missing = fn.missing(len(call.args), {k.name.text for k in call.kwargs} | set(extra), skip=int(drop_self))
-        if missing:
-            self.fail(f"`{label}` needs argument {', '.join(f'`{p}`' for p in missing)}", call.span,
-                      f"pass it as `{missing[0]} = ...`")
-
-    def _check_arity(self, ref: ir.FnRef, positional: int, span: Span, keywords=(), optional=(),
-                     bindable: bool = False) -> None:
-        info = self.index.find(ref.module)
-        if info is None or info.path is None or ref.attr not in info.functions:
-            return
-        fn = info.functions[ref.attr]
-        for k in keywords:
-            if not fn.accepts_keyword(k):
-                self.fail(f"`{ref.attr}` has no parameter `{k}` for `with {k} = ...`", span,
-                          did_you_mean(k, fn.params[positional:]))
-        if len(fn.params) < positional and not fn.var_positional:
-            self.fail(f"`{ref.attr}` takes {len(fn.params)} argument{'s' if len(fn.params) != 1 else ''}; "
-                      f"it is called with {positional}", span)
-        missing = fn.missing(positional, set(keywords) | set(optional))
-        if missing:
-            self.fail(f"`{ref.attr}` is called with {positional} argument{'s' if positional != 1 else ''} "
-                      f"and needs {', '.join(f'`{p}`' for p in missing)} too", span,
-                      f"give `{missing[0]}` a default"
-                      + (f", or bind it: `with {missing[0]} = ...`" if bindable else ""))
 
     # ---- shapes
 
@@ -1005,8 +852,8 @@ class Builder:
     # ---- after the whole body
 
     def _finish(self) -> None:
-        for alias, (path, span) in self.aliases.items():
-            if alias not in self.used_aliases:
+        for alias, (path, span) in self.signatures.aliases.items():
+            if alias not in self.signatures.used_aliases:
                 self.warn(f"module alias `{alias}` is never used", span)
         if not self.diagnostics or not any(d.is_error for d in self.diagnostics):
             self._unused()
