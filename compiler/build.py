@@ -17,7 +17,7 @@ from pipec.dsl import ast
 from pipec.dsl.diagnostics import Diagnostic, did_you_mean
 from pipec.dsl.parser import STATEMENT_KEYWORDS
 from pipec.dsl.source import SourceFile, Span
-from pipec.compiler import constants, ir
+from pipec.compiler import constants, ir, lints
 from pipec.compiler.modules import ModuleIndex
 from pipec.compiler.options import actor_options, stage_options
 from pipec.compiler.reporter import Abort, Reporter
@@ -831,15 +831,8 @@ class Builder:
     def _handle_stage(self, actor: Binding, node: str, fn: ir.FnRef | None, expr: ast.Dataflow, options) -> None:
         self._after_actor_use(actor.node, node)
         self.handle_stages.setdefault(actor.node, []).append(node)
-        actor_op = self.ir.op(actor.node)
         called = self.signatures.methods_called_through(fn, {kw.name.text for kw in expr.bindings})
-        unsafe = sorted(m for m in called if m not in actor_op.idempotent) if called is not None else None
-        if not options.effectful and (unsafe is None or unsafe):
-            what = (f"calls `{', '.join(unsafe)}` on" if unsafe else "uses")
-            self.warn(f"stage `{node}` {what} actor `{actor_op.name}` through a handle, so a retried task "
-                      f"calls it again", expr.span,
-                      "mark the stage `effectful`, or declare the methods `idempotent` in the actor block "
-                      "if repeating them is harmless")
+        lints.retried_handle_calls(node, self.ir.op(actor.node), called, options.effectful, expr.span, self.report)
 
     # ---- shapes
 
@@ -852,66 +845,11 @@ class Builder:
     # ---- after the whole body
 
     def _finish(self) -> None:
-        for alias, (path, span) in self.signatures.aliases.items():
-            if alias not in self.signatures.used_aliases:
-                self.warn(f"module alias `{alias}` is never used", span)
-        if not self.diagnostics or not any(d.is_error for d in self.diagnostics):
-            self._unused()
-            self._mark_schedule_dependent()
-
-    def _unused(self) -> None:
-        """Warn about stages and values whose results reach no sink and no actor."""
-        graph = self.ir.graph
-        useful: set[str] = set()
-        roots = [n for n, op in self.ir.items() if isinstance(op, (ir.Sink, ir.ActorCall, ir.Rebind))]
-        for loop in self.loops.values():
-            for operand in (loop.until, loop.count):
-                if isinstance(operand, ir.NodeRef):
-                    roots.append(operand.node)
-        stack = list(roots)
-        while stack:
-            node = stack.pop()
-            if node in useful:
-                continue
-            useful.add(node)
-            stack.extend(graph.predecessors(node))
-        for node, op in self.ir.items():
-            if node in useful or op.name is None or node != op.name:
-                continue
-            if isinstance(op, (ir.Param, ir.RoundIndex, ir.Actor)):
-                continue
-            if isinstance(op, ir.Elementwise) and op.options.effectful:
-                continue
-            span = self._name_span(node, op)
-            self.warn(f"`{node}` is computed but never used", span,
-                      "use it in a sink or an actor call, or remove it")
-
-    def _name_span(self, node: str, op: ir.Op) -> Span | None:
-        """Where ``node``'s name is defined (``stage >grads< = ...``), else its statement."""
-        if node in self.name_spans:
-            return self.name_spans[node]
-        s = op.span
-        return Span(s.line, s.column, s.end_line, s.end_column, 0, 0) if s else None
-
-    def _mark_schedule_dependent(self) -> None:
-        """A sink that reads state an actor gathered through handles depends on scheduling."""
-        handle_actors = {src for src, dst, kind in self.ir.graph.edges(data="kind")
-                         if kind == "actor" and isinstance(self.ir.op(dst), ir.Elementwise)
-                         and self.ir.op(dst).pool is None}
-        if not handle_actors:
-            return
-        dag = self.ir.dag()
-        import networkx as nx
-        tainted = set(handle_actors)
-        for actor in handle_actors:
-            tainted |= nx.descendants(dag, actor)
-        for node in self.sinks:
-            if node in tainted:
-                op = self.ir.op(node)
-                self.ir.graph.nodes[node]["op"] = op.model_copy(update={"schedule_dependent": True})
-                self.warn(f"sink `{node}` depends on the order in which tasks reached an actor",
-                          self._name_span(node, op),
-                          "its content may differ from run to run; compare it by a property, not by bytes")
+        lints.unused_aliases(self.signatures.aliases, self.signatures.used_aliases, self.report)
+        # Statements that failed are missing from the graph, so a lint would see false gaps.
+        if not self.report.has_errors:
+            lints.unused_results(self.ir, self.loops, self.name_spans, self.report)
+            lints.mark_schedule_dependent(self.ir, self.sinks, self.name_spans, self.report)
 
 
 # ---- helpers ------------------------------------------------------------------------------
