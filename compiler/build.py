@@ -1,16 +1,24 @@
-"""AST -> IR: name resolution, shape checks and every semantic diagnostic.
+"""AST -> IR: the core lowering, with name resolution and shape checks.
 
 Names are defined before use, in program order, the way a reader reads the file; the
 one exception a user can trip over, a name used before its definition, is reported as
 such, or as a cycle when the later definition leads back. Each definition is visible in
 its own ``repeat`` body and the bodies nested in it; a ``var`` carries a value out of a
 loop. All errors found in one pass are reported together.
+
+The builder lowers statements and expressions and asks leaf modules for the rest:
+:mod:`~pipec.compiler.scopes` (bindings, regions, why a name is undefined),
+:mod:`~pipec.compiler.signatures` (calls into user modules, read from source),
+:mod:`~pipec.compiler.options` (stage and actor options),
+:mod:`~pipec.compiler.constants` (literals and constant folding),
+:mod:`~pipec.compiler.lints` (warnings on the finished IR) and
+:mod:`~pipec.compiler.reporter` (diagnostics). None of them imports this module.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NoReturn
 
 from pipec.dsl import ast
@@ -21,6 +29,7 @@ from pipec.compiler import constants, ir, lints
 from pipec.compiler.modules import ModuleIndex
 from pipec.compiler.options import actor_options, stage_options
 from pipec.compiler.reporter import Abort, Reporter
+from pipec.compiler.scopes import Binding, LaterNames, Region
 from pipec.compiler.signatures import Signatures
 
 ELEMENTWISE = ("map", "flat_map", "filter", "map_batches", "map_values")
@@ -34,21 +43,6 @@ KEYWORDS = ELEMENTWISE + ("reduce", "reduce_by_key", "group_by_key", "not", "and
 PARAM_TYPES = ("int", "float", "str", "bool")
 SINK_FORMATS = ("json", "jsonl", "text")
 
-@dataclass
-class Binding:
-    """What a name means at a point of the program."""
-
-    kind: str  # param, source, stage, value, var, actor, pool, index, sink
-    node: str | None
-    shape: str  # collection, value, actor, effect
-    span: Span
-    region: str | None
-    keyed: bool | None = None  # for collections: known keyed (True), known not (False)
-    order: str | None = None  # for collections: "key" when sorted by key per partition
-    actor_class: ir.FnRef | None = None
-    pool: bool = False
-    py_type: type | None = None  # for values whose Python type is known statically
-
 
 @dataclass
 class Typed:
@@ -60,14 +54,6 @@ class Typed:
     order: str | None = None
     py_type: type | None = None  # for literals and typed params
     actor: Binding | None = None
-
-
-@dataclass
-class _Region:
-    id: str | None
-    parent: "_Region | None"
-    names: dict[str, Binding] = field(default_factory=dict)
-    rebound: dict[str, str] = field(default_factory=dict)  # var name -> rebind node
 
 
 class Builder:
@@ -84,8 +70,8 @@ class Builder:
         self.ir = ir.IR(ir.PipelineInfo(name=module.pipeline.name.text, path=source.path,
                                         params=[p.name.text for p in module.pipeline.params]))
         self.loops: dict[str, ir.Loop] = {}
-        self.region = _Region(None, None)
-        self.later: dict[str, ast.Stmt] = {}  # names defined further down (for hints)
+        self.region = Region(None, None)
+        self.later = LaterNames()  # names defined further down (for hints)
         self.defaults = ir.StageOptions()
         self.actor_seq: dict[str, int] = {}
         self.last_actor_use: dict[str, str] = {}
@@ -116,7 +102,7 @@ class Builder:
         pipeline = self.module.pipeline
         for param in pipeline.params:
             self._guard(self._param, param)
-        self._collect_later(pipeline.body)
+        self.later.collect(pipeline.body)
         defaults = [s for s in pipeline.body if isinstance(s, ast.Defaults)]
         for extra in defaults[1:]:
             self.error("a pipeline has one `defaults` block", extra.span,
@@ -137,21 +123,11 @@ class Builder:
         except Abort:
             return None
 
-    def _collect_later(self, body) -> None:
-        for stmt in body:
-            name = getattr(stmt, "name", None)
-            if isinstance(name, ast.Name) and not isinstance(stmt, ast.Rebind):
-                self.later.setdefault(name.text, stmt)
-            if isinstance(stmt, ast.Repeat):
-                if stmt.index:
-                    self.later.setdefault(stmt.index.text, stmt)
-                self._collect_later(stmt.body)
-
     # ---- params
 
     def _param(self, param: ast.Param) -> None:
         name, type_name = param.name.text, param.type.text
-        first = self._lookup(name)
+        first = self.region.lookup(name)
         if first is not None:
             self.fail(f"parameter `{name}` is declared twice", param.name.span,
                       f"the first is at line {first.span.line}, column {first.span.column}; pick another name")
@@ -178,7 +154,7 @@ class Builder:
     def _define(self, name: str, span: Span, kind: str, node: str | None, shape: str, **extra) -> Binding:
         if name in KEYWORDS:
             self.error(f"`{name}` is a keyword and cannot be a name", span, f"pick another name, e.g. `{name}_`")
-        existing = self._lookup(name)
+        existing = self.region.lookup(name)
         if existing is not None:
             self.error(f"`{name}` is already defined", span,
                        f"the first definition is at line {existing.span.line}; pick another name")
@@ -190,21 +166,6 @@ class Builder:
             self.name_spans.setdefault(node, span)
         self.region.names[name] = binding
         return binding
-
-    def _lookup(self, name: str) -> Binding | None:
-        region = self.region
-        while region is not None:
-            if name in region.names:
-                return region.names[name]
-            region = region.parent
-        return None
-
-    def _visible(self) -> set[str]:
-        names, region = set(), self.region
-        while region is not None:
-            names |= set(region.names)
-            region = region.parent
-        return names
 
     def _node_id(self, wanted: str) -> str:
         """``wanted``, or ``wanted-2``, ``wanted-3``... when taken (counted, not probed:
@@ -234,7 +195,7 @@ class Builder:
             except Abort:
                 # Keep the name defined so later uses do not cascade into more errors.
                 name = getattr(stmt, "name", None)
-                if isinstance(name, ast.Name) and self._lookup(name.text) is None \
+                if isinstance(name, ast.Name) and self.region.lookup(name.text) is None \
                         and not isinstance(stmt, ast.Rebind):
                     self.region.names[name.text] = Binding("broken", None, "broken", name.span,
                                                            self.region.id)
@@ -355,7 +316,7 @@ class Builder:
 
     def _stmt_rebind(self, stmt: ast.Rebind) -> None:
         name = stmt.name.text
-        binding = self._lookup(name)
+        binding = self.region.lookup(name)
         if binding is None:
             self._undefined(name, stmt.name.span, rebinding=True)
         if binding.kind == "broken":
@@ -431,7 +392,7 @@ class Builder:
             self._param_at_least(count, 0, "`repeat`", stmt.count.span)
         loop_id = f"loop{len(self.loops) + 1}"
         outer = self.region
-        self.region = _Region(loop_id, outer)
+        self.region = Region(loop_id, outer)
         try:
             index = None
             if stmt.index is not None:
@@ -506,7 +467,7 @@ class Builder:
     def _expr_ref(self, expr: ast.Ref, name, options) -> Typed:
         parts = expr.path.parts
         head = parts[0]
-        binding = self._lookup(head)
+        binding = self.region.lookup(head)
         if binding is None:
             if head in self.signatures.aliases or len(parts) > 1:
                 fn = self.signatures.function(expr.path)
@@ -524,46 +485,10 @@ class Builder:
         return Typed(ir.NodeRef(node=binding.node), binding.shape, binding.keyed, binding.order,
                      binding.py_type, binding if binding.shape == ir.ACTOR else None)
 
-    def _undefined(self, name: str, span: Span, rebinding: bool = False):
-        later = self.later.get(name)
-        if later is not None and later.span.start > span.start:
-            if self._cycle_back(name, span):
-                self.fail(f"cycle: `{name}` depends on itself", span,
-                          f"`{name}` (line {later.span.line}) reads a name defined here; "
-                          f"break the cycle with a `var` carried through a `repeat`")
-            self.fail(f"`{name}` is used before it is defined", span,
-                      f"it is defined at line {later.span.line}; move that definition above this line")
-        if later is not None and not rebinding:
-            self.fail(f"`{name}` is not visible here", span,
-                      f"it is defined inside a `repeat` at line {later.span.line}; declare a `var` "
-                      f"before the loop and rebind it inside to use it afterwards")
-        hint = did_you_mean(name, self._visible() | set(self.signatures.aliases))
+    def _undefined(self, name: str, span: Span, rebinding: bool = False) -> NoReturn:
+        self.later.explain(name, span, rebinding, self.report)
+        hint = did_you_mean(name, self.region.visible() | set(self.signatures.aliases))
         self.fail(f"undefined name `{name}`", span, hint)
-
-    def _cycle_back(self, name: str, use_span: Span) -> bool:
-        """Does the (later) definition of ``name`` read the statement containing ``use_span``?"""
-        stmt = self.later[name]
-        owner = self._statement_at(use_span)
-        if owner is None:
-            return False
-        owner_name = owner.name.text
-        seen, todo = set(), [stmt]
-        while todo:
-            current = todo.pop()
-            for ref in _names_read(current):
-                if ref == owner_name:
-                    return True
-                nxt = self.later.get(ref)
-                if nxt is not None and ref not in seen and nxt.span.start > use_span.start:
-                    seen.add(ref)
-                    todo.append(nxt)
-        return False
-
-    def _statement_at(self, span: Span):
-        for stmt in self.later.values():
-            if not isinstance(stmt, ast.Repeat) and stmt.span.start <= span.start < stmt.span.end:
-                return stmt
-        return None
 
     def _expr_binop(self, expr: ast.BinOp, name, options) -> Typed:
         left = self._nested(expr.left, name, "left")
@@ -607,13 +532,13 @@ class Builder:
                           f"`source xs = {builtin}(...) partitions 4`")
             if builtin in VALUE_BUILTINS or builtin in COLLECTION_BUILTINS:
                 return getattr(self, f"_builtin_{builtin}")(expr, name or builtin, options)
-            binding = self._lookup(builtin)
+            binding = self.region.lookup(builtin)
             if binding is not None:
                 self.fail(f"`{builtin}` is a {binding.kind}, not a function", expr.func.span)
             self.fail(f"unknown function `{builtin}`", expr.func.span,
                       did_you_mean(builtin, BUILTINS)
                       or "name Python functions by module: `use mymodule as m` then `m.f(...)`")
-        binding = self._lookup(parts[0])
+        binding = self.region.lookup(parts[0])
         if binding is not None and binding.kind != "broken":
             if binding.shape != ir.ACTOR:
                 self.fail(f"`{parts[0]}` is a {binding.kind}, not an actor; it has no methods", expr.func.span,
@@ -775,7 +700,7 @@ class Builder:
         if expr.kind == "map_values":
             self._need_keyed(src, expr)
         fn, pool, method = None, None, None
-        head = self._lookup(expr.fn.parts[0])
+        head = self.region.lookup(expr.fn.parts[0])
         if head is not None and head.shape == ir.ACTOR:
             if not head.pool:
                 self.fail(f"`{expr.fn.parts[0]}` is a single actor; a stage is served by an actor pool",
@@ -858,24 +783,3 @@ def _a(word: str) -> str:
     """``word`` with its indefinite article: "an int", "a str"."""
     return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
 
-
-def _names_read(stmt) -> set[str]:
-    """Every plain name an AST statement reads (for cycle hints)."""
-    found: set[str] = set()
-    stack = [stmt]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, ast.Ref):
-            found.add(node.path.parts[0])
-            continue
-        if isinstance(node, ast.Call) and len(node.func.parts) > 1:
-            found.add(node.func.parts[0])
-        for attr in getattr(node, "__slots__", ()):
-            if attr in ("span", "name"):
-                continue
-            child = getattr(node, attr, None)
-            if isinstance(child, tuple):
-                stack.extend(c for c in child if hasattr(c, "__slots__"))
-            elif hasattr(child, "__slots__") and not isinstance(child, (Span, ast.Name)):
-                stack.append(child)
-    return found
