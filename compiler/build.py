@@ -85,12 +85,15 @@ class Builder:
     # ---- diagnostics
 
     def error(self, message: str, span: Span | None, hint: str | None = None) -> None:
+        """Record an error at ``span``; building goes on (see :class:`Reporter`)."""
         self.report.error(message, span, hint)
 
     def warn(self, message: str, span: Span | None, hint: str | None = None) -> None:
+        """Record a warning at ``span``."""
         self.report.warn(message, span, hint)
 
     def fail(self, message: str, span: Span | None, hint: str | None = None) -> NoReturn:
+        """Record an error at ``span`` and stop the current statement (raises Abort)."""
         self.report.fail(message, span, hint)
 
     # ---- entry point
@@ -149,7 +152,7 @@ class Builder:
             span=ir.SpanModel.of(param.span), name=name)), ir.VALUE,
             py_type={"int": int, "float": float, "str": str, "bool": bool}[type_name])
 
-    # ---- scopes
+    # ---- names and nodes
 
     def _define(self, name: str, span: Span, kind: str, node: str | None, shape: str, **extra) -> Binding:
         if name in KEYWORDS:
@@ -778,6 +781,7 @@ class Builder:
 
 
 # ---- helpers ------------------------------------------------------------------------------
+
 
 def _a(word: str) -> str:
     """``word`` with its indefinite article: "an int", "a str"."""
