@@ -1,25 +1,36 @@
-"""AST -> IR: name resolution, shape checks and every semantic diagnostic.
+"""AST -> IR: the core lowering, with name resolution and shape checks.
 
 Names are defined before use, in program order, the way a reader reads the file; the
 one exception a user can trip over, a name used before its definition, is reported as
 such, or as a cycle when the later definition leads back. Each definition is visible in
 its own ``repeat`` body and the bodies nested in it; a ``var`` carries a value out of a
 loop. All errors found in one pass are reported together.
+
+The builder lowers statements and expressions and asks leaf modules for the rest:
+:mod:`~pipec.compiler.scopes` (bindings, regions, why a name is undefined),
+:mod:`~pipec.compiler.signatures` (calls into user modules, read from source),
+:mod:`~pipec.compiler.options` (stage and actor options),
+:mod:`~pipec.compiler.constants` (literals and constant folding),
+:mod:`~pipec.compiler.lints` (warnings on the finished IR) and
+:mod:`~pipec.compiler.reporter` (diagnostics). None of them imports this module.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NoReturn
 
 from pipec.dsl import ast
-from pipec.dsl.diagnostics import ERROR, WARNING, Diagnostic, did_you_mean
+from pipec.dsl.diagnostics import Diagnostic, did_you_mean
 from pipec.dsl.parser import STATEMENT_KEYWORDS
 from pipec.dsl.source import SourceFile, Span
-from pipec.compiler import ir
-from pipec.compiler.modules import ModuleIndex, ModuleInfo, ModuleSyntaxError
+from pipec.compiler import constants, ir, lints
+from pipec.compiler.modules import ModuleIndex
+from pipec.compiler.options import actor_options, stage_options
+from pipec.compiler.reporter import Abort, Reporter
+from pipec.compiler.scopes import Binding, LaterNames, Region
+from pipec.compiler.signatures import Signatures
 
 ELEMENTWISE = ("map", "flat_map", "filter", "map_batches", "map_values")
 SOURCES = ("range", "read_text", "read_jsonl")
@@ -31,30 +42,6 @@ BUILTINS = SOURCES + VALUE_BUILTINS + COLLECTION_BUILTINS
 KEYWORDS = ELEMENTWISE + ("reduce", "reduce_by_key", "group_by_key", "not", "and", "or", "true", "false", "none")
 PARAM_TYPES = ("int", "float", "str", "bool")
 SINK_FORMATS = ("json", "jsonl", "text")
-# Matched against the stripped text: blanks at both ends made the regex quadratic.
-_MEMORY = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?i?B?)", re.IGNORECASE)
-_MEMORY_UNITS = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "KIB": 2**10, "M": 1e6, "MB": 1e6, "MIB": 2**20,
-                 "G": 1e9, "GB": 1e9, "GIB": 2**30, "T": 1e12, "TB": 1e12, "TIB": 2**40}
-
-
-class _Abort(Exception):
-    """Stops building one statement after its error was recorded."""
-
-
-@dataclass
-class Binding:
-    """What a name means at a point of the program."""
-
-    kind: str  # param, source, stage, value, var, actor, pool, index, sink
-    node: str | None
-    shape: str  # collection, value, actor, effect
-    span: Span
-    region: str | None
-    keyed: bool | None = None  # for collections: known keyed (True), known not (False)
-    order: str | None = None  # for collections: "key" when sorted by key per partition
-    actor_class: ir.FnRef | None = None
-    pool: bool = False
-    py_type: type | None = None  # for values whose Python type is known statically
 
 
 @dataclass
@@ -69,14 +56,6 @@ class Typed:
     actor: Binding | None = None
 
 
-@dataclass
-class _Region:
-    id: str | None
-    parent: "_Region | None"
-    names: dict[str, Binding] = field(default_factory=dict)
-    rebound: dict[str, str] = field(default_factory=dict)  # var name -> rebind node
-
-
 class Builder:
     """Builds the IR of one parsed module; collects diagnostics instead of stopping."""
 
@@ -84,16 +63,15 @@ class Builder:
         self.module = module
         self.source = source
         self.index = index or ModuleIndex.for_file(source.path)
-        self.diagnostics: list[Diagnostic] = []
-        self.aliases: dict[str, tuple[str, Span]] = {}
-        self.used_aliases: set[str] = set()
-        self.broken_modules: set[str] = set()  # missing or unreadable, already reported
+        self.report = Reporter(source.path)
+        self.diagnostics: list[Diagnostic] = self.report.diagnostics
+        self.signatures = Signatures(self.index, self.report, source.path)
         self.name_spans: dict[str, Span] = {}  # node -> where the user named it
         self.ir = ir.IR(ir.PipelineInfo(name=module.pipeline.name.text, path=source.path,
                                         params=[p.name.text for p in module.pipeline.params]))
         self.loops: dict[str, ir.Loop] = {}
-        self.region = _Region(None, None)
-        self.later: dict[str, ast.Stmt] = {}  # names defined further down (for hints)
+        self.region = Region(None, None)
+        self.later = LaterNames()  # names defined further down (for hints)
         self.defaults = ir.StageOptions()
         self.actor_seq: dict[str, int] = {}
         self.last_actor_use: dict[str, str] = {}
@@ -107,32 +85,33 @@ class Builder:
     # ---- diagnostics
 
     def error(self, message: str, span: Span | None, hint: str | None = None) -> None:
-        self.diagnostics.append(Diagnostic(ERROR, message, span, hint, self.source.path))
+        """Record an error at ``span``; building goes on (see :class:`Reporter`)."""
+        self.report.error(message, span, hint)
 
     def warn(self, message: str, span: Span | None, hint: str | None = None) -> None:
-        self.diagnostics.append(Diagnostic(WARNING, message, span, hint, self.source.path))
+        """Record a warning at ``span``."""
+        self.report.warn(message, span, hint)
 
-    def fail(self, message: str, span: Span | None, hint: str | None = None):
-        self.error(message, span, hint)
-        raise _Abort
+    def fail(self, message: str, span: Span | None, hint: str | None = None) -> NoReturn:
+        """Record an error at ``span`` and stop the current statement (raises Abort)."""
+        self.report.fail(message, span, hint)
 
     # ---- entry point
 
     def build(self) -> ir.IR:
         """Build the IR; inspect ``diagnostics`` for errors before using it."""
         for use in self.module.uses:
-            self._use(use)
+            self.signatures.use(use)
         pipeline = self.module.pipeline
         for param in pipeline.params:
             self._guard(self._param, param)
-        self._collect_later(pipeline.body)
+        self.later.collect(pipeline.body)
         defaults = [s for s in pipeline.body if isinstance(s, ast.Defaults)]
         for extra in defaults[1:]:
             self.error("a pipeline has one `defaults` block", extra.span,
                        f"merge it with the one at line {defaults[0].span.line}")
         if defaults:
-            self.defaults = self._guard(self._options, defaults[0].options, ir.StageOptions(), "stage") \
-                or ir.StageOptions()
+            self.defaults = stage_options(defaults[0].options, ir.StageOptions(), self.report)
         self._block(pipeline.body)
         self._finish()
         self.ir.info = self.ir.info.model_copy(update={
@@ -144,66 +123,14 @@ class Builder:
     def _guard(self, fn, *args):
         try:
             return fn(*args)
-        except _Abort:
+        except Abort:
             return None
 
-    def _collect_later(self, body) -> None:
-        for stmt in body:
-            name = getattr(stmt, "name", None)
-            if isinstance(name, ast.Name) and not isinstance(stmt, ast.Rebind):
-                self.later.setdefault(name.text, stmt)
-            if isinstance(stmt, ast.Repeat):
-                if stmt.index:
-                    self.later.setdefault(stmt.index.text, stmt)
-                self._collect_later(stmt.body)
-
-    # ---- use and params
-
-    def _use(self, use: ast.Use) -> None:
-        alias = use.alias.text
-        if alias in self.aliases:
-            self.error(f"alias `{alias}` is already defined", use.alias.span,
-                       f"the first `use ... as {alias}` is at line {self.aliases[alias][1].line}")
-            return
-        self.aliases[alias] = (use.path.text, use.span)
-        if self._module(use.path.text, use.path.span) is None:
-            return
-
-    def _module(self, name: str, span: Span) -> ModuleInfo | None:
-        try:
-            found = self.index.find(name)
-        except ModuleSyntaxError as exc:
-            if name not in self.broken_modules:
-                self.broken_modules.add(name)
-                where = f"{exc.path}:{exc.err.lineno}" if exc.err.lineno else str(exc.path)
-                self.error(f"module `{name}` has a Python syntax error: {exc.err.msg}", span, f"see {where}")
-            return None
-        if found is None and name not in self.broken_modules:
-            self.broken_modules.add(name)  # said once, at its first use
-            self.error(f"cannot find module `{name}`", span, self._missing_module_hint(name))
-        return found
-
-    def _missing_module_hint(self, name: str) -> str:
-        head = name.split(".")[0]
-        if head not in self.aliases and (alias := did_you_mean(head, self.aliases)):
-            return alias
-        parent, _, last = name.rpartition(".")
-        info = self._find_quietly(parent) if parent else None
-        if info is not None and last in info.names():
-            return f"`{last}` is defined in module `{parent}`; it is not a module"
-        return (f"looked for {name.replace('.', '/')}.py next to {self.source.path} "
-                f"and in the folders above it")
-
-    def _find_quietly(self, module: str) -> ModuleInfo | None:
-        """What ``module`` defines, or None if it is missing or broken (reported elsewhere)."""
-        try:
-            return self.index.find(module)
-        except ModuleSyntaxError:
-            return None
+    # ---- params
 
     def _param(self, param: ast.Param) -> None:
         name, type_name = param.name.text, param.type.text
-        first = self._lookup(name)
+        first = self.region.lookup(name)
         if first is not None:
             self.fail(f"parameter `{name}` is declared twice", param.name.span,
                       f"the first is at line {first.span.line}, column {first.span.column}; pick another name")
@@ -212,11 +139,11 @@ class Builder:
                       did_you_mean(type_name, PARAM_TYPES) or "use int, float, str or bool")
         default = None
         if param.default is not None:
-            default = _literal_value(param.default)
-            if default is _NOT_LITERAL:
+            default = constants.literal_value(param.default)
+            if default is constants.NOT_LITERAL:
                 self.fail("a parameter's default must be a literal", param.default.span)
-            if not _fits(default, type_name):
-                self.fail(f"default {_show(default)} is not a{'n' if type_name == 'int' else ''} "
+            if not constants.fits(default, type_name):
+                self.fail(f"default {constants.show(default)} is not a{'n' if type_name == 'int' else ''} "
                           f"{type_name}", param.default.span)
             if type_name == "float":
                 default = float(default)
@@ -225,38 +152,23 @@ class Builder:
             span=ir.SpanModel.of(param.span), name=name)), ir.VALUE,
             py_type={"int": int, "float": float, "str": str, "bool": bool}[type_name])
 
-    # ---- scopes
+    # ---- names and nodes
 
     def _define(self, name: str, span: Span, kind: str, node: str | None, shape: str, **extra) -> Binding:
         if name in KEYWORDS:
             self.error(f"`{name}` is a keyword and cannot be a name", span, f"pick another name, e.g. `{name}_`")
-        existing = self._lookup(name)
+        existing = self.region.lookup(name)
         if existing is not None:
             self.error(f"`{name}` is already defined", span,
                        f"the first definition is at line {existing.span.line}; pick another name")
-        if name in self.aliases:
+        if name in self.signatures.aliases:
             self.error(f"`{name}` is already a module alias", span,
-                       f"`use ... as {name}` is at line {self.aliases[name][1].line}")
+                       f"`use ... as {name}` is at line {self.signatures.aliases[name][1].line}")
         binding = Binding(kind, node, shape, span, self.region.id, **extra)
         if node is not None:
             self.name_spans.setdefault(node, span)
         self.region.names[name] = binding
         return binding
-
-    def _lookup(self, name: str) -> Binding | None:
-        region = self.region
-        while region is not None:
-            if name in region.names:
-                return region.names[name]
-            region = region.parent
-        return None
-
-    def _visible(self) -> set[str]:
-        names, region = set(), self.region
-        while region is not None:
-            names |= set(region.names)
-            region = region.parent
-        return names
 
     def _node_id(self, wanted: str) -> str:
         """``wanted``, or ``wanted-2``, ``wanted-3``... when taken (counted, not probed:
@@ -283,10 +195,10 @@ class Builder:
         for stmt in body:
             try:
                 self._stmt(stmt)
-            except _Abort:
+            except Abort:
                 # Keep the name defined so later uses do not cascade into more errors.
                 name = getattr(stmt, "name", None)
-                if isinstance(name, ast.Name) and self._lookup(name.text) is None \
+                if isinstance(name, ast.Name) and self.region.lookup(name.text) is None \
                         and not isinstance(stmt, ast.Rebind):
                     self.region.names[name.text] = Binding("broken", None, "broken", name.span,
                                                            self.region.id)
@@ -304,7 +216,7 @@ class Builder:
     def _stmt_source(self, stmt: ast.Source) -> None:
         call = stmt.call
         parts = call.func.parts
-        options = self._options(stmt.options, self.defaults, "stage")
+        options = stage_options(stmt.options, self.defaults, self.report)
         partitions = self._partitions(stmt.partitions)
         keyed = None
         if len(parts) == 1:
@@ -326,10 +238,10 @@ class Builder:
                            span=ir.SpanModel.of(stmt.span), name=stmt.name.text)
             keyed = False if kind in ("range", "read_text") else None
         else:
-            fn = self._function(call.func, what="source function")
+            fn = self.signatures.function(call.func, what="source function")
             args = [self._value_arg(a) for a in call.args]
             kwargs = {k.name.text: self._value_arg(k.value) for k in call.kwargs}
-            self._check_signature(fn, call, extra=("partition", "partitions") if stmt.sharded else ())
+            self.signatures.check_signature(fn, call, extra=("partition", "partitions") if stmt.sharded else ())
             op = ir.Source(kind="callable", fn=fn, args=args, kwargs=kwargs, partitions=partitions,
                            sharded=stmt.sharded, options=options, span=ir.SpanModel.of(stmt.span),
                            name=stmt.name.text)
@@ -341,7 +253,7 @@ class Builder:
         if isinstance(typed.operand, ir.Lit):
             value = typed.operand.value
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                self.fail(f"{what} needs a positive integer, not {_show(value)}", expr.span)
+                self.fail(f"{what} needs a positive integer, not {constants.show(value)}", expr.span)
         elif typed.py_type is not int:
             self.fail(f"{what} needs an integer literal or an `int` parameter", expr.span)
         else:
@@ -360,7 +272,7 @@ class Builder:
                        f"change the default at line {op.span.line}" if op.span else None)
 
     def _stmt_stage(self, stmt: ast.Stage) -> None:
-        options = self._options(stmt.options, self.defaults, "stage")
+        options = stage_options(stmt.options, self.defaults, self.report)
         typed = self._expr(stmt.expr, name=stmt.name.text, options=options)
         if typed.shape != ir.COLLECTION:
             self._shape_error(typed, ir.COLLECTION, stmt.expr,
@@ -373,7 +285,7 @@ class Builder:
                      keyed=typed.keyed, order=typed.order)
 
     def _is_alias(self, typed: Typed, expr) -> bool:
-        return isinstance(_unparen(expr), ast.Ref)
+        return isinstance(constants.unparen(expr), ast.Ref)
 
     def _stmt_value(self, stmt: ast.Value) -> None:
         typed = self._expr(stmt.expr, name=stmt.name.text)
@@ -407,11 +319,11 @@ class Builder:
 
     def _stmt_rebind(self, stmt: ast.Rebind) -> None:
         name = stmt.name.text
-        binding = self._lookup(name)
+        binding = self.region.lookup(name)
         if binding is None:
             self._undefined(name, stmt.name.span, rebinding=True)
         if binding.kind == "broken":
-            raise _Abort
+            raise Abort
         if binding.kind != "var":
             self.fail(f"`{name}` is a {binding.kind}, not a `var`, and cannot be rebound", stmt.name.span,
                       f"declare it with `var {name} = ...` before the loop to update it each round")
@@ -439,9 +351,9 @@ class Builder:
 
     def _stmt_actor(self, stmt: ast.Actor) -> None:
         name = stmt.name.text
-        cls = self._function(stmt.ctor.func, what="actor class")
-        info = self._class_info(cls)
-        self._check_signature(cls, stmt.ctor)
+        cls = self.signatures.function(stmt.ctor.func, what="actor class")
+        info = self.signatures.class_info(cls)
+        self.signatures.check_signature(cls, stmt.ctor)
         args = [self._value_arg(a) for a in stmt.ctor.args]
         kwargs = {k.name.text: self._value_arg(k.value) for k in stmt.ctor.kwargs}
         size = None
@@ -451,28 +363,10 @@ class Builder:
             self.fail(f"`x N` makes a pool; write `actor pool {name} = ...`", stmt.size.span)
         if stmt.size is not None:
             size = self._partitions(stmt.size, "the pool size")
-        restarts, checkpoint, idempotent = 0, None, []
-        seen: dict[str, Span] = {}
-        for opt in stmt.options:
-            if opt.kind in seen:
-                self.error(f"`{opt.kind}` is given twice", opt.span, f"first at line {seen[opt.kind].line}")
-            seen[opt.kind] = opt.span
-            if opt.kind == "restarts":
-                restarts = opt.value.value
-            elif opt.kind == "checkpoint":
-                checkpoint = opt.value.value
-                if checkpoint < 1:
-                    self.error("checkpoint every N calls needs N >= 1", opt.value.span)
-                    checkpoint = None
-            elif opt.kind == "idempotent":
-                for method in opt.value:
-                    self._check_method(info, cls, method.text, method.span)
-                    idempotent.append(method.text)
-        if stmt.pool and checkpoint:
-            self.warn("a pool member serves stages, not graph-level calls; `checkpoint` has nothing to "
-                      "replay", seen["checkpoint"], "pool members are rebuilt from their constructor")
-        node = self._add(name, ir.Actor(cls=cls, args=args, kwargs=kwargs, pool_size=size, restarts=restarts,
-                                        checkpoint_every=checkpoint, idempotent=idempotent,
+        opts = actor_options(stmt.options, stmt.pool, self.report,
+                             lambda method, span: self.signatures.check_method(info, cls, method, span))
+        node = self._add(name, ir.Actor(cls=cls, args=args, kwargs=kwargs, pool_size=size, restarts=opts.restarts,
+                                        checkpoint_every=opts.checkpoint_every, idempotent=opts.idempotent,
                                         span=ir.SpanModel.of(stmt.span), name=name))
         self._define(name, stmt.name.span, "pool" if stmt.pool else "actor", node, ir.ACTOR,
                      actor_class=cls, pool=stmt.pool)
@@ -493,7 +387,7 @@ class Builder:
         if isinstance(count.operand, ir.Lit):
             v = count.operand.value
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                self.fail(f"`repeat` needs a non-negative integer count, not {_show(v)}", stmt.count.span)
+                self.fail(f"`repeat` needs a non-negative integer count, not {constants.show(v)}", stmt.count.span)
         elif count.py_type not in (int, None):
             self.fail(f"`repeat` needs an integer count, and this is {_a(count.py_type.__name__)}",
                       stmt.count.span, "declare the parameter as `int`")
@@ -501,7 +395,7 @@ class Builder:
             self._param_at_least(count, 0, "`repeat`", stmt.count.span)
         loop_id = f"loop{len(self.loops) + 1}"
         outer = self.region
-        self.region = _Region(loop_id, outer)
+        self.region = Region(loop_id, outer)
         try:
             index = None
             if stmt.index is not None:
@@ -549,49 +443,6 @@ class Builder:
         self._define(stmt.name.text, stmt.name.span, "sink", node, ir.EFFECT)
         self.sinks.append(node)
 
-    # ---- options
-
-    def _options(self, options, base: ir.StageOptions, what: str) -> ir.StageOptions:
-        update: dict = {}
-        seen: dict[str, Span] = {}
-        for opt in options:
-            if opt.kind in seen:
-                self.error(f"`{opt.kind}` is given twice", opt.span, f"first at line {seen[opt.kind].line}")
-            seen[opt.kind] = opt.span
-            if opt.kind == "retries":
-                update["retries"] = opt.value.value
-            elif opt.kind == "timeout":
-                if opt.value.value <= 0:
-                    self.error("`timeout` needs a positive number of seconds", opt.value.span)
-                else:
-                    update["timeout"] = float(opt.value.value)
-            elif opt.kind == "effectful":
-                update["effectful"] = True
-            elif opt.kind == "resources":
-                update["resources"] = base.resources.merged(self._resources(opt.value))
-        return base.model_copy(update=update)
-
-    def _resources(self, items) -> ir.Resources:
-        values: dict = {}
-        for name, literal in items:
-            key = name.text
-            if key not in ("cpus", "gpus", "memory"):
-                self.error(f"unknown resource `{key}`", name.span,
-                           did_you_mean(key, ("cpus", "gpus", "memory")) or "resources are cpus, gpus and memory")
-                continue
-            value = literal.value
-            if key == "memory":
-                value = _memory_bytes(value)
-                if value is None:
-                    self.error(f"cannot read memory size {_clip(literal.raw)}", literal.span,
-                               'write a number of bytes or a string like "2GB" or "512MiB"')
-                    continue
-            elif not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < math.inf:
-                self.error(f"`{key}` needs a non-negative number", literal.span)
-                continue
-            values[key] = value
-        return ir.Resources(**values)
-
     # ---- expressions
 
     def _expr(self, expr, name: str | None = None, options: ir.StageOptions | None = None) -> Typed:
@@ -619,15 +470,15 @@ class Builder:
     def _expr_ref(self, expr: ast.Ref, name, options) -> Typed:
         parts = expr.path.parts
         head = parts[0]
-        binding = self._lookup(head)
+        binding = self.region.lookup(head)
         if binding is None:
-            if head in self.aliases or len(parts) > 1:
-                fn = self._function(expr.path)
+            if head in self.signatures.aliases or len(parts) > 1:
+                fn = self.signatures.function(expr.path)
                 self.fail(f"`{fn.dotted}` is a function; call it, or pass it to an operation",
                           expr.span, f"e.g. `map {expr.path.text} over xs` or `{expr.path.text}(...)`")
             self._undefined(head, expr.path.span)
         if binding.kind == "broken":
-            raise _Abort
+            raise Abort
         if len(parts) > 1:
             if binding.kind in ("actor", "pool"):
                 self.fail(f"`{expr.path.text}` is an actor method; call it: `{expr.path.text}()`", expr.span)
@@ -637,46 +488,10 @@ class Builder:
         return Typed(ir.NodeRef(node=binding.node), binding.shape, binding.keyed, binding.order,
                      binding.py_type, binding if binding.shape == ir.ACTOR else None)
 
-    def _undefined(self, name: str, span: Span, rebinding: bool = False):
-        later = self.later.get(name)
-        if later is not None and later.span.start > span.start:
-            if self._cycle_back(name, span):
-                self.fail(f"cycle: `{name}` depends on itself", span,
-                          f"`{name}` (line {later.span.line}) reads a name defined here; "
-                          f"break the cycle with a `var` carried through a `repeat`")
-            self.fail(f"`{name}` is used before it is defined", span,
-                      f"it is defined at line {later.span.line}; move that definition above this line")
-        if later is not None and not rebinding:
-            self.fail(f"`{name}` is not visible here", span,
-                      f"it is defined inside a `repeat` at line {later.span.line}; declare a `var` "
-                      f"before the loop and rebind it inside to use it afterwards")
-        hint = did_you_mean(name, self._visible() | set(self.aliases))
+    def _undefined(self, name: str, span: Span, rebinding: bool = False) -> NoReturn:
+        self.later.explain(name, span, rebinding, self.report)
+        hint = did_you_mean(name, self.region.visible() | set(self.signatures.aliases))
         self.fail(f"undefined name `{name}`", span, hint)
-
-    def _cycle_back(self, name: str, use_span: Span) -> bool:
-        """Does the (later) definition of ``name`` read the statement containing ``use_span``?"""
-        stmt = self.later[name]
-        owner = self._statement_at(use_span)
-        if owner is None:
-            return False
-        owner_name = owner.name.text
-        seen, todo = set(), [stmt]
-        while todo:
-            current = todo.pop()
-            for ref in _names_read(current):
-                if ref == owner_name:
-                    return True
-                nxt = self.later.get(ref)
-                if nxt is not None and ref not in seen and nxt.span.start > use_span.start:
-                    seen.add(ref)
-                    todo.append(nxt)
-        return False
-
-    def _statement_at(self, span: Span):
-        for stmt in self.later.values():
-            if not isinstance(stmt, ast.Repeat) and stmt.span.start <= span.start < stmt.span.end:
-                return stmt
-        return None
 
     def _expr_binop(self, expr: ast.BinOp, name, options) -> Typed:
         left = self._nested(expr.left, name, "left")
@@ -685,12 +500,12 @@ class Builder:
             if typed.shape != ir.VALUE:
                 self._shape_error(typed, ir.VALUE, getattr(expr, side),
                                   f"`{expr.op}` works on values; reduce the collection to a value first")
-        py_type = _result_type(expr.op, left.py_type, right.py_type)
+        py_type = constants.result_type(expr.op, left.py_type, right.py_type)
         if isinstance(left.operand, ir.Lit) and isinstance(right.operand, ir.Lit):
             try:
-                value = _fold(expr.op, left.operand.value, right.operand.value)
+                value = constants.fold(expr.op, left.operand.value, right.operand.value)
             except Exception as exc:  # a constant expression that cannot be computed
-                self.fail(f"cannot compute `{expr.op}` here: {_reason(exc)}", expr.span)
+                self.fail(f"cannot compute `{expr.op}` here: {constants.reason(exc)}", expr.span)
             return Typed(ir.Lit(value=value), ir.VALUE, py_type=type(value))
         node = self._add(name or "expr", ir.Expr(operator=expr.op, operands=[left.operand, right.operand],
                                                   span=ir.SpanModel.of(expr.span)))
@@ -703,9 +518,9 @@ class Builder:
         operator = {"-": "neg", "+": "pos", "not": "not"}[expr.op]
         if isinstance(inner.operand, ir.Lit):
             try:
-                value = _fold(operator, inner.operand.value)
+                value = constants.fold(operator, inner.operand.value)
             except Exception as exc:
-                self.fail(f"cannot compute `{expr.op}` here: {_reason(exc)}", expr.span)
+                self.fail(f"cannot compute `{expr.op}` here: {constants.reason(exc)}", expr.span)
             return Typed(ir.Lit(value=value), ir.VALUE, py_type=type(value))
         node = self._add(name or "expr", ir.Expr(operator=operator, operands=[inner.operand],
                                                   span=ir.SpanModel.of(expr.span)))
@@ -720,22 +535,22 @@ class Builder:
                           f"`source xs = {builtin}(...) partitions 4`")
             if builtin in VALUE_BUILTINS or builtin in COLLECTION_BUILTINS:
                 return getattr(self, f"_builtin_{builtin}")(expr, name or builtin, options)
-            binding = self._lookup(builtin)
+            binding = self.region.lookup(builtin)
             if binding is not None:
                 self.fail(f"`{builtin}` is a {binding.kind}, not a function", expr.func.span)
             self.fail(f"unknown function `{builtin}`", expr.func.span,
                       did_you_mean(builtin, BUILTINS)
                       or "name Python functions by module: `use mymodule as m` then `m.f(...)`")
-        binding = self._lookup(parts[0])
+        binding = self.region.lookup(parts[0])
         if binding is not None and binding.kind != "broken":
             if binding.shape != ir.ACTOR:
                 self.fail(f"`{parts[0]}` is a {binding.kind}, not an actor; it has no methods", expr.func.span,
                           "methods are called on actors declared with `actor name = Class(...)`")
             return self._actor_call(expr, binding, name)
         if binding is not None:
-            raise _Abort
-        fn = self._function(expr.func)
-        self._check_signature(fn, expr)
+            raise Abort
+        fn = self.signatures.function(expr.func)
+        self.signatures.check_signature(fn, expr)
         args = [self._value_arg(a) for a in expr.args]
         kwargs = {k.name.text: self._value_arg(k.value) for k in expr.kwargs}
         node = self._add(name or fn.attr, ir.Call(fn=fn, args=args, kwargs=kwargs, span=ir.SpanModel.of(expr.span)))
@@ -749,8 +564,8 @@ class Builder:
         if actor.pool:
             self.fail(f"`{parts[0]}` is an actor pool; its members serve stages", expr.func.span,
                       f"use it as `map_batches {expr.func.text} over xs`, or declare a single actor")
-        info = self._class_info(actor.actor_class)
-        self._check_method(info, actor.actor_class, method, expr.func.span, call=expr)
+        info = self.signatures.class_info(actor.actor_class)
+        self.signatures.check_method(info, actor.actor_class, method, expr.func.span, call=expr)
         args = [self._value_arg(a) for a in expr.args]
         kwargs = {k.name.text: self._value_arg(k.value) for k in expr.kwargs}
         seq = self.actor_seq.get(actor.node, 0)
@@ -822,11 +637,11 @@ class Builder:
         self._expect_value(n, expr.args[1], int)
         by = None
         for k in expr.kwargs:
-            value = _unparen(k.value)
+            value = constants.unparen(k.value)
             if not isinstance(value, ast.Ref):
                 self.fail("`by` takes a function, e.g. `by = m.score`", k.value.span)
-            by = self._function(value.path)
-            self._check_arity(by, 1, value.span)
+            by = self.signatures.function(value.path)
+            self.signatures.check_arity(by, 1, value.span)
         node = self._add(name, ir.Top(input=src.operand, n=n.operand, by=by, span=ir.SpanModel.of(expr.span)))
         return Typed(ir.NodeRef(node=node), ir.VALUE, py_type=list)
 
@@ -869,8 +684,8 @@ class Builder:
             node = self._add(name, ir.GroupByKey(input=src.operand, options=options, span=span))
             return Typed(ir.NodeRef(node=node), ir.COLLECTION, keyed=True, order="key")
         if expr.kind in ("reduce", "reduce_by_key"):
-            fn = self._function(expr.fn)
-            self._check_arity(fn, 2, expr.fn.span)
+            fn = self.signatures.function(expr.fn)
+            self.signatures.check_arity(fn, 2, expr.fn.span)
             if expr.kind == "reduce":
                 node = self._add(name, ir.Reduce(fn=fn, input=src.operand, options=options, span=span))
                 return Typed(ir.NodeRef(node=node), ir.VALUE)
@@ -888,7 +703,7 @@ class Builder:
         if expr.kind == "map_values":
             self._need_keyed(src, expr)
         fn, pool, method = None, None, None
-        head = self._lookup(expr.fn.parts[0])
+        head = self.region.lookup(expr.fn.parts[0])
         if head is not None and head.shape == ir.ACTOR:
             if not head.pool:
                 self.fail(f"`{expr.fn.parts[0]}` is a single actor; a stage is served by an actor pool",
@@ -898,15 +713,16 @@ class Builder:
             if len(expr.fn.parts) != 2:
                 self.fail("a pool method is `pool.method`", expr.fn.span)
             method = expr.fn.parts[1]
-            self._check_method(self._class_info(head.actor_class), head.actor_class, method, expr.fn.span)
+            self.signatures.check_method(self.signatures.class_info(head.actor_class), head.actor_class, method,
+                                         expr.fn.span)
             pool = ir.NodeRef(node=head.node)
         elif head is not None and head.kind != "broken":
             self.fail(f"`{expr.fn.parts[0]}` is a {head.kind}, not a function", expr.fn.span,
                       "name a Python function as `module.function`")
         elif head is not None:
-            raise _Abort
+            raise Abort
         else:
-            fn = self._function(expr.fn)
+            fn = self.signatures.function(expr.fn)
         bindings: dict[str, ir.Lit | ir.NodeRef] = {}
         handles: list[Binding] = []
         for kw in expr.bindings:
@@ -928,8 +744,8 @@ class Builder:
                 handles.append(typed.actor)
             bindings[key] = typed.operand
         if fn is not None:
-            self._check_arity(fn, 1, expr.fn.span, keywords=tuple(bindings),
-                              optional=("partition",) if expr.kind == "map_batches" else (), bindable=True)
+            self.signatures.check_arity(fn, 1, expr.fn.span, keywords=tuple(bindings),
+                                        optional=("partition",) if expr.kind == "map_batches" else (), bindable=True)
         node = self._add(name, ir.Elementwise(kind=expr.kind, fn=fn, pool=pool, method=method, input=src.operand,
                                               bindings=bindings, options=options, span=span))
         if pool is not None:
@@ -943,126 +759,8 @@ class Builder:
     def _handle_stage(self, actor: Binding, node: str, fn: ir.FnRef | None, expr: ast.Dataflow, options) -> None:
         self._after_actor_use(actor.node, node)
         self.handle_stages.setdefault(actor.node, []).append(node)
-        actor_op = self.ir.op(actor.node)
-        called = self._methods_called_through(fn, expr)
-        unsafe = sorted(m for m in called if m not in actor_op.idempotent) if called is not None else None
-        if not options.effectful and (unsafe is None or unsafe):
-            what = (f"calls `{', '.join(unsafe)}` on" if unsafe else "uses")
-            self.warn(f"stage `{node}` {what} actor `{actor_op.name}` through a handle, so a retried task "
-                      f"calls it again", expr.span,
-                      "mark the stage `effectful`, or declare the methods `idempotent` in the actor block "
-                      "if repeating them is harmless")
-
-    def _methods_called_through(self, fn: ir.FnRef | None, expr: ast.Dataflow) -> set[str] | None:
-        """Methods the stage function calls on its handle parameters, read from its source."""
-        if fn is None:
-            return None
-        info = self.index.find(fn.module)
-        if info is None or info.path is None:
-            return None
-        import ast as pyast
-        try:
-            tree = pyast.parse(info.path.read_text(encoding="utf-8", errors="replace"))
-        except SyntaxError:
-            return None
-        handle_names = {kw.name.text for kw in expr.bindings}
-        for node in tree.body:
-            if isinstance(node, (pyast.FunctionDef, pyast.AsyncFunctionDef)) and node.name == fn.attr:
-                called = set()
-                for sub in pyast.walk(node):
-                    if (isinstance(sub, pyast.Call) and isinstance(sub.func, pyast.Attribute)
-                            and isinstance(sub.func.value, pyast.Name) and sub.func.value.id in handle_names):
-                        called.add(sub.func.attr)
-                return called
-        return None
-
-    # ---- functions, classes and signatures (read statically)
-
-    def _function(self, path: ast.Dotted, what: str = "function") -> ir.FnRef:
-        parts = list(path.parts)
-        if parts[0] in self.aliases:
-            self.used_aliases.add(parts[0])
-            module_parts = self.aliases[parts[0]][0].split(".")
-            if len(parts) == 1:
-                self.fail(f"`{parts[0]}` is a module alias; name a {what} in it", path.span,
-                          f"e.g. `{parts[0]}.name`")
-            parts = module_parts + parts[1:]
-        elif len(parts) == 1:
-            found_in = [f"{alias}.{parts[0]}" for alias, (module, _) in self.aliases.items()
-                        if (info := self._find_quietly(module)) is not None and parts[0] in info.names()]
-            self.fail(f"`{parts[0]}` is not a {what}", path.span,
-                      (f"did you mean `{found_in[0]}`?" if found_in else None)
-                      or did_you_mean(parts[0], self.aliases)
-                      or "name Python functions by module: `use mymodule as m` then `m.f`")
-        module, attr = ".".join(parts[:-1]), parts[-1]
-        info = self._module(module, path.span)
-        if info is None:
-            raise _Abort
-        if not info.has(attr):
-            hint = did_you_mean(attr, info.names())
-            self.fail(f"module `{module}` has no {what} `{attr}`", path.span,
-                      hint or f"{info.path} defines: {', '.join(sorted(info.names())[:8]) or 'nothing'}")
-        return ir.FnRef(module=module, attr=attr)
-
-    def _class_info(self, ref: ir.FnRef):
-        info = self.index.find(ref.module)
-        return info.classes.get(ref.attr) if info else None
-
-    def _check_method(self, cls_info, ref: ir.FnRef, method: str, span: Span, call: ast.Call | None = None):
-        if cls_info is None or not cls_info.complete:
-            return
-        fn = cls_info.methods.get(method)
-        if fn is None or method.startswith("_"):
-            public = [m for m in cls_info.methods if not m.startswith("_")]
-            self.fail(f"actor class `{ref.attr}` has no method `{method}`", span,
-                      did_you_mean(method, public) or f"its methods: {', '.join(public) or 'none'}")
-        if call is not None:
-            self._check_call_shape(fn, call, drop_self=True, label=f"{ref.attr}.{method}")
-
-    def _check_signature(self, ref: ir.FnRef, call: ast.Call, extra: tuple[str, ...] = ()) -> None:
-        info = self.index.find(ref.module)
-        if info is None or info.path is None:
-            return
-        if ref.attr in info.classes:
-            cls = info.classes[ref.attr]
-            if cls.init is not None and cls.complete:
-                self._check_call_shape(cls.init, call, drop_self=True, label=ref.attr)
-        elif ref.attr in info.functions:
-            self._check_call_shape(info.functions[ref.attr], call, label=ref.attr, extra=extra)
-
-    def _check_call_shape(self, fn, call: ast.Call, drop_self=False, label="", extra=()) -> None:
-        params = fn.params[1:] if drop_self else fn.params
-        for kw in call.kwargs:
-            if not fn.accepts_keyword(kw.name.text) or kw.name.text in extra:
-                self.fail(f"`{label}` has no parameter `{kw.name.text}`", kw.name.span,
-                          did_you_mean(kw.name.text, params))
-        if len(call.args) > len(params) and not fn.var_positional:
-            self.fail(f"`{label}` takes {len(params)} positional argument{'s' if len(params) != 1 else ''}, "
-                      f"got {len(call.args)}", call.span)
-        missing = fn.missing(len(call.args), {k.name.text for k in call.kwargs} | set(extra), skip=int(drop_self))
-        if missing:
-            self.fail(f"`{label}` needs argument {', '.join(f'`{p}`' for p in missing)}", call.span,
-                      f"pass it as `{missing[0]} = ...`")
-
-    def _check_arity(self, ref: ir.FnRef, positional: int, span: Span, keywords=(), optional=(),
-                     bindable: bool = False) -> None:
-        info = self.index.find(ref.module)
-        if info is None or info.path is None or ref.attr not in info.functions:
-            return
-        fn = info.functions[ref.attr]
-        for k in keywords:
-            if not fn.accepts_keyword(k):
-                self.fail(f"`{ref.attr}` has no parameter `{k}` for `with {k} = ...`", span,
-                          did_you_mean(k, fn.params[positional:]))
-        if len(fn.params) < positional and not fn.var_positional:
-            self.fail(f"`{ref.attr}` takes {len(fn.params)} argument{'s' if len(fn.params) != 1 else ''}; "
-                      f"it is called with {positional}", span)
-        missing = fn.missing(positional, set(keywords) | set(optional))
-        if missing:
-            self.fail(f"`{ref.attr}` is called with {positional} argument{'s' if positional != 1 else ''} "
-                      f"and needs {', '.join(f'`{p}`' for p in missing)} too", span,
-                      f"give `{missing[0]}` a default"
-                      + (f", or bind it: `with {missing[0]} = ...`" if bindable else ""))
+        called = self.signatures.methods_called_through(fn, {kw.name.text for kw in expr.bindings})
+        lints.retried_handle_calls(node, self.ir.op(actor.node), called, options.effectful, expr.span, self.report)
 
     # ---- shapes
 
@@ -1075,201 +773,17 @@ class Builder:
     # ---- after the whole body
 
     def _finish(self) -> None:
-        for alias, (path, span) in self.aliases.items():
-            if alias not in self.used_aliases:
-                self.warn(f"module alias `{alias}` is never used", span)
-        if not self.diagnostics or not any(d.is_error for d in self.diagnostics):
-            self._unused()
-            self._mark_schedule_dependent()
-
-    def _unused(self) -> None:
-        """Warn about stages and values whose results reach no sink and no actor."""
-        graph = self.ir.graph
-        useful: set[str] = set()
-        roots = [n for n, op in self.ir.items() if isinstance(op, (ir.Sink, ir.ActorCall, ir.Rebind))]
-        for loop in self.loops.values():
-            for operand in (loop.until, loop.count):
-                if isinstance(operand, ir.NodeRef):
-                    roots.append(operand.node)
-        stack = list(roots)
-        while stack:
-            node = stack.pop()
-            if node in useful:
-                continue
-            useful.add(node)
-            stack.extend(graph.predecessors(node))
-        for node, op in self.ir.items():
-            if node in useful or op.name is None or node != op.name:
-                continue
-            if isinstance(op, (ir.Param, ir.RoundIndex, ir.Actor)):
-                continue
-            if isinstance(op, ir.Elementwise) and op.options.effectful:
-                continue
-            span = self._name_span(node, op)
-            self.warn(f"`{node}` is computed but never used", span,
-                      "use it in a sink or an actor call, or remove it")
-
-    def _name_span(self, node: str, op: ir.Op) -> Span | None:
-        """Where ``node``'s name is defined (``stage >grads< = ...``), else its statement."""
-        if node in self.name_spans:
-            return self.name_spans[node]
-        s = op.span
-        return Span(s.line, s.column, s.end_line, s.end_column, 0, 0) if s else None
-
-    def _mark_schedule_dependent(self) -> None:
-        """A sink that reads state an actor gathered through handles depends on scheduling."""
-        handle_actors = {src for src, dst, kind in self.ir.graph.edges(data="kind")
-                         if kind == "actor" and isinstance(self.ir.op(dst), ir.Elementwise)
-                         and self.ir.op(dst).pool is None}
-        if not handle_actors:
-            return
-        dag = self.ir.dag()
-        import networkx as nx
-        tainted = set(handle_actors)
-        for actor in handle_actors:
-            tainted |= nx.descendants(dag, actor)
-        for node in self.sinks:
-            if node in tainted:
-                op = self.ir.op(node)
-                self.ir.graph.nodes[node]["op"] = op.model_copy(update={"schedule_dependent": True})
-                self.warn(f"sink `{node}` depends on the order in which tasks reached an actor",
-                          self._name_span(node, op),
-                          "its content may differ from run to run; compare it by a property, not by bytes")
+        lints.unused_aliases(self.signatures.aliases, self.signatures.used_aliases, self.report)
+        # Statements that failed are missing from the graph, so a lint would see false gaps.
+        if not self.report.has_errors:
+            lints.unused_results(self.ir, self.loops, self.name_spans, self.report)
+            lints.mark_schedule_dependent(self.ir, self.sinks, self.name_spans, self.report)
 
 
 # ---- helpers ------------------------------------------------------------------------------
-
-_NOT_LITERAL = object()
-
-
-def _unparen(expr):
-    while isinstance(expr, ast.Paren):
-        expr = expr.inner
-    return expr
-
-
-def _literal_value(expr):
-    expr = _unparen(expr)
-    if isinstance(expr, ast.Literal):
-        return expr.value
-    if isinstance(expr, ast.UnaryOp) and expr.op == "-":
-        inner = _literal_value(expr.operand)
-        if isinstance(inner, (int, float)) and not isinstance(inner, bool):
-            return -inner
-    return _NOT_LITERAL
-
-
-def _fits(value, type_name: str) -> bool:
-    if type_name == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if type_name == "float":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if type_name == "str":
-        return isinstance(value, str)
-    return isinstance(value, bool)
-
-
-def _show(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "none"
-    return repr(value)
-
-
-def _memory_bytes(value) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return int(value) if 0 <= value < math.inf else None
-    match = _MEMORY.fullmatch(str(value).strip())
-    if not match:
-        return None
-    unit = match.group(2).upper()
-    if unit not in _MEMORY_UNITS:
-        return None
-    size = float(match.group(1)) * _MEMORY_UNITS[unit]
-    return int(size) if size < math.inf else None
-
-
-_ARITH = {"+", "-", "*", "/", "//", "%", "**"}
-
-
-def _result_type(op: str, left: type | None, right: type | None) -> type | None:
-    if op in ("==", "!=", "<", "<=", ">", ">=", "and", "or") and op not in ("and", "or"):
-        return bool
-    if op in ("and", "or"):
-        return bool if left is bool and right is bool else None
-    if op == "/":
-        return float
-    if left is int and right is int:
-        return int
-    if {left, right} <= {int, float} and None not in (left, right):
-        return float
-    if op == "+" and left is str and right is str:
-        return str
-    return None
-
-
-# Folding runs while checking, so a slip like `10 ** 10 ** 6` or `"ab" * 10 ** 9` must be
-# refused before it is computed, not hang the checker or exhaust memory. Python also refuses
-# to print an int of more than 4300 digits, which the IR's JSON and every sink need.
-_MAX_CONSTANT_BITS = 10_000  # about 3000 digits
-_MAX_CONSTANT_ITEMS = 1_000_000
-
-
-def _fold(op: str, *values):
-    """Compute a constant expression at compile time, exactly as the runtime would.
-    Raises OverflowError instead of building a huge constant."""
-    from pipec.backends.runtime.semantics import apply_operator
-    if len(values) == 2:
-        a, b = values
-        if op == "**" and isinstance(a, int) and isinstance(b, int) and abs(a) > 1 and b > 0 \
-                and a.bit_length() * b > _MAX_CONSTANT_BITS:
-            raise OverflowError("the result would have more than 3000 digits")
-        if op == "*":
-            for seq, n in ((a, b), (b, a)):
-                if isinstance(seq, (str, list)) and isinstance(n, int) and len(seq) * n > _MAX_CONSTANT_ITEMS:
-                    raise OverflowError(f"the result would hold more than {_MAX_CONSTANT_ITEMS:,} items")
-    value = apply_operator(op, *values)
-    if isinstance(value, int) and value.bit_length() > _MAX_CONSTANT_BITS:
-        raise OverflowError("the result has more than 3000 digits")
-    return value
-
-
-def _clip(text: str, width: int = 40) -> str:
-    """``text`` cut to ``width`` characters for a message (the caret shows the rest)."""
-    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def _a(word: str) -> str:
     """``word`` with its indefinite article: "an int", "a str"."""
     return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
 
-
-def _reason(exc: Exception) -> str:
-    """An exception's message without the errno tuple some carry: (34, 'Result too large')."""
-    text = exc.args[-1] if exc.args and isinstance(exc.args[-1], str) else str(exc)
-    return text[:1].lower() + text[1:] if text else type(exc).__name__
-
-
-def _names_read(stmt) -> set[str]:
-    """Every plain name an AST statement reads (for cycle hints)."""
-    found: set[str] = set()
-    stack = [stmt]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, ast.Ref):
-            found.add(node.path.parts[0])
-            continue
-        if isinstance(node, ast.Call) and len(node.func.parts) > 1:
-            found.add(node.func.parts[0])
-        for attr in getattr(node, "__slots__", ()):
-            if attr in ("span", "name"):
-                continue
-            child = getattr(node, attr, None)
-            if isinstance(child, tuple):
-                stack.extend(c for c in child if hasattr(c, "__slots__"))
-            elif hasattr(child, "__slots__") and not isinstance(child, (Span, ast.Name)):
-                stack.append(child)
-    return found

@@ -14,9 +14,12 @@ import functools
 import hashlib
 import json
 import math
-import operator
 import struct
 from typing import Any, Callable, Iterable, Sequence
+
+# Operators on values are part of these semantics, but the compiler folds constants with
+# them and never imports the runtime, so they live in the compiler layer (a pure leaf).
+from pipec.compiler.operators import OPERATORS as _OPERATORS, apply_operator  # noqa: F401
 
 # Partial results are combined in groups of this many, by partition index, level by level.
 FAN_IN = 8
@@ -258,30 +261,6 @@ def top_partial(items: list, n: int, by: Callable | None, order: str | None) -> 
 def top_merge(candidates: Sequence[list], n: int, by: Callable | None, order: str | None) -> list:
     """The global top n from the per-partition candidates, given in partition order."""
     return top(ordered([x for part in candidates for x in part], order), n, by)
-
-
-# ---- operators on values --------------------------------------------------------------------
-
-_OPERATORS: dict[str, Callable] = {
-    "+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
-    "//": operator.floordiv, "%": operator.mod, "**": operator.pow,
-    "==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
-    ">": operator.gt, ">=": operator.ge,
-    "neg": operator.neg, "pos": operator.pos, "not": operator.not_,
-}
-
-
-def apply_operator(op: str, *values):
-    """The value of a pipec operator on Python values."""
-    if op == "and":
-        return values[0] and values[1]
-    if op == "or":
-        return values[0] or values[1]
-    if op == "list":
-        return list(values)
-    if op == "**" and all(isinstance(v, int) for v in values) and abs(values[1]) > 10_000:
-        raise OverflowError("exponent too large")
-    return _OPERATORS[op](*values)
 
 
 # ---- writing results ----------------------------------------------------------------------

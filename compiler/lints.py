@@ -1,0 +1,99 @@
+"""Warnings about a program that compiles: code that does nothing, and calls a retry repeats.
+
+They run on the IR the builder made: an alias never used, a stage or value whose result
+reaches no sink and no actor, a stage whose retried tasks call an actor again through a
+handle, and a sink whose content depends on the order in which tasks reached an actor.
+That last lint also marks the sink ``schedule_dependent`` in the IR, so the conformance
+suite compares it by a property, not by bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import networkx as nx
+
+from pipec.dsl.source import Span
+from pipec.compiler import ir
+from pipec.compiler.reporter import Reporter
+
+
+def unused_aliases(aliases: Mapping[str, tuple[str, Span]], used: set[str], report: Reporter) -> None:
+    """Warn about each ``use ... as alias`` (``aliases``: alias -> (module, span)) whose
+    alias is not in ``used``."""
+    for alias, (path, span) in aliases.items():
+        if alias not in used:
+            report.warn(f"module alias `{alias}` is never used", span)
+
+
+def unused_results(graph: ir.IR, loops: Mapping[str, ir.Loop], name_spans: Mapping[str, Span],
+                   report: Reporter) -> None:
+    """Warn about the named stages and values of ``graph`` whose results reach no sink, no
+    actor call, no var and no loop's count or condition (``loops``); ``name_spans`` says
+    where each node was named, for the warning's caret."""
+    useful: set[str] = set()
+    roots = [n for n, op in graph.items() if isinstance(op, (ir.Sink, ir.ActorCall, ir.Rebind))]
+    for loop in loops.values():
+        for operand in (loop.until, loop.count):
+            if isinstance(operand, ir.NodeRef):
+                roots.append(operand.node)
+    stack = list(roots)
+    while stack:
+        node = stack.pop()
+        if node in useful:
+            continue
+        useful.add(node)
+        stack.extend(graph.graph.predecessors(node))
+    for node, op in graph.items():
+        if node in useful or op.name is None or node != op.name:
+            continue
+        if isinstance(op, (ir.Param, ir.RoundIndex, ir.Actor)):
+            continue
+        if isinstance(op, ir.Elementwise) and op.options.effectful:
+            continue
+        report.warn(f"`{node}` is computed but never used", _name_span(node, op, name_spans),
+                    "use it in a sink or an actor call, or remove it")
+
+
+def retried_handle_calls(stage: str, actor: ir.Actor, called: set[str] | None, effectful: bool,
+                         span: Span, report: Reporter) -> None:
+    """Warn that the ``stage`` at ``span``, which reaches ``actor`` through a handle, calls it
+    again when a task is retried: unless the stage is ``effectful`` or every method it
+    ``called`` (None: not known) is declared idempotent."""
+    unsafe = sorted(m for m in called if m not in actor.idempotent) if called is not None else None
+    if not effectful and (unsafe is None or unsafe):
+        what = (f"calls `{', '.join(unsafe)}` on" if unsafe else "uses")
+        report.warn(f"stage `{stage}` {what} actor `{actor.name}` through a handle, so a retried task "
+                    f"calls it again", span,
+                    "mark the stage `effectful`, or declare the methods `idempotent` in the actor block "
+                    "if repeating them is harmless")
+
+
+def mark_schedule_dependent(graph: ir.IR, sinks: list[str], name_spans: Mapping[str, Span],
+                            report: Reporter) -> None:
+    """Mark each of the ``sinks`` of ``graph`` that reads state an actor gathered through
+    handles as schedule-dependent (it changes the sink's op in ``graph``), and warn."""
+    handle_actors = {src for src, dst, kind in graph.graph.edges(data="kind")
+                     if kind == "actor" and isinstance(graph.op(dst), ir.Elementwise)
+                     and graph.op(dst).pool is None}
+    if not handle_actors:
+        return
+    dag = graph.dag()
+    tainted = set(handle_actors)
+    for actor in handle_actors:
+        tainted |= nx.descendants(dag, actor)
+    for node in sinks:
+        if node in tainted:
+            op = graph.op(node)
+            graph.graph.nodes[node]["op"] = op.model_copy(update={"schedule_dependent": True})
+            report.warn(f"sink `{node}` depends on the order in which tasks reached an actor",
+                        _name_span(node, op, name_spans),
+                        "its content may differ from run to run; compare it by a property, not by bytes")
+
+
+def _name_span(node: str, op: ir.Op, name_spans: Mapping[str, Span]) -> Span | None:
+    """Where ``node``'s name is defined (``stage >grads< = ...``), else its statement."""
+    if node in name_spans:
+        return name_spans[node]
+    s = op.span
+    return Span(s.line, s.column, s.end_line, s.end_column, 0, 0) if s else None
