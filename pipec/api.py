@@ -22,6 +22,7 @@ from pipec.dsl.parser import MAX_NESTING, parse
 from pipec.dsl.source import SourceFile
 from pipec.compiler import ir
 from pipec.compiler.build import Builder
+from pipec.compiler.modules import ModuleIndex
 
 
 @dataclass
@@ -81,11 +82,14 @@ def load(path: str | Path) -> Pipeline:
     return load_source(source)
 
 
-def load_source(source: SourceFile) -> Pipeline:
-    """Parse and build ``source`` (see :func:`load`)."""
+def load_source(source: SourceFile, index: ModuleIndex | None = None) -> Pipeline:
+    """Parse and build ``source`` (see :func:`load`). ``index`` finds and caches the user's
+    modules (read as source); a long-lived caller such as the language server passes one
+    so that an edit does not read every module again. Without it, modules are looked up
+    from the file's folder upwards."""
     with _few_collections(), _stack_for_nesting():
         module = parse(source)
-        builder = Builder(module, source)
+        builder = Builder(module, source, index)
         graph = builder.build()
     return Pipeline(source, module, graph, builder.diagnostics, builder.param_limits)
 
