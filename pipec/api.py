@@ -82,13 +82,15 @@ def load(path: str | Path) -> Pipeline:
     return load_source(source)
 
 
-def load_source(source: SourceFile, index: ModuleIndex | None = None) -> Pipeline:
-    """Parse and build ``source`` (see :func:`load`). ``index`` finds and caches the user's
-    modules (read as source); a long-lived caller such as the language server passes one
-    so that an edit does not read every module again. Without it, modules are looked up
-    from the file's folder upwards."""
+def load_source(source: SourceFile, index: ModuleIndex | None = None,
+                module: ast.Module | None = None) -> Pipeline:
+    """Parse and build ``source`` (see :func:`load`). ``index`` finds the user's modules
+    (read as source; by default from the file's folder upwards); ``module`` is the AST
+    of ``source`` when the caller parsed it already (the language server parses only the
+    statements an edit changed)."""
     with _few_collections(), _stack_for_nesting():
-        module = parse(source)
+        if module is None:
+            module = parse(source)
         builder = Builder(module, source, index)
         graph = builder.build()
     return Pipeline(source, module, graph, builder.diagnostics, builder.param_limits)

@@ -19,7 +19,7 @@ backend's capability gap); every other diagnostic gets its category:
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from pipec.dsl.diagnostics import (ERROR, CompileError, Diagnostic, FileError, PipeSyntaxError)
 from pipec.dsl.source import SourceFile, Span
@@ -53,18 +53,20 @@ class Report:
 
 
 def check_source(source: SourceFile, backend: str | None = None, params: Mapping[str, str] | None = None,
-                 index: "ModuleIndex | None" = None) -> Report:
+                 index: "ModuleIndex | None" = None,
+                 parser: "Callable[[SourceFile], ast.Module] | None" = None) -> Report:
     """Check ``source``: syntax, then meaning, then (with ``backend``) what that backend
     supports, then (with ``params``, and only if all that passed) the parameter values.
 
     Returns a :class:`Report` of every diagnostic, coded (see the module docstring).
-    ``index`` is passed to :func:`pipec.api.load_source`. Raises
-    :class:`pipec.dsl.diagnostics.UsageError` for an unknown backend, which is a mistake
-    on the command line, not in the file."""
+    ``index`` is passed to :func:`pipec.api.load_source`; ``parser`` replaces
+    :func:`pipec.dsl.parser.parse` (it must give the same AST and raise the same
+    errors). Raises :class:`pipec.dsl.diagnostics.UsageError` for an unknown backend,
+    which is a mistake on the command line, not in the file."""
     from pipec.api import load_source
 
     try:
-        pipeline = load_source(source, index)
+        pipeline = load_source(source, index, parser(source) if parser else None)
     except PipeSyntaxError as exc:
         return Report(source.path, source, _coded(exc.diagnostics, "syntax"))
     report = Report(source.path, source, module=pipeline.module, pipeline=pipeline)

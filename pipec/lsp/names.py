@@ -113,7 +113,7 @@ class _Indexer:
         self.names = Names()
         self.scopes: list[dict[str, Definition]] = [{}]
         self.regions: list[Span | None] = [None]
-        self._line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
+        self._starts: list[int] | None = None  # where each line starts, when first needed
 
     def run(self, module: ast.Module) -> Names:
         for use in module.uses:
@@ -150,21 +150,33 @@ class _Indexer:
         self.names.occurrences.append(Occurrence(span.start, span.end, span, text, role, definition, path))
 
     def _point(self, start: int, end: int) -> Span:
-        line = bisect.bisect_right(self._line_starts, start)
-        column = start - self._line_starts[line - 1] + 1
+        if self._starts is None:
+            self._starts = [0] + [m.end() for m in re.finditer("\n", self.text)]
+        line = bisect.bisect_right(self._starts, start)
+        column = start - self._starts[line - 1] + 1
         return Span(line, column, line, column + end - start, start, end)
 
     def _dotted(self, dotted: ast.Dotted, roles) -> None:
         """Record each part of ``dotted`` with its (role, definition, path) from ``roles``."""
-        pos, parts = dotted.span.start, []
+        span = dotted.span
+        if len(dotted.parts) == 1:  # most names: the span is the word's
+            role, definition, path = roles[0]
+            self._occur(span, dotted.parts[0], role, definition, path)
+            return
+        pos, parts = span.start, []
         for part in dotted.parts:
-            m = _WORD.search(self.text, pos, dotted.span.end)
+            m = _WORD.search(self.text, pos, span.end)
             if m is None or m.group() != part:  # text and AST disagree: record nothing
                 return
             parts.append((m.start(), m.end()))
             pos = m.end()
         for (start, end), part, (role, definition, path) in zip(parts, dotted.parts, roles):
-            self._occur(self._point(start, end), part, role, definition, path)
+            if span.line == span.end_line:  # on one line: columns follow from offsets
+                column = span.column + start - span.start
+                at = Span(span.line, column, span.line, column + end - start, start, end)
+            else:
+                at = self._point(start, end)
+            self._occur(at, part, role, definition, path)
 
     def _path(self, dotted: ast.Dotted, call: bool = False) -> None:
         """A name or dotted path used in an expression, a call or a dataflow's function."""
