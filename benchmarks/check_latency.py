@@ -15,9 +15,10 @@ What is measured:
    interpreter's own start-up, ``python -c pass``, is shown for scale);
 2. where that time goes: ``-X importtime`` self times attributed to the package that
    caused each import, then parsing and building in the same process;
-3. the server: a 1,000-line pipeline opened in ``pipec lsp`` over stdio, then one
-   character changed at a time; the figure is the time from sending ``didChange`` to
-   receiving its ``publishDiagnostics``, and, in process, the time of
+3. the server: a 1,000-line pipeline opened in ``pipec lsp`` over stdio, then edited
+   one character at a time (a digit replaced; a character typed, which moves every
+   statement below it); the figure is the time from sending ``didChange`` to receiving
+   its ``publishDiagnostics``, and, in process, the time of
    :meth:`pipec.lsp.document.Document.update` alone.
 """
 
@@ -68,6 +69,8 @@ def cli_latency(runs: int) -> None:
         [sys.executable, "-m", "pipec", "check", str(EXAMPLE)], runs))
     _show("  ... --format json", *_timed_runs(
         [sys.executable, "-m", "pipec", "check", "--format", "json", str(EXAMPLE)], runs))
+    _show("python -m pipec fmt --check (the fmt hook)", *_timed_runs(
+        [sys.executable, "-m", "pipec", "fmt", "--check", str(EXAMPLE)], runs))
 
 
 def import_breakdown(runs: int) -> None:
@@ -155,31 +158,49 @@ def thousand_lines() -> str:
     lines = ["use examples.text as t", "", 'pipeline big(path: str = "examples/data/corpus.txt", n: int = 20) {',
              "    source lines = read_text(path) partitions 4"]
     i = 0
-    while len(lines) < 999:
-        lines += [f"    stage words_{i} = flat_map t.words over lines retries 2",
+    while len(lines) + 4 < 1000:
+        lines += [f"    stage words_{i} = flat_map t.words over lines retries 2" + ("  # note" if i == 0 else ""),
                   f"    stage pairs_{i} = map t.one over words_{i}",
                   f"    stage counts_{i} = reduce_by_key t.add over pairs_{i}",
                   f'    sink top_{i} = top(counts_{i}, n, by = t.count) -> json("out/top_{i}.json")']
         i += 1
-    return "\n".join(lines[:999] + ["}"]) + "\n"
+    lines += ["    # the end"] * (999 - len(lines))
+    return "\n".join(lines + ["}"]) + "\n"
+
+
+# Two kinds of edit on line 5 (the first stage): a digit replaced (every other statement
+# stays where it was) and a character typed into a comment (every statement below moves).
+def _edits(text: str, runs: int):
+    line = text.split("\n").index(next(l for l in text.split("\n") if "# note" in l))
+    digit = text.split("\n")[line].index("retries 2") + len("retries ")
+    end = len(text.split("\n")[line])
+    return [("a digit replaced", line, digit, digit + 1, lambda k: str(k % 9 + 1)),
+            ("a character typed (all below move)", line, end, end, lambda k: "x")], runs
 
 
 def server_in_process(runs: int) -> None:
     from pipec.lsp.document import Document
 
     text = thousand_lines()
-    doc = Document(str(ROOT / "big.pipe"))
-    doc.update(text)
-    walls, cpus = [], []
-    for k in range(runs):
-        edited = text.replace("retries 2", f"retries {k % 9 + 1}", 1)
-        start, cpu = time.perf_counter(), time.process_time()
-        analysis = doc.update(edited)
-        walls.append(time.perf_counter() - start)
-        cpus.append(time.process_time() - cpu)
-        assert not analysis.report.errors
-    print(f"== the server re-checking a {text.count(chr(10))}-line file after an edit ({runs} edits)")
-    _show("Document.update (in process)", walls, cpus)
+    print(f"== the server re-checking a {text.count(chr(10))}-line file after an edit ({runs} edits each)")
+    edits, runs = _edits(text, runs)
+    for label, line, start, end, new in edits:
+        doc = Document(str(ROOT / "big.pipe"))
+        current = text
+        doc.update(current)
+        walls, cpus = [], []
+        for k in range(runs):
+            lines = current.split("\n")
+            lines[line] = lines[line][:start] + new(k) + lines[line][end:]
+            if start == end:  # typing: the next character goes after this one
+                start = end = end + 1
+            current = "\n".join(lines)
+            begin, cpu = time.perf_counter(), time.process_time()
+            analysis = doc.update(current)
+            walls.append(time.perf_counter() - begin)
+            cpus.append(time.process_time() - cpu)
+            assert not analysis.report.errors
+        _show(f"in process, {label}", walls, cpus)
 
 
 class _Rpc:
@@ -224,32 +245,35 @@ class _Rpc:
 
 def server_over_stdio(runs: int) -> None:
     text = thousand_lines()
-    uri = (ROOT / "big.pipe").as_uri()
-    rpc = _Rpc()
-    try:
-        ident = rpc.send("initialize", {"processId": os.getpid(), "rootUri": ROOT.as_uri(), "capabilities": {}}, True)
-        rpc.wait(lambda m: m.get("id") == ident)
-        rpc.send("initialized", {})
-        rpc.send("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "pipe", "version": 1,
-                                                           "text": text}})
-        rpc.wait(lambda m: m.get("method") == "textDocument/publishDiagnostics")
-        line = text.split("\n").index(next(l for l in text.split("\n") if "retries 2" in l))
-        column = text.split("\n")[line].index("retries 2") + len("retries ")
-        walls = []
-        for k in range(runs):
-            version = k + 2
-            start = time.perf_counter()
-            rpc.send("textDocument/didChange", {
-                "textDocument": {"uri": uri, "version": version},
-                "contentChanges": [{"range": {"start": {"line": line, "character": column},
-                                              "end": {"line": line, "character": column + 1}},
-                                    "text": str(k % 9 + 1)}]})
-            rpc.wait(lambda m: m.get("method") == "textDocument/publishDiagnostics"
-                     and m["params"].get("version") == version)
-            walls.append(time.perf_counter() - start)
-    finally:
-        rpc.close()
-    _show("didChange -> publishDiagnostics (stdio)", walls)
+    edits, runs = _edits(text, runs)
+    for label, line, start, end, new in edits:
+        uri = (ROOT / f"big-{len(label)}.pipe").as_uri()
+        rpc = _Rpc()
+        try:
+            ident = rpc.send("initialize", {"processId": os.getpid(), "rootUri": ROOT.as_uri(), "capabilities": {}},
+                             True)
+            rpc.wait(lambda m: m.get("id") == ident)
+            rpc.send("initialized", {})
+            rpc.send("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "pipe", "version": 1,
+                                                               "text": text}})
+            rpc.wait(lambda m: m.get("method") == "textDocument/publishDiagnostics")
+            walls = []
+            for k in range(runs):
+                version = k + 2
+                begin = time.perf_counter()
+                rpc.send("textDocument/didChange", {
+                    "textDocument": {"uri": uri, "version": version},
+                    "contentChanges": [{"range": {"start": {"line": line, "character": start},
+                                                  "end": {"line": line, "character": end}}, "text": new(k)}]})
+                if start == end:
+                    start = end = end + 1
+                message = rpc.wait(lambda m: m.get("method") == "textDocument/publishDiagnostics"
+                                   and m["params"].get("version") == version)
+                walls.append(time.perf_counter() - begin)
+                assert not any(d["severity"] == 1 for d in message["params"]["diagnostics"]), message
+        finally:
+            rpc.close()
+        _show(f"over stdio, {label}", walls)
 
 
 def main() -> None:

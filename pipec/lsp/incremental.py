@@ -188,20 +188,39 @@ def _comment(text: str, start: int, body: str) -> ast.Comment:
     return ast.Comment(body, Span(at.line, at.column, at.line, at.column + len(body), start, start + len(body)))
 
 
-@lru_cache(maxsize=None)
-def _field_names(cls: type) -> tuple[str, ...]:
-    return tuple(f.name for f in fields(cls))
-
-
 def _shift(node, lines: int, chars: int):
     """``node`` with every span moved down ``lines`` lines and on ``chars`` characters
     (columns stay: a chunk starts at the beginning of a line, before and after)."""
-    if isinstance(node, Span):
+    kind = type(node)
+    if kind is Span:
         return Span(node.line + lines, node.column, node.end_line + lines, node.end_column,
                     node.start + chars, node.end + chars)
-    if isinstance(node, tuple):
+    shifter = _SHIFTERS.get(kind)
+    if shifter is not None:
+        return shifter(node, lines, chars)
+    if kind is tuple:
         return tuple([_shift(item, lines, chars) for item in node])
-    if is_dataclass(node):
-        cls = type(node)
-        return cls(*[_shift(getattr(node, name), lines, chars) for name in _field_names(cls)])
-    return node
+    return node  # a name's text, a number, None
+
+
+def _shifter(cls: type):
+    """A function rebuilding a ``cls`` node with its fields shifted, written out once per
+    class from the field types: moving every statement after an edit near the top is the
+    server's hot loop, and a generic walk spent most of its time asking what each field is."""
+    args = []
+    for f in fields(cls):
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+        if kind == "Span":
+            args.append(f"Span(node.{f.name}.line + lines, node.{f.name}.column, node.{f.name}.end_line + lines, "
+                        f"node.{f.name}.end_column, node.{f.name}.start + chars, node.{f.name}.end + chars)")
+        elif kind in ("str", "bool", "tuple[str, ...]"):
+            args.append(f"node.{f.name}")
+        else:
+            args.append(f"_shift(node.{f.name}, lines, chars)")
+    scope = {"_shift": _shift, "cls": cls, "Span": Span}
+    exec(f"def shift(node, lines, chars):\n    return cls({', '.join(args)})\n", scope)
+    return scope["shift"]
+
+
+_SHIFTERS = {cls: _shifter(cls) for cls in vars(ast).values()
+             if isinstance(cls, type) and is_dataclass(cls) and cls.__module__ == ast.__name__}
