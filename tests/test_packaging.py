@@ -42,7 +42,10 @@ def test_wheel_holds_every_package_under_pipec_and_nothing_else(wheel):
         for init in (ROOT / layer).rglob("__init__.py"):
             rel = init.relative_to(ROOT).as_posix()
             assert f"pipec/{rel}" in names, rel
+    for init in (ROOT / "pipec").rglob("__init__.py"):  # pipec's own subpackages (pipec.lsp)
+        assert init.relative_to(ROOT).as_posix() in names, init
     assert "pipec/grammar/pipe.lark" in names
+    assert "pipec/grammar/pipe.tmLanguage.json" in names and "pipec/grammar/package.json" in names
 
 
 def test_installed_wheel_runs_beside_a_projects_own_compiler_backends_dsl(wheel, tmp_path):
