@@ -98,3 +98,11 @@ def test_fmt_in_a_subprocess_takes_many_files(tmp_path):
                           capture_output=True, text=True, timeout=60, cwd=tmp_path,
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 1 and f"{messy}: would be reformatted" in done.stderr
+
+
+def test_a_missing_file_is_reported_and_the_others_still_checked(tmp_path, capsys):
+    _, tidy = files(tmp_path)
+    code, _, err = run(["fmt", "--check", tmp_path / "missing.pipe", tidy], capsys)
+    assert code == 1
+    assert err.startswith(f"{tmp_path / 'missing.pipe'}: error: no such file\n")
+    assert err.endswith("2 files: 0 would be reformatted, 1 with errors\n")
