@@ -63,6 +63,7 @@ def _show(label: str, walls: list[float], cpus: list[float] | None = None) -> No
 
 
 def cli_latency(runs: int) -> None:
+    """Print the wall and CPU time of `pipec check` (and `fmt --check`) in fresh processes."""
     print(f"== pipec check {EXAMPLE.relative_to(ROOT)} ({runs} fresh processes each)")
     _show("python -c pass", *_timed_runs([sys.executable, "-c", "pass"], runs))
     _show("python -m pipec check examples/train.pipe", *_timed_runs(
@@ -143,6 +144,7 @@ PHASE_NAMES = ("import pipec.cli", "import lark + parser + AST", "import pydanti
 
 
 def phases(runs: int) -> None:
+    """Print each step of the check path, timed in one fresh process per run."""
     print("== the check path in one process, step by step (median)")
     samples = []
     for _ in range(runs):
@@ -179,6 +181,7 @@ def _edits(text: str, runs: int):
 
 
 def server_in_process(runs: int) -> None:
+    """Print how long Document.update takes on the 1,000-line file after each kind of edit."""
     from pipec.lsp.document import Document
 
     text = thousand_lines()
@@ -212,6 +215,7 @@ class _Rpc:
         self.next_id = 0
 
     def send(self, method: str, params, request: bool = False):
+        """Send a notification, or a request (its id is returned)."""
         message = {"jsonrpc": "2.0", "method": method, "params": params}
         if request:
             self.next_id += 1
@@ -222,6 +226,7 @@ class _Rpc:
         return message.get("id")
 
     def receive(self) -> dict:
+        """The next message from the server."""
         length = 0
         while True:
             line = self.proc.stdout.readline()
@@ -232,18 +237,21 @@ class _Rpc:
         return json.loads(self.proc.stdout.read(length))
 
     def wait(self, predicate) -> dict:
+        """The first message for which ``predicate`` is true; earlier ones are dropped."""
         while True:
             message = self.receive()
             if predicate(message):
                 return message
 
     def close(self) -> None:
+        """Shut the server down and wait for it to exit."""
         self.send("shutdown", None, request=True)
         self.send("exit", None)
         self.proc.wait(timeout=30)
 
 
 def server_over_stdio(runs: int) -> None:
+    """Print the time from didChange to its publishDiagnostics from a real `pipec lsp`."""
     text = thousand_lines()
     edits, runs = _edits(text, runs)
     for label, line, start, end, new in edits:
@@ -277,6 +285,7 @@ def server_over_stdio(runs: int) -> None:
 
 
 def main() -> None:
+    """Run every measurement; --runs sets how many samples each figure takes."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=10)
     args = parser.parse_args()

@@ -45,10 +45,12 @@ class Report:
 
     @property
     def errors(self) -> list[Diagnostic]:
+        """The diagnostics that are errors (the file fails the check)."""
         return [d for d in self.diagnostics if d.is_error]
 
     @property
     def warnings(self) -> list[Diagnostic]:
+        """The diagnostics that are warnings."""
         return [d for d in self.diagnostics if not d.is_error]
 
 

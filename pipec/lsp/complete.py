@@ -85,7 +85,8 @@ def complete(text: str, offset: int, analysis: Analysis | None, python: PySource
         rebindable = [n for n in names.values() if n.kind in ("var", "actor")]
         return _words(vocabulary.STATEMENTS) + [_name_item(n) for n in rebindable]
     statement = cleaned.split()[0] if cleaned.split() else ""
-    if re.search(r"[\w)\]]$", prev) and not re.search(r"(^|\W)(=|with|over|partitions|x|timeout|retries)$", prev):
+    # After a whole expression on a statement's line: what may follow it there.
+    if re.search(r"[\w)\]]$", prev) and not re.search(r"\b(with|over|partitions|x|timeout|retries)$", prev):
         if statement == "stage":
             return _words({**vocabulary.STAGE_OPTIONS, "with": vocabulary.CONNECTIVES["with"]})
         if statement == "source":

@@ -116,6 +116,7 @@ class _Indexer:
         self._starts: list[int] | None = None  # where each line starts, when first needed
 
     def run(self, module: ast.Module) -> Names:
+        """Index ``module``: uses, parameters, then the body in program order."""
         for use in module.uses:
             target = use.path.parts
             self._dotted(use.path, [("python", None, target[:i + 1]) for i in range(len(target))])

@@ -43,6 +43,7 @@ class PipeServer(LanguageServer):
         self.documents: dict[str, Document] = {}
 
     def document(self, uri: str) -> Document:
+        """The state of the document at ``uri``, made on first use."""
         if uri not in self.documents:
             self.documents[uri] = Document(to_fs_path(uri) or uri)
         return self.documents[uri]
@@ -59,6 +60,7 @@ class PipeServer(LanguageServer):
         return analysis
 
     def position(self, uri: str, analysis: Analysis, offset: int) -> lsp.Position:
+        """The LSP position of character ``offset`` of the analysed text."""
         codec = self.workspace.get_text_document(uri).position_codec
         text = analysis.source.text
         line_start = text.rfind("\n", 0, offset) + 1
@@ -66,10 +68,12 @@ class PipeServer(LanguageServer):
                             character=codec.client_num_units(text[line_start:offset]))
 
     def range(self, uri: str, analysis: Analysis, span: Span) -> lsp.Range:
+        """The LSP range of a pipec span of the analysed text."""
         codec = self.workspace.get_text_document(uri).position_codec
         return _range(span, analysis.source.text.split("\n"), codec)
 
     def offset(self, uri: str, position: lsp.Position) -> int:
+        """The character offset into the document's text of an LSP position."""
         return self.workspace.get_text_document(uri).offset_at_position(position)
 
 
@@ -92,26 +96,31 @@ server = PipeServer()
 
 @server.feature(lsp.TEXT_DOCUMENT_DID_OPEN)
 def did_open(ls: PipeServer, params: lsp.DidOpenTextDocumentParams) -> None:
+    """Check a document as it opens."""
     ls.analyse(params.text_document.uri)
 
 
 @server.feature(lsp.TEXT_DOCUMENT_DID_CHANGE)
 def did_change(ls: PipeServer, params: lsp.DidChangeTextDocumentParams) -> None:
+    """Check a document again after each change (pygls has applied it to the text)."""
     ls.analyse(params.text_document.uri)
 
 
 @server.feature(lsp.TEXT_DOCUMENT_DID_SAVE)
 def did_save(ls: PipeServer, params: lsp.DidSaveTextDocumentParams) -> None:
-    ls.analyse(params.text_document.uri)  # a module the file uses may have changed meanwhile
+    """Check again on save: a module the file uses may have changed meanwhile."""
+    ls.analyse(params.text_document.uri)
 
 
 @server.feature(lsp.TEXT_DOCUMENT_DID_CLOSE)
 def did_close(ls: PipeServer, params: lsp.DidCloseTextDocumentParams) -> None:
+    """Forget a closed document and clear its diagnostics."""
     ls.documents.pop(params.text_document.uri, None)
     ls.text_document_publish_diagnostics(lsp.PublishDiagnosticsParams(uri=params.text_document.uri, diagnostics=[]))
 
 
 def _current(ls: PipeServer, uri: str) -> Analysis:
+    """The analysis of the document's current text (checking it if it changed unseen)."""
     doc = ls.document(uri)
     text = ls.workspace.get_text_document(uri).source
     if doc.latest is None or doc.latest.source.text != text:
@@ -121,6 +130,7 @@ def _current(ls: PipeServer, uri: str) -> Analysis:
 
 @server.feature(lsp.TEXT_DOCUMENT_HOVER)
 def hover(ls: PipeServer, params: lsp.HoverParams) -> lsp.Hover | None:
+    """What the name or keyword under the cursor is (see :func:`navigate.hover`)."""
     uri = params.text_document.uri
     analysis = _current(ls, uri)
     found = navigate.hover(analysis, ls.offset(uri, params.position))
@@ -133,6 +143,7 @@ def hover(ls: PipeServer, params: lsp.HoverParams) -> lsp.Hover | None:
 
 @server.feature(lsp.TEXT_DOCUMENT_DEFINITION)
 def definition(ls: PipeServer, params: lsp.DefinitionParams) -> lsp.Location | None:
+    """Where the name under the cursor is defined, here or in a Python file."""
     uri = params.text_document.uri
     analysis = _current(ls, uri)
     place = navigate.definition(analysis, ls.offset(uri, params.position))
@@ -146,14 +157,14 @@ def definition(ls: PipeServer, params: lsp.DefinitionParams) -> lsp.Location | N
 
 @server.feature(lsp.TEXT_DOCUMENT_COMPLETION, lsp.CompletionOptions(trigger_characters=["."]))
 def completion(ls: PipeServer, params: lsp.CompletionParams) -> lsp.CompletionList:
+    """What may be written at the cursor (see :mod:`pipec.lsp.complete`)."""
     uri = params.text_document.uri
     doc = ls.document(uri)
     text = ls.workspace.get_text_document(uri).source
     if doc.latest is None:
         ls.analyse(uri)
-    best = doc.parsed if doc.parsed is not None else None
-    python = (best or doc.latest).python
-    items = complete(text, ls.offset(uri, params.position), best, python)
+    # While typing, the text rarely parses: names come from the last version that did.
+    items = complete(text, ls.offset(uri, params.position), doc.parsed, doc.latest.python)
     return lsp.CompletionList(is_incomplete=False, items=[
         lsp.CompletionItem(label=i.label, kind=lsp.CompletionItemKind[i.kind], detail=i.detail or None,
                            documentation=lsp.MarkupContent(kind=lsp.MarkupKind.Markdown, value=i.documentation)
@@ -163,6 +174,7 @@ def completion(ls: PipeServer, params: lsp.CompletionParams) -> lsp.CompletionLi
 
 @server.feature(lsp.TEXT_DOCUMENT_FORMATTING)
 def formatting(ls: PipeServer, params: lsp.DocumentFormattingParams) -> list[lsp.TextEdit] | None:
+    """The document as ``pipec fmt`` prints it, as one edit; nothing if it does not parse."""
     from pipec.dsl.format import format_source
     uri = params.text_document.uri
     text_document = ls.workspace.get_text_document(uri)
@@ -180,6 +192,7 @@ def formatting(ls: PipeServer, params: lsp.DocumentFormattingParams) -> list[lsp
 
 @server.feature(lsp.TEXT_DOCUMENT_DOCUMENT_SYMBOL)
 def document_symbol(ls: PipeServer, params: lsp.DocumentSymbolParams) -> list[lsp.DocumentSymbol]:
+    """The outline: aliases, then the pipeline's parameters and statements."""
     uri = params.text_document.uri
     _current(ls, uri)
     analysis = ls.document(uri).best
@@ -196,6 +209,7 @@ def document_symbol(ls: PipeServer, params: lsp.DocumentSymbolParams) -> list[ls
 
 @server.feature(lsp.TEXT_DOCUMENT_PREPARE_RENAME)
 def prepare_rename(ls: PipeServer, params: lsp.PrepareRenameParams):
+    """The binding a rename at the cursor would change, or None when it is not one."""
     uri = params.text_document.uri
     analysis = _current(ls, uri)
     occurrence = navigate.rename_target(analysis, ls.offset(uri, params.position))
@@ -207,6 +221,7 @@ def prepare_rename(ls: PipeServer, params: lsp.PrepareRenameParams):
 
 @server.feature(lsp.TEXT_DOCUMENT_RENAME, lsp.RenameOptions(prepare_provider=True))
 def rename(ls: PipeServer, params: lsp.RenameParams) -> lsp.WorkspaceEdit:
+    """Every edit renaming the binding under the cursor; a refusal says why."""
     uri = params.text_document.uri
     analysis = _current(ls, uri)
     try:
