@@ -356,3 +356,13 @@ async def test_a_file_that_does_not_parse_keeps_its_outline_and_hover(client, pr
     result = await client.text_document_completion_async(lsp.CompletionParams(
         doc(uri), lsp.Position(line=line, character=len("        stage broken = map t."))))
     assert [i.label for i in result.items] == ["make", "grad", "add", "Server"]
+
+
+async def test_an_unsaved_document_is_checked_too(client, project):
+    """An editor's new buffer has no file: its URI is `untitled:...`."""
+    uri = "untitled:Untitled-1"
+    text = "pipeline p() {\n    sink s = nope\n}\n"
+    diagnostics = await _published(client, uri, lambda: client.text_document_did_open(lsp.DidOpenTextDocumentParams(
+        text_document=lsp.TextDocumentItem(uri=uri, language_id="pipe", version=1, text=text))))
+    [d] = diagnostics
+    assert d.message == "undefined name `nope`" and d.range.start == lsp.Position(1, 13)
