@@ -12,7 +12,7 @@ from setuptools import find_packages, setup
 
 LAYERS = ("grammar", "dsl", "compiler", "backends")
 
-packages = ["pipec"]
+packages = ["pipec"] + find_packages(include=["pipec.*"])  # pipec.lsp, ...
 package_dir = {"pipec": "pipec"}
 for layer in LAYERS:
     package_dir[f"pipec.{layer}"] = layer

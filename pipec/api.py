@@ -22,6 +22,7 @@ from pipec.dsl.parser import MAX_NESTING, parse
 from pipec.dsl.source import SourceFile
 from pipec.compiler import ir
 from pipec.compiler.build import Builder
+from pipec.compiler.modules import ModuleIndex
 
 if TYPE_CHECKING:
     from pipec.backends.base import Backend
@@ -102,11 +103,16 @@ def load(path: str | Path) -> Pipeline:
     return load_source(source)
 
 
-def load_source(source: SourceFile) -> Pipeline:
-    """Parse and build ``source`` (see :func:`load`)."""
+def load_source(source: SourceFile, index: ModuleIndex | None = None,
+                module: ast.Module | None = None) -> Pipeline:
+    """Parse and build ``source`` (see :func:`load`). ``index`` finds the user's modules
+    (read as source; by default from the file's folder upwards); ``module`` is the AST
+    of ``source`` when the caller parsed it already (the language server parses only the
+    statements an edit changed)."""
     with _few_collections(), _stack_for_nesting():
-        module = parse(source)
-        builder = Builder(module, source)
+        if module is None:
+            module = parse(source)
+        builder = Builder(module, source, index)
         graph = builder.build()
     return Pipeline(source, module, graph, builder.diagnostics, builder.param_limits)
 

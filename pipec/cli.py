@@ -2,16 +2,18 @@
 
 Exit codes: 0 success, 1 errors in the pipeline (or it failed while running), 2 usage
 errors. pipec never shows a Python traceback for bad input; an internal error says it is
-a bug in pipec. Static commands (check, compile, graph, fmt) never import user code.
+a bug in pipec. Static commands (check, compile, graph, fmt, lsp) never import user code.
+
+Each command imports what it needs when it runs: `pipec check` is called by editors,
+pre-commit and CI on every save and commit, so its start-up time is user-visible, and
+the engines, the renderer and the progress display stay out of it.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import uuid
 from pathlib import Path
 
 from pipec.dsl.diagnostics import CompileError, FileError, PipecError, PipelineRuntimeError, UsageError
@@ -39,11 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         return p
 
-    p = add("check", "report every error and warning in a .pipe file")
-    p.add_argument("file")
+    p = add("check", "report every error and warning in .pipe files")
+    p.add_argument("file", nargs="+", help="a .pipe file, a folder (every .pipe file under it) or - for "
+                                          "standard input")
     p.add_argument("--backend", "-b", help="also check what this backend supports")
     p.add_argument("--param", "-p", action="append", default=[], metavar="K=V", help="check these parameter values")
     p.add_argument("--quiet", "-q", action="store_true", help="print errors only, no warnings")
+    p.add_argument("--format", "-f", choices=["text", "json", "sarif", "github"], default="text",
+                   help="text for people (on standard error); json, sarif (code scanning) or github "
+                        "(workflow annotations) on standard output")
+    p.add_argument("--stdin-filename", metavar="PATH", help="the name of the file read from -, for messages "
+                                                            "and for finding the modules it uses")
 
     p = add("compile", "show the IR or a backend's lowered plan")
     p.add_argument("file")
@@ -69,11 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "from its last completed round")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
-    p = add("fmt", "format a .pipe file canonically")
-    p.add_argument("file")
+    p = add("fmt", "format .pipe files canonically")
+    p.add_argument("file", nargs="+", help="a .pipe file, a folder (every .pipe file under it) or - for "
+                                          "standard input; one file alone is printed formatted")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--check", action="store_true", help="exit 1 if the file is not formatted")
-    group.add_argument("--write", "-w", action="store_true", help="rewrite the file in place")
+    group.add_argument("--check", action="store_true", help="exit 1 if a file is not formatted")
+    group.add_argument("--diff", action="store_true", help="print a unified diff of what would change; "
+                                                           "exit 1 if anything would")
+    group.add_argument("--write", "-w", action="store_true", help="rewrite the files in place")
+    p.add_argument("--stdin-filename", metavar="PATH", help="the name of the file read from -, for messages")
+
+    p = add("lsp", "run the language server on standard input and output (for editors)")
+    p.add_argument("--stdio", action="store_true", help="accepted for editors that pass it; stdio is the default")
 
     add("backends", "what each engine supports")
     return parser
@@ -131,23 +146,30 @@ def _emit(text: str, output: str | None) -> None:
 
 
 def cmd_check(args) -> int:
-    pipeline = _load(args.file)
-    diagnostics = pipeline.check(args.backend)
+    from pipec import inputs
+    from pipec.check_formats import render
+    from pipec.checking import check_file, file_diagnostic, Report
+    params = None
     if args.param:
-        _params(pipeline, args.param)
-    if not args.quiet:
-        for d in diagnostics:
-            print(d.render(pipeline.source), file=sys.stderr)
-    warnings = len(diagnostics)
-    print(f"{pipeline.source.path}: ok" + (f" ({warnings} warning{'s' if warnings != 1 else ''})" if warnings else ""),
-          file=sys.stderr)
-    return EXIT_OK
+        from pipec.api import parse_param_args
+        params = parse_param_args(args.param)
+    try:
+        names = inputs.expand(args.file)
+    except FileError as exc:  # a folder without .pipe files: reported like a missing file
+        names, unreadable = [], [Report(exc.path, None, [file_diagnostic(exc)])]
+    else:
+        unreadable = []
+    reports = unreadable + [check_file(name, args.backend, params, args.stdin_filename) for name in names]
+    text = render(reports, args.format, quiet=args.quiet)
+    (sys.stderr if args.format == "text" else sys.stdout).write(text)
+    return EXIT_ERROR if any(r.errors for r in reports) else EXIT_OK
 
 
 def cmd_compile(args) -> int:
     pipeline = _load(args.file)
     pipeline.check(args.backend)
     params = _params(pipeline, args.param)
+    import json
     fmt = args.format or ("json" if args.output and args.output.endswith(".json") else "text")
     if args.backend is None:
         if fmt == "json":
@@ -186,22 +208,63 @@ def cmd_graph(args) -> int:
 
 
 def cmd_fmt(args) -> int:
+    from pipec import inputs
     from pipec.dsl.format import format_source
-    from pipec.dsl.source import SourceFile
-    source = SourceFile.read(args.file)
-    formatted = format_source(source)
-    if args.check:
-        if formatted != source.text:
-            print(f"{args.file}: would be reformatted", file=sys.stderr)
-            return EXIT_ERROR
-        return EXIT_OK
-    if args.write:
-        if formatted != source.text:
+    names = inputs.expand(args.file)
+    show = not (args.check or args.diff or args.write)
+    if show and (len(names) > 1 or any(Path(n).is_dir() for n in args.file if n != inputs.STDIN)):
+        raise UsageError("several files are formatted in place or checked, not printed",
+                         "add --write to rewrite them, --check or --diff to see what would change")
+    changed, failed = [], 0
+    for name in names:
+        try:
+            source = inputs.read(name, args.stdin_filename)
+            formatted = format_source(source)
+        except (CompileError, FileError) as exc:  # report it, and go on with the other files
+            print(exc.render(), file=sys.stderr)
+            failed += 1
+            continue
+        if show or (args.write and name == inputs.STDIN):
+            sys.stdout.write(formatted)
+        if formatted == source.text:
+            continue
+        changed.append(name)
+        if args.check:
+            print(f"{source.path}: would be reformatted", file=sys.stderr)
+        elif args.diff:
+            sys.stdout.write(_unified_diff(source.path, source.text, formatted))
+        elif args.write and name != inputs.STDIN:
             from pipec.backends.runtime.sinks import atomic_write
-            atomic_write(args.file, formatted)
-            print(f"{args.file}: formatted", file=sys.stderr)
-        return EXIT_OK
-    sys.stdout.write(formatted)
+            atomic_write(name, formatted)
+            print(f"{name}: formatted", file=sys.stderr)
+    if len(names) > 1 and not show:
+        verb = "formatted" if args.write else "would be reformatted"
+        print(f"{len(names)} files: {len(changed)} {verb}" + (f", {failed} with errors" if failed else ""),
+              file=sys.stderr)
+    if failed or (changed and (args.check or args.diff)):
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def _unified_diff(path: str, before: str, after: str) -> str:
+    """A unified diff that `patch -p0` applies, marking a last line without a newline."""
+    import difflib
+    lines = []
+    for line in difflib.unified_diff(before.splitlines(keepends=True), after.splitlines(keepends=True),
+                                     fromfile=path, tofile=path):
+        lines.append(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n")
+    return "".join(lines)
+
+
+def cmd_lsp(args) -> int:
+    try:
+        from pipec.lsp.server import serve
+    except ImportError as exc:
+        if exc.name and exc.name.split(".")[0] in ("pygls", "lsprotocol", "cattrs", "attrs"):
+            raise UsageError(f"the language server needs {exc.name.split('.')[0]}, which is not installed",
+                             "pip install 'pipec[lsp]'") from None
+        raise
+    serve()
     return EXIT_OK
 
 
@@ -222,6 +285,7 @@ def cmd_run(args) -> int:
     elif engine.can("resume") and any(loop.parent is None for loop in pipeline.ir.info.loops.values()):
         # Name the run before it starts: if its driver dies, this is what --resume needs
         # (records are kept at the end of each round of a top-level loop).
+        import uuid
         run_id = args.run_dir or uuid.uuid4().hex[:12]
         run_options["run_dir"] = args.run_dir or str(Path(".pipec") / "runs" / run_id)
         print(f"run {run_id}  (if it stops, continue it with --resume {run_id})", file=sys.stderr)
@@ -260,7 +324,7 @@ def cmd_backends(args) -> int:
 
 
 _COMMANDS = {"check": cmd_check, "compile": cmd_compile, "graph": cmd_graph, "run": cmd_run,
-             "fmt": cmd_fmt, "backends": cmd_backends}
+             "fmt": cmd_fmt, "lsp": cmd_lsp, "backends": cmd_backends}
 
 
 def entry() -> None:

@@ -8,6 +8,7 @@ environment; a pipeline then runs from a project folder that has its own `compil
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -42,7 +43,10 @@ def test_wheel_holds_every_package_under_pipec_and_nothing_else(wheel):
         for init in (ROOT / layer).rglob("__init__.py"):
             rel = init.relative_to(ROOT).as_posix()
             assert f"pipec/{rel}" in names, rel
+    for init in (ROOT / "pipec").rglob("__init__.py"):  # pipec's own subpackages (pipec.lsp)
+        assert init.relative_to(ROOT).as_posix() in names, init
     assert "pipec/grammar/pipe.lark" in names
+    assert "pipec/grammar/pipe.tmLanguage.json" in names and "pipec/grammar/package.json" in names
 
 
 def test_installed_wheel_runs_beside_a_projects_own_compiler_backends_dsl(wheel, tmp_path):
@@ -78,11 +82,13 @@ def test_installed_wheel_runs_beside_a_projects_own_compiler_backends_dsl(wheel,
         "import backends, compiler\n"
         "assert backends.DEFAULT_BACKEND == 'mine' and compiler.DEFAULT == 'mine'\n"
         "print(load('p.pipe').run(backend='local').outputs['out'])\n")
-    proc = subprocess.run([str(python), "-c", script], cwd=project, capture_output=True, text=True)
+    # Without PYTHONPATH: a checkout on it (a worktree's tests) would shadow the wheel.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([str(python), "-c", script], cwd=project, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "['mine-0', 'mine-1', 'mine-2']"
 
     # The console script of the wheel, too.
     pipec = env_dir / "bin" / "pipec"
-    proc = subprocess.run([str(pipec), "check", "p.pipe"], cwd=project, capture_output=True, text=True)
+    proc = subprocess.run([str(pipec), "check", "p.pipe"], cwd=project, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
