@@ -180,3 +180,33 @@ def test_the_resume_hint_is_printed_only_for_a_pipeline_that_can_resume(workdir)
     flat = subprocess.run([sys.executable, "-m", "pipec", "run", "examples/wordcount.pipe", "--backend", "local",
                            "--run-dir", "r2"], capture_output=True, text=True, timeout=120)
     assert flat.returncode == 0 and "--resume" not in flat.stderr, flat.stderr
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_outputs_are_all_or_nothing_when_a_later_sink_fails(backend, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "first.json").write_text("old\n")
+    path = _pipe(tmp_path, """    source xs = range(10) partitions 2
+    sink first = collect(xs) -> json("out/first.json")
+    stage ys = map m.boom over xs
+    sink second = collect(ys) -> json("out/second.json")""", f"atomic_{backend}")
+    with pytest.raises(PipelineRuntimeError, match="bad seven"):
+        _run(backend, path, run_dir=str(tmp_path / "run"))
+    # The run failed: its first sink was not committed either, and nothing is left over.
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["first.json"]
+    assert (tmp_path / "out" / "first.json").read_text() == "old\n"
+    assert not list((tmp_path / "run").glob("staged.json"))
+
+
+def test_a_killed_runs_staged_sinks_are_cleaned_by_the_next_run_of_the_folder(tmp_path, monkeypatch):
+    from pipec.backends.runtime.sinks import StagedSinks
+    monkeypatch.chdir(tmp_path)
+    killed = StagedSinks(tmp_path / "run", "deadbeef")
+    killed.stage([1, 2], "json", "out/a.json", True)  # and then the process died
+    leftover = tmp_path / "out" / ".a.json.pipec-staged-deadbeef.tmp"
+    assert leftover.exists() and not (tmp_path / "out" / "a.json").exists()
+    path = _pipe(tmp_path, "    source xs = range(3) partitions 1\n    sink b = collect(xs) -> json(\"out/b.json\")",
+                 "cleanup")
+    load(path).run(backend="local", run_dir=str(tmp_path / "run"))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b.json"]

@@ -23,7 +23,7 @@ from pipec.backends.runtime import semantics, sources
 from pipec.backends.runtime import resume as resuming
 from pipec.backends.runtime.interpreter import StageFailure
 from pipec.backends.runtime.actors import SKIPPED, ReplayLog, last_snapshot
-from pipec.backends.runtime.sinks import write_sink
+from pipec.backends.runtime.sinks import StagedSinks
 from pipec.backends.runtime.tasks import ensure_path, fn_of, user_frame
 
 
@@ -56,6 +56,7 @@ class Driver:
         self.resume = resume
         self.record: resuming.Record | None = None  # what a resumed run continues from
         self.records = resuming.RecordWriter(self.run_dir)
+        self.sinks = StagedSinks(self.run_dir, self.run_id)  # committed together at the end
         self._recorded_at, self._record_cost = 0.0, 0.0  # when the last record was made, what it cost
         self.top_index = 0  # the top-level item running now
 
@@ -64,18 +65,28 @@ class Driver:
     def run(self) -> RunResult:
         start = time.perf_counter()
         ensure_path(self.ir.info.module_paths())
+        self.sinks.clean_leftovers()
         if self.resumable:
             self.prepare_run_dir()
         self.setup()
         try:
             self.run_top(blocks(self.ir))
+            self.commit_sinks()
             if self.resumable:
                 self.finish_records()
         finally:
+            self.sinks.abort()  # nothing staged is left once a run ends, well or badly
             self.close_records()
             self.teardown()
         self.result.seconds = time.perf_counter() - start
         return self.result
+
+    def commit_sinks(self) -> None:
+        """The run succeeded: every sink it staged becomes its file, together."""
+        try:
+            self.sinks.commit()
+        except OSError as exc:
+            raise self.error(self.ir.info.name, f"cannot write the sinks: {exc.strerror or exc}") from None
 
     def run_top(self, top: Block) -> None:
         """The pipeline's top level. A resumable backend runs it item by item (a record
@@ -314,7 +325,7 @@ class Driver:
             return value
         path = self.value(op.path)
         try:
-            written = write_sink(value, op.format, path, is_collection)
+            written = self.sinks.stage(value, op.format, path, is_collection)
         except (TypeError, ValueError) as exc:
             raise self.error(node, f"cannot write {op.format}: {exc}", op.span) from None
         except OSError as exc:
@@ -468,7 +479,7 @@ class Driver:
                 value = self.var_from_partitions(item, value.parts)
             self.env[item] = value
         elif isinstance(op, ir.Sink):
-            return  # written before the driver died
+            self.run_node(item)  # staged again: sinks are committed when the run ends
         elif item in record.env:
             self.env[item] = record.env[item]
         else:

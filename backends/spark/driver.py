@@ -139,12 +139,14 @@ class SparkDriver(Driver):
             if self.dry:
                 self.lowered = self.capture(self)
             else:
+                self.commit_sinks()
                 self.finish_records()
         except Py4JError as exc:  # Spark itself went away (a job's failure is reported by job())
             log = self.session.log if self.session else None
             raise PipelineRuntimeError(self.ir.info.name, f"Spark stopped under the pipeline: {_first_line(exc)}",
                                        hint=f"Spark's log is {log}" if log else None) from None
         finally:
+            self.sinks.abort()
             self.close_records()
             self.teardown()
         self.result.seconds = time.perf_counter() - start
@@ -153,6 +155,7 @@ class SparkDriver(Driver):
     def setup(self) -> None:
         plan = self.plan
         if not self.dry:
+            self.sinks.clean_leftovers()
             self.prepare_run_dir()
         log = None if self.dry else str(self.run_dir / "spark.log")
         self.session = sessions.session(plan.address, log, plan.max_retries, plan.ui)
