@@ -27,6 +27,8 @@ class RunResult:
     files: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     rounds: dict[str, int] = field(default_factory=dict)
+    # `repeat N until c` loops that stopped at their cap N with `c` never true
+    capped: list[str] = field(default_factory=list)
     seconds: float = 0.0
     run_dir: str | None = None
 

@@ -62,7 +62,7 @@ def print_summary(result: RunResult, pipeline, as_json: bool = False, out: TextI
     if as_json:
         json.dump({"backend": result.backend, "seconds": round(result.seconds, 3),
                    "outputs": to_jsonable(result.outputs), "files": result.files,
-                   "rounds": result.rounds,
+                   "rounds": result.rounds, "capped": result.capped,
                    "timings": {k: round(v, 4) for k, v in result.timings.items()}}, out, indent=2, sort_keys=True)
         out.write("\n")
         return
@@ -73,6 +73,10 @@ def print_summary(result: RunResult, pipeline, as_json: bool = False, out: TextI
         err.write(f"  wrote {path}  ({name})\n")
     for loop, rounds in result.rounds.items():
         err.write(f"  {loop}: {rounds} round{'s' if rounds != 1 else ''}\n")
+    for loop in result.capped:
+        until = pipeline.ir.info.loops[loop].until
+        what = f"`{until.node}`" if hasattr(until, "node") else "its condition"
+        err.write(f"warning: {loop} stopped at its cap of {result.rounds.get(loop)} rounds; {what} never became true\n")
     busy = {k: v for k, v in result.timings.items() if k in pipeline.ir.graph and _does_work(pipeline.ir.op(k))}
     slowest = sorted(busy.items(), key=lambda kv: -kv[1])[:8]
     if slowest:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import pickle
 import random
+import subprocess
+import sys
 
 import pytest
 
@@ -150,7 +152,25 @@ def test_until_stops_early_and_collection_var_carries(write_pipe):
     sink out = collect(ys)""")
     # ys starts at [1..4]; each round adds one; stops once the first item reaches 3.
     assert result.outputs["out"] == [3, 4, 5, 6]
-    assert result.rounds["loop1"] == 2
+    assert result.rounds["loop1"] == 2 and result.capped == []
+
+
+def test_a_loop_stopping_at_its_cap_says_so(write_pipe, tmp_path):
+    path = write_pipe("""
+use m_cap as m
+pipeline p() {
+    source xs = range(4) partitions 2
+    var ys = map m.inc over xs
+    repeat 3 until m.first(collect(ys)) >= 100 {
+        ys = map m.inc over ys
+    }
+    sink out = collect(ys)
+}""", m_cap="def inc(x):\n    return x + 1\ndef first(xs):\n    return xs[0]\n")
+    out = subprocess.run([sys.executable, "-m", "pipec", "run", str(path), "--backend", "local"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "warning: loop1 stopped at its cap of 3 rounds" in out.stderr
+    assert load(path).run(backend="local").capped == ["loop1"]
 
 
 def test_actor_calls_in_program_order(write_pipe):

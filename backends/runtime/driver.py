@@ -156,6 +156,8 @@ class Driver:
             rounds = i + 1
             stop = loop.until is not None and self.until(loop)  # checked on the last round too
             done = stop or rounds == count
+            if done and not stop and loop.until is not None and loop.id not in self.result.capped:
+                self.result.capped.append(loop.id)
             self.round_done(loop, rounds, done)
             if done:
                 break
