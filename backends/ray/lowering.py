@@ -207,9 +207,11 @@ class Lowering:
         return name + ("&" + "+".join(also) if also else "")
 
     def options(self, nodes: list[str]) -> dict[str, Any]:
-        """Ray task options for a segment computing ``nodes``: the most retries any of
-        them asks for (fused stages are pure, so re-running them is harmless), no retry at
-        all when one is effectful, and the (shared) resources."""
+        """Ray task options for a segment computing ``nodes``: Ray re-runs a task lost with
+        its worker as often as the most retries any of them asks for (fused stages are
+        pure, so re-running them is harmless), never when one is effectful; user code that
+        raises is retried inside the task by the interpreter, so Ray's exception retries
+        stay off. Resources are the (shared) resources of the nodes."""
         retries, effectful = 0, False
         resources = ir.Resources()
         for node in nodes:
@@ -221,7 +223,7 @@ class Lowering:
             resources = resources.merged(options.resources)
         if effectful:
             retries = 0
-        out: dict[str, Any] = {"max_retries": retries, "retry_exceptions": retries > 0,
+        out: dict[str, Any] = {"max_retries": retries, "retry_exceptions": False,
                                "num_cpus": resources.cpus if resources.cpus is not None else 1}
         if resources.gpus:
             out["num_gpus"] = resources.gpus
@@ -230,6 +232,7 @@ class Lowering:
         return out
 
     def timeout(self, nodes: list[str]) -> float | None:
+        """The shortest timeout of ``nodes``: the interpreter cuts each stage's own calls at it."""
         values = [o.timeout for o in (getattr(self.ir.op(n), "options", None) for n in nodes)
                   if isinstance(o, ir.StageOptions) and o.timeout is not None]
         return min(values) if values else None
