@@ -31,7 +31,8 @@ def actor_handles(graph: ir.IR, node: str, op: ir.Elementwise) -> list[str]:
 
 
 def _forwardable(graph: ir.IR, node: str, op: ir.Op) -> bool:
-    """Whether ``op``'s partitions may be computed inside its consumer's tasks."""
+    """Whether ``op``'s partitions may be computed inside its consumer's tasks (or, for a
+    shared scan, its consumers' per-partition halves inside its own)."""
     if isinstance(op, ir.Elementwise):
         return op.fn is not None and not actor_handles(graph, node, op) and _plain(op.options)
     if isinstance(op, ir.Source):
@@ -124,7 +125,7 @@ class Lowering:
             chain = self.chain(node, "input")
             head = chain.head
             hop = self.ir.op(head)
-            if chain.head_fused or head in self.fused or not self._scannable(head, hop):
+            if chain.head_fused or head in self.fused or not _forwardable(self.ir, head, hop):
                 continue
             members = list(chain.steps) + [node]
             if any(self.ir.op(m).loop != hop.loop or _resources(self.ir.op(m)) != _resources(hop)
@@ -140,13 +141,6 @@ class Lowering:
             keep = any(readers.count(r) != starts.count(r) for r in set(readers)) or len(readers) != len(starts)
             out[head] = (keep, tuple(branches))
         return out
-
-    def _scannable(self, node: str, op: ir.Op) -> bool:
-        if isinstance(op, ir.Elementwise):
-            return op.fn is not None and not actor_handles(self.ir, node, op) and _plain(op.options)
-        if isinstance(op, ir.Source):
-            return read_in_tasks(op) and _plain(op.options)
-        return isinstance(op, (ir.ReduceByKey, ir.GroupByKey, ir.Distinct, ir.Join)) and _plain(op.options)
 
     def _bound_before(self, step: str, index: int) -> bool:
         order = {n: i for i, n in enumerate(self.ir)}
