@@ -31,16 +31,18 @@ def _short(body):
 
 @lru_cache(maxsize=64)
 def _segment(blob: bytes) -> s.Segment:
+    """A worker unpickles each segment once: it is frozen, and functions must not change
+    their inputs (literal bindings included; the local backend checks it)."""
     return pickle.loads(blob)
 
 
 def run_segment(task: tuple, *args):
     """``task`` is ``(module paths, pickled segment, partition, left, right)``: the driver
     pickles a segment once for all its tasks (Ray pickling it per task costs ~80 us more
-    per submit) and a worker unpickles it once. The first ``left + right`` of ``args`` are the
-    input: the partition (an Input head), or the buckets meant for this partition of every
-    source partition (a Merge head; a join's ``right`` side last); the rest are the slots.
-    A task of several outputs (a split, a shared scan) gives them as its Ray returns."""
+    per submit). The first ``left + right`` of ``args`` are the input: the partition (an
+    Input head), or the buckets meant for this partition of every source partition (a
+    Merge head; a join's ``right`` side last); the rest are the slots. A task of several
+    outputs (a split, a shared scan) gives them as its Ray returns."""
     paths, blob, partition, left, right = task
     ensure_path(paths)
     segment = _segment(blob)
