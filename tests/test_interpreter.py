@@ -108,6 +108,14 @@ def test_sharded_source_and_shared_scan():
     assert s.outputs_of(seg.terminal) == 3
 
 
+def test_a_shared_scan_gives_a_one_bucket_split_as_the_bucket_itself():
+    # one partition: the split has one bucket, and outputs_of counts it as one output
+    seg = s.Segment("xs", s.Input("xs"),
+                    terminal=s.Branches("xs", (((), s.Split("g", "group_by_key", 1)), ((), s.Count("n")))))
+    assert run_segment(seg, 0, [(1, 2), (3, 4)]) == [[(1, 2), (3, 4)], 2]
+    assert s.outputs_of(seg.terminal) == 2
+
+
 def test_combine_tree_and_unknown_steps():
     assert run_finisher(s.Combine("t", fn("add"), final=True), [1, semantics.EMPTY, 2]) == 3
     with pytest.raises(StageFailure) as info:

@@ -19,22 +19,25 @@ Lowering (decided statically, so `pipec compile` shows exactly what runs):
 * ``reduce_by_key``, ``group_by_key``, ``join`` and ``distinct`` split every partition
   by the stable key hash into k buckets (k returns of one task) and merge bucket j of
   every partition, in partition order, in task j.
-* Stage options map to Ray's: ``retries`` to ``max_retries`` (with ``retry_exceptions``),
-  ``resources`` to ``num_cpus`` / ``num_gpus`` / ``memory``; a ``timeout`` is enforced by
-  the driver, which cancels the task and names the stage.
+* A task ships its segment (:mod:`pipec.backends.physical.steps`) and runs it with the
+  shared interpreter, which retries user code (``retries``) and cuts it at its
+  ``timeout`` inside the task; a failure is one ``StageFailure``, which the driver unwraps
+  from Ray's ``RayTaskError``. Ray's ``max_retries`` (exception retries off) re-runs a
+  task lost with its worker; ``resources`` map to ``num_cpus`` / ``num_gpus`` / ``memory``.
 
 Actors are Ray actors with ``max_restarts`` for the process and Ray's own method retries
 off (they are at-least-once and may reorder). Every graph-level call carries a sequence
 number; the actor restores its last snapshot in its constructor, reports a gap when calls
 are missing, and the driver replays its log in order, each call applied exactly once.
-Actor pools are sets of Ray actors fed partitions as they free up.
+Actor pools are sets of Ray actors fed partitions as they free up; a member runs the
+interpreter's element-wise step with its own bound method.
 
-Every task body calls the shared runtime (``pipec.backends.runtime``), so sinks are
+Every task body is the shared interpreter (``pipec.backends.runtime``), so sinks are
 byte-identical to the local backend's. Ray itself is imported only when a plan runs.
 
 Modules: :mod:`.engine` (starting or joining Ray), :mod:`.lowering` (static decisions),
 :mod:`.plan` (explain, JSON, graph, and the backend), :mod:`.driver` (a run),
-:mod:`.worker` (task bodies and actor classes).
+:mod:`.worker` (the interpreter's Ray wrappers and actor classes).
 """
 
 from __future__ import annotations

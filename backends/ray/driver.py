@@ -1,5 +1,6 @@
-"""The driver of a Ray run: submits segments, reductions, shuffles and actor calls, watches
-timeouts, and recovers restarted actors by replaying their calls in order."""
+"""The driver of a Ray run: submits segments of the physical plan as Ray tasks (the shared
+interpreter runs them), reductions, shuffles and actor calls, and recovers restarted
+actors by replaying their calls in order."""
 
 from __future__ import annotations
 
@@ -7,17 +8,19 @@ import os
 import re
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
 from pipec.compiler import ir
 from pipec.backends.base import NoProgress, Progress, RunResult
+from pipec.backends.physical import steps as s
 from pipec.backends.runtime import semantics, sources
 from pipec.backends.runtime.driver import Driver
+from pipec.backends.runtime.interpreter import StageFailure
 from pipec.dsl.diagnostics import PipelineRuntimeError
 from pipec.backends.ray.lowering import Chain, Lowering, actor_handles, read_in_tasks
-from pipec.backends.ray.worker import ActorProxy, Gap, StageError, remote_calls, returns_of
+from pipec.backends.ray.worker import Gap, remote_calls
 
 
 # How long the driver waits for a restarted actor to come back before giving up.
@@ -31,21 +34,18 @@ class Parts:
         self.refs = list(refs)
 
 
-class Gen:
-    """A fused source: its partitions are made inside the consumer's tasks. ``heads``
-    holds, per partition, the head spec and the refs the head reads."""
+@dataclass
+class Fresh:
+    """A collection made inside the tasks that read it: ``head`` (a range block, a text
+    file's own lines, a sharded call, or a shuffle's merge side) for each of ``k``
+    partitions. ``inputs[i]`` are the refs partition i's head reads (a merge's buckets, the
+    first ``left`` of them from a join's left side), ``slots`` the values it reads."""
 
-    def __init__(self, heads: list[tuple[tuple, list]]):
-        self.heads = heads
-
-
-class Buckets:
-    """A fused shuffle: the split outputs, merged inside the consumer's tasks.
-    ``parts[i][j]`` is bucket j of input partition i (for a join, left then right)."""
-
-    def __init__(self, kind: str, node: str, k: int, parts: list[list], right: list[list] | None = None,
-                 fn: ir.FnRef | None = None):
-        self.kind, self.node, self.k, self.parts, self.right, self.fn = kind, node, k, parts, right, fn
+    head: s.Head
+    k: int
+    inputs: list[list] | None = None
+    left: int = 0
+    slots: tuple = ()
 
 
 class Fused:
@@ -62,28 +62,16 @@ class Scanned:
 
 FUSED = Fused()
 
+_HOW = {ir.ReduceByKey: "reduce_by_key", ir.GroupByKey: "group_by_key", ir.Distinct: "distinct", ir.Join: "join"}
 
-@dataclass
-class _Watched:
-    """Tasks of one segment the driver reports progress for, or enforces a timeout on."""
 
-    name: str
-    owner: str
-    refs: list
-    timeout: float | None
-    slots: int
-    started: dict[int, float] = field(default_factory=dict)
-    done: set[int] = field(default_factory=set)
+def _fn(ref: ir.FnRef | None) -> s.Fn | None:
+    return s.Fn(ref.module, ref.attr) if ref is not None else None
 
-    def start_more(self, now: float) -> None:
-        # A task's clock starts when it can run: at most `slots` of the segment at once.
-        running = len(self.started) - len(self.done & set(self.started))
-        for i in range(len(self.refs)):
-            if running >= self.slots:
-                break
-            if i not in self.started and i not in self.done:
-                self.started[i] = now
-                running += 1
+
+def _policy(op: ir.Op) -> s.Policy:
+    options = op.options
+    return s.Policy(options.retries, options.timeout, options.effectful)
 
 
 class RayRunResult(RunResult):
@@ -118,13 +106,12 @@ class RayDriver(Driver):
         self.actors: dict[str, Any] = {}
         self.pools: dict[str, list] = {}
         self.puts: dict[str, tuple[Any, Any]] = {}
-        self.splits: dict[tuple[str, str], tuple[Any, tuple, list]] = {}
+        self.splits: dict[tuple[str, str], tuple[Any, int, list]] = {}  # loop-invariant buckets
         self.names: dict[str, str] = {}  # Ray task name -> the IR node its errors belong to
         self.branch_out: dict[str, list] = {}  # shared-scan outputs, until their owner runs
-        self.watched: dict[Any, tuple[_Watched, int]] = {}
+        self.watched: dict[Any, str] = {}  # ref -> the segment it belongs to, while progress is drawn
         self.track = not isinstance(self.progress, NoProgress)
         cluster = ray.cluster_resources()
-        self.cpus = max(1.0, float(cluster.get("CPU", 1)))
         self.call_op: ir.ActorCall | None = None
         self.call_ref = None
         self._check_resources(cluster)
@@ -175,95 +162,95 @@ class RayDriver(Driver):
 
     # ---- submitting segments
 
-    def submit(self, chain: Chain, owner: str | None, terminal: tuple, role: str = "", returns: int = 1,
-               also: list[str] = (), also_values: list = ()) -> list:
-        """One task per head partition running ``chain`` then ``terminal`` (whose result
-        belongs to ``owner``); per task one ref, or a list of ``returns`` refs. ``also``
-        names the nodes of a shared scan's branches, ``also_values`` their bound values."""
+    def submit(self, chain: Chain, owner: str | None, role: str = "", scan: str | None = None,
+               buckets: int | None = None) -> list[list]:
+        """One task per partition of ``chain.head``: its head, the chain's fused steps, then
+        ``owner``'s per-partition half (a fold, a count or a split into ``buckets``, by
+        default one per partition; none: the partition itself), or the branches of shared
+        scan ``scan``. Per task, the list of its refs."""
         low = self.low
-        nodes = low.members(chain, owner) + list(also)
+        keep, branches = low.scans[scan] if scan else (False, ())
+        also = [m for b in branches for m in b.steps + (b.owner,)]
+        nodes = low.members(chain, owner) + also
         name = low.scan_name(chain, owner, role, also)
-        heads = self._heads(chain.head)
-        if not heads:
+        source = self.env[chain.head]
+        if isinstance(source, Parts):
+            head, k, slots = s.Input(chain.head), len(source.refs), []
+        else:
+            head, k, slots = source.head, source.k, list(source.slots)
+        if not k:
             return []
-        step_specs, values = self._steps(chain.steps)
-        values = values + list(also_values)
+        steps = self._steps(chain.steps, slots)
+        terminal = self._terminal(owner, buckets or k) if owner else None
+        if scan:
+            terminal = s.Branches(scan, tuple((self._steps(b.steps, slots), self._terminal(b.owner, k))
+                                              for b in branches), keep)
+        returns = s.outputs_of(terminal)
         options = dict(low.options(nodes), name=name)
         if returns != 1:
             options["num_returns"] = returns
         remote = self.fns.segment.options(**options)
-        primary = owner or low.members(chain, owner)[-1]  # whose output this is, for errors
-        self.names[name] = primary
-        out = []
-        for i, (head, args) in enumerate(heads):
-            out.append(remote.remote((self.paths, head, step_specs, terminal, i), *args, *values))
-        self._watch(name, primary, [r[0] if returns != 1 else r for r in out], low.timeout(nodes),
-                    options["num_cpus"])
-        return out
-
-    def _heads(self, node: str) -> list[tuple[tuple, list]]:
-        """Per partition: the head spec and its arguments."""
-        value = self.env[node]
-        if isinstance(value, Parts):
-            return [(("parts", node), [ref]) for ref in value.refs]
-        if isinstance(value, Gen):
-            return value.heads
-        if isinstance(value, Buckets):
-            n = len(value.parts)
-            if value.kind == "rbk":
-                return [(("rbk_merge", node, value.fn.module, value.fn.attr, n), [b[j] for b in value.parts])
-                        for j in range(value.k)]
-            if value.kind == "join":
-                nr = len(value.right)
-                return [(("join_merge", node, n, nr), [b[j] for b in value.parts] + [b[j] for b in value.right])
-                        for j in range(value.k)]
-            return [((f"{value.kind}_merge", node, n), [b[j] for b in value.parts]) for j in range(value.k)]
-        raise RuntimeError(f"pipec internal error: {node} has no partitions ({type(value).__name__})")
+        segment = self.ray.cloudpickle.dumps(s.Segment(name, head, steps, terminal, tuple(nodes)))  # once per k tasks
+        self.names[name] = owner or low.members(chain, owner)[-1]  # whose output this is, for errors
+        rows = []
+        for i in range(k):
+            if isinstance(source, Parts):
+                feed, left = [source.refs[i]], 1
+            else:
+                feed, left = (source.inputs[i] if source.inputs else []), source.left
+            out = remote.remote((self.paths, segment, i, left, len(feed) - left), *feed, *slots)
+            rows.append(list(out) if returns != 1 else [out])
+        self._watch(name, [row[0] for row in rows])
+        return rows
 
     def _width(self, node: str) -> int:
         value = self.env[node]
-        if isinstance(value, Scanned):
-            return value.k
         if isinstance(value, Parts):
             return len(value.refs)
-        if isinstance(value, Gen):
-            return len(value.heads)
-        if isinstance(value, Buckets):
+        if isinstance(value, (Fresh, Scanned)):
             return value.k
         raise RuntimeError(f"pipec internal error: {node} has no partitions")
 
-    def _steps(self, steps: tuple[str, ...]) -> tuple[tuple, list]:
-        specs, values = [], []
-        for node in steps:
-            op = self.ir.op(node)
-            names = tuple(op.bindings)
-            specs.append((node, op.kind, op.fn.module, op.fn.attr, names))
-            values += [self.binding(operand) for operand in op.bindings.values()]
-        return tuple(specs), values
+    def _steps(self, nodes: tuple[str, ...], slots: list) -> tuple[s.Elementwise, ...]:
+        return tuple(s.Elementwise(node, op.kind, _fn(op.fn), self._bind(op, slots), _policy(op))
+                     for node, op in ((node, self.ir.op(node)) for node in nodes))
 
-    def binding(self, operand):
-        """A stage's bound value: literals inline, driver values put once (per round, as
-        a value changes each round) and passed by reference, actors as a proxy."""
-        if isinstance(operand, ir.Lit):
-            return operand.value
-        node = operand.node
-        if self.ir.op(node).node_shape == ir.ACTOR:
-            return ActorProxy(self.actors[node])
-        value = self.value(operand)
-        cached = self.puts.get(node)
-        if cached is not None and cached[0] is value:
-            return cached[1]
-        ref = self.ray.put(value)
-        self.puts[node] = (value, ref)
-        return ref
+    def _terminal(self, owner: str, k: int) -> s.Terminal:
+        op = self.ir.op(owner)
+        if isinstance(op, ir.Reduce):
+            return s.Fold(owner, _fn(op.fn), _policy(op))
+        if isinstance(op, ir.Count):
+            return s.Count(owner)
+        return s.Split(owner, _HOW[type(op)], k, _fn(getattr(op, "fn", None)), _policy(op))
+
+    def _bind(self, op: ir.Elementwise, slots: list) -> tuple:
+        """A stage's bindings: literals inline; actor handles and values in ``slots``,
+        values put once (per round, as a value changes each round) and passed by reference."""
+        out = []
+        for name, operand in op.bindings.items():
+            if isinstance(operand, ir.Lit):
+                out.append((name, s.Lit(operand.value)))
+                continue
+            node = operand.node
+            if self.ir.op(node).node_shape == ir.ACTOR:
+                slots.append(self.actors[node])
+                out.append((name, s.Handle(len(slots) - 1, node)))
+                continue
+            value = self.value(operand)
+            cached = self.puts.get(node)
+            if cached is None or cached[0] is not value:
+                cached = self.puts[node] = (value, self.ray.put(value))
+            slots.append(cached[1])
+            out.append((name, s.Slot(len(slots) - 1, node)))
+        return tuple(out)
 
     def parts(self, node: str) -> list:
         """The partition refs of ``node``, computing a fused head if need be."""
         value = self.env[node]
         if isinstance(value, Parts):
             return value.refs
-        if isinstance(value, (Gen, Buckets)):
-            parts = Parts(self.submit(Chain(node, (), True), None, ("part", node)))
+        if isinstance(value, Fresh):
+            parts = Parts([row[0] for row in self.submit(Chain(node, (), True), None)])
             self.env[node] = parts
             return parts.refs
         raise RuntimeError(f"pipec internal error: {node} has no partitions ({type(value).__name__})")
@@ -274,74 +261,38 @@ class RayDriver(Driver):
         owners in ``branch_out``), and the partitions are kept only if read elsewhere."""
         scan = self.low.scans.get(node)
         if scan is None:
-            return Parts(self.submit(chain, None, ("part", node), role))
+            return Parts([row[0] for row in self.submit(chain, None, role)])
         keep, branches = scan
-        k = len(self._heads(chain.head))
-        specs, values, members = [], [], []
+        k = self._width(chain.head)
+        rows = self.submit(chain, None, role, scan=node)
+        at = int(keep)
         for branch in branches:
-            step_specs, vals = self._steps(branch.steps)
-            specs.append((step_specs, self._branch_terminal(branch.owner, k)))
-            values += vals
-            members += list(branch.steps) + [branch.owner]
-        terminal = ("scan", node, keep, tuple(specs))
-        n = returns_of(terminal)
-        out = self.submit(chain, None, terminal, role, returns=n, also=members, also_values=values)
-        rows = [list(refs) if n > 1 else [refs] for refs in out]
-        at = 1 if keep else 0
-        for branch, (_, term) in zip(branches, specs):
-            r = returns_of(term)
-            self.branch_out[branch.owner] = [row[at] if term[0] in ("fold", "count") else row[at:at + r]
-                                             for row in rows]
-            at += r
+            if isinstance(self.ir.op(branch.owner), (ir.Reduce, ir.Count)):
+                self.branch_out[branch.owner] = [row[at] for row in rows]
+                at += 1
+            else:
+                self.branch_out[branch.owner] = [row[at:at + k] for row in rows]
+                at += k
         return Parts([row[0] for row in rows]) if keep else Scanned(k)
 
-    def _branch_terminal(self, owner: str, k: int) -> tuple:
-        op = self.ir.op(owner)
-        if isinstance(op, ir.Reduce):
-            return ("fold", owner, op.fn.module, op.fn.attr)
-        if isinstance(op, ir.Count):
-            return ("count", owner)
-        if isinstance(op, ir.ReduceByKey):
-            return ("rbk_split", owner, op.fn.module, op.fn.attr, k)
-        if isinstance(op, ir.GroupByKey):
-            return ("split", owner, "group_by_key", k)
-        return ("distinct_split", owner, k)
+    # ---- waiting, progress, errors
 
-    # ---- waiting, progress, timeouts, errors
-
-    def _watch(self, name: str, owner: str, refs: list, timeout: float | None, cpus: float) -> None:
-        if not refs:
-            return
-        if self.track:
+    def _watch(self, name: str, refs: list) -> None:
+        if self.track and refs:
             self.progress.stage(name, len(refs))
-        if not self.track and timeout is None:
-            return
-        slots = max(1, int(self.cpus // max(cpus, 1e-9)))
-        entry = _Watched(name, owner, refs, timeout, slots)
-        entry.start_more(time.monotonic())
-        for i, ref in enumerate(refs):
-            self.watched[ref] = (entry, i)
+            self.watched.update((ref, name) for ref in refs)
 
     def fetch(self, refs: list) -> list:
-        """The values of ``refs``, reporting progress and enforcing timeouts meanwhile
-        (also of tasks upstream of ``refs``: a hung task would block them forever)."""
+        """The values of ``refs``, reporting progress meanwhile (also of the tasks upstream
+        of ``refs``, which finish first)."""
         waiting = set(refs)
         while self.watched and waiting:
-            now = time.monotonic()
-            deadline = self._next_deadline()
-            wait = None if deadline is None else max(0.0, deadline - now)
             pool = list(self.watched) + [r for r in waiting if r not in self.watched]
-            ready, _ = self.ray.wait(pool, num_returns=1, timeout=wait, fetch_local=False)
-            now = time.monotonic()
+            ready, _ = self.ray.wait(pool, num_returns=1, fetch_local=False)
             for ref in ready:
                 waiting.discard(ref)
                 if ref in self.watched:
-                    entry, i = self.watched.pop(ref)
-                    entry.done.add(i)
-                    entry.start_more(now)
-                    if self.track:
-                        self.progress.advance(entry.name)
-            self._check_deadlines(now)
+                    self.progress.advance(self.watched.pop(ref))
         try:
             return self.ray.get(refs)
         except Exception:
@@ -362,41 +313,19 @@ class RayDriver(Driver):
         except Exception:
             return
         for ref in ready:
-            entry, _ = self.watched.pop(ref)
-            if self.track:
-                self.progress.advance(entry.name)
-
-    def _next_deadline(self) -> float | None:
-        deadlines = [entry.started[i] + entry.timeout for entry, i in self.watched.values()
-                     if entry.timeout is not None and i in entry.started]
-        return min(deadlines) if deadlines else None
-
-    def _check_deadlines(self, now: float) -> None:
-        for ref, (entry, i) in list(self.watched.items()):
-            if entry.timeout is not None and i in entry.started and now - entry.started[i] > entry.timeout:
-                for other in entry.refs:
-                    try:
-                        self.ray.cancel(other, force=True)
-                    except Exception:
-                        pass
-                op = self.ir.op(entry.owner)
-                raise self.error(entry.owner, f"partition {i} did not finish within its timeout of "
-                                              f"{entry.timeout:g} s", op.span,
-                                 f"the task `{entry.name}` was cancelled; raise `timeout` or make the stage faster")
+            self.progress.advance(self.watched.pop(ref))
 
     def task_error(self, exc: BaseException) -> PipelineRuntimeError:
         """A Ray failure as a pipec error naming the stage (and partition) that failed."""
         ray = self.ray
         cause = getattr(exc, "cause", None)
-        if isinstance(exc, StageError) or isinstance(cause, StageError):
-            err = cause if isinstance(cause, StageError) else exc
-            node = err.stage.split(".")[0] if err.stage not in self.ir.graph else err.stage
-            span = self.ir.op(node).span if node in self.ir.graph else None
-            if self.call_op is not None and err.stage == f"{self.call_op.actor.node}.{self.call_op.method}":
-                span = self.call_op.span
-            place = f" (partition {err.partition})" if err.partition is not None else ""
-            return self.error(err.stage, f"{err.kind}: {err.message}{place}", span,
-                              f"raised at {err.frame}" if err.frame else None)
+        failure = cause if isinstance(cause, StageFailure) else exc if isinstance(exc, StageFailure) else None
+        if failure is not None:
+            err = self.stage_failed(failure)
+            call = self.call_op
+            if call is not None and failure.node == f"{call.actor.node}.{call.method}":
+                return self.error(err.where, err.message, call.span, err.hint)  # the call's line
+            return err
         if isinstance(exc, ray.exceptions.RayTaskError) and cause is not None:
             # Failed outside the user's function: Ray could not pickle what the task returned.
             # Ray's message starts with the task's name (ours: the segment's), in colour.
@@ -425,7 +354,7 @@ class RayDriver(Driver):
         args = [self.value(a) for a in op.args]
         kwargs = {key: self.value(v) for key, v in op.kwargs.items()}
         if read_in_tasks(op):
-            self.env[node] = Gen(self._source_heads(node, op, k, args, kwargs))
+            self.env[node] = self._fresh_source(node, op, k, args, kwargs)
             if node in self.low.fused:
                 return self.env[node]
             return self.produce(node, Chain(node, (), True))
@@ -440,10 +369,11 @@ class RayDriver(Driver):
         self.progress.advance(node, k)
         return Parts(refs)
 
-    def _source_heads(self, node: str, op: ir.Source, k: int, args: list, kwargs: dict) -> list[tuple[tuple, list]]:
-        """Per partition, the head spec of a source made in its tasks, and its refs."""
+    def _fresh_source(self, node: str, op: ir.Source, k: int, args: list, kwargs: dict) -> Fresh:
+        """A source whose partitions its readers' tasks make: a range block (left a
+        ``range``), a text file's own lines, or a sharded call."""
         if op.kind == "range":
-            return [(("range", node, a, b), []) for a, b in semantics.partition_bounds(args[0], k)]
+            return Fresh(s.RangeSlice(node, args[0], k), k)
         if op.kind == "read_text":
             # The driver counts the lines (streamed, C speed); each task decodes its own bytes.
             # A relative path means the driver's working directory, not the worker's.
@@ -452,8 +382,8 @@ class RayDriver(Driver):
                 index = self.ray.put(sources.line_index(path))
             except OSError as exc:
                 raise self.cannot_read(node, op, args[0], exc) from None
-            return [(("text", node, path, k), [index]) for _ in range(k)]
-        return [(("shard", node, op.fn.module, op.fn.attr, args, kwargs, k), []) for _ in range(k)]
+            return Fresh(s.ReadText(node, path, k, index=0), k, slots=(index,))
+        return Fresh(s.Sharded(node, _fn(op.fn), tuple(args), tuple(kwargs.items()), k, _policy(op)), k)
 
     def collection_elementwise(self, node: str, op: ir.Elementwise):
         if node in self.low.fused:
@@ -471,48 +401,44 @@ class RayDriver(Driver):
     # ---- keyed operations
 
     def collection_reduce_by_key(self, node: str, op: ir.ReduceByKey):
-        chain = self.low.chain(node, "input")
-        k = self._width(chain.head)
-        parts = self._split(chain, node, ("rbk_split", node, op.fn.module, op.fn.attr, k), k)
-        return self._shuffled(node, Buckets("rbk", node, k, parts, fn=op.fn))
+        return self._shuffle(node, op, s.Merge(node, "reduce_by_key", _fn(op.fn), _policy(op)))
 
     def collection_group_by_key(self, node: str, op: ir.GroupByKey):
-        chain = self.low.chain(node, "input")
-        k = self._width(chain.head)
-        parts = self._split(chain, node, ("split", node, "group_by_key", k), k)
-        return self._shuffled(node, Buckets("group", node, k, parts))
+        return self._shuffle(node, op, s.Merge(node, "group_by_key"))
 
     def collection_distinct(self, node: str, op: ir.Distinct):
-        chain = self.low.chain(node, "input")
-        k = self._width(chain.head)
-        parts = self._split(chain, node, ("distinct_split", node, k), k)
-        return self._shuffled(node, Buckets("distinct", node, k, parts))
+        return self._shuffle(node, op, s.Merge(node, "distinct"))
 
     def collection_join(self, node: str, op: ir.Join):
         left, right = self.low.chain(node, "left"), self.low.chain(node, "right")
         k = max(self._width(left.head), self._width(right.head))
-        lparts = self._split(left, node, ("split", node, "join", k), k, "split left")
-        rparts = self._split(right, node, ("split", node, "join", k), k, "split right")
-        return self._shuffled(node, Buckets("join", node, k, lparts, rparts))
+        return self._shuffled(node, s.Merge(node, "join"), k, self._split(left, node, k, "split left"),
+                              self._split(right, node, k, "split right"))
 
-    def _split(self, chain: Chain, node: str, terminal: tuple, k: int, role: str = "split") -> list[list]:
+    def _shuffle(self, node: str, op: ir.Op, merge: s.Merge):
+        chain = self.low.chain(node, "input")
+        k = self._width(chain.head)
+        return self._shuffled(node, merge, k, self._split(chain, node, k))
+
+    def _split(self, chain: Chain, node: str, k: int, role: str = "split") -> list[list]:
+        """Per input partition, the refs of its ``k`` buckets for ``node``."""
         if node in self.branch_out:  # split in the tasks of a shared scan
             return self.branch_out.pop(node)
         invariant = self.low.invariant(node, chain)
         if invariant:
             cached = self.splits.get((node, role))
-            if cached is not None and cached[0] is self.env[chain.head] and cached[1] == terminal:
+            if cached is not None and cached[0] is self.env[chain.head] and cached[1] == k:
                 return cached[2]
-        out = self.submit(chain, node, terminal, role, returns=k) if k else []
-        buckets = [list(refs) if k > 1 else [refs] for refs in out]
+        buckets = self.submit(chain, node, role, buckets=k) if k else []
         if invariant:
-            self.splits[(node, role)] = (self.env[chain.head], terminal, buckets)
+            self.splits[(node, role)] = (self.env[chain.head], k, buckets)
         return buckets
 
-    def _shuffled(self, node: str, buckets: Buckets):
-        self.env[node] = buckets
+    def _shuffled(self, node: str, merge: s.Merge, k: int, parts: list[list], right: list[list] = ()):
+        inputs = [[b[j] for b in parts] + [b[j] for b in right] for j in range(k)]
+        self.env[node] = Fresh(merge, k, inputs, left=len(parts))
         if node in self.low.fused:
-            return buckets
+            return self.env[node]
         return self.produce(node, Chain(node, (), True), "merge")
 
     def collection_union(self, node: str, op: ir.UnionAll):
@@ -522,38 +448,29 @@ class RayDriver(Driver):
 
     def run_pool(self, node: str, op: ir.Elementwise) -> list:
         """Feed partitions to the pool's actors as they free up; a partition lost with an
-        actor is sent again (the pool restarts it, or another member takes it)."""
+        actor is sent again (the pool restarts it, or another member takes it). User code
+        is retried, and timed, by the interpreter inside the member."""
         ray = self.ray
         parts = self.parts(op.input.node)
         members = list(self.pools[op.pool.node])
         pool_op = self.ir.op(op.pool.node)
-        names = tuple(op.bindings)
-        values = [self.binding(v) for v in op.bindings.values()]
+        slots: list = []
+        step = s.Elementwise(node, op.kind, None, self._bind(op, slots), _policy(op), op.pool.node, op.method)
         attempts_allowed = max(op.options.retries, pool_op.restarts) if not op.options.effectful else 0
         self.progress.stage(node, len(parts))
         out: list = [None] * len(parts)
         queue = deque(range(len(parts)))
         free = deque(range(len(members)))
-        running: dict[Any, tuple[int, int, float]] = {}
+        running: dict[Any, tuple[int, int]] = {}
         attempts = [0] * len(parts)
-        timeout = op.options.timeout
         while queue or running:
             while queue and free:
                 i, m = queue.popleft(), free.popleft()
-                ok, data = members[m].run.options(num_returns=2).remote(
-                    node, op.kind, op.method, i, names, parts[i], *values)
-                out[i] = data
-                running[ok] = (i, m, time.monotonic())
-            wait = None
-            if timeout is not None:
-                wait = max(0.0, min(start + timeout for _, _, start in running.values()) - time.monotonic())
-            ready, _ = ray.wait(list(running), num_returns=1, timeout=wait)
-            if not ready:
-                i = min(running.values(), key=lambda v: v[2])[0]
-                raise self.error(node, f"partition {i} did not finish within its timeout of {timeout:g} s",
-                                 op.span, "raise `timeout` or make the pool method faster")
+                ok, out[i] = members[m].run.options(num_returns=2).remote(step, i, parts[i], *slots)
+                running[ok] = (i, m)
+            ready, _ = ray.wait(list(running), num_returns=1)
             for ref in ready:
-                i, m, _ = running.pop(ref)
+                i, m = running.pop(ref)
                 try:
                     ray.get(ref)
                 except ray.exceptions.RayActorError as exc:
@@ -569,13 +486,7 @@ class RayDriver(Driver):
                         free.append(m)
                     continue
                 except Exception as exc:
-                    err = self.task_error(exc)
-                    if attempts[i] >= op.options.retries or op.options.effectful:
-                        raise err from None
-                    attempts[i] += 1
-                    queue.append(i)
-                    free.append(m)
-                    continue
+                    raise self.task_error(exc) from None
                 free.append(m)
                 self.progress.advance(node)
         return out
@@ -590,25 +501,24 @@ class RayDriver(Driver):
     # ---- values from collections
 
     def op_reduce(self, node: str, op: ir.Reduce):
-        chain = self.low.chain(node, "input")
         level = self.branch_out.pop(node, None)
         if level is None:
-            level = self.submit(chain, node, ("fold", node, op.fn.module, op.fn.attr), "fold")
-        # The tree of combine_partials, level by level, FAN_IN partials per task in
-        # partition order; the last group is folded here, where the value is needed.
-        depth = 0
+            level = [row[0] for row in self.submit(self.low.chain(node, "input"), node, "fold")]
+        # The tree of combine tasks, level by level, FAN_IN partials per task in partition
+        # order; the last group is folded here, where the value is needed.
+        combine, depth = s.Combine(node, _fn(op.fn), policy=_policy(op)), 0
         while len(level) > semantics.FAN_IN:
             depth += 1
-            remote = self.fns.combine.options(**self.low.options([node]), name=f"{node}:combine{depth}")
-            level = [remote.remote((self.paths, node, op.fn.module, op.fn.attr, i), *level[i:i + semantics.FAN_IN])
+            remote = self.fns.finish.options(**self.low.options([node]), name=f"{node}:combine{depth}")
+            level = [remote.remote(self.paths, combine, *level[i:i + semantics.FAN_IN])
                      for i in range(0, len(level), semantics.FAN_IN)]
-            self._watch(f"{node}:combine{depth}", node, level, None, 1)
+            self._watch(f"{node}:combine{depth}", level)
         return self.reduced(node, op, self.fetch(level))
 
     def op_count(self, node: str, op: ir.Count):
         refs = self.branch_out.pop(node, None)
         if refs is None:
-            refs = self.submit(self.low.chain(node, "input"), node, ("count", node), "count")
+            refs = [row[0] for row in self.submit(self.low.chain(node, "input"), node, "count")]
         return sum(self.fetch(refs))
 
     def var_partitions(self, var: str) -> list[list]:
@@ -619,9 +529,6 @@ class RayDriver(Driver):
 
     def gather(self, node: str) -> list:
         return [x for part in self.fetch(self.parts(node)) for x in part]
-
-    def count(self, node: str) -> int:
-        return sum(self.fetch(self.submit(Chain(node, (), False), node, ("count", node), "count")))
 
     # ---- actors
 

@@ -31,7 +31,8 @@ def actor_handles(graph: ir.IR, node: str, op: ir.Elementwise) -> list[str]:
 
 
 def _forwardable(graph: ir.IR, node: str, op: ir.Op) -> bool:
-    """Whether ``op``'s partitions may be computed inside its consumer's tasks."""
+    """Whether ``op``'s partitions may be computed inside its consumer's tasks (or, for a
+    shared scan, its consumers' per-partition halves inside its own)."""
     if isinstance(op, ir.Elementwise):
         return op.fn is not None and not actor_handles(graph, node, op) and _plain(op.options)
     if isinstance(op, ir.Source):
@@ -124,7 +125,7 @@ class Lowering:
             chain = self.chain(node, "input")
             head = chain.head
             hop = self.ir.op(head)
-            if chain.head_fused or head in self.fused or not self._scannable(head, hop):
+            if chain.head_fused or head in self.fused or not _forwardable(self.ir, head, hop):
                 continue
             members = list(chain.steps) + [node]
             if any(self.ir.op(m).loop != hop.loop or _resources(self.ir.op(m)) != _resources(hop)
@@ -140,13 +141,6 @@ class Lowering:
             keep = any(readers.count(r) != starts.count(r) for r in set(readers)) or len(readers) != len(starts)
             out[head] = (keep, tuple(branches))
         return out
-
-    def _scannable(self, node: str, op: ir.Op) -> bool:
-        if isinstance(op, ir.Elementwise):
-            return op.fn is not None and not actor_handles(self.ir, node, op) and _plain(op.options)
-        if isinstance(op, ir.Source):
-            return read_in_tasks(op) and _plain(op.options)
-        return isinstance(op, (ir.ReduceByKey, ir.GroupByKey, ir.Distinct, ir.Join)) and _plain(op.options)
 
     def _bound_before(self, step: str, index: int) -> bool:
         order = {n: i for i, n in enumerate(self.ir)}
@@ -207,9 +201,11 @@ class Lowering:
         return name + ("&" + "+".join(also) if also else "")
 
     def options(self, nodes: list[str]) -> dict[str, Any]:
-        """Ray task options for a segment computing ``nodes``: the most retries any of
-        them asks for (fused stages are pure, so re-running them is harmless), no retry at
-        all when one is effectful, and the (shared) resources."""
+        """Ray task options for a segment computing ``nodes``: Ray re-runs a task lost with
+        its worker as often as the most retries any of them asks for (fused stages are
+        pure, so re-running them is harmless), never when one is effectful; user code that
+        raises is retried inside the task by the interpreter, so Ray's exception retries
+        stay off. Resources are the (shared) resources of the nodes."""
         retries, effectful = 0, False
         resources = ir.Resources()
         for node in nodes:
@@ -221,7 +217,7 @@ class Lowering:
             resources = resources.merged(options.resources)
         if effectful:
             retries = 0
-        out: dict[str, Any] = {"max_retries": retries, "retry_exceptions": retries > 0,
+        out: dict[str, Any] = {"max_retries": retries, "retry_exceptions": False,
                                "num_cpus": resources.cpus if resources.cpus is not None else 1}
         if resources.gpus:
             out["num_gpus"] = resources.gpus
@@ -230,6 +226,7 @@ class Lowering:
         return out
 
     def timeout(self, nodes: list[str]) -> float | None:
+        """The shortest timeout of ``nodes``: the interpreter cuts each stage's own calls at it."""
         values = [o.timeout for o in (getattr(self.ir.op(n), "options", None) for n in nodes)
                   if isinstance(o, ir.StageOptions) and o.timeout is not None]
         return min(values) if values else None

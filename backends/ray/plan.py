@@ -177,7 +177,7 @@ class _Planner:
         options = dict(self.low.options(nodes))
         timeout = self.low.timeout(nodes)
         if timeout is not None:
-            options["timeout_s (driver)"] = timeout
+            options["timeout_s (in the task)"] = timeout
         step = Step(name, "tasks", what, count_override if count_override is not None else k, options,
                     deps + more, nodes)
         return self.add(step, loop)

@@ -269,7 +269,7 @@ def _branches(step: s.Branches, items, partition: int, slots: Slots) -> list:
         for element in chain:
             out = run_elementwise(element, out, partition, slots)
         result = run_terminal(terminal, out, partition, slots)
-        outputs.extend(result if s.outputs_of(terminal) > 1 else [result])
+        outputs.extend(result if isinstance(terminal, (s.Split, s.Branches)) else [result])
     return outputs
 
 
