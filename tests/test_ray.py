@@ -180,8 +180,10 @@ def test_resources_timeouts_and_effectful_stages(write_pipe):
     plan = load(path).lower("ray")
     low = plan.lowering
     assert low.fused == {}  # different resources, a timeout, an effectful stage: nothing fuses
-    assert low.options(["a"]) == {"max_retries": 2, "retry_exceptions": False, "num_cpus": 0.5, "num_gpus": 1,
+    # a pure stage is re-run after a lost worker at least LOST_WORKER_RETRIES times, whatever `retries` says
+    assert low.options(["a"]) == {"max_retries": 3, "retry_exceptions": False, "num_cpus": 0.5, "num_gpus": 1,
                                   "memory": 10**9}
+    assert low.options(["b"])["max_retries"] == 3
     assert low.timeout(["b"]) == 5
     assert low.options(["c"])["max_retries"] == 0  # effectful: no blind retry
     text = plan.explain()

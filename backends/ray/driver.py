@@ -19,6 +19,7 @@ from pipec.backends.runtime import semantics, sources
 from pipec.backends.runtime.driver import Driver
 from pipec.backends.runtime.interpreter import StageFailure
 from pipec.dsl.diagnostics import PipelineRuntimeError
+from pipec.backends.physical.planner import loops_of
 from pipec.backends.ray.lowering import Chain, Lowering, actor_handles, read_in_tasks
 from pipec.backends.ray.worker import Gap, remote_calls
 
@@ -234,7 +235,8 @@ class RayDriver(Driver):
             node = operand.node
             if self.ir.op(node).node_shape == ir.ACTOR:
                 slots.append(self.actors[node])
-                out.append((name, s.Handle(len(slots) - 1, node)))
+                rounds = tuple(self.round_index.get(loop, 0) for loop in loops_of(self.ir, op.loop))
+                out.append((name, s.Handle(len(slots) - 1, node, rounds)))
                 continue
             value = self.value(operand)
             cached = self.puts.get(node)
@@ -396,7 +398,16 @@ class RayDriver(Driver):
             # Graph-level calls after this stage must see its calls; and an unused
             # stage's failure must still surface.
             self.fetch(out.refs)
+            self._checkpoint_handle_actors(op)
         return out
+
+    def _checkpoint_handle_actors(self, op: ir.Elementwise) -> None:
+        """Snapshot each restartable actor the stage called through handles: those calls
+        are in no replay log, so a later restart must find them in the snapshot."""
+        for name, operand in op.bindings.items():
+            node = getattr(operand, "node", None)
+            if node in self.actors and self.ir.op(node).restarts > 0:
+                self.ray.get(self.actors[node].checkpoint.remote())
 
     # ---- keyed operations
 
@@ -539,7 +550,9 @@ class RayDriver(Driver):
                                   {k: self.value(v) for k, v in op.kwargs.items()})
 
     def _create_actor(self, node: str, op: ir.Actor, args: list, kwargs: dict):
-        snapshot = self.snapshot_path(node) if op.checkpoint_every else None
+        # A restartable actor always has a snapshot file: periodic checkpoints go there,
+        # and so do the snapshots taken after stages that call it through handles.
+        snapshot = self.snapshot_path(node) if op.checkpoint_every or op.restarts > 0 else None
         name = f"pipec.{self.ir.info.name}.{node}.{self.run_id}"
         handle = self.fns.actor.options(**self.low.actor_options(op, name)).remote(
             self.paths, node, op.cls.module, op.cls.attr, args, kwargs, op.checkpoint_every, snapshot)

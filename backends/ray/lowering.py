@@ -10,6 +10,9 @@ from typing import Any
 from pipec.compiler import ir
 
 
+# How often Ray runs a pure task again when its worker process or node is lost.
+LOST_WORKER_RETRIES = 3
+
 _SHUFFLES = (ir.ReduceByKey, ir.GroupByKey, ir.Join, ir.Distinct)
 
 
@@ -217,6 +220,10 @@ class Lowering:
             resources = resources.merged(options.resources)
         if effectful:
             retries = 0
+        else:
+            # Recovering a pure task from a lost worker is the engine's job, whatever
+            # `retries` (which is about exceptions user code raises) says.
+            retries = max(retries, LOST_WORKER_RETRIES)
         out: dict[str, Any] = {"max_retries": retries, "retry_exceptions": False,
                                "num_cpus": resources.cpus if resources.cpus is not None else 1}
         if resources.gpus:

@@ -16,8 +16,16 @@ from pipec.backends.runtime.tasks import ensure_path, resolve
 
 
 def _slots(values) -> Given:
-    """Slots as Ray resolved them; an actor handle becomes a blocking proxy."""
-    return Given(values, lambda actor, handle: ActorProxy(handle))
+    """Slots as Ray resolved them; an actor handle is called with the call's key."""
+    return Given(values, _caller)
+
+
+def _caller(actor: str, handle):
+    """How a task calls a Ray actor through a handle: blocking, the idempotency key along."""
+    def call(key: tuple, method: str, args: tuple, kwargs: dict):
+        import ray
+        return ray.get(handle.invoke.remote(key, method, args, kwargs))
+    return call
 
 
 def _short(body):
@@ -101,11 +109,18 @@ class ActorServer:
         except Exception as exc:
             raise failure(f"{self.name}.{method}", None, exc) from None
 
-    def invoke(self, method: str, args: tuple, kwargs: dict):
-        """A call from inside a stage, through a handle: not numbered, not replayed."""
+    def invoke(self, key: tuple, method: str, args: tuple, kwargs: dict):
+        """A call from inside a stage, through a handle: applied once per key (see
+        ActorHost.invoke)."""
         if self.failed is not None:
             raise self.failed
-        return self.host.invoke(None, method, args, kwargs)  # not keyed yet on Ray
+        return self.host.invoke(key, method, args, kwargs)
+
+    def checkpoint(self) -> bool:
+        """A snapshot now (after a graph whose stages called this actor through handles)."""
+        if self.failed is not None:
+            raise self.failed
+        return self.host.checkpoint()
 
     def applied(self) -> int:
         if self.failed is not None:
@@ -130,24 +145,6 @@ class PoolMember:
             raise self.failed
         fn = getattr(self.obj, step.method)
         return True, _short(lambda: run_elementwise(step, items, partition, _slots(values), fn))
-
-
-class ActorProxy:
-    """What a stage function gets for ``with server = ps``: method calls block and return
-    the actor's results. Pickles with the Ray actor handle inside."""
-
-    def __init__(self, handle):
-        self._handle = handle
-
-    def __getattr__(self, method: str):
-        if method.startswith("_"):
-            raise AttributeError(method)
-        handle = self.__dict__["_handle"]
-
-        def call(*args, **kwargs):
-            import ray
-            return ray.get(handle.invoke.remote(method, args, kwargs))
-        return call
 
 
 @lru_cache(maxsize=None)
