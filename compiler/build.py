@@ -751,16 +751,16 @@ class Builder:
         if pool is not None:
             self._after_actor_use(pool.node, node)
         for actor in handles:
-            self._handle_stage(actor, node, fn, expr, options)
+            self._handle_stage(actor, node)
         keyed = True if expr.kind == "map_values" else (src.keyed if expr.kind == "filter" else None)
         order = src.order if expr.kind in ("filter", "map_values") else None
         return Typed(ir.NodeRef(node=node), ir.COLLECTION, keyed=keyed, order=order)
 
-    def _handle_stage(self, actor: Binding, node: str, fn: ir.FnRef | None, expr: ast.Dataflow, options) -> None:
+    def _handle_stage(self, actor: Binding, node: str) -> None:
         self._after_actor_use(actor.node, node)
         self.handle_stages.setdefault(actor.node, []).append(node)
-        called = self.signatures.methods_called_through(fn, {kw.name.text for kw in expr.bindings})
-        lints.retried_handle_calls(node, self.ir.op(actor.node), called, options.effectful, expr.span, self.report)
+        # No warning that a retried task calls the actor again: calls through handles carry
+        # idempotency keys, so a task run again applies nothing twice (see the README).
 
     # ---- shapes
 

@@ -55,20 +55,6 @@ def unused_results(graph: ir.IR, loops: Mapping[str, ir.Loop], name_spans: Mappi
                     "use it in a sink or an actor call, or remove it")
 
 
-def retried_handle_calls(stage: str, actor: ir.Actor, called: set[str] | None, effectful: bool,
-                         span: Span, report: Reporter) -> None:
-    """Warn that the ``stage`` at ``span``, which reaches ``actor`` through a handle, calls it
-    again when a task is retried: unless the stage is ``effectful`` or every method it
-    ``called`` (None: not known) is declared idempotent."""
-    unsafe = sorted(m for m in called if m not in actor.idempotent) if called is not None else None
-    if not effectful and (unsafe is None or unsafe):
-        what = (f"calls `{', '.join(unsafe)}` on" if unsafe else "uses")
-        report.warn(f"stage `{stage}` {what} actor `{actor.name}` through a handle, so a retried task "
-                    f"calls it again", span,
-                    "mark the stage `effectful`, or declare the methods `idempotent` in the actor block "
-                    "if repeating them is harmless")
-
-
 def mark_schedule_dependent(graph: ir.IR, sinks: list[str], name_spans: Mapping[str, Span],
                             report: Reporter) -> None:
     """Mark each of the ``sinks`` of ``graph`` that reads state an actor gathered through

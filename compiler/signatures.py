@@ -10,7 +10,6 @@ run no user code.
 
 from __future__ import annotations
 
-import ast as pyast
 
 from pipec.dsl import ast
 from pipec.dsl.diagnostics import did_you_mean
@@ -186,26 +185,3 @@ class Signatures:
                              f"and needs {', '.join(f'`{p}`' for p in missing)} too", span,
                              f"give `{missing[0]}` a default"
                              + (f", or bind it: `with {missing[0]} = ...`" if bindable else ""))
-
-    def methods_called_through(self, fn: ir.FnRef | None, handle_names: set[str]) -> set[str] | None:
-        """The methods the stage function ``fn`` calls on its parameters ``handle_names``
-        (the actor handles bound with ``with``), read from its source; None when the source
-        cannot tell (no function, no source, a syntax error)."""
-        if fn is None:
-            return None
-        info = self.index.find(fn.module)
-        if info is None or info.path is None:
-            return None
-        try:
-            tree = pyast.parse(info.path.read_text(encoding="utf-8", errors="replace"))
-        except SyntaxError:
-            return None
-        for node in tree.body:
-            if isinstance(node, (pyast.FunctionDef, pyast.AsyncFunctionDef)) and node.name == fn.attr:
-                called = set()
-                for sub in pyast.walk(node):
-                    if (isinstance(sub, pyast.Call) and isinstance(sub.func, pyast.Attribute)
-                            and isinstance(sub.func.value, pyast.Name) and sub.func.value.id in handle_names):
-                        called.add(sub.func.attr)
-                return called
-        return None
