@@ -48,6 +48,7 @@ from pipec.compiler import ir
 from pipec.compiler.schedule import Block, blocks
 from pipec.dsl.diagnostics import PipelineRuntimeError
 from pipec.backends.physical import steps as s
+from pipec.backends.physical.planner import fn_ref, policy_of
 from pipec.backends.runtime import semantics
 from pipec.backends.runtime.actors import VersionedHost
 from pipec.backends.base import NoProgress
@@ -326,7 +327,8 @@ class SparkDriver(Driver):
             nodes = [coll.head.node, *(e.node for e in coll.steps), *([terminal.node] if terminal else [])]
             work = s.Segment(nodes[-1], coll.head, coll.steps, terminal, tuple(dict.fromkeys(nodes)))
         pools = tuple(self.pools[e.pool] for e in coll.steps if e.pool is not None)
-        return coll.rdd.mapPartitionsWithIndex(worker.Pass(self.context, work, coll.slots, pools, coll.block, **framing))
+        task = worker.Pass(self.context, work, coll.slots, pools, coll.block, **framing)
+        return coll.rdd.mapPartitionsWithIndex(task)
 
     def materialise(self, node: str, coll: Coll, why: str | None = None) -> Coll:
         """Run ``coll``'s pending segment as its own RDD (cached when ``why`` says so)."""
@@ -401,8 +403,7 @@ class SparkDriver(Driver):
             head = s.RangeSlice(node, n, k)
             what = f"range({args[0]!r}) cut into {k} blocks"
         elif op.sharded:
-            head = s.Sharded(node, s.Fn(op.fn.module, op.fn.attr), tuple(args), tuple(kwargs.items()), k,
-                             _policy(op.options))
+            head = s.Sharded(node, fn_ref(op.fn), tuple(args), tuple(kwargs.items()), k, policy_of(op.options))
             what = f"{op.fn.dotted}({_arguments(self.ir, op.args, op.kwargs)}) sharded: called on the workers"
         else:
             return self._driver_source(node, op, k, args, kwargs)
@@ -442,8 +443,8 @@ class SparkDriver(Driver):
     def collection_elementwise(self, node: str, op: ir.Elementwise):
         src = self.env[op.input.node]
         bindings, slots = self.bind(node, op, src.slots)
-        step = s.Elementwise(node, op.kind, s.Fn(op.fn.module, op.fn.attr) if op.fn else None, bindings,
-                             _policy(op.options), op.pool.node if op.pool is not None else None, op.method)
+        step = s.Elementwise(node, op.kind, fn_ref(op.fn), bindings, policy_of(op.options),
+                             op.pool.node if op.pool is not None else None, op.method)
         coll = replace(src, steps=src.steps + (step,), slots=slots, data=None, held=False)
         asked = op.options.resources
         if any(v is not None for v in asked.model_dump().values()) and not self.session.local:
@@ -505,8 +506,7 @@ class SparkDriver(Driver):
     def _shuffle(self, node: str, inputs: list[tuple[Coll, int]], how: str, fn, options, k: int):
         """Map side (fused into each input's pass), ``partitionBy`` on the output
         partition, and the merge as the result's first pending step."""
-        f = s.Fn(fn.module, fn.attr) if fn is not None else None
-        policy = _policy(options)
+        f, policy = fn_ref(fn), policy_of(options)
         split = s.Split(node, how, k, f, policy)
         mapped = [self.pass_rdd(coll, split, tag=tag) for coll, tag in inputs]
         tagged = mapped[0] if len(mapped) == 1 else self.sc.union(mapped)
@@ -551,7 +551,7 @@ class SparkDriver(Driver):
         tasks runs on the executors first (a shuffle of one record per partition), and the
         driver combines their results."""
         src = self.env[op.input.node]
-        fold = s.Fold(node, s.Fn(op.fn.module, op.fn.attr), _policy(op.options))
+        fold = s.Fold(node, fn_ref(op.fn), policy_of(op.options))
         fan_in = semantics.FAN_IN
         what = f"{_lhs(self.ir, node)}reduce {op.fn.dotted} over {_coll(self.ir, op.input.node)}: {src.parts} tasks fold their partition"
         if src.parts <= fan_in ** 2:
@@ -663,7 +663,7 @@ class SparkDriver(Driver):
     def start_pool(self, node: str, op: ir.Actor, size: int):
         args = tuple(self.value(a) for a in op.args)
         kwargs = tuple((k, self.value(v)) for k, v in op.kwargs.items())
-        pool = self.pools[node] = worker.Pool(node, s.Fn(op.cls.module, op.cls.attr), args, kwargs)
+        pool = self.pools[node] = worker.Pool(node, fn_ref(op.cls), args, kwargs)
         self.note("driver", node, f"pool {node}: one {op.cls.dotted} per Python worker process, built on first "
                                   f"use and reused by later partitions")
         return pool
@@ -745,10 +745,6 @@ def _resources_text(asked: ir.Resources) -> str:
 def _first_line(exc: BaseException) -> str:
     lines = [ln for ln in str(exc).splitlines() if ln.strip()]
     return lines[0][:200] if lines else type(exc).__name__
-
-
-def _policy(options: ir.StageOptions) -> s.Policy:
-    return s.Policy(options.retries, options.timeout, options.effectful)
 
 
 def _copy(value):
