@@ -116,6 +116,20 @@ def test_a_shared_scan_gives_a_one_bucket_split_as_the_bucket_itself():
     assert s.outputs_of(seg.terminal) == 2
 
 
+def test_pool_members_come_from_the_engine_and_a_member_that_cannot_be_built_fails_at_the_pool():
+    seg = s.Segment("ys", s.Input("xs"), (s.Elementwise("ys", "map_batches", None, pool="models", method="go"),))
+    members = Given((), members=lambda pool, method: lambda batch: [(pool, method, len(batch))])
+    assert run_segment(seg, 0, [1, 2, 3], members) == [("models", "go", 3)]
+
+    def broken(pool, method):
+        raise OSError("no model file")
+    with pytest.raises(StageFailure) as info:
+        run_segment(seg, 2, [1], Given((), members=broken))
+    assert (info.value.node, info.value.partition, info.value.error) == ("models", 2, "OSError")
+    with pytest.raises(UnknownStep):
+        run_segment(seg, 0, [1])
+
+
 def test_combine_tree_and_unknown_steps():
     assert run_finisher(s.Combine("t", fn("add"), final=True), [1, semantics.EMPTY, 2]) == 3
     with pytest.raises(StageFailure) as info:

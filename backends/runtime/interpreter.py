@@ -58,19 +58,29 @@ class Slots(Protocol):
     def handle(self, index: int, actor: str) -> Caller:
         """How to call the actor whose handle is in slot ``index``."""
 
+    def member(self, pool: str, method: str) -> Callable:
+        """The bound ``method`` of the actor pool member serving this task, for an engine
+        that runs a pool's stage inside the segment (Spark: one member per worker process)."""
+
 
 class Given:
     """Slots given as plain values (the engine resolved them already); the caller of a
-    handle is made by ``caller(actor, value)``."""
+    handle is made by ``caller(actor, value)``, pool members by ``members(pool, method)``."""
 
-    def __init__(self, values: Sequence, caller: Callable[[str, Any], Caller] | None = None):
-        self.values, self.caller = values, caller
+    def __init__(self, values: Sequence, caller: Callable[[str, Any], Caller] | None = None,
+                 members: Callable[[str, str], Callable] | None = None):
+        self.values, self.caller, self.members = values, caller, members
 
     def value(self, index: int) -> Any:
         return self.values[index]
 
     def handle(self, index: int, actor: str) -> Caller:
         return self.caller(actor, self.values[index])
+
+    def member(self, pool: str, method: str) -> Callable:
+        if self.members is None:
+            raise UnknownStep(f"no pool members given for `{pool}.{method}`")
+        return self.members(pool, method)
 
 
 class ActorProxy:
@@ -217,10 +227,18 @@ def _has_handles(step: s.Elementwise) -> bool:
 def run_elementwise(step: s.Elementwise, items, partition: int, slots: Slots = NO_SLOTS, fn: Callable | None = None,
                     bindings: dict[str, Any] | None = None) -> list:
     """One stage over one partition. ``fn`` is the callable when the engine supplies it
-    (an actor pool member's bound method), else ``step.fn`` is resolved here; ``bindings``
-    are the keyword arguments when the engine resolved them already (else read from
-    ``slots``)."""
-    if fn is None:
+    (an actor pool member's bound method), else a pool stage's member comes from
+    ``slots.member`` (one that cannot be built fails at the pool) and any other stage's
+    ``step.fn`` is resolved here; ``bindings`` are the keyword arguments when the engine
+    resolved them already (else read from ``slots``)."""
+    if fn is None and step.pool is not None:
+        try:
+            fn = slots.member(step.pool, step.method)
+        except UnknownStep:
+            raise
+        except Exception as exc:
+            raise failure(step.pool, partition, exc) from None
+    elif fn is None:
         fn = resolve(step.fn.module, step.fn.attr)
     if isinstance(items, range) and (step.kind == "map_batches" or step.bindings or step.kind == "map_values"):
         items = list(items)

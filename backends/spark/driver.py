@@ -3,8 +3,9 @@ collections into RDDs and every reduction, collect, count or sink into a Spark j
 
 How each part is lowered:
 
-* A collection is an RDD plus *pending steps* (:class:`Coll`). Element-wise stages only
-  add steps; the steps run as one ``mapPartitionsWithIndex`` pass when something needs
+* A collection is an RDD plus a *pending segment* (:class:`Coll`: a head and fused
+  steps of the shared physical plan). Element-wise stages only add steps; the segment
+  runs as one ``mapPartitionsWithIndex`` pass (:class:`worker.Pass`) when something needs
   the data, so adjacent stages (and the map side of the next shuffle, or the per-partition
   part of the next action) share one pass over the partition.
 * A collection read more than once, or read by a loop it is defined outside of, is
@@ -14,7 +15,8 @@ How each part is lowered:
   output partition in source-partition order.
 * ``reduce``: one pass folds each partition, the per-partition partials come back in
   partition-index order, and the driver combines them with the shared
-  ``combine_partials`` (a depth-1 tree; see :meth:`SparkDriver.op_reduce`).
+  ``combine_partials`` (a depth-1 tree, or a level on the executors first; see
+  :meth:`SparkDriver.op_reduce`).
 * Values used by a stage are broadcast once per round (once per run if they are
   computed outside every loop).
 * Actors live in the driver: graph-level calls run there in program order between jobs,
@@ -37,7 +39,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from py4j.protocol import Py4JError
@@ -45,10 +47,13 @@ from py4j.protocol import Py4JError
 from pipec.compiler import ir
 from pipec.compiler.schedule import Block, blocks
 from pipec.dsl.diagnostics import PipelineRuntimeError
+from pipec.backends.physical import steps as s
+from pipec.backends.physical.planner import fn_ref, policy_of
 from pipec.backends.runtime import semantics
 from pipec.backends.runtime.actors import VersionedHost
 from pipec.backends.base import NoProgress
 from pipec.backends.runtime.driver import Driver
+from pipec.backends.runtime.interpreter import StageFailure
 from pipec.backends.runtime.tasks import ensure_path
 from pipec.backends.spark import session as sessions
 from pipec.backends.spark import worker
@@ -56,14 +61,22 @@ from pipec.backends.spark import worker
 
 @dataclass(frozen=True)
 class Coll:
-    """A collection as the driver holds it: an RDD, the steps still to run over each of
-    its partitions, and its partition count."""
+    """A collection as the driver holds it: an RDD, the segment still to run over each of
+    its partitions (a head, fused element-wise steps and the broadcasts they read), and
+    its partition count. Nothing is pending when the head is a plain ``Input``."""
 
     rdd: Any
-    steps: tuple
     parts: int
+    head: Any  # a steps.Head
+    steps: tuple = ()
+    slots: tuple = ()  # the Broadcasts of the steps' Slot bindings
+    block: bool = False  # each partition is one record holding its items (sent by the driver)
     data: list | None = None
     held: bool = False  # the driver holds the partitions (``data``; None in a dry plan)
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.steps) or self.block or not isinstance(self.head, s.Input)
 
 
 class Pending:
@@ -124,8 +137,9 @@ class SparkDriver(Driver):
         self.trace: list[dict] = []
         self._trace_stack: list[list] = [self.trace]
         self._scopes: list[dict] = []
-        self._broadcasts: dict[str, tuple[Any, Any, dict]] = {}
+        self._broadcasts: dict[str, tuple[Any, Any]] = {}
         self.hosts: dict[str, VersionedHost] = {}
+        self.pools: dict[str, worker.Pool] = {}
         self.session: sessions.Session | None = None
 
     # ---- entry
@@ -283,9 +297,9 @@ class SparkDriver(Driver):
         if coll.held:
             return coll
         name = self.ir.op(var).name or var
-        parts = self.job(var, "materialise", coll, worker.Gather(var),
+        parts = self.job(var, "materialise", coll, None,
                          f"var {name}: its {coll.parts} partitions come to the driver, to be parallelized "
-                         f"again for the next round")
+                         f"again for the next round", whole=True)
         if parts is None:
             return self.from_driver(var, [[]] * coll.parts, f"var {name} (from the driver)", dry=True)
         return self.from_driver(var, parts, f"var {name} (from the driver)")
@@ -302,27 +316,37 @@ class SparkDriver(Driver):
 
     # ---- jobs
 
-    def pass_rdd(self, coll: Coll, *extra):
-        steps = coll.steps + extra
-        if not steps:
+    def pass_rdd(self, coll: Coll, terminal=None, **framing):
+        """``coll``'s pending segment ending in ``terminal`` (a ``Combine``: a reduction's
+        combine level instead) as one pass; ``framing`` is :class:`worker.Pass`'s."""
+        if terminal is None and not framing and not coll.pending:
             return coll.rdd
-        return coll.rdd.mapPartitionsWithIndex(worker.Steps(self.context, steps))
+        if isinstance(terminal, s.Combine):
+            work = terminal
+        else:
+            nodes = [coll.head.node, *(e.node for e in coll.steps), *([terminal.node] if terminal else [])]
+            work = s.Segment(nodes[-1], coll.head, coll.steps, terminal, tuple(dict.fromkeys(nodes)))
+        pools = tuple(self.pools[e.pool] for e in coll.steps if e.pool is not None)
+        task = worker.Pass(self.context, work, coll.slots, pools, coll.block, **framing)
+        return coll.rdd.mapPartitionsWithIndex(task)
 
     def materialise(self, node: str, coll: Coll, why: str | None = None) -> Coll:
-        """Run ``coll``'s pending steps as their own RDD (cached when ``why`` says so)."""
+        """Run ``coll``'s pending segment as its own RDD (cached when ``why`` says so)."""
         rdd = self.pass_rdd(coll)
-        rdd.setName(f"{node}: {_steps_text(coll.steps)}" if coll.steps else node)
+        text = _pass_text(coll)
+        rdd.setName(f"{node}: {text}" if text else node)
         if why is not None:
             rdd.cache()
             self._scope_for(node)["cached"].append(rdd)
             self.note("cache", node, f"cache {node} ({why})")
-        return Coll(rdd, (), coll.parts)
+        return Coll(rdd, coll.parts, s.Input(node))
 
-    def job(self, node: str, action: str, coll: Coll, terminal, text: str) -> list | None:
-        """Run one Spark job: ``coll``'s steps plus ``terminal`` over every partition;
-        the per-partition results, in partition order (None in a dry plan)."""
-        rdd = self.pass_rdd(coll, terminal)
-        rdd.setName(f"{node}: {_steps_text(coll.steps + (terminal,))}")
+    def job(self, node: str, action: str, coll: Coll, terminal, text: str, **framing) -> list | None:
+        """Run one Spark job: ``coll``'s segment ending in ``terminal`` over every
+        partition (see :meth:`pass_rdd`); the per-partition results, in partition order
+        (None in a dry plan)."""
+        rdd = self.pass_rdd(coll, terminal, **framing)
+        rdd.setName(f"{node}: {_pass_text(coll, terminal, **framing)}")
         if self.dry:
             self.note("job", node, text, action=action, tasks=coll.parts, rdd=rdd)
             return None
@@ -340,19 +364,11 @@ class SparkDriver(Driver):
                 watcher.stop()
         if watcher is None:
             self.progress.advance(node, coll.parts)
-        failures = [x for x in out if type(x) is worker.Failed]
-        if failures:
-            raise self._failure(min(failures, key=lambda f: (self.order.get(f.node, 0), f.partition)))
+        failures = [x for x in out if type(x) is StageFailure]
+        if failures:  # the first in program order, then by partition
+            first = min(failures, key=lambda f: (self.order.get(f.node, 0), -1 if f.partition is None else f.partition))
+            raise self.stage_failed(first)
         return out
-
-    def _failure(self, f: worker.Failed) -> PipelineRuntimeError:
-        span = self.ir.op(f.node).span if f.node in self.ir.graph else None
-        if f.kind == "timeout":
-            return self.error(f.node, f"partition {f.partition} did not finish within its timeout of {f.message} s", span)
-        if f.kind == "plain":
-            return self.error(f.node, f.message, span)
-        return self.error(f.node, f"{f.error}: {f.message} (partition {f.partition})", span,
-                          f"raised at {f.frame}" if f.frame else None)
 
     def _job_error(self, node: str, exc: Exception) -> PipelineRuntimeError:
         """A job Spark gave up on (a task failed on every attempt: a worker process that
@@ -380,25 +396,20 @@ class SparkDriver(Driver):
             k = 1
         args = [self.value(a) for a in op.args]
         kwargs = {key: self.value(v) for key, v in op.kwargs.items()}
-        policy = _policy(op.options)
         if op.kind == "range":
             n = args[0]
             if isinstance(n, Pending):
-                descs, k = [(0, 0)], 1
-            else:
-                descs = semantics.partition_bounds(n, k)
-            step = worker.Expand(node, "range")
+                n, k = 0, 1
+            head = s.RangeSlice(node, n, k)
             what = f"range({args[0]!r}) cut into {k} blocks"
         elif op.sharded:
-            descs = list(range(k))
-            step = worker.Expand(node, "sharded", worker.Fn(op.fn.module, op.fn.attr), tuple(args),
-                                 tuple(kwargs.items()), k, policy)
+            head = s.Sharded(node, fn_ref(op.fn), tuple(args), tuple(kwargs.items()), k, policy_of(op.options))
             what = f"{op.fn.dotted}({_arguments(self.ir, op.args, op.kwargs)}) sharded: called on the workers"
         else:
             return self._driver_source(node, op, k, args, kwargs)
-        rdd = self.sc.parallelize(descs, k)
+        rdd = self.sc.parallelize(list(range(k)), k)  # one record per partition; the head makes its items
         rdd.setName(f"{node}: {what}")
-        return self.extend(node, Coll(rdd, (), k), step)
+        return self._persisted(node, Coll(rdd, k, head))
 
     def _driver_source(self, node: str, op: ir.Source, k: int, args: list, kwargs: dict):
         """``read_text``, ``read_jsonl`` and plain callables run on the driver (their items
@@ -415,7 +426,7 @@ class SparkDriver(Driver):
         why = self.analysis.persist.get(node)
         if why is None:
             return coll
-        if all(isinstance(s, worker.Expand) and s.kind in ("range", "data") for s in coll.steps):
+        if not coll.steps and not isinstance(coll.head, (s.Sharded, s.Merge)):
             # A range slice or the driver's blocks: Spark holds them already, a cache would copy them.
             self.note("driver", node, f"{node} is not cached ({why}): Spark holds its partitions already")
             return coll
@@ -425,23 +436,20 @@ class SparkDriver(Driver):
         """A collection whose partitions the driver holds: one block per partition."""
         rdd = self.sc.parallelize(list(parts) if parts else [[]], max(1, len(parts)))
         rdd.setName(f"{node}: {label}")
-        return Coll(rdd, (worker.Expand(node, "data"),), len(parts), None if dry else parts, held=True)
+        return Coll(rdd, len(parts), s.Input(node), block=True, data=None if dry else parts, held=True)
 
     # ---- element-wise and keyed operations
 
-    def extend(self, node: str, coll: Coll, step) -> Coll:
-        """``coll`` with one more pending step; cached here if the analysis says so."""
-        return self._persisted(node, Coll(coll.rdd, coll.steps + (step,), coll.parts))
-
     def collection_elementwise(self, node: str, op: ir.Elementwise):
         src = self.env[op.input.node]
-        pool = self.pools_by_node.get(op.pool.node) if op.pool is not None else None
-        step = worker.Elementwise(node, op.kind, worker.Fn(op.fn.module, op.fn.attr) if op.fn else None,
-                                  pool, op.method, self.bind(node, op), _policy(op.options))
+        bindings, slots = self.bind(node, op, src.slots)
+        step = s.Elementwise(node, op.kind, fn_ref(op.fn), bindings, policy_of(op.options),
+                             op.pool.node if op.pool is not None else None, op.method)
+        coll = replace(src, steps=src.steps + (step,), slots=slots, data=None, held=False)
         asked = op.options.resources
         if any(v is not None for v in asked.model_dump().values()) and not self.session.local:
-            return self._with_resources(node, Coll(src.rdd, src.steps + (step,), src.parts), asked)
-        return self.extend(node, src, step)
+            return self._with_resources(node, coll, asked)
+        return self._persisted(node, coll)
 
     def _with_resources(self, node: str, coll: Coll, asked: ir.Resources) -> Coll:
         """The stage as its own pass under a stage-level resource profile, where the
@@ -462,49 +470,50 @@ class SparkDriver(Driver):
         except Exception as exc:
             warn(f"stage `{node}` runs without its resources ({_resources_text(asked)}): the cluster "
                  f"refused a stage-level resource profile ({_first_line(exc)})")
-        return Coll(coll.rdd, (), coll.parts)
+        return Coll(coll.rdd, coll.parts, s.Input(node))
 
-    def bind(self, stage: str, op: ir.Elementwise) -> worker.Bindings:
+    def bind(self, stage: str, op: ir.Elementwise, slots: tuple) -> tuple[tuple, tuple]:
+        """``op``'s bindings as the shared ``Lit``/``Slot`` and ``slots`` with the
+        broadcasts the new ``Slot``s read."""
         out = []
         for name, operand in op.bindings.items():
             if isinstance(operand, ir.Lit):
-                out.append((name, ("lit", operand.value)))
+                out.append((name, s.Lit(operand.value)))
             else:
-                out.append((name, self.broadcast(operand.node, stage, name)))
-        return tuple(out)
+                slots += (self.broadcast(operand.node, stage, name),)
+                out.append((name, s.Slot(len(slots) - 1, operand.node)))
+        return tuple(out), slots
 
-    def broadcast(self, node: str, stage: str, name: str) -> tuple:
-        """The broadcast of ``node``'s value: made once while the value stays the same."""
+    def broadcast(self, node: str, stage: str, name: str):
+        """The broadcast of ``node``'s value, made once while the value stays the same
+        (None in a dry plan)."""
         value = self.env[node]
         entry = self._broadcasts.get(node)
         if entry is not None and entry[0] is value:
-            entry[2].setdefault("stages", []).append(stage)
-            return entry[3]
+            return entry[1]
         scope = self._scope_for(node)
         if self.dry or isinstance(value, Pending):
-            handle = ("pending", node)
             bc = None
             where = "once" if scope is self._scopes[0] else "once per round"
             self.note("broadcast", node, f"broadcast {_text(self.ir, ir.NodeRef(node=node))} as `{name}` "
                                          f"to {stage} ({where})")
         else:
             bc = self.sc.broadcast(value)
-            handle = ("bc", bc)
-        self._broadcasts[node] = (value, bc, {"stages": [stage]}, handle)
+        self._broadcasts[node] = (value, bc)
         scope["broadcasts"].append(node)
-        return handle
+        return bc
 
     def _shuffle(self, node: str, inputs: list[tuple[Coll, int]], how: str, fn, options, k: int):
         """Map side (fused into each input's pass), ``partitionBy`` on the output
         partition, and the merge as the result's first pending step."""
-        f = worker.Fn(fn.module, fn.attr) if fn is not None else None
-        policy = _policy(options)
-        mapped = [self.pass_rdd(coll, worker.Split(node, how, k, f, tag, policy)) for coll, tag in inputs]
+        f, policy = fn_ref(fn), policy_of(options)
+        split = s.Split(node, how, k, f, policy)
+        mapped = [self.pass_rdd(coll, split, tag=tag) for coll, tag in inputs]
         tagged = mapped[0] if len(mapped) == 1 else self.sc.union(mapped)
         shuffled = tagged.partitionBy(k, worker.destination)
         _name_shuffle(shuffled, f"{node}: {how} shuffle into {k} partitions (key -> stable hash % {k})",
-                      [f"{node}: {_steps_text(coll.steps + (worker.Split(node, how, k),))}" for coll, _ in inputs])
-        return self.extend(node, Coll(shuffled, (), k), worker.Merge(node, how, f, policy))
+                      [f"{node}: {_pass_text(coll, split)}" for coll, _ in inputs])
+        return self._persisted(node, Coll(shuffled, k, s.Merge(node, how, f, policy)))
 
     def collection_reduce_by_key(self, node: str, op: ir.ReduceByKey):
         src = self.env[op.input.node]
@@ -526,7 +535,7 @@ class SparkDriver(Driver):
         parts = [self.env[p.node] for p in op.parts]
         rdd = self.sc.union([self.pass_rdd(c) for c in parts])
         rdd.setName(f"{node}: union of {', '.join(p.node for p in op.parts)}")
-        return self._persisted(node, Coll(rdd, (), sum(c.parts for c in parts)))
+        return self._persisted(node, Coll(rdd, sum(c.parts for c in parts), s.Input(node)))
 
     # ---- values from collections: one job each
 
@@ -542,20 +551,20 @@ class SparkDriver(Driver):
         tasks runs on the executors first (a shuffle of one record per partition), and the
         driver combines their results."""
         src = self.env[op.input.node]
-        fn_ref = worker.Fn(op.fn.module, op.fn.attr)
-        policy = _policy(op.options)
+        fold = s.Fold(node, fn_ref(op.fn), policy_of(op.options))
         fan_in = semantics.FAN_IN
         what = f"{_lhs(self.ir, node)}reduce {op.fn.dotted} over {_coll(self.ir, op.input.node)}: {src.parts} tasks fold their partition"
         if src.parts <= fan_in ** 2:
-            partials = self.job(node, "reduce", src, worker.Fold(node, fn_ref, policy),
+            partials = self.job(node, "reduce", src, fold,
                                 f"{what}; the driver combines the partials in partition order, {fan_in} at a time")
         else:
             groups = -(-src.parts // fan_in)
-            keyed = self.pass_rdd(src, worker.Fold(node, fn_ref, policy), worker.ToGroup(node, fan_in))
+            keyed = self.pass_rdd(src, fold, fan_in=fan_in)
             shuffled = keyed.partitionBy(groups, worker.destination)
             _name_shuffle(shuffled, f"{node}: partials to {groups} combine tasks (partition // {fan_in})",
-                          [f"{node}: {_steps_text(src.steps + (worker.Fold(node, fn_ref), worker.ToGroup(node, fan_in)))}"])
-            partials = self.job(node, "reduce", Coll(shuffled, (), groups), worker.CombineGroup(node, fn_ref, policy),
+                          [f"{node}: {_pass_text(src, fold, fan_in=fan_in)}"])
+            partials = self.job(node, "reduce", Coll(shuffled, groups, s.Input(node)),
+                                s.Combine(node, fold.fn, False, fold.policy),
                                 f"{what}; {groups} tasks combine them {fan_in} at a time in partition order; the "
                                 f"driver combines their results")
         if partials is None:
@@ -567,8 +576,9 @@ class SparkDriver(Driver):
         if coll.held:
             self.note("driver", node, f"driver: {why} {_coll(self.ir, node)} (its partitions are on the driver already)")
             return None if coll.data is None else [x for part in coll.data for x in part]
-        parts = self.job(node, why, coll, worker.Gather(node),
-                         f"{why} {_coll(self.ir, node)}: {coll.parts} tasks; the driver receives the partitions in order")
+        parts = self.job(node, why, coll, None,
+                         f"{why} {_coll(self.ir, node)}: {coll.parts} tasks; the driver receives the partitions in order",
+                         whole=True)
         return None if parts is None else [x for part in parts for x in part]
 
     def count(self, node: str) -> int | None:
@@ -576,7 +586,7 @@ class SparkDriver(Driver):
         if coll.held:
             self.note("driver", node, f"driver: count {_coll(self.ir, node)} (its partitions are on the driver already)")
             return None if coll.data is None else sum(len(p) for p in coll.data)
-        counts = self.job(node, "count", coll, worker.Count(node), f"count {_coll(self.ir, node)}: {coll.parts} tasks")
+        counts = self.job(node, "count", coll, s.Count(node), f"count {_coll(self.ir, node)}: {coll.parts} tasks")
         return None if counts is None else sum(counts)
 
     def op_collect(self, node: str, op: ir.Collect):
@@ -653,17 +663,10 @@ class SparkDriver(Driver):
     def start_pool(self, node: str, op: ir.Actor, size: int):
         args = tuple(self.value(a) for a in op.args)
         kwargs = tuple((k, self.value(v)) for k, v in op.kwargs.items())
-        pool = worker.Pool(node, worker.Fn(op.cls.module, op.cls.attr), args, kwargs)
-        self.pools_by_node[node] = pool
+        pool = self.pools[node] = worker.Pool(node, fn_ref(op.cls), args, kwargs)
         self.note("driver", node, f"pool {node}: one {op.cls.dotted} per Python worker process, built on first "
                                   f"use and reused by later partitions")
         return pool
-
-    @property
-    def pools_by_node(self) -> dict:
-        if not hasattr(self, "_pools"):
-            self._pools = {}
-        return self._pools
 
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -744,16 +747,30 @@ def _first_line(exc: BaseException) -> str:
     return lines[0][:200] if lines else type(exc).__name__
 
 
-def _policy(options: ir.StageOptions) -> worker.Policy:
-    return worker.Policy(options.retries, options.timeout, options.effectful)
-
-
 def _copy(value):
     return pickle.loads(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
 
 
-def _steps_text(steps: tuple) -> str:
-    return " | ".join(s.describe() for s in steps)
+_TEXT = {  # a pass's parts as the plan shows them (an Input reads the RDD: nothing to show)
+    s.Input: lambda h: None,
+    s.RangeSlice: lambda h: "source (range slice)",
+    s.Sharded: lambda h: f"source {h.fn.dotted} sharded",
+    s.Merge: lambda h: f"{h.how} merge (by source partition)",
+    s.Elementwise: lambda e: f"{e.kind} {e.callee}",
+    s.Split: lambda t: f"{t.how} map side" + (" (combine per key)" if t.how == "reduce_by_key" else ""),
+    s.Fold: lambda t: f"fold {t.fn.dotted}",
+    s.Count: lambda t: "count",
+    s.Combine: lambda t: f"combine {t.fn.dotted} in partition order",
+}
+
+
+def _pass_text(coll: Coll, terminal=None, whole: bool = False, fan_in: int = 0, tag: int = 0) -> str:
+    """What one pass over ``coll`` does, step by step (the RDD names in the plan)."""
+    parts = ["source (items from the driver)" if coll.block else _TEXT[type(coll.head)](coll.head)]
+    parts += [_TEXT[type(step)](step) for step in (*coll.steps, *([terminal] if terminal else []))]
+    parts += [f"key by combine group (partition // {fan_in})"] if fan_in else []
+    parts += ["gather"] if whole else []
+    return " | ".join(p for p in parts if p)
 
 
 def _text(graph: ir.IR, operand) -> str:
