@@ -148,11 +148,15 @@ class Driver:
         for i in range(first, count):
             self.progress.round(loop.id, i, count)
             self.round_index[loop.id] = i
-            self.run_block(Block(None, block.items))
-            for rebind in block.rebinds(self.ir):
-                op = self.ir.op(rebind)
-                self.env[op.var] = self.env[rebind]
-            self.end_round(block)
+            self.start_round(block)
+            try:
+                self.run_block(Block(None, block.items))
+                for rebind in block.rebinds(self.ir):
+                    op = self.ir.op(rebind)
+                    self.env[op.var] = self.env[rebind]
+                self.end_round(block)
+            finally:
+                self.close_round(block)
             rounds = i + 1
             stop = loop.until is not None and self.until(loop)  # checked on the last round too
             done = stop or rounds == count
@@ -185,8 +189,14 @@ class Driver:
             self._recorded_at = time.perf_counter()
             self._record_cost = self._recorded_at - start
 
+    def start_round(self, block: Block) -> None:
+        """Hook before each round (a backend opens per-round state here)."""
+
     def end_round(self, block: Block) -> None:
         """Hook after each round (backends drop per-round data here)."""
+
+    def close_round(self, block: Block) -> None:
+        """Hook after each round, also when it failed (per-round state is released)."""
 
     # ---- nodes
 

@@ -230,33 +230,16 @@ class SparkDriver(Driver):
     # ---- loops
 
     def run_loop(self, block: Block, first: int = 0) -> None:
-        loop = block.loop
-        count = self.value(loop.count)
         if self.dry:
-            self._dry_round(block, count)
+            self._dry_round(block, self.value(block.loop.count))
             return
-        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-            raise self.error(loop.id, f"`repeat` needs a non-negative integer count, got {count!r}", loop.span)
-        rounds = first
-        for i in range(first, count):
-            self.progress.round(loop.id, i, count)
-            self.round_index[loop.id] = i
-            self._scopes.append({"cached": [], "broadcasts": []})
-            try:
-                self.run_block(Block(None, block.items))
-                for rebind in block.rebinds(self.ir):
-                    op = self.ir.op(rebind)
-                    self.env[op.var] = self.env[rebind]
-                self.end_round(block)
-            finally:
-                self._close_scope()
-            rounds = i + 1
-            stop = loop.until is not None and self.until(loop)
-            done = stop or rounds == count
-            self.round_done(loop, rounds, done)
-            if done:
-                break
-        self.result.rounds[loop.id] = rounds
+        super().run_loop(block, first)
+
+    def start_round(self, block: Block) -> None:
+        self._scopes.append({"cached": [], "broadcasts": []})
+
+    def close_round(self, block: Block) -> None:
+        self._close_scope()
 
     def _dry_round(self, block: Block, count) -> None:
         loop = block.loop
