@@ -227,6 +227,7 @@ class RayDriver(Driver):
         specs = lowering.lower()
         out: dict[str, Any] = {}  # plan key -> ObjectRef (a list of them for a split)
         self._resolved: dict[int, tuple] = {}
+        self._packed: dict[int, tuple] = {}
         tasks = []
         for spec in specs:
             if spec.data is not None:
@@ -241,7 +242,10 @@ class RayDriver(Driver):
                 step_, i, seq, m, member, base, *bound = args
                 ref = member.run.options(name=spec.key).remote(step_, i, seq, base, *bound)
             else:
-                ref = self._remote(spec, args).remote(self.paths, *args)
+                remote = self._remote(spec, args)
+                if isinstance(args[0], s.Segment):
+                    args[0] = self._pack(args[0])
+                ref = remote.remote(self.paths, *args)
             out[spec.key] = ref
             tasks.append((spec, ref[0] if isinstance(ref, list) else ref))
             self.names[spec.key] = spec.group
@@ -261,6 +265,14 @@ class RayDriver(Driver):
         if remote is None:
             remote = self.remotes[sig] = self.fns.bodies[spec.body].options(**options)
         return remote
+
+    def _pack(self, segment: s.Segment) -> bytes:
+        """A segment pickled once for all its tasks (Ray pickling it per task costs more
+        per submit); workers unpickle each blob once."""
+        done = self._packed.get(id(segment))
+        if done is None or done[0] is not segment:
+            done = self._packed[id(segment)] = (segment, self.ray.cloudpickle.dumps(segment))
+        return done[1]
 
     def _data(self, node: str):
         """A value the driver ships to tasks: put in the object store once per value."""

@@ -5,6 +5,7 @@ runtime (no networkx, no pydantic, no compiler): worker start-up stays cheap."""
 
 from __future__ import annotations
 
+import pickle
 from functools import lru_cache
 
 from pipec.backends.physical import steps as s
@@ -37,17 +38,27 @@ def _short(body):
         raise exc.with_traceback(None) from None
 
 
-def segment(paths: tuple, seg: s.Segment, partition: int, items, *bound):
-    """One partition of a segment (``items``: the input partition, None when the head
-    makes it). A split gives its buckets as the task's Ray returns."""
+@lru_cache(maxsize=64)
+def _unpack(blob: bytes) -> s.Segment:
+    """A worker unpickles each segment once: it is frozen, and functions must not change
+    their inputs (literal bindings included; the local backend checks it)."""
+    return pickle.loads(blob)
+
+
+def segment(paths: tuple, blob: bytes, partition: int, items, *bound):
+    """One partition of a segment (``blob``: pickled once by the driver; ``items``: the
+    input partition, None when the head makes it). A split gives its buckets as the
+    task's Ray returns."""
     ensure_path(paths)
+    seg = _unpack(blob)
     return _returns(seg, _short(lambda: interpret(seg, partition, items, _slots(bound))))
 
 
-def merge(paths: tuple, seg: s.Segment, partition: int, sides: tuple, *bound):
+def merge(paths: tuple, blob: bytes, partition: int, sides: tuple, *bound):
     """The reduce side of a shuffle: the driver passes bucket ``partition`` of every split
     output in the slots ``sides[side]`` (in source-partition order)."""
     ensure_path(paths)
+    seg = _unpack(blob)
     records = [(side, i, bound[slot]) for side, slots in enumerate(sides) for i, slot in enumerate(slots)]
     return _returns(seg, _short(lambda: interpret(seg, partition, records, _slots(bound))))
 
