@@ -27,7 +27,7 @@ from pipec import load  # noqa: E402
 from pipec.compiler.capabilities import FEATURES  # noqa: E402
 from pipec.dsl.diagnostics import PipelineRuntimeError  # noqa: E402
 from pipec.backends.ray import RayBackend
-from pipec.backends.ray.lowering import fusion  # noqa: E402
+from pipec.backends.physical import steps as s  # noqa: E402
 from tests.conftest import EXAMPLES, ROOT  # noqa: E402
 from tests.engines import engine_options  # noqa: E402
 
@@ -150,27 +150,34 @@ def test_graph_nodes_are_tasks_with_label_and_group_and_edges_have_kinds():
     plan = load(EXAMPLES / "train.pipe").lower("ray")
     g = plan.graph()
     assert all("label" in d and "group" in d for _, d in g.nodes(data=True))
-    assert {f"grads+total:fold[{i}]" for i in range(8)} <= set(g)
+    assert {f"grads-{i}" for i in range(8)} <= set(g)
     kinds = {d["kind"] for _, _, d in g.edges(data=True)}
     assert {"data", "value", "actor", "order"} <= kinds
     # each fold task reads its own partition of the batches
-    assert g.has_edge("batches[3]", "grads+total:fold[3]") and not g.has_edge("batches[3]", "grads+total:fold[4]")
+    assert g.has_edge("batches-3", "grads-3") and not g.has_edge("batches-3", "grads-4")
 
 
-def test_adjacent_stages_fuse_and_options_map_to_ray():
-    wordcount = load(EXAMPLES / "wordcount.pipe").ir
-    assert fusion(wordcount) == {"lines": "words", "words": "pairs", "pairs": "counts"}
+def _spec(plan, key):
+    return next(spec for specs in plan.physical.tasks.values() for spec in specs if spec.key == key)
+
+
+def test_options_map_to_ray():
+    from pipec.backends.ray.driver import _actor_options, task_options
     train = load(EXAMPLES / "train.pipe").lower("ray")
-    assert train.lowering.fused == {"grads": "total"}
+    spec = _spec(train, "grads-0")
     # fused with `reduce`, the gradient stage keeps its `retries 3` as Ray's max_retries (for a
     # lost worker; the interpreter retries user code in the task)
-    assert train.lowering.options(["grads", "total"]) == {"max_retries": 3, "retry_exceptions": False,
-                                                          "num_cpus": 1}
-    assert train.lowering.actor_options(train.ir.op("ps"), "n") == {"max_restarts": 3, "max_task_retries": 0,
-                                                                   "name": "n"}
+    assert task_options(train.ir, spec, spec.args[0]) == {"max_retries": 3, "retry_exceptions": False,
+                                                          "name": "grads-0", "num_cpus": 1}
+    assert _actor_options(train.ir.op("ps"), "n") == {"max_restarts": 3, "max_task_retries": 0, "name": "n"}
+    wordcount = load(EXAMPLES / "wordcount.pipe").lower("ray")
+    split = next(spec for specs in wordcount.physical.tasks.values() for spec in specs
+                 if isinstance(spec.args[0], s.Segment) and isinstance(spec.args[0].terminal, s.Split))
+    assert task_options(wordcount.ir, split, split.args[0])["num_returns"] == split.args[0].terminal.k
 
 
 def test_resources_timeouts_and_effectful_stages(write_pipe):
+    from pipec.backends.ray.driver import task_options
     path = write_pipe("use ray_t_mod as m\npipeline p() {\n"
                       "source xs = range(8) partitions 2\n"
                       "stage a = map m.inc over xs retries 2 resources { cpus 0.5 gpus 1 memory \"1GB\" }\n"
@@ -178,16 +185,16 @@ def test_resources_timeouts_and_effectful_stages(write_pipe):
                       "stage c = map m.inc over b retries 4 effectful\n"
                       "sink out = collect(c)\n}\n", ray_t_mod=MOD)
     plan = load(path).lower("ray")
-    low = plan.lowering
-    assert low.fused == {}  # different resources, a timeout, an effectful stage: nothing fuses
+
+    def options(key):
+        spec = _spec(plan, key)
+        return task_options(plan.ir, spec, spec.args[0])
     # a pure stage is re-run after a lost worker at least LOST_WORKER_RETRIES times, whatever `retries` says
-    assert low.options(["a"]) == {"max_retries": 3, "retry_exceptions": False, "num_cpus": 0.5, "num_gpus": 1,
-                                  "memory": 10**9}
-    assert low.options(["b"])["max_retries"] == 3
-    assert low.timeout(["b"]) == 5
-    assert low.options(["c"])["max_retries"] == 0  # effectful: no blind retry
-    text = plan.explain()
-    assert "timeout_s (in the task)=5" in text and "num_gpus=1" in text
+    assert options("a-0") == {"max_retries": 3, "retry_exceptions": False, "name": "a-0", "num_cpus": 0.5,
+                              "num_gpus": 1, "memory": 10**9}
+    assert options("b-0")["max_retries"] == 3
+    assert options("c-0")["max_retries"] == 0  # effectful: no blind retry
+    assert _spec(plan, "b-0").args[0].steps[0].policy.timeout == 5  # cut inside the task
 
 
 SCAN_BODY = """
@@ -205,17 +212,12 @@ SCAN_BODY = """
     sink d = collect(later) -> json("out/d.json")"""
 
 
-def test_a_shared_scan_computes_every_branch_in_one_pass_and_matches_local(write_pipe, tmp_path, monkeypatch):
+def test_a_collection_read_by_several_reductions_and_shuffles_matches_local(write_pipe, tmp_path, monkeypatch):
     mod = MOD + "\ndef pair_by(x, k):\n    return (x % k, x)\n"
     path = write_pipe("use ray_t_scan as m\npipeline p() {\n" + SCAN_BODY + "\n}\n",
                       ray_t_scan=mod.replace("def inc(x):", "def inc(x, k=1):").replace(
                           "    return x + 1", "    return x + k"))
     pipeline = load(path)
-    low = pipeline.lower("ray").lowering
-    keep, branches = low.scans["ys"]
-    # reduce, count, group_by_key and distinct read ys in its own tasks; `later` binds a
-    # value computed after ys, so it reads the kept partitions
-    assert keep and [b.owner for b in branches] == ["total", "n", "groups", "uniq"]
     monkeypatch.chdir(tmp_path)
     outputs = {}
     for backend in ("local", "ray"):
@@ -315,7 +317,7 @@ def test_progress_reports_every_task_and_round(workdir):
     rounds = [e for e in recorder.events if e[0] == "round"]
     assert rounds == [("round", "loop1", i, 3) for i in range(3)]
     stages = [e for e in recorder.events if e[0] == "stage"]
-    assert ("stage", "grads+total:fold", 8) in stages and stages.count(("stage", "grads+total:fold", 8)) == 3
+    assert stages.count(("stage", "grads", 8)) == 3
     announced = sum(e[2] for e in stages)
     advanced = sum(e[2] for e in recorder.events if e[0] == "advance")
     assert advanced == announced
@@ -421,8 +423,7 @@ def test_killing_a_worker_running_stage_tasks_gives_the_same_result(write_pipe, 
     pipeline = load(path)
     options = _ray_options()
     expected = sum(x * x for x in range(40))
-    name = "ray::" + pipeline.lower("ray").lowering.group(
-        pipeline.lower("ray").lowering.chain("total", "input"), "total", "fold")
+    name = "ray::ys-"  # Ray titles a task's process with the task's name: its plan key
     box = {}
     thread = threading.Thread(target=lambda: box.update(result=pipeline.run(backend="ray", **options)))
     thread.start()

@@ -1,78 +1,72 @@
-"""The driver of a Ray run: submits segments of the physical plan as Ray tasks (the shared
-interpreter runs them), reductions, shuffles and actor calls, and recovers restarted
-actors by replaying their calls in order."""
+"""The driver of a Ray run: the shared driver loop, with every graph step of the physical
+plan submitted as Ray tasks, one per task of the plan (named by its key, reading the
+ObjectRefs of the tasks it depends on), and actors restored by replaying their calls in
+order, each applied exactly once."""
 
 from __future__ import annotations
 
-import os
 import re
 import time
-from collections import deque
-from dataclasses import dataclass
+from dataclasses import fields, is_dataclass, replace
 from typing import Any
 
-
 from pipec.compiler import ir
-from pipec.backends.base import NoProgress, Progress, RunResult
+from pipec.backends.base import NoProgress, RunResult
 from pipec.backends.physical import steps as s
-from pipec.backends.runtime import semantics, sources
+from pipec.backends.physical.planner import Arg, DriverStep, GraphStep, LoopStep, Ref, Rounds, Seq, StepLowering
 from pipec.backends.runtime.driver import Driver
 from pipec.backends.runtime.interpreter import StageFailure
 from pipec.dsl.diagnostics import PipelineRuntimeError
-from pipec.backends.physical.planner import loops_of
-from pipec.backends.ray.lowering import Chain, Lowering, actor_handles, read_in_tasks
 from pipec.backends.ray.worker import Gap, remote_calls
 
 
 # How long the driver waits for a restarted actor to come back before giving up.
 ACTOR_RESTART_WAIT = 120.0
+# Recovering a pure task from a lost worker is the engine's job, whatever `retries` (which
+# is about exceptions user code raises) says; an effectful task is never re-run blindly.
+LOST_WORKER_RETRIES = 3
+_RAY_RESOURCE = {"CPU": "num_cpus", "GPU": "num_gpus", "MEMORY": "memory"}
 
 
 class Parts:
-    """A materialised collection: one ObjectRef per partition, in partition order."""
+    """A collection kept in Ray's object store: one ObjectRef per partition, in order."""
 
     def __init__(self, refs: list):
         self.refs = list(refs)
 
 
-@dataclass
-class Fresh:
-    """A collection made inside the tasks that read it: ``head`` (a range block, a text
-    file's own lines, a sharded call, or a shuffle's merge side) for each of ``k``
-    partitions. ``inputs[i]`` are the refs partition i's head reads (a merge's buckets, the
-    first ``left`` of them from a join's left side), ``slots`` the values it reads."""
+class Lazy:
+    """A value kept in the object store until the driver needs it (then fetched once)."""
 
-    head: s.Head
-    k: int
-    inputs: list[list] | None = None
-    left: int = 0
-    slots: tuple = ()
+    def __init__(self, ref):
+        self.ref = ref
+        self.fetched, self.value = False, None
 
 
-class Fused:
-    """An element-wise stage computed inside its consumer's tasks."""
+def _actor_options(op: ir.Actor, name: str) -> dict[str, Any]:
+    """A Ray actor restarts its process (``max_restarts``); its method retries stay off,
+    because pipec replays graph-level calls itself, in order, exactly once."""
+    return {"max_restarts": op.restarts, "max_task_retries": 0, "name": name}
 
 
-class Scanned:
-    """A shared scan whose partitions nothing else reads: only its branches' outputs
-    were kept. ``k`` is its number of partitions."""
-
-    def __init__(self, k: int):
-        self.k = k
-
-
-FUSED = Fused()
-
-_HOW = {ir.ReduceByKey: "reduce_by_key", ir.GroupByKey: "group_by_key", ir.Distinct: "distinct", ir.Join: "join"}
-
-
-def _fn(ref: ir.FnRef | None) -> s.Fn | None:
-    return s.Fn(ref.module, ref.attr) if ref is not None else None
-
-
-def _policy(op: ir.Op) -> s.Policy:
-    options = op.options
-    return s.Policy(options.retries, options.timeout, options.effectful)
+def task_options(graph: ir.IR, spec, first=None) -> dict[str, Any]:
+    """Ray options for the task of ``spec`` (``first``: its first argument, the segment
+    of a segment or merge task). Ray re-runs a pure task lost with its worker at least
+    LOST_WORKER_RETRIES times, never an effectful one; user code that raises is retried
+    inside the task by the interpreter, so Ray's exception retries stay off. A split has
+    one return per bucket."""
+    segment = first if isinstance(first, s.Segment) else None
+    nodes = segment.nodes if segment is not None else (spec.group,)
+    effectful = any(getattr(getattr(graph.op(n), "options", None), "effectful", False)
+                    for n in nodes if n in graph.graph)
+    out: dict[str, Any] = {"max_retries": 0 if effectful else max(spec.retries, LOST_WORKER_RETRIES),
+                           "retry_exceptions": False, "name": spec.key, "num_cpus": 1}
+    for name, amount in (spec.resources or {}).items():
+        out[_RAY_RESOURCE[name]] = int(amount) if name == "MEMORY" else amount
+    returns = s.outputs_of(segment.terminal) if segment is not None and segment.terminal is not None else 1
+    if returns > 1:
+        out["num_returns"] = returns
+    return out
 
 
 class RayRunResult(RunResult):
@@ -87,16 +81,39 @@ class _Restarted(Exception):
     """An actor restarted again while the driver replayed its calls."""
 
 
+class _MemberLost(Exception):
+    """A pool member died while serving a partition: the graph runs again."""
+
+
+class LiveContext:
+    """Partition counts and pool sizes as they are in this run."""
+
+    def __init__(self, driver: "RayDriver"):
+        self.driver = driver
+
+    def partitions(self, node: str, operand) -> int:
+        k = self.driver.value(operand)
+        if not isinstance(k, int) or isinstance(k, bool):
+            raise self.driver.error(node, f"`partitions` needs an integer, got {k!r}", self.driver.ir.op(node).span)
+        return max(0, k)
+
+    def nparts(self, node: str) -> int:
+        return len(self.driver.env[node].refs)
+
+    def pool_size(self, pool: str) -> int:
+        return len(self.driver.pools[pool])
+
+
 class RayDriver(Driver):
     backend = "ray"
     resumable = True
 
-    def __init__(self, graph: ir.IR, params: dict[str, Any], progress: Progress | None, run_dir: str | None,
-                 lowering: Lowering, resume: bool = False):
-        super().__init__(graph, params, progress, run_dir, resume)
-        self.low = lowering
+    def __init__(self, plan, progress=None, run_dir: str | None = None, resume: bool = False):
+        super().__init__(plan.ir, plan.params, progress, run_dir, resume)
+        self.plan = plan
+        self.planner = plan.physical.planner
         self.result = RayRunResult(backend=self.backend, run_dir=str(self.run_dir))
-        self.paths = graph.info.module_paths()
+        self.paths = tuple(plan.ir.info.module_paths())
 
     # ---- lifecycle
 
@@ -107,35 +124,13 @@ class RayDriver(Driver):
         self.actors: dict[str, Any] = {}
         self.pools: dict[str, list] = {}
         self.puts: dict[str, tuple[Any, Any]] = {}
-        self.splits: dict[tuple[str, str], tuple[Any, int, list]] = {}  # loop-invariant buckets
         self.names: dict[str, str] = {}  # Ray task name -> the IR node its errors belong to
-        self.branch_out: dict[str, list] = {}  # shared-scan outputs, until their owner runs
-        self.watched: dict[Any, str] = {}  # ref -> the segment it belongs to, while progress is drawn
-        self.track = not isinstance(self.progress, NoProgress)
-        cluster = ray.cluster_resources()
+        self.remotes: dict[tuple, Any] = {}
         self.call_op: ir.ActorCall | None = None
         self.call_ref = None
-        self._check_resources(cluster)
-        self.early: dict[str, Any] = {}
-        for node, op in self.ir.items():
-            # A resumed actor must not start before the driver put its snapshot in place.
-            if self.low.early(node) and not (self.record is not None and node in self.record.actors):
-                args, kwargs = self._static(op.args), {k: self._static([v])[0] for k, v in op.kwargs.items()}
-                self.early[node] = (self._create_pool(node, op, self._static([op.pool_size])[0], args, kwargs)
-                                    if op.pool_size is not None else self._create_actor(node, op, args, kwargs))
-
-    def _static(self, operands) -> list:
-        out = []
-        for operand in operands:
-            if isinstance(operand, ir.Lit):
-                out.append(operand.value)
-                continue
-            op = self.ir.op(operand.node)
-            out.append(self.params[operand.node] if isinstance(op, ir.Param) else op.value)
-        return out
+        self._check_resources(ray.cluster_resources())
 
     def teardown(self) -> None:
-        self._drain()
         for handle in list(self.actors.values()) + [h for hs in self.pools.values() for h in hs]:
             try:
                 self.ray.kill(handle, no_restart=True)
@@ -143,9 +138,6 @@ class RayDriver(Driver):
                 pass
         self.env.clear()
         self.puts.clear()
-        self.splits.clear()
-        self.branch_out.clear()
-        self.watched.clear()
 
     def _check_resources(self, cluster: dict) -> None:
         """A task asking for more than the whole cluster has would wait forever: refuse."""
@@ -161,161 +153,242 @@ class RayDriver(Driver):
                                            f"but the Ray cluster has {have:g} in all", op.span,
                                      "lower the stage's `resources`, or run on a cluster that has them")
 
-    # ---- submitting segments
+    # ---- blocks
 
-    def submit(self, chain: Chain, owner: str | None, role: str = "", scan: str | None = None,
-               buckets: int | None = None) -> list[list]:
-        """One task per partition of ``chain.head``: its head, the chain's fused steps, then
-        ``owner``'s per-partition half (a fold, a count or a split into ``buckets``, by
-        default one per partition; none: the partition itself), or the branches of shared
-        scan ``scan``. Per task, the list of its refs."""
-        low = self.low
-        keep, branches = low.scans[scan] if scan else (False, ())
-        also = [m for b in branches for m in b.steps + (b.owner,)]
-        nodes = low.members(chain, owner) + also
-        name = low.scan_name(chain, owner, role, also)
-        source = self.env[chain.head]
-        if isinstance(source, Parts):
-            head, k, slots = s.Input(chain.head), len(source.refs), []
+    def run_block(self, block) -> None:
+        for item in self.top_items(block):
+            self.run_item(item)
+
+    def top_items(self, block) -> list:
+        """The block's planned steps: graphs, and driver nodes and loops as the shared
+        driver knows them (so records and resuming work on them unchanged)."""
+        return [step.node if isinstance(step, DriverStep) else step.block if isinstance(step, LoopStep) else step
+                for step in self.planner.steps_for(block.items)]
+
+    def run_item(self, item) -> None:
+        if isinstance(item, GraphStep):
+            self.run_graph(item)
         else:
-            head, k, slots = source.head, source.k, list(source.slots)
-        if not k:
-            return []
-        steps = self._steps(chain.steps, slots)
-        terminal = self._terminal(owner, buckets or k) if owner else None
-        if scan:
-            terminal = s.Branches(scan, tuple((self._steps(b.steps, slots), self._terminal(b.owner, k))
-                                              for b in branches), keep)
-        returns = s.outputs_of(terminal)
-        options = dict(low.options(nodes), name=name)
-        if returns != 1:
-            options["num_returns"] = returns
-        remote = self.fns.segment.options(**options)
-        segment = self.ray.cloudpickle.dumps(s.Segment(name, head, steps, terminal, tuple(nodes)))  # once per k tasks
-        self.names[name] = owner or low.members(chain, owner)[-1]  # whose output this is, for errors
-        rows = []
-        for i in range(k):
-            if isinstance(source, Parts):
-                feed, left = [source.refs[i]], 1
-            else:
-                feed, left = (source.inputs[i] if source.inputs else []), source.left
-            out = remote.remote((self.paths, segment, i, left, len(feed) - left), *feed, *slots)
-            rows.append(list(out) if returns != 1 else [out])
-        self._watch(name, [row[0] for row in rows])
-        return rows
+            super().run_item(item)
 
-    def _width(self, node: str) -> int:
-        value = self.env[node]
-        if isinstance(value, Parts):
-            return len(value.refs)
-        if isinstance(value, (Fresh, Scanned)):
-            return value.k
-        raise RuntimeError(f"pipec internal error: {node} has no partitions")
+    def var_partitions(self, var: str) -> list[list]:
+        return self.fetch(self.env[var].refs)
 
-    def _steps(self, nodes: tuple[str, ...], slots: list) -> tuple[s.Elementwise, ...]:
-        return tuple(s.Elementwise(node, op.kind, _fn(op.fn), self._bind(op, slots), _policy(op))
-                     for node, op in ((node, self.ir.op(node)) for node in nodes))
+    def var_from_partitions(self, var: str, parts: list[list]):
+        return Parts([self.ray.put(part) for part in parts])
 
-    def _terminal(self, owner: str, k: int) -> s.Terminal:
-        op = self.ir.op(owner)
-        if isinstance(op, ir.Reduce):
-            return s.Fold(owner, _fn(op.fn), _policy(op))
-        if isinstance(op, ir.Count):
-            return s.Count(owner)
-        return s.Split(owner, _HOW[type(op)], k, _fn(getattr(op, "fn", None)), _policy(op))
+    def end_round(self, block) -> None:
+        # This round's results are not read again (vars were rebound already): the object
+        # store may drop them now rather than when the next round replaces them.
+        for node in block.nodes():
+            if node not in self.planner.loop_reads:
+                self.env.pop(node, None)
 
-    def _bind(self, op: ir.Elementwise, slots: list) -> tuple:
-        """A stage's bindings: literals inline; actor handles and values in ``slots``,
-        values put once (per round, as a value changes each round) and passed by reference."""
-        out = []
-        for name, operand in op.bindings.items():
-            if isinstance(operand, ir.Lit):
-                out.append((name, s.Lit(operand.value)))
+    def materialize(self, value: Any) -> Any:
+        if isinstance(value, Lazy):
+            if not value.fetched:
+                value.value, value.fetched = self.fetch([value.ref])[0], True
+            return value.value
+        return value
+
+    def gather(self, node: str) -> list:
+        return [x for part in self.fetch(self.env[node].refs) for x in part]
+
+    def count(self, node: str) -> int:
+        return len(self.gather(node))
+
+    # ---- graph steps
+
+    def run_graph(self, step: GraphStep) -> None:
+        attempts = 0
+        while True:
+            try:
+                self._run_graph_once(step)
+                break
+            except _MemberLost as lost:
+                # Ray restarts the member (or not); the graph's stages are pure, so the
+                # graph runs again, up to the stage's retries or the pool's restarts.
+                spec = lost.args[0]
+                op, pool = self.ir.op(spec.group), self.ir.op(spec.member[0])
+                allowed = 0 if op.options.effectful else max(op.options.retries, pool.restarts)
+                attempts += 1
+                if attempts > allowed or not self._alive(self.pools[spec.member[0]][spec.member[1]]):
+                    raise self.error(spec.group, f"an actor of pool `{spec.member[0]}` died while serving "
+                                                 f"partition {spec.args[1]}", op.span,
+                                     "give the pool `restarts N` or the stage `retries N`") from None
+        for actor in sorted({a for node in step.nodes for a in self.planner.handles(node)}):
+            # Calls made through handles are in no replay log: a later restart must find
+            # them in the snapshot.
+            if actor in self.actors and self.ir.op(actor).restarts > 0:
+                self.ray.get(self.actors[actor].checkpoint.remote())
+
+    def _run_graph_once(self, step: GraphStep) -> None:
+        lowering = StepLowering(self.ir, step, LiveContext(self), self.planner.actors)
+        specs = lowering.lower()
+        out: dict[str, Any] = {}  # plan key -> ObjectRef (a list of them for a split)
+        self._resolved: dict[int, tuple] = {}
+        self._packed: dict[int, tuple] = {}
+        tasks = []
+        for spec in specs:
+            if spec.data is not None:
+                out[spec.key] = self._data(spec.data)
                 continue
-            node = operand.node
-            if self.ir.op(node).node_shape == ir.ACTOR:
-                slots.append(self.actors[node])
-                rounds = tuple(self.round_index.get(loop, 0) for loop in loops_of(self.ir, op.loop))
-                out.append((name, s.Handle(len(slots) - 1, node, rounds)))
-                continue
-            value = self.value(operand)
-            cached = self.puts.get(node)
-            if cached is None or cached[0] is not value:
-                cached = self.puts[node] = (value, self.ray.put(value))
-            slots.append(cached[1])
-            out.append((name, s.Slot(len(slots) - 1, node)))
-        return tuple(out)
-
-    def parts(self, node: str) -> list:
-        """The partition refs of ``node``, computing a fused head if need be."""
-        value = self.env[node]
-        if isinstance(value, Parts):
-            return value.refs
-        if isinstance(value, Fresh):
-            parts = Parts([row[0] for row in self.submit(Chain(node, (), True), None)])
-            self.env[node] = parts
-            return parts.refs
-        raise RuntimeError(f"pipec internal error: {node} has no partitions ({type(value).__name__})")
-
-    def produce(self, node: str, chain: Chain, role: str = ""):
-        """Compute collection ``node`` with ``chain``; when it is a shared scan, its
-        branches' fold, count or split outputs come from the same tasks (kept for their
-        owners in ``branch_out``), and the partitions are kept only if read elsewhere."""
-        scan = self.low.scans.get(node)
-        if scan is None:
-            return Parts([row[0] for row in self.submit(chain, None, role)])
-        keep, branches = scan
-        k = self._width(chain.head)
-        rows = self.submit(chain, None, role, scan=node)
-        at = int(keep)
-        for branch in branches:
-            if isinstance(self.ir.op(branch.owner), (ir.Reduce, ir.Count)):
-                self.branch_out[branch.owner] = [row[at] for row in rows]
-                at += 1
+            args = [self._resolve(a, out) for a in spec.args]
+            if spec.body == "merge":
+                i, sides = args[1], args[2]
+                for slot in {slot for side in sides for slot in side}:
+                    args[3 + slot] = args[3 + slot][i]  # bucket i of that split
+            if spec.body == "pool":
+                step_, i, seq, m, member, base, *bound = args
+                ref = member.run.options(name=spec.key).remote(step_, i, seq, base, *bound)
             else:
-                self.branch_out[branch.owner] = [row[at:at + k] for row in rows]
-                at += k
-        return Parts([row[0] for row in rows]) if keep else Scanned(k)
+                remote = self._remote(spec, args)
+                if isinstance(args[0], s.Segment):
+                    args[0] = self._pack(args[0])
+                ref = remote.remote(self.paths, *args)
+            out[spec.key] = ref
+            tasks.append((spec, ref[0] if isinstance(ref, list) else ref))
+            self.names[spec.key] = spec.group
+        self._wait(tasks)
+        for node in step.exports:
+            if node in lowering.parts:
+                self.env[node] = Parts([out[r.key] if r.key in out else self._held(r) for r in lowering.parts[node]])
+            elif node in lowering.values:
+                r = lowering.values[node]
+                self.env[node] = Lazy(out[r.key] if r.key in out else self._held(r))
 
-    # ---- waiting, progress, errors
+    def _remote(self, spec, args):
+        """The Ray remote function for a task, with its options."""
+        options = task_options(self.ir, spec, args[0] if args else None)
+        sig = (spec.body, tuple(sorted(options.items())))
+        remote = self.remotes.get(sig)
+        if remote is None:
+            remote = self.remotes[sig] = self.fns.bodies[spec.body].options(**options)
+        return remote
 
-    def _watch(self, name: str, refs: list) -> None:
-        if self.track and refs:
-            self.progress.stage(name, len(refs))
-            self.watched.update((ref, name) for ref in refs)
+    def _pack(self, segment: s.Segment) -> bytes:
+        """A segment pickled once for all its tasks (Ray pickling it per task costs more
+        per submit); workers unpickle each blob once."""
+        done = self._packed.get(id(segment))
+        if done is None or done[0] is not segment:
+            done = self._packed[id(segment)] = (segment, self.ray.cloudpickle.dumps(segment))
+        return done[1]
+
+    def _data(self, node: str):
+        """A value the driver ships to tasks: put in the object store once per value."""
+        held = self.env[node]
+        if isinstance(held, Lazy):
+            return held.ref
+        cached = self.puts.get(node)
+        if cached is None or cached[0] is not held:
+            try:
+                cached = self.puts[node] = (held, self.ray.put(held))
+            except Exception as exc:
+                op = self.ir.op(node)
+                raise self.error(node, f"a value cannot be put in Ray's object store ({type(exc).__name__}: "
+                                       f"{exc})", op.span, "use plain data (numbers, strings, lists, numpy arrays)") \
+                    from None
+        return cached[1]
+
+    def _resolve(self, arg, out: dict):
+        """A task argument as Ray gets it: refs become ObjectRefs or actor handles."""
+        if isinstance(arg, Ref):
+            return out[arg.key] if arg.key in out else self._held(arg)
+        if isinstance(arg, Arg):
+            import os
+            value = self.value(arg.operand)
+            return os.path.abspath(value) if arg.path and isinstance(value, str) else value
+        if isinstance(arg, Rounds):
+            return tuple(self.round_index.get(loop, 0) for loop in arg.loops)
+        if isinstance(arg, Seq):
+            return arg.offset  # a Ray actor runs one caller's calls in submission order
+        if is_dataclass(arg) and not isinstance(arg, type):
+            # A step of the physical plan with this run's values (once per submission:
+            # every partition's task shares the same segment object).
+            done = self._resolved.get(id(arg))
+            if done is None or done[0] is not arg:
+                changes = {f.name: self._resolve(getattr(arg, f.name), out) for f in fields(arg)}
+                done = self._resolved[id(arg)] = (arg, replace(arg, **changes))
+            return done[1]
+        if isinstance(arg, tuple):
+            return tuple(self._resolve(a, out) for a in arg)
+        if isinstance(arg, list):
+            return [self._resolve(a, out) for a in arg]
+        if isinstance(arg, dict):
+            return {k: self._resolve(v, out) for k, v in arg.items()}
+        return arg
+
+    def _held(self, ref: Ref):
+        """The ObjectRef (or actor handle) of a key kept from an earlier graph."""
+        if ref.node in self.actors:
+            return self.actors[ref.node]
+        if ref.node in self.pools:
+            return self.pools[ref.node][ref.part]
+        held = self.env[ref.node]
+        if isinstance(held, Parts):
+            return held.refs[ref.part]
+        if isinstance(held, Lazy):
+            return held.ref
+        raise AssertionError(f"{ref.key} is not in the object store")
+
+    def _wait(self, tasks: list) -> None:
+        """Wait for a graph's tasks; the failure reported is the one the reference backend
+        meets first (earliest stage in program order, then lowest partition)."""
+        if not tasks:
+            return
+        ray = self.ray
+        refs = [ref for _, ref in tasks]
+        start = time.perf_counter()
+        if isinstance(self.progress, NoProgress):
+            ready, _ = ray.wait(refs, num_returns=len(refs), fetch_local=False)
+        else:
+            groups: dict[str, int] = {}
+            for spec, _ in tasks:
+                groups[spec.group] = groups.get(spec.group, 0) + 1
+            for group, n in groups.items():
+                self.progress.stage(group, n)
+            group_of = {ref: spec.group for spec, ref in tasks}
+            pending = list(refs)
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1, fetch_local=False)
+                for ref in ready:
+                    self.progress.advance(group_of[ref])
+        seconds = time.perf_counter() - start
+        for spec, _ in tasks:
+            self.result.timings[spec.group] = self.result.timings.get(spec.group, 0.0) + seconds / len(tasks)
+        failures = []
+        try:
+            ray.get(refs)
+            return
+        except Exception:
+            pass
+        order = {node: i for i, node in enumerate(self.ir.graph.nodes)}
+        for spec, ref in tasks:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError as exc:
+                if spec.member is not None:
+                    raise _MemberLost(spec) from None
+                failures.append((spec, exc))
+            except Exception as exc:
+                failures.append((spec, exc))
+
+        def rank(item):
+            spec, exc = item
+            cause = getattr(exc, "cause", None)
+            real = isinstance(cause, StageFailure)
+            where = getattr(cause, "node", None) or spec.group
+            partition = getattr(cause, "partition", None)
+            return (not real, order.get(where.split(".")[0], len(order)),
+                    partition if partition is not None else 1 << 30)
+        raise self.task_error(min(failures, key=rank)[1]) from None
 
     def fetch(self, refs: list) -> list:
-        """The values of ``refs``, reporting progress meanwhile (also of the tasks upstream
-        of ``refs``, which finish first)."""
-        waiting = set(refs)
-        while self.watched and waiting:
-            pool = list(self.watched) + [r for r in waiting if r not in self.watched]
-            ready, _ = self.ray.wait(pool, num_returns=1, fetch_local=False)
-            for ref in ready:
-                waiting.discard(ref)
-                if ref in self.watched:
-                    self.progress.advance(self.watched.pop(ref))
+        """The values of ``refs``; a failure names the stage that failed."""
         try:
             return self.ray.get(refs)
-        except Exception:
-            for ref in refs:  # find the first failing task and name it
-                try:
-                    self.ray.get(ref)
-                except Exception as exc:
-                    raise self.task_error(exc) from None
-            raise
-
-    def _drain(self) -> None:
-        """Report the tasks that finished while nobody waited on them."""
-        if not self.watched:
-            return
-        try:
-            ready, _ = self.ray.wait(list(self.watched), num_returns=len(self.watched), timeout=0,
-                                     fetch_local=False)
-        except Exception:
-            return
-        for ref in ready:
-            self.progress.advance(self.watched.pop(ref))
+        except Exception as exc:
+            raise self.task_error(exc) from None
 
     def task_error(self, exc: BaseException) -> PipelineRuntimeError:
         """A Ray failure as a pipec error naming the stage (and partition) that failed."""
@@ -349,203 +422,9 @@ class RayDriver(Driver):
                               "use more partitions, or ask for `resources { memory ... }`")
         return self.error("ray", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", None)
 
-    # ---- sources and element-wise stages
-
-    def collection_source(self, node: str, op: ir.Source):
-        k = self.value(op.partitions)
-        args = [self.value(a) for a in op.args]
-        kwargs = {key: self.value(v) for key, v in op.kwargs.items()}
-        if read_in_tasks(op):
-            self.env[node] = self._fresh_source(node, op, k, args, kwargs)
-            if node in self.low.fused:
-                return self.env[node]
-            return self.produce(node, Chain(node, (), True))
-        self.progress.stage(node, k)
-        parts = self.read_source(node, op, k, args, kwargs)
-        try:
-            refs = [self.ray.put(p) for p in parts]
-        except Exception as exc:
-            raise self.error(node, f"a partition cannot be put in Ray's object store ({type(exc).__name__}: "
-                                   f"{exc})", op.span, "return plain data (numbers, strings, lists, numpy arrays)") \
-                from None
-        self.progress.advance(node, k)
-        return Parts(refs)
-
-    def _fresh_source(self, node: str, op: ir.Source, k: int, args: list, kwargs: dict) -> Fresh:
-        """A source whose partitions its readers' tasks make: a range block (left a
-        ``range``), a text file's own lines, or a sharded call."""
-        if op.kind == "range":
-            return Fresh(s.RangeSlice(node, args[0], k), k)
-        if op.kind == "read_text":
-            # The driver counts the lines (streamed, C speed); each task decodes its own bytes.
-            # A relative path means the driver's working directory, not the worker's.
-            path = os.path.abspath(args[0])
-            try:
-                index = self.ray.put(sources.line_index(path))
-            except OSError as exc:
-                raise self.cannot_read(node, op, args[0], exc) from None
-            return Fresh(s.ReadText(node, path, k, index=0), k, slots=(index,))
-        return Fresh(s.Sharded(node, _fn(op.fn), tuple(args), tuple(kwargs.items()), k, _policy(op)), k)
-
-    def collection_elementwise(self, node: str, op: ir.Elementwise):
-        if node in self.low.fused:
-            return FUSED
-        if op.pool is not None:
-            return Parts(self.run_pool(node, op))
-        chain = self.low.chain(node, "input")
-        out = self.produce(node, Chain(chain.head, chain.steps + (node,), chain.head_fused))
-        if actor_handles(self.ir, node, op) or not self.ir.consumers(node):
-            # Graph-level calls after this stage must see its calls; and an unused
-            # stage's failure must still surface.
-            self.fetch(out.refs)
-            self._checkpoint_handle_actors(op)
-        return out
-
-    def _checkpoint_handle_actors(self, op: ir.Elementwise) -> None:
-        """Snapshot each restartable actor the stage called through handles: those calls
-        are in no replay log, so a later restart must find them in the snapshot."""
-        for name, operand in op.bindings.items():
-            node = getattr(operand, "node", None)
-            if node in self.actors and self.ir.op(node).restarts > 0:
-                self.ray.get(self.actors[node].checkpoint.remote())
-
-    # ---- keyed operations
-
-    def collection_reduce_by_key(self, node: str, op: ir.ReduceByKey):
-        return self._shuffle(node, op, s.Merge(node, "reduce_by_key", _fn(op.fn), _policy(op)))
-
-    def collection_group_by_key(self, node: str, op: ir.GroupByKey):
-        return self._shuffle(node, op, s.Merge(node, "group_by_key"))
-
-    def collection_distinct(self, node: str, op: ir.Distinct):
-        return self._shuffle(node, op, s.Merge(node, "distinct"))
-
-    def collection_join(self, node: str, op: ir.Join):
-        left, right = self.low.chain(node, "left"), self.low.chain(node, "right")
-        k = max(self._width(left.head), self._width(right.head))
-        return self._shuffled(node, s.Merge(node, "join"), k, self._split(left, node, k, "split left"),
-                              self._split(right, node, k, "split right"))
-
-    def _shuffle(self, node: str, op: ir.Op, merge: s.Merge):
-        chain = self.low.chain(node, "input")
-        k = self._width(chain.head)
-        return self._shuffled(node, merge, k, self._split(chain, node, k))
-
-    def _split(self, chain: Chain, node: str, k: int, role: str = "split") -> list[list]:
-        """Per input partition, the refs of its ``k`` buckets for ``node``."""
-        if node in self.branch_out:  # split in the tasks of a shared scan
-            return self.branch_out.pop(node)
-        invariant = self.low.invariant(node, chain)
-        if invariant:
-            cached = self.splits.get((node, role))
-            if cached is not None and cached[0] is self.env[chain.head] and cached[1] == k:
-                return cached[2]
-        buckets = self.submit(chain, node, role, buckets=k) if k else []
-        if invariant:
-            self.splits[(node, role)] = (self.env[chain.head], k, buckets)
-        return buckets
-
-    def _shuffled(self, node: str, merge: s.Merge, k: int, parts: list[list], right: list[list] = ()):
-        inputs = [[b[j] for b in parts] + [b[j] for b in right] for j in range(k)]
-        self.env[node] = Fresh(merge, k, inputs, left=len(parts))
-        if node in self.low.fused:
-            return self.env[node]
-        return self.produce(node, Chain(node, (), True), "merge")
-
-    def collection_union(self, node: str, op: ir.UnionAll):
-        return Parts([ref for part in op.parts for ref in self.parts(part.node)])
-
-    # ---- actor pools
-
-    def run_pool(self, node: str, op: ir.Elementwise) -> list:
-        """Feed partitions to the pool's actors as they free up; a partition lost with an
-        actor is sent again (the pool restarts it, or another member takes it). User code
-        is retried, and timed, by the interpreter inside the member."""
-        ray = self.ray
-        parts = self.parts(op.input.node)
-        members = list(self.pools[op.pool.node])
-        pool_op = self.ir.op(op.pool.node)
-        slots: list = []
-        step = s.Elementwise(node, op.kind, None, self._bind(op, slots), _policy(op), op.pool.node, op.method)
-        attempts_allowed = max(op.options.retries, pool_op.restarts) if not op.options.effectful else 0
-        self.progress.stage(node, len(parts))
-        out: list = [None] * len(parts)
-        queue = deque(range(len(parts)))
-        free = deque(range(len(members)))
-        running: dict[Any, tuple[int, int]] = {}
-        attempts = [0] * len(parts)
-        while queue or running:
-            while queue and free:
-                i, m = queue.popleft(), free.popleft()
-                ok, out[i] = members[m].run.options(num_returns=2).remote(step, i, parts[i], *slots)
-                running[ok] = (i, m)
-            ready, _ = ray.wait(list(running), num_returns=1)
-            for ref in ready:
-                i, m = running.pop(ref)
-                try:
-                    ray.get(ref)
-                except ray.exceptions.RayActorError as exc:
-                    if isinstance(exc, ray.exceptions.ActorDiedError) and not self._alive(members[m]):
-                        members[m] = None
-                    if attempts[i] >= attempts_allowed or not any(members):
-                        raise self.error(node, f"an actor of pool `{op.pool.node}` died while serving partition "
-                                               f"{i}", op.span,
-                                         "give the pool `restarts N` or the stage `retries N`") from None
-                    attempts[i] += 1
-                    queue.append(i)
-                    if members[m] is not None:
-                        free.append(m)
-                    continue
-                except Exception as exc:
-                    raise self.task_error(exc) from None
-                free.append(m)
-                self.progress.advance(node)
-        return out
-
-    def _alive(self, handle) -> bool:
-        try:
-            self.ray.get(handle.__ray_ready__.remote(), timeout=ACTOR_RESTART_WAIT)
-            return True
-        except Exception:
-            return False
-
-    # ---- values from collections
-
-    def op_reduce(self, node: str, op: ir.Reduce):
-        level = self.branch_out.pop(node, None)
-        if level is None:
-            level = [row[0] for row in self.submit(self.low.chain(node, "input"), node, "fold")]
-        # The tree of combine tasks, level by level, FAN_IN partials per task in partition
-        # order; the last group is folded here, where the value is needed.
-        combine, depth = s.Combine(node, _fn(op.fn), policy=_policy(op)), 0
-        while len(level) > semantics.FAN_IN:
-            depth += 1
-            remote = self.fns.finish.options(**self.low.options([node]), name=f"{node}:combine{depth}")
-            level = [remote.remote(self.paths, combine, *level[i:i + semantics.FAN_IN])
-                     for i in range(0, len(level), semantics.FAN_IN)]
-            self._watch(f"{node}:combine{depth}", level)
-        return self.reduced(node, op, self.fetch(level))
-
-    def op_count(self, node: str, op: ir.Count):
-        refs = self.branch_out.pop(node, None)
-        if refs is None:
-            refs = [row[0] for row in self.submit(self.low.chain(node, "input"), node, "count")]
-        return sum(self.fetch(refs))
-
-    def var_partitions(self, var: str) -> list[list]:
-        return self.fetch(self.parts(var))
-
-    def var_from_partitions(self, var: str, parts: list[list]):
-        return Parts([self.ray.put(part) for part in parts])
-
-    def gather(self, node: str) -> list:
-        return [x for part in self.fetch(self.parts(node)) for x in part]
-
     # ---- actors
 
     def start_actor(self, node: str, op: ir.Actor):
-        if node in self.early:
-            return self.early.pop(node)
         return self._create_actor(node, op, [self.value(a) for a in op.args],
                                   {k: self.value(v) for k, v in op.kwargs.items()})
 
@@ -554,26 +433,33 @@ class RayDriver(Driver):
         # and so do the snapshots taken after stages that call it through handles.
         snapshot = self.snapshot_path(node) if op.checkpoint_every or op.restarts > 0 else None
         name = f"pipec.{self.ir.info.name}.{node}.{self.run_id}"
-        handle = self.fns.actor.options(**self.low.actor_options(op, name)).remote(
+        handle = self.fns.actor.options(**_actor_options(op, name)).remote(
             self.paths, node, op.cls.module, op.cls.attr, args, kwargs, op.checkpoint_every, snapshot)
         self.actors[node] = handle
         self.result.recoveries[node] = 0
         return handle
 
     def start_pool(self, node: str, op: ir.Actor, size: int):
-        if node in self.early:
-            return self.early.pop(node)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise self.error(node, f"an actor pool needs a positive number of members, got {size!r}", op.span)
         return self._create_pool(node, op, size, [self.value(a) for a in op.args],
                                  {k: self.value(v) for k, v in op.kwargs.items()})
 
     def _create_pool(self, node: str, op: ir.Actor, size: int, args: list, kwargs: dict):
         members = []
         for i in range(size):
-            options = self.low.actor_options(op, f"pipec.{self.ir.info.name}.{node}.{i}.{self.run_id}")
+            options = _actor_options(op, f"pipec.{self.ir.info.name}.{node}.{i}.{self.run_id}")
             members.append(self.fns.pool.options(**options).remote(
                 self.paths, node, op.cls.module, op.cls.attr, args, kwargs))
         self.pools[node] = members
         return members
+
+    def _alive(self, handle) -> bool:
+        try:
+            self.ray.get(handle.__ray_ready__.remote(), timeout=ACTOR_RESTART_WAIT)
+            return True
+        except Exception:
+            return False
 
     def op_actor_call(self, node: str, op: ir.ActorCall):
         self.call_op, self.call_ref = op, None
@@ -622,11 +508,11 @@ class RayDriver(Driver):
             try:
                 applied = ray.get(handle.applied.remote(), timeout=max(0.1, deadline - time.monotonic()))
                 result, missing = None, True
-                for s, m, a, k in log.since(applied):
-                    r = self._actor_result(handle.call.remote(s, m, a, k))
+                for q, m, a, k in log.since(applied):
+                    r = self._actor_result(handle.call.remote(q, m, a, k))
                     if isinstance(r, Gap):
                         raise _Restarted  # restarted again mid-replay
-                    if s == seq:
+                    if q == seq:
                         result, missing = r, False
                 if missing:  # applied before the crash: the host kept its result
                     result = self._actor_result(handle.call.remote(seq, method, args, kwargs))

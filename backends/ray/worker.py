@@ -9,6 +9,7 @@ import pickle
 from functools import lru_cache
 
 from pipec.backends.physical import steps as s
+from pipec.backends.runtime import semantics, sources
 from pipec.backends.runtime.actors import VersionedHost
 from pipec.backends.runtime.interpreter import Given, StageFailure, failure, run_elementwise, run_finisher
 from pipec.backends.runtime.interpreter import run_segment as interpret
@@ -38,38 +39,67 @@ def _short(body):
 
 
 @lru_cache(maxsize=64)
-def _segment(blob: bytes) -> s.Segment:
+def _unpack(blob: bytes) -> s.Segment:
     """A worker unpickles each segment once: it is frozen, and functions must not change
     their inputs (literal bindings included; the local backend checks it)."""
     return pickle.loads(blob)
 
 
-def run_segment(task: tuple, *args):
-    """``task`` is ``(module paths, pickled segment, partition, left, right)``: the driver
-    pickles a segment once for all its tasks (Ray pickling it per task costs ~80 us more
-    per submit). The first ``left + right`` of ``args`` are the input: the partition (an
-    Input head), or the buckets meant for this partition of every source partition (a
-    Merge head; a join's ``right`` side last); the rest are the slots. A task of several
-    outputs (a split, a shared scan) gives them as its Ray returns."""
-    paths, blob, partition, left, right = task
+def segment(paths: tuple, blob: bytes, partition: int, items, *bound):
+    """One partition of a segment (``blob``: pickled once by the driver; ``items``: the
+    input partition, None when the head makes it). A split gives its buckets as the
+    task's Ray returns."""
     ensure_path(paths)
-    segment = _segment(blob)
-    n = left + right
-    items = None
-    if isinstance(segment.head, s.Merge):
-        items = [(0, i, b) for i, b in enumerate(args[:left])] + [(1, i, b) for i, b in enumerate(args[left:n])]
-    elif n:
-        items = args[0]
-    out = _short(lambda: interpret(segment, partition, items, _slots(args[n:])))
-    if isinstance(segment.terminal, (s.Split, s.Branches)) and s.outputs_of(segment.terminal) == 1:
-        return out[0]  # one Ray return: the object itself
+    seg = _unpack(blob)
+    return _returns(seg, _short(lambda: interpret(seg, partition, items, _slots(bound))))
+
+
+def merge(paths: tuple, blob: bytes, partition: int, sides: tuple, *bound):
+    """The reduce side of a shuffle: the driver passes bucket ``partition`` of every split
+    output in the slots ``sides[side]`` (in source-partition order)."""
+    ensure_path(paths)
+    seg = _unpack(blob)
+    records = [(side, i, bound[slot]) for side, slots in enumerate(sides) for i, slot in enumerate(slots)]
+    return _returns(seg, _short(lambda: interpret(seg, partition, records, _slots(bound))))
+
+
+def _returns(seg: s.Segment, out):
+    if isinstance(seg.terminal, s.Split) and s.outputs_of(seg.terminal) <= 1:
+        return out[0] if out else None  # one Ray return: the object itself
     return out
 
 
-def finish(paths: tuple, step: s.Finisher, *partials):
-    """One node of a reduction tree: ``partials`` in partition order."""
+def finish(paths: tuple, step, *partials):
+    """A combine node of a reduction tree, a count's total or a top's final merge."""
     ensure_path(paths)
-    return _short(lambda: run_finisher(step, partials))
+    return _short(lambda: run_finisher(step, list(partials)))
+
+
+def source_call(paths: tuple, where: str, fn: s.Fn, args: list, kwargs: dict) -> list:
+    """All items of a callable source (called once, on a worker)."""
+    ensure_path(paths)
+    try:
+        return list(resolve(fn.module, fn.attr)(*args, **kwargs))
+    except Exception as exc:
+        raise failure(where, None, exc).with_traceback(None) from None
+
+
+def take_part(paths: tuple, where: str, i: int, k: int, items: list) -> list:
+    """Partition i of k contiguous blocks of ``items``."""
+    a, b = semantics.partition_bounds(len(items), k)[i]
+    return list(items[a:b])
+
+
+def line_index(paths: tuple, where: str, path: str):
+    """The text file's line index (see :func:`sources.line_index`)."""
+    try:
+        return sources.line_index(path)
+    except OSError as exc:
+        raise StageFailure(where, None, "plain", f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+BODIES = {"segment": segment, "merge": merge, "finish": finish, "source_call": source_call,
+          "take_part": take_part, "line_index": line_index}
 
 
 class Gap:
@@ -139,12 +169,12 @@ class PoolMember:
         except Exception as exc:
             self.failed = failure(name, None, exc)
 
-    def run(self, step: s.Elementwise, partition: int, items: list, *values):
-        """(True, output partition): two returns, so the driver learns of success cheaply."""
+    def run(self, step: s.Elementwise, partition: int, seq: int, items: list, *values):
+        """One partition of a stage served by this member (calls arrive in ``seq`` order)."""
         if self.failed is not None:
             raise self.failed
         fn = getattr(self.obj, step.method)
-        return True, _short(lambda: run_elementwise(step, items, partition, _slots(values), fn))
+        return _short(lambda: run_elementwise(step, items, partition, _slots(values), fn))
 
 
 @lru_cache(maxsize=None)
@@ -153,8 +183,7 @@ def remote_calls():
     import ray
 
     class Remote:
-        segment = ray.remote(run_segment)
-        finish = ray.remote(finish)
+        bodies = {name: ray.remote(body) for name, body in BODIES.items()}
         actor = ray.remote(ActorServer)
         pool = ray.remote(PoolMember)
     return Remote
