@@ -23,9 +23,8 @@ from distributed import WorkerPlugin, as_completed, wait
 from pipec.compiler import ir
 from pipec.backends.base import NoProgress
 from pipec.backends.dask import worker
-from pipec.backends.physical.planner import (Arg, DriverStep, GraphStep, LoopStep, Ref, Rounds, Seq, StepLowering,
-                                             key_of)
-from pipec.backends.runtime.driver import Driver
+from pipec.backends.physical.planner import Arg, GraphStep, Ref, Rounds, Seq, StepLowering, key_of
+from pipec.backends.runtime.driver import PlannedDriver
 from pipec.backends.runtime.interpreter import StageFailure
 from pipec.backends.runtime.tasks import ensure_path
 
@@ -143,7 +142,7 @@ class LiveContext:
         return len(self.driver.env[pool].futures)
 
 
-class DaskDriver(Driver):
+class DaskDriver(PlannedDriver):
     backend = "dask"
     resumable = True
 
@@ -206,22 +205,6 @@ class DaskDriver(Driver):
 
     # ---- blocks
 
-    def run_block(self, block) -> None:
-        for item in self.top_items(block):
-            self.run_item(item)
-
-    def top_items(self, block) -> list:
-        """The block's planned steps: graphs, and driver nodes and loops as the shared
-        driver knows them (so records and resuming work on them unchanged)."""
-        return [step.node if isinstance(step, DriverStep) else step.block if isinstance(step, LoopStep) else step
-                for step in self.planner.steps_for(block.items)]
-
-    def run_item(self, item) -> None:
-        if isinstance(item, GraphStep):
-            self.run_graph(item)
-        else:
-            super().run_item(item)
-
     def var_partitions(self, var: str) -> list[list]:
         return [worker.unseal(part) for part in self.client.gather(self.env[var].futures)]
 
@@ -241,9 +224,6 @@ class DaskDriver(Driver):
     def gather(self, node: str) -> list:
         parts = self.client.gather(self.env[node].futures)
         return [x for part in parts for x in worker.unseal(part)]
-
-    def count(self, node: str) -> int:
-        return len(self.gather(node))
 
     # ---- graph steps
 

@@ -13,8 +13,8 @@ from typing import Any
 from pipec.compiler import ir
 from pipec.backends.base import NoProgress, RunResult
 from pipec.backends.physical import steps as s
-from pipec.backends.physical.planner import Arg, DriverStep, GraphStep, LoopStep, Ref, Rounds, Seq, StepLowering
-from pipec.backends.runtime.driver import Driver
+from pipec.backends.physical.planner import Arg, GraphStep, Ref, Rounds, Seq, StepLowering
+from pipec.backends.runtime.driver import PlannedDriver
 from pipec.backends.runtime.interpreter import StageFailure
 from pipec.dsl.diagnostics import PipelineRuntimeError
 from pipec.backends.ray.worker import Gap, remote_calls
@@ -104,7 +104,7 @@ class LiveContext:
         return len(self.driver.pools[pool])
 
 
-class RayDriver(Driver):
+class RayDriver(PlannedDriver):
     backend = "ray"
     resumable = True
 
@@ -155,22 +155,6 @@ class RayDriver(Driver):
 
     # ---- blocks
 
-    def run_block(self, block) -> None:
-        for item in self.top_items(block):
-            self.run_item(item)
-
-    def top_items(self, block) -> list:
-        """The block's planned steps: graphs, and driver nodes and loops as the shared
-        driver knows them (so records and resuming work on them unchanged)."""
-        return [step.node if isinstance(step, DriverStep) else step.block if isinstance(step, LoopStep) else step
-                for step in self.planner.steps_for(block.items)]
-
-    def run_item(self, item) -> None:
-        if isinstance(item, GraphStep):
-            self.run_graph(item)
-        else:
-            super().run_item(item)
-
     def var_partitions(self, var: str) -> list[list]:
         return self.fetch(self.env[var].refs)
 
@@ -193,9 +177,6 @@ class RayDriver(Driver):
 
     def gather(self, node: str) -> list:
         return [x for part in self.fetch(self.env[node].refs) for x in part]
-
-    def count(self, node: str) -> int:
-        return len(self.gather(node))
 
     # ---- graph steps
 

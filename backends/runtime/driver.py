@@ -15,7 +15,7 @@ from typing import Any
 
 from pipec.compiler import ir
 from pipec.compiler.schedule import Block, blocks
-from pipec.backends.physical.planner import order_of
+from pipec.backends.physical.planner import DriverStep, GraphStep, LoopStep, Planner, order_of
 from pipec.dsl.diagnostics import PipelineRuntimeError, UsageError
 from pipec.dsl.source import SourceFile, Span
 from pipec.backends.base import NoProgress, Progress, RunResult
@@ -522,3 +522,31 @@ class Driver:
 
     def count(self, node: str) -> int:
         return len(self.gather(node))
+
+
+class PlannedDriver(Driver):
+    """A driver that runs the shared physical plan: every block as the planner's steps
+    (graphs of tasks, driver nodes, loops). A subclass sets ``planner`` and implements
+    ``run_graph`` with its engine's calls."""
+
+    planner: Planner
+
+    def run_block(self, block: Block) -> None:
+        for item in self.top_items(block):
+            self.run_item(item)
+
+    def top_items(self, block: Block) -> list:
+        """The block's planned steps: graphs, and driver nodes and loops as the shared
+        driver knows them (so records and resuming work on them unchanged)."""
+        return [step.node if isinstance(step, DriverStep) else step.block if isinstance(step, LoopStep) else step
+                for step in self.planner.steps_for(block.items)]
+
+    def run_item(self, item) -> None:
+        if isinstance(item, GraphStep):
+            self.run_graph(item)
+        else:
+            super().run_item(item)
+
+    def run_graph(self, step: GraphStep) -> None:
+        """Submit one graph step's tasks and keep what later steps read."""
+        raise NotImplementedError
