@@ -674,3 +674,48 @@ def test_top_from_partition_candidates_is_top_of_everything():
         expected = semantics.top(everything, n, by)
         got = semantics.top_merge([semantics.top_partial(p, n, by, order) for p in parts], n, by, order)
         assert got == expected, (trial, parts, n, order)
+
+
+def test_driver_killed_mid_run_resumes_to_the_clean_weights(workdir):
+    """The driver and its embedded Dask cluster die together (SIGKILL to the process
+    group) in the middle of examples/train.pipe; `pipec run --resume` restores the
+    parameter server from the snapshot the last record names, applies the calls made
+    since exactly once, and ends with the weights of a clean run."""
+    import pickle
+    psutil = pytest.importorskip("psutil")
+    params = ["-p", "epochs=100", "-p", "rows=8000"]
+    run_dir = workdir / "crashed"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DASK_SCHEDULER_ADDRESS": ""}
+    driver = subprocess.Popen([sys.executable, "-m", "pipec", "run", "examples/train.pipe", "--backend", "dask",
+                               "--run-dir", str(run_dir), *params], cwd=workdir, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    record = run_dir / "resume" / "state.pickle"
+    deadline = time.time() + 240
+    family: list = []
+    try:
+        while time.time() < deadline and driver.poll() is None:
+            try:
+                if record.exists() and pickle.loads(record.read_bytes()).rounds >= 3:
+                    break
+            except (EOFError, pickle.UnpicklingError):
+                pass
+            time.sleep(0.02)
+        assert driver.poll() is None, "the run ended before it could be killed"
+        family = psutil.Process(driver.pid).children(recursive=True)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        for proc in family:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        driver.wait()
+    stopped_at = pickle.loads(record.read_bytes()).rounds
+    assert 3 <= stopped_at < 100 and not (workdir / "out" / "weights.json").exists()
+    resumed = subprocess.run([sys.executable, "-m", "pipec", "run", "examples/train.pipe", "--backend", "dask",
+                              "--resume", str(run_dir), *params], cwd=workdir, env=env, capture_output=True,
+                             text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "distributed." not in resumed.stderr and "Traceback" not in resumed.stderr
+    clean = load(Path("examples/train.pipe")).run(backend="local", params={"epochs": 100, "rows": 8000})
+    assert (workdir / "out" / "weights.json").read_bytes() == Path(clean.files["weights"]).read_bytes()
