@@ -210,3 +210,61 @@ def test_a_killed_runs_staged_sinks_are_cleaned_by_the_next_run_of_the_folder(tm
                  "cleanup")
     load(path).run(backend="local", run_dir=str(tmp_path / "run"))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b.json"]
+
+
+# Rounds long enough to kill the driver mid-run: Spark's rounds are slower (jobs, JVM).
+_KILL_EPOCHS = {"dask": 100, "ray": 100, "spark": 10}
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b in _KILL_EPOCHS])
+def test_a_driver_killed_mid_run_resumes_to_the_clean_weights(backend, workdir):
+    """The driver and the engine it started die together (SIGKILL to the process group and
+    its children) in the middle of examples/train.pipe; `pipec run --resume` restores the
+    parameter server from the snapshot the last record names, applies the calls made since
+    exactly once, and ends with the weights of a clean run."""
+    import pickle
+    import signal
+    import time
+    psutil = pytest.importorskip("psutil")
+    epochs = _KILL_EPOCHS[backend]
+    params = ["-p", f"epochs={epochs}", "-p", "rows=8000"]
+    run_dir = workdir / "crashed"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": "", "DASK_SCHEDULER_ADDRESS": ""}
+    driver = subprocess.Popen([sys.executable, "-m", "pipec", "run", "examples/train.pipe", "--backend", backend,
+                               "--run-dir", str(run_dir), *params], cwd=workdir, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    record = run_dir / "resume" / "state.pickle"
+    deadline = time.time() + 240
+    family: list = []
+    try:
+        while time.time() < deadline and driver.poll() is None:
+            try:
+                if record.exists() and pickle.loads(record.read_bytes()).rounds >= 2:
+                    break
+            except (EOFError, pickle.UnpicklingError):
+                pass
+            time.sleep(0.02)
+        assert driver.poll() is None, "the run ended before it could be killed"
+        family = psutil.Process(driver.pid).children(recursive=True)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        for proc in family:  # engine processes in sessions of their own (Ray's)
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        driver.wait()
+    stopped_at = pickle.loads(record.read_bytes()).rounds
+    assert 2 <= stopped_at < epochs and not (workdir / "out" / "weights.json").exists()
+
+    def resume():
+        return subprocess.run([sys.executable, "-m", "pipec", "run", "examples/train.pipe", "--backend", backend,
+                               "--resume", str(run_dir), *params], cwd=workdir, env=env, capture_output=True,
+                              text=True, timeout=240)
+    resumed = resume()
+    assert resumed.returncode == 0, resumed.stderr
+    assert not [n for n in _NOISE if n in resumed.stdout + resumed.stderr], resumed.stderr
+    clean = load(Path("examples/train.pipe")).run(backend="local", params={"epochs": epochs, "rows": 8000})
+    assert (workdir / "out" / "weights.json").read_bytes() == Path(clean.files["weights"]).read_bytes()
+    again = resume()
+    assert again.returncode == 2 and "finished already" in again.stderr

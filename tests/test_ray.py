@@ -467,49 +467,6 @@ def test_pipec_run_on_an_embedded_runtime_is_quiet_and_matches_local(workdir):
     assert (workdir / "out" / "top.json").read_bytes() == expected
 
 
-def test_driver_killed_mid_run_resumes_to_the_clean_weights(workdir):
-    """The driver and its embedded Ray die together (SIGKILL to the process group) in the
-    middle of examples/train.pipe; `pipec run --resume` restores the parameter server from
-    the snapshot the last record names, applies the calls made since exactly once, and
-    ends with the weights of a clean run."""
-    import pickle
-    psutil = pytest.importorskip("psutil")
-    params = ["-p", "epochs=100", "-p", "rows=8000"]  # rounds of ~20 ms: time to kill it mid-run
-    run_dir = workdir / "crashed"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ""}
-    driver = subprocess.Popen([sys.executable, "-m", "pipec", "run", "examples/train.pipe", "--backend",
-                               "ray", "--run-dir", str(run_dir), *params], cwd=workdir, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    record = run_dir / "resume" / "state.pickle"
-    deadline = time.time() + 240
-    family: list = []
-    try:
-        while time.time() < deadline and driver.poll() is None:
-            if record.exists() and pickle.loads(record.read_bytes()).rounds >= 3:
-                break
-            time.sleep(0.02)
-        assert driver.poll() is None, "the run ended before it could be killed"
-        family = psutil.Process(driver.pid).children(recursive=True)
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)
-        for proc in family:  # Ray's own processes, in sessions of their own
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        driver.wait()
-    stopped_at = pickle.loads(record.read_bytes()).rounds
-    assert 3 <= stopped_at < 100 and not (workdir / "out" / "weights.json").exists()
-    resumed = _pipec(["run", "examples/train.pipe", "--backend", "ray", "--resume", str(run_dir), *params], workdir,
-                     env={"RAY_ADDRESS": ""})
-    assert resumed.returncode == 0, resumed.stderr
-    _quiet(resumed.stdout, resumed.stderr)
-    clean = load(Path("examples/train.pipe")).run(backend="local", params={"epochs": 100, "rows": 8000})
-    assert (workdir / "out" / "weights.json").read_bytes() == Path(clean.files["weights"]).read_bytes()
-    again = _pipec(["run", "examples/train.pipe", "--backend", "ray", "--resume", str(run_dir), *params], workdir)
-    assert again.returncode == 2 and "finished already" in again.stderr
-
-
 def test_an_unreachable_address_fails_fast_with_a_hint(workdir):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
-import signal
 import subprocess
 import sys
 import time
@@ -280,36 +278,6 @@ def test_pipec_run_is_quiet(workdir):
     assert "finished on spark" in result.stderr
     assert (workdir / "run1" / "spark.log").stat().st_size > 0  # Spark's output went here
     assert (workdir / "out" / "top.json").exists()
-
-
-def test_driver_killed_mid_run_resumes_to_the_clean_weights(workdir):
-    params = ["-p", "epochs=10", "-p", "rows=8000"]
-    run_dir = workdir / "crashed"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    driver = subprocess.Popen([sys.executable, "-m", "pipec", "run", "examples/train.pipe", "--backend",
-                               "spark", "--run-dir", str(run_dir), *params], cwd=workdir, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    record = run_dir / "resume" / "state.pickle"
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline and driver.poll() is None:
-            if record.exists() and pickle.loads(record.read_bytes()).rounds >= 2:
-                break
-            time.sleep(0.05)
-        time.sleep(0.1)  # into the next round
-        assert driver.poll() is None, "the run ended before it could be killed"
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver, its JVM and the Python workers
-        driver.wait()
-    stopped_at = pickle.loads(record.read_bytes()).rounds
-    assert 2 <= stopped_at < 10 and not (workdir / "out" / "weights.json").exists()
-    resumed = cli("run", "examples/train.pipe", "--backend", "spark", "--resume", str(run_dir), *params, cwd=workdir)
-    assert resumed.returncode == 0, resumed.stderr
-    got = (workdir / "out" / "weights.json").read_bytes()
-    clean = load("examples/train.pipe").run(backend="local", params={"epochs": 10, "rows": 8000})
-    assert got == Path(clean.files["weights"]).read_bytes()
-    again = cli("run", "examples/train.pipe", "--backend", "spark", "--resume", str(run_dir), *params, cwd=workdir)
-    assert again.returncode == 2 and "finished already" in again.stderr
 
 
 def test_resume_is_refused_where_it_cannot_work(workdir, spark):

@@ -24,7 +24,7 @@ from pipec.compiler import ir
 from pipec.backends.base import NoProgress
 from pipec.backends.dask import worker
 from pipec.backends.physical.planner import Arg, GraphStep, Ref, Rounds, Seq, StepLowering, key_of
-from pipec.backends.runtime.driver import PlannedDriver
+from pipec.backends.runtime.driver import LiveContext, PlannedDriver
 from pipec.backends.runtime.interpreter import StageFailure
 from pipec.backends.runtime.tasks import ensure_path
 
@@ -122,26 +122,6 @@ def _worker_addresses(dask_scheduler=None) -> list[str]:
     return sorted(dask_scheduler.workers)
 
 
-class LiveContext:
-    """Partition counts and pool sizes as they are in this run."""
-
-    def __init__(self, driver: "DaskDriver"):
-        self.driver = driver
-
-    def partitions(self, node: str, operand) -> int:
-        k = self.driver.value(operand)
-        if not isinstance(k, int) or isinstance(k, bool):
-            op = self.driver.ir.op(node)
-            raise self.driver.error(node, f"`partitions` needs an integer, got {k!r}", op.span)
-        return max(0, k)
-
-    def nparts(self, node: str) -> int:
-        return len(self.driver.env[node].futures)
-
-    def pool_size(self, pool: str) -> int:
-        return len(self.driver.env[pool].futures)
-
-
 class DaskDriver(PlannedDriver):
     backend = "dask"
     resumable = True
@@ -204,6 +184,12 @@ class DaskDriver(PlannedDriver):
         self.env.clear()
 
     # ---- blocks
+
+    def nparts(self, node: str) -> int:
+        return len(self.env[node].futures)
+
+    def pool_size(self, pool: str) -> int:
+        return len(self.env[pool].futures)
 
     def var_partitions(self, var: str) -> list[list]:
         return [worker.unseal(part) for part in self.client.gather(self.env[var].futures)]

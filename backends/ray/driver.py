@@ -14,7 +14,7 @@ from pipec.compiler import ir
 from pipec.backends.base import NoProgress, RunResult
 from pipec.backends.physical import steps as s
 from pipec.backends.physical.planner import Arg, GraphStep, Ref, Rounds, Seq, StepLowering
-from pipec.backends.runtime.driver import PlannedDriver
+from pipec.backends.runtime.driver import LiveContext, PlannedDriver
 from pipec.backends.runtime.interpreter import StageFailure
 from pipec.dsl.diagnostics import PipelineRuntimeError
 from pipec.backends.ray.worker import Gap, remote_calls
@@ -85,25 +85,6 @@ class _MemberLost(Exception):
     """A pool member died while serving a partition: the graph runs again."""
 
 
-class LiveContext:
-    """Partition counts and pool sizes as they are in this run."""
-
-    def __init__(self, driver: "RayDriver"):
-        self.driver = driver
-
-    def partitions(self, node: str, operand) -> int:
-        k = self.driver.value(operand)
-        if not isinstance(k, int) or isinstance(k, bool):
-            raise self.driver.error(node, f"`partitions` needs an integer, got {k!r}", self.driver.ir.op(node).span)
-        return max(0, k)
-
-    def nparts(self, node: str) -> int:
-        return len(self.driver.env[node].refs)
-
-    def pool_size(self, pool: str) -> int:
-        return len(self.driver.pools[pool])
-
-
 class RayDriver(PlannedDriver):
     backend = "ray"
     resumable = True
@@ -154,6 +135,12 @@ class RayDriver(PlannedDriver):
                                      "lower the stage's `resources`, or run on a cluster that has them")
 
     # ---- blocks
+
+    def nparts(self, node: str) -> int:
+        return len(self.env[node].refs)
+
+    def pool_size(self, pool: str) -> int:
+        return len(self.pools[pool])
 
     def var_partitions(self, var: str) -> list[list]:
         return self.fetch(self.env[var].refs)

@@ -524,6 +524,26 @@ class Driver:
         return len(self.gather(node))
 
 
+class LiveContext:
+    """Partition counts and pool sizes as they are in this run, for the planner's
+    StepLowering (a plan made before running uses the static ones)."""
+
+    def __init__(self, driver: "PlannedDriver"):
+        self.driver = driver
+
+    def partitions(self, node: str, operand) -> int:
+        k = self.driver.value(operand)
+        if not isinstance(k, int) or isinstance(k, bool):
+            raise self.driver.error(node, f"`partitions` needs an integer, got {k!r}", self.driver.ir.op(node).span)
+        return max(0, k)
+
+    def nparts(self, node: str) -> int:
+        return self.driver.nparts(node)
+
+    def pool_size(self, pool: str) -> int:
+        return self.driver.pool_size(pool)
+
+
 class PlannedDriver(Driver):
     """A driver that runs the shared physical plan: every block as the planner's steps
     (graphs of tasks, driver nodes, loops). A subclass sets ``planner`` and implements
@@ -549,4 +569,12 @@ class PlannedDriver(Driver):
 
     def run_graph(self, step: GraphStep) -> None:
         """Submit one graph step's tasks and keep what later steps read."""
+        raise NotImplementedError
+
+    def nparts(self, node: str) -> int:
+        """How many partitions collection ``node`` holds in this run."""
+        raise NotImplementedError
+
+    def pool_size(self, pool: str) -> int:
+        """How many members actor pool ``pool`` has in this run."""
         raise NotImplementedError
