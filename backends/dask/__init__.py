@@ -14,130 +14,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import networkx as nx
-
-from pipec.compiler import ir
-from pipec.compiler.capabilities import FEATURES
-from pipec.dsl.diagnostics import Diagnostic
-from pipec.backends.base import Backend, Plan, Progress, RunResult
-from pipec.backends.dask.engine import LocalShape, scheduler_address
-from pipec.backends.physical import explain as explaining
-from pipec.backends.physical.planner import PhysicalPlan
-
-KEY_NOTE = ("each task is a Dask key: `stage-i` is partition i of a stage, a bare name is a value; "
-            "at run time every key gets the suffix @RUN.N (N numbers the graphs submitted), so rounds "
-            "never collide")
+# Every Dask worker imports this package on its way to `backends.dask.worker`, so importing
+# it must stay cheap: the backend (which needs the compiler, networkx and pydantic) is loaded
+# only when it is asked for.
+_LAZY = {"DaskBackend": "pipec.backends.dask.plan", "DaskPlan": "pipec.backends.dask.plan"}
 
 
-class DaskBackend(Backend):
-    name = "dask"
-    description = "Dask task graphs on an embedded local cluster, or on a scheduler (--address)"
-    # Actors are Dask actors made fault tolerant by checkpoint and replay, timeouts are
-    # the interpreter's. GPUs need a cluster whose workers have them.
-    capabilities = frozenset(FEATURES)
-    engine_module, extra = "distributed", "dask"
-
-    def __init__(self, address: str | None = None, shape: LocalShape | None = None, client=None):
-        """``address`` of a scheduler, the ``shape`` of the embedded cluster, or a
-        :class:`distributed.Client` the caller keeps (``client``)."""
-        super().__init__(address)
-        self.client = client
-        self.shape = shape
-        self.scheduler = scheduler_address(address)
-
-    def local_shape(self) -> LocalShape | None:
-        """The embedded cluster's shape; None when a scheduler or a client is given."""
-        if self.scheduler or self.client is not None:
-            return None
-        return self.shape or LocalShape.of_machine()
-
-    def check(self, graph: ir.IR) -> list[Diagnostic]:
-        """Capability gaps, and stages asking for more than a worker of the embedded
-        cluster has (they would wait forever)."""
-        out = super().check(graph)
-        shape = self.local_shape()
-        if shape is None:
-            return out
-        for node, op in graph.items():
-            options = getattr(op, "options", None)
-            if options is None:
-                continue
-            r = options.resources
-            wanted = []
-            if r.gpus:
-                wanted.append(("a GPU", "no worker of the local cluster has a GPU"))
-            if r.cpus is not None and r.cpus > shape.threads:
-                wanted.append((f"{r.cpus:g} cpus", f"each worker of the local cluster has {shape.threads}"))
-            if r.memory is not None and r.memory > shape.memory:
-                wanted.append((f"{r.memory / 2**30:.1f} GiB of memory",
-                               f"each worker of the local cluster has {shape.memory / 2**30:.1f} GiB"))
-            for what, why in wanted:
-                out.append(self.refusal(graph, op.span, f"stage `{op.name or node}` needs {what}: {why}",
-                                        "ask for less, or run on a cluster that has it (--address)"))
-        return out
-
-    def lower(self, graph: ir.IR, params: dict[str, Any]) -> "DaskPlan":
-        return DaskPlan(graph, params, self.scheduler, self.local_shape(), self.client)
-
-
-class DaskPlan(Plan):
-    """The physical plan on Dask: every graph step is one Dask task graph whose keys are
-    the plan's task keys; actors are Dask actors."""
-
-    backend = "dask"
-
-    def __init__(self, graph: ir.IR, params: dict[str, Any], address: str | None, shape: LocalShape | None,
-                 client=None):
-        super().__init__(graph, params)
-        self.address = address
-        self.shape = shape
-        self.client = client
-        self.physical = PhysicalPlan(graph, params)
-
-    # ---- what runs
-
-    @property
-    def mapping(self) -> explaining.Mapping:
-        engine = (f"Dask scheduler at {self.address}" if self.address else
-                  self.shape.describe() if self.shape else "the Dask cluster of the given client")
-        return explaining.Mapping(
-            "dask", engine, KEY_NOTE,
-            {"address": self.address, "embedded": self.address is None,
-             **({"workers": self.shape.workers, "threads_per_worker": self.shape.threads,
-                 "memory_per_worker": self.shape.memory} if self.shape else {})},
-            task_notes=lambda spec: [f"next to {spec.member[0]} member {spec.member[1]}"] if spec.member else [],
-            actor_text=_actor_text)
-
-    def explain(self) -> str:
-        return explaining.explain(self.physical, self.mapping)
-
-    def to_json(self) -> dict:
-        return explaining.to_json(self.physical, self.mapping)
-
-    def graph(self) -> nx.DiGraph:
-        return explaining.graph(self.physical, self.mapping)
-
-    # ---- running
-
-    def run(self, progress: Progress | None = None, run_dir: str | None = None, resume: bool = False) -> RunResult:
-        """Run on the embedded cluster (started and stopped here), on ``address``, or on
-        the backend's ``client`` (a :class:`distributed.Client` the caller keeps)."""
-        from pipec.backends.dask.driver import DaskDriver
-        from pipec.backends.dask.engine import Session
-        driver = DaskDriver(self, None, progress, run_dir, resume)
-        with Session(self.address, self.shape or LocalShape.of_machine(), driver.run_dir / "engine.log",
-                     self.client) as live:
-            driver.client = live
-            with live.as_current():  # actor handles unpickled here bind to this client
-                result = driver.run()
-        self.last_driver = driver
-        return result
-
-
-def _actor_text(op: ir.Actor) -> str:
-    if op.pool_size is not None:
-        return "  -- a pool of Dask actors, spread over the workers"
-    extra = [f"restarts {op.restarts}"]
-    if op.checkpoint_every:
-        extra.append(f"checkpoint every {op.checkpoint_every} calls")
-    return f"  -- a Dask actor ({', '.join(extra)})"
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

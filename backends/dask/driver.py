@@ -18,11 +18,12 @@ from typing import Any
 
 from dask.task_spec import DataNode, Task, TaskRef
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
-from distributed import WorkerPlugin, as_completed, wait
+from distributed import as_completed, wait
 
 from pipec.compiler import ir
 from pipec.backends.base import NoProgress
 from pipec.backends.dask import worker
+from pipec.backends.dask.plugins import PathsPlugin
 from pipec.backends.physical.planner import Arg, GraphStep, Ref, Rounds, Seq, StepLowering, key_of
 from pipec.backends.runtime.driver import LiveContext, PlannedDriver
 from pipec.backends.runtime.interpreter import StageFailure
@@ -102,24 +103,10 @@ class _ActorsGone(Exception):
         self.spec, self.refs, self.cause = spec, refs, cause
 
 
-class PathsPlugin(WorkerPlugin):
-    """The user's module folders on every worker, also on workers that join later."""
-
-    def __init__(self, roots: list[str]):
-        self.roots = list(roots)
-
-    def setup(self, worker=None):
-        ensure_path(self.roots)
-
-
 def _release(future, actor) -> None:
     for f in (future, getattr(actor, "_future", None)):
         if f is not None:
             f.release()
-
-
-def _worker_addresses(dask_scheduler=None) -> list[str]:
-    return sorted(dask_scheduler.workers)
 
 
 class DaskDriver(PlannedDriver):
@@ -483,10 +470,10 @@ class DaskDriver(PlannedDriver):
     # ---- actors
 
     def _workers(self, avoid: str | None = None) -> list[str]:
-        addresses = [a for a in self.client.run_on_scheduler(_worker_addresses) if a != avoid]
+        addresses = [a for a in self.client.run_on_scheduler(worker.worker_addresses) if a != avoid]
         if not addresses:
             self.client.wait_for_workers(1, timeout=60)
-            addresses = [a for a in self.client.run_on_scheduler(_worker_addresses) if a != avoid]
+            addresses = [a for a in self.client.run_on_scheduler(worker.worker_addresses) if a != avoid]
         return addresses
 
     def _spawn(self, cls, args: tuple, key: str, where: str):

@@ -269,3 +269,10 @@ class PoolMember:
     async def ping(self) -> bool:
         return True
 
+
+# ---- run by the driver on the cluster's processes
+
+
+def worker_addresses(dask_scheduler=None) -> list[str]:
+    """The workers' addresses, sorted (run on the scheduler)."""
+    return sorted(dask_scheduler.workers)
