@@ -84,17 +84,17 @@ class Builder:
 
     # ---- diagnostics
 
-    def error(self, message: str, span: Span | None, hint: str | None = None) -> None:
+    def error(self, message: str, span: Span | None, hint: str | None = None, *, code: str) -> None:
         """Record an error at ``span``; building goes on (see :class:`Reporter`)."""
-        self.report.error(message, span, hint)
+        self.report.error(message, span, hint, code=code)
 
-    def warn(self, message: str, span: Span | None, hint: str | None = None) -> None:
+    def warn(self, message: str, span: Span | None, hint: str | None = None, *, code: str) -> None:
         """Record a warning at ``span``."""
-        self.report.warn(message, span, hint)
+        self.report.warn(message, span, hint, code=code)
 
-    def fail(self, message: str, span: Span | None, hint: str | None = None) -> NoReturn:
+    def fail(self, message: str, span: Span | None, hint: str | None = None, *, code: str) -> NoReturn:
         """Record an error at ``span`` and stop the current statement (raises Abort)."""
-        self.report.fail(message, span, hint)
+        self.report.fail(message, span, hint, code=code)
 
     # ---- entry point
 
@@ -109,7 +109,7 @@ class Builder:
         defaults = [s for s in pipeline.body if isinstance(s, ast.Defaults)]
         for extra in defaults[1:]:
             self.error("a pipeline has one `defaults` block", extra.span,
-                       f"merge it with the one at line {defaults[0].span.line}")
+                       f"merge it with the one at line {defaults[0].span.line}", code="duplicate-defaults")
         if defaults:
             self.defaults = stage_options(defaults[0].options, ir.StageOptions(), self.report)
         self._block(pipeline.body)
@@ -133,18 +133,19 @@ class Builder:
         first = self.region.lookup(name)
         if first is not None:
             self.fail(f"parameter `{name}` is declared twice", param.name.span,
-                      f"the first is at line {first.span.line}, column {first.span.column}; pick another name")
+                      f"the first is at line {first.span.line}, column {first.span.column}; pick another name",
+                      code="duplicate-parameter")
         if type_name not in PARAM_TYPES:
             self.fail(f"unknown parameter type `{type_name}`", param.type.span,
-                      did_you_mean(type_name, PARAM_TYPES) or "use int, float, str or bool")
+                      did_you_mean(type_name, PARAM_TYPES) or "use int, float, str or bool", code="unknown-type")
         default = None
         if param.default is not None:
             default = constants.literal_value(param.default)
             if default is constants.NOT_LITERAL:
-                self.fail("a parameter's default must be a literal", param.default.span)
+                self.fail("a parameter's default must be a literal", param.default.span, code="non-literal-default")
             if not constants.fits(default, type_name):
                 self.fail(f"default {constants.show(default)} is not a{'n' if type_name == 'int' else ''} "
-                          f"{type_name}", param.default.span)
+                          f"{type_name}", param.default.span, code="type-mismatch")
             if type_name == "float":
                 default = float(default)
         self._define(name, param.name.span, "param", self.ir.add(name, ir.Param(
@@ -156,14 +157,16 @@ class Builder:
 
     def _define(self, name: str, span: Span, kind: str, node: str | None, shape: str, **extra) -> Binding:
         if name in KEYWORDS:
-            self.error(f"`{name}` is a keyword and cannot be a name", span, f"pick another name, e.g. `{name}_`")
+            self.error(f"`{name}` is a keyword and cannot be a name", span, f"pick another name, e.g. `{name}_`",
+                       code="keyword-as-name")
         existing = self.region.lookup(name)
         if existing is not None:
             self.error(f"`{name}` is already defined", span,
-                       f"the first definition is at line {existing.span.line}; pick another name")
+                       f"the first definition is at line {existing.span.line}; pick another name",
+                       code="duplicate-name")
         if name in self.signatures.aliases:
             self.error(f"`{name}` is already a module alias", span,
-                       f"`use ... as {name}` is at line {self.signatures.aliases[name][1].line}")
+                       f"`use ... as {name}` is at line {self.signatures.aliases[name][1].line}", code="duplicate-name")
         binding = Binding(kind, node, shape, span, self.region.id, **extra)
         if node is not None:
             self.name_spans.setdefault(node, span)
@@ -211,7 +214,8 @@ class Builder:
 
     def _stmt_defaults(self, stmt: ast.Defaults) -> None:
         if self.region.id is not None:
-            self.error("`defaults` belongs at the top of the pipeline, not inside `repeat`", stmt.span)
+            self.error("`defaults` belongs at the top of the pipeline, not inside `repeat`", stmt.span,
+                       code="misplaced-defaults")
 
     def _stmt_source(self, stmt: ast.Source) -> None:
         call = stmt.call
@@ -224,13 +228,13 @@ class Builder:
             if kind not in SOURCES:
                 hint = did_you_mean(kind, SOURCES) or \
                     "a source is range(n), read_text(path), read_jsonl(path) or module.function(...)"
-                self.fail(f"unknown source `{kind}`", call.func.span, hint)
+                self.fail(f"unknown source `{kind}`", call.func.span, hint, code="unknown-source")
             if stmt.sharded:
                 self.fail("only a Python callable source can be `sharded`", stmt.span,
-                          "sharded sources are called once per partition on the workers")
+                          "sharded sources are called once per partition on the workers", code="sharded-not-callable")
             expected = 1
             if len(call.args) != expected or call.kwargs:
-                self.fail(f"`{kind}` takes exactly one argument", call.span)
+                self.fail(f"`{kind}` takes exactly one argument", call.span, code="wrong-argument-count")
             arg = self._expr(call.args[0])
             want = int if kind == "range" else str
             self._expect_value(arg, call.args[0], want)
@@ -253,9 +257,10 @@ class Builder:
         if isinstance(typed.operand, ir.Lit):
             value = typed.operand.value
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                self.fail(f"{what} needs a positive integer, not {constants.show(value)}", expr.span)
+                self.fail(f"{what} needs a positive integer, not {constants.show(value)}", expr.span,
+                          code="not-positive")
         elif typed.py_type is not int:
-            self.fail(f"{what} needs an integer literal or an `int` parameter", expr.span)
+            self.fail(f"{what} needs an integer literal or an `int` parameter", expr.span, code="not-an-integer")
         else:
             self._param_at_least(typed, 1, what, expr.span)
         return typed.operand
@@ -269,7 +274,7 @@ class Builder:
         self.param_limits.setdefault(op.name, []).append((minimum, what, span))
         if op.default is not None and op.default < minimum:
             self.error(f"{what} needs at least {minimum}, and the default of `{op.name}` is {op.default}", span,
-                       f"change the default at line {op.span.line}" if op.span else None)
+                       f"change the default at line {op.span.line}" if op.span else None, code="value-too-small")
 
     def _stmt_stage(self, stmt: ast.Stage) -> None:
         options = stage_options(stmt.options, self.defaults, self.report)
@@ -280,7 +285,7 @@ class Builder:
                               f"for a single object")
         if self._is_alias(typed, stmt.expr):
             self.fail(f"stage `{stmt.name.text}` only renames another collection", stmt.expr.span,
-                      "a stage must apply an operation, e.g. `map f over xs`")
+                      "a stage must apply an operation, e.g. `map f over xs`", code="rename-only-stage")
         self._define(stmt.name.text, stmt.name.span, "stage", typed.operand.node, ir.COLLECTION,
                      keyed=typed.keyed, order=typed.order)
 
@@ -307,7 +312,7 @@ class Builder:
             # `value = ...` starts a new `value` statement: such a var could never be rebound.
             self.error(f"a var cannot be called `{stmt.name.text}`: `{stmt.name.text} = ...` would start a "
                        f"`{stmt.name.text}` statement, so it could never be rebound", stmt.name.span,
-                       f"pick another name, e.g. `{stmt.name.text}_`")
+                       f"pick another name, e.g. `{stmt.name.text}_`", code="reserved-name")
         typed = self._expr(stmt.expr, name=f"{stmt.name.text}/init")
         if typed.shape not in (ir.COLLECTION, ir.VALUE):
             self._shape_error(typed, ir.VALUE, stmt.expr, "a var holds a collection or a value")
@@ -326,16 +331,18 @@ class Builder:
             raise Abort
         if binding.kind != "var":
             self.fail(f"`{name}` is a {binding.kind}, not a `var`, and cannot be rebound", stmt.name.span,
-                      f"declare it with `var {name} = ...` before the loop to update it each round")
+                      f"declare it with `var {name} = ...` before the loop to update it each round",
+                      code="rebind-not-var")
         if self.region.id is None:
             self.fail(f"`{name}` is rebound outside a `repeat`", stmt.name.span,
-                      "a var is rebound once per round inside a loop; outside, define a new name")
+                      "a var is rebound once per round inside a loop; outside, define a new name",
+                      code="rebind-outside-loop")
         if binding.region == self.region.id:
             self.fail(f"`{name}` is rebound in the block that declares it", stmt.name.span,
-                      "declare the var before the `repeat` that updates it")
+                      "declare the var before the `repeat` that updates it", code="rebind-in-declaring-block")
         if name in self.region.rebound:
             self.fail(f"`{name}` is rebound twice in one round", stmt.name.span,
-                      "compute the final value once and rebind it once")
+                      "compute the final value once and rebind it once", code="rebind-twice")
         typed = self._expr(stmt.expr, name=f"{name}@{self.region.id}/value")
         if typed.shape != binding.shape:
             self._shape_error(typed, binding.shape, stmt.expr,
@@ -358,9 +365,10 @@ class Builder:
         kwargs = {k.name.text: self._value_arg(k.value) for k in stmt.ctor.kwargs}
         size = None
         if stmt.pool and stmt.size is None:
-            self.fail(f"actor pool `{name}` needs a size", stmt.span, "write `... x 2` after the constructor")
+            self.fail(f"actor pool `{name}` needs a size", stmt.span, "write `... x 2` after the constructor",
+                      code="pool-without-size")
         if stmt.size is not None and not stmt.pool:
-            self.fail(f"`x N` makes a pool; write `actor pool {name} = ...`", stmt.size.span)
+            self.fail(f"`x N` makes a pool; write `actor pool {name} = ...`", stmt.size.span, code="size-without-pool")
         if stmt.size is not None:
             size = self._partitions(stmt.size, "the pool size")
         opts = actor_options(stmt.options, stmt.pool, self.report,
@@ -378,7 +386,7 @@ class Builder:
             if isinstance(op, ir.ActorCall):
                 return
         self.fail("only an actor call can stand alone as a statement", stmt.span,
-                  "give the result a name: `value x = ...`")
+                  "give the result a name: `value x = ...`", code="bare-expression")
 
     def _stmt_repeat(self, stmt: ast.Repeat) -> None:
         count = self._expr(stmt.count)
@@ -387,10 +395,11 @@ class Builder:
         if isinstance(count.operand, ir.Lit):
             v = count.operand.value
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                self.fail(f"`repeat` needs a non-negative integer count, not {constants.show(v)}", stmt.count.span)
+                self.fail(f"`repeat` needs a non-negative integer count, not {constants.show(v)}", stmt.count.span,
+                          code="not-positive")
         elif count.py_type not in (int, None):
             self.fail(f"`repeat` needs an integer count, and this is {_a(count.py_type.__name__)}",
-                      stmt.count.span, "declare the parameter as `int`")
+                      stmt.count.span, "declare the parameter as `int`", code="type-mismatch")
         else:
             self._param_at_least(count, 0, "`repeat`", stmt.count.span)
         loop_id = f"loop{len(self.loops) + 1}"
@@ -415,7 +424,7 @@ class Builder:
                                     "`until` is checked after each round and needs a boolean value")
                     elif cond.py_type not in (bool, None):
                         self.error(f"`until` needs a boolean, and this is {_a(cond.py_type.__name__)}",
-                                   stmt.until.span, "compare it, e.g. `until delta < 0.001`")
+                                   stmt.until.span, "compare it, e.g. `until delta < 0.001`", code="type-mismatch")
                     until = cond.operand
             self.loops[loop_id] = self.loops[loop_id].model_copy(update={"until": until})
         finally:
@@ -430,14 +439,14 @@ class Builder:
             fmt = stmt.format.text
             if fmt not in SINK_FORMATS:
                 self.fail(f"unknown sink format `{fmt}`", stmt.format.span,
-                          did_you_mean(fmt, SINK_FORMATS) or "use json, jsonl or text")
+                          did_you_mean(fmt, SINK_FORMATS) or "use json, jsonl or text", code="unknown-sink-format")
             target = self._expr(stmt.target)
             self._expect_value(target, stmt.target, str)
             path = target.operand
         source = self._materialise(typed, f"{stmt.name.text}/value", stmt.expr.span)
         if self.region.id is not None:
             self.error("a sink is written once, after the pipeline; it cannot sit inside `repeat`", stmt.span,
-                       "declare a `var` before the loop, rebind it inside, and sink it after")
+                       "declare a `var` before the loop, rebind it inside, and sink it after", code="sink-in-loop")
         node = self._add(stmt.name.text, ir.Sink(input=ir.NodeRef(node=source), format=fmt, path=path,
                                                  span=ir.SpanModel.of(stmt.span), name=stmt.name.text))
         self._define(stmt.name.text, stmt.name.span, "sink", node, ir.EFFECT)
@@ -475,23 +484,25 @@ class Builder:
             if head in self.signatures.aliases or len(parts) > 1:
                 fn = self.signatures.function(expr.path)
                 self.fail(f"`{fn.dotted}` is a function; call it, or pass it to an operation",
-                          expr.span, f"e.g. `map {expr.path.text} over xs` or `{expr.path.text}(...)`")
+                          expr.span, f"e.g. `map {expr.path.text} over xs` or `{expr.path.text}(...)`",
+                          code="function-not-called")
             self._undefined(head, expr.path.span)
         if binding.kind == "broken":
             raise Abort
         if len(parts) > 1:
             if binding.kind in ("actor", "pool"):
-                self.fail(f"`{expr.path.text}` is an actor method; call it: `{expr.path.text}()`", expr.span)
-            self.fail(f"`{head}` is a {binding.kind} and has no attributes", expr.span)
+                self.fail(f"`{expr.path.text}` is an actor method; call it: `{expr.path.text}()`", expr.span,
+                          code="method-not-called")
+            self.fail(f"`{head}` is a {binding.kind} and has no attributes", expr.span, code="no-attributes")
         if binding.kind == "sink":
-            self.fail(f"`{head}` is a sink; sinks produce files, not data", expr.span)
+            self.fail(f"`{head}` is a sink; sinks produce files, not data", expr.span, code="sink-as-data")
         return Typed(ir.NodeRef(node=binding.node), binding.shape, binding.keyed, binding.order,
                      binding.py_type, binding if binding.shape == ir.ACTOR else None)
 
     def _undefined(self, name: str, span: Span, rebinding: bool = False) -> NoReturn:
         self.later.explain(name, span, rebinding, self.report)
         hint = did_you_mean(name, self.region.visible() | set(self.signatures.aliases))
-        self.fail(f"undefined name `{name}`", span, hint)
+        self.fail(f"undefined name `{name}`", span, hint, code="undefined-name")
 
     def _expr_binop(self, expr: ast.BinOp, name, options) -> Typed:
         left = self._nested(expr.left, name, "left")
@@ -505,7 +516,7 @@ class Builder:
             try:
                 value = constants.fold(expr.op, left.operand.value, right.operand.value)
             except Exception as exc:  # a constant expression that cannot be computed
-                self.fail(f"cannot compute `{expr.op}` here: {constants.reason(exc)}", expr.span)
+                self.fail(f"cannot compute `{expr.op}` here: {constants.reason(exc)}", expr.span, code="constant-error")
             return Typed(ir.Lit(value=value), ir.VALUE, py_type=type(value))
         node = self._add(name or "expr", ir.Expr(operator=expr.op, operands=[left.operand, right.operand],
                                                   span=ir.SpanModel.of(expr.span)))
@@ -520,7 +531,7 @@ class Builder:
             try:
                 value = constants.fold(operator, inner.operand.value)
             except Exception as exc:
-                self.fail(f"cannot compute `{expr.op}` here: {constants.reason(exc)}", expr.span)
+                self.fail(f"cannot compute `{expr.op}` here: {constants.reason(exc)}", expr.span, code="constant-error")
             return Typed(ir.Lit(value=value), ir.VALUE, py_type=type(value))
         node = self._add(name or "expr", ir.Expr(operator=operator, operands=[inner.operand],
                                                   span=ir.SpanModel.of(expr.span)))
@@ -532,20 +543,21 @@ class Builder:
             builtin = parts[0]
             if builtin in SOURCES:
                 self.fail(f"`{builtin}` makes a source; declare it as a statement", expr.span,
-                          f"`source xs = {builtin}(...) partitions 4`")
+                          f"`source xs = {builtin}(...) partitions 4`", code="source-in-expression")
             if builtin in VALUE_BUILTINS or builtin in COLLECTION_BUILTINS:
                 return getattr(self, f"_builtin_{builtin}")(expr, name or builtin, options)
             binding = self.region.lookup(builtin)
             if binding is not None:
-                self.fail(f"`{builtin}` is a {binding.kind}, not a function", expr.func.span)
+                self.fail(f"`{builtin}` is a {binding.kind}, not a function", expr.func.span, code="wrong-kind")
             self.fail(f"unknown function `{builtin}`", expr.func.span,
                       did_you_mean(builtin, BUILTINS)
-                      or "name Python functions by module: `use mymodule as m` then `m.f(...)`")
+                      or "name Python functions by module: `use mymodule as m` then `m.f(...)`",
+                      code="unknown-function")
         binding = self.region.lookup(parts[0])
         if binding is not None and binding.kind != "broken":
             if binding.shape != ir.ACTOR:
                 self.fail(f"`{parts[0]}` is a {binding.kind}, not an actor; it has no methods", expr.func.span,
-                          "methods are called on actors declared with `actor name = Class(...)`")
+                          "methods are called on actors declared with `actor name = Class(...)`", code="wrong-kind")
             return self._actor_call(expr, binding, name)
         if binding is not None:
             raise Abort
@@ -559,11 +571,12 @@ class Builder:
     def _actor_call(self, expr: ast.Call, actor: Binding, name) -> Typed:
         parts = expr.func.parts
         if len(parts) != 2:
-            self.fail("an actor method call is `actor.method(...)`", expr.func.span)
+            self.fail("an actor method call is `actor.method(...)`", expr.func.span, code="bad-method-call")
         method = parts[1]
         if actor.pool:
             self.fail(f"`{parts[0]}` is an actor pool; its members serve stages", expr.func.span,
-                      f"use it as `map_batches {expr.func.text} over xs`, or declare a single actor")
+                      f"use it as `map_batches {expr.func.text} over xs`, or declare a single actor",
+                      code="pool-called-directly")
         info = self.signatures.class_info(actor.actor_class)
         self.signatures.check_method(info, actor.actor_class, method, expr.func.span, call=expr)
         args = [self._value_arg(a) for a in expr.args]
@@ -592,25 +605,28 @@ class Builder:
                               "arguments here are values; turn the collection into one with "
                               "`collect(...)`, `count(...)` or `reduce f over ...`")
         if typed.shape == ir.ACTOR:
-            self.fail("an actor can only be passed into a stage with `with name = actor`", expr.span)
+            self.fail("an actor can only be passed into a stage with `with name = actor`", expr.span,
+                      code="actor-as-value")
         return typed.operand
 
     def _expect_value(self, typed: Typed, expr, want: type) -> None:
         if typed.shape != ir.VALUE:
             self._shape_error(typed, ir.VALUE, expr, f"expected {_a(want.__name__)}")
         if typed.py_type is not None and typed.py_type is not want and not (want is float and typed.py_type is int):
-            self.fail(f"expected {_a(want.__name__)}, got {_a(typed.py_type.__name__)}", expr.span)
+            self.fail(f"expected {_a(want.__name__)}, got {_a(typed.py_type.__name__)}", expr.span,
+                      code="type-mismatch")
 
     # ---- builtins
 
     def _args(self, expr: ast.Call, count: int, kw: tuple[str, ...] = ()) -> None:
         fn = expr.func.text
         if len(expr.args) != count:
-            self.fail(f"`{fn}` takes {count} argument{'s' if count != 1 else ''}, got {len(expr.args)}", expr.span)
+            self.fail(f"`{fn}` takes {count} argument{'s' if count != 1 else ''}, got {len(expr.args)}", expr.span,
+                      code="wrong-argument-count")
         for k in expr.kwargs:
             if k.name.text not in kw:
                 self.fail(f"`{fn}` has no keyword `{k.name.text}`", k.name.span,
-                          did_you_mean(k.name.text, kw) if kw else None)
+                          did_you_mean(k.name.text, kw) if kw else None, code="unknown-keyword")
 
     def _collection_arg(self, expr, name, what: str) -> Typed:
         typed = self._expr(expr, name)
@@ -639,7 +655,7 @@ class Builder:
         for k in expr.kwargs:
             value = constants.unparen(k.value)
             if not isinstance(value, ast.Ref):
-                self.fail("`by` takes a function, e.g. `by = m.score`", k.value.span)
+                self.fail("`by` takes a function, e.g. `by = m.score`", k.value.span, code="wrong-kind")
             by = self.signatures.function(value.path)
             self.signatures.check_arity(by, 1, value.span)
         node = self._add(name, ir.Top(input=src.operand, n=n.operand, by=by, span=ir.SpanModel.of(expr.span)))
@@ -652,14 +668,14 @@ class Builder:
         for side, typed in (("first", left), ("second", right)):
             if typed.keyed is False:
                 self.fail(f"the {side} input of `join` is not keyed", expr.args[0 if side == "first" else 1].span,
-                          "join pairs up (key, value) records; make them with `map`")
+                          "join pairs up (key, value) records; make them with `map`", code="not-keyed")
         node = self._add(name, ir.Join(left=left.operand, right=right.operand, options=options or self.defaults,
                                        span=ir.SpanModel.of(expr.span)))
         return Typed(ir.NodeRef(node=node), ir.COLLECTION, keyed=True, order="key")
 
     def _builtin_union(self, expr: ast.Call, name, options) -> Typed:
         if len(expr.args) < 2 or expr.kwargs:
-            self.fail("`union` takes two or more collections", expr.span)
+            self.fail("`union` takes two or more collections", expr.span, code="wrong-argument-count")
         parts = [self._collection_arg(a, f"{name}/part{i}", "`union`") for i, a in enumerate(expr.args)]
         keyed = True if all(p.keyed for p in parts) else (False if any(p.keyed is False for p in parts) else None)
         node = self._add(name, ir.UnionAll(parts=[p.operand for p in parts], span=ir.SpanModel.of(expr.span)))
@@ -697,7 +713,7 @@ class Builder:
     def _need_keyed(self, src: Typed, expr: ast.Dataflow) -> None:
         if src.keyed is False:
             self.fail(f"`{expr.kind}` needs (key, value) records, and its input is not keyed", expr.input.span,
-                      "make pairs first, e.g. `map m.to_pair over xs`")
+                      "make pairs first, e.g. `map m.to_pair over xs`", code="not-keyed")
 
     def _elementwise(self, expr: ast.Dataflow, src: Typed, name: str, options, span) -> Typed:
         if expr.kind == "map_values":
@@ -709,16 +725,16 @@ class Builder:
                 self.fail(f"`{expr.fn.parts[0]}` is a single actor; a stage is served by an actor pool",
                           expr.fn.span,
                           f"declare `actor pool {expr.fn.parts[0]} = ... x N`, or pass it as a handle with "
-                          f"`with server = {expr.fn.parts[0]}`")
+                          f"`with server = {expr.fn.parts[0]}`", code="single-actor-as-pool")
             if len(expr.fn.parts) != 2:
-                self.fail("a pool method is `pool.method`", expr.fn.span)
+                self.fail("a pool method is `pool.method`", expr.fn.span, code="bad-method-call")
             method = expr.fn.parts[1]
             self.signatures.check_method(self.signatures.class_info(head.actor_class), head.actor_class, method,
                                          expr.fn.span)
             pool = ir.NodeRef(node=head.node)
         elif head is not None and head.kind != "broken":
             self.fail(f"`{expr.fn.parts[0]}` is a {head.kind}, not a function", expr.fn.span,
-                      "name a Python function as `module.function`")
+                      "name a Python function as `module.function`", code="wrong-kind")
         elif head is not None:
             raise Abort
         else:
@@ -728,10 +744,10 @@ class Builder:
         for kw in expr.bindings:
             key = kw.name.text
             if key in bindings:
-                self.error(f"`{key}` is bound twice", kw.name.span)
+                self.error(f"`{key}` is bound twice", kw.name.span, code="duplicate-binding")
             if key == "partition" and expr.kind == "map_batches":
                 self.error("`partition` is passed by pipec to map_batches functions that accept it",
-                           kw.name.span, "pick another name")
+                           kw.name.span, "pick another name", code="reserved-name")
             typed = self._expr(kw.value, f"{name}/{key}")
             if typed.shape == ir.COLLECTION:
                 self._shape_error(typed, ir.VALUE, kw.value,
@@ -740,7 +756,8 @@ class Builder:
             if typed.shape == ir.ACTOR:
                 if typed.actor is not None and typed.actor.pool:
                     self.fail("an actor pool cannot be passed as a handle", kw.value.span,
-                              "pass a single actor, or use the pool as `map_batches pool.method over xs`")
+                              "pass a single actor, or use the pool as `map_batches pool.method over xs`",
+                              code="pool-as-handle")
                 handles.append(typed.actor)
             bindings[key] = typed.operand
         if fn is not None:
@@ -768,7 +785,7 @@ class Builder:
         got = typed.shape
         article = {"collection": "a collection", "value": "a value", "actor": "an actor",
                    "effect": "a sink"}
-        self.fail(f"expected {article[wanted]}, found {article.get(got, got)}", expr.span, hint)
+        self.fail(f"expected {article[wanted]}, found {article.get(got, got)}", expr.span, hint, code="wrong-kind")
 
     # ---- after the whole body
 

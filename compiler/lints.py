@@ -23,7 +23,7 @@ def unused_aliases(aliases: Mapping[str, tuple[str, Span]], used: set[str], repo
     alias is not in ``used``."""
     for alias, (path, span) in aliases.items():
         if alias not in used:
-            report.warn(f"module alias `{alias}` is never used", span)
+            report.warn(f"module alias `{alias}` is never used", span, code="unused-alias")
 
 
 def unused_results(graph: ir.IR, loops: Mapping[str, ir.Loop], name_spans: Mapping[str, Span],
@@ -52,7 +52,7 @@ def unused_results(graph: ir.IR, loops: Mapping[str, ir.Loop], name_spans: Mappi
         if isinstance(op, ir.Elementwise) and op.options.effectful:
             continue
         report.warn(f"`{node}` is computed but never used", _name_span(node, op, name_spans),
-                    "use it in a sink or an actor call, or remove it")
+                    "use it in a sink or an actor call, or remove it", code="unused")
 
 
 def mark_schedule_dependent(graph: ir.IR, sinks: list[str], name_spans: Mapping[str, Span],
@@ -74,7 +74,8 @@ def mark_schedule_dependent(graph: ir.IR, sinks: list[str], name_spans: Mapping[
             graph.graph.nodes[node]["op"] = op.model_copy(update={"schedule_dependent": True})
             report.warn(f"sink `{node}` depends on the order in which tasks reached an actor",
                         _name_span(node, op, name_spans),
-                        "its content may differ from run to run; compare it by a property, not by bytes")
+                        "its content may differ from run to run; compare it by a property, not by bytes",
+                        code="schedule-dependent")
 
 
 def _name_span(node: str, op: ir.Op, name_spans: Mapping[str, Span]) -> Span | None:

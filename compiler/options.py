@@ -39,13 +39,14 @@ def stage_options(options, base: ir.StageOptions, report: Reporter) -> ir.StageO
     seen: dict[str, Span] = {}
     for opt in options:
         if opt.kind in seen:
-            report.error(f"`{opt.kind}` is given twice", opt.span, f"first at line {seen[opt.kind].line}")
+            report.error(f"`{opt.kind}` is given twice", opt.span, f"first at line {seen[opt.kind].line}",
+                         code="duplicate-option")
         seen[opt.kind] = opt.span
         if opt.kind == "retries":
             update["retries"] = opt.value.value
         elif opt.kind == "timeout":
             if opt.value.value <= 0:
-                report.error("`timeout` needs a positive number of seconds", opt.value.span)
+                report.error("`timeout` needs a positive number of seconds", opt.value.span, code="bad-option-value")
             else:
                 update["timeout"] = float(opt.value.value)
         elif opt.kind == "effectful":
@@ -63,17 +64,17 @@ def resources(items, report: Reporter) -> ir.Resources:
         key = name.text
         if key not in RESOURCES:
             report.error(f"unknown resource `{key}`", name.span,
-                         did_you_mean(key, RESOURCES) or "resources are cpus, gpus and memory")
+                         did_you_mean(key, RESOURCES) or "resources are cpus, gpus and memory", code="unknown-resource")
             continue
         value = literal.value
         if key == "memory":
             value = memory_bytes(value)
             if value is None:
                 report.error(f"cannot read memory size {_clip(literal.raw)}", literal.span,
-                             'write a number of bytes or a string like "2GB" or "512MiB"')
+                             'write a number of bytes or a string like "2GB" or "512MiB"', code="bad-option-value")
                 continue
         elif not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < math.inf:
-            report.error(f"`{key}` needs a non-negative number", literal.span)
+            report.error(f"`{key}` needs a non-negative number", literal.span, code="bad-option-value")
             continue
         values[key] = value
     return ir.Resources(**values)
@@ -106,14 +107,15 @@ def actor_options(options, pool: bool, report: Reporter,
     seen: dict[str, Span] = {}
     for opt in options:
         if opt.kind in seen:
-            report.error(f"`{opt.kind}` is given twice", opt.span, f"first at line {seen[opt.kind].line}")
+            report.error(f"`{opt.kind}` is given twice", opt.span, f"first at line {seen[opt.kind].line}",
+                         code="duplicate-option")
         seen[opt.kind] = opt.span
         if opt.kind == "restarts":
             restarts = opt.value.value
         elif opt.kind == "checkpoint":
             checkpoint = opt.value.value
             if checkpoint < 1:
-                report.error("checkpoint every N calls needs N >= 1", opt.value.span)
+                report.error("checkpoint every N calls needs N >= 1", opt.value.span, code="bad-option-value")
                 checkpoint = None
         elif opt.kind == "idempotent":
             for method in opt.value:
@@ -121,7 +123,8 @@ def actor_options(options, pool: bool, report: Reporter,
                 idempotent.append(method.text)
     if pool and checkpoint:
         report.warn("a pool member serves stages, not graph-level calls; `checkpoint` has nothing to "
-                    "replay", seen["checkpoint"], "pool members are rebuilt from their constructor")
+                    "replay", seen["checkpoint"], "pool members are rebuilt from their constructor",
+                    code="checkpoint-on-pool")
     return ActorOptions(restarts, checkpoint, idempotent)
 
 

@@ -24,17 +24,19 @@ class Reporter:
         self.path = path
         self.diagnostics: list[Diagnostic] = []
 
-    def error(self, message: str, span: Span | None, hint: str | None = None) -> None:
-        """Record an error at ``span`` (with an optional hint); the caller goes on."""
-        self.diagnostics.append(Diagnostic(ERROR, message, span, hint, self.path))
+    def error(self, message: str, span: Span | None, hint: str | None = None, *, code: str) -> None:
+        """Record an error at ``span`` (with an optional hint); the caller goes on. ``code``
+        names the check (a key of :data:`pipec.dsl.codes.CODES`)."""
+        self.diagnostics.append(Diagnostic(ERROR, message, span, hint, self.path, code))
 
-    def warn(self, message: str, span: Span | None, hint: str | None = None) -> None:
-        """Record a warning at ``span`` (with an optional hint)."""
-        self.diagnostics.append(Diagnostic(WARNING, message, span, hint, self.path))
+    def warn(self, message: str, span: Span | None, hint: str | None = None, *, code: str) -> None:
+        """Record a warning at ``span`` (with an optional hint) under ``code``."""
+        self.diagnostics.append(Diagnostic(WARNING, message, span, hint, self.path, code))
 
-    def fail(self, message: str, span: Span | None, hint: str | None = None) -> NoReturn:
-        """Record an error at ``span`` and raise :class:`Abort` to stop the statement."""
-        self.error(message, span, hint)
+    def fail(self, message: str, span: Span | None, hint: str | None = None, *, code: str) -> NoReturn:
+        """Record an error at ``span`` under ``code`` and raise :class:`Abort` to stop the
+        statement."""
+        self.error(message, span, hint, code=code)
         raise Abort
 
     @property

@@ -86,13 +86,14 @@ class LaterNames:
             if self._cycle_back(name, span):
                 report.fail(f"cycle: `{name}` depends on itself", span,
                             f"`{name}` (line {later.span.line}) reads a name defined here; "
-                            f"break the cycle with a `var` carried through a `repeat`")
+                            f"break the cycle with a `var` carried through a `repeat`", code="cycle")
             report.fail(f"`{name}` is used before it is defined", span,
-                        f"it is defined at line {later.span.line}; move that definition above this line")
+                        f"it is defined at line {later.span.line}; move that definition above this line",
+                        code="used-before-definition")
         if later is not None and not rebinding:
             report.fail(f"`{name}` is not visible here", span,
                         f"it is defined inside a `repeat` at line {later.span.line}; declare a `var` "
-                        f"before the loop and rebind it inside to use it afterwards")
+                        f"before the loop and rebind it inside to use it afterwards", code="not-visible")
 
     def _cycle_back(self, name: str, use_span: Span) -> bool:
         """Does the (later) definition of ``name`` read the statement containing ``use_span``?"""

@@ -43,7 +43,8 @@ class Signatures:
         alias = use.alias.text
         if alias in self.aliases:
             self.report.error(f"alias `{alias}` is already defined", use.alias.span,
-                              f"the first `use ... as {alias}` is at line {self.aliases[alias][1].line}")
+                              f"the first `use ... as {alias}` is at line {self.aliases[alias][1].line}",
+                              code="duplicate-alias")
             return
         self.aliases[alias] = (use.path.text, use.span)
         self.module(use.path.text, use.path.span)
@@ -58,11 +59,12 @@ class Signatures:
                 self.broken_modules.add(name)
                 where = f"{exc.path}:{exc.err.lineno}" if exc.err.lineno else str(exc.path)
                 self.report.error(f"module `{name}` has a Python syntax error: {exc.err.msg}", span,
-                                  f"see {where}")
+                                  f"see {where}", code="module-syntax-error")
             return None
         if found is None and name not in self.broken_modules:
             self.broken_modules.add(name)  # said once, at its first use
-            self.report.error(f"cannot find module `{name}`", span, self._missing_module_hint(name))
+            self.report.error(f"cannot find module `{name}`", span, self._missing_module_hint(name),
+                              code="module-not-found")
         return found
 
     def _missing_module_hint(self, name: str) -> str:
@@ -94,7 +96,7 @@ class Signatures:
             module_parts = self.aliases[parts[0]][0].split(".")
             if len(parts) == 1:
                 self.report.fail(f"`{parts[0]}` is a module alias; name a {what} in it", path.span,
-                                 f"e.g. `{parts[0]}.name`")
+                                 f"e.g. `{parts[0]}.name`", code="wrong-kind")
             parts = module_parts + parts[1:]
         elif len(parts) == 1:
             found_in = [f"{alias}.{parts[0]}" for alias, (module, _) in self.aliases.items()
@@ -102,7 +104,7 @@ class Signatures:
             self.report.fail(f"`{parts[0]}` is not a {what}", path.span,
                              (f"did you mean `{found_in[0]}`?" if found_in else None)
                              or did_you_mean(parts[0], self.aliases)
-                             or "name Python functions by module: `use mymodule as m` then `m.f`")
+                             or "name Python functions by module: `use mymodule as m` then `m.f`", code="wrong-kind")
         module, attr = ".".join(parts[:-1]), parts[-1]
         info = self.module(module, path.span)
         if info is None:
@@ -110,7 +112,8 @@ class Signatures:
         if not info.has(attr):
             hint = did_you_mean(attr, info.names())
             self.report.fail(f"module `{module}` has no {what} `{attr}`", path.span,
-                             hint or f"{info.path} defines: {', '.join(sorted(info.names())[:8]) or 'nothing'}")
+                             hint or f"{info.path} defines: {', '.join(sorted(info.names())[:8]) or 'nothing'}",
+                             code="missing-attribute")
         return ir.FnRef(module=module, attr=attr)
 
     def class_info(self, ref: ir.FnRef) -> ClassInfo | None:
@@ -131,7 +134,8 @@ class Signatures:
         if fn is None or method.startswith("_"):
             public = [m for m in cls_info.methods if not m.startswith("_")]
             self.report.fail(f"actor class `{ref.attr}` has no method `{method}`", span,
-                             did_you_mean(method, public) or f"its methods: {', '.join(public) or 'none'}")
+                             did_you_mean(method, public) or f"its methods: {', '.join(public) or 'none'}",
+                             code="unknown-method")
         if call is not None:
             self._check_call_shape(fn, call, drop_self=True, label=f"{ref.attr}.{method}")
 
@@ -154,14 +158,14 @@ class Signatures:
         for kw in call.kwargs:
             if not fn.accepts_keyword(kw.name.text) or kw.name.text in extra:
                 self.report.fail(f"`{label}` has no parameter `{kw.name.text}`", kw.name.span,
-                                 did_you_mean(kw.name.text, params))
+                                 did_you_mean(kw.name.text, params), code="unknown-keyword")
         if len(call.args) > len(params) and not fn.var_positional:
             self.report.fail(f"`{label}` takes {len(params)} positional argument{'s' if len(params) != 1 else ''}, "
-                             f"got {len(call.args)}", call.span)
+                             f"got {len(call.args)}", call.span, code="wrong-argument-count")
         missing = fn.missing(len(call.args), {k.name.text for k in call.kwargs} | set(extra), skip=int(drop_self))
         if missing:
             self.report.fail(f"`{label}` needs argument {', '.join(f'`{p}`' for p in missing)}", call.span,
-                             f"pass it as `{missing[0]} = ...`")
+                             f"pass it as `{missing[0]} = ...`", code="missing-argument")
 
     def check_arity(self, ref: ir.FnRef, positional: int, span: Span, keywords=(), optional=(),
                     bindable: bool = False) -> None:
@@ -175,13 +179,14 @@ class Signatures:
         for k in keywords:
             if not fn.accepts_keyword(k):
                 self.report.fail(f"`{ref.attr}` has no parameter `{k}` for `with {k} = ...`", span,
-                                 did_you_mean(k, fn.params[positional:]))
+                                 did_you_mean(k, fn.params[positional:]), code="unknown-keyword")
         if len(fn.params) < positional and not fn.var_positional:
             self.report.fail(f"`{ref.attr}` takes {len(fn.params)} argument{'s' if len(fn.params) != 1 else ''}; "
-                             f"it is called with {positional}", span)
+                             f"it is called with {positional}", span, code="stage-function-arity")
         missing = fn.missing(positional, set(keywords) | set(optional))
         if missing:
             self.report.fail(f"`{ref.attr}` is called with {positional} argument{'s' if positional != 1 else ''} "
                              f"and needs {', '.join(f'`{p}`' for p in missing)} too", span,
                              f"give `{missing[0]}` a default"
-                             + (f", or bind it: `with {missing[0]} = ...`" if bindable else ""))
+                             + (f", or bind it: `with {missing[0]} = ...`" if bindable else ""),
+                             code="stage-function-arity")

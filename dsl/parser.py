@@ -47,8 +47,8 @@ def _split_options(items, kinds):
 class _Refused(Exception):
     """A construct the grammar accepts but pipec cannot take (too deep, a huge number)."""
 
-    def __init__(self, message: str, span: Span, hint: str | None = None):
-        self.message, self.span, self.hint = message, span, hint
+    def __init__(self, message: str, span: Span, hint: str | None = None, *, code: str):
+        self.message, self.span, self.hint, self.code = message, span, hint, code
 
 
 class _ToAst:
@@ -86,7 +86,7 @@ class _ToAst:
             span = node.span
             raise _Refused(f"nested too deeply (more than {MAX_NESTING} levels)",
                            Span(span.line, span.column, span.line, span.column + 1, span.start, span.start + 1),
-                           "split the expression into named stages or values")
+                           "split the expression into named stages or values", code="too-deep")
         self._depth[id(node)] = depth
         return node
 
@@ -227,7 +227,7 @@ class _ToAst:
         late = next((a for a in args[named:] if not isinstance(a, ast.Keyword)), None)
         if late is not None:  # Python's rule, so a call reads the same in both languages
             raise _Refused("a positional argument after a keyword argument", late.span,
-                           f"put it before `{args[named].name.text} = ...`, or name it too")
+                           f"put it before `{args[named].name.text} = ...`, or name it too", code="argument-order")
         kwargs = tuple(a for a in args if isinstance(a, ast.Keyword))
         positional = tuple(a for a in args if not isinstance(a, ast.Keyword))
         node = ast.Call(func, positional, kwargs, _span(meta))
@@ -251,7 +251,7 @@ class _ToAst:
         except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
             digits = len(str(tok).replace("_", ""))
             raise _Refused(f"integer literal is too long ({digits} digits)", _tok_span(tok),
-                           "pass a number this large from Python, not as a literal") from None
+                           "pass a number this large from Python, not as a literal", code="literal-too-long") from None
         return ast.Literal(value, str(tok), _tok_span(tok))
 
     def float(self, meta, tok):
@@ -325,7 +325,8 @@ def parse(source: SourceFile) -> ast.Module:
     except UnexpectedInput as exc:
         raise PipeSyntaxError([_describe(exc, source)], source) from None
     except _Refused as exc:
-        raise PipeSyntaxError([Diagnostic(ERROR, exc.message, exc.span, exc.hint, source.path)], source) from None
+        found = Diagnostic(ERROR, exc.message, exc.span, exc.hint, source.path, exc.code)
+        raise PipeSyntaxError([found], source) from None
     finally:
         comments, _parsing.found = tuple(_parsing.found), []
     return ast.Module(module.uses, module.pipeline, comments, module.span)
@@ -403,10 +404,11 @@ def _describe(exc: UnexpectedInput, source: SourceFile) -> Diagnostic:
         span = _point(source, pos)
         if char in "\"'":
             return Diagnostic(ERROR, "unterminated string", span,
-                              f"close the string with {char} on the same line", source.path)
+                              f"close the string with {char} on the same line", source.path, "unterminated-string")
         shown = repr(char)[1:-1] if not char.isprintable() else char
         return Diagnostic(ERROR, f"unexpected character `{shown}`", span,
-                          f"expected {_expected(exc.allowed)}" if exc.allowed else None, source.path)
+                          f"expected {_expected(exc.allowed)}" if exc.allowed else None, source.path,
+                          "unexpected-character")
     if isinstance(exc, UnexpectedEOF) or (isinstance(exc, UnexpectedToken) and exc.token.type == "$END"):
         pos = len(text.rstrip())
         span = _point(source, pos)
@@ -417,9 +419,9 @@ def _describe(exc: UnexpectedInput, source: SourceFile) -> Diagnostic:
         if _only_comments(text):
             what = "the file is empty" if not text.strip() else "the file holds only comments"
             return Diagnostic(ERROR, what, span, "a .pipe file holds one `pipeline name(...) { ... }`",
-                              source.path)
+                              source.path, "empty-file")
         return Diagnostic(ERROR, f"unexpected end of file; expected {_expected(expected)}", span, hint,
-                          source.path)
+                          source.path, "unexpected-end")
     assert isinstance(exc, UnexpectedToken)
     tok = exc.token
     span = _tok_span(tok)
@@ -438,7 +440,7 @@ def _describe(exc: UnexpectedInput, source: SourceFile) -> Diagnostic:
     elif "STAGE" in expected or "SOURCE" in expected:
         hint = _STATEMENT_HINT
     return Diagnostic(ERROR, f"unexpected {_token_text(tok)}; expected {_expected(expected)}", span,
-                      hint, source.path)
+                      hint, source.path, "unexpected-token")
 
 
 def _only_comments(text: str) -> bool:

@@ -176,7 +176,7 @@ def bind_params(pipeline: Pipeline, given: Mapping[str, Any]) -> dict[str, Any]:
             hint = did_you_mean(name, declared) or (
                 f"`{pipeline.name}` takes: {', '.join(declared)}" if declared else f"`{pipeline.name}` takes no parameters")
             diagnostics.append(Diagnostic(ERROR, f"unknown parameter `{name}`", pipeline.module.pipeline.name.span,
-                                          hint, pipeline.source.path))
+                                          hint, pipeline.source.path, "unknown-parameter"))
     values: dict[str, Any] = {}
     for name, param in declared.items():
         op = pipeline.ir.op(name) if name in pipeline.ir.graph else None
@@ -189,18 +189,18 @@ def bind_params(pipeline: Pipeline, given: Mapping[str, Any]) -> dict[str, Any]:
                 diagnostics.append(Diagnostic(
                     ERROR, f"parameter `{name}` is {'an' if op.type == 'int' else 'a'} {op.type}, "
                            f"and {given[name]!r} is not", param.span,
-                    f"for example --param {name}={_example(op.type)}", pipeline.source.path))
+                    f"for example --param {name}={_example(op.type)}", pipeline.source.path, "bad-parameter-value"))
                 continue
             for minimum, what, span in pipeline.param_limits.get(name, ()):
                 if values[name] < minimum:
                     diagnostics.append(Diagnostic(
                         ERROR, f"parameter `{name}` is {values[name]}, and {what} needs at least {minimum}", span,
-                        f"pass --param {name}={minimum} or more", pipeline.source.path))
+                        f"pass --param {name}={minimum} or more", pipeline.source.path, "parameter-too-small"))
                     break
         elif op.required:
             diagnostics.append(Diagnostic(ERROR, f"parameter `{name}` has no default and was not given",
                                           param.span, f"pass --param {name}={_example(op.type)}",
-                                          pipeline.source.path))
+                                          pipeline.source.path, "missing-parameter"))
         else:
             values[name] = op.default
     if diagnostics:

@@ -7,15 +7,18 @@ points); an end column is one past the last character, as in the terminal's care
 ``json`` is a list with one object per diagnostic, file by file, in the checker's order::
 
     [{"file": "examples/train.pipe", "line": 18, "column": 43, "end_line": 18,
-      "end_column": 47, "severity": "error", "code": "semantic",
-      "message": "undefined name `grad`", "hint": "did you mean `grads`?"}]
+      "end_column": 47, "severity": "error", "code": "undefined-name",
+      "category": "semantic", "message": "undefined name `grad`", "hint": "did you mean `grads`?"}]
 
 ``line`` and the other positions are null when a diagnostic has no place in the file
 (a file that does not exist); ``hint`` is null when there is none; ``severity`` is
-``error`` or ``warning``; ``code`` is one of :data:`pipec.checking.CODES`.
+``error`` or ``warning``; ``code`` names the check (a key of :data:`pipec.dsl.codes.CODES`,
+stable across releases) and ``category`` groups it (``syntax``, ``semantic``, ``lint``,
+``parameter``, ``file`` or ``unsupported``).
 
 ``sarif`` is a SARIF 2.1.0 log for code scanning (GitHub, GitLab, Azure DevOps): one run,
-one rule per code, file paths relative to the working folder when they are under it.
+one rule per code (its description from :data:`pipec.dsl.codes.CODES`), file paths
+relative to the working folder when they are under it.
 
 ``github`` prints workflow commands (``::error file=...,line=...::message``), which a
 GitHub Actions run shows as annotations on the pull request.
@@ -28,22 +31,11 @@ import os
 from pathlib import Path
 
 from pipec.checking import Report
+from pipec.dsl.codes import CODES, category_of
 
 FORMATS = ("text", "json", "sarif", "github")
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
-
-# One line each for the SARIF rules, so a code scanning page says what a code means.
-CODE_DESCRIPTIONS = {
-    "syntax": "The text is not a well-formed pipeline.",
-    "semantic": "The pipeline parses but does not make sense: an undefined name, a value "
-                "where a collection is needed, a cycle, a wrong type.",
-    "lint": "Legal, but likely a mistake: something computed and never used, say.",
-    "parameter": "A parameter value given on the command line does not fit the pipeline.",
-    "file": "The file cannot be read.",
-    "unsupported": "The chosen backend cannot provide a feature the pipeline uses.",
-}
-
 
 def render(reports: list[Report], fmt: str, quiet: bool = False) -> str:
     """The text for format ``fmt`` (one of :data:`FORMATS`); ``quiet`` leaves warnings out
@@ -111,6 +103,7 @@ def to_json(reports: list[Report]) -> list[dict]:
             "end_column": span.end_column if span else None,
             "severity": d.severity,
             "code": d.code,
+            "category": category_of(d.code, d.is_error),
             "message": d.message,
             "hint": d.hint,
         })
@@ -130,7 +123,8 @@ def to_sarif(reports: list[Report]) -> dict:
         tool_version = "0"
     codes = sorted({d.code for _, d in _diagnostics(reports)})
     rules = [{"id": code, "name": code,
-              "shortDescription": {"text": CODE_DESCRIPTIONS.get(code, code)}} for code in codes]
+              "shortDescription": {"text": CODES[code][1] if code in CODES else code},
+              "properties": {"category": category_of(code)}} for code in codes]
     results = []
     for report, d in _diagnostics(reports):
         text = d.message + (f"\nhint: {d.hint}" if d.hint else "")

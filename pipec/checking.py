@@ -6,14 +6,10 @@ editor. This module adds no check of its own: it runs the parser and
 :meth:`pipec.api.Pipeline.check` and keeps what they say instead of stopping at the
 first exception.
 
-Codes. The checker sets :attr:`Diagnostic.code` where it has one (``unsupported`` for a
-backend's capability gap); every other diagnostic gets its category:
-
-* ``syntax``       the text is not a well-formed pipeline;
-* ``semantic``     it parses but does not make sense (names, shapes, types, cycles);
-* ``lint``         a warning: legal, but likely a mistake (an unused stage, say);
-* ``parameter``    a ``--param`` value does not fit the pipeline;
-* ``file``         the file cannot be read (missing, not UTF-8, a folder without .pipe).
+Codes. Every check of the parser and the builder reports under its own code (see
+:mod:`pipec.dsl.codes`); a diagnostic that arrives without one (a backend's own refusal,
+say) gets its category: ``semantic``, ``lint`` for a warning, ``parameter`` for a
+``--param`` value.
 """
 
 from __future__ import annotations
@@ -29,7 +25,6 @@ if TYPE_CHECKING:  # the checker's modules load when a file is checked, not when
     from pipec.compiler.modules import ModuleIndex
     from pipec.dsl import ast
 
-CODES = ("syntax", "semantic", "lint", "parameter", "file", "unsupported")
 
 
 @dataclass
@@ -106,7 +101,7 @@ def file_diagnostic(exc: FileError) -> Diagnostic:
     if exc.line is not None:
         column = exc.column or 1
         span = Span(exc.line, column, exc.line, column + 1, 0, 0)
-    return Diagnostic(ERROR, exc.reason, span, exc.hint, exc.path, "file")
+    return Diagnostic(ERROR, exc.reason, span, exc.hint, exc.path, "unreadable-file")
 
 
 def _coded(diagnostics, category: str) -> list[Diagnostic]:

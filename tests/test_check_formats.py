@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from pipec import cli, load
+from pipec.dsl.codes import CODES
 from pipec.dsl.diagnostics import SemanticError
 from tests.conftest import EXAMPLES, ROOT
 
@@ -41,9 +42,10 @@ def test_json_lists_every_diagnostic_of_every_file(write_pipe, capsys):
     found = json.loads(out)
     assert found == [
         {"file": str(bad), "line": 3, "column": 22, "end_line": 3, "end_column": 28, "severity": "error",
-         "code": "semantic", "message": "undefined name `pionts`", "hint": "did you mean `points`?"},
+         "code": "undefined-name", "category": "semantic", "message": "undefined name `pionts`",
+         "hint": "did you mean `points`?"},
         {"file": str(warn), "line": 4, "column": 11, "end_line": 4, "end_column": 13, "severity": "warning",
-         "code": "lint", "message": found[1]["message"], "hint": found[1]["hint"]},
+         "code": "unused", "category": "lint", "message": found[1]["message"], "hint": found[1]["hint"]},
     ]
     assert "`ys` is computed but never used" in found[1]["message"]
 
@@ -67,10 +69,11 @@ def test_syntax_errors_and_unreadable_files_are_diagnostics_too(write_pipe, tmp_
     code, out, _ = run(["check", "-f", "json", syntax, latin, tmp_path / "missing.pipe"], capsys)
     assert code == 1
     [syn, enc, missing] = json.loads(out)
-    assert (syn["code"], syn["line"], syn["column"]) == ("syntax", 2, 11)
+    assert (syn["code"], syn["category"], syn["line"], syn["column"]) == ("unexpected-token", "syntax", 2, 11)
     assert "statement" in syn["hint"]
-    assert (enc["code"], enc["line"], enc["column"], enc["message"]) == ("file", 2, 18, "byte 0xe9 is not valid UTF-8")
-    assert (missing["code"], missing["line"], missing["message"]) == ("file", None, "no such file")
+    assert (enc["category"], enc["line"], enc["column"], enc["message"]) == ("file", 2, 18,
+                                                                             "byte 0xe9 is not valid UTF-8")
+    assert (missing["code"], missing["line"], missing["message"]) == ("unreadable-file", None, "no such file")
 
 
 def test_a_backend_gap_has_the_code_unsupported(write_pipe, capsys):
@@ -87,7 +90,7 @@ def test_parameter_values_are_checked_per_file(write_pipe, capsys):
     path = write_pipe("pipeline p(n: int = 2) {\n    sink s = n\n}\n")
     code, out, _ = run(["check", "-f", "json", "--param", "n=many", path], capsys)
     [d] = json.loads(out)
-    assert code == 1 and d["code"] == "parameter" and d["line"] == 1
+    assert code == 1 and (d["code"], d["category"], d["line"]) == ("bad-parameter-value", "parameter", 1)
     assert d["hint"] == "for example --param n=10"
 
 
@@ -123,7 +126,7 @@ def test_a_folder_without_pipe_files_is_an_error(tmp_path, capsys):
     code, out, _ = run(["check", "-f", "json", tmp_path], capsys)
     assert code == 1
     [d] = json.loads(out)
-    assert d["code"] == "file" and d["message"] == "is a directory holding no .pipe file"
+    assert d["category"] == "file" and d["message"] == "is a directory holding no .pipe file"
 
 
 def test_standard_input(capsys, monkeypatch):
@@ -134,13 +137,14 @@ def test_standard_input(capsys, monkeypatch):
 
 def test_standard_input_named_finds_its_modules(tmp_path, capsys, monkeypatch):
     """--stdin-filename names the text in messages and is where `use` looks for modules."""
-    (tmp_path / "m.py").write_text(M)
-    text = "use m as m\n" + UNUSED.replace("sink s = collect(xs)", "sink s = collect(ys)")
+    # a module name no folder above the test's can hold by chance (the lookup walks upwards)
+    (tmp_path / "stdin_probe_module.py").write_text(M)
+    text = "use stdin_probe_module as m\n" + UNUSED.replace("sink s = collect(xs)", "sink s = collect(ys)")
     code, _, err = run(["check", "--stdin-filename", tmp_path / "p.pipe", "-"], capsys, text.encode(), monkeypatch)
     assert (code, err) == (0, f"{tmp_path / 'p.pipe'}: ok\n")
     monkeypatch.chdir(tmp_path.parent)  # unnamed, the text is looked up from the working folder
     code, _, err = run(["check", "-"], capsys, text.encode(), monkeypatch)
-    assert code == 1 and "<stdin>:1:5: error: cannot find module `m`" in err
+    assert code == 1 and "<stdin>:1:5: error: cannot find module `stdin_probe_module`" in err
 
 
 def test_github_annotations(write_pipe, capsys):
@@ -148,7 +152,7 @@ def test_github_annotations(write_pipe, capsys):
     code, out, _ = run(["check", "-f", "github", path], capsys)
     assert code == 1
     escaped = str(path).replace(":", "%3A").replace(",", "%2C")
-    assert out == (f"::error file={escaped},line=3,col=22,endLine=3,endColumn=28,title=pipec semantic::"
+    assert out == (f"::error file={escaped},line=3,col=22,endLine=3,endColumn=28,title=pipec undefined-name::"
                    "undefined name `pionts`%0Ahint: did you mean `points`?\n")
 
 
@@ -163,17 +167,18 @@ def test_sarif_log(write_pipe, capsys, monkeypatch, tmp_path):
     [run_] = log["runs"]
     driver = run_["tool"]["driver"]
     assert driver["name"] == "pipec"
-    assert [r["id"] for r in driver["rules"]] == ["lint", "semantic"]
-    assert all(r["shortDescription"]["text"] for r in driver["rules"])
+    assert [(r["id"], r["properties"]["category"]) for r in driver["rules"]] == [
+        ("undefined-name", "semantic"), ("unused", "lint")]
+    assert driver["rules"][0]["shortDescription"]["text"] == CODES["undefined-name"][1]
     assert run_["originalUriBaseIds"]["SRCROOT"]["uri"] == tmp_path.as_uri() + "/"
     error, warning = run_["results"]
-    assert (error["ruleId"], error["level"]) == ("semantic", "error")
-    assert driver["rules"][error["ruleIndex"]]["id"] == "semantic"
+    assert (error["ruleId"], error["level"]) == ("undefined-name", "error")
+    assert driver["rules"][error["ruleIndex"]]["id"] == "undefined-name"
     assert error["message"]["text"] == "undefined name `pionts`\nhint: did you mean `points`?"
     location = error["locations"][0]["physicalLocation"]
     assert location["artifactLocation"] == {"uri": "bad.pipe", "uriBaseId": "SRCROOT"}
     assert location["region"] == {"startLine": 3, "startColumn": 22, "endLine": 3, "endColumn": 28}
-    assert (warning["ruleId"], warning["level"]) == ("lint", "warning")
+    assert (warning["ruleId"], warning["level"]) == ("unused", "warning")
 
 
 def test_text_output_of_one_file_is_unchanged(write_pipe, capsys):
@@ -195,3 +200,30 @@ def test_the_check_path_imports_no_engine_and_no_renderer(tmp_path):
                           capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "0 []"
+
+
+def test_every_check_reports_under_a_registered_code():
+    """Each reporting call of the parser and the builder names its check with a code that
+    pipec.dsl.codes lists (so JSON, SARIF and the editor can tell checks apart); the
+    codes it lists are all in use."""
+    import ast as pyast
+    from pipec.dsl.codes import CODES
+    used: set[str] = set()
+    for path in sorted((ROOT / "compiler").glob("*.py")) + [ROOT / "dsl" / "parser.py", ROOT / "pipec" / "api.py"]:
+        tree = pyast.parse(path.read_text(encoding="utf-8"))
+        for node in pyast.walk(tree):
+            if not isinstance(node, pyast.Call):
+                continue
+            name = node.func.attr if isinstance(node.func, pyast.Attribute) else getattr(node.func, "id", "")
+            # the reporter's and the builder's own error/warn/fail pass their caller's code on
+            passed_on = any(k.arg == "code" and isinstance(k.value, pyast.Name) for k in node.keywords)
+            delegates = path.name in ("build.py", "reporter.py") and passed_on
+            if name in ("error", "warn", "fail", "_Refused") and node.args and not delegates:
+                code = next((k.value for k in node.keywords if k.arg == "code"), None)
+                assert isinstance(code, pyast.Constant), f"{path.name}:{node.lineno}: a check without code="
+                used.add(code.value)
+            elif name == "Diagnostic" and len(node.args) >= 6 and isinstance(node.args[5], pyast.Constant):
+                used.add(node.args[5].value)
+    unknown = used - set(CODES)
+    assert not unknown, f"codes used but not listed in pipec.dsl.codes: {sorted(unknown)}"
+    assert set(CODES) - used <= {"unreadable-file", "unsupported"}, sorted(set(CODES) - used)

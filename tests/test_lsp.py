@@ -162,20 +162,20 @@ async def test_diagnostics_follow_every_change(client, project):
     line = PIPE.split("\n").index("        ps.apply(total)")
     diagnostics = await change(client, uri, 2, (line, 11), (line, 16), "aply")
     [d] = diagnostics
-    assert d.code == "semantic" and d.message.startswith("actor class `Server` has no method `aply`")
+    assert d.code == "unknown-method" and d.message.startswith("actor class `Server` has no method `aply`")
     assert "did you mean `apply`?" in d.message and d.range.start.line == line
     diagnostics = await change(client, uri, 3, (line, 11), (line, 15), "apply")
     assert diagnostics == []
     diagnostics = await change(client, uri, 4, (line, 8), (line, 8), "stage = ")
     [d] = diagnostics
-    assert d.code == "syntax" and d.range.start.line == line
+    assert d.code == "unexpected-token" and d.range.start.line == line
 
 
 async def test_an_unused_stage_is_a_warning(client, project):
     text = PIPE.replace("    sink out", "    stage spare = map t.make over batches\n    sink out")
     _, diagnostics = await open_doc(client, project, text)
     [d] = diagnostics
-    assert (d.severity, d.code) == (lsp.DiagnosticSeverity.Warning, "lint")
+    assert (d.severity, d.code) == (lsp.DiagnosticSeverity.Warning, "unused")
     assert "`spare` is computed but never used" in d.message
 
 
@@ -350,7 +350,7 @@ async def test_a_file_that_does_not_parse_keeps_its_outline_and_hover(client, pr
     uri, _ = await open_doc(client, project, PIPE)
     line = PIPE.split("\n").index("        ps.apply(total)")
     [d] = await change(client, uri, 2, (line, 0), (line, 0), "        stage broken = map t.\n")
-    assert d.code == "syntax"
+    assert d.code == "unexpected-token"
     symbols = await client.text_document_document_symbol_async(lsp.DocumentSymbolParams(doc(uri)))
     assert [s.name for s in symbols] == ["t", "train"]
     result = await client.text_document_completion_async(lsp.CompletionParams(
