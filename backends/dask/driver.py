@@ -625,8 +625,8 @@ class DaskDriver(PlannedDriver):
         self.events.append(message)
         log.warning(message)
         try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.run_dir / "events.log", "a", encoding="utf-8") as fh:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.log_dir / "events.log", "a", encoding="utf-8") as fh:
                 fh.write(message + "\n")
         except OSError:
             pass

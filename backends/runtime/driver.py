@@ -19,7 +19,7 @@ from pipec.backends.physical.planner import DriverStep, GraphStep, LoopStep, Pla
 from pipec.dsl.diagnostics import PipelineRuntimeError, UsageError
 from pipec.dsl.source import SourceFile, Span
 from pipec.backends.base import NoProgress, Progress, RunResult
-from pipec.backends.runtime import semantics, sources
+from pipec.backends.runtime import semantics, sources, storage
 from pipec.backends.runtime import resume as resuming
 from pipec.backends.runtime.interpreter import StageFailure
 from pipec.backends.runtime.actors import SKIPPED, ReplayLog, last_snapshot
@@ -47,7 +47,13 @@ class Driver:
         self.params = params
         self.progress = progress or NoProgress()
         self.run_id = uuid.uuid4().hex[:12]
-        self.run_dir = Path(run_dir) if run_dir else Path(".pipec") / "runs" / self.run_id
+        # The run folder (records, snapshots, the staged-sinks manifest): a local folder or
+        # a storage URL (s3://...), so that a cluster needs no shared disk.
+        self.run_dir = str(run_dir) if run_dir else str(Path(".pipec") / "runs" / self.run_id)
+        # Where engine logs go: a local file is appended line by line, which object stores
+        # cannot do, so a run folder elsewhere keeps its logs in a local one.
+        self.log_dir = (Path(storage.local_path(self.run_dir)) if storage.is_local(self.run_dir)
+                        else Path(".pipec") / "runs" / self.run_id)
         self.env: dict[str, Any] = {}
         self.round_index: dict[str, int] = {}
         self.result = RunResult(backend=self.backend, run_dir=str(self.run_dir))
@@ -399,7 +405,8 @@ class Driver:
         return result
 
     def snapshot_path(self, actor: str) -> str:
-        return str((self.run_dir / "actors" / f"{actor}.snapshot").resolve())
+        """Where actor ``actor`` keeps its snapshot: absolute, since workers read it too."""
+        return storage.absolute(storage.join(self.run_dir, "actors", f"{actor}.snapshot"))
 
     # ---- resuming a run whose driver died
 
@@ -423,7 +430,7 @@ class Driver:
                 self.result.outputs.update(record.outputs)
                 return
         resuming.clear(self.run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)  # the run folder exists from the start
+        storage.make_folder(self.run_dir)  # the run folder exists from the start
 
     def finish_records(self) -> None:
         """The run completed: every record is on disk, and the run is marked finished
