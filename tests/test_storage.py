@@ -46,6 +46,17 @@ def test_naming_helpers():
     assert storage.absolute("s3://b/k") == "s3://b/k" and os.path.isabs(storage.absolute("rel/x"))
 
 
+def test_driver_errors_are_oserrors(s3, monkeypatch):
+    """botocore's own exceptions (here: no credentials at all) come out as OSError, so
+    every caller handles one type."""
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(key)
+    from tests.s3 import _forget_filesystems
+    _forget_filesystems()
+    with pytest.raises(OSError, match="NoCredentialsError"):
+        storage.atomic_write(s3.url("k"), b"x")
+
+
 def test_an_unknown_scheme_says_what_to_use():
     with pytest.raises(storage.StorageUnavailable) as info:
         storage.read_bytes("nosuch://bucket/key")
@@ -55,7 +66,9 @@ def test_an_unknown_scheme_says_what_to_use():
 
 def test_the_s3_extra_is_named_when_its_driver_is_missing(monkeypatch):
     import sys
+    import fsspec  # noqa: F401  (fsspec.registry is the module once fsspec is imported)
     monkeypatch.setitem(sys.modules, "s3fs", None)  # as if s3fs were not installed
+    monkeypatch.delitem(sys.modules["fsspec.registry"]._registry, "s3", raising=False)  # nor imported yet
     with pytest.raises(storage.StorageUnavailable) as info:
         storage.exists("s3://bucket/key")
     assert info.value.hint == "pip install 'pipec[s3]'"
@@ -112,3 +125,93 @@ def test_local_check_writable(tmp_path):
         storage.check_writable(tmp_path / "file" / "w.json")
     with pytest.raises(IsADirectoryError):
         storage.check_writable(tmp_path)
+
+
+# ---- pipelines on S3 -------------------------------------------------------------------------
+
+_TALLY = '''
+class Tally:
+    def __init__(self):
+        self.total = 0
+
+    def add(self, n):
+        self.total += n
+        return self.total
+
+    def value(self):
+        return self.total
+
+
+def size(line):
+    return len(line)
+'''
+
+_PIPE = '''use m as m
+
+pipeline on_s3(text: str = "in/lines.txt", rows: str = "in/rows.jsonl", out: str = "out") {
+    source lines = read_text(text) partitions 2
+    source records = read_jsonl(rows) partitions 2
+    actor tally = m.Tally() { checkpoint every 2 calls }
+    repeat 3 {
+        tally.add(count(lines))
+    }
+    sink sizes = collect(map m.size over lines) -> json(out + "/sizes.json")
+    sink copied = collect(records) -> jsonl(out + "/rows.jsonl")
+    sink total = tally.value() -> text(out + "/total.txt")
+}
+'''
+
+_LINES = "alpha\nbeta\ngamma delta\n\nepsilon\n"
+_ROWS = '{"id": 1, "x": 0.5}\n{"id": 2, "x": 1.5}\n\n{"id": 3, "x": 2.5}\n'
+
+
+def test_sources_sinks_and_snapshots_on_s3_match_the_local_disk(s3, write_pipe, tmp_path, monkeypatch):
+    """One pipeline run twice: on local files, and with its sources, sinks and run folder
+    on S3. The S3 run writes the same bytes, keeps its actor's snapshot in the bucket, and
+    leaves no temporary behind."""
+    from pipec import load
+    path = write_pipe(_PIPE, m=_TALLY)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "lines.txt").write_text(_LINES)
+    (tmp_path / "in" / "rows.jsonl").write_text(_ROWS)
+    local = load(path).run(backend="local", params={"out": "out"}, run_dir=str(tmp_path / "run"))
+    s3.put("in/lines.txt", _LINES)
+    s3.put("in/rows.jsonl", _ROWS)
+    remote = load(path).run(backend="local", run_dir=s3.url("runs/r1"),
+                            params={"text": s3.url("in/lines.txt"), "rows": s3.url("in/rows.jsonl"),
+                                    "out": s3.url("out")})
+    for name in ("sizes.json", "rows.jsonl", "total.txt"):
+        assert s3.get(f"out/{name}") == (tmp_path / "out" / name).read_bytes(), name
+    assert remote.files["total"] == s3.url("out/total.txt") and local.files["total"] == "out/total.txt"
+    assert s3.keys() == ["in/lines.txt", "in/rows.jsonl", "out/rows.jsonl", "out/sizes.json", "out/total.txt",
+                         "runs/r1/actors/tally.1.snapshot", "runs/r1/actors/tally.3.snapshot",
+                         "runs/r1/actors/tally.snapshot", "runs/r1/resume/finished", "runs/r1/resume/state.pickle"]
+    import pickle
+    state = pickle.loads(s3.get("runs/r1/actors/tally.snapshot"))
+    assert state[0].total == 15 and state[1] == 3  # every 2 calls: after 3 x add(5) and value()
+
+
+def test_a_missing_source_and_an_unwritable_sink_fail_before_computing(s3, write_pipe, tmp_path, monkeypatch):
+    from pipec import load
+    from pipec.backends.runtime.preflight import PreflightError
+    path = write_pipe(_PIPE, m=_TALLY)
+    monkeypatch.chdir(tmp_path)
+    s3.put("in/lines.txt", _LINES)
+    with pytest.raises(PreflightError) as info:
+        load(path).run(backend="local", params={"text": s3.url("in/lines.txt"), "rows": s3.url("in/nope.jsonl"),
+                                                "out": s3.url("out")})
+    text = info.value.render()
+    assert f"no such file: {s3.url('in/nope.jsonl')}" in text and "p.pipe:5:" in text and "^" in text
+    s3.put("in/rows.jsonl", _ROWS)
+    with pytest.raises(PreflightError) as info:
+        load(path).run(backend="local", params={"text": s3.url("in/lines.txt"), "rows": s3.url("in/rows.jsonl"),
+                                                "out": f"s3://{s3.bucket}-gone/out"})
+    text = info.value.render()
+    assert f"cannot write s3://{s3.bucket}-gone/out/sizes.json" in text and "p.pipe:10:" in text
+    assert "AWS_ENDPOINT_URL" in text
+    with pytest.raises(PreflightError) as info:
+        load(path).run(backend="local", params={"text": s3.url("in/lines.txt"), "rows": s3.url("in/rows.jsonl"),
+                                                "out": "nosuch://x/out"})
+    assert "unknown storage scheme `nosuch://` in nosuch://x/out/sizes.json" in info.value.render()
+    assert s3.keys() == ["in/lines.txt", "in/rows.jsonl"]  # nothing was written, not even a run folder

@@ -19,7 +19,7 @@ from pipec.backends.physical.planner import DriverStep, GraphStep, LoopStep, Pla
 from pipec.dsl.diagnostics import PipelineRuntimeError, UsageError
 from pipec.dsl.source import SourceFile, Span
 from pipec.backends.base import NoProgress, Progress, RunResult
-from pipec.backends.runtime import semantics, sources, storage
+from pipec.backends.runtime import preflight, semantics, sources, storage
 from pipec.backends.runtime import resume as resuming
 from pipec.backends.runtime.interpreter import StageFailure
 from pipec.backends.runtime.actors import SKIPPED, ReplayLog, last_snapshot
@@ -71,6 +71,7 @@ class Driver:
     def run(self) -> RunResult:
         start = time.perf_counter()
         ensure_path(self.ir.info.module_paths())
+        self.preflight()
         self.sinks.clean_leftovers()
         if self.resumable:
             self.prepare_run_dir()
@@ -86,6 +87,12 @@ class Driver:
             self.teardown()
         self.result.seconds = time.perf_counter() - start
         return self.result
+
+    def preflight(self) -> None:
+        """Before anything is computed: every file source exists, every sink and a run
+        folder on storage can be written (see preflight.py); else a PreflightError at the
+        source or sink."""
+        preflight.check(self.ir, self.params, self.run_dir, self.source_file())
 
     def commit_sinks(self) -> None:
         """The run succeeded: every sink it staged becomes its file, together."""
@@ -225,14 +232,18 @@ class Driver:
         driver needs one (a reduction result, say) fetch it here; the default has it."""
         return value
 
-    def error(self, where: str, message: str, span: ir.SpanModel | None = None, hint: str | None = None):
+    def source_file(self) -> SourceFile:
+        """The .pipe text errors point into (read from the file when not given)."""
         if self._source is None:
             try:
                 self._source = SourceFile.read(self.ir.info.path)
             except Exception:
                 self._source = SourceFile(self.ir.info.path, "")
+        return self._source
+
+    def error(self, where: str, message: str, span: ir.SpanModel | None = None, hint: str | None = None):
         s = Span(span.line, span.column, span.end_line, span.end_column, 0, 0) if span else None
-        return PipelineRuntimeError(where, message, s, self._source, hint)
+        return PipelineRuntimeError(where, message, s, self.source_file(), hint)
 
     def user_error(self, where: str, exc: BaseException, span: ir.SpanModel | None, partition: int | None = None):
         place = f" (partition {partition})" if partition is not None else ""

@@ -23,6 +23,7 @@ A URL whose scheme fsspec does not know, or whose driver is not installed, raise
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 import stat
@@ -34,9 +35,25 @@ from typing import IO
 # Protocols whose single PUT of a key is atomic: a write goes straight to the final key.
 OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "abfs", "abfss", "az", "adl", "memory"})
 
-# The pipec extra that brings a protocol's fsspec driver.
+# The pipec extra that brings a protocol's fsspec driver, and the driver.
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "abfs": "azure", "abfss": "azure",
           "az": "azure", "adl": "azure"}
+DRIVERS = {"s3": "s3fs", "gcs": "gcsfs", "azure": "adlfs"}
+
+
+def _oserrors(fn):
+    """Every failure of a storage call is an OSError (or StorageUnavailable): drivers
+    raise their own types too (botocore's NoCredentialsError, ClientError, ...), and
+    callers should not have to know each driver."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (OSError, StorageUnavailable, ValueError, TypeError):
+            raise
+        except Exception as exc:
+            raise OSError(f"{type(exc).__name__}: {exc}") from exc
+    return wrapper
 
 
 class StorageUnavailable(Exception):
@@ -92,11 +109,10 @@ def name(url: str | Path) -> str:
 
 
 def absolute(url: str | Path) -> str:
-    """``url`` made independent of the working folder: a local path made absolute
-    (symlinks resolved), a URL unchanged. What is handed to workers, whose working
-    folder is not the driver's."""
+    """``url`` made independent of the working folder: a local path made absolute, a URL
+    unchanged. What is handed to workers, whose working folder is not the driver's."""
     if is_local(url):
-        return str(Path(local_path(url)).resolve())
+        return os.path.abspath(local_path(url))
     return str(url)
 
 
@@ -126,7 +142,7 @@ def filesystem(url: str | Path):
         return fsspec.core.url_to_fs(str(url), **_options.get(protocol, {}))
     except ImportError as exc:
         extra = EXTRAS.get(protocol)
-        module = exc.name or "its driver"
+        module = DRIVERS.get(extra) or exc.name or "its driver"
         raise StorageUnavailable(str(url), f"`{protocol}://` needs {module}, which is not installed",
                                  f"pip install 'pipec[{extra}]'" if extra else f"pip install {module}") from None
     except ValueError as exc:
@@ -146,6 +162,7 @@ def check_reachable(url: str | Path) -> None:
 # ---- reading ---------------------------------------------------------------------------------
 
 
+@_oserrors
 def read_bytes(url: str | Path) -> bytes:
     """The whole content of a file; FileNotFoundError when it is missing."""
     if is_local(url):
@@ -160,6 +177,7 @@ def read_text(url: str | Path) -> str:
     return read_bytes(url).decode("utf-8")
 
 
+@_oserrors
 def open_input(url: str | Path, mode: str = "rb", **kwargs) -> IO:
     """A file opened for reading (``"rb"``, or ``"r"`` with ``encoding``/``newline``),
     streamed from object stores rather than fetched whole; use it as a context manager."""
@@ -171,6 +189,7 @@ def open_input(url: str | Path, mode: str = "rb", **kwargs) -> IO:
     return fs.open(path, mode, **kwargs)
 
 
+@_oserrors
 def exists(url: str | Path) -> bool:
     """Whether a file (or, on object stores, any key under the prefix) is there."""
     if is_local(url):
@@ -180,6 +199,7 @@ def exists(url: str | Path) -> bool:
     return fs.exists(path)
 
 
+@_oserrors
 def is_file(url: str | Path) -> bool:
     """Whether ``url`` is a file (not a folder or a prefix)."""
     if is_local(url):
@@ -189,6 +209,7 @@ def is_file(url: str | Path) -> bool:
     return fs.isfile(path)
 
 
+@_oserrors
 def listing(url: str | Path) -> list[str]:
     """The names (not paths) of the entries directly in folder ``url``, sorted; empty
     when it does not exist."""
@@ -206,9 +227,28 @@ def listing(url: str | Path) -> list[str]:
     return sorted(posixpath.basename(e.rstrip("/")) for e in entries)
 
 
+def has_magic(url: str | Path) -> bool:
+    """Whether ``url`` is a glob pattern (``*``, ``?`` or ``[``)."""
+    return any(c in str(url) for c in "*?[")
+
+
+@_oserrors
+def glob(pattern: str | Path) -> list[str]:
+    """The files matching glob ``pattern``, sorted, as paths or URLs of the same kind as
+    the pattern (``s3://b/in/*.txt`` gives ``s3://b/in/a.txt``, ...)."""
+    if is_local(pattern):
+        import glob as globbing
+        return sorted(p for p in globbing.glob(local_path(pattern)) if os.path.isfile(p))
+    fs, path = filesystem(pattern)
+    fs.invalidate_cache()
+    scheme = protocol_of(pattern)
+    return sorted(f"{scheme}://{p}" for p in fs.glob(path) if fs.isfile(p))
+
+
 # ---- writing ---------------------------------------------------------------------------------
 
 
+@_oserrors
 def atomic_write(url: str | Path, data: str | bytes) -> str | Path:
     """Write ``data`` (text as UTF-8, or bytes) to ``url`` so readers see the old file or
     the whole new one (see the module's docstring for how, per kind of storage).
@@ -236,6 +276,7 @@ def atomic_write(url: str | Path, data: str | bytes) -> str | Path:
     return url
 
 
+@_oserrors
 def move(src: str | Path, dst: str | Path) -> None:
     """Put file ``src`` in place of ``dst`` (both on the same storage). On the local disk
     a rename; on an object store a server-side copy (the target key appears whole) and
@@ -249,6 +290,7 @@ def move(src: str | Path, dst: str | Path) -> None:
     fs.invalidate_cache(target)
 
 
+@_oserrors
 def make_folder(url: str | Path) -> None:
     """Make folder ``url`` and its parents; nothing to do on object stores, whose folders
     exist as soon as a key is under them."""
@@ -259,6 +301,7 @@ def make_folder(url: str | Path) -> None:
         fs.makedirs(path, exist_ok=True)
 
 
+@_oserrors
 def remove(url: str | Path) -> None:
     """Remove a file; nothing happens when it is not there."""
     if is_local(url):
@@ -271,6 +314,7 @@ def remove(url: str | Path) -> None:
     _quietly_remove(fs, path)
 
 
+@_oserrors
 def remove_tree(url: str | Path) -> None:
     """Remove folder ``url`` and everything under it; nothing happens when it is not
     there."""
@@ -287,23 +331,27 @@ def remove_tree(url: str | Path) -> None:
     fs.invalidate_cache(path)
 
 
-def check_writable(url: str | Path) -> None:
-    """Raise OSError (or StorageUnavailable) unless a file could be written at ``url``,
-    without writing it: on the local disk the nearest existing folder must be a writable
-    folder; elsewhere a small probe object is written beside it and removed, so an
-    unreachable bucket or missing credentials show before any work is done."""
+@_oserrors
+def check_writable(url: str | Path, folder: bool = False) -> None:
+    """Raise OSError (or StorageUnavailable) unless a file (``folder``: files inside
+    folder) could be written at ``url``, without leaving anything: on the local disk the
+    nearest existing folder must be a writable folder (nothing is made); elsewhere a small
+    probe object is written and removed, so an unreachable bucket or missing credentials
+    show before any work is done."""
     if is_local(url):
-        folder = os.path.dirname(os.path.abspath(local_path(url)))
-        while not os.path.exists(folder):
-            folder = os.path.dirname(folder)
-        if not os.path.isdir(folder):
-            raise NotADirectoryError(f"{folder} is not a folder")
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise PermissionError(f"{folder} is not writable")
-        if os.path.isdir(local_path(url)):
+        path = os.path.abspath(local_path(url))
+        if not folder and os.path.isdir(path):
             raise IsADirectoryError(f"{url} is a folder")
+        nearest = path if folder else os.path.dirname(path)
+        while not os.path.exists(nearest):
+            nearest = os.path.dirname(nearest)
+        if not os.path.isdir(nearest):
+            raise NotADirectoryError(f"{nearest} is not a folder")
+        if not os.access(nearest, os.W_OK | os.X_OK):
+            raise PermissionError(f"{nearest} is not writable")
         return
-    probe = join(parent(url), f".pipec-probe-{uuid.uuid4().hex[:12]}")
+    filesystem(url)  # an unknown scheme or a missing driver is named with ``url``, not the probe
+    probe = join(url if folder else parent(url), f".pipec-probe-{uuid.uuid4().hex[:12]}")
     atomic_write(probe, b"")
     remove(probe)
 

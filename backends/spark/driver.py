@@ -169,6 +169,7 @@ class SparkDriver(Driver):
     def setup(self) -> None:
         plan = self.plan
         if not self.dry:
+            self.preflight()
             self.sinks.clean_leftovers()
             self.prepare_run_dir()
         log = None if self.dry else str(self.log_dir / "spark.log")
