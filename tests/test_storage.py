@@ -66,9 +66,10 @@ def test_an_unknown_scheme_says_what_to_use():
 
 def test_the_s3_extra_is_named_when_its_driver_is_missing(monkeypatch):
     import sys
-    import fsspec  # noqa: F401  (fsspec.registry is the module once fsspec is imported)
+    import importlib
+    registry = importlib.import_module("fsspec.registry")  # `fsspec.registry` is a mapping, not the module
     monkeypatch.setitem(sys.modules, "s3fs", None)  # as if s3fs were not installed
-    monkeypatch.delitem(sys.modules["fsspec.registry"]._registry, "s3", raising=False)  # nor imported yet
+    monkeypatch.delitem(registry._registry, "s3", raising=False)  # nor imported yet
     with pytest.raises(storage.StorageUnavailable) as info:
         storage.exists("s3://bucket/key")
     assert info.value.hint == "pip install 'pipec[s3]'"
