@@ -4,11 +4,24 @@ live there."""
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 
+from pipec import load
+from pipec.backends.runtime import resume as resuming
 from pipec.backends.runtime import storage
+from tests.conftest import ROOT
 
 
 # ---- the storage layer -----------------------------------------------------------------------
@@ -170,7 +183,6 @@ def test_sources_sinks_and_snapshots_on_s3_match_the_local_disk(s3, write_pipe, 
     """One pipeline run twice: on local files, and with its sources, sinks and run folder
     on S3. The S3 run writes the same bytes, keeps its actor's snapshot in the bucket, and
     leaves no temporary behind."""
-    from pipec import load
     path = write_pipe(_PIPE, m=_TALLY)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "in").mkdir()
@@ -194,7 +206,6 @@ def test_sources_sinks_and_snapshots_on_s3_match_the_local_disk(s3, write_pipe, 
 
 
 def test_a_missing_source_and_an_unwritable_sink_fail_before_computing(s3, write_pipe, tmp_path, monkeypatch):
-    from pipec import load
     from pipec.backends.runtime.preflight import PreflightError
     path = write_pipe(_PIPE, m=_TALLY)
     monkeypatch.chdir(tmp_path)
@@ -216,3 +227,132 @@ def test_a_missing_source_and_an_unwritable_sink_fail_before_computing(s3, write
                                                 "out": "nosuch://x/out"})
     assert "unknown storage scheme `nosuch://` in nosuch://x/out/sizes.json" in info.value.render()
     assert s3.keys() == ["in/lines.txt", "in/rows.jsonl"]  # nothing was written, not even a run folder
+
+
+# ---- a cluster without a shared disk ---------------------------------------------------------
+
+
+def _private_launcher(hidden: Path) -> list[str] | None:
+    """The command prefix that starts a process in a mount namespace of its own where
+    ``hidden`` (the driver's folders) is an empty tmpfs, or None where the machine does
+    not allow it (then only the working folder differs)."""
+    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                            f"mount -t tmpfs pipec-private {shlex.quote(str(hidden))}"],
+                           capture_output=True, timeout=30) if shutil.which("unshare") else None
+    if probe is None or probe.returncode != 0:
+        return None
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c",
+            f"mount -t tmpfs pipec-private {shlex.quote(str(hidden))} && mkdir -p \"$0\" && cd \"$0\" && exec \"$@\""]
+
+
+@pytest.fixture
+def private_dask_cluster(s3, tmp_path_factory):
+    """A `dask scheduler` and two `dask worker` processes (no nanny, so a killed worker
+    stays dead) whose working folders are not the driver's: in a private mount namespace
+    the test's folders are an empty tmpfs, so a worker can only reach the run folder
+    through S3. Yields (address, client, isolated)."""
+    from distributed import Client
+    hidden = tmp_path_factory.getbasetemp()
+    outside = Path(tempfile.mkdtemp(prefix="pipec-workers-"))
+    env = {**os.environ, **s3.env, "PYTHONPATH": str(ROOT)}
+    log = open(outside / "cluster.log", "w")
+    scheduler_file = outside / "scheduler.json"
+    procs = [subprocess.Popen(["dask", "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                               "--scheduler-file", str(scheduler_file)], cwd=outside, stdout=log, stderr=log, env=env)]
+    launcher = _private_launcher(hidden)
+    try:
+        deadline = time.time() + 60
+        while not scheduler_file.exists() and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.2)
+        address = json.loads(scheduler_file.read_text())["address"]
+        for i in range(2):
+            cwd = outside / f"w{i}"
+            cwd.mkdir()
+            worker = ["dask", "worker", address, "--nthreads", "1", "--no-dashboard", "--no-nanny",
+                      "--memory-limit", "1GiB", "--name", f"w{i}"]
+            command = [*launcher, str(hidden / f"w{i}"), *worker] if launcher else worker
+            procs.append(subprocess.Popen(command, cwd=cwd, stdout=log, stderr=log, env=env))
+        client = Client(address, timeout="30s")
+        client.wait_for_workers(2, timeout=60)
+        yield address, client, launcher is not None
+        client.close()
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+        shutil.rmtree(outside, ignore_errors=True)
+
+
+def _actor_worker(client, prefix: str) -> str:
+    """The address of the worker that hosts the actor whose key starts with ``prefix``."""
+    def held(dask_scheduler=None):
+        return {str(ts.key): [w.address for w in dask_scheduler.workers.values() if ts in w.actors]
+                for ts in dask_scheduler.tasks.values() if ts.actor}
+    for key, holders in client.run_on_scheduler(held).items():
+        if key.startswith(prefix) and holders:
+            return holders[0]
+    raise AssertionError(f"no actor {prefix}")
+
+
+def test_dask_without_a_shared_disk_survives_its_actor_worker_and_its_driver(s3, private_dask_cluster, workdir):
+    """examples/train.pipe on a scheduler and two workers that cannot see the driver's
+    folders, with the run folder on S3. Mid-run the worker hosting the parameter server
+    is killed (SIGKILL by pid): the driver re-creates the actor on the other worker from
+    its snapshot in the bucket. Then the driver itself is killed, and `pipec run --resume
+    s3://...` continues from the record in the bucket. The weights are exactly those of
+    a clean run."""
+    address, client, isolated = private_dask_cluster
+    if isolated:  # where the driver's files are, the workers see nothing
+        seen = client.run(os.path.exists, str(workdir))
+        assert len(seen) == 2 and not any(seen.values()), seen
+    params = ["-p", "epochs=100", "-p", "rows=4000"]
+    clean = load(Path("examples/train.pipe")).run(backend="local", params={"epochs": 100, "rows": 4000})
+    expected = Path(clean.files["weights"]).read_bytes()
+    shutil.rmtree(workdir / "out")
+    shutil.rmtree(workdir / ".pipec")  # the clean run's own folder
+    run = s3.url("runs/train")
+    env = {**os.environ, **s3.env, "PYTHONPATH": str(ROOT), "DASK_SCHEDULER_ADDRESS": ""}
+    command = [sys.executable, "-m", "pipec", "run", "examples/train.pipe", "--backend", "dask",
+               "--address", address, *params]
+    driver = subprocess.Popen([*command, "--run-dir", run], cwd=workdir, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+
+    def rounds() -> int:
+        try:
+            return pickle.loads(storage.read_bytes(storage.join(run, resuming.RECORD))).rounds
+        except (FileNotFoundError, EOFError, pickle.UnpicklingError):
+            return -1
+
+    def wait_for(n: int) -> int:
+        deadline = time.time() + 180
+        while time.time() < deadline and driver.poll() is None and rounds() < n:
+            time.sleep(0.05)
+        assert driver.poll() is None, f"the run ended before round {n}: {driver.stderr.read().decode()}"
+        return rounds()
+    try:
+        wait_for(3)
+        victim = _actor_worker(client, "ps-actor@")
+        os.kill(client.run(os.getpid, workers=[victim])[victim], signal.SIGKILL)
+        # a record after the kill: the actor came back on the other worker, the run went on
+        stopped_at = wait_for(rounds() + 1)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+        driver.stderr.close()
+    assert 3 <= stopped_at < 100 and not (workdir / "out" / "weights.json").exists()
+    snapshots = [k for k in s3.keys("runs/train/actors/") if k.endswith(".snapshot")]
+    assert "runs/train/actors/ps.snapshot" in snapshots
+    assert not list(workdir.glob(".pipec/runs/*/actors"))  # nothing of the run state on the driver's disk
+    resumed = subprocess.run([*command, "--resume", run], cwd=workdir, env=env, capture_output=True, text=True,
+                             timeout=240)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (workdir / "out" / "weights.json").read_bytes() == expected
+    assert s3.keys("runs/train/resume/") == ["runs/train/resume/finished", "runs/train/resume/state.pickle"]
