@@ -376,7 +376,13 @@ class Driver:
         saved = self.record.actors.get(node) if self.record is not None else None
         if saved is not None and op.checkpoint_every:
             # The actor restores the snapshot the record names as it starts.
-            resuming.restore_snapshot(self.snapshot_path(node), saved["snapshot"])
+            try:
+                resuming.restore_snapshot(self.snapshot_path(node), saved["snapshot"])
+            except OSError as exc:
+                raise self.error(node, f"cannot restore actor `{node}` from its snapshot: {exc.strerror or exc} "
+                                       f"({getattr(exc, 'filename', None) or self.snapshot_path(node)})", op.span,
+                                 "the actors' workers wrote it where this driver cannot read: give the run a folder "
+                                 "every machine reaches (--run-dir s3://bucket/runs/NAME)") from None
         handle = self.start_actor(node, op)
         if saved is not None:
             self.env[node] = handle  # the replayed calls reach the actor through it
