@@ -65,6 +65,7 @@ class Driver:
         self.sinks = StagedSinks(self.run_dir, self.run_id)  # committed together at the end
         self._recorded_at, self._record_cost = 0.0, 0.0  # when the last record was made, what it cost
         self.top_index = 0  # the top-level item running now
+        self._preflown = False
 
     # ---- entry
 
@@ -91,8 +92,11 @@ class Driver:
     def preflight(self) -> None:
         """Before anything is computed: every file source exists, every sink and a run
         folder on storage can be written (see preflight.py); else a PreflightError at the
-        source or sink."""
-        preflight.check(self.ir, self.params, self.run_dir, self.source_file())
+        source or sink. Done once: a backend calls it before starting its engine (a bad
+        bucket should not cost a cluster start), and ``run`` calls it for the others."""
+        if not self._preflown:
+            preflight.check(self.ir, self.params, self.run_dir, self.source_file())
+            self._preflown = True
 
     def commit_sinks(self) -> None:
         """The run succeeded: every sink it staged becomes its file, together."""
