@@ -205,6 +205,20 @@ def test_sources_sinks_and_snapshots_on_s3_match_the_local_disk(s3, write_pipe, 
     assert state[0].total == 15 and state[1] == 3  # every 2 calls: after 3 x add(5) and value()
 
 
+def test_a_killed_runs_staged_sinks_on_s3_are_cleaned_by_the_next_run_of_the_folder(s3, write_pipe, tmp_path,
+                                                                                   monkeypatch):
+    from pipec.backends.runtime.sinks import StagedSinks
+    monkeypatch.chdir(tmp_path)
+    killed = StagedSinks(s3.url("runs/r"), "deadbeef")
+    killed.stage([1, 2], "json", s3.url("out/a.json"), True)  # and then the process died
+    assert s3.keys() == ["out/.a.json.pipec-staged-deadbeef.tmp", "runs/r/staged.json"]
+    path = write_pipe(f'pipeline p() {{\n    source xs = range(3) partitions 1\n'
+                      f'    sink b = collect(xs) -> json("{s3.url("out/b.json")}")\n}}\n')
+    load(path).run(backend="local", run_dir=s3.url("runs/r"))
+    assert [k for k in s3.keys() if not k.startswith("runs/r/resume/")] == ["out/b.json"]
+    assert json.loads(s3.get("out/b.json")) == [0, 1, 2]
+
+
 def test_a_missing_source_and_an_unwritable_sink_fail_before_computing(s3, write_pipe, tmp_path, monkeypatch):
     from pipec.backends.runtime.preflight import PreflightError
     path = write_pipe(_PIPE, m=_TALLY)
