@@ -61,8 +61,9 @@ def s3(s3_server, monkeypatch):
     import boto3
     env = {"AWS_ENDPOINT_URL": s3_server, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "AWS_DEFAULT_REGION": "us-east-1", "AWS_SESSION_TOKEN": "testing",
-           # never read the machine's own AWS files
-           "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"}
+           # never read the machine's own AWS files (a missing file is fine; /dev/null is not)
+           "AWS_CONFIG_FILE": "/nonexistent/pipec-tests/aws-config",
+           "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/pipec-tests/aws-credentials"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     _forget_filesystems()

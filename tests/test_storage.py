@@ -219,6 +219,12 @@ def test_a_killed_runs_staged_sinks_on_s3_are_cleaned_by_the_next_run_of_the_fol
     assert json.loads(s3.get("out/b.json")) == [0, 1, 2]
 
 
+def test_resuming_a_run_that_is_not_in_the_bucket_is_a_usage_error(s3, capsys):
+    from pipec.cli import main
+    code = main(["run", str(ROOT / "examples" / "train.pipe"), "--backend", "dask", "--resume", s3.url("runs/none")])
+    assert code == 2 and f"no run at {s3.url('runs/none')}" in capsys.readouterr().err
+
+
 def test_a_missing_source_and_an_unwritable_sink_fail_before_computing(s3, write_pipe, tmp_path, monkeypatch):
     from pipec.backends.runtime.preflight import PreflightError
     path = write_pipe(_PIPE, m=_TALLY)
@@ -326,6 +332,12 @@ def test_dask_without_a_shared_disk_survives_its_actor_worker_and_its_driver(s3,
     if isolated:  # where the driver's files are, the workers see nothing
         seen = client.run(os.path.exists, str(workdir))
         assert len(seen) == 2 and not any(seen.values()), seen
+    # tasks read their own lines of a text file in the bucket, never through the driver's disk
+    s3.put("in/corpus.txt", (workdir / "examples" / "data" / "corpus.txt").read_bytes())
+    wordcount = load(Path("examples/wordcount.pipe"))
+    on_cluster = wordcount.run(backend="dask", address=address, params={"path": s3.url("in/corpus.txt")})
+    top = Path(on_cluster.files["top_words"]).read_bytes()
+    assert top == Path(wordcount.run(backend="local").files["top_words"]).read_bytes()
     params = ["-p", "epochs=100", "-p", "rows=4000"]
     clean = load(Path("examples/train.pipe")).run(backend="local", params={"epochs": 100, "rows": 4000})
     expected = Path(clean.files["weights"]).read_bytes()
