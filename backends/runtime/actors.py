@@ -43,8 +43,8 @@ class ActorHost:
         # same keys, and gets the recorded answers without applying them twice.
         self.keyed: dict[tuple, Any] = {}
         self._latest: dict[str, tuple] = {}  # stage -> the newest round that called it
-        if self.snapshot_path is not None and storage.exists(self.snapshot_path):
-            state = pickle.loads(storage.read_bytes(self.snapshot_path))
+        state = self._stored_state()
+        if state is not None:
             self.obj, self.applied = state[0], state[1]
             self.last_result = state[2] if len(state) > 2 else SKIPPED
             if len(state) > 3:
@@ -52,6 +52,16 @@ class ActorHost:
             self.restored = True
         else:
             self.obj = resolve(module, cls)(*args, **kwargs)
+
+    def _stored_state(self) -> tuple | None:
+        """The snapshot's state, or None when there is none (one read: on an object store
+        a lookup first would cost a second request)."""
+        if self.snapshot_path is None:
+            return None
+        try:
+            return pickle.loads(storage.read_bytes(self.snapshot_path))
+        except FileNotFoundError:
+            return None
 
     def call(self, seq: int, method: str, args: list, kwargs: dict) -> Any:
         """Apply call ``seq`` unless it was applied already (then return SKIPPED, or the
@@ -139,9 +149,14 @@ class VersionedHost(ActorHost):
     round the driver died in, so a resumed run restores the one its record names."""
 
     def save(self) -> None:
+        # The versioned copy first: a host killed between the two writes then leaves the
+        # newest snapshot one call-range older, and its successor restores that, replays
+        # and writes both again. The other order left a newest snapshot (say at call 9)
+        # without its versioned copy, for good, since call 9 is never applied again; a
+        # record naming snapshot 9 then could not be resumed (seen with S3's slower PUTs).
         data = self.snapshot_bytes()
-        storage.atomic_write(self.snapshot_path, data)
         storage.atomic_write(versioned(self.snapshot_path, self.applied), data)
+        storage.atomic_write(self.snapshot_path, data)
 
 
 def last_snapshot(checkpoint_every: int | None, next_seq: int) -> int | None:
