@@ -49,17 +49,18 @@ def _oserrors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (OSError, StorageUnavailable, ValueError, TypeError):
+        except (OSError, ValueError, TypeError):  # StorageUnavailable included
             raise
         except Exception as exc:
             raise OSError(f"{type(exc).__name__}: {exc}") from exc
     return wrapper
 
 
-class StorageUnavailable(Exception):
+class StorageUnavailable(OSError):
     """A URL pipec cannot reach from this installation: an unknown scheme, or a scheme
     whose driver (s3fs, gcsfs, adlfs, or fsspec itself) is missing. ``hint`` says what to
-    install."""
+    install. An OSError, so code that reports failed reads and writes reports it too
+    (a worker without s3fs, say); the pre-flight catches it first and gives the hint."""
 
     def __init__(self, url: str, message: str, hint: str | None):
         super().__init__(message)
