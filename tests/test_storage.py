@@ -219,6 +219,20 @@ def test_a_killed_runs_staged_sinks_on_s3_are_cleaned_by_the_next_run_of_the_fol
     assert json.loads(s3.get("out/b.json")) == [0, 1, 2]
 
 
+def test_storage_options_from_the_api_reach_the_bucket(s3, write_pipe, tmp_path, monkeypatch):
+    """Without AWS_ENDPOINT_URL the endpoint comes from ``storage_options`` (fsspec's own
+    options for the protocol)."""
+    from tests.s3 import _forget_filesystems
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    monkeypatch.setattr(storage, "_options", {})
+    _forget_filesystems()
+    monkeypatch.chdir(tmp_path)
+    path = write_pipe(f'pipeline p() {{\n    source xs = range(4) partitions 2\n'
+                      f'    sink b = collect(xs) -> jsonl("{s3.url("out/b.jsonl")}")\n}}\n')
+    load(path).run(backend="local", storage_options={"s3": {"endpoint_url": s3.endpoint}})
+    assert s3.get("out/b.jsonl").decode().split() == ["0", "1", "2", "3"]
+
+
 def test_resuming_a_run_that_is_not_in_the_bucket_is_a_usage_error(s3, capsys):
     from pipec.cli import main
     code = main(["run", str(ROOT / "examples" / "train.pipe"), "--backend", "dask", "--resume", s3.url("runs/none")])
