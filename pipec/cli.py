@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="a cluster to use: Dask scheduler, Ray head or Spark master")
     p.add_argument("--run-dir", help="where checkpoints go: a folder or a storage URL such as s3://bucket/runs/x "
                                      "(default .pipec/runs/RUN)")
-    p.add_argument("--resume", metavar="RUN", help="continue run RUN (its id under .pipec/runs, or its folder) "
+    p.add_argument("--resume", metavar="RUN", help="continue run RUN (its id under .pipec/runs, its folder or its URL) "
                                                    "from its last completed round")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
