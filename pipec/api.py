@@ -84,10 +84,18 @@ class Pipeline:
         return plan
 
     def run(self, backend: "str | Backend | None" = None, params: Mapping[str, Any] | None = None,
-            progress=None, run_dir: str | None = None, resume: bool = False, **options):
+            progress=None, run_dir: str | None = None, resume: bool = False,
+            storage_options: Mapping[str, dict] | None = None, **options):
         """Run the pipeline on ``backend`` (made with engine ``options``: ``address``, a
-        Dask ``client``, ...); ``resume`` continues the run in ``run_dir``. Returns a
+        Dask ``client``, ...); ``resume`` continues the run in ``run_dir`` (a folder or a
+        storage URL). ``storage_options`` maps a protocol to fsspec options for this
+        process (``{"s3": {"endpoint_url": ...}}``); workers elsewhere read fsspec's
+        configuration and the environment instead. Returns a
         :class:`pipec.backends.base.RunResult`."""
+        if storage_options:
+            from pipec.backends.runtime import storage
+            for protocol, opts in storage_options.items():
+                storage.configure(protocol, **opts)
         engine = self.backend(backend, **options)
         if resume and not engine.can("resume"):
             raise UsageError(f"backend `{engine.name}` cannot resume a run",

@@ -72,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", "-b", default=None, help="engine (default: the embedded default engine)")
     p.add_argument("--param", "-p", action="append", default=[], metavar="K=V")
     p.add_argument("--address", help="a cluster to use: Dask scheduler, Ray head or Spark master")
-    p.add_argument("--run-dir", help="where checkpoints go (default .pipec/runs/RUN)")
-    p.add_argument("--resume", metavar="RUN", help="continue run RUN (its id under .pipec/runs, or its folder) "
+    p.add_argument("--run-dir", help="where checkpoints go: a folder or a storage URL such as s3://bucket/runs/x "
+                                     "(default .pipec/runs/RUN)")
+    p.add_argument("--resume", metavar="RUN", help="continue run RUN (its id under .pipec/runs, its folder or its URL) "
                                                    "from its last completed round")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -296,7 +297,23 @@ def cmd_run(args) -> int:
 
 
 def _resume_dir(run: str, run_dir: str | None) -> str:
-    """The folder of run ``run``: a folder given as is, or an id under .pipec/runs."""
+    """The folder of run ``run``: a storage URL or a folder given as is, or an id under
+    .pipec/runs."""
+    from pipec.backends.runtime import storage
+    if not storage.is_local(run):
+        if run_dir is not None and run_dir.rstrip("/") != run.rstrip("/"):
+            raise UsageError("--resume and --run-dir name different folders", "give only --resume RUN")
+        try:
+            found = storage.exists(run)
+        except storage.StorageUnavailable as exc:
+            raise UsageError(exc.message, exc.hint) from None
+        except OSError as exc:
+            raise UsageError(f"cannot reach run {run}: {exc.strerror or exc}",
+                             "check the URL, the credentials and the endpoint (AWS_ENDPOINT_URL, ...)") from None
+        if not found:
+            raise UsageError(f"no run at {run}", "give the --run-dir URL the run was started with")
+        return run
+    run = storage.local_path(run)
     folder = Path(run) if Path(run).is_dir() else Path(".pipec") / "runs" / run
     if not folder.is_dir():
         raise UsageError(f"no run `{run}`: it is neither a folder nor a run under .pipec/runs",

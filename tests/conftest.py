@@ -15,6 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 GOLDEN = Path(__file__).resolve().parent / "golden"
 
+# The S3 server fixtures (s3_server, s3): moto on loopback, started only by tests that ask.
+pytest_plugins = ["tests.s3"]
+
 
 def pytest_addoption(parser):
     parser.addoption("--update-golden", action="store_true", default=False,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 from dataclasses import fields, is_dataclass, replace
 import logging
-import os
 import time
 from collections import Counter
 from typing import Any
@@ -25,6 +24,7 @@ from pipec.backends.base import NoProgress
 from pipec.backends.dask import worker
 from pipec.backends.dask.plugins import PathsPlugin
 from pipec.backends.physical.planner import Arg, GraphStep, Ref, Rounds, Seq, StepLowering, key_of
+from pipec.backends.runtime import storage
 from pipec.backends.runtime.driver import LiveContext, PlannedDriver
 from pipec.backends.runtime.interpreter import StageFailure
 from pipec.backends.runtime.tasks import ensure_path
@@ -304,7 +304,7 @@ class DaskDriver(PlannedDriver):
             return TaskRef(self._held(arg).key)
         if isinstance(arg, Arg):
             value = self.value(arg.operand)
-            return os.path.abspath(value) if arg.path and isinstance(value, str) else value
+            return storage.absolute(value) if arg.path and isinstance(value, str) else value  # URLs as they are
         if isinstance(arg, Rounds):
             return tuple(self.round_index.get(loop, 0) for loop in arg.loops)
         if isinstance(arg, Rounds):
@@ -612,8 +612,8 @@ class DaskDriver(PlannedDriver):
         self.events.append(message)
         log.warning(message)
         try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.run_dir / "events.log", "a", encoding="utf-8") as fh:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.log_dir / "events.log", "a", encoding="utf-8") as fh:
                 fh.write(message + "\n")
         except OSError:
             pass

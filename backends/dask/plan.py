@@ -116,7 +116,8 @@ class DaskPlan(Plan):
         from pipec.backends.dask.driver import DaskDriver
         from pipec.backends.dask.engine import Session
         driver = DaskDriver(self, None, progress, run_dir, resume)
-        with Session(self.address, self.shape or LocalShape.of_machine(), driver.run_dir / "engine.log",
+        driver.preflight()  # before the cluster starts
+        with Session(self.address, self.shape or LocalShape.of_machine(), driver.log_dir / "engine.log",
                      self.client) as live:
             driver.client = live
             with live.as_current():  # actor handles unpickled here bind to this client

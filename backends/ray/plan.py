@@ -51,9 +51,11 @@ class RayPlan(Plan):
         """Run on this process's Ray (or one started or joined for the run); with
         ``resume``, continue the run in ``run_dir`` after its last completed round."""
         from pipec.backends.ray.driver import RayDriver
+        driver = RayDriver(self, progress, run_dir, resume)
+        driver.preflight()  # before Ray starts
         started = start_runtime(self.address, runtime_env=self._runtime_env())
         try:
-            return RayDriver(self, progress, run_dir, resume).run()
+            return driver.run()
         finally:
             if started:
                 stop_runtime()

@@ -14,12 +14,12 @@ worker, Spark has none), so pipec closes the gap itself:
 
 from __future__ import annotations
 
+import os
 import pickle
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from pipec.backends.runtime.sinks import atomic_write
+from pipec.backends.runtime import storage
 from pipec.backends.runtime.tasks import resolve
 
 SKIPPED = "pipec:skipped"
@@ -31,7 +31,8 @@ class ActorHost:
     def __init__(self, module: str, cls: str, args: list, kwargs: dict,
                  checkpoint_every: int | None = None, snapshot: str | None = None):
         self.checkpoint_every = checkpoint_every
-        self.snapshot_path = Path(snapshot) if snapshot else None
+        # a local path or a storage URL (s3://...): a host restarted on another node reads it
+        self.snapshot_path = str(snapshot) if snapshot else None
         self.applied = -1  # seq of the last call applied to ``obj``
         # The result of call ``applied``: if the worker dies after a snapshot but before
         # the caller got the result, the call sent again returns it instead of SKIPPED.
@@ -42,8 +43,8 @@ class ActorHost:
         # same keys, and gets the recorded answers without applying them twice.
         self.keyed: dict[tuple, Any] = {}
         self._latest: dict[str, tuple] = {}  # stage -> the newest round that called it
-        if self.snapshot_path is not None and self.snapshot_path.exists():
-            state = pickle.loads(self.snapshot_path.read_bytes())
+        state = self._stored_state()
+        if state is not None:
             self.obj, self.applied = state[0], state[1]
             self.last_result = state[2] if len(state) > 2 else SKIPPED
             if len(state) > 3:
@@ -51,6 +52,16 @@ class ActorHost:
             self.restored = True
         else:
             self.obj = resolve(module, cls)(*args, **kwargs)
+
+    def _stored_state(self) -> tuple | None:
+        """The snapshot's state, or None when there is none (one read: on an object store
+        a lookup first would cost a second request)."""
+        if self.snapshot_path is None:
+            return None
+        try:
+            return pickle.loads(storage.read_bytes(self.snapshot_path))
+        except FileNotFoundError:
+            return None
 
     def call(self, seq: int, method: str, args: list, kwargs: dict) -> Any:
         """Apply call ``seq`` unless it was applied already (then return SKIPPED, or the
@@ -84,8 +95,10 @@ class ActorHost:
         return result
 
     def save(self) -> None:
-        atomic_write(self.snapshot_path, pickle.dumps(
-            (self.obj, self.applied, self.last_result, self.keyed, self._latest)))
+        storage.atomic_write(self.snapshot_path, self.snapshot_bytes())
+
+    def snapshot_bytes(self) -> bytes:
+        return pickle.dumps((self.obj, self.applied, self.last_result, self.keyed, self._latest))
 
     def checkpoint(self) -> bool:
         """A snapshot now, whatever ``checkpoint_every`` says: the driver asks for one when
@@ -124,10 +137,10 @@ class ReplayLog:
         return [e for e in self.entries if e[0] > applied]
 
 
-def versioned(path: str | Path, seq: int) -> Path:
-    """``actors/ps.snapshot`` -> ``actors/ps.41.snapshot``."""
-    path = Path(path)
-    return path.with_name(f"{path.stem}.{seq}{path.suffix}")
+def versioned(path: str, seq: int) -> str:
+    """``actors/ps.snapshot`` -> ``actors/ps.41.snapshot`` (a path or a storage URL)."""
+    stem, suffix = os.path.splitext(storage.name(path))
+    return storage.join(storage.parent(path), f"{stem}.{seq}{suffix}")
 
 
 class VersionedHost(ActorHost):
@@ -136,8 +149,14 @@ class VersionedHost(ActorHost):
     round the driver died in, so a resumed run restores the one its record names."""
 
     def save(self) -> None:
-        super().save()
-        atomic_write(versioned(self.snapshot_path, self.applied), self.snapshot_path.read_bytes())
+        # The versioned copy first: a host killed between the two writes then leaves the
+        # newest snapshot one call-range older, and its successor restores that, replays
+        # and writes both again. The other order left a newest snapshot (say at call 9)
+        # without its versioned copy, for good, since call 9 is never applied again; a
+        # record naming snapshot 9 then could not be resumed (seen with S3's slower PUTs).
+        data = self.snapshot_bytes()
+        storage.atomic_write(versioned(self.snapshot_path, self.applied), data)
+        storage.atomic_write(self.snapshot_path, data)
 
 
 def last_snapshot(checkpoint_every: int | None, next_seq: int) -> int | None:

@@ -19,7 +19,7 @@ from pipec.backends.physical.planner import DriverStep, GraphStep, LoopStep, Pla
 from pipec.dsl.diagnostics import PipelineRuntimeError, UsageError
 from pipec.dsl.source import SourceFile, Span
 from pipec.backends.base import NoProgress, Progress, RunResult
-from pipec.backends.runtime import semantics, sources
+from pipec.backends.runtime import preflight, semantics, sources, storage
 from pipec.backends.runtime import resume as resuming
 from pipec.backends.runtime.interpreter import StageFailure
 from pipec.backends.runtime.actors import SKIPPED, ReplayLog, last_snapshot
@@ -47,7 +47,13 @@ class Driver:
         self.params = params
         self.progress = progress or NoProgress()
         self.run_id = uuid.uuid4().hex[:12]
-        self.run_dir = Path(run_dir) if run_dir else Path(".pipec") / "runs" / self.run_id
+        # The run folder (records, snapshots, the staged-sinks manifest): a local folder or
+        # a storage URL (s3://...), so that a cluster needs no shared disk.
+        self.run_dir = str(run_dir) if run_dir else str(Path(".pipec") / "runs" / self.run_id)
+        # Where engine logs go: a local file is appended line by line, which object stores
+        # cannot do, so a run folder elsewhere keeps its logs in a local one.
+        self.log_dir = (Path(storage.local_path(self.run_dir)) if storage.is_local(self.run_dir)
+                        else Path(".pipec") / "runs" / self.run_id)
         self.env: dict[str, Any] = {}
         self.round_index: dict[str, int] = {}
         self.result = RunResult(backend=self.backend, run_dir=str(self.run_dir))
@@ -59,12 +65,14 @@ class Driver:
         self.sinks = StagedSinks(self.run_dir, self.run_id)  # committed together at the end
         self._recorded_at, self._record_cost = 0.0, 0.0  # when the last record was made, what it cost
         self.top_index = 0  # the top-level item running now
+        self._preflown = False
 
     # ---- entry
 
     def run(self) -> RunResult:
         start = time.perf_counter()
         ensure_path(self.ir.info.module_paths())
+        self.preflight()
         self.sinks.clean_leftovers()
         if self.resumable:
             self.prepare_run_dir()
@@ -80,6 +88,15 @@ class Driver:
             self.teardown()
         self.result.seconds = time.perf_counter() - start
         return self.result
+
+    def preflight(self) -> None:
+        """Before anything is computed: every file source exists, every sink and a run
+        folder on storage can be written (see preflight.py); else a PreflightError at the
+        source or sink. Done once: a backend calls it before starting its engine (a bad
+        bucket should not cost a cluster start), and ``run`` calls it for the others."""
+        if not self._preflown:
+            preflight.check(self.ir, self.params, self.run_dir, self.source_file())
+            self._preflown = True
 
     def commit_sinks(self) -> None:
         """The run succeeded: every sink it staged becomes its file, together."""
@@ -219,14 +236,18 @@ class Driver:
         driver needs one (a reduction result, say) fetch it here; the default has it."""
         return value
 
-    def error(self, where: str, message: str, span: ir.SpanModel | None = None, hint: str | None = None):
+    def source_file(self) -> SourceFile:
+        """The .pipe text errors point into (read from the file when not given)."""
         if self._source is None:
             try:
                 self._source = SourceFile.read(self.ir.info.path)
             except Exception:
                 self._source = SourceFile(self.ir.info.path, "")
+        return self._source
+
+    def error(self, where: str, message: str, span: ir.SpanModel | None = None, hint: str | None = None):
         s = Span(span.line, span.column, span.end_line, span.end_column, 0, 0) if span else None
-        return PipelineRuntimeError(where, message, s, self._source, hint)
+        return PipelineRuntimeError(where, message, s, self.source_file(), hint)
 
     def user_error(self, where: str, exc: BaseException, span: ir.SpanModel | None, partition: int | None = None):
         place = f" (partition {partition})" if partition is not None else ""
@@ -359,7 +380,13 @@ class Driver:
         saved = self.record.actors.get(node) if self.record is not None else None
         if saved is not None and op.checkpoint_every:
             # The actor restores the snapshot the record names as it starts.
-            resuming.restore_snapshot(self.snapshot_path(node), saved["snapshot"])
+            try:
+                resuming.restore_snapshot(self.snapshot_path(node), saved["snapshot"])
+            except OSError as exc:
+                raise self.error(node, f"cannot restore actor `{node}` from its snapshot: {exc.strerror or exc} "
+                                       f"({getattr(exc, 'filename', None) or self.snapshot_path(node)})", op.span,
+                                 "the actors' workers wrote it where this driver cannot read: give the run a folder "
+                                 "every machine reaches (--run-dir s3://bucket/runs/NAME)") from None
         handle = self.start_actor(node, op)
         if saved is not None:
             self.env[node] = handle  # the replayed calls reach the actor through it
@@ -399,7 +426,8 @@ class Driver:
         return result
 
     def snapshot_path(self, actor: str) -> str:
-        return str((self.run_dir / "actors" / f"{actor}.snapshot").resolve())
+        """Where actor ``actor`` keeps its snapshot: absolute, since workers read it too."""
+        return storage.absolute(storage.join(self.run_dir, "actors", f"{actor}.snapshot"))
 
     # ---- resuming a run whose driver died
 
@@ -423,7 +451,7 @@ class Driver:
                 self.result.outputs.update(record.outputs)
                 return
         resuming.clear(self.run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)  # the run folder exists from the start
+        storage.make_folder(self.run_dir)  # the run folder exists from the start
 
     def finish_records(self) -> None:
         """The run completed: every record is on disk, and the run is marked finished

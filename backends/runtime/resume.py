@@ -14,6 +14,10 @@ with.
 Snapshots are also kept under their sequence number because the newest one may already
 hold calls of the round that was interrupted; a record always names one that matches
 the end of its round.
+
+The run folder may be any location :mod:`storage` reaches (a local folder, ``s3://...``),
+so a driver resumed on another machine, or an actor restarted on another node, finds
+the records and snapshots without a shared disk.
 """
 
 from __future__ import annotations
@@ -21,20 +25,18 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
-import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pipec.compiler import ir
+from pipec.backends.runtime import storage
 from pipec.backends.runtime.actors import versioned
-from pipec.backends.runtime.sinks import atomic_write
 
 FORMAT = 2
-RECORD = Path("resume") / "state.pickle"
-FINISHED = Path("resume") / "finished"
+RECORD = "resume/state.pickle"  # relative to the run folder
+FINISHED = "resume/finished"
 
 
 @dataclass
@@ -78,8 +80,8 @@ class RecordWriter:
     round (pipec's values are never mutated, so a record handed over holds the state of
     its own round). A driver that dies mid-write leaves the previous record whole."""
 
-    def __init__(self, run_dir: Path):
-        self.run_dir = run_dir
+    def __init__(self, run_dir: str):
+        self.run_dir = run_dir  # a local folder or a storage URL
         self._thread: ThreadPoolExecutor | None = None
         self._last: Future | None = None
         self.seconds = 0.0  # how long the thread took to store the last record
@@ -110,49 +112,52 @@ class RecordWriter:
             data = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception:
             return  # a value that cannot be pickled: the previous record stands
-        atomic_write(self.run_dir / RECORD, data)
+        storage.atomic_write(storage.join(self.run_dir, RECORD), data)
         for actor, state in record.actors.items():
             if state["snapshot"] is not None:
-                _prune(self.run_dir / "actors", actor, state["snapshot"])
+                _prune(storage.join(self.run_dir, "actors"), actor, state["snapshot"])
         self.seconds = time.perf_counter() - start
 
 
-def read(run_dir: Path) -> Record | None:
-    path = run_dir / RECORD
-    if not path.exists():
+def read(run_dir: str) -> Record | None:
+    """The newest record in run folder ``run_dir``, or None (none yet, or an older
+    format)."""
+    try:
+        data = storage.read_bytes(storage.join(run_dir, RECORD))
+    except FileNotFoundError:
         return None
-    record = pickle.loads(path.read_bytes())
+    record = pickle.loads(data)
     return record if getattr(record, "format", None) == FORMAT else None
 
 
-def finish(run_dir: Path) -> None:
-    atomic_write(run_dir / FINISHED, b"")
+def finish(run_dir: str) -> None:
+    storage.atomic_write(storage.join(run_dir, FINISHED), b"")
 
 
-def finished(run_dir: Path) -> bool:
-    return (run_dir / FINISHED).exists()
+def finished(run_dir: str) -> bool:
+    return storage.exists(storage.join(run_dir, FINISHED))
 
 
-def clear(run_dir: Path) -> None:
+def clear(run_dir: str) -> None:
     """Forget an earlier run's state in ``run_dir`` (a fresh run reusing the folder must
     not restore its actors from old snapshots)."""
     for sub in ("resume", "actors"):
-        shutil.rmtree(run_dir / sub, ignore_errors=True)
+        storage.remove_tree(storage.join(run_dir, sub))
 
 
-def restore_snapshot(snapshot: str | Path, seq: int | None) -> None:
+def restore_snapshot(snapshot: str, seq: int | None) -> None:
     """Make an actor's snapshot file the one a record names (``seq``; None: no snapshot,
     the actor starts from its constructor), so the actor restores from it as it starts."""
-    snapshot = Path(snapshot)
     if seq is None:
-        snapshot.unlink(missing_ok=True)
+        storage.remove(snapshot)
     else:
-        atomic_write(snapshot, versioned(snapshot, seq).read_bytes())
+        storage.atomic_write(snapshot, storage.read_bytes(versioned(snapshot, seq)))
 
 
-def _prune(folder: Path, actor: str, keep_from: int) -> None:
+def _prune(folder: str, actor: str, keep_from: int) -> None:
     """Drop versioned snapshots older than the one the newest record names."""
-    for path in folder.glob(f"{actor}.*.snapshot"):
-        middle = path.name[len(actor) + 1:-len(".snapshot")]
-        if middle.isdigit() and int(middle) < keep_from:
-            path.unlink(missing_ok=True)
+    for entry in storage.listing(folder):
+        if entry.startswith(f"{actor}.") and entry.endswith(".snapshot"):
+            middle = entry[len(actor) + 1:-len(".snapshot")]
+            if middle.isdigit() and int(middle) < keep_from:
+                storage.remove(storage.join(folder, entry))

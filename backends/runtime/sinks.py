@@ -1,45 +1,18 @@
-"""Every file pipec writes (sinks, snapshots, run records, formatted sources) is written
-atomically: temporary file in the same folder, fsync, rename."""
+"""The sinks of a run: rendered in full, staged beside their targets, committed together.
+
+Every file pipec writes (sinks, snapshots, run records, formatted sources) is written
+atomically through :mod:`pipec.backends.runtime.storage`, on the local disk or at any
+fsspec URL; ``atomic_write`` is re-exported here for the callers that know it here."""
 
 from __future__ import annotations
 
 import json
 import os
-import stat
-import tempfile
 from pathlib import Path
 
+from pipec.backends.runtime import storage
 from pipec.backends.runtime.semantics import render_sink
-
-
-def atomic_write(path: str | Path, data: str | bytes) -> Path:
-    """Write ``data`` (text as UTF-8, or bytes) to ``path`` so readers see the old file
-    or the whole new one: temporary file in the same folder, fsync, rename.
-
-    A symlink is followed (its target is replaced, the link stays) and an existing
-    file keeps its permissions; a new file gets the usual mode (0666 less the umask).
-    Returns ``path`` as given."""
-    target = Path(os.path.realpath(path))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        mode = stat.S_IMODE(os.stat(target).st_mode)
-    except FileNotFoundError:
-        mode = 0o666 & ~_umask()
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
-            fh.flush()
-            os.fchmod(fh.fileno(), mode)
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return Path(path)
+from pipec.backends.runtime.storage import atomic_write
 
 
 def write_sink(value, fmt: str, path: str, is_collection: bool) -> Path:
@@ -54,70 +27,66 @@ MANIFEST = "staged.json"
 class StagedSinks:
     """The sinks of one run, committed together when the run succeeds.
 
-    Each sink is rendered and written in full, fsynced, under a hidden name beside its
-    target (``.NAME.pipec-staged-RUN.tmp``); the names are listed in the run folder's
-    ``staged.json`` before the data is written. ``commit`` renames them all onto their
-    targets at the end of the run, ``abort`` removes them when it fails, and the next run
-    in the same folder (a resume) removes what a killed run left. So a reader sees every
-    sink of a run or none of them (each target is replaced whole by a rename; between the
-    first and the last rename of a commit, some targets are new and some still old)."""
+    Each sink is rendered and written in full under a hidden name beside its target
+    (``.NAME.pipec-staged-RUN.tmp``, on the target's own storage: a local folder or a
+    bucket); the names are listed in the run folder's ``staged.json`` before the data is
+    written. ``commit`` moves them all onto their targets at the end of the run (a rename
+    on disk, a server-side copy on an object store: either way each target appears
+    whole), ``abort`` removes them when it fails, and the next run in the same folder (a
+    resume) removes what a killed run left. So a reader sees every sink of a run or none
+    of them (between the first and the last move of a commit, some targets are new and
+    some still old)."""
 
-    def __init__(self, run_dir: Path, run_id: str):
-        self.run_dir, self.run_id = Path(run_dir), run_id
-        self.staged: dict[str, Path] = {}  # target (as given) -> its staged file
+    def __init__(self, run_dir: str | Path, run_id: str):
+        self.run_dir, self.run_id = str(run_dir), run_id
+        self.staged: dict[str, str] = {}  # target (as given) -> its staged file
 
     def stage(self, value, fmt: str, path: str, is_collection: bool) -> str:
         """Render ``value`` and write it under the staged name of ``path`` (a sink written
         again, in a later round, replaces its staged file). Returns ``path``."""
         data = render_sink(value, fmt, is_collection)
-        target = Path(os.path.realpath(path))
-        tmp = target.with_name(f".{target.name}{STAGED_MARK}{self.run_id}.tmp")
+        target = _target(path)
+        folder, name = storage.parent(target), storage.name(target)
+        tmp = storage.join(folder, f".{name}{STAGED_MARK}{self.run_id}.tmp")
         if path not in self.staged:
             self.staged[path] = tmp
             self._write_manifest()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        for old in target.parent.glob(f".{target.name}{STAGED_MARK}*.tmp"):
-            if old != tmp:  # another run's leftover for this very target: it was killed
-                old.unlink(missing_ok=True)
-        atomic_write(tmp, data)
+            for old in storage.listing(folder):
+                if old.startswith(f".{name}{STAGED_MARK}") and old.endswith(".tmp") and storage.join(folder, old) != tmp:
+                    storage.remove(storage.join(folder, old))  # another run's leftover for this target: it was killed
+        storage.atomic_write(tmp, data)
         return path
 
     def commit(self) -> None:
-        """Rename every staged sink onto its target, then forget the manifest."""
+        """Move every staged sink onto its target, then forget the manifest."""
         for path, tmp in self.staged.items():
-            os.replace(tmp, os.path.realpath(path))
+            storage.move(tmp, _target(path))
         self.staged.clear()
-        (self.run_dir / MANIFEST).unlink(missing_ok=True)
+        storage.remove(storage.join(self.run_dir, MANIFEST))
 
     def abort(self) -> None:
         """Remove every staged sink: the run failed, and its outputs are not written."""
         for tmp in self.staged.values():
-            tmp.unlink(missing_ok=True)
+            storage.remove(tmp)
         self.staged.clear()
-        (self.run_dir / MANIFEST).unlink(missing_ok=True)
+        storage.remove(storage.join(self.run_dir, MANIFEST))
 
     def clean_leftovers(self) -> None:
         """Remove the staged files an earlier run in this folder left when it was killed."""
-        manifest = self.run_dir / MANIFEST
+        manifest = storage.join(self.run_dir, MANIFEST)
         try:
-            listed = json.loads(manifest.read_text(encoding="utf-8"))
+            listed = json.loads(storage.read_text(manifest))
         except (OSError, ValueError):
             return
         for tmp in listed:
-            Path(tmp).unlink(missing_ok=True)
-        manifest.unlink(missing_ok=True)
+            storage.remove(tmp)
+        storage.remove(manifest)
 
     def _write_manifest(self) -> None:
-        atomic_write(self.run_dir / MANIFEST, json.dumps(sorted(str(p) for p in self.staged.values())))
+        storage.atomic_write(storage.join(self.run_dir, MANIFEST), json.dumps(sorted(self.staged.values())))
 
 
-def _umask() -> int:
-    """The process umask, read without changing it (os.umask would race with threads)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    return 0o022
+def _target(path: str) -> str:
+    """Where sink ``path`` is written: a local path with its symlinks resolved (the link's
+    target is replaced, the link stays), a URL as it is."""
+    return os.path.realpath(storage.local_path(path)) if storage.is_local(path) else path

@@ -8,7 +8,9 @@ speed, the file streamed, never held whole), and :func:`read_lines_part` seeks t
 block's first line and decodes only its bytes. Files with carriage returns are left to the
 text layer (each partition then reads the whole file and slices it).
 
-Errors are the plain ``OSError`` / ``ValueError`` of reading; each backend words them.
+Paths may be storage URLs (``s3://...``, see :mod:`storage`); a task then streams its
+block from the object store. Errors are the plain ``OSError`` / ``ValueError`` of
+reading; each backend words them.
 """
 
 from __future__ import annotations
@@ -16,14 +18,14 @@ from __future__ import annotations
 import bisect
 import json
 
-from pipec.backends.runtime import semantics
+from pipec.backends.runtime import semantics, storage
 
 CHUNK = 1 << 16
 
 
 def read_lines(path: str) -> list[str]:
     """Every line of a text file, without its line end."""
-    with open(path, encoding="utf-8") as fh:
+    with storage.open_input(path, "r", encoding="utf-8") as fh:
         text = fh.read()  # universal newlines: "\r\n" and "\r" arrive as "\n"
     lines = text.split("\n")
     if lines[-1] == "":  # the last newline ends a line; it does not start another
@@ -34,7 +36,7 @@ def read_lines(path: str) -> list[str]:
 def read_jsonl(path: str) -> list:
     """One JSON value per non-blank line; a bad line is a ValueError naming it."""
     out = []
-    with open(path, encoding="utf-8") as fh:
+    with storage.open_input(path, "r", encoding="utf-8") as fh:
         for number, line in enumerate(fh, 1):
             if line.strip():
                 try:
@@ -48,7 +50,7 @@ def line_index(path: str) -> dict | None:
     """Newlines counted per CHUNK bytes of a text file, so each partition can seek to its
     own lines; None when the file has carriage returns."""
     cum, size, last = [0], 0, b""
-    with open(path, "rb") as fh:
+    with storage.open_input(path) as fh:
         while chunk := fh.read(CHUNK):
             if b"\r" in chunk:
                 return None
@@ -85,7 +87,7 @@ def read_lines_part(path: str, i: int, k: int, index: dict | None) -> list[str]:
     a, b = semantics.partition_bounds(index["lines"], k)[i]
     if a == b:
         return []
-    with open(path, "rb") as fh:
+    with storage.open_input(path) as fh:
         start, end = _line_start(fh, index, a), _line_start(fh, index, b)
         fh.seek(start)
         chunk = fh.read(end - start).decode("utf-8")

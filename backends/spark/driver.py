@@ -169,9 +169,10 @@ class SparkDriver(Driver):
     def setup(self) -> None:
         plan = self.plan
         if not self.dry:
+            self.preflight()
             self.sinks.clean_leftovers()
             self.prepare_run_dir()
-        log = None if self.dry else str(self.run_dir / "spark.log")
+        log = None if self.dry else str(self.log_dir / "spark.log")
         self.session = sessions.session(plan.address, log, plan.max_retries, plan.ui)
         self.sc = self.session.sc
         archive = None

@@ -1,0 +1,398 @@
+"""Storage URLs: the storage layer on the local disk and on a real S3 server (moto's
+server mode on loopback), and pipec runs whose sources, sinks, snapshots and run folder
+live there."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from pipec import load
+from pipec.backends.runtime import resume as resuming
+from pipec.backends.runtime import storage
+from tests.conftest import ROOT
+
+
+# ---- the storage layer -----------------------------------------------------------------------
+
+
+def test_local_paths_and_file_urls_are_the_same_file(tmp_path):
+    target = tmp_path / "a" / "b.txt"
+    storage.atomic_write(f"file://{target}", "hello")
+    assert target.read_text() == "hello"
+    assert storage.read_text(str(target)) == "hello"
+    assert storage.exists(f"file://{target}") and storage.is_file(target)
+    assert storage.listing(tmp_path / "a") == ["b.txt"]  # no temporary is left beside it
+    storage.remove(target)
+    storage.remove(target)  # removing what is not there is no error
+    assert not storage.exists(target)
+
+
+def test_local_write_keeps_permissions_and_symlinks(tmp_path):
+    real = tmp_path / "real.json"
+    real.write_text("old")
+    os.chmod(real, 0o600)
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    storage.atomic_write(link, b"new")
+    assert link.is_symlink() and real.read_text() == "new"
+    assert real.stat().st_mode & 0o777 == 0o600
+
+
+def test_naming_helpers():
+    assert storage.join("s3://b/runs/", "actors", "ps.snapshot") == "s3://b/runs/actors/ps.snapshot"
+    assert storage.join("runs", "x") == os.path.join("runs", "x")
+    assert storage.parent("s3://b/out/w.json") == "s3://b/out"
+    assert storage.name("s3://b/out/w.json") == "w.json"
+    assert storage.protocol_of("GS://b/k") == "gs" and storage.is_local("file:///tmp/x")
+    assert storage.absolute("s3://b/k") == "s3://b/k" and os.path.isabs(storage.absolute("rel/x"))
+
+
+def test_driver_errors_are_oserrors(s3, monkeypatch):
+    """botocore's own exceptions (here: no credentials at all) come out as OSError, so
+    every caller handles one type."""
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(key)
+    from tests.s3 import _forget_filesystems
+    _forget_filesystems()
+    with pytest.raises(OSError, match="NoCredentialsError"):
+        storage.atomic_write(s3.url("k"), b"x")
+
+
+def test_an_unknown_scheme_says_what_to_use():
+    with pytest.raises(storage.StorageUnavailable) as info:
+        storage.read_bytes("nosuch://bucket/key")
+    assert "unknown storage scheme `nosuch://`" in info.value.message
+    assert "s3://" in info.value.hint
+
+
+def test_the_s3_extra_is_named_when_its_driver_is_missing(monkeypatch):
+    import sys
+    import importlib
+    registry = importlib.import_module("fsspec.registry")  # `fsspec.registry` is a mapping, not the module
+    monkeypatch.setitem(sys.modules, "s3fs", None)  # as if s3fs were not installed
+    monkeypatch.delitem(registry._registry, "s3", raising=False)  # nor imported yet
+    with pytest.raises(storage.StorageUnavailable) as info:
+        storage.exists("s3://bucket/key")
+    assert info.value.hint == "pip install 'pipec[s3]'"
+
+
+def test_s3_write_read_list_remove(s3):
+    url = s3.url("runs/r1/resume/state.pickle")
+    storage.atomic_write(url, b"\x00record")
+    assert s3.keys() == ["runs/r1/resume/state.pickle"]  # one PUT of the final key, no temporary
+    assert storage.read_bytes(url) == b"\x00record"
+    assert storage.exists(url) and storage.exists(s3.url("runs/r1")) and storage.is_file(url)
+    assert not storage.is_file(s3.url("runs/r1"))
+    assert storage.listing(s3.url("runs/r1/resume")) == ["state.pickle"]
+    assert storage.listing(s3.url("nothing/here")) == []
+    with pytest.raises(FileNotFoundError):
+        storage.read_bytes(s3.url("missing"))
+    with storage.open_input(url) as fh:
+        assert fh.read() == b"\x00record"
+
+
+def test_s3_sees_what_another_client_wrote(s3):
+    """The layer never answers from a stale listing: a snapshot written by another
+    process (here: boto3) is seen at once."""
+    folder = s3.url("actors")
+    assert storage.listing(folder) == [] and not storage.exists(s3.url("actors/ps.snapshot"))
+    s3.put("actors/ps.snapshot", b"state")
+    assert storage.exists(s3.url("actors/ps.snapshot"))
+    assert storage.listing(folder) == ["ps.snapshot"]
+
+
+def test_s3_move_and_remove_tree(s3):
+    storage.atomic_write(s3.url("out/.w.json.staged"), "{}")
+    storage.move(s3.url("out/.w.json.staged"), s3.url("out/w.json"))
+    assert s3.keys() == ["out/w.json"] and s3.get("out/w.json") == b"{}"
+    storage.atomic_write(s3.url("run/actors/a.snapshot"), b"1")
+    storage.atomic_write(s3.url("run/resume/state.pickle"), b"2")
+    storage.remove_tree(s3.url("run"))
+    storage.remove_tree(s3.url("run"))
+    assert s3.keys() == ["out/w.json"]
+
+
+def test_s3_check_writable_probes_the_bucket(s3):
+    storage.check_writable(s3.url("out/w.json"))
+    assert s3.keys() == []  # the probe is gone
+    with pytest.raises(OSError):
+        storage.check_writable(f"s3://{s3.bucket}-missing/out/w.json")
+
+
+def test_local_check_writable(tmp_path):
+    storage.check_writable(tmp_path / "new" / "deeper" / "w.json")
+    assert list(tmp_path.iterdir()) == []  # nothing was made
+    (tmp_path / "file").write_text("")
+    with pytest.raises(NotADirectoryError):
+        storage.check_writable(tmp_path / "file" / "w.json")
+    with pytest.raises(IsADirectoryError):
+        storage.check_writable(tmp_path)
+
+
+# ---- pipelines on S3 -------------------------------------------------------------------------
+
+_TALLY = '''
+class Tally:
+    def __init__(self):
+        self.total = 0
+
+    def add(self, n):
+        self.total += n
+        return self.total
+
+    def value(self):
+        return self.total
+
+
+def size(line):
+    return len(line)
+'''
+
+_PIPE = '''use m as m
+
+pipeline on_s3(text: str = "in/lines.txt", rows: str = "in/rows.jsonl", out: str = "out") {
+    source lines = read_text(text) partitions 2
+    source records = read_jsonl(rows) partitions 2
+    actor tally = m.Tally() { checkpoint every 2 calls }
+    repeat 3 {
+        tally.add(count(lines))
+    }
+    sink sizes = collect(map m.size over lines) -> json(out + "/sizes.json")
+    sink copied = collect(records) -> jsonl(out + "/rows.jsonl")
+    sink total = tally.value() -> text(out + "/total.txt")
+}
+'''
+
+_LINES = "alpha\nbeta\ngamma delta\n\nepsilon\n"
+_ROWS = '{"id": 1, "x": 0.5}\n{"id": 2, "x": 1.5}\n\n{"id": 3, "x": 2.5}\n'
+
+
+def test_sources_sinks_and_snapshots_on_s3_match_the_local_disk(s3, write_pipe, tmp_path, monkeypatch):
+    """One pipeline run twice: on local files, and with its sources, sinks and run folder
+    on S3. The S3 run writes the same bytes, keeps its actor's snapshot in the bucket, and
+    leaves no temporary behind."""
+    path = write_pipe(_PIPE, m=_TALLY)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "lines.txt").write_text(_LINES)
+    (tmp_path / "in" / "rows.jsonl").write_text(_ROWS)
+    local = load(path).run(backend="local", params={"out": "out"}, run_dir=str(tmp_path / "run"))
+    s3.put("in/lines.txt", _LINES)
+    s3.put("in/rows.jsonl", _ROWS)
+    remote = load(path).run(backend="local", run_dir=s3.url("runs/r1"),
+                            params={"text": s3.url("in/lines.txt"), "rows": s3.url("in/rows.jsonl"),
+                                    "out": s3.url("out")})
+    for name in ("sizes.json", "rows.jsonl", "total.txt"):
+        assert s3.get(f"out/{name}") == (tmp_path / "out" / name).read_bytes(), name
+    assert remote.files["total"] == s3.url("out/total.txt") and local.files["total"] == "out/total.txt"
+    assert s3.keys() == ["in/lines.txt", "in/rows.jsonl", "out/rows.jsonl", "out/sizes.json", "out/total.txt",
+                         "runs/r1/actors/tally.1.snapshot", "runs/r1/actors/tally.3.snapshot",
+                         "runs/r1/actors/tally.snapshot", "runs/r1/resume/finished", "runs/r1/resume/state.pickle"]
+    import pickle
+    state = pickle.loads(s3.get("runs/r1/actors/tally.snapshot"))
+    assert state[0].total == 15 and state[1] == 3  # every 2 calls: after 3 x add(5) and value()
+
+
+def test_a_killed_runs_staged_sinks_on_s3_are_cleaned_by_the_next_run_of_the_folder(s3, write_pipe, tmp_path,
+                                                                                   monkeypatch):
+    from pipec.backends.runtime.sinks import StagedSinks
+    monkeypatch.chdir(tmp_path)
+    killed = StagedSinks(s3.url("runs/r"), "deadbeef")
+    killed.stage([1, 2], "json", s3.url("out/a.json"), True)  # and then the process died
+    assert s3.keys() == ["out/.a.json.pipec-staged-deadbeef.tmp", "runs/r/staged.json"]
+    path = write_pipe(f'pipeline p() {{\n    source xs = range(3) partitions 1\n'
+                      f'    sink b = collect(xs) -> json("{s3.url("out/b.json")}")\n}}\n')
+    load(path).run(backend="local", run_dir=s3.url("runs/r"))
+    assert [k for k in s3.keys() if not k.startswith("runs/r/resume/")] == ["out/b.json"]
+    assert json.loads(s3.get("out/b.json")) == [0, 1, 2]
+
+
+def test_storage_options_from_the_api_reach_the_bucket(s3, write_pipe, tmp_path, monkeypatch):
+    """Without AWS_ENDPOINT_URL the endpoint comes from ``storage_options`` (fsspec's own
+    options for the protocol)."""
+    from tests.s3 import _forget_filesystems
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    monkeypatch.setattr(storage, "_options", {})
+    _forget_filesystems()
+    monkeypatch.chdir(tmp_path)
+    path = write_pipe(f'pipeline p() {{\n    source xs = range(4) partitions 2\n'
+                      f'    sink b = collect(xs) -> jsonl("{s3.url("out/b.jsonl")}")\n}}\n')
+    load(path).run(backend="local", storage_options={"s3": {"endpoint_url": s3.endpoint}})
+    assert s3.get("out/b.jsonl").decode().split() == ["0", "1", "2", "3"]
+
+
+def test_resuming_a_run_that_is_not_in_the_bucket_is_a_usage_error(s3, capsys):
+    from pipec.cli import main
+    code = main(["run", str(ROOT / "examples" / "train.pipe"), "--backend", "dask", "--resume", s3.url("runs/none")])
+    assert code == 2 and f"no run at {s3.url('runs/none')}" in capsys.readouterr().err
+
+
+def test_a_missing_source_and_an_unwritable_sink_fail_before_computing(s3, write_pipe, tmp_path, monkeypatch):
+    from pipec.backends.runtime.preflight import PreflightError
+    path = write_pipe(_PIPE, m=_TALLY)
+    monkeypatch.chdir(tmp_path)
+    s3.put("in/lines.txt", _LINES)
+    with pytest.raises(PreflightError) as info:
+        load(path).run(backend="local", params={"text": s3.url("in/lines.txt"), "rows": s3.url("in/nope.jsonl"),
+                                                "out": s3.url("out")})
+    text = info.value.render()
+    assert f"no such file: {s3.url('in/nope.jsonl')}" in text and "p.pipe:5:" in text and "^" in text
+    s3.put("in/rows.jsonl", _ROWS)
+    with pytest.raises(PreflightError) as info:
+        load(path).run(backend="local", params={"text": s3.url("in/lines.txt"), "rows": s3.url("in/rows.jsonl"),
+                                                "out": f"s3://{s3.bucket}-gone/out"})
+    text = info.value.render()
+    assert f"cannot write s3://{s3.bucket}-gone/out/sizes.json" in text and "p.pipe:10:" in text
+    assert "AWS_ENDPOINT_URL" in text
+    with pytest.raises(PreflightError) as info:
+        load(path).run(backend="local", params={"text": s3.url("in/lines.txt"), "rows": s3.url("in/rows.jsonl"),
+                                                "out": "nosuch://x/out"})
+    assert "unknown storage scheme `nosuch://` in nosuch://x/out/sizes.json" in info.value.render()
+    assert s3.keys() == ["in/lines.txt", "in/rows.jsonl"]  # nothing was written, not even a run folder
+
+
+# ---- a cluster without a shared disk ---------------------------------------------------------
+
+
+def _private_launcher(hidden: Path) -> list[str] | None:
+    """The command prefix that starts a process in a mount namespace of its own where
+    ``hidden`` (the driver's folders) is an empty tmpfs, or None where the machine does
+    not allow it (then only the working folder differs)."""
+    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                            f"mount -t tmpfs pipec-private {shlex.quote(str(hidden))}"],
+                           capture_output=True, timeout=30) if shutil.which("unshare") else None
+    if probe is None or probe.returncode != 0:
+        return None
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c",
+            f"mount -t tmpfs pipec-private {shlex.quote(str(hidden))} && mkdir -p \"$0\" && cd \"$0\" && exec \"$@\""]
+
+
+@pytest.fixture
+def private_dask_cluster(s3, tmp_path_factory):
+    """A `dask scheduler` and two `dask worker` processes (no nanny, so a killed worker
+    stays dead) whose working folders are not the driver's: in a private mount namespace
+    the test's folders are an empty tmpfs, so a worker can only reach the run folder
+    through S3. Yields (address, client, isolated)."""
+    from distributed import Client
+    hidden = tmp_path_factory.getbasetemp()
+    outside = Path(tempfile.mkdtemp(prefix="pipec-workers-"))
+    env = {**os.environ, **s3.env, "PYTHONPATH": str(ROOT)}
+    log = open(outside / "cluster.log", "w")
+    scheduler_file = outside / "scheduler.json"
+    procs = [subprocess.Popen(["dask", "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                               "--scheduler-file", str(scheduler_file)], cwd=outside, stdout=log, stderr=log, env=env)]
+    launcher = _private_launcher(hidden)
+    try:
+        deadline = time.time() + 60
+        while not scheduler_file.exists() and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.2)
+        address = json.loads(scheduler_file.read_text())["address"]
+        for i in range(2):
+            cwd = outside / f"w{i}"
+            cwd.mkdir()
+            worker = ["dask", "worker", address, "--nthreads", "1", "--no-dashboard", "--no-nanny",
+                      "--memory-limit", "1GiB", "--name", f"w{i}"]
+            command = [*launcher, str(hidden / f"w{i}"), *worker] if launcher else worker
+            procs.append(subprocess.Popen(command, cwd=cwd, stdout=log, stderr=log, env=env))
+        client = Client(address, timeout="30s")
+        client.wait_for_workers(2, timeout=60)
+        yield address, client, launcher is not None
+        client.close()
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+        shutil.rmtree(outside, ignore_errors=True)
+
+
+def _actor_worker(client, prefix: str) -> str:
+    """The address of the worker that hosts the actor whose key starts with ``prefix``."""
+    def held(dask_scheduler=None):
+        return {str(ts.key): [w.address for w in dask_scheduler.workers.values() if ts in w.actors]
+                for ts in dask_scheduler.tasks.values() if ts.actor}
+    for key, holders in client.run_on_scheduler(held).items():
+        if key.startswith(prefix) and holders:
+            return holders[0]
+    raise AssertionError(f"no actor {prefix}")
+
+
+def test_dask_without_a_shared_disk_survives_its_actor_worker_and_its_driver(s3, private_dask_cluster, workdir):
+    """examples/train.pipe on a scheduler and two workers that cannot see the driver's
+    folders, with the run folder on S3. Mid-run the worker hosting the parameter server
+    is killed (SIGKILL by pid): the driver re-creates the actor on the other worker from
+    its snapshot in the bucket. Then the driver itself is killed, and `pipec run --resume
+    s3://...` continues from the record in the bucket. The weights are exactly those of
+    a clean run."""
+    address, client, isolated = private_dask_cluster
+    if isolated:  # where the driver's files are, the workers see nothing
+        seen = client.run(os.path.exists, str(workdir))
+        assert len(seen) == 2 and not any(seen.values()), seen
+    # tasks read their own lines of a text file in the bucket, never through the driver's disk
+    s3.put("in/corpus.txt", (workdir / "examples" / "data" / "corpus.txt").read_bytes())
+    wordcount = load(Path("examples/wordcount.pipe"))
+    on_cluster = wordcount.run(backend="dask", address=address, params={"path": s3.url("in/corpus.txt")})
+    top = Path(on_cluster.files["top_words"]).read_bytes()
+    assert top == Path(wordcount.run(backend="local").files["top_words"]).read_bytes()
+    params = ["-p", "epochs=100", "-p", "rows=4000"]
+    clean = load(Path("examples/train.pipe")).run(backend="local", params={"epochs": 100, "rows": 4000})
+    expected = Path(clean.files["weights"]).read_bytes()
+    shutil.rmtree(workdir / "out")
+    shutil.rmtree(workdir / ".pipec")  # the clean run's own folder
+    run = s3.url("runs/train")
+    env = {**os.environ, **s3.env, "PYTHONPATH": str(ROOT), "DASK_SCHEDULER_ADDRESS": ""}
+    command = [sys.executable, "-m", "pipec", "run", "examples/train.pipe", "--backend", "dask",
+               "--address", address, *params]
+    driver = subprocess.Popen([*command, "--run-dir", run], cwd=workdir, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+
+    def rounds() -> int:
+        try:
+            return pickle.loads(storage.read_bytes(storage.join(run, resuming.RECORD))).rounds
+        except (FileNotFoundError, EOFError, pickle.UnpicklingError):
+            return -1
+
+    def wait_for(n: int) -> int:
+        deadline = time.time() + 180
+        while time.time() < deadline and driver.poll() is None and rounds() < n:
+            time.sleep(0.05)
+        assert driver.poll() is None, f"the run ended before round {n}: {driver.stderr.read().decode()}"
+        return rounds()
+    try:
+        wait_for(3)
+        victim = _actor_worker(client, "ps-actor@")
+        os.kill(client.run(os.getpid, workers=[victim])[victim], signal.SIGKILL)
+        # a record after the kill: the actor came back on the other worker, the run went on
+        stopped_at = wait_for(rounds() + 1)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+        driver.stderr.close()
+    assert 3 <= stopped_at < 100 and not (workdir / "out" / "weights.json").exists()
+    snapshots = [k for k in s3.keys("runs/train/actors/") if k.endswith(".snapshot")]
+    assert "runs/train/actors/ps.snapshot" in snapshots
+    assert not list(workdir.glob(".pipec/runs/*/actors"))  # nothing of the run state on the driver's disk
+    resumed = subprocess.run([*command, "--resume", run], cwd=workdir, env=env, capture_output=True, text=True,
+                             timeout=240)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (workdir / "out" / "weights.json").read_bytes() == expected
+    assert s3.keys("runs/train/resume/") == ["runs/train/resume/finished", "runs/train/resume/state.pickle"]
