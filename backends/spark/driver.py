@@ -51,7 +51,7 @@ from pipec.backends.runtime.interpreter import StageFailure, failure, run_finish
 from pipec.backends.runtime.tasks import resolve
 from pipec.backends.spark import session as sessions
 from pipec.backends.spark import worker
-from pipec.backends.spark.plan import loop_invariant
+from pipec.backends.spark.plan import held_by_spark, loop_invariant
 
 
 @dataclass
@@ -266,7 +266,8 @@ class SparkDriver(PlannedDriver):
             if node in lowering.parts:
                 refs = lowering.parts[node]
                 rdd = graph.rdd_of(refs)
-                if node in self.cached and any(ref.key in graph.place for ref in refs):
+                made = [graph.specs[ref.key] for ref in refs if ref.key in graph.place]
+                if node in self.cached and made and not any(held_by_spark(spec) for spec in made):
                     rdd.cache()
                     self._scope_for(node)["cached"].append(rdd)
                 self.env[node] = Rdd(rdd, len(refs))
@@ -345,8 +346,6 @@ class SparkDriver(PlannedDriver):
         start = time.perf_counter()
         try:
             out = rdd.collect()
-        except Py4JError:
-            raise
         except Exception as exc:
             raise self._job_error(node, exc) from None
         finally:

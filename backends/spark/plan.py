@@ -13,6 +13,7 @@ import networkx as nx
 from pipec.compiler import ir
 from pipec.backends.base import Plan, Progress, RunResult
 from pipec.backends.physical import explain as explaining
+from pipec.backends.physical import steps as s
 from pipec.backends.physical.planner import PhysicalPlan, TaskSpec, loops_of
 
 TASK_NOTE = ("the tasks of one segment (keys stage-0 .. stage-k) are the partitions of one RDD: a segment or "
@@ -50,9 +51,10 @@ class SparkPlan(Plan):
         notes = [_ON_SPARK[spec.body]] if spec.body in _ON_SPARK else []
         if spec.data:
             notes.append("a broadcast")
-        cached = self._cached.get(spec.group)
-        if cached and spec.key in self.physical.parts.get(spec.group, ()):
-            notes.append(f"cached: {cached}")
+        why = self._cached.get(spec.group)
+        if why and spec.key in self.physical.parts.get(spec.group, ()):
+            notes.append(f"not cached ({why}): Spark holds its partitions already" if held_by_spark(spec)
+                         else f"cached: {why}")
         return notes
 
     def explain(self) -> str:
@@ -85,6 +87,16 @@ def loop_invariant(graph: ir.IR) -> dict[str, str]:
         if outer and src not in out:
             out[src] = f"read by every round of {outer[0]}"
     return out
+
+
+def held_by_spark(spec: TaskSpec) -> bool:
+    """Whether a task's partition is one Spark holds already (the driver's blocks, a range
+    slice with nothing fused onto it), so caching it would only copy it."""
+    if spec.body == "take_part":
+        return True
+    segment = spec.args[0] if spec.body == "segment" else None
+    return (segment is not None and isinstance(segment.head, s.RangeSlice) and not segment.steps
+            and segment.terminal is None)
 
 
 def _actor_text(op: ir.Actor) -> str:
