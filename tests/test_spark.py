@@ -110,6 +110,13 @@ def test_plan_shows_fusion_caching_broadcasts_and_driver_steps():
     assert "partitionBy shuffle on the stable key hash" in wordcount
 
 
+def test_every_task_body_of_the_plan_has_a_spark_translation():
+    """A body added to the planner needs its line in Spark's table (else runs refuse it)."""
+    from pipec.backends.physical.planner import BODIES
+    from pipec.backends.spark.driver import DRIVER_BODIES, RDD_BODIES
+    assert sorted(BODIES) == sorted(RDD_BODIES + DRIVER_BODIES)
+
+
 def test_compiling_imports_no_user_code(write_pipe):
     path = pipe(write_pipe, "source xs = m.items() partitions 3\nstage ys = map m.f over xs\n"
                             "value t = reduce m.add over ys\nsink out = t",

@@ -47,7 +47,7 @@ from pipec.backends.physical.planner import GraphStep, Ref, StepLowering, fn_ref
 from pipec.backends.runtime import semantics, sources
 from pipec.backends.runtime.actors import VersionedHost
 from pipec.backends.runtime.driver import LiveContext, PlannedDriver
-from pipec.backends.runtime.interpreter import StageFailure, failure, run_finisher
+from pipec.backends.runtime.interpreter import StageFailure, UnknownStep, failure, run_finisher
 from pipec.backends.runtime.tasks import resolve
 from pipec.backends.spark import session as sessions
 from pipec.backends.spark import worker
@@ -64,6 +64,13 @@ class Rdd:
     data: list | None = None
 
 
+# The plan's task bodies (physical.planner.BODIES) on Spark: the tasks of one segment (or
+# pool stage, or callable source's parts) are the partitions of one RDD; the others run
+# on the driver.
+RDD_BODIES = ("segment", "merge", "pool", "take_part")
+DRIVER_BODIES = ("finish", "source_call", "line_index")
+
+
 class _Graph:
     """One graph step's task specs as RDDs and driver-side values, built on demand."""
 
@@ -73,7 +80,9 @@ class _Graph:
         self.groups: dict[int, list] = {}  # a segment (or pool step) -> its tasks, by partition
         self.place: dict[str, tuple[int, int]] = {}  # task key -> (group, partition)
         for spec in specs:
-            if spec.body in ("segment", "merge", "pool", "take_part"):
+            if spec.data is None and spec.body not in RDD_BODIES + DRIVER_BODIES:
+                raise UnknownStep(f"the spark backend has no translation for task body `{spec.body}`")
+            if spec.body in RDD_BODIES:
                 anchor = spec.args[3] if spec.body == "take_part" else spec.args[0]
                 group = self.groups.setdefault(id(anchor), [])
                 self.place[spec.key] = (id(anchor), len(group))
@@ -128,7 +137,7 @@ class _Graph:
             bases = [spec.args[2] for spec in specs]
             source = self.rdd_of(bases) if bases[0] is not None else driver.indices(len(specs))
         split_slots = set(x for side in first.args[2] for x in side) if first.body == "merge" else set()
-        slots = tuple(None if i in split_slots else driver.broadcast(ref.node, self.value(ref))
+        slots = tuple(None if i in split_slots else driver.broadcast(ref, self.value(ref))
                       for i, ref in enumerate(refs))
         task = worker.Pass(driver.context, driver.filled(segment), slots, pools, tag)
         rdd = source.mapPartitionsWithIndex(task)
@@ -181,7 +190,7 @@ class _Graph:
                     raise StageFailure(where, None, "plain", f"cannot read {path}: {exc.strerror or exc}") from None
         except StageFailure as exc:
             raise driver.stage_failed(exc) from None
-        raise driver.error(spec.group, f"the spark backend has no translation for task body `{spec.body}`")
+        raise UnknownStep(f"the spark backend has no translation for task body `{spec.body}`")
 
 
 class SparkDriver(PlannedDriver):
@@ -242,8 +251,8 @@ class SparkDriver(PlannedDriver):
                 rdd.unpersist()
             except Exception:
                 pass
-        for node in scope["broadcasts"]:
-            entry = self._broadcasts.pop(node, None)
+        for key in scope["broadcasts"]:
+            entry = self._broadcasts.pop(key, None)
             if entry is not None:
                 try:
                     entry[1].destroy()
@@ -296,21 +305,22 @@ class SparkDriver(PlannedDriver):
             raise self._unpicklable(node, exc) from None
         return Rdd(rdd, len(parts), parts)
 
-    def broadcast(self, node: str, value):
-        """The broadcast of ``node``'s value, made once while the value stays the same."""
-        entry = self._broadcasts.get(node)
+    def broadcast(self, ref: Ref, value):
+        """The broadcast of the value of ``ref``, made once while the value stays the
+        same, and dropped when the round of its node ends."""
+        entry = self._broadcasts.get(ref.key)
         if entry is not None and entry[0] is value:
             return entry[1]
         try:
             bc = self.sc.broadcast(value)
         except Exception as exc:
-            raise self._unpicklable(node, exc) from None
+            raise self._unpicklable(ref.node, exc) from None
         if entry is not None:  # the value changed (a new round): free the old copies
             entry[1].unpersist()
-        self._broadcasts[node] = (value, bc)
-        scope = self._scope_for(node)
-        if node not in scope["broadcasts"]:
-            scope["broadcasts"].append(node)
+        self._broadcasts[ref.key] = (value, bc)
+        scope = self._scope_for(ref.node)
+        if ref.key not in scope["broadcasts"]:
+            scope["broadcasts"].append(ref.key)
         return bc
 
     def with_resources(self, node: str, rdd, asked: dict[str, float]) -> None:
@@ -410,17 +420,17 @@ class SparkDriver(PlannedDriver):
         for rebind in block.rebinds(self.ir):
             op = self.ir.op(rebind)
             if op.var_shape == ir.COLLECTION:
-                self.env[op.var] = self._on_driver(op.var)
+                self.env[op.var] = self._brought_back(op.var)
 
-    def _on_driver(self, var: str) -> Rdd:
+    def _brought_back(self, var: str) -> Rdd:
+        """Collection ``var`` as partitions the driver holds, sent to Spark again from there."""
         held = self.env[var]
-        if held.data is not None and held.rdd is not None:
+        if held.data is not None:
             return held
-        parts = self.job(var, held.rdd.glom(), held.parts)
-        return self.from_driver(var, parts)
+        return self.from_driver(var, self.job(var, held.rdd.glom(), held.parts))
 
     def var_partitions(self, var: str) -> list[list]:
-        held = self.env[var] = self._on_driver(var)
+        held = self.env[var] = self._brought_back(var)
         return held.data
 
     def var_from_partitions(self, var: str, parts: list[list]):
