@@ -88,10 +88,20 @@ class _Graph:
                 self.place[spec.key] = (id(anchor), len(group))
                 group.append(spec)
         self.rdds: dict[tuple[int, int], Any] = {}
+        self.held: dict[int, Rdd] = {}  # groups whose partitions the driver holds too
         self.values: dict[str, Any] = {}
         self.collected: dict[int, list] = {}
 
     # ---- collections
+
+    def collection(self, refs: list[Ref]) -> Rdd:
+        """The collection whose partitions are ``refs``, as the driver keeps it (with the
+        partitions too when they are the driver's blocks: no job to see them again)."""
+        rdd = self.rdd_of(refs)
+        groups = {self.place[ref.key][0] if ref.key in self.place else None for ref in refs}
+        if len(groups) == 1 and (group := groups.pop()) in self.held and len(refs) == len(self.groups[group]):
+            return self.held[group]
+        return Rdd(rdd, len(refs))
 
     def rdd_of(self, refs: list[Ref]):
         """The RDD whose partitions are ``refs``, in order: one group's or held collection's
@@ -119,7 +129,8 @@ class _Graph:
         driver, first = self.driver, specs[0]
         if first.body == "take_part":
             items = self.value(first.args[3])
-            return driver.from_driver(first.group, semantics.split(items, len(specs))).rdd
+            held = self.held[id(first.args[3])] = driver.from_driver(first.group, semantics.split(items, len(specs)))
+            return held.rdd
         if first.body == "pool":
             step = first.args[0]
             segment = s.Segment(step.node, s.Input(step.node), (step,), None, (step.node,))
@@ -274,12 +285,11 @@ class SparkDriver(PlannedDriver):
         for node in step.exports:
             if node in lowering.parts:
                 refs = lowering.parts[node]
-                rdd = graph.rdd_of(refs)
+                held = self.env[node] = graph.collection(refs)
                 made = [graph.specs[ref.key] for ref in refs if ref.key in graph.place]
                 if node in self.cached and made and not any(held_by_spark(spec) for spec in made):
-                    rdd.cache()
-                    self._scope_for(node)["cached"].append(rdd)
-                self.env[node] = Rdd(rdd, len(refs))
+                    held.rdd.cache()
+                    self._scope_for(node)["cached"].append(held.rdd)
         for node in step.exports:
             if node in lowering.values:
                 self.env[node] = graph.value(lowering.values[node])
