@@ -7,15 +7,17 @@ actor calls, loops and sinks mean the same everywhere and live here once.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
+from dataclasses import fields, is_dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from pipec.compiler import ir
 from pipec.compiler.schedule import Block, blocks
-from pipec.backends.physical.planner import DriverStep, GraphStep, LoopStep, Planner, order_of
+from pipec.backends.physical.planner import Arg, DriverStep, GraphStep, LoopStep, Planner, Ref, Rounds, order_of
 from pipec.dsl.diagnostics import PipelineRuntimeError, UsageError
 from pipec.dsl.source import SourceFile, Span
 from pipec.backends.base import NoProgress, Progress, RunResult
@@ -598,6 +600,30 @@ class PlannedDriver(Driver):
     def run_graph(self, step: GraphStep) -> None:
         """Submit one graph step's tasks and keep what later steps read."""
         raise NotImplementedError
+
+    def filled(self, arg):
+        """``arg`` (a step of the plan, or a task's arguments) with this run's values for
+        the planner's placeholders: an :class:`Arg` becomes its value (a file name made
+        absolute: workers may run elsewhere), :class:`Rounds` the current round indices.
+        Refs, and steps without placeholders, come back as they are."""
+        if isinstance(arg, Arg):
+            value = self.value(arg.operand)
+            return os.path.abspath(value) if arg.path and isinstance(value, str) else value
+        if isinstance(arg, Rounds):
+            return tuple(self.round_index.get(loop, 0) for loop in arg.loops)
+        if isinstance(arg, Ref) or isinstance(arg, type):
+            return arg
+        if is_dataclass(arg):
+            changes = {f.name: self.filled(getattr(arg, f.name)) for f in fields(arg)}
+            if all(changes[name] is getattr(arg, name) for name in changes):
+                return arg
+            return replace(arg, **changes)
+        if isinstance(arg, (tuple, list)):
+            out = [self.filled(a) for a in arg]
+            return arg if all(a is b for a, b in zip(out, arg)) else type(arg)(out)
+        if isinstance(arg, dict):
+            return {k: self.filled(v) for k, v in arg.items()}
+        return arg
 
     def nparts(self, node: str) -> int:
         """How many partitions collection ``node`` holds in this run."""

@@ -6,11 +6,12 @@ crash, and a run can resume after its driver died), and an actor pool becomes on
 instance per Python worker. What Spark cannot do at all, an actor handle called from
 inside a running task, is refused by ``pipec check --backend spark`` before anything runs.
 
-Modules: :mod:`.driver` (lowering and running), :mod:`.worker` (what tasks run),
-:mod:`.plan` (what ``compile`` and ``graph`` show), :mod:`.session` (starting Spark
-quietly, shipping modules). Records for ``pipec run --resume`` are the shared
-:mod:`pipec.backends.runtime.resume`.
-PySpark is imported only when a plan is explained or run.
+Modules: :mod:`.plan` (the shared physical plan with Spark's mapping: what ``compile``
+and ``graph`` show), :mod:`.driver` (each graph step of that plan as RDD operations),
+:mod:`.worker` (what tasks run: the shared interpreter in a ``mapPartitionsWithIndex``
+pass), :mod:`.session` (starting Spark quietly, shipping modules). Records for
+``pipec run --resume`` are the shared :mod:`pipec.backends.runtime.resume`.
+PySpark is imported only when a plan runs.
 """
 
 from __future__ import annotations

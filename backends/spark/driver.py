@@ -1,33 +1,29 @@
-"""The Spark driver: walks the pipeline like every backend (the shared Driver), turning
-collections into RDDs and every reduction, collect, count or sink into a Spark job.
+"""The Spark driver: the shared driver loop, with every graph step of the physical plan
+translated into RDD operations.
 
-How each part is lowered:
+The planner's tasks come in groups that share one segment (a key per partition); on
+Spark a group is one RDD, and what each task body becomes is a small table:
 
-* A collection is an RDD plus a *pending segment* (:class:`Coll`: a head and fused
-  steps of the shared physical plan). Element-wise stages only add steps; the segment
-  runs as one ``mapPartitionsWithIndex`` pass (:class:`worker.Pass`) when something needs
-  the data, so adjacent stages (and the map side of the next shuffle, or the per-partition
-  part of the next action) share one pass over the partition.
-* A collection read more than once, or read by a loop it is defined outside of, is
-  cached once (round-scoped collections are unpersisted when their round ends).
-* Keyed operations bucket each partition with the shared stable key hash, shuffle the
-  buckets with ``partitionBy`` keyed by output partition, and merge the buckets of each
-  output partition in source-partition order.
-* ``reduce``: one pass folds each partition, the per-partition partials come back in
-  partition-index order, and the driver combines them with the shared
-  ``combine_partials`` (a depth-1 tree, or a level on the executors first; see
-  :meth:`SparkDriver.op_reduce`).
-* Values used by a stage are broadcast once per round (once per run if they are
-  computed outside every loop).
-* Actors live in the driver: graph-level calls run there in program order between jobs,
-  with sequence numbers, snapshots and a replay log (the shared :class:`ActorHost`). An
-  actor pool becomes one instance per Python worker, built on first use.
-* A collection loop variable is brought to the driver at the end of each round and
-  parallelized again: its lineage stays one round long, and the run can resume from it.
+* ``segment``: ``mapPartitionsWithIndex`` over the RDD holding its input partitions (or,
+  when the head makes the items, over ``parallelize(range(k), k)``), one
+  :class:`worker.Pass` calling the shared interpreter's ``run_segment``. Spark pipelines
+  consecutive Python passes, so a source, its fused stages and the map side of the next
+  shuffle or action read each partition once;
+* a segment ending in a ``Split``: its buckets keyed by destination, ``partitionBy(k)``
+  (the destination is the shared stable key hash), then the ``merge`` group's pass;
+* ``finish`` (a reduction's fixed fan-in combine tree, a count's total, a top's final
+  merge), ``source_call`` and ``line_index``: on the driver, over what one job collected
+  (the partials, in partition order) or reads itself;
+* ``take_part``: the driver's blocks, ``parallelize``-d one per partition;
+* ``pool``: the stage runs inside the task, with one pool member per Python worker;
+* a value a task reads (a slot): a broadcast, made once while the value stays the same
+  and dropped when its round ends.
 
-The same code builds a *dry* plan for ``pipec compile``/``graph``: the RDDs are built
-(lazily, so no job runs and no user code is imported) and every job, cache, broadcast
-and driver-side call is recorded instead of run.
+Nothing runs until the driver needs a value or the items of a collection: a graph's
+values are one job each, a collection stays an RDD. A collection read by every round of
+a loop it is made outside of is cached once; a collection loop variable comes to the
+driver at the end of each round (its lineage stays one round long, and a record for
+``--resume`` holds it). Actors live in the driver (the shared ``VersionedHost``).
 """
 
 from __future__ import annotations
@@ -38,149 +34,212 @@ import re
 import sys
 import threading
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any
 
 from py4j.protocol import Py4JError
 
 from pipec.compiler import ir
-from pipec.compiler.schedule import Block, blocks
 from pipec.dsl.diagnostics import PipelineRuntimeError
-from pipec.backends.physical import steps as s
-from pipec.backends.physical.planner import fn_ref, policy_of
-from pipec.backends.runtime import semantics
-from pipec.backends.runtime.actors import VersionedHost
 from pipec.backends.base import NoProgress
-from pipec.backends.runtime.driver import Driver
-from pipec.backends.runtime.interpreter import StageFailure
-from pipec.backends.runtime.tasks import ensure_path
+from pipec.backends.physical import steps as s
+from pipec.backends.physical.planner import GraphStep, Ref, StepLowering, fn_ref
+from pipec.backends.runtime import semantics, sources
+from pipec.backends.runtime.actors import VersionedHost
+from pipec.backends.runtime.driver import LiveContext, PlannedDriver
+from pipec.backends.runtime.interpreter import StageFailure, UnknownStep, failure, run_finisher
+from pipec.backends.runtime.tasks import resolve
 from pipec.backends.spark import session as sessions
 from pipec.backends.spark import worker
-
-
-@dataclass(frozen=True)
-class Coll:
-    """A collection as the driver holds it: an RDD, the segment still to run over each of
-    its partitions (a head, fused element-wise steps and the broadcasts they read), and
-    its partition count. Nothing is pending when the head is a plain ``Input``."""
-
-    rdd: Any
-    parts: int
-    head: Any  # a steps.Head
-    steps: tuple = ()
-    slots: tuple = ()  # the Broadcasts of the steps' Slot bindings
-    block: bool = False  # each partition is one record holding its items (sent by the driver)
-    data: list | None = None
-    held: bool = False  # the driver holds the partitions (``data``; None in a dry plan)
-
-    @property
-    def pending(self) -> bool:
-        return bool(self.steps) or self.block or not isinstance(self.head, s.Input)
-
-
-class Pending:
-    """A value a dry plan does not compute (it would need a job or user code)."""
-
-    def __init__(self, text: str):
-        self.text = text
-
-    def __repr__(self) -> str:
-        return f"<{self.text}>"
+from pipec.backends.spark.plan import held_by_spark, loop_invariant
 
 
 @dataclass
-class Analysis:
-    """Static lowering decisions: which collections are cached, and why.
+class Rdd:
+    """A collection as the driver holds it: an RDD of its items and its partition count;
+    ``data`` when the driver holds the partitions too (sent by it, or brought back)."""
 
-    Only collections a loop reads every round: a collection read twice by the same
-    round is computed twice, because PySpark's cache costs a trip through the JVM's
-    block store (measured on benchmarks/mapreduce.pipe: 5.9 s cached, 3.3 s computed
-    twice), and the shuffle outputs it may start from are reused by Spark anyway."""
-
-    persist: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, graph: ir.IR) -> "Analysis":
-        loops = graph.info.loops
-
-        def chain(loop_id):
-            out = []
-            while loop_id is not None:
-                out.append(loop_id)
-                loop_id = loops[loop_id].parent
-            return out
-
-        persist: dict[str, str] = {}
-        for src, dst, kind in graph.graph.edges(data="kind"):
-            if kind != "data":
-                continue
-            op = graph.op(src)
-            if isinstance(op, (ir.Var, ir.Rebind)):
-                continue  # a var's value changes every round; it is materialised instead
-            outer = set(chain(graph.op(dst).loop)) - set(chain(op.loop))
-            if outer and src not in persist:
-                persist[src] = f"read by every round of {sorted(outer, key=lambda l: len(chain(l)))[0]}"
-        return cls(persist)
+    rdd: Any
+    parts: int
+    data: list | None = None
 
 
-class SparkDriver(Driver):
+# The plan's task bodies (physical.planner.BODIES) on Spark: the tasks of one segment (or
+# pool stage, or callable source's parts) are the partitions of one RDD; the others run
+# on the driver.
+RDD_BODIES = ("segment", "merge", "pool", "take_part")
+DRIVER_BODIES = ("finish", "source_call", "line_index")
+
+
+class _Graph:
+    """One graph step's task specs as RDDs and driver-side values, built on demand."""
+
+    def __init__(self, driver: "SparkDriver", specs: list):
+        self.driver = driver
+        self.specs = {spec.key: spec for spec in specs}
+        self.groups: dict[int, list] = {}  # a segment (or pool step) -> its tasks, by partition
+        self.place: dict[str, tuple[int, int]] = {}  # task key -> (group, partition)
+        for spec in specs:
+            if spec.data is None and spec.body not in RDD_BODIES + DRIVER_BODIES:
+                raise UnknownStep(f"the spark backend has no translation for task body `{spec.body}`")
+            if spec.body in RDD_BODIES:
+                anchor = spec.args[3] if spec.body == "take_part" else spec.args[0]
+                group = self.groups.setdefault(id(anchor), [])
+                self.place[spec.key] = (id(anchor), len(group))
+                group.append(spec)
+        self.rdds: dict[tuple[int, int], Any] = {}
+        self.held: dict[int, Rdd] = {}  # groups whose partitions the driver holds too
+        self.values: dict[str, Any] = {}
+        self.collected: dict[int, list] = {}
+
+    # ---- collections
+
+    def collection(self, refs: list[Ref]) -> Rdd:
+        """The collection whose partitions are ``refs``, as the driver keeps it (with the
+        partitions too when they are the driver's blocks: no job to see them again)."""
+        rdd = self.rdd_of(refs)
+        groups = {self.place[ref.key][0] if ref.key in self.place else None for ref in refs}
+        if len(groups) == 1 and (group := groups.pop()) in self.held and len(refs) == len(self.groups[group]):
+            return self.held[group]
+        return Rdd(rdd, len(refs))
+
+    def rdd_of(self, refs: list[Ref]):
+        """The RDD whose partitions are ``refs``, in order: one group's or held collection's
+        RDD, or the union of several (a ``union`` of collections)."""
+        runs: list[list] = []  # [source, partitions seen]
+        for ref in refs:
+            source = ("group", self.place[ref.key][0]) if ref.key in self.place else ("held", ref.node)
+            if runs and runs[-1][0] == source:
+                runs[-1][1] += 1
+            else:
+                runs.append([source, 1])
+        rdds = [self.group_rdd(key) if kind == "group" else self.driver.env[key].rdd for (kind, key), _ in runs]
+        if not rdds:
+            return self.driver.sc.emptyRDD()
+        return rdds[0] if len(rdds) == 1 else self.driver.sc.union(rdds)
+
+    def group_rdd(self, group: int, tag: int = 0):
+        """The RDD of a group of tasks (a split's keyed by ``tag``, the side that reads it)."""
+        built = self.rdds.get((group, tag))
+        if built is None:
+            built = self.rdds[(group, tag)] = self._build(self.groups[group], tag)
+        return built
+
+    def _build(self, specs: list, tag: int):
+        driver, first = self.driver, specs[0]
+        if first.body == "take_part":
+            items = self.value(first.args[3])
+            held = self.held[id(first.args[3])] = driver.from_driver(first.group, semantics.split(items, len(specs)))
+            return held.rdd
+        if first.body == "pool":
+            step = first.args[0]
+            segment = s.Segment(step.node, s.Input(step.node), (step,), None, (step.node,))
+            pools = (driver.env[step.pool],)
+            source, refs = self.rdd_of([spec.args[5] for spec in specs]), first.args[6:]
+        elif first.body == "merge":
+            segment, sides, refs = first.args[0], first.args[2], first.args[3:]
+            pools = ()
+            mapped = [self._split_side(refs, slots, side) for side, slots in enumerate(sides)]
+            source = (mapped[0] if len(mapped) == 1 else driver.sc.union(mapped)).partitionBy(
+                len(specs), worker.destination)
+        else:
+            segment, refs = first.args[0], first.args[3:]
+            pools = tuple(driver.env[e.pool] for e in segment.steps if e.pool is not None)
+            bases = [spec.args[2] for spec in specs]
+            source = self.rdd_of(bases) if bases[0] is not None else driver.indices(len(specs))
+        split_slots = set(x for side in first.args[2] for x in side) if first.body == "merge" else set()
+        slots = tuple(None if i in split_slots else driver.broadcast(ref, self.value(ref))
+                      for i, ref in enumerate(refs))
+        task = worker.Pass(driver.context, driver.filled(segment), slots, pools, tag)
+        rdd = source.mapPartitionsWithIndex(task)
+        rdd.setName(f"{first.group}: {first.label}")
+        if first.resources and not driver.session.local:
+            driver.with_resources(first.group, rdd, first.resources)
+        return rdd
+
+    def _split_side(self, refs: tuple, slots: tuple, side: int):
+        """The split outputs a merge reads on ``side``, keyed for the shuffle."""
+        groups = list(dict.fromkeys(self.place[refs[i].key][0] for i in slots))
+        rdds = [self.group_rdd(group, side) for group in groups]
+        return rdds[0] if len(rdds) == 1 else self.driver.sc.union(rdds)
+
+    # ---- values
+
+    def value(self, ref: Ref):
+        """The value of ``ref``: made in this graph (a job's partials, combined on the
+        driver), shipped from the driver, or kept from an earlier graph."""
+        spec = self.specs.get(ref.key)
+        if spec is None or spec.data is not None:
+            return self.driver.materialize(self.driver.env[ref.node])
+        if ref.key in self.place:  # one partition's partial: the job collects them all
+            group, i = self.place[ref.key]
+            if group not in self.collected:
+                self.collected[group] = self.driver.job(spec.group, self.group_rdd(group), len(self.groups[group]))
+            return self.collected[group][i]
+        if ref.key not in self.values:
+            self.values[ref.key] = self._on_driver(spec)
+        return self.values[ref.key]
+
+    def _on_driver(self, spec):
+        """A task the driver runs itself: a finisher, a callable source, a line index."""
+        driver = self.driver
+        try:
+            if spec.body == "finish":
+                step, partials = spec.args[0], [self.value(r) for r in spec.args[1:]]
+                return run_finisher(driver.filled(step), partials)
+            if spec.body == "source_call":
+                where, fn, args, kwargs = driver.filled(spec.args)
+                try:
+                    return list(resolve(fn.module, fn.attr)(*args, **kwargs))
+                except Exception as exc:
+                    raise failure(where, None, exc) from None
+            if spec.body == "line_index":
+                where, path = driver.filled(spec.args)
+                try:
+                    return sources.line_index(path)
+                except OSError as exc:
+                    raise StageFailure(where, None, "plain", f"cannot read {path}: {exc.strerror or exc}") from None
+        except StageFailure as exc:
+            raise driver.stage_failed(exc) from None
+        raise UnknownStep(f"the spark backend has no translation for task body `{spec.body}`")
+
+
+class SparkDriver(PlannedDriver):
     backend = "spark"
     resumable = True
 
-    def __init__(self, plan, progress=None, run_dir: str | None = None, resume: bool = False, dry: bool = False):
+    def __init__(self, plan, progress=None, run_dir: str | None = None, resume: bool = False):
         super().__init__(plan.ir, plan.params, progress, run_dir, resume)
         self.plan = plan
-        self.dry = dry
-        self.analysis = plan.analysis
+        self.planner = plan.physical.planner
+        self.cached = loop_invariant(plan.ir)
         self.order = {node: i for i, node in enumerate(plan.ir)}
-        self.trace: list[dict] = []
-        self._trace_stack: list[list] = [self.trace]
-        self._scopes: list[dict] = []
+        self._scopes: list[dict] = [{"cached": [], "broadcasts": []}]
         self._broadcasts: dict[str, tuple[Any, Any]] = {}
         self.hosts: dict[str, VersionedHost] = {}
-        self.pools: dict[str, worker.Pool] = {}
+        self.pool_sizes: dict[str, int] = {}
         self.session: sessions.Session | None = None
+        self._jobs = 0
 
-    # ---- entry
+    # ---- lifecycle
 
     def run(self):
-        start = time.perf_counter()
-        ensure_path(self.ir.info.module_paths())
-        self.setup()
         try:
-            self.run_top(blocks(self.ir))
-            if self.dry:
-                self.lowered = self.capture(self)
-            else:
-                self.commit_sinks()
-                self.finish_records()
+            return super().run()
         except Py4JError as exc:  # Spark itself went away (a job's failure is reported by job())
             log = self.session.log if self.session else None
             raise PipelineRuntimeError(self.ir.info.name, f"Spark stopped under the pipeline: {_first_line(exc)}",
                                        hint=f"Spark's log is {log}" if log else None) from None
-        finally:
-            self.sinks.abort()
-            self.close_records()
-            self.teardown()
-        self.result.seconds = time.perf_counter() - start
-        return self.result
 
     def setup(self) -> None:
         plan = self.plan
-        if not self.dry:
-            self.preflight()
-            self.sinks.clean_leftovers()
-            self.prepare_run_dir()
-        log = None if self.dry else str(self.log_dir / "spark.log")
-        self.session = sessions.session(plan.address, log, plan.max_retries, plan.ui)
+        retries = max((op.options.retries for _, op in self.ir.items()
+                       if isinstance(getattr(op, "options", None), ir.StageOptions)), default=0)
+        self.session = sessions.session(plan.address, str(self.log_dir / "spark.log"), retries, plan.ui)
         self.sc = self.session.sc
-        archive = None
-        if not self.session.local:
-            archive = sessions.ship_modules(self.sc, self.ir)
+        archive = None if self.session.local else sessions.ship_modules(self.sc, self.ir)
         roots = () if archive else tuple(self.ir.info.module_paths())
         self.context = worker.Context(self.run_id, roots, archive)
-        self._scopes.append({"cached": [], "broadcasts": []})
 
     def teardown(self) -> None:
         while self._scopes:
@@ -190,6 +249,12 @@ class SparkDriver(Driver):
 
     # ---- scopes: what a round caches and broadcasts, dropped when it ends
 
+    def start_round(self, block) -> None:
+        self._scopes.append({"cached": [], "broadcasts": []})
+
+    def close_round(self, block) -> None:
+        self._close_scope()
+
     def _close_scope(self) -> None:
         scope = self._scopes.pop()
         for rdd in scope["cached"]:
@@ -197,9 +262,9 @@ class SparkDriver(Driver):
                 rdd.unpersist()
             except Exception:
                 pass
-        for node in scope["broadcasts"]:
-            entry = self._broadcasts.pop(node, None)
-            if entry is not None and entry[1] is not None:
+        for key in scope["broadcasts"]:
+            entry = self._broadcasts.pop(key, None)
+            if entry is not None:
                 try:
                     entry[1].destroy()
                 except Exception:
@@ -212,133 +277,93 @@ class SparkDriver(Driver):
             return self._scopes[0]
         return self._scopes[-1]
 
-    # ---- tracing (dry plans)
+    # ---- graph steps
 
-    def note(self, kind: str, node: str | None, text: str, **extra) -> None:
-        if self.dry:
-            self._trace_stack[-1].append({"kind": kind, "node": node, "text": text, **extra})
+    def run_graph(self, step: GraphStep) -> None:
+        lowering = StepLowering(self.ir, step, LiveContext(self), self.planner.actors)
+        graph = _Graph(self, lowering.lower())
+        for node in step.exports:
+            if node in lowering.parts:
+                refs = lowering.parts[node]
+                held = self.env[node] = graph.collection(refs)
+                made = [graph.specs[ref.key] for ref in refs if ref.key in graph.place]
+                if node in self.cached and made and not any(held_by_spark(spec) for spec in made):
+                    held.rdd.cache()
+                    self._scope_for(node)["cached"].append(held.rdd)
+        for node in step.exports:
+            if node in lowering.values:
+                self.env[node] = graph.value(lowering.values[node])
 
-    @contextmanager
-    def _traced_loop(self, loop: ir.Loop, text: str):
-        entry = {"kind": "loop", "node": loop.id, "text": text, "steps": []}
-        self._trace_stack[-1].append(entry)
-        self._trace_stack.append(entry["steps"])
+    def nparts(self, node: str) -> int:
+        return self.env[node].parts
+
+    def pool_size(self, pool: str) -> int:
+        return self.pool_sizes[pool]
+
+    def indices(self, k: int):
+        """An RDD of ``k`` partitions holding their own index: for heads that make the items."""
+        return self.sc.parallelize(range(k), k) if k else self.sc.emptyRDD()
+
+    def from_driver(self, node: str, parts: list[list]) -> Rdd:
+        """A collection whose partitions the driver holds: one block per partition, opened
+        in the pass that reads it (Spark pipelines the two)."""
+        if not parts:
+            return Rdd(self.sc.emptyRDD(), 0, [])
         try:
-            yield
-        finally:
-            self._trace_stack.pop()
+            rdd = self.sc.parallelize(parts, len(parts)).flatMap(worker.unblock, preservesPartitioning=True)
+        except Exception as exc:
+            raise self._unpicklable(node, exc) from None
+        return Rdd(rdd, len(parts), parts)
 
-    # ---- loops
+    def broadcast(self, ref: Ref, value):
+        """The broadcast of the value of ``ref``, made once while the value stays the
+        same, and dropped when the round of its node ends."""
+        entry = self._broadcasts.get(ref.key)
+        if entry is not None and entry[0] is value:
+            return entry[1]
+        try:
+            bc = self.sc.broadcast(value)
+        except Exception as exc:
+            raise self._unpicklable(ref.node, exc) from None
+        if entry is not None:  # the value changed (a new round): free the old copies
+            entry[1].unpersist()
+        self._broadcasts[ref.key] = (value, bc)
+        scope = self._scope_for(ref.node)
+        if ref.key not in scope["broadcasts"]:
+            scope["broadcasts"].append(ref.key)
+        return bc
 
-    def run_loop(self, block: Block, first: int = 0) -> None:
-        if self.dry:
-            self._dry_round(block, self.value(block.loop.count))
-            return
-        super().run_loop(block, first)
-
-    def start_round(self, block: Block) -> None:
-        self._scopes.append({"cached": [], "broadcasts": []})
-
-    def close_round(self, block: Block) -> None:
-        self._close_scope()
-
-    def _dry_round(self, block: Block, count) -> None:
-        loop = block.loop
-        until = f" until {_text(self.ir, loop.until)}" if loop.until is not None else ""
-        shown = count if not isinstance(count, Pending) else _text(self.ir, loop.count)
-        with self._traced_loop(loop, f"repeat {shown}{until}  ({loop.id}); each round:"):
-            self.round_index[loop.id] = Pending(f"round index of {loop.id}")
-            for rebind in block.rebinds(self.ir):
-                op = self.ir.op(rebind)
-                if op.var_shape == ir.COLLECTION:
-                    # Show the steady state: from the second round on, the var comes from the driver.
-                    coll = self.env[op.var]
-                    self.env[op.var] = self.from_driver(op.var, [[]] * coll.parts,
-                                                        f"var {op.name or op.var} (from the driver)", dry=True)
-                    self.note("driver", op.var, f"driver: var {op.name or op.var} is parallelized from the "
-                                                f"driver ({coll.parts} partitions; the first round reads its "
-                                                f"initial value instead)")
-            self._scopes.append({"cached": [], "broadcasts": []})
-            try:
-                self.run_block(Block(None, block.items))
-                for rebind in block.rebinds(self.ir):
-                    op = self.ir.op(rebind)
-                    self.env[op.var] = self.env[rebind]
-                self.end_round(block)
-            finally:
-                self._close_scope()
-        self.result.rounds[loop.id] = 0
-
-    def end_round(self, block: Block) -> None:
-        """Bring each collection var rebound this round to the driver, so the next round
-        starts from data, not from a lineage that grows by a round each time."""
-        for rebind in block.rebinds(self.ir):
-            op = self.ir.op(rebind)
-            if op.var_shape == ir.COLLECTION:
-                self.env[op.var] = self.materialise_var(op.var, self.env[op.var])
-
-    def materialise_var(self, var: str, coll: Coll) -> Coll:
-        if coll.held:
-            return coll
-        name = self.ir.op(var).name or var
-        parts = self.job(var, "materialise", coll, None,
-                         f"var {name}: its {coll.parts} partitions come to the driver, to be parallelized "
-                         f"again for the next round", whole=True)
-        if parts is None:
-            return self.from_driver(var, [[]] * coll.parts, f"var {name} (from the driver)", dry=True)
-        return self.from_driver(var, parts, f"var {name} (from the driver)")
-
-    # ---- resume: collection vars in a record
-
-    def var_partitions(self, var: str) -> list[list]:
-        # Materialised here anyway, so the next round reads the driver's copy too.
-        coll = self.env[var] = self.materialise_var(var, self.env[var])
-        return coll.data
-
-    def var_from_partitions(self, var: str, parts: list[list]):
-        return self.from_driver(var, parts, f"var {self.ir.op(var).name or var} (restored)")
+    def with_resources(self, node: str, rdd, asked: dict[str, float]) -> None:
+        """Run ``rdd``'s stage under a stage-level resource profile, where the cluster
+        supports one (``pipec check`` warned that local masters do not)."""
+        from pyspark.resource import ExecutorResourceRequests, ResourceProfileBuilder, TaskResourceRequests
+        task = TaskResourceRequests()
+        if "CPU" in asked:
+            task.cpus(max(1, math.ceil(asked["CPU"])))
+        if "GPU" in asked:
+            task.resource("gpu", asked["GPU"])
+        builder = ResourceProfileBuilder().require(task)
+        if "MEMORY" in asked:
+            builder.require(ExecutorResourceRequests().memory(f"{max(1, int(asked['MEMORY']) // 2**20)}m"))
+        try:
+            rdd.withResources(builder.build)
+        except Exception as exc:
+            text = ", ".join(f"{k.lower()} {v:g}" for k, v in asked.items())
+            warn(f"stage `{node}` runs without its resources ({text}): the cluster refused a stage-level "
+                 f"resource profile ({_first_line(exc)})")
 
     # ---- jobs
 
-    def pass_rdd(self, coll: Coll, terminal=None, **framing):
-        """``coll``'s pending segment ending in ``terminal`` (a ``Combine``: a reduction's
-        combine level instead) as one pass; ``framing`` is :class:`worker.Pass`'s."""
-        if terminal is None and not framing and not coll.pending:
-            return coll.rdd
-        if isinstance(terminal, s.Combine):
-            work = terminal
-        else:
-            nodes = [coll.head.node, *(e.node for e in coll.steps), *([terminal.node] if terminal else [])]
-            work = s.Segment(nodes[-1], coll.head, coll.steps, terminal, tuple(dict.fromkeys(nodes)))
-        pools = tuple(self.pools[e.pool] for e in coll.steps if e.pool is not None)
-        task = worker.Pass(self.context, work, coll.slots, pools, coll.block, **framing)
-        return coll.rdd.mapPartitionsWithIndex(task)
-
-    def materialise(self, node: str, coll: Coll, why: str | None = None) -> Coll:
-        """Run ``coll``'s pending segment as its own RDD (cached when ``why`` says so)."""
-        rdd = self.pass_rdd(coll)
-        text = _pass_text(coll)
-        rdd.setName(f"{node}: {text}" if text else node)
-        if why is not None:
-            rdd.cache()
-            self._scope_for(node)["cached"].append(rdd)
-            self.note("cache", node, f"cache {node} ({why})")
-        return Coll(rdd, coll.parts, s.Input(node))
-
-    def job(self, node: str, action: str, coll: Coll, terminal, text: str, **framing) -> list | None:
-        """Run one Spark job: ``coll``'s segment ending in ``terminal`` over every
-        partition (see :meth:`pass_rdd`); the per-partition results, in partition order
-        (None in a dry plan)."""
-        rdd = self.pass_rdd(coll, terminal, **framing)
-        rdd.setName(f"{node}: {_pass_text(coll, terminal, **framing)}")
-        if self.dry:
-            self.note("job", node, text, action=action, tasks=coll.parts, rdd=rdd)
-            return None
-        self.progress.stage(node, coll.parts)
-        self._jobs = getattr(self, "_jobs", 0) + 1
+    def job(self, node: str, rdd, tasks: int) -> list:
+        """Run one Spark job collecting ``rdd`` (one record per partition, or a partition's
+        items), with progress; the first StageFailure in program order, then by partition,
+        is raised as the error the user sees."""
+        self.progress.stage(node, tasks)
+        self._jobs += 1
         group = f"pipec-{self.run_id}-{self._jobs}"
-        self.sc.setJobGroup(group, f"pipec {self.ir.info.name}: {node} ({action})")
+        self.sc.setJobGroup(group, f"pipec {self.ir.info.name}: {node}")
         watcher = _Watcher(self.sc, group, node, self.progress) if _live(self.progress) else None
+        start = time.perf_counter()
         try:
             out = rdd.collect()
         except Exception as exc:
@@ -346,289 +371,84 @@ class SparkDriver(Driver):
         finally:
             if watcher is not None:
                 watcher.stop()
+        self.result.timings[node] = self.result.timings.get(node, 0.0) + time.perf_counter() - start
         if watcher is None:
-            self.progress.advance(node, coll.parts)
+            self.progress.advance(node, tasks)
         failures = [x for x in out if type(x) is StageFailure]
-        if failures:  # the first in program order, then by partition
-            first = min(failures, key=lambda f: (self.order.get(f.node, 0), -1 if f.partition is None else f.partition))
+        failures += [x for part in out if type(part) is list and part and type(part[0]) is StageFailure for x in part]
+        if failures:
+            first = min(failures, key=lambda f: (self.order.get(f.node.split(".")[0], 0),
+                                                 -1 if f.partition is None else f.partition))
             raise self.stage_failed(first)
         return out
 
     def _job_error(self, node: str, exc: Exception) -> PipelineRuntimeError:
         """A job Spark gave up on (a task failed on every attempt: a worker process that
-        crashed, an executor lost too often), said in one line, pointing at the log."""
+        crashed, an output that cannot be pickled, an executor lost too often), said in
+        one line with its cause, pointing at the log."""
         text = str(exc)
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-        cause = next((ln for ln in lines if "Exception:" in ln or "Error:" in ln), lines[0] if lines else repr(exc))
-        cause = re.sub(r"(org\.apache\.spark\.|java\.lang\.|py4j\.)[\w.$]*(Exception|Error): ", "", cause)
-        cause = cause.replace("Job aborted due to stage failure: ", "").lstrip(": ")
+        log = self.session.log if self.session else None
+        where = f"Spark's log is {log}" if log else "see the Spark driver's log"
+        span = self.ir.op(node).span if node in self.ir.graph else None
+        python = _python_cause(text)
+        if python and "pickl" in python.lower():
+            return self.error(node, f"the output cannot be pickled, so it cannot cross to another process "
+                                    f"({python})", span,
+                              "return plain data (numbers, strings, lists, dicts, numpy arrays)")
         attempts = re.search(r"Task (\d+) in stage [\d.]+ failed (\d+) times", text)
         if attempts and "Python worker exited unexpectedly" in text:
             cause = (f"task {attempts.group(1)} failed {attempts.group(2)} times: its Python worker process died "
                      f"(it crashed, was killed or ran out of memory)")
-        elif len(cause) > 300:
+        elif python:
+            cause = python
+        else:
+            cause = next((ln for ln in lines if "Exception:" in ln or "Error:" in ln), lines[0] if lines else repr(exc))
+            cause = re.sub(r"(org\.apache\.spark\.|java\.lang\.|py4j\.)[\w.$]*(Exception|Error): ", "", cause)
+            cause = cause.replace("Job aborted due to stage failure: ", "").lstrip(": ")
+        if len(cause) > 300:
             cause = cause[:300] + "..."
-        log = self.session.log if self.session else None
-        return self.error(node, f"the Spark job failed: {cause}", self.ir.op(node).span,
-                          f"Spark's log is {log}" if log else "see the Spark driver's log")
+        return self.error(node, f"the Spark job failed: {cause}", span, where)
 
-    # ---- sources
+    def _unpicklable(self, node: str, exc: Exception) -> PipelineRuntimeError:
+        op = self.ir.op(node) if node in self.ir.graph else None
+        return self.error(node, f"a value cannot be pickled, so Spark cannot send it to its workers "
+                                f"({type(exc).__name__}: {_first_line(exc)})", op.span if op else None,
+                          "use plain data (numbers, strings, lists, dicts, numpy arrays)")
 
-    def collection_source(self, node: str, op: ir.Source):
-        k = self.value(op.partitions)
-        if isinstance(k, Pending):
-            k = 1
-        args = [self.value(a) for a in op.args]
-        kwargs = {key: self.value(v) for key, v in op.kwargs.items()}
-        if op.kind == "range":
-            n = args[0]
-            if isinstance(n, Pending):
-                n, k = 0, 1
-            head = s.RangeSlice(node, n, k)
-            what = f"range({args[0]!r}) cut into {k} blocks"
-        elif op.sharded:
-            head = s.Sharded(node, fn_ref(op.fn), tuple(args), tuple(kwargs.items()), k, policy_of(op.options))
-            what = f"{op.fn.dotted}({_arguments(self.ir, op.args, op.kwargs)}) sharded: called on the workers"
-        else:
-            return self._driver_source(node, op, k, args, kwargs)
-        rdd = self.sc.parallelize(list(range(k)), k)  # one record per partition; the head makes its items
-        rdd.setName(f"{node}: {what}")
-        return self._persisted(node, Coll(rdd, k, head))
+    # ---- collections the driver needs
 
-    def _driver_source(self, node: str, op: ir.Source, k: int, args: list, kwargs: dict):
-        """``read_text``, ``read_jsonl`` and plain callables run on the driver (their items
-        must be counted to be cut into blocks) and are sent one block per partition."""
-        what = f"{op.fn.dotted if op.fn else op.kind}({_arguments(self.ir, op.args, op.kwargs)})"
-        self.note("driver", node, f"driver: {what} for source {node}, cut into {k} partitions")
-        if self.dry:
-            coll = self.from_driver(node, [[] for _ in range(k)], f"source {what} (on the driver)", dry=True)
-            return self._persisted(node, coll)
-        parts = self.read_source(node, op, k, args, kwargs)
-        return self._persisted(node, self.from_driver(node, parts, f"source {what} (on the driver)"))
+    def gather(self, node: str) -> list:
+        held = self.env[node]
+        if held.data is None:
+            held.data = self.job(node, held.rdd.glom(), held.parts)
+        return [x for part in held.data for x in part]
 
-    def _persisted(self, node: str, coll: Coll) -> Coll:
-        why = self.analysis.persist.get(node)
-        if why is None:
-            return coll
-        if not coll.steps and not isinstance(coll.head, (s.Sharded, s.Merge)):
-            # A range slice or the driver's blocks: Spark holds them already, a cache would copy them.
-            self.note("driver", node, f"{node} is not cached ({why}): Spark holds its partitions already")
-            return coll
-        return self.materialise(node, coll, why)
+    def end_round(self, block) -> None:
+        """Bring each collection var rebound this round to the driver, so the next round
+        starts from data, not from a lineage that grows by a round each time."""
+        for rebind in block.rebinds(self.ir):
+            op = self.ir.op(rebind)
+            if op.var_shape == ir.COLLECTION:
+                self.env[op.var] = self._brought_back(op.var)
 
-    def from_driver(self, node: str, parts: list[list], label: str, dry: bool = False) -> Coll:
-        """A collection whose partitions the driver holds: one block per partition."""
-        rdd = self.sc.parallelize(list(parts) if parts else [[]], max(1, len(parts)))
-        rdd.setName(f"{node}: {label}")
-        return Coll(rdd, len(parts), s.Input(node), block=True, data=None if dry else parts, held=True)
+    def _brought_back(self, var: str) -> Rdd:
+        """Collection ``var`` as partitions the driver holds, sent to Spark again from there."""
+        held = self.env[var]
+        if held.data is not None:
+            return held
+        return self.from_driver(var, self.job(var, held.rdd.glom(), held.parts))
 
-    # ---- element-wise and keyed operations
+    def var_partitions(self, var: str) -> list[list]:
+        held = self.env[var] = self._brought_back(var)
+        return held.data
 
-    def collection_elementwise(self, node: str, op: ir.Elementwise):
-        src = self.env[op.input.node]
-        bindings, slots = self.bind(node, op, src.slots)
-        step = s.Elementwise(node, op.kind, fn_ref(op.fn), bindings, policy_of(op.options),
-                             op.pool.node if op.pool is not None else None, op.method)
-        coll = replace(src, steps=src.steps + (step,), slots=slots, data=None, held=False)
-        asked = op.options.resources
-        if any(v is not None for v in asked.model_dump().values()) and not self.session.local:
-            return self._with_resources(node, coll, asked)
-        return self._persisted(node, coll)
-
-    def _with_resources(self, node: str, coll: Coll, asked: ir.Resources) -> Coll:
-        """The stage as its own pass under a stage-level resource profile, where the
-        cluster supports one (``pipec check`` warned that local masters do not)."""
-        coll = self.materialise(node, coll)
-        from pyspark.resource import ExecutorResourceRequests, ResourceProfileBuilder, TaskResourceRequests
-        task = TaskResourceRequests()
-        if asked.cpus is not None:
-            task.cpus(max(1, math.ceil(asked.cpus)))
-        if asked.gpus is not None:
-            task.resource("gpu", asked.gpus)
-        builder = ResourceProfileBuilder().require(task)
-        if asked.memory is not None:
-            builder.require(ExecutorResourceRequests().memory(f"{max(1, asked.memory // 2**20)}m"))
-        try:
-            coll.rdd.withResources(builder.build)
-            self.note("driver", node, f"resource profile for {node}: {_resources_text(asked)}")
-        except Exception as exc:
-            warn(f"stage `{node}` runs without its resources ({_resources_text(asked)}): the cluster "
-                 f"refused a stage-level resource profile ({_first_line(exc)})")
-        return Coll(coll.rdd, coll.parts, s.Input(node))
-
-    def bind(self, stage: str, op: ir.Elementwise, slots: tuple) -> tuple[tuple, tuple]:
-        """``op``'s bindings as the shared ``Lit``/``Slot`` and ``slots`` with the
-        broadcasts the new ``Slot``s read."""
-        out = []
-        for name, operand in op.bindings.items():
-            if isinstance(operand, ir.Lit):
-                out.append((name, s.Lit(operand.value)))
-            else:
-                slots += (self.broadcast(operand.node, stage, name),)
-                out.append((name, s.Slot(len(slots) - 1, operand.node)))
-        return tuple(out), slots
-
-    def broadcast(self, node: str, stage: str, name: str):
-        """The broadcast of ``node``'s value, made once while the value stays the same
-        (None in a dry plan)."""
-        value = self.env[node]
-        entry = self._broadcasts.get(node)
-        if entry is not None and entry[0] is value:
-            return entry[1]
-        scope = self._scope_for(node)
-        if self.dry or isinstance(value, Pending):
-            bc = None
-            where = "once" if scope is self._scopes[0] else "once per round"
-            self.note("broadcast", node, f"broadcast {_text(self.ir, ir.NodeRef(node=node))} as `{name}` "
-                                         f"to {stage} ({where})")
-        else:
-            bc = self.sc.broadcast(value)
-        self._broadcasts[node] = (value, bc)
-        scope["broadcasts"].append(node)
-        return bc
-
-    def _shuffle(self, node: str, inputs: list[tuple[Coll, int]], how: str, fn, options, k: int):
-        """Map side (fused into each input's pass), ``partitionBy`` on the output
-        partition, and the merge as the result's first pending step."""
-        f, policy = fn_ref(fn), policy_of(options)
-        split = s.Split(node, how, k, f, policy)
-        mapped = [self.pass_rdd(coll, split, tag=tag) for coll, tag in inputs]
-        tagged = mapped[0] if len(mapped) == 1 else self.sc.union(mapped)
-        shuffled = tagged.partitionBy(k, worker.destination)
-        _name_shuffle(shuffled, f"{node}: {how} shuffle into {k} partitions (key -> stable hash % {k})",
-                      [f"{node}: {_pass_text(coll, split)}" for coll, _ in inputs])
-        return self._persisted(node, Coll(shuffled, k, s.Merge(node, how, f, policy)))
-
-    def collection_reduce_by_key(self, node: str, op: ir.ReduceByKey):
-        src = self.env[op.input.node]
-        return self._shuffle(node, [(src, 0)], "reduce_by_key", op.fn, op.options, src.parts)
-
-    def collection_group_by_key(self, node: str, op: ir.GroupByKey):
-        src = self.env[op.input.node]
-        return self._shuffle(node, [(src, 0)], "group_by_key", None, op.options, src.parts)
-
-    def collection_join(self, node: str, op: ir.Join):
-        left, right = self.env[op.left.node], self.env[op.right.node]
-        return self._shuffle(node, [(left, 0), (right, 1)], "join", None, op.options, max(left.parts, right.parts))
-
-    def collection_distinct(self, node: str, op: ir.Distinct):
-        src = self.env[op.input.node]
-        return self._shuffle(node, [(src, 0)], "distinct", None, op.options, src.parts)
-
-    def collection_union(self, node: str, op: ir.UnionAll):
-        parts = [self.env[p.node] for p in op.parts]
-        rdd = self.sc.union([self.pass_rdd(c) for c in parts])
-        rdd.setName(f"{node}: union of {', '.join(p.node for p in op.parts)}")
-        return self._persisted(node, Coll(rdd, sum(c.parts for c in parts), s.Input(node)))
-
-    # ---- values from collections: one job each
-
-    def op_reduce(self, node: str, op: ir.Reduce):
-        """Each partition folds its items in one pass, and the partials are combined by
-        partition index, ``FAN_IN`` at a time, level by level (``combine_partials``).
-
-        Spark's ``treeAggregate`` combines in task-completion order, so float sums would
-        differ in the last bits from run to run; here the tree follows the partition
-        index. Its depth is chosen for the partition count: up to ``FAN_IN**2`` partitions
-        the partials come straight to the driver (depth 1: with 8 partitions that took
-        0.25 s a round, Spark's default depth 2 took 0.4 s); beyond, one level of combine
-        tasks runs on the executors first (a shuffle of one record per partition), and the
-        driver combines their results."""
-        src = self.env[op.input.node]
-        fold = s.Fold(node, fn_ref(op.fn), policy_of(op.options))
-        fan_in = semantics.FAN_IN
-        what = f"{_lhs(self.ir, node)}reduce {op.fn.dotted} over {_coll(self.ir, op.input.node)}: {src.parts} tasks fold their partition"
-        if src.parts <= fan_in ** 2:
-            partials = self.job(node, "reduce", src, fold,
-                                f"{what}; the driver combines the partials in partition order, {fan_in} at a time")
-        else:
-            groups = -(-src.parts // fan_in)
-            keyed = self.pass_rdd(src, fold, fan_in=fan_in)
-            shuffled = keyed.partitionBy(groups, worker.destination)
-            _name_shuffle(shuffled, f"{node}: partials to {groups} combine tasks (partition // {fan_in})",
-                          [f"{node}: {_pass_text(src, fold, fan_in=fan_in)}"])
-            partials = self.job(node, "reduce", Coll(shuffled, groups, s.Input(node)),
-                                s.Combine(node, fold.fn, False, fold.policy),
-                                f"{what}; {groups} tasks combine them {fan_in} at a time in partition order; the "
-                                f"driver combines their results")
-        if partials is None:
-            return Pending(f"reduce {op.fn.dotted}")
-        return self.reduced(node, op, partials)
-
-    def gather(self, node: str, why: str = "collect") -> list | None:
-        coll = self.env[node]
-        if coll.held:
-            self.note("driver", node, f"driver: {why} {_coll(self.ir, node)} (its partitions are on the driver already)")
-            return None if coll.data is None else [x for part in coll.data for x in part]
-        parts = self.job(node, why, coll, None,
-                         f"{why} {_coll(self.ir, node)}: {coll.parts} tasks; the driver receives the partitions in order",
-                         whole=True)
-        return None if parts is None else [x for part in parts for x in part]
-
-    def count(self, node: str) -> int | None:
-        coll = self.env[node]
-        if coll.held:
-            self.note("driver", node, f"driver: count {_coll(self.ir, node)} (its partitions are on the driver already)")
-            return None if coll.data is None else sum(len(p) for p in coll.data)
-        counts = self.job(node, "count", coll, s.Count(node), f"count {_coll(self.ir, node)}: {coll.parts} tasks")
-        return None if counts is None else sum(counts)
-
-    def op_collect(self, node: str, op: ir.Collect):
-        items = self.gather(op.input.node, f"{_lhs(self.ir, node)}collect")
-        if items is None:
-            return Pending(f"collect({op.input.node})")
-        return semantics.ordered(items, self.order_of(op.input.node))
-
-    def op_count(self, node: str, op: ir.Count):
-        n = self.count(op.input.node)
-        return Pending(f"count({op.input.node})") if n is None else n
-
-    def op_top(self, node: str, op: ir.Top):
-        if self.dry:
-            self.gather(op.input.node, f"{_lhs(self.ir, node)}top {_text(self.ir, op.n)}"
-                                        f"{f' by {op.by.dotted}' if op.by else ''} of")
-            return Pending(f"top({op.input.node})")
-        return super().op_top(node, op)
-
-    def op_sink(self, node: str, op: ir.Sink):
-        if not self.dry:
-            return super().op_sink(node, op)
-        src = op.input.node
-        where = f"{op.format} {_text(self.ir, op.path)}" if op.format else "printed by pipec run"
-        if self.ir.op(src).node_shape == ir.COLLECTION:
-            self.gather(src, f"sink {node}: collect")
-        self.note("driver", node, f"driver: write sink {node} ({where})")
-        return Pending(f"sink {node}")
-
-    # ---- values on the driver (dry plans compute only what needs no job and no user code)
-
-    def op_expr(self, node: str, op: ir.Expr):
-        if any(isinstance(self.value(o), Pending) for o in op.operands):
-            return Pending(_text(self.ir, ir.NodeRef(node=node)))
-        return super().op_expr(node, op)
-
-    def op_call(self, node: str, op: ir.Call):
-        if self.dry:
-            self.note("driver", node, f"driver: {_text(self.ir, ir.NodeRef(node=node))}")
-            return Pending(op.fn.dotted)
-        return super().op_call(node, op)
+    def var_from_partitions(self, var: str, parts: list[list]):
+        return self.from_driver(var, parts)
 
     # ---- actors: hosted in the driver
 
-    def op_actor_call(self, node: str, op: ir.ActorCall):
-        if self.dry:
-            self.note("driver", node, f"driver: {_text(self.ir, ir.NodeRef(node=node))}  (actor call, "
-                                      f"numbered, applied once)")
-            return Pending(f"{op.actor.node}.{op.method}()")
-        return super().op_actor_call(node, op)
-
     def start_actor(self, node: str, op: ir.Actor):
-        if self.dry:
-            extra = [f"restarts {op.restarts}"] + ([f"snapshot every {op.checkpoint_every} calls"]
-                                                   if op.checkpoint_every else [])
-            self.note("driver", node, f"driver: start actor {node} = {op.cls.dotted}"
-                                      f"({_arguments(self.ir, op.args, op.kwargs)}) in the driver ({', '.join(extra)})")
-            return Pending(f"actor {node}")
         args = [self.value(a) for a in op.args]
         kwargs = {k: self.value(v) for k, v in op.kwargs.items()}
         path = self.snapshot_path(node) if op.checkpoint_every else None
@@ -645,12 +465,12 @@ class SparkDriver(Driver):
         return _copy(self.hosts[actor].call(seq, method, args, kwargs))
 
     def start_pool(self, node: str, op: ir.Actor, size: int):
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise self.error(node, f"an actor pool needs a positive number of members, got {size!r}", op.span)
+        self.pool_sizes[node] = size
         args = tuple(self.value(a) for a in op.args)
         kwargs = tuple((k, self.value(v)) for k, v in op.kwargs.items())
-        pool = self.pools[node] = worker.Pool(node, fn_ref(op.cls), args, kwargs)
-        self.note("driver", node, f"pool {node}: one {op.cls.dotted} per Python worker process, built on first "
-                                  f"use and reused by later partitions")
-        return pool
+        return worker.Pool(node, fn_ref(op.cls), args, kwargs)
 
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -700,30 +520,22 @@ class _Watcher:
         self.update()
 
 
-def _name_shuffle(shuffled, name: str, map_sides: list[str]) -> None:
-    """Name the JVM RDDs PySpark's ``partitionBy`` made: the shuffle and its map side(s)."""
-    jrdd = shuffled._jrdd.rdd()  # values() of ...
-    shuffle = jrdd.dependencies().apply(0).rdd()  # ShuffledRDD
-    shuffle.setName(name)
-    pairwise = shuffle.dependencies().apply(0).rdd()  # PairwiseRDD of the map side
-    python = pairwise.dependencies().apply(0).rdd()  # its Python pass (pipelined with ours)
-    if len(map_sides) == 1:
-        python.setName(map_sides[0])
-        return
-    python.setName(name.split(":")[0] + ": shuffle keys of the union")
-    union = python.dependencies().apply(0).rdd()
-    deps = union.dependencies()
-    for i in range(min(deps.size(), len(map_sides))):
-        deps.apply(i).rdd().setName(map_sides[i])
+def _python_cause(text: str) -> str | None:
+    """The last line of the first Python traceback in a Spark job's error: what the
+    Python worker raised (``TypeError: cannot pickle '_thread.lock' object``)."""
+    found = text.find("Traceback (most recent call last):")
+    if found < 0:
+        return None
+    for line in text[found:].splitlines()[1:]:
+        stripped = line.strip()
+        if not line.startswith(" ") and re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Warning)\b", stripped):
+            return stripped[:300]
+    return None
 
 
 def warn(message: str) -> None:
     """A run-time warning on standard error (the CLI's summary goes to standard out)."""
     print(f"warning: {message}", file=sys.stderr)
-
-
-def _resources_text(asked: ir.Resources) -> str:
-    return ", ".join(f"{k} {v:g}" for k, v in asked.model_dump().items() if v is not None)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -733,64 +545,3 @@ def _first_line(exc: BaseException) -> str:
 
 def _copy(value):
     return pickle.loads(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
-
-
-_TEXT = {  # a pass's parts as the plan shows them (an Input reads the RDD: nothing to show)
-    s.Input: lambda h: None,
-    s.RangeSlice: lambda h: "source (range slice)",
-    s.Sharded: lambda h: f"source {h.fn.dotted} sharded",
-    s.Merge: lambda h: f"{h.how} merge (by source partition)",
-    s.Elementwise: lambda e: f"{e.kind} {e.callee}",
-    s.Split: lambda t: f"{t.how} map side" + (" (combine per key)" if t.how == "reduce_by_key" else ""),
-    s.Fold: lambda t: f"fold {t.fn.dotted}",
-    s.Count: lambda t: "count",
-    s.Combine: lambda t: f"combine {t.fn.dotted} in partition order",
-}
-
-
-def _pass_text(coll: Coll, terminal=None, whole: bool = False, fan_in: int = 0, tag: int = 0) -> str:
-    """What one pass over ``coll`` does, step by step (the RDD names in the plan)."""
-    parts = ["source (items from the driver)" if coll.block else _TEXT[type(coll.head)](coll.head)]
-    parts += [_TEXT[type(step)](step) for step in (*coll.steps, *([terminal] if terminal else []))]
-    parts += [f"key by combine group (partition // {fan_in})"] if fan_in else []
-    parts += ["gather"] if whole else []
-    return " | ".join(p for p in parts if p)
-
-
-def _text(graph: ir.IR, operand) -> str:
-    """An operand as the pipeline's source spells it."""
-    from pipec.compiler.render import _operand
-    return _operand(graph, operand)
-
-
-def _lhs(graph: ir.IR, node: str) -> str:
-    """``name = `` for a value the user named, else nothing."""
-    op = graph.op(node)
-    return f"{node} = " if op.name and node.isidentifier() else ""
-
-
-def _coll(graph: ir.IR, node: str, depth: int = 0) -> str:
-    """A collection as the source spells it: its name, or the nested expression."""
-    op = graph.op(node)
-    if (op.name and node.isidentifier()) or depth > 3:
-        return node
-    inner = (lambda ref: _coll(graph, ref.node, depth + 1))
-    if isinstance(op, ir.Elementwise):
-        callee = op.fn.dotted if op.fn else f"{op.pool.node}.{op.method}"
-        return f"({op.kind} {callee} over {inner(op.input)})"
-    if isinstance(op, ir.ReduceByKey):
-        return f"(reduce_by_key {op.fn.dotted} over {inner(op.input)})"
-    if isinstance(op, ir.GroupByKey):
-        return f"(group_by_key over {inner(op.input)})"
-    if isinstance(op, (ir.Distinct,)):
-        return f"distinct({inner(op.input)})"
-    if isinstance(op, ir.Join):
-        return f"join({inner(op.left)}, {inner(op.right)})"
-    if isinstance(op, ir.UnionAll):
-        return f"union({', '.join(inner(p) for p in op.parts)})"
-    return node
-
-
-def _arguments(graph: ir.IR, args, kwargs) -> str:
-    from pipec.compiler.render import _arguments as arguments
-    return arguments(graph, args, kwargs)

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,7 +135,10 @@ def start(master: str, log_path: str | None = None, ui: bool = False, conf: dict
                                        f"its output is in {log}:\n{_tail(log)}") from None
         _JVM_LOG[:] = [log]
     try:
-        sc = SparkContext(conf=spark_conf, gateway=gateway)
+        with warnings.catch_warnings():
+            # PySpark warns on import about the pandas version (pipec's RDDs never use pandas).
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"pyspark\..*")
+            sc = SparkContext(conf=spark_conf, gateway=gateway)
     except Exception as exc:
         raise SparkUnavailable(f"cannot start Spark on `{master}`: {_first_line(exc)}",
                                f"the Spark log is {log}") from None

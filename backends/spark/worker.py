@@ -1,12 +1,10 @@
 """What runs on Spark's Python workers: one shared segment per ``mapPartitionsWithIndex``.
 
-The driver lowers every chain of element-wise stages (plus the map side of a shuffle, or
-the per-partition part of an action) into one :class:`~pipec.backends.physical.steps.Segment`
-and runs it through the shared interpreter with a :class:`Pass`. What is Spark's own
-lives here: how records arrive and leave a pass (a block sent by the driver, shuffle
-records keyed by their destination partition, a reduction's partials keyed by their
-combine group ``index // fan_in``), which run's modules a reused worker process imports,
-and actor pool members, one per Python worker process.
+Every segment of the shared physical plan (a head, fused element-wise stages, a terminal)
+runs as one ``mapPartitionsWithIndex`` pass through the shared interpreter, framed by
+:class:`Pass`. What is Spark's own lives here: how records arrive and leave a pass
+(shuffle records keyed by their destination partition), which run's modules a reused
+worker process imports, and actor pool members, one per Python worker process.
 
 A failing stage does not fail the Spark task. Spark's retry count is per application
 (``spark.task.maxFailures``), while pipec's is per stage (the interpreter retries user
@@ -26,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from pipec.backends.physical import steps as s
-from pipec.backends.runtime.interpreter import Given, StageFailure, run_finisher, run_segment
+from pipec.backends.runtime.interpreter import Given, StageFailure, run_segment
 from pipec.backends.runtime.tasks import pipec_folders, resolve
 
 # pipec's own folders: never unloaded when a new run swaps the user's modules.
@@ -56,54 +54,45 @@ class Context:
 
 @dataclass(frozen=True)
 class Pass:
-    """The function given to ``mapPartitionsWithIndex``: ``work`` (a segment, or the
-    first combine level of a reduction) over one partition, framed for Spark.
+    """The function given to ``mapPartitionsWithIndex``: one segment of the physical plan
+    over one partition, framed for Spark.
 
-    In: the RDD's records are the items, or with ``block`` one record holding them (a
-    partition sent by the driver); a merge or a combine gets ``(destination, record)``
-    pairs. Out: a split's buckets as ``(destination, (tag, source partition, bucket))``
-    (``tag``: a join's side); with ``fan_in`` the result keyed by its combine group;
-    a terminal's result, or with ``whole`` the partition, as one record; else the items."""
+    In: the RDD's records are the items; a segment whose head is a merge gets the
+    shuffle's ``(destination, (side, source partition, bucket))`` records. Out: a split's
+    buckets as ``(destination, (tag, source partition, bucket))`` (``tag``: the side of
+    the merge that reads them, a join's left or right); a terminal's result as one
+    record; else the items."""
 
     context: Context
-    work: s.Segment | s.Combine
-    slots: tuple = ()  # the Broadcasts the steps' Slot bindings read
+    segment: s.Segment
+    slots: tuple = ()  # per slot of the segment: a Broadcast, or None (a split it merges)
     pools: tuple[Pool, ...] = ()  # the pools serving its steps
-    block: bool = False
-    whole: bool = False
     tag: int = 0
-    fan_in: int = 0
 
     def __call__(self, index: int, iterator) -> list:
         prepare(self.context)
         records = list(iterator)
-        keyed = isinstance(self.work, s.Combine) or isinstance(self.work.head, s.Merge)
+        keyed = isinstance(self.segment.head, s.Merge)
         failures = carried(records, keyed)
         if not failures:
             try:
                 return self._out(index, self._run(index, records, keyed))
             except StageFailure as failure:
                 failures = [failure]
-        if isinstance(self.work, s.Segment) and isinstance(self.work.terminal, s.Split):
+        if isinstance(self.segment.terminal, s.Split):
             return [(0, (self.tag, -1, f)) for f in failures]  # across the shuffle, to partition 0
-        if self.fan_in:
-            return [(index // self.fan_in, (index, f)) for f in failures]
         return failures
 
     def _run(self, index: int, records: list, keyed: bool):
-        if isinstance(self.work, s.Combine):
-            return run_finisher(self.work, [p for _, p in sorted((v for _, v in records), key=lambda r: r[0])])
-        items = [v for _, v in records] if keyed else records[0] if self.block else records
-        slots = Given([b.value for b in self.slots], members=self._member)
-        return run_segment(self.work, index, items, slots)
+        items = [v for _, v in records] if keyed else records
+        slots = Given([None if b is None else b.value for b in self.slots], members=self._member)
+        return run_segment(self.segment, index, items, slots)
 
     def _out(self, index: int, result) -> list:
-        terminal = self.work.terminal if isinstance(self.work, s.Segment) else self.work
+        terminal = self.segment.terminal
         if isinstance(terminal, s.Split):
             return [(j, (self.tag, index, bucket)) for j, bucket in enumerate(result) if bucket]
-        if self.fan_in:
-            return [(index // self.fan_in, (index, result))]
-        return [result] if self.whole or terminal is not None else result
+        return [result] if terminal is not None else result
 
     def _member(self, node: str, method: str) -> Callable:
         """The bound ``method`` of this worker process's member of pool ``node``."""
@@ -113,6 +102,11 @@ class Pass:
             pool = next(p for p in self.pools if p.node == node)
             member = _POOLS[key] = resolve(pool.cls.module, pool.cls.attr)(*pool.args, **dict(pool.kwargs))
         return getattr(member, method)
+
+
+def unblock(block: list) -> list:
+    """A partition the driver sent as one record (its items), as its items."""
+    return block
 
 
 def carried(records: list, keyed: bool) -> list[StageFailure]:
