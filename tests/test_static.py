@@ -134,3 +134,18 @@ def test_a_backend_whose_engine_is_missing_is_a_usage_error(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "backend `dask` needs its engine" in proc.stderr and "pipec[dask]" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("module", ["pipec.backends.dask.worker", "pipec.backends.dask.plugins",
+                                    "pipec.backends.ray.worker", "pipec.backends.spark.worker"])
+def test_engine_workers_import_the_task_bodies_without_the_compiler(module):
+    """Every worker process imports its backend's task module before its first task:
+    pulling the compiler, networkx and pydantic in with it cost each worker about half a
+    second. Only the interpreter and the physical steps may come along."""
+    pytest.importorskip({"dask": "distributed", "ray": "ray", "spark": "pyspark"}[module.split(".")[2]])
+    probe = (f"import sys, {module}\n"
+             "print(sorted(m for m in ('networkx', 'pydantic', 'lark', 'rich', 'pipec.compiler.ir', "
+             "'pipec.backends.physical.planner', 'pipec.backends.base') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
