@@ -9,6 +9,7 @@ import stat
 import tempfile
 from pathlib import Path
 
+from pipec.backends.runtime import datasets
 from pipec.backends.runtime.semantics import render_sink
 
 
@@ -65,6 +66,25 @@ class StagedSinks:
     def __init__(self, run_dir: Path, run_id: str):
         self.run_dir, self.run_id = Path(run_dir), run_id
         self.staged: dict[str, Path] = {}  # target (as given) -> its staged file
+        # Dataset sinks (parquet, csv): target -> its staging folder, and the parts written
+        # there by the tasks (see datasets.py); committed with the files, in the same way.
+        self.datasets: dict[str, str] = {}
+        self.parts: dict[str, list[str]] = {}
+
+    def stage_dataset(self, path: str) -> str:
+        """The staging folder the tasks write dataset sink ``path``'s parts into: listed
+        in the manifest first, emptied, other runs' leftovers for ``path`` removed."""
+        staging = self.datasets.get(path) or datasets.staging_of(path, self.run_id)
+        if path not in self.datasets:
+            self.datasets[path] = staging
+            self._write_manifest()
+        datasets.prepare_staging(path, staging)
+        return staging
+
+    def dataset_written(self, path: str, names: list[str]) -> str:
+        """The tasks wrote the parts ``names`` of dataset sink ``path``: commit those."""
+        self.parts[path] = list(names)
+        return path
 
     def stage(self, value, fmt: str, path: str, is_collection: bool) -> str:
         """Render ``value`` and write it under the staged name of ``path`` (a sink written
@@ -87,6 +107,9 @@ class StagedSinks:
         for path, tmp in self.staged.items():
             os.replace(tmp, os.path.realpath(path))
         self.staged.clear()
+        for path, staging in list(self.datasets.items()):
+            datasets.commit(staging, path, self.parts.get(path, []))
+            del self.datasets[path]
         (self.run_dir / MANIFEST).unlink(missing_ok=True)
 
     def abort(self) -> None:
@@ -94,6 +117,9 @@ class StagedSinks:
         for tmp in self.staged.values():
             tmp.unlink(missing_ok=True)
         self.staged.clear()
+        for staging in self.datasets.values():
+            datasets.remove(staging)
+        self.datasets.clear()
         (self.run_dir / MANIFEST).unlink(missing_ok=True)
 
     def clean_leftovers(self) -> None:
@@ -104,11 +130,15 @@ class StagedSinks:
         except (OSError, ValueError):
             return
         for tmp in listed:
-            Path(tmp).unlink(missing_ok=True)
+            if tmp.endswith(datasets.STAGED_SUFFIX):
+                datasets.remove(tmp)
+            else:
+                Path(tmp).unlink(missing_ok=True)
         manifest.unlink(missing_ok=True)
 
     def _write_manifest(self) -> None:
-        atomic_write(self.run_dir / MANIFEST, json.dumps(sorted(str(p) for p in self.staged.values())))
+        listed = [str(p) for p in self.staged.values()] + list(self.datasets.values())
+        atomic_write(self.run_dir / MANIFEST, json.dumps(sorted(listed)))
 
 
 def _umask() -> int:
