@@ -48,11 +48,11 @@ from pipec.compiler import ir
 from pipec.compiler.schedule import Block, blocks
 from pipec.dsl.diagnostics import PipelineRuntimeError
 from pipec.backends.physical import steps as s
-from pipec.backends.physical.planner import fn_ref, policy_of
+from pipec.backends.physical.planner import FILE_FORMATS, files_head, fn_ref, policy_of, reads_columnar
 from pipec.backends.runtime import semantics
 from pipec.backends.runtime.actors import VersionedHost
 from pipec.backends.base import NoProgress
-from pipec.backends.runtime.driver import Driver
+from pipec.backends.runtime.driver import Driver, LiveContext
 from pipec.backends.runtime.interpreter import StageFailure
 from pipec.backends.runtime.tasks import ensure_path
 from pipec.backends.spark import session as sessions
@@ -146,6 +146,7 @@ class SparkDriver(Driver):
 
     def run(self):
         start = time.perf_counter()
+        self.check_extras()
         ensure_path(self.ir.info.module_paths())
         self.setup()
         try:
@@ -374,7 +375,14 @@ class SparkDriver(Driver):
     # ---- sources
 
     def collection_source(self, node: str, op: ir.Source):
-        k = self.value(op.partitions)
+        if op.kind in FILE_FORMATS:  # data formats: pieces listed here, each task reads its own
+            listing = None if self.dry else self.list_source(node, op)
+            if op.kind in ("read_parquet", "read_csv") or listing is not None and not listing[1]:
+                head, what = files_head(self.ir, node, op, LiveContext(self), listing)
+                rdd = self.sc.parallelize(list(range(head.k)), max(1, head.k))
+                rdd.setName(f"{node}: {what}")
+                return self._persisted(node, Coll(rdd, head.k, head))
+        k = self.value(op.partitions) if op.partitions is not None else 1
         if isinstance(k, Pending):
             k = 1
         args = [self.value(a) for a in op.args]
@@ -409,7 +417,7 @@ class SparkDriver(Driver):
         why = self.analysis.persist.get(node)
         if why is None:
             return coll
-        if not coll.steps and not isinstance(coll.head, (s.Sharded, s.Merge)):
+        if not coll.steps and not isinstance(coll.head, (s.Sharded, s.Merge, s.ReadFiles)):
             # A range slice or the driver's blocks: Spark holds them already, a cache would copy them.
             self.note("driver", node, f"{node} is not cached ({why}): Spark holds its partitions already")
             return coll
@@ -427,7 +435,8 @@ class SparkDriver(Driver):
         src = self.env[op.input.node]
         bindings, slots = self.bind(node, op, src.slots)
         step = s.Elementwise(node, op.kind, fn_ref(op.fn), bindings, policy_of(op.options),
-                             op.pool.node if op.pool is not None else None, op.method)
+                             op.pool.node if op.pool is not None else None, op.method, op.batch,
+                             op.batch is not None and reads_columnar(self.ir, node))
         coll = replace(src, steps=src.steps + (step,), slots=slots, data=None, held=False)
         asked = op.options.resources
         if any(v is not None for v in asked.model_dump().values()) and not self.session.local:
@@ -589,7 +598,21 @@ class SparkDriver(Driver):
             return Pending(f"top({op.input.node})")
         return super().op_top(node, op)
 
+    def sink_dataset(self, node: str, op: ir.Sink):
+        """A dataset sink: one job whose tasks write the parts (data formats)."""
+        coll = self.env[op.input.node]
+        staging = f"{_text(self.ir, op.path)} (staged)" if self.dry else self.stage_dataset(node, op)
+        names = self.job(node, "write", coll, s.WritePart(node, op.format, staging),
+                         f"write {op.format} {_text(self.ir, op.path)}: {coll.parts} tasks, a part file each")
+        if names is None:
+            return Pending(f"sink {node}")
+        path = self.value(op.path)
+        self.result.files[node] = self.sinks.dataset_written(path, [n for n in names if n is not None])
+        return path
+
     def op_sink(self, node: str, op: ir.Sink):
+        if ir.is_dataset_sink(op):
+            return self.sink_dataset(node, op)
         if not self.dry:
             return super().op_sink(node, op)
         src = op.input.node
@@ -743,6 +766,8 @@ _TEXT = {  # a pass's parts as the plan shows them (an Input reads the RDD: noth
     s.Split: lambda t: f"{t.how} map side" + (" (combine per key)" if t.how == "reduce_by_key" else ""),
     s.Fold: lambda t: f"fold {t.fn.dotted}",
     s.Count: lambda t: "count",
+    s.ReadFiles: lambda h: f"read {h.format} ({len(h.pieces)} pieces)",
+    s.WritePart: lambda t: f"write a {t.format} part",
     s.Combine: lambda t: f"combine {t.fn.dotted} in partition order",
 }
 

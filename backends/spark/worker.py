@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from pipec.backends.physical import steps as s
+from pipec.backends.runtime import batches
 from pipec.backends.runtime.interpreter import Given, StageFailure, run_finisher, run_segment
 from pipec.backends.runtime.tasks import pipec_folders, resolve
 
@@ -93,7 +94,9 @@ class Pass:
     def _run(self, index: int, records: list, keyed: bool):
         if isinstance(self.work, s.Combine):
             return run_finisher(self.work, [p for _, p in sorted((v for _, v in records), key=lambda r: r[0])])
-        items = [v for _, v in records] if keyed else records[0] if self.block else records
+        # A columnar partition (a pyarrow Table) travels as one record, like a block.
+        block = self.block or len(records) == 1 and batches.is_table(records[0])
+        items = [v for _, v in records] if keyed else records[0] if block else records
         slots = Given([b.value for b in self.slots], members=self._member)
         return run_segment(self.work, index, items, slots)
 
@@ -103,7 +106,7 @@ class Pass:
             return [(j, (self.tag, index, bucket)) for j, bucket in enumerate(result) if bucket]
         if self.fan_in:
             return [(index // self.fan_in, (index, result))]
-        return [result] if self.whole or terminal is not None else result
+        return [result] if self.whole or terminal is not None or batches.is_table(result) else result
 
     def _member(self, node: str, method: str) -> Callable:
         """The bound ``method`` of this worker process's member of pool ``node``."""
