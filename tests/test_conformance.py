@@ -262,7 +262,16 @@ def _run_case(tmp_path: Path, monkeypatch, backend: str, name: str, case: Case) 
     pipeline = load(path)
     pipeline.check(backend)
     pipeline.run(backend=backend, params=case.params, **engine_options(backend))
-    return {p.name: p.read_bytes() for p in sorted((root / "out").iterdir())}
+    return outputs(root / "out")
+
+
+def outputs(path: Path) -> dict[str, bytes]:
+    """Every file under ``path`` (a sink's file, or a folder of them: a dataset) by its
+    path, with its bytes."""
+    path = Path(path)
+    if path.is_file():
+        return {path.name: path.read_bytes()}
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -305,12 +314,13 @@ def test_missing_text_file_is_reported_at_its_source(backend, tmp_path, monkeypa
 @pytest.mark.parametrize("example", sorted(p.stem for p in (Path(__file__).parent.parent / "examples").glob("*.pipe")))
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "local"])
 def test_examples_identical_to_local(backend, example, workdir):
-    params = {"train": {"rows": 4_000, "epochs": 4}, "infer": {"n": 500}, "kmeans": {"points": 300}}.get(example, {})
-    outputs = {}
+    params = {"train": {"rows": 4_000, "epochs": 4}, "infer": {"n": 500}, "kmeans": {"points": 300},
+              "digits": {"epochs": 4}}.get(example, {})
+    got = {}
     for b in ("local", backend):
         result = load(Path("examples") / f"{example}.pipe").run(backend=b, params=params, **engine_options(b))
-        outputs[b] = {name: Path(path).read_bytes() for name, path in result.files.items()}
-    assert outputs[backend] == outputs["local"]
+        got[b] = {name: outputs(path) for name, path in result.files.items()}
+    assert got[backend] == got["local"]
 
 
 def test_every_case_uses_only_declared_params():
