@@ -187,17 +187,29 @@ def read_pieces(fmt: str, pieces: Sequence, options: dict, all_pieces: Sequence 
         return _concat(pa, tables, pieces)
     if fmt == "csv":
         tables = [_read_csv(pa, url, options, columns) for url, _ in pieces]
-        return _concat(pa, tables, pieces) if tables else pa.table({})
+        return _concat(pa, tables, pieces, promote=True) if tables else pa.table({})
     raise ValueError(f"unknown file format {fmt!r}")
 
 
-def _concat(pa, tables: list, pieces: Sequence):
+def _concat(pa, tables: list, pieces: Sequence, promote: bool = False):
+    """The tables of a partition's pieces, one after the other. With ``promote`` (CSV,
+    whose types are inferred per file) a column that is int64 in one file and double in
+    another becomes double; other differences are a ValueError naming the column."""
     if len(tables) == 1:
         return tables[0]
     try:
-        return pa.concat_tables(tables)
-    except pa.ArrowInvalid as exc:
-        raise ValueError(f"the files {pieces[0][0]} .. {pieces[-1][0]} differ in their columns ({exc})") from None
+        return pa.concat_tables(tables, promote_options="permissive" if promote else "none")
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        first = tables[0].schema
+        for (url, _), table in zip(pieces[1:], tables[1:]):
+            for name in first.names:
+                if name not in table.schema.names:
+                    raise ValueError(f"the files differ: {url} has no column `{name}`, which {pieces[0][0]} has") \
+                        from None
+                if table.schema.field(name).type != first.field(name).type:
+                    raise ValueError(f"the files differ in column `{name}`: {first.field(name).type} in "
+                                     f"{pieces[0][0]}, {table.schema.field(name).type} in {url}") from None
+        raise ValueError(f"the files {pieces[0][0]} .. {pieces[-1][0]} differ in their columns") from None
 
 
 def _read_csv(pa, url: str, options: dict, columns: list | None):
