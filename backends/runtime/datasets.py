@@ -308,7 +308,11 @@ def commit(staging: str, target: str, names: Sequence[str]) -> None:
     if fs.exists(success):
         fs.rm_file(success)
     keep = set(names)
-    for old in fs.ls(root, detail=False):
+    try:
+        existing = fs.ls(root, detail=False)
+    except FileNotFoundError:  # an object store has no empty folders
+        existing = []
+    for old in existing:
         base = posixpath.basename(old.rstrip("/"))
         if base.startswith("part-") and base not in keep:
             fs.rm(old, recursive=True)
