@@ -59,8 +59,8 @@ def require(package: str, extra: str):
 def pyarrow():
     """The pyarrow module (its csv and parquet parts imported too)."""
     pa = require("pyarrow", "parquet")
-    import pyarrow.csv  # noqa: F401  (imported for pa.csv)
-    import pyarrow.parquet  # noqa: F401
+    for part in ("pyarrow.csv", "pyarrow.parquet"):  # so that pa.csv and pa.parquet exist
+        require(part, "parquet")
     return pa
 
 
