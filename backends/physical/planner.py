@@ -378,8 +378,9 @@ class StaticContext:
 
     def listing(self, node: str, op: ir.Source) -> tuple | None:
         """A file source's pieces and whether it names one file: not known before running
-        (a plan reads no files)."""
-        self.unknown.add(node)
+        (a plan reads no files), so neither is its partition count without `partitions`."""
+        if op.partitions is None:
+            self.unknown.add(node)
         return None
 
     def staging(self, node: str, op: ir.Sink) -> str:

@@ -49,7 +49,7 @@ def table_of_rows(items, what: str):
         items = list(items)
     try:
         return pa.Table.from_pylist(items)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+    except pa.ArrowException as exc:
         raise TypeError(f"{what}: the rows do not make a table ({exc})") from None
 
 
@@ -82,7 +82,10 @@ def from_batch(result, form: str):
         import pandas
         if not isinstance(result, pandas.DataFrame):
             raise TypeError(f"map_batches ... as pandas must return a pandas DataFrame, got {type(result).__name__}")
-        return pa.Table.from_pandas(result, preserve_index=False).replace_schema_metadata(None)
+        try:
+            return pa.Table.from_pandas(result, preserve_index=False).replace_schema_metadata(None)
+        except pa.ArrowException as exc:  # a column of mixed types, say
+            raise TypeError(f"map_batches ... as pandas returned a DataFrame pyarrow cannot hold ({exc})") from None
     if form == "numpy":
         if not isinstance(result, dict):
             raise TypeError(f"map_batches ... as numpy must return a dict of column arrays, got "
@@ -93,6 +96,6 @@ def from_batch(result, form: str):
             columns[str(name)] = pa.array(list(column)) if getattr(column, "ndim", 1) > 1 else column
         try:
             return pa.table(columns)
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        except pa.ArrowException as exc:
             raise TypeError(f"map_batches ... as numpy returned columns that do not make a table ({exc})") from None
     raise ValueError(f"unknown batch form {form!r}")

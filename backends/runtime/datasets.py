@@ -181,7 +181,7 @@ def read_pieces(fmt: str, pieces: Sequence, options: dict, all_pieces: Sequence 
             f = _parquet_file(url)
             try:
                 table = f.read(columns=columns) if group is None else f.read_row_group(group, columns=columns)
-            except (pa.ArrowInvalid, OSError) as exc:
+            except (pa.ArrowException, OSError) as exc:
                 raise ValueError(f"{url} is not a readable Parquet file ({exc})") from None
             tables.append(table if pieces else table.schema.empty_table())
         return _concat(pa, tables, pieces)
@@ -222,7 +222,7 @@ def _read_csv(pa, url: str, options: dict, columns: list | None):
     try:
         with fs.open(path, "rb") as fh:
             return csv.read_csv(fh, read_options=read, parse_options=parse, convert_options=convert)
-    except (pa.ArrowInvalid, pa.ArrowKeyError) as exc:
+    except pa.ArrowException as exc:
         raise ValueError(f"{url}: not CSV as asked for ({exc})") from None
 
 
@@ -244,12 +244,15 @@ def write_part(items, fmt: str, staging: str, partition: int) -> str | None:
     pa = pyarrow()
     table = table.replace_schema_metadata(None)  # the same bytes whichever form it came in
     sink = pa.BufferOutputStream()
-    if fmt == "parquet":
-        pa.parquet.write_table(table, sink)
-    elif fmt == "csv":
-        pa.csv.write_csv(table, sink)
-    else:
-        raise ValueError(f"unknown dataset format {fmt!r}")
+    try:
+        if fmt == "parquet":
+            pa.parquet.write_table(table, sink)
+        elif fmt == "csv":
+            pa.csv.write_csv(table, sink)
+        else:
+            raise ValueError(f"unknown dataset format {fmt!r}")
+    except pa.ArrowException as exc:  # a column CSV cannot hold (a list), say
+        raise TypeError(f"a {fmt} sink cannot write these rows ({exc})") from None
     name = part_name(fmt, partition)
     fs, folder = filesystem(staging)
     tmp = posixpath.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
