@@ -38,6 +38,14 @@ def same_columns(cols):
 def keys(row):
     return sorted(row)
 
+def narrow(table):
+    import pyarrow as pa
+    return table.set_column(0, "id", table["id"].cast(pa.int32()))
+
+def id_type(table):
+    import pyarrow as pa
+    return pa.table({"type": [str(table.schema.field("id").type)]})
+
 def boom(x):
     raise ValueError("boom after the sink was staged")
 
@@ -85,6 +93,24 @@ def test_partitions_follow_files_and_row_groups(tmp_path, monkeypatch):
     # five pieces in two groups: [0, 2) and [2, 5)
     assert [(r["partition"], r["rows"], r["first"]) for r in out["per_group"]] == [(0, 3, 0), (1, 5, 3)]
     assert out["row_keys"] == [["id", "tag"]] * 8
+
+
+@pytest.mark.parametrize("backend", ["local", "dask"])
+def test_batch_stages_hand_tables_on_without_rows(backend, tmp_path, monkeypatch):
+    """A partition read only by batch stages stays a table: an int32 column arrives as
+    int32. Read by a plain `map` too, it becomes rows (dicts) and comes back int64."""
+    monkeypatch.chdir(tmp_path)
+    _dataset(tmp_path / "data", {"a.parquet": (0, 3)})
+    path = _pipe(tmp_path, """
+    source rows = read_parquet("data")
+    stage only_batches = map_batches m.narrow over rows as arrow
+    stage shared = map_batches m.narrow over rows as arrow
+    sink kept = collect(map_batches m.id_type over only_batches as arrow)
+    sink via_rows = collect(map_batches m.id_type over shared as arrow)
+    sink keys = collect(map m.keys over shared)""")
+    out = load(path).run(backend=backend, **engine_options(backend)).outputs
+    assert out["kept"] == [{"type": "int32"}]
+    assert out["via_rows"] == [{"type": "int64"}]
 
 
 def _parts(folder: Path) -> list[str]:
