@@ -1,8 +1,9 @@
 """Datasets on any fsspec URL: listing a file source's pieces, reading a partition's
 share of them, and writing a dataset sink's part files.
 
-**Pieces.** A file source names a file, a folder (every file under it, at any depth, but
-none whose name starts with ``.`` or ``_``: ``_SUCCESS``, staging folders) or a glob. Its
+**Pieces.** A file source names a file, a folder (every file under it, at any depth) or
+a glob, but never a file whose name (or folder's, under the folder) starts with ``.`` or
+``_`` (``_SUCCESS``, staging folders, temporary parts). Its
 files are taken in sorted order, and each is one *piece*, except a Parquet file larger
 than :data:`PIECE_BYTES` with several row groups, whose row groups are one piece each.
 Without ``partitions`` a source has one partition per piece; ``partitions k`` groups the
@@ -88,7 +89,8 @@ def list_files(url: str) -> tuple[list[str], bool]:
     FileNotFoundError when there is nothing there (an empty folder or glob included)."""
     fs, root = filesystem(url)
     if any(c in root for c in GLOB_CHARS):
-        files = sorted(p for p in fs.glob(root) if fs.isfile(p))
+        files = sorted(p for p in fs.glob(root)
+                       if not posixpath.basename(p).startswith((".", "_")) and fs.isfile(p))
         single = False
     elif fs.isdir(root):
         files = sorted(p for p in fs.find(root) if _visible(p, root))
