@@ -288,6 +288,7 @@ def prepare_staging(target: str, staging: str) -> None:
     """Make ``staging`` empty and remove other runs' staging folders of ``target`` (left
     by runs that were killed)."""
     fs, path = filesystem(target)
+    _not_a_file(fs, path, target)
     parent, name = posixpath.split(path.rstrip("/"))
     _, mine = filesystem(staging)
     if fs.isdir(parent):
@@ -299,15 +300,18 @@ def prepare_staging(target: str, staging: str) -> None:
     fs.makedirs(mine, exist_ok=True)
 
 
+def _not_a_file(fs, path: str, target: str) -> None:
+    if fs.isfile(path):
+        raise NotADirectoryError(f"{target} is a file, and a dataset sink writes a folder")
+
+
 def commit(staging: str, target: str, names: Sequence[str]) -> None:
     """Move the parts ``names`` from ``staging`` into the dataset folder ``target``:
     ``_SUCCESS`` is removed first, the target's parts from an earlier write that are not
     written again are removed, the new parts renamed in, ``_SUCCESS`` written last."""
     fs, root = filesystem(target)
     _, folder = filesystem(staging)
-    if fs.isfile(root):
-        raise NotADirectoryError(f"{target} is a file; a {names[0].rsplit('.', 1)[-1] if names else 'dataset'} "
-                                 f"sink writes a folder")
+    _not_a_file(fs, root, target)
     fs.makedirs(root, exist_ok=True)
     success = posixpath.join(root, SUCCESS)
     if fs.exists(success):
