@@ -169,7 +169,7 @@ def test_missing_source_path_is_located(backend, tmp_path, monkeypatch):
     sink out = rows -> parquet("out/x")""")
     with pytest.raises(PipelineRuntimeError) as err:
         load(path).run(backend=backend, **engine_options(backend))
-    assert "no such file or folder: no/such/folder" in str(err.value)
+    assert "cannot read no/such/folder: No such file or directory" in str(err.value)
     assert (err.value.span.line, err.value.span.column) == (5, 5)
     assert not (tmp_path / "out").exists()
 

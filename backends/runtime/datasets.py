@@ -25,6 +25,7 @@ path and an ``s3://`` or ``gs://`` URL behave alike. pyarrow and fsspec are the
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import uuid
@@ -98,9 +99,9 @@ def list_files(url: str) -> tuple[list[str], bool]:
     elif fs.isfile(root):
         files, single = [root], True
     else:
-        raise FileNotFoundError(f"no such file or folder: {url}")
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", url)
     if not files:
-        raise FileNotFoundError(f"no files in {url}")
+        raise FileNotFoundError(errno.ENOENT, "no files there (names starting with . or _ are skipped)", url)
     return [_url(fs, p) for p in files], single
 
 

@@ -110,8 +110,9 @@ class Driver:
         except datasets.MissingExtra as exc:
             raise UsageError(str(exc), f"install it with `pip install 'pipec[{exc.extra}]'`") from None
         except FileNotFoundError as exc:
-            raise self.error(node, str(exc), op.span, "a source reads a file, a folder or a glob "
-                                                      "(`data/*.parquet`); relative paths start where pipec runs") from None
+            raise self.error(node, f"cannot read {path}: {exc.strerror or exc}", op.span,
+                             "a source reads a file, a folder or a glob (`data/*.parquet`); relative paths "
+                             "start where pipec runs") from None
         except OSError as exc:
             raise self.cannot_read(node, op, path, exc) from None
         except ValueError as exc:
