@@ -70,9 +70,12 @@ def _dataset(folder: Path, files: dict[str, tuple[int, int]]) -> None:
                        folder / name, row_group_size=2)
 
 
-def test_partitions_follow_files_and_row_groups(tmp_path, monkeypatch):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_partitions_follow_files_and_row_groups(backend, tmp_path, monkeypatch):
     """One partition per piece (a file, or a row group of a large file), `partitions k`
-    groups the pieces contiguously, and only the columns asked for are read."""
+    groups the pieces contiguously, and only the columns asked for are read. The driver
+    lists the pieces (so a smaller PIECE_BYTES here splits files on every engine); the
+    tasks read them."""
     monkeypatch.chdir(tmp_path)
     _dataset(tmp_path / "data", {"a.parquet": (0, 3), "b.parquet": (3, 5)})
     monkeypatch.setattr(datasets, "PIECE_BYTES", 0)  # every file is large: a piece per row group
@@ -86,7 +89,7 @@ def test_partitions_follow_files_and_row_groups(tmp_path, monkeypatch):
     sink per_piece = collect(map_batches m.sizes over rows as arrow)
     sink per_group = collect(map_batches m.sizes over grouped as arrow)
     sink row_keys = collect(map m.keys over rows)""")
-    out = load(path).run(backend="local").outputs
+    out = load(path).run(backend=backend, **engine_options(backend)).outputs
     assert [(r["partition"], r["rows"], r["first"]) for r in out["per_piece"]] == \
         [(0, 2, 0), (1, 1, 2), (2, 2, 3), (3, 2, 5), (4, 1, 7)]
     assert {r["columns"] for r in out["per_piece"]} == {"id,tag"}
