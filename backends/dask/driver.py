@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import fields, is_dataclass, replace
 import logging
+import os
 import time
 from collections import Counter
 from typing import Any
@@ -23,7 +24,6 @@ from pipec.compiler import ir
 from pipec.backends.base import NoProgress
 from pipec.backends.dask import worker
 from pipec.backends.physical.planner import Arg, GraphStep, Ref, Rounds, Seq, StepLowering, key_of
-from pipec.backends.runtime import sources
 from pipec.backends.runtime.driver import LiveContext, PlannedDriver
 from pipec.backends.runtime.interpreter import StageFailure
 from pipec.backends.runtime.tasks import ensure_path
@@ -317,7 +317,7 @@ class DaskDriver(PlannedDriver):
             return TaskRef(self._held(arg).key)
         if isinstance(arg, Arg):
             value = self.value(arg.operand)
-            return sources.absolute(value) if arg.path and isinstance(value, str) else value
+            return os.path.abspath(value) if arg.path and isinstance(value, str) else value
         if isinstance(arg, Rounds):
             return tuple(self.round_index.get(loop, 0) for loop in arg.loops)
         if isinstance(arg, Rounds):

@@ -14,7 +14,6 @@ from pipec.compiler import ir
 from pipec.backends.base import NoProgress, RunResult
 from pipec.backends.physical import steps as s
 from pipec.backends.physical.planner import Arg, GraphStep, Ref, Rounds, Seq, StepLowering
-from pipec.backends.runtime import sources
 from pipec.backends.runtime.driver import LiveContext, PlannedDriver
 from pipec.backends.runtime.interpreter import StageFailure
 from pipec.dsl.diagnostics import PipelineRuntimeError
@@ -264,8 +263,9 @@ class RayDriver(PlannedDriver):
         if isinstance(arg, Ref):
             return out[arg.key] if arg.key in out else self._held(arg)
         if isinstance(arg, Arg):
+            import os
             value = self.value(arg.operand)
-            return sources.absolute(value) if arg.path and isinstance(value, str) else value
+            return os.path.abspath(value) if arg.path and isinstance(value, str) else value
         if isinstance(arg, Rounds):
             return tuple(self.round_index.get(loop, 0) for loop in arg.loops)
         if isinstance(arg, Seq):

@@ -9,7 +9,6 @@ block's first line and decodes only its bytes. Files with carriage returns are l
 text layer (each partition then reads the whole file and slices it).
 
 Errors are the plain ``OSError`` / ``ValueError`` of reading; each backend words them.
-A path with a scheme (``s3://...``) is opened through fsspec, a plain path directly.
 """
 
 from __future__ import annotations
@@ -22,17 +21,9 @@ from pipec.backends.runtime import semantics
 CHUNK = 1 << 16
 
 
-def _open(path: str, mode: str = "r"):
-    """``path`` opened for reading (text as UTF-8 with universal newlines)."""
-    if "://" in path:
-        import fsspec
-        return fsspec.open(path, mode, encoding="utf-8") if "b" not in mode else fsspec.open(path, mode)
-    return open(path, mode, encoding="utf-8") if "b" not in mode else open(path, mode)
-
-
 def read_lines(path: str) -> list[str]:
     """Every line of a text file, without its line end."""
-    with _open(path) as fh:
+    with open(path, encoding="utf-8") as fh:
         text = fh.read()  # universal newlines: "\r\n" and "\r" arrive as "\n"
     lines = text.split("\n")
     if lines[-1] == "":  # the last newline ends a line; it does not start another
@@ -43,7 +34,7 @@ def read_lines(path: str) -> list[str]:
 def read_jsonl(path: str) -> list:
     """One JSON value per non-blank line; a bad line is a ValueError naming it."""
     out = []
-    with _open(path) as fh:
+    with open(path, encoding="utf-8") as fh:
         for number, line in enumerate(fh, 1):
             if line.strip():
                 try:
@@ -57,7 +48,7 @@ def line_index(path: str) -> dict | None:
     """Newlines counted per CHUNK bytes of a text file, so each partition can seek to its
     own lines; None when the file has carriage returns."""
     cum, size, last = [0], 0, b""
-    with _open(path, "rb") as fh:
+    with open(path, "rb") as fh:
         while chunk := fh.read(CHUNK):
             if b"\r" in chunk:
                 return None
@@ -84,13 +75,6 @@ def _line_start(fh, index: dict, m: int) -> int:
     return j * CHUNK + at + 1
 
 
-def absolute(path: str) -> str:
-    """A source's path as workers elsewhere need it: a plain path made absolute, a URL as
-    it is."""
-    import os
-    return path if "://" in path else os.path.abspath(path)
-
-
 def read_lines_part(path: str, i: int, k: int, index: dict | None) -> list[str]:
     """Partition i of k of :func:`read_lines`, decoding only its bytes when ``index`` (from
     :func:`line_index`) is given."""
@@ -101,7 +85,7 @@ def read_lines_part(path: str, i: int, k: int, index: dict | None) -> list[str]:
     a, b = semantics.partition_bounds(index["lines"], k)[i]
     if a == b:
         return []
-    with _open(path, "rb") as fh:
+    with open(path, "rb") as fh:
         start, end = _line_start(fh, index, a), _line_start(fh, index, b)
         fh.seek(start)
         chunk = fh.read(end - start).decode("utf-8")
