@@ -14,12 +14,13 @@ from typing import Any
 from pipec.compiler import ir
 from pipec.compiler.schedule import Block, blocks
 from pipec.backends.base import Backend, Plan, Progress, RunResult
-from pipec.backends.runtime import semantics
+from pipec.backends.physical import steps
+from pipec.backends.runtime import batches, datasets, semantics
 from pipec.backends.runtime.actors import ActorHost, VersionedHost
 from pipec.backends.physical.explain import describe
-from pipec.backends.physical.planner import loops_of
-from pipec.backends.runtime.interpreter import ActorProxy
-from pipec.backends.runtime.driver import Driver
+from pipec.backends.physical.planner import FILE_FORMATS, files_head, loops_of, reads_columnar
+from pipec.backends.runtime.interpreter import ActorProxy, StageFailure, run_segment
+from pipec.backends.runtime.driver import Driver, LiveContext
 from pipec.backends.runtime.tasks import apply_elementwise, fn_of, resolve, run_with_timeout
 
 # Actors reachable from handle proxies in this process, by (run id, actor node).
@@ -120,13 +121,14 @@ class LocalDriver(Driver):
         return result
 
     def partitions(self, node: str) -> list[list]:
-        return self.env[node]
+        """A collection's partitions as rows (a table's rows as dicts)."""
+        return [batches.rows(p) for p in self.env[node]]
 
     def gather(self, node: str) -> list:
-        return [x for part in self.env[node] for x in part]
+        return [x for part in self.partitions(node) for x in part]
 
     def var_partitions(self, var: str) -> list[list]:
-        return self.env[var]
+        return self.partitions(var)
 
     def var_from_partitions(self, var: str, parts: list[list]):
         return parts
@@ -137,6 +139,12 @@ class LocalDriver(Driver):
     # ---- sources
 
     def collection_source(self, node: str, op: ir.Source):
+        if op.kind in FILE_FORMATS:
+            listing = self.list_source(node, op)
+            if op.kind in ("read_parquet", "read_csv") or not listing[1]:
+                return self.read_files(node, op, listing)
+            if op.partitions is None:  # one file, read whole: one partition
+                op = op.model_copy(update={"partitions": ir.Lit(value=1)})
         k = self.value(op.partitions)
         self.progress.stage(node, k)
         args = [self.value(a) for a in op.args]
@@ -155,10 +163,41 @@ class LocalDriver(Driver):
         self.progress.advance(node, k)
         return [self.roundtrip(p, node, "a partition", op.span) for p in parts]
 
+    def read_files(self, node: str, op: ir.Source, listing: tuple) -> list:
+        """A file source's partitions, each read by the shared interpreter's head."""
+        head, _ = files_head(self.ir, node, op, LiveContext(self), listing)
+        self.progress.stage(node, head.k)
+        parts = []
+        for i in range(head.k):
+            try:
+                parts.append(run_segment(steps.Segment(node, head), i))
+            except StageFailure as failure:
+                raise self.stage_failed(failure) from None
+            self.progress.advance(node)
+        return [self.roundtrip(p, node, "a partition", op.span) for p in parts]
+
+    def sink_dataset(self, node: str, op: ir.Sink) -> str:
+        """The parts written here, partition by partition, into the sink's staging folder."""
+        staging = self.stage_dataset(node, op)
+        names = []
+        for i, part in enumerate(self.env[op.input.node]):
+            try:
+                name = datasets.write_part(part, op.format, staging, i)
+            except TypeError as exc:
+                raise self.error(node, str(exc), op.span) from None
+            except OSError as exc:
+                raise self.error(node, f"cannot write {op.format} part {i}: {exc.strerror or exc}", op.span) from None
+            if name is not None:
+                names.append(name)
+        path = self.value(op.path)
+        self.result.files[node] = self.sinks.dataset_written(path, names)
+        return path
+
     # ---- element-wise
 
     def collection_elementwise(self, node: str, op: ir.Elementwise):
-        parts = self.partitions(op.input.node)
+        parts = self.env[op.input.node] if op.batch else self.partitions(op.input.node)
+        columnar = op.batch is not None and reads_columnar(self.ir, node)
         self.progress.stage(node, len(parts))
         handles = {k: v.node for k, v in op.bindings.items()
                    if isinstance(v, ir.NodeRef) and self.ir.op(v.node).node_shape == ir.ACTOR}
@@ -173,7 +212,11 @@ class LocalDriver(Driver):
                 # Proxies made afresh for each try: a retry sends the same idempotency keys.
                 bound = {**local, **{name: ActorProxy(_caller(self.run_id, actor), (node, rounds, i, name))
                                      for name, actor in handles.items()}}
-                return apply_elementwise(op.kind, fn, items, bound, i)
+                if op.batch is None:
+                    return apply_elementwise(op.kind, fn, items, bound, i)
+                out = batches.from_batch(apply_elementwise(op.kind, fn, batches.to_batch(items, op.batch), bound, i,
+                                                           op.batch), op.batch)
+                return out if columnar else batches.rows(out)
             result = self.run_task(node, op, i, body, [items], op.options.retries)
             out.append(self.roundtrip(result, node, f"partition {i} of the output", op.span))
             self.progress.advance(node)

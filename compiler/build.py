@@ -33,7 +33,16 @@ from pipec.compiler.scopes import Binding, LaterNames, Region
 from pipec.compiler.signatures import Signatures
 
 ELEMENTWISE = ("map", "flat_map", "filter", "map_batches", "map_values")
-SOURCES = ("range", "read_text", "read_jsonl")
+# The file sources and the keyword options each takes, with their types (see the README's
+# section on data formats); `partitions` may be left out for them: the files decide.
+FILE_SOURCES = {
+    "read_text": {},
+    "read_jsonl": {},
+    "read_parquet": {"columns": list},
+    "read_csv": {"columns": list, "header": bool, "delimiter": str},
+}
+SOURCES = ("range", *FILE_SOURCES)
+BATCH_FORMATS = ("pandas", "arrow", "numpy")
 VALUE_BUILTINS = ("collect", "count", "top")
 COLLECTION_BUILTINS = ("join", "union", "distinct")
 BUILTINS = SOURCES + VALUE_BUILTINS + COLLECTION_BUILTINS
@@ -41,7 +50,7 @@ BUILTINS = SOURCES + VALUE_BUILTINS + COLLECTION_BUILTINS
 # after one could not be used (`collect(map)` is a syntax error).
 KEYWORDS = ELEMENTWISE + ("reduce", "reduce_by_key", "group_by_key", "not", "and", "or", "true", "false", "none")
 PARAM_TYPES = ("int", "float", "str", "bool")
-SINK_FORMATS = ("json", "jsonl", "text")
+SINK_FORMATS = ("json", "jsonl", "text", *ir.DATASET_FORMATS)
 
 
 @dataclass
@@ -221,27 +230,42 @@ class Builder:
         call = stmt.call
         parts = call.func.parts
         options = stage_options(stmt.options, self.defaults, self.report)
-        partitions = self._partitions(stmt.partitions)
         keyed = None
         if len(parts) == 1:
             kind = parts[0]
             if kind not in SOURCES:
                 hint = did_you_mean(kind, SOURCES) or \
-                    "a source is range(n), read_text(path), read_jsonl(path) or module.function(...)"
+                    "a source is range(n), read_text(path), read_jsonl(path), read_parquet(path), " \
+                    "read_csv(path) or module.function(...)"
                 self.fail(f"unknown source `{kind}`", call.func.span, hint, code="unknown-source")
             if stmt.sharded:
                 self.fail("only a Python callable source can be `sharded`", stmt.span,
                           "sharded sources are called once per partition on the workers", code="sharded-not-callable")
-            expected = 1
-            if len(call.args) != expected or call.kwargs:
-                self.fail(f"`{kind}` takes exactly one argument", call.span, code="wrong-argument-count")
+            if kind == "range" and stmt.partitions is None:
+                self.fail("`range(n)` needs `partitions k`", stmt.span, "add `partitions 4` after the call",
+                          code="missing-partitions")
+            allowed = FILE_SOURCES.get(kind, {})
+            if len(call.args) != 1:
+                self.fail(f"`{kind}` takes exactly one {'argument' if kind == 'range' else 'path'}", call.span,
+                          code="wrong-argument-count")
+            for kw in call.kwargs:
+                if kw.name.text not in allowed:
+                    self.fail(f"`{kind}` has no option `{kw.name.text}`", kw.name.span,
+                              did_you_mean(kw.name.text, tuple(allowed)) or
+                              (f"its options are {', '.join(allowed)}" if allowed else f"`{kind}` takes no options"),
+                              code="unknown-keyword")
             arg = self._expr(call.args[0])
-            want = int if kind == "range" else str
-            self._expect_value(arg, call.args[0], want)
-            op = ir.Source(kind=kind, args=[arg.operand], partitions=partitions, options=options,
+            self._expect_value(arg, call.args[0], int if kind == "range" else str)
+            kwargs = {kw.name.text: self._reader_option(kind, kw, allowed[kw.name.text]) for kw in call.kwargs}
+            partitions = self._partitions(stmt.partitions) if stmt.partitions is not None else None
+            op = ir.Source(kind=kind, args=[arg.operand], kwargs=kwargs, partitions=partitions, options=options,
                            span=ir.SpanModel.of(stmt.span), name=stmt.name.text)
-            keyed = False if kind in ("range", "read_text") else None
+            keyed = False if kind in ("range", "read_text", "read_parquet", "read_csv") else None
         else:
+            if stmt.partitions is None:
+                self.fail("a callable source needs `partitions k`", stmt.span, "add `partitions 4` after the call",
+                          code="missing-partitions")
+            partitions = self._partitions(stmt.partitions)
             fn = self.signatures.function(call.func, what="source function")
             args = [self._value_arg(a) for a in call.args]
             kwargs = {k.name.text: self._value_arg(k.value) for k in call.kwargs}
@@ -251,6 +275,29 @@ class Builder:
                            name=stmt.name.text)
         node = self._add(stmt.name.text, op)
         self._define(stmt.name.text, stmt.name.span, "source", node, ir.COLLECTION, keyed=keyed)
+
+    def _reader_option(self, kind: str, kw: ast.Keyword, want: type) -> ir.Lit | ir.NodeRef:
+        """A file reader's option (``columns = ["id", "x"]``, ``header = false``, ...),
+        checked where it is known before running."""
+        typed = self._expr(kw.value)
+        if typed.shape != ir.VALUE:
+            self._shape_error(typed, ir.VALUE, kw.value)
+        name = kw.name.text
+        if isinstance(typed.operand, ir.Lit):
+            value = typed.operand.value
+            if want is list and not (isinstance(value, list) and value and all(isinstance(c, str) for c in value)):
+                self.fail(f"`{name}` of `{kind}` is a non-empty list of column names", kw.value.span,
+                          f'for instance `{name} = ["id", "x"]`', code="bad-option-value")
+            if want is bool and not isinstance(value, bool):
+                self.fail(f"`{name}` of `{kind}` is true or false, not {constants.show(value)}", kw.value.span,
+                          code="bad-option-value")
+            if want is str and not (isinstance(value, str) and len(value) == 1):
+                self.fail(f"`{name}` of `{kind}` is one character, not {constants.show(value)}", kw.value.span,
+                          'for instance `delimiter = ";"`', code="bad-option-value")
+        elif typed.py_type is not None and typed.py_type is not want:
+            self.fail(f"`{name}` of `{kind}` needs {_a(want.__name__)}, got {_a(typed.py_type.__name__)}",
+                      kw.value.span, code="type-mismatch")
+        return typed.operand
 
     def _partitions(self, expr, what: str = "`partitions`") -> ir.Lit | ir.NodeRef:
         typed = self._expr(expr)
@@ -439,7 +486,11 @@ class Builder:
             fmt = stmt.format.text
             if fmt not in SINK_FORMATS:
                 self.fail(f"unknown sink format `{fmt}`", stmt.format.span,
-                          did_you_mean(fmt, SINK_FORMATS) or "use json, jsonl or text", code="unknown-sink-format")
+                          did_you_mean(fmt, SINK_FORMATS) or "use json, jsonl, text, parquet or csv",
+                          code="unknown-sink-format")
+            if fmt in ir.DATASET_FORMATS and typed.shape != ir.COLLECTION:
+                self.fail(f"a {fmt} sink writes a collection (a dataset folder, one file per partition)",
+                          stmt.expr.span, "write a single value with `-> json(...)`", code="wrong-kind")
             target = self._expr(stmt.target)
             self._expect_value(target, stmt.target, str)
             path = target.operand
@@ -760,11 +811,22 @@ class Builder:
                               code="pool-as-handle")
                 handles.append(typed.actor)
             bindings[key] = typed.operand
+        batch = None
+        if expr.batch is not None:
+            batch = expr.batch.text
+            if expr.kind != "map_batches":
+                self.fail(f"`as {batch}` belongs to `map_batches`; `{expr.kind}` works on one element at a time",
+                          expr.batch.span, f"use `map_batches` to get the partition as {batch}",
+                          code="misplaced-batch-form")
+            if batch not in BATCH_FORMATS:
+                self.fail(f"unknown batch form `{batch}`", expr.batch.span,
+                          did_you_mean(batch, BATCH_FORMATS) or "use pandas, arrow or numpy",
+                          code="unknown-batch-form")
         if fn is not None:
             self.signatures.check_arity(fn, 1, expr.fn.span, keywords=tuple(bindings),
                                         optional=("partition",) if expr.kind == "map_batches" else (), bindable=True)
         node = self._add(name, ir.Elementwise(kind=expr.kind, fn=fn, pool=pool, method=method, input=src.operand,
-                                              bindings=bindings, options=options, span=span))
+                                              bindings=bindings, options=options, span=span, batch=batch))
         if pool is not None:
             self._after_actor_use(pool.node, node)
         for actor in handles:

@@ -174,13 +174,17 @@ class RoundIndex(Op):
 
 
 class Source(Op):
+    """A collection read or made by a source. The file readers' options (``columns``,
+    ``header``, ``delimiter``) are ``kwargs``; ``partitions`` is None where the data
+    decides (one partition per file, or per row group of a large Parquet file)."""
+
     shape: ClassVar[str] = COLLECTION
     op: Literal["source"] = "source"
-    kind: Literal["range", "read_text", "read_jsonl", "callable"]
+    kind: Literal["range", "read_text", "read_jsonl", "read_parquet", "read_csv", "callable"]
     fn: FnRef | None = None
     args: list[Operand] = []
     kwargs: dict[str, Operand] = {}
-    partitions: Operand
+    partitions: Operand | None = None
     sharded: bool = False
     options: StageOptions = StageOptions()
 
@@ -199,6 +203,7 @@ class Elementwise(Op):
     bindings: dict[str, Operand] = {}
     options: StageOptions = StageOptions()
     takes_partition: bool = False  # map_batches function accepts `partition=`
+    batch: Literal["pandas", "arrow", "numpy"] | None = None  # `map_batches ... as pandas`
 
     @model_validator(mode="after")
     def _one_callee(self):
@@ -330,9 +335,18 @@ class Sink(Op):
     shape: ClassVar[str] = EFFECT
     op: Literal["sink"] = "sink"
     input: NodeRef
-    format: Literal["json", "jsonl", "text"] | None = None
+    format: Literal["json", "jsonl", "text", "parquet", "csv"] | None = None
     path: Operand | None = None
     schedule_dependent: bool = False
+
+
+# Sink formats that write a dataset folder from the tasks (one file per partition).
+DATASET_FORMATS = ("parquet", "csv")
+
+
+def is_dataset_sink(op: Op) -> bool:
+    """Whether ``op`` is a sink that the tasks write as a dataset folder."""
+    return isinstance(op, Sink) and op.format in DATASET_FORMATS
 
 
 AnyOp = Annotated[

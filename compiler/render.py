@@ -204,12 +204,17 @@ def _describe(graph: ir.IR, op: ir.Op) -> list[str]:
     if isinstance(op, ir.Source):
         what = op.fn.dotted if op.fn is not None else op.kind
         lines = [f"source {what}" + (" sharded" if op.sharded else "")]
-        count = _operand(graph, op.partitions)
-        lines.append(f"{count} partition{'' if count == '1' else 's'}")
+        if "columns" in op.kwargs:
+            lines.append(f"columns {_operand(graph, op.kwargs['columns'])}")
+        if op.partitions is None:
+            lines.append("a partition per file or row group")
+        else:
+            count = _operand(graph, op.partitions)
+            lines.append(f"{count} partition{'' if count == '1' else 's'}")
         return lines
     if isinstance(op, ir.Elementwise):
         callee = op.fn.dotted if op.fn is not None else f"{op.pool.node}.{op.method}"
-        lines = [f"{op.kind} {callee}"]
+        lines = [f"{op.kind} {callee}" + (f" as {op.batch}" if op.batch else "")]
         if op.bindings:
             lines.append("with " + ", ".join(op.bindings))
         return lines
@@ -238,6 +243,8 @@ def _describe(graph: ir.IR, op: ir.Op) -> list[str]:
             lines = ["sink, printed"]
         else:
             lines = [f"sink {op.format} {_operand(graph, op.path)}"]
+            if op.format in ir.DATASET_FORMATS:
+                lines.append("dataset, written by the tasks")
         if op.schedule_dependent:
             lines.append("schedule-dependent")
         return lines

@@ -99,6 +99,7 @@ class Dataflow:
     input: "Expr"
     bindings: tuple[Keyword, ...]
     span: Span
+    batch: Name | None = None  # `map_batches f over xs as pandas`: the form the partition takes
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +142,7 @@ class Source:
     name: Name
     call: Call
     sharded: bool
-    partitions: Expr
+    partitions: Expr | None  # None: the data decides (one partition per file or row group)
     options: tuple[Option, ...]
     span: Span
 

@@ -79,6 +79,9 @@ CODES: dict[str, tuple[str, str]] = {
     "sharded-not-callable": (SEMANTIC, "`sharded` on a source that is not a Python callable"),
     "source-in-expression": (SEMANTIC, "a source made inside an expression"),
     "unknown-sink-format": (SEMANTIC, "a sink format that does not exist"),
+    "missing-partitions": (SEMANTIC, "a `range` or callable source without `partitions k`"),
+    "misplaced-batch-form": (SEMANTIC, "`as pandas|arrow|numpy` on an operation other than `map_batches`"),
+    "unknown-batch-form": (SEMANTIC, "a batch form other than pandas, arrow or numpy"),
     "sink-in-loop": (SEMANTIC, "a sink inside `repeat`"),
     "sink-as-data": (SEMANTIC, "a sink read as if it were data"),
     # -- actors

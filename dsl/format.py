@@ -88,6 +88,8 @@ def format_expr(expr: ast.Expr) -> str:
             if expr.fn is not None:
                 parts.append(expr.fn.text)
             parts += ["over", format_expr(expr.input)]
+            if expr.batch is not None:
+                parts += ["as", expr.batch.text]
             text = " ".join(parts)
             if expr.bindings:
                 text += " with " + _args(expr.bindings)
@@ -265,8 +267,9 @@ class _Printer:
                 return self._line(f"stage {s.name.text} = {format_expr(s.expr)}{_options(s.options)}", line, s)
             case ast.Source():
                 sharded = " sharded" if s.sharded else ""
-                return self._line(f"source {s.name.text} = {_call(s.call)}{sharded} partitions "
-                                  f"{format_expr(s.partitions)}{_options(s.options)}", line, s)
+                parts = f" partitions {format_expr(s.partitions)}" if s.partitions is not None else ""
+                return self._line(f"source {s.name.text} = {_call(s.call)}{sharded}{parts}{_options(s.options)}",
+                                  line, s)
             case ast.Value():
                 return self._line(f"value {s.name.text} = {format_expr(s.expr)}", line, s)
             case ast.Var():

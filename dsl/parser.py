@@ -181,9 +181,9 @@ class _ToAst:
 
     # ---- expressions
 
-    def elementwise(self, meta, kind, fn, input_, *bindings):
+    def elementwise(self, meta, kind, fn, input_, batch, *bindings):
         bindings = tuple(b for b in bindings if b is not None)
-        node = ast.Dataflow(str(kind), fn, input_, bindings, _span(meta))
+        node = ast.Dataflow(str(kind), fn, input_, bindings, _span(meta), _name(batch) if batch else None)
         return self._nest(node, input_, *(b.value for b in bindings))
 
     def reducer(self, meta, kind, fn, input_):

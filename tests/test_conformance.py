@@ -107,7 +107,30 @@ class Doubler:
         self.k = k
     def run(self, items):
         return [x * self.k for x in items]
+
+def pd_scale(df):
+    return df.assign(x=df["x"] * 3, big=df["x"] > 2)
+
+def arrow_add(table):
+    import pyarrow.compute as pc
+    return table.append_column("y", pc.multiply(table["x"], 2))
+
+def np_sum(cols):
+    return {"id": cols["id"], "s": cols["x"] + cols["y"]}
+
+def row_key(row):
+    return [row["id"], row["tag"]]
 '''
+
+
+def _parquet(columns: dict, row_group_size: int | None = None) -> bytes:
+    """A Parquet file's bytes (for the cases' input folders)."""
+    import io
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    out = io.BytesIO()
+    pq.write_table(pa.table(columns), out, row_group_size=row_group_size)
+    return out.getvalue()
 
 
 # Several 64 KiB chunks, lines of every length (some empty, some not ASCII): the Dask and
@@ -135,6 +158,35 @@ CASES: dict[str, Case] = {
         source lines = read_text("big.txt") partitions 7
         stage stats = map_batches m.line_stats over lines
         sink out = collect(stats) -> json("out/out.json")""", files={"big.txt": BIG_TEXT}),
+    "parquet_folder_batches_to_datasets": Case("""
+        source rows = read_parquet("data", columns = ["id", "x", "tag"])
+        stage scaled = map_batches m.pd_scale over rows as pandas
+        stage shaped = map_batches m.arrow_add over scaled as arrow
+        stage sums = map_batches m.np_sum over shaped as numpy
+        sink ds = shaped -> parquet("out/ds")
+        sink cs = sums -> csv("out/cs")
+        sink keys = collect(map m.row_key over rows) -> json("out/keys.json")""", files={
+        "data/a.parquet": _parquet({"id": [0, 1, 2], "x": [0.5, 1.5, 2.5], "tag": ["a", "b", None], "w": [1, 2, 3]}),
+        "data/sub/b.parquet": _parquet({"id": list(range(3, 10)), "x": [i / 4 for i in range(3, 10)],
+                                        "tag": [f"t{i}" for i in range(3, 10)], "w": list(range(7))}, 3),
+        "data/_SUCCESS": "", "data/.hidden.parquet": "not read"}),
+    "csv_text_jsonl_folders_regrouped": Case("""
+        source t = read_csv("tables", delimiter = ";") partitions 2
+        source raw = read_csv("raw.csv", header = false, columns = ["f0", "f2"])
+        source lines = read_text("logs/*.txt")
+        source js = read_jsonl("js") partitions 3
+        stage stats = map_batches m.line_stats over lines
+        sink tj = collect(t) -> json("out/t.json")
+        sink tp = t -> parquet("out/tp")
+        sink rc = raw -> csv("out/rc")
+        sink sj = collect(stats) -> json("out/stats.json")
+        sink jj = collect(js) -> json("out/js.json")""", files={
+        "tables/1.csv": "id;name;score\n1;ann;0.5\n2;bob;1.25\n",
+        "tables/2.csv": "id;name;score\n3;cy;2\n",
+        "tables/3.csv": "id;name;score\n4;dee;-1.5\n5;eve;3\n",
+        "raw.csv": "1,x,10\n2,y,20\n",
+        "logs/a.txt": "one\ntwo\n", "logs/b.txt": "three\n", "logs/c.log": "not matched\n",
+        "js/1.jsonl": '{"a": 1}\n\n[2, 3]\n', "js/2.jsonl": '"four"\n'}),
     "read_jsonl": Case("""
         source rows = read_jsonl("rows.jsonl") partitions 2
         stage firsts = map m.first over rows
@@ -248,7 +300,11 @@ def _write_case(root: Path, name: str, case: Case) -> Path:
     text = f"use conf_mod as m\n\npipeline {name}({decls}) {{\n{case.body}\n}}\n"
     (root / "conf_mod.py").write_text(MODULE)
     for fname, content in case.files.items():
-        (root / fname).write_text(content)
+        (root / fname).parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            (root / fname).write_bytes(content)
+        else:
+            (root / fname).write_text(content)
     path = root / f"{name}.pipe"
     path.write_text(text)
     return path
@@ -262,7 +318,16 @@ def _run_case(tmp_path: Path, monkeypatch, backend: str, name: str, case: Case) 
     pipeline = load(path)
     pipeline.check(backend)
     pipeline.run(backend=backend, params=case.params, **engine_options(backend))
-    return {p.name: p.read_bytes() for p in sorted((root / "out").iterdir())}
+    return outputs(root / "out")
+
+
+def outputs(path: Path) -> dict[str, bytes]:
+    """Every file under ``path`` (a sink's file, or a folder of them: a dataset) by its
+    path, with its bytes."""
+    path = Path(path)
+    if path.is_file():
+        return {path.name: path.read_bytes()}
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -305,12 +370,13 @@ def test_missing_text_file_is_reported_at_its_source(backend, tmp_path, monkeypa
 @pytest.mark.parametrize("example", sorted(p.stem for p in (Path(__file__).parent.parent / "examples").glob("*.pipe")))
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "local"])
 def test_examples_identical_to_local(backend, example, workdir):
-    params = {"train": {"rows": 4_000, "epochs": 4}, "infer": {"n": 500}, "kmeans": {"points": 300}}.get(example, {})
-    outputs = {}
+    params = {"train": {"rows": 4_000, "epochs": 4}, "infer": {"n": 500}, "kmeans": {"points": 300},
+              "digits": {"epochs": 4}}.get(example, {})
+    got = {}
     for b in ("local", backend):
         result = load(Path("examples") / f"{example}.pipe").run(backend=b, params=params, **engine_options(b))
-        outputs[b] = {name: Path(path).read_bytes() for name, path in result.files.items()}
-    assert outputs[backend] == outputs["local"]
+        got[b] = {name: outputs(path) for name, path in result.files.items()}
+    assert got[backend] == got["local"]
 
 
 def test_every_case_uses_only_declared_params():

@@ -118,7 +118,36 @@ def check_kmeans(workdir):
         assert math.isclose(gx, ex, rel_tol=1e-9) and math.isclose(gy, ey, rel_tol=1e-9)
 
 
-CHECKS = {"train": check_train, "wordcount": check_wordcount, "infer": check_infer,
+def check_digits(workdir):
+    import numpy as np
+    import pyarrow.parquet as pq
+    from sklearn.datasets import load_digits
+
+    epochs, rate = 12, 0.5
+    result = _run("digits", epochs=epochs, rate=rate)
+    features = pq.read_table(result.files["features_out"]).to_pylist()
+    scores = pq.read_table(result.files["scores_out"]).to_pylist()
+    assert sorted(p.name for p in Path(result.files["scores_out"]).iterdir()) == \
+        ["_SUCCESS"] + [f"part-{i:05d}.parquet" for i in range(4)]
+    # Plain numpy: the same softmax regression by full-batch gradient descent.
+    data = load_digits()
+    x = np.hstack([data.data / 16.0, np.ones((len(data.data), 1))])
+    y = np.eye(10)[data.target]
+    w = np.zeros((65, 10))
+    for _ in range(epochs):
+        s = x @ w
+        p = np.exp(s - s.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        w = w - rate * (x.T @ (p - y)) / len(x)
+    predicted = (x @ w).argmax(axis=1)
+    assert [r["id"] for r in features] == list(range(len(data.data)))
+    np.testing.assert_allclose(np.array([r["x"] for r in features]), data.data / 16.0)
+    assert [r["id"] for r in scores] == list(range(len(data.data)))
+    assert [r["predicted"] for r in scores] == predicted.tolist()
+    assert result.outputs["accuracy"] == (predicted == data.target).mean()
+
+
+CHECKS = {"digits": check_digits, "train": check_train, "wordcount": check_wordcount, "infer": check_infer,
           "pagerank": check_pagerank, "kmeans": check_kmeans}
 
 

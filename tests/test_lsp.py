@@ -278,7 +278,7 @@ async def test_completion_of_keywords_and_names_in_context(client, project):
     after_map = await complete(client, project, PIPE.replace("map t.grad", "map |"))
     assert {"t", "t.grad", "t.make", "t.add"} <= set(after_map)
     formats = await complete(client, project, PIPE.replace('-> json("out.json")', "-> |"))
-    assert formats == ["json", "jsonl", "text"]
+    assert formats == ["json", "jsonl", "text", "parquet", "csv"]
     top = await complete(client, project, "|" + PIPE)
     assert top == ["use", "pipeline"]
     options = await complete(client, project, PIPE.replace("actor ps = t.Server(size = 4)",

@@ -5,7 +5,8 @@ variants, with SIGKILL, are in test_ray.py and test_spark.py).
 
 Covered: a collection var carried from round to round (restored from the record's
 partitions), an actor with checkpoints (restored from the snapshot the record names, the
-calls since replayed exactly once), and a top-level value computed before the loop."""
+calls since replayed exactly once), a top-level value computed before the loop, and a
+Parquet dataset sink written after it."""
 
 from __future__ import annotations
 
@@ -36,6 +37,9 @@ def step(y, r, marker):
 def add(a, b):
     return a + b
 
+def row(y):
+    return {"y": y}
+
 class Acc:
     def __init__(self):
         self.seen = []
@@ -60,12 +64,15 @@ pipeline p(marker: str, rounds: int = 6) {
     sink out = collect(ys) -> json("out/ys.json")
     sink calls = acc.history() -> json("out/calls.json")
     sink first = base -> json("out/base.json")
+    sink table = map m.row over ys -> parquet("out/ys")
 }
 '''
 
 
 def _outputs(root: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted((root / "out").iterdir())}
+    """Every file the sinks wrote (a dataset's parts too), with its bytes."""
+    out = root / "out"
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
 
 
 def _write(root: Path) -> Path:

@@ -50,6 +50,39 @@ BODIES = {
 }
 
 
+# The file sources and the format each reads (see runtime/datasets.py).
+FILE_FORMATS = {"read_text": "text", "read_jsonl": "jsonl", "read_parquet": "parquet", "read_csv": "csv"}
+
+
+def reads_columnar(graph: ir.IR, node: str) -> bool:
+    """Whether every reader of collection ``node`` takes a table (a ``map_batches ... as``
+    stage or a dataset sink), so its partitions stay columnar instead of becoming rows.
+    The one rule every backend applies, so the same bytes come out everywhere."""
+    readers = [graph.op(dst) for _, dst, kind in graph.graph.out_edges(node, data="kind") if kind == "data"]
+    return bool(readers) and all(isinstance(op, ir.Elementwise) and op.batch is not None or ir.is_dataset_sink(op)
+                                 for op in readers)
+
+
+def files_head(graph: ir.IR, node: str, op: ir.Source, ctx, listing: tuple | None) -> tuple[steps.ReadFiles, str]:
+    """The head of file source ``node`` on the pieces the driver listed (``listing``;
+    None in a plan made before running), and what it does in words: one partition per
+    piece, or ``partitions k`` groups of them. ``ctx`` gives the values of operands."""
+    pieces = listing[0] if listing is not None else ()
+    if op.partitions is not None:
+        k = ctx.partitions(node, op.partitions)
+    else:
+        k = len(pieces) if listing is not None else 1
+    options = []
+    for name, operand in op.kwargs.items():
+        value = ctx.value(operand)
+        options.append((name, tuple(value) if isinstance(value, list) else value))
+    head = steps.ReadFiles(node, FILE_FORMATS[op.kind], pieces, k, tuple(options), reads_columnar(graph, node))
+    files = len({f for f, _ in pieces})
+    what = (f"{op.kind}, part of {k} ({len(pieces)} pieces in {files} files)" if listing is not None
+            else f"{op.kind}, part of the pieces listed when the run starts")
+    return head, what
+
+
 def order_of(graph: ir.IR, node: str) -> str | None:
     """The canonical order of collection ``node``'s output: "key" (sorted by key),
     "element" (sorted), or None (partition order)."""
@@ -142,10 +175,14 @@ class Planner:
                 continue
             op = self.ir.op(item)
             reads = {src for _, src in op.inputs()}
-            if isinstance(op, GRAPH_OPS):
+            if isinstance(op, GRAPH_OPS) or ir.is_dataset_sink(op):
                 if any(src in open_nodes for src in _structural(op)) or reads & set(deferred):
                     flush()
                 open_nodes.append(item)
+                if ir.is_dataset_sink(op):
+                    # The tasks write the parts; right after the graph the driver stages
+                    # them for the commit.
+                    deferred.append(item)
             elif isinstance(op, (ir.Var, ir.Rebind)) and reads & set(open_nodes) and not reads & set(deferred):
                 deferred.append(item)  # binding a name moves no data: no need to wait here
             else:
@@ -174,7 +211,7 @@ class Planner:
 
     def _graph_step(self, nodes: list[str], loop: str | None) -> GraphStep:
         inside = set(nodes)
-        exports = frozenset(n for n in nodes if n in self.loop_reads or any(
+        exports = frozenset(n for n in nodes if n in self.loop_reads or ir.is_dataset_sink(self.ir.op(n)) or any(
             dst not in inside for _, dst, kind in self.ir.graph.out_edges(n, data="kind")
             if kind in ("data", "value")))
         fuse: dict[str, str] = {}
@@ -191,7 +228,7 @@ class Planner:
             if isinstance(consumer, ir.Elementwise) and consumer.pool is None:
                 if _compatible(op.options, consumer.options, chain=True):
                     fuse[n] = outs[0]
-            elif isinstance(consumer, TERMINALS):
+            elif isinstance(consumer, TERMINALS) or ir.is_dataset_sink(consumer):
                 if _compatible(op.options, getattr(consumer, "options", None), chain=False):
                     fuse[n] = outs[0]
         return GraphStep(next(self._numbers), nodes, exports, fuse, loop)
@@ -338,6 +375,20 @@ class StaticContext:
         except (LookupError, TypeError, ValueError, ArithmeticError):
             self.unknown.add(node)
             return 1
+
+    def listing(self, node: str, op: ir.Source) -> tuple | None:
+        """A file source's pieces and whether it names one file: not known before running
+        (a plan reads no files), so neither is its partition count without `partitions`."""
+        if op.partitions is None:
+            self.unknown.add(node)
+        return None
+
+    def staging(self, node: str, op: ir.Sink) -> str:
+        """Where a dataset sink's tasks write its parts (named by the run)."""
+        try:
+            return f"{self.value(op.path)} (staged beside it until the run succeeds)"
+        except LookupError:
+            return "the sink's staging folder"
 
     def pool_size(self, pool: str) -> int:
         try:
@@ -509,7 +560,7 @@ class StepLowering:
     # sources
 
     def _lower_source(self, node: str, op: ir.Source) -> None:
-        k = self.ctx.partitions(node, op.partitions)
+        k = self.ctx.partitions(node, op.partitions) if op.partitions is not None else 1
         retries, res = retries_of(op.options), resources_of(op.options)
         args = [Arg(a) for a in op.args]
         kwargs = {key: Arg(v) for key, v in op.kwargs.items()}
@@ -520,6 +571,11 @@ class StepLowering:
             self.parts[node] = [self._add(TaskSpec(part_key(key_of(node), i), node, f"part {i} of {k}",
                                                    "take_part",
                                                    (node, i, k, everything), retries, res)) for i in range(k)]
+            return
+        fmt = FILE_FORMATS.get(op.kind)
+        listing = self.ctx.listing(node, op) if fmt is not None else None
+        if fmt is not None and (fmt in ("parquet", "csv") or listing is not None and not listing[1]):
+            self._lower_files(node, op, fmt, listing)
             return
         chain = _Chain(None, [None] * k)
         if op.kind == "range":
@@ -540,6 +596,10 @@ class StepLowering:
             what = f"{op.fn.dotted} sharded, part of {k}"
         self._start(node, chain, what, op.options)
 
+    def _lower_files(self, node: str, op: ir.Source, fmt: str, listing: tuple | None) -> None:
+        head, what = files_head(self.ir, node, op, self.ctx, listing)
+        self._start(node, _Chain(head, [None] * head.k), what, op.options)
+
     # element-wise
 
     def _lower_elementwise(self, node: str, op: ir.Elementwise) -> None:
@@ -548,9 +608,10 @@ class StepLowering:
             return
         chain = self.chain_of(op.input.node)
         chain.stages.append(steps.Elementwise(node, op.kind, fn_ref(op.fn), self._bindings(op.bindings, chain),
-                                              policy_of(op.options)))
+                                              policy_of(op.options), batch=op.batch,
+                                              columnar=op.batch is not None and reads_columnar(self.ir, node)))
         chain.names.append(node)
-        chain.labels.append(f"{op.kind} {op.fn.dotted}")
+        chain.labels.append(f"{op.kind} {op.fn.dotted}" + (f" as {op.batch}" if op.batch else ""))
         chain.options.append(op.options)
         self._continue(node, chain)
 
@@ -559,13 +620,15 @@ class StepLowering:
         size = self.ctx.pool_size(pool)
         chain = _Chain(None, [])  # only for its slots
         step = steps.Elementwise(node, op.kind, None, self._bindings(op.bindings, chain), policy_of(op.options),
-                                 pool=pool, method=op.method)
+                                 pool=pool, method=op.method, batch=op.batch,
+                                 columnar=op.batch is not None and reads_columnar(self.ir, node))
         out = []
         for i, base in enumerate(self.parts_of(op.input.node)):
             m = i % size
             member = Ref(f"{key_of(pool)}-member-{m}", pool, m)
             out.append(self._add(TaskSpec(
-                part_key(key_of(node), i), node, f"{op.kind} {pool}.{op.method} on pool member {m}",
+                part_key(key_of(node), i), node,
+                f"{op.kind} {pool}.{op.method}{f' as {op.batch}' if op.batch else ''} on pool member {m}",
                 "pool",
                 (step, i, Seq(pool, m, i // size), m, member, base, *chain.refs),
                 retries_of(op.options), resources_of(op.options), member=(pool, m))))
@@ -611,6 +674,15 @@ class StepLowering:
                                key_of(node))
         self.values[node] = self._add(TaskSpec(key_of(node), node, "top n of the candidates", "finish",
                                                (steps.TopMerge(node, n, by, order), *cands)))
+
+    def _lower_sink(self, node: str, op: ir.Sink) -> None:
+        """A dataset sink: every partition written as a part file by its task (fused onto
+        the chain that makes it), then the names of the parts, for the driver's commit."""
+        staging = self.ctx.staging(node, op)
+        parts = self._partials(node, op.input.node, steps.WritePart(node, op.format, staging),
+                               f"write a {op.format} part into {staging}", None, key_of(node))
+        self.values[node] = self._add(TaskSpec(key_of(node), node, "the parts written, in partition order",
+                                               "finish", (steps.Written(node), *parts)))
 
     # shuffles: a split per input partition, a merge per output partition
 

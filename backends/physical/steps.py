@@ -122,6 +122,23 @@ class ReadJsonl:
 
 
 @dataclass(frozen=True)
+class ReadFiles:
+    """Partition i of a file source: the contiguous run of ``pieces`` that is group i of
+    ``k`` (see :mod:`pipec.backends.runtime.datasets`). A piece is ``(file URL, row group
+    or None)``, listed by the driver from metadata only. ``format`` is ``text``,
+    ``jsonl``, ``parquet`` or ``csv``; ``options`` are the reader's ``(name, value)``
+    pairs (``columns``, ``header``, ``delimiter``). A table (Parquet, CSV) stays a table
+    when ``columnar`` (every reader of it takes one), else it becomes rows (dicts)."""
+
+    node: str
+    format: str
+    pieces: tuple
+    k: int
+    options: tuple = ()
+    columnar: bool = False
+
+
+@dataclass(frozen=True)
 class Sharded:
     """A callable source called once per partition, on the worker, with ``partition=i``
     and ``partitions=k``."""
@@ -149,7 +166,7 @@ class Merge:
     policy: Policy = Policy()
 
 
-Head = Input | RangeSlice | ReadText | ReadJsonl | Sharded | Merge
+Head = Input | RangeSlice | ReadText | ReadJsonl | ReadFiles | Sharded | Merge
 
 
 # ---- element-wise steps ----------------------------------------------------------------------------
@@ -159,7 +176,8 @@ Head = Input | RangeSlice | ReadText | ReadJsonl | Sharded | Merge
 class Elementwise:
     """``map``, ``flat_map``, ``filter``, ``map_batches`` or ``map_values`` of one stage.
     ``fn`` is None for a stage served by an actor pool (the engine supplies the member's
-    bound method)."""
+    bound method). ``batch`` is the form a ``map_batches ... as`` stage hands over
+    (``pandas``, ``arrow``, ``numpy``); its output stays a table when ``columnar``."""
 
     node: str
     kind: str
@@ -168,6 +186,8 @@ class Elementwise:
     policy: Policy = Policy()
     pool: str | None = None
     method: str | None = None
+    batch: str | None = None
+    columnar: bool = False
 
     @property
     def callee(self) -> str:
@@ -225,7 +245,17 @@ class Branches:
     keep: bool = False
 
 
-Terminal = Fold | Count | TopPartial | Split | Branches
+@dataclass(frozen=True)
+class WritePart:
+    """A dataset sink's part: the partition written as one ``format`` file (``parquet``,
+    ``csv``) into the sink's ``staging`` folder; gives the part's name (None: empty)."""
+
+    node: str
+    format: str
+    staging: str
+
+
+Terminal = Fold | Count | TopPartial | Split | Branches | WritePart
 
 
 @dataclass(frozen=True)
@@ -271,7 +301,14 @@ class TopMerge:
     order: str | None
 
 
-Finisher = Combine | CountTotal | TopMerge
+@dataclass(frozen=True)
+class Written:
+    """The part files a dataset sink's tasks wrote, in partition order (empty ones left out)."""
+
+    node: str
+
+
+Finisher = Combine | CountTotal | TopMerge | Written
 
 
 def outputs_of(terminal: Terminal | None) -> int:

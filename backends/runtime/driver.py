@@ -17,11 +17,12 @@ from typing import Any
 
 from pipec.compiler import ir
 from pipec.compiler.schedule import Block, blocks
-from pipec.backends.physical.planner import Arg, DriverStep, GraphStep, LoopStep, Planner, Ref, Rounds, order_of
+from pipec.backends.physical.planner import (FILE_FORMATS, Arg, DriverStep, GraphStep, LoopStep, Planner, Ref,
+                                             Rounds, order_of)
 from pipec.dsl.diagnostics import PipelineRuntimeError, UsageError
 from pipec.dsl.source import SourceFile, Span
 from pipec.backends.base import NoProgress, Progress, RunResult
-from pipec.backends.runtime import preflight, semantics, sources, storage
+from pipec.backends.runtime import datasets, preflight, semantics, sources, storage
 from pipec.backends.runtime import resume as resuming
 from pipec.backends.runtime.interpreter import StageFailure
 from pipec.backends.runtime.actors import SKIPPED, ReplayLog, last_snapshot
@@ -94,11 +95,57 @@ class Driver:
     def preflight(self) -> None:
         """Before anything is computed: every file source exists, every sink and a run
         folder on storage can be written (see preflight.py); else a PreflightError at the
-        source or sink. Done once: a backend calls it before starting its engine (a bad
-        bucket should not cost a cluster start), and ``run`` calls it for the others."""
+        source or sink; the optional packages the formats need are installed. Done once: a
+        backend calls it before starting its engine (a bad bucket should not cost a cluster
+        start), and ``run`` calls it for the others."""
         if not self._preflown:
+            self.check_extras()
             preflight.check(self.ir, self.params, self.run_dir, self.source_file())
             self._preflown = True
+
+    def check_extras(self) -> None:
+        """Before anything runs: the optional packages the pipeline's formats need are
+        installed, or a usage error names the extra that brings them."""
+        needs = set()
+        for node, op in self.ir.items():
+            if isinstance(op, ir.Source) and op.kind in ("read_parquet", "read_csv") or ir.is_dataset_sink(op):
+                needs |= {("pyarrow", "parquet"), ("fsspec", "parquet")}
+            if isinstance(op, ir.Elementwise) and op.batch is not None:
+                needs.add(("pyarrow", "parquet"))
+                if op.batch == "pandas":
+                    needs.add(("pandas", "pandas"))
+        for package, extra in sorted(needs):
+            try:
+                datasets.require(package, extra)
+            except datasets.MissingExtra as exc:
+                raise UsageError(str(exc), f"install it with `pip install 'pipec[{extra}]'`") from None
+
+    def list_source(self, node: str, op: ir.Source) -> tuple:
+        """The pieces of file source ``node`` and whether its path names one file (the
+        driver reads metadata only: listings and Parquet footers). A missing path, a
+        corrupt file or files that differ are errors at the source's line."""
+        path = self.value(op.args[0])
+        columns = self.value(op.kwargs["columns"]) if "columns" in op.kwargs else None
+        try:
+            return datasets.list_pieces(FILE_FORMATS[op.kind], path, columns)
+        except datasets.MissingExtra as exc:
+            raise UsageError(str(exc), f"install it with `pip install 'pipec[{exc.extra}]'`") from None
+        except FileNotFoundError as exc:
+            raise self.error(node, f"cannot read {path}: {exc.strerror or exc}", op.span,
+                             "a source reads a file, a folder or a glob (`data/*.parquet`); relative paths "
+                             "start where pipec runs") from None
+        except OSError as exc:
+            raise self.cannot_read(node, op, path, exc) from None
+        except ValueError as exc:
+            raise self.error(node, str(exc), op.span) from None
+
+    def stage_dataset(self, node: str, op: ir.Sink) -> str:
+        """The staging folder dataset sink ``node``'s tasks write into (see StagedSinks)."""
+        path = self.value(op.path)
+        try:
+            return self.sinks.stage_dataset(path)
+        except OSError as exc:
+            raise self.error(node, f"cannot write {path}: {exc.strerror or exc}", op.span) from None
 
     def commit_sinks(self) -> None:
         """The run succeeded: every sink it staged becomes its file, together."""
@@ -350,6 +397,8 @@ class Driver:
             raise self.user_error(node, exc, op.span) from None
 
     def op_sink(self, node: str, op: ir.Sink):
+        if ir.is_dataset_sink(op):
+            return self.sink_dataset(node, op)
         src = op.input.node
         is_collection = self.ir.op(src).node_shape == ir.COLLECTION
         value = self.materialize(self.env[src])
@@ -367,6 +416,14 @@ class Driver:
             raise self.error(node, f"cannot write {path}: {exc.strerror or exc}", op.span) from None
         self.result.files[node] = str(written)
         return str(written)
+
+    def sink_dataset(self, node: str, op: ir.Sink) -> str:
+        """A dataset sink after its tasks wrote the parts (a planned backend's graph did,
+        its value being their names): the parts are staged for the commit at the end."""
+        names = self.materialize(self.env[node])
+        path = self.value(op.path)
+        self.result.files[node] = self.sinks.dataset_written(path, names)
+        return path
 
     def order_of(self, node: str) -> str | None:
         """The canonical order of a collection's output (None: partition order)."""
@@ -560,6 +617,15 @@ class LiveContext:
 
     def __init__(self, driver: "PlannedDriver"):
         self.driver = driver
+
+    def value(self, operand):
+        return self.driver.value(operand)
+
+    def listing(self, node: str, op: ir.Source) -> tuple:
+        return self.driver.list_source(node, op)
+
+    def staging(self, node: str, op: ir.Sink) -> str:
+        return self.driver.stage_dataset(node, op)
 
     def partitions(self, node: str, operand) -> int:
         k = self.driver.value(operand)

@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any, Callable, Protocol, Sequence
 
 from pipec.backends.physical import steps as s
-from pipec.backends.runtime import semantics, sources
+from pipec.backends.runtime import batches, datasets, semantics, sources
 from pipec.backends.runtime.tasks import apply_elementwise, resolve, run_with_timeout, user_frame
 
 
@@ -169,10 +169,19 @@ def _head_jsonl(head: s.ReadJsonl, items, partition: int, slots: Slots):
 def _reading(node: str, path: str, body: Callable[[], list]) -> list:
     try:
         return body()
+    except datasets.MissingExtra as exc:
+        raise StageFailure(node, None, "plain", str(exc)) from None
     except OSError as exc:
         raise StageFailure(node, None, "plain", f"cannot read {path}: {exc.strerror or exc}") from None
     except ValueError as exc:
         raise StageFailure(node, None, "plain", str(exc)) from None
+
+
+def _head_files(head: s.ReadFiles, items, partition: int, slots: Slots):
+    mine = datasets.group_of(head.pieces, head.k, partition)
+    where = mine[0][0] if mine else (head.pieces[0][0] if head.pieces else head.node)
+    data = _reading(head.node, where, lambda: datasets.read_pieces(head.format, mine, dict(head.options), head.pieces))
+    return data if head.columnar else batches.rows(data)
 
 
 def _head_sharded(head: s.Sharded, items, partition: int, slots: Slots):
@@ -199,7 +208,7 @@ def _head_merge(head: s.Merge, items, partition: int, slots: Slots):
 
 
 _HEADS = {s.Input: _head_input, s.RangeSlice: _head_range, s.ReadText: _head_text, s.ReadJsonl: _head_jsonl,
-          s.Sharded: _head_sharded, s.Merge: _head_merge}
+          s.ReadFiles: _head_files, s.Sharded: _head_sharded, s.Merge: _head_merge}
 
 
 # ---- element-wise ----------------------------------------------------------------------------------
@@ -242,15 +251,25 @@ def run_elementwise(step: s.Elementwise, items, partition: int, slots: Slots = N
         fn = resolve(step.fn.module, step.fn.attr)
     if isinstance(items, range) and (step.kind == "map_batches" or step.bindings or step.kind == "map_values"):
         items = list(items)
+    if step.batch is not None:
+        items = _plain(step.node, partition, lambda: batches.to_batch(items, step.batch))
+    else:
+        items = batches.rows(items)
     if bindings is None and _has_handles(step):
         # Each try binds afresh: its calls through handles are numbered from 0 again, so
         # a retry sends the keys of the first try and nothing is applied twice.
-        return attempt(step.node, partition, step.policy,
-                       lambda: apply_elementwise(step.kind, fn, items, bind(step, slots, partition), partition))
-    if bindings is None:
-        bindings = bind(step, slots, partition)
-    return attempt(step.node, partition, step.policy,
-                   lambda: apply_elementwise(step.kind, fn, items, bindings, partition))
+        out = attempt(step.node, partition, step.policy,
+                      lambda: apply_elementwise(step.kind, fn, items, bind(step, slots, partition), partition,
+                                                step.batch))
+    else:
+        if bindings is None:
+            bindings = bind(step, slots, partition)
+        out = attempt(step.node, partition, step.policy,
+                      lambda: apply_elementwise(step.kind, fn, items, bindings, partition, step.batch))
+    if step.batch is not None:
+        out = _plain(step.node, partition, lambda: batches.from_batch(out, step.batch))
+        return out if step.columnar else batches.rows(out)
+    return out
 
 
 # ---- terminals ---------------------------------------------------------------------------------------
@@ -280,6 +299,14 @@ def _split(step: s.Split, items, partition: int, slots: Slots) -> list[list]:
     return _plain(step.node, partition, lambda: semantics.shuffle_split(items, step.k, step.how))
 
 
+def _write(step: s.WritePart, items, partition: int, slots: Slots):
+    try:
+        return _plain(step.node, partition, lambda: datasets.write_part(items, step.format, step.staging, partition))
+    except OSError as exc:
+        raise StageFailure(step.node, partition, "plain", f"cannot write {step.format} part {partition}: "
+                                                          f"{exc.strerror or exc}") from None
+
+
 def _branches(step: s.Branches, items, partition: int, slots: Slots) -> list:
     outputs = [list(items)] if step.keep else []
     for chain, terminal in step.branches:
@@ -291,14 +318,18 @@ def _branches(step: s.Branches, items, partition: int, slots: Slots) -> list:
     return outputs
 
 
-_TERMINALS = {s.Fold: _fold, s.Count: _count, s.TopPartial: _top, s.Split: _split, s.Branches: _branches}
+_TERMINALS = {s.Fold: _fold, s.Count: _count, s.TopPartial: _top, s.Split: _split, s.Branches: _branches,
+              s.WritePart: _write}
 
 
 def run_terminal(terminal, items, partition: int, slots: Slots):
-    """The per-partition half of what reads the partition (see :mod:`steps`)."""
+    """The per-partition half of what reads the partition (see :mod:`steps`). Only a
+    dataset sink's part takes a table as it is; every other terminal reads rows."""
     handler = _TERMINALS.get(type(terminal))
     if handler is None:
         raise UnknownStep(f"no handler for terminal {type(terminal).__name__}")
+    if not isinstance(terminal, s.WritePart):
+        items = batches.rows(items)
     return handler(terminal, items, partition, slots)
 
 
@@ -315,7 +346,7 @@ def run_segment(segment: s.Segment, partition: int, items=None, slots: Slots = N
     for step in segment.steps:
         items = run_elementwise(step, items, partition, slots)
     if segment.terminal is None:
-        return items if isinstance(items, list) else list(items)
+        return items if isinstance(items, list) or batches.is_table(items) else list(items)
     return run_terminal(segment.terminal, items, partition, slots)
 
 
@@ -333,6 +364,8 @@ def run_finisher(step, partials: Sequence):
         return result
     if isinstance(step, s.CountTotal):
         return sum(partials)
+    if isinstance(step, s.Written):
+        return [name for name in partials if name is not None]
     if isinstance(step, s.TopMerge):
         by = resolve(step.by.module, step.by.attr) if step.by else None
         return attempt(step.node, None, s.Policy(), lambda: semantics.top_merge(list(partials), step.n, by, step.order))

@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from pipec.backends.runtime import storage
+from pipec.backends.runtime import datasets, storage
 from pipec.backends.runtime.semantics import render_sink
 from pipec.backends.runtime.storage import atomic_write
 
@@ -40,6 +40,25 @@ class StagedSinks:
     def __init__(self, run_dir: str | Path, run_id: str):
         self.run_dir, self.run_id = str(run_dir), run_id
         self.staged: dict[str, str] = {}  # target (as given) -> its staged file
+        # Dataset sinks (parquet, csv): target -> its staging folder, and the parts written
+        # there by the tasks (see datasets.py); committed with the files, in the same way.
+        self.datasets: dict[str, str] = {}
+        self.parts: dict[str, list[str]] = {}
+
+    def stage_dataset(self, path: str) -> str:
+        """The staging folder the tasks write dataset sink ``path``'s parts into: listed
+        in the manifest first, emptied, other runs' leftovers for ``path`` removed."""
+        staging = self.datasets.get(path) or datasets.staging_of(path, self.run_id)
+        if path not in self.datasets:
+            self.datasets[path] = staging
+            self._write_manifest()
+        datasets.prepare_staging(path, staging)
+        return staging
+
+    def dataset_written(self, path: str, names: list[str]) -> str:
+        """The tasks wrote the parts ``names`` of dataset sink ``path``: commit those."""
+        self.parts[path] = list(names)
+        return path
 
     def stage(self, value, fmt: str, path: str, is_collection: bool) -> str:
         """Render ``value`` and write it under the staged name of ``path`` (a sink written
@@ -62,6 +81,9 @@ class StagedSinks:
         for path, tmp in self.staged.items():
             storage.move(tmp, _target(path))
         self.staged.clear()
+        for path, staging in list(self.datasets.items()):
+            datasets.commit(staging, path, self.parts.get(path, []))
+            del self.datasets[path]
         storage.remove(storage.join(self.run_dir, MANIFEST))
 
     def abort(self) -> None:
@@ -69,6 +91,9 @@ class StagedSinks:
         for tmp in self.staged.values():
             storage.remove(tmp)
         self.staged.clear()
+        for staging in self.datasets.values():
+            datasets.remove(staging)
+        self.datasets.clear()
         storage.remove(storage.join(self.run_dir, MANIFEST))
 
     def clean_leftovers(self) -> None:
@@ -79,11 +104,15 @@ class StagedSinks:
         except (OSError, ValueError):
             return
         for tmp in listed:
-            storage.remove(tmp)
+            if tmp.endswith(datasets.STAGED_SUFFIX):
+                datasets.remove(tmp)
+            else:
+                storage.remove(tmp)
         storage.remove(manifest)
 
     def _write_manifest(self) -> None:
-        storage.atomic_write(storage.join(self.run_dir, MANIFEST), json.dumps(sorted(self.staged.values())))
+        listed = list(self.staged.values()) + list(self.datasets.values())
+        storage.atomic_write(storage.join(self.run_dir, MANIFEST), json.dumps(sorted(listed)))
 
 
 def _target(path: str) -> str:

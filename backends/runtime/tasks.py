@@ -40,8 +40,11 @@ def _accepts_partition(fn: Callable) -> bool:
     return "partition" in params
 
 
-def apply_elementwise(kind: str, fn: Callable, items: list, bindings: dict[str, Any], partition: int) -> list:
-    """One partition of ``map``/``flat_map``/``filter``/``map_batches``/``map_values``."""
+def apply_elementwise(kind: str, fn: Callable, items: list, bindings: dict[str, Any], partition: int,
+                      batch: str | None = None) -> list:
+    """One partition of ``map``/``flat_map``/``filter``/``map_batches``/``map_values``.
+    With ``batch`` (``map_batches ... as pandas``) ``items`` is that batch already and
+    ``fn``'s result is returned as it is (see :mod:`.batches`)."""
     # Without bindings, the builtins' C loops call ``fn`` in the same order, faster.
     if kind == "map":
         return list(map(fn, items)) if not bindings else [fn(x, **bindings) for x in items]
@@ -69,6 +72,8 @@ def apply_elementwise(kind: str, fn: Callable, items: list, bindings: dict[str, 
     if kind == "map_batches":
         extra = {"partition": partition} if _accepts_partition(fn) else {}
         result = fn(items, **bindings, **extra)
+        if batch is not None:
+            return result
         return list(result) if result is not None else []
     raise ValueError(f"unknown elementwise kind {kind!r}")
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from pipec.backends.physical import steps as s
+from pipec.backends.runtime import batches
 from pipec.backends.runtime.interpreter import Given, StageFailure, run_segment
 from pipec.backends.runtime.tasks import pipec_folders, resolve
 
@@ -84,7 +85,11 @@ class Pass:
         return failures
 
     def _run(self, index: int, records: list, keyed: bool):
-        items = [v for _, v in records] if keyed else records
+        # A columnar partition (a pyarrow Table) travels as one record.
+        if not keyed and len(records) == 1 and batches.is_table(records[0]):
+            items = records[0]
+        else:
+            items = [v for _, v in records] if keyed else records
         slots = Given([None if b is None else b.value for b in self.slots], members=self._member)
         return run_segment(self.segment, index, items, slots)
 
@@ -92,7 +97,7 @@ class Pass:
         terminal = self.segment.terminal
         if isinstance(terminal, s.Split):
             return [(j, (self.tag, index, bucket)) for j, bucket in enumerate(result) if bucket]
-        return [result] if terminal is not None else result
+        return [result] if terminal is not None or batches.is_table(result) else result
 
     def _member(self, node: str, method: str) -> Callable:
         """The bound ``method`` of this worker process's member of pool ``node``."""

@@ -39,6 +39,10 @@ BUILTINS = {
     "range": "`range(n)`: the integers 0..n-1 as a source, cut into contiguous blocks",
     "read_text": "`read_text(path)`: the lines of a text file, a folder or a glob (any fsspec URL)",
     "read_jsonl": "`read_jsonl(path)`: one JSON object per line, as dicts",
+    "read_parquet": "`read_parquet(path, columns = [...])`: a Parquet file, folder or glob; rows as dicts, "
+                    "a partition per file or row group",
+    "read_csv": "`read_csv(path, header = true, delimiter = \",\", columns = [...])`: CSV files, types inferred; "
+                "rows as dicts",
     "collect": "`collect(xs)`: the whole collection as one Python list (a value)",
     "count": "`count(xs)`: the number of elements (a value)",
     "top": "`top(xs, n, by = f)`: the n largest elements by key function f (a value)",
@@ -85,6 +89,8 @@ SINK_FORMATS = {
     "json": "`-> json(\"out.json\")`: one JSON document (numpy arrays as lists, keys sorted)",
     "jsonl": "`-> jsonl(\"out.jsonl\")`: one JSON line per element",
     "text": "`-> text(\"out.txt\")`: one line per element",
+    "parquet": "`-> parquet(\"out/scores\")`: a dataset folder, a part file per partition, `_SUCCESS` last",
+    "csv": "`-> csv(\"out/scores\")`: a dataset folder, a part file per partition, `_SUCCESS` last",
 }
 
 PARAM_TYPES = {"int": "an integer parameter", "float": "a floating-point parameter",
