@@ -20,6 +20,7 @@ import pytest
 
 from pipec import load
 from pipec.backends.runtime import datasets
+from pipec.backends.runtime.preflight import PreflightError
 from pipec.dsl.diagnostics import CompileError, PipelineRuntimeError
 from pipec.dsl.format import format_source
 from pipec.dsl.source import SourceFile
@@ -170,9 +171,10 @@ def test_missing_source_path_is_located(backend, tmp_path, monkeypatch):
     path = _pipe(tmp_path, """
     source rows = read_parquet("no/such/folder")
     sink out = rows -> parquet("out/x")""")
-    with pytest.raises(PipelineRuntimeError) as err:
+    # refused by the pre-flight, before any engine work, at the source's line
+    with pytest.raises(PreflightError) as err:
         load(path).run(backend=backend, **engine_options(backend))
-    assert "cannot read no/such/folder: No such file or directory" in str(err.value)
+    assert "`read_parquet`: no such file: no/such/folder" in str(err.value)
     assert (err.value.span.line, err.value.span.column) == (5, 5)
     assert not (tmp_path / "out").exists()
 
