@@ -20,6 +20,7 @@ import pytest
 from pipec import load
 from pipec.dsl.diagnostics import PipelineRuntimeError, UnsupportedOnBackend
 from pipec.backends import backend_class
+from pipec.backends.runtime.preflight import PreflightError
 from pipec.compiler.capabilities import FEATURES, features_used
 from tests.engines import BACKENDS, engine_options
 
@@ -360,9 +361,9 @@ def test_missing_text_file_is_reported_at_its_source(backend, tmp_path, monkeypa
     case = Case("""
         source lines = read_text("missing.txt") partitions 3
         sink out = collect(lines) -> json("out/out.json")""")
-    with pytest.raises(PipelineRuntimeError) as err:
+    with pytest.raises(PreflightError) as err:  # before any engine work
         _run_case(tmp_path, monkeypatch, backend, "missing_file", case)
-    assert "missing.txt: No such file or directory" in str(err.value)
+    assert "`read_text`: no such file: missing.txt" in str(err.value)
     assert err.value.span.line == 5  # the `source` line, under the `use` and `pipeline` lines
     assert not (tmp_path / backend / "out").exists()
 
