@@ -201,15 +201,16 @@ class RayDriver(PlannedDriver):
 
     def _checkpoint_handle_actors(self, step: GraphStep) -> None:
         """Snapshot every actor the graph's stages called through handles: those calls are
-        in no replay log, so a later restart must find them in the snapshot. An actor lost
-        before it saved lost them with it: the graph runs again."""
+        in no replay log, so a later restart, or a resumed run, must find them in the
+        snapshot. An actor lost before it saved lost them with it: the graph runs again."""
         for actor in sorted({a for node in step.nodes for a in self.planner.handles(node)}):
-            if actor in self.actors and self.ir.op(actor).restarts > 0:
+            if actor in self.actors:
                 try:
                     self.ray.get(self.actors[actor].checkpoint.remote())
                 except self.ray.exceptions.RayActorError as exc:
                     stage = next(n for n in step.nodes if actor in self.planner.handles(n))
                     raise _HandleActorLost(ActorLost(stage, None, actor, type(exc).__name__)) from None
+                self.logs[actor].checkpointed()
 
     def _restore_for_stage(self, lost: ActorLost, restores: int) -> None:
         """Bring back the actor a stage lost (see run_graph); errors name the stage."""
@@ -451,9 +452,10 @@ class RayDriver(PlannedDriver):
                                   {k: self.value(v) for k, v in op.kwargs.items()})
 
     def _create_actor(self, node: str, op: ir.Actor, args: list, kwargs: dict):
-        # A restartable actor always has a snapshot file: periodic checkpoints go there,
-        # and so do the snapshots taken after stages that call it through handles.
-        snapshot = self.snapshot_path(node) if op.checkpoint_every or op.restarts > 0 else None
+        # Every actor has a snapshot file: periodic checkpoints go there, and so do the
+        # snapshots taken after graphs that call it through handles (what a restart, and
+        # a resumed run, restore those calls from).
+        snapshot = self.snapshot_path(node)
         name = f"pipec.{self.ir.info.name}.{node}.{self.run_id}"
         handle = self.fns.actor.options(**_actor_options(op, name)).remote(
             self.paths, node, op.cls.module, op.cls.attr, args, kwargs, op.checkpoint_every, snapshot)

@@ -94,7 +94,7 @@ class ActorHost:
         graph-level calls). False when the actor has nowhere to save."""
         if self.snapshot_path is None:
             return False
-        ActorHost.save(self)
+        self.save()  # a VersionedHost keeps it under its number too: a record may name it
         return True
 
     def state(self):
@@ -108,6 +108,9 @@ class ReplayLog:
     checkpoint_every: int | None
     entries: list[tuple[int, str, list, dict]] = field(default_factory=list)
     next_seq: int = 0
+    # The number of the newest snapshot (it holds calls 0 .. snapshot), None before the
+    # first: a resume record names it, and replays the entries after it.
+    snapshot: int | None = None
 
     def record(self, method: str, args: list, kwargs: dict) -> int:
         seq = self.next_seq
@@ -118,7 +121,15 @@ class ReplayLog:
     def confirm(self, seq: int) -> None:
         """Call ``seq`` returned: drop entries a snapshot now covers."""
         if self.checkpoint_every and (seq + 1) % self.checkpoint_every == 0:
+            self.snapshot = seq
             self.entries = [e for e in self.entries if e[0] > seq]
+
+    def checkpointed(self) -> None:
+        """The actor saved a snapshot holding every call made so far (the driver asks for
+        one after a graph whose stages called it through handles): those calls are in no
+        log, so a record must name this snapshot, numbered by the last call applied."""
+        self.snapshot = self.next_seq - 1
+        self.entries = [e for e in self.entries if e[0] > self.snapshot]
 
     def since(self, applied: int) -> list[tuple[int, str, list, dict]]:
         return [e for e in self.entries if e[0] > applied]

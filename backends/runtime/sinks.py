@@ -105,6 +105,8 @@ class StagedSinks:
             return
         for tmp in listed:
             Path(tmp).unlink(missing_ok=True)
+            for partial in Path(tmp).parent.glob(f".{Path(tmp).name}.*.tmp"):  # killed inside atomic_write
+                partial.unlink(missing_ok=True)
         manifest.unlink(missing_ok=True)
 
     def _write_manifest(self) -> None:
