@@ -158,12 +158,13 @@ class Outcome:
 class Folder:
     """A fresh folder for one run: the pipeline, its module, out/ and the run folder."""
 
-    def __init__(self, base: Path, engine: str, name: str):
+    def __init__(self, base: Path, engine: str, name: str, rounds: int = ROUNDS):
+        self.engine, self.rounds = engine, rounds
         self.path = base / name
         shutil.rmtree(self.path, ignore_errors=True)
         self.path.mkdir(parents=True)
         (self.path / "fault_ledger.py").write_text(MODULE)
-        (self.path / "faults.pipe").write_text(pipeline_text(engine))
+        (self.path / "faults.pipe").write_text(pipeline_text(engine, rounds))
         self.run_dir = self.path / "run"
         self.ledger, self.beacons = self.path / "ledger.log", self.path / "beacons.log"
 
@@ -183,19 +184,12 @@ class Folder:
                       if p.is_file() and (p.name.endswith(".tmp") or ".pipec-staged-" in p.name))
 
 
-def reference(base: Path, engine: str) -> dict[str, bytes]:
-    """The sinks of a fault-free run on the reference backend (in this process)."""
-    from pipec import load
-    folder = Folder(base, engine, f"reference-{engine}")
-    cwd = os.getcwd()
-    sys.path.insert(0, str(folder.path))
-    try:
-        os.chdir(folder.path)
-        load(folder.path / "faults.pipe").run(backend="local", run_dir=str(folder.run_dir))
-    finally:
-        os.chdir(cwd)
-        sys.path.remove(str(folder.path))
-        sys.modules.pop("fault_ledger", None)
+def reference(base: Path, engine: str, rounds: int = ROUNDS) -> dict[str, bytes]:
+    """The sinks of a fault-free run of ``engine``'s pipeline on the reference backend."""
+    folder = Folder(base, engine, f"reference-{engine}", rounds)
+    proc = _pipec(folder, "local", ["--run-dir", str(folder.run_dir)])
+    if proc.wait() != 0:
+        raise SystemExit(f"the reference run failed: {_last_error(folder)}")
     return folder.sinks()
 
 
@@ -252,8 +246,8 @@ class Injector(threading.Thread):
     def __init__(self, folder: Folder, engine: str, site: str, driver: subprocess.Popen, rng: random.Random):
         super().__init__(daemon=True)
         self.folder, self.engine, self.site, self.driver = folder, engine, site, driver
-        items = ROUNDS * ITEMS
-        applications = expected_keys(engine)
+        items = folder.rounds * ITEMS
+        applications = expected_keys(engine, folder.rounds)
         # The seeded point: the k-th stage item or ledger application, never the very last.
         self.k = {"stage": rng.randint(2, items - 2), "handle": rng.randint(2, items - 2),
                   "actor": rng.randint(1, applications - 2), "driver": rng.randint(1, applications - 2)}.get(site, 0)
@@ -301,14 +295,15 @@ class Injector(threading.Thread):
         return int(ledger[-1].split()[0]) if self.site == "actor" else self.driver.pid
 
 
-def run_case(base: Path, engine: str, site: str, seed: int, expected: dict[str, bytes],
-             timeout: float, clean_seconds: float | None = None) -> Outcome:
+def run_case(base: Path, engine: str, site: str | None, seed: int, expected: dict[str, bytes],
+             timeout: float, clean_seconds: float | None = None, rounds: int = ROUNDS) -> Outcome:
     """One run of ``engine`` with ``site`` killed at the point seed ``seed`` draws
-    (``site`` None: a fault-free run). Never raises for what the run does."""
+    (``site`` None: a fault-free run), judged against ``expected`` (see ``reference``,
+    with the same ``rounds``). Never raises for what the run does."""
     reason = not_applicable(engine, site) if site else None
     if reason:
         return Outcome(engine, site, seed, "n/a", detail=reason)
-    folder = Folder(base, engine, f"{engine}-{site or 'clean'}-{seed}")
+    folder = Folder(base, engine, f"{engine}-{site or 'clean'}-{seed}", rounds)
     start = time.monotonic()
     deadline = start + timeout
     driver = _pipec(folder, engine, ["--run-dir", str(folder.run_dir)])
@@ -341,7 +336,7 @@ def run_case(base: Path, engine: str, site: str, seed: int, expected: dict[str, 
         outcome.verdict = "wrong"
         outcome.detail = f"exit {code}: {_last_error(folder)}"
     elif outcome.verdict == "correct":
-        outcome.verdict, outcome.detail = _judge(folder, engine, expected)
+        outcome.verdict, outcome.detail = _judge(folder, expected)
     if killed:
         outcome.detail = (killed + "; " + outcome.detail).strip("; ")
     return _finish(outcome, folder, start, clean_seconds)
@@ -355,15 +350,16 @@ def _finish(outcome: Outcome, folder: Folder, start: float, clean_seconds: float
     return outcome
 
 
-def _judge(folder: Folder, engine: str, expected: dict[str, bytes]) -> tuple[str, str]:
+def _judge(folder: Folder, expected: dict[str, bytes]) -> tuple[str, str]:
     got = folder.sinks()
     state = json.loads(got.get("state.json", b"[]"))
     keys = [json.dumps(k) for k in state]
     twice = sorted({k for k in keys if keys.count(k) > 1})
     if twice:
         return "wrong", f"applied twice: {', '.join(twice[:3])}"
-    if len(keys) != expected_keys(engine):
-        return "wrong", f"{len(keys)} keys in the final state, not {expected_keys(engine)}"
+    want = expected_keys(folder.engine, folder.rounds)
+    if len(keys) != want:
+        return "wrong", f"{len(keys)} keys in the final state, not {want}"
     differ = sorted(name for name in set(got) | set(expected) if got.get(name) != expected.get(name))
     if differ:
         return "wrong", f"differs from the fault-free run: {', '.join(differ)}"
@@ -402,8 +398,10 @@ def sweep(engines, sites, runs: int, seed: int, timeout: float, base: Path, repo
     """``runs`` seeded runs per engine and site, after two fault-free runs per engine
     (their median wall time is what recovery time is measured against)."""
     outcomes = []
+    references: dict[str, dict[str, bytes]] = {}
     for engine in engines:
-        expected = reference(base, engine)
+        text = pipeline_text(engine)  # Dask's and Ray's are the same
+        expected = references.get(text) or references.setdefault(text, reference(base, engine))
         clean = [run_case(base, engine, None, i, expected, timeout) for i in range(2)]
         for c in clean:
             report(f"{engine:6} clean   {c.verdict:8} {c.seconds:6.1f} s {c.detail}")
