@@ -181,10 +181,9 @@ class RayDriver(PlannedDriver):
                 break
             except _HandleActorLost as lost:
                 # The actor restarts from the snapshot taken before this graph (Ray runs
-                # its constructor again); the calls its snapshot lacks are replayed, and
-                # the graph runs again: the calls of the lost attempt died with the
-                # actor's state, and those that reached it already are answered from its
-                # keyed table, so each is applied once.
+                # its constructor again), the graph-level calls its snapshot lacks are
+                # replayed, and the graph runs again: the handle calls of the lost attempt
+                # died with the old process's state, so the re-run applies each once.
                 restores += 1
                 self._restore_for_stage(lost.args[0], restores)
             except _MemberLost as lost:
@@ -206,10 +205,13 @@ class RayDriver(PlannedDriver):
         for actor in sorted({a for node in step.nodes for a in self.planner.handles(node)}):
             if actor in self.actors:
                 try:
-                    self.ray.get(self.actors[actor].checkpoint.remote())
+                    saved = self.ray.get(self.actors[actor].checkpoint.remote())
+                    lost = "restarted since the stage ran" if isinstance(saved, Gap) else None
                 except self.ray.exceptions.RayActorError as exc:
+                    lost = type(exc).__name__
+                if lost is not None:
                     stage = next(n for n in step.nodes if actor in self.planner.handles(n))
-                    raise _HandleActorLost(ActorLost(stage, None, actor, type(exc).__name__)) from None
+                    raise _HandleActorLost(ActorLost(stage, None, actor, lost))
                 self.logs[actor].checkpointed()
 
     def _restore_for_stage(self, lost: ActorLost, restores: int) -> None:

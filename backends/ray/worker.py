@@ -189,10 +189,14 @@ class ActorServer:
         import os
         return os.getpid()
 
-    def checkpoint(self) -> bool:
-        """A snapshot now (after a graph whose stages called this actor through handles)."""
+    def checkpoint(self):
+        """A snapshot now (after a graph whose stages called this actor through handles);
+        a Gap instead when Ray restarted this actor since: the graph's calls died with the
+        old process (even if no task noticed), so saving now would lose them."""
         if self.failed is not None:
             raise self.failed
+        if self.recovering:
+            return Gap(self.host.applied)
         return self.host.checkpoint()
 
     def applied(self) -> int:
