@@ -42,6 +42,11 @@ class ActorHost:
         # same keys, and gets the recorded answers without applying them twice.
         self.keyed: dict[tuple, Any] = {}
         self._latest: dict[str, tuple] = {}  # stage -> the newest round that called it
+        if self.snapshot_path is not None:
+            # A host killed while it saved left the temporary file of that save: only one
+            # host of this actor lives at a time, so any such file is a leftover.
+            for partial in self.snapshot_path.parent.glob(f".{self.snapshot_path.stem}.*.tmp"):
+                partial.unlink(missing_ok=True)
         if self.snapshot_path is not None and self.snapshot_path.exists():
             state = pickle.loads(self.snapshot_path.read_bytes())
             self.obj, self.applied = state[0], state[1]

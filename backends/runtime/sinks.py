@@ -102,12 +102,11 @@ class StagedSinks:
         try:
             listed = json.loads(manifest.read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            return
-        for tmp in listed:
+            listed = []  # none, or killed while the manifest itself was written
+        for tmp in [*listed, str(manifest)]:
             Path(tmp).unlink(missing_ok=True)
             for partial in Path(tmp).parent.glob(f".{Path(tmp).name}.*.tmp"):  # killed inside atomic_write
                 partial.unlink(missing_ok=True)
-        manifest.unlink(missing_ok=True)
 
     def _write_manifest(self) -> None:
         atomic_write(self.run_dir / MANIFEST, json.dumps(sorted(str(p) for p in self.staged.values())))
