@@ -481,11 +481,20 @@ class RayDriver(PlannedDriver):
         return members
 
     def _alive(self, handle) -> bool:
-        try:
-            self.ray.get(handle.__ray_ready__.remote(), timeout=ACTOR_RESTART_WAIT)
-            return True
-        except Exception:
-            return False
+        """Whether the actor answers, waiting while Ray restarts it (a call to a restarting
+        actor fails at once with ActorUnavailableError: that means "not yet")."""
+        ray = self.ray
+        deadline = time.monotonic() + ACTOR_RESTART_WAIT
+        while True:
+            try:
+                ray.get(handle.__ray_ready__.remote(), timeout=max(0.1, deadline - time.monotonic()))
+                return True
+            except ray.exceptions.ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.05)
+            except Exception:
+                return False
 
     def op_actor_call(self, node: str, op: ir.ActorCall):
         self.call_op, self.call_ref = op, None
