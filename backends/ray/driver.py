@@ -401,8 +401,10 @@ class RayDriver(PlannedDriver):
 
     def task_error(self, exc: BaseException, spec=None) -> PipelineRuntimeError:
         """A Ray failure as a pipec error naming the stage (and partition) that failed
-        (``spec``: the task's, when known)."""
+        (``spec``: the task's, when known; else the pipeline is named, never the engine)."""
         ray = self.ray
+        where = spec.group if spec is not None and spec.group in self.ir.graph else self.ir.info.name
+        span = self.ir.op(where).span if where in self.ir.graph else None
         cause = getattr(exc, "cause", None)
         failure = cause if isinstance(cause, StageFailure) else exc if isinstance(exc, StageFailure) else None
         if failure is not None:
@@ -416,19 +418,19 @@ class RayDriver(PlannedDriver):
             # Ray's message starts with the task's name (ours: the segment's), in colour.
             found = re.search(r"ray::([^\s(]+)\(", re.sub(r"\x1b\[[0-9;]*m", "", str(exc)))
             owner = self.names.get(found.group(1)) if found else None
-            span = self.ir.op(owner).span if owner in self.ir.graph else None
+            span = self.ir.op(owner).span if owner in self.ir.graph else span
             if "pickle" in str(cause).lower():
-                return self.error(owner or "ray", f"the output cannot be pickled, so it cannot cross to another "
+                return self.error(owner or where, f"the output cannot be pickled, so it cannot cross to another "
                                                   f"process ({type(cause).__name__}: {cause})", span,
                                   "return plain data (numbers, strings, lists, dicts, numpy arrays)")
-            return self.error(owner or "ray", f"{type(cause).__name__}: {cause}", span)
+            return self.error(owner or where, f"{type(cause).__name__}: {cause}", span)
         if isinstance(exc, (ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError,
                             ray.exceptions.OwnerDiedError, ray.exceptions.NodeDiedError)):
             return self._lost_worker_error(exc, spec)
         if isinstance(exc, ray.exceptions.OutOfMemoryError):
-            return self.error("ray", "a task was killed for running out of memory", None,
+            return self.error(where, "a task was killed for running out of memory", span,
                               "use more partitions, or ask for `resources { memory ... }`")
-        return self.error("ray", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", None)
+        return self.error(where, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", span)
 
     def _lost_worker_error(self, exc: BaseException, spec) -> PipelineRuntimeError:
         """A task lost with its worker more often than Ray re-runs it, or never re-run since
