@@ -248,11 +248,13 @@ class Injector(threading.Thread):
     def __init__(self, folder: Folder, engine: str, site: str, driver: subprocess.Popen, rng: random.Random):
         super().__init__(daemon=True)
         self.folder, self.engine, self.site, self.driver = folder, engine, site, driver
-        items = folder.rounds * ITEMS
-        applications = expected_keys(engine, folder.rounds)
-        # The seeded point: the k-th stage item or ledger application, never the very last.
-        self.k = {"stage": rng.randint(2, items - 2), "handle": rng.randint(2, items - 2),
-                  "actor": rng.randint(1, applications - 2), "driver": rng.randint(1, applications - 2)}.get(site, 0)
+        # The seeded point: the k-th stage item or ledger application, never the last ones.
+        if site in ("stage", "handle"):
+            self.k = rng.randint(2, folder.rounds * ITEMS - 2)
+        elif site in ("actor", "driver"):
+            self.k = rng.randint(1, max(1, expected_keys(engine, folder.rounds) - 2))
+        else:
+            self.k = 0
         self.killed: str | None = None
         self.family: list = []
         self.stop = threading.Event()

@@ -42,6 +42,15 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
     return Path(path)
 
 
+def remove_partial_writes(folder: str | Path) -> None:
+    """Remove the temporary files of atomic writes that were killed midway, anywhere
+    under ``folder`` (a run folder: records, snapshots, manifests). Only for a folder no
+    other process is writing to."""
+    for partial in Path(folder).rglob(".*.tmp"):
+        if partial.is_file():
+            partial.unlink(missing_ok=True)
+
+
 def write_sink(value, fmt: str, path: str, is_collection: bool) -> Path:
     """Render ``value`` in ``fmt`` (fully, before touching the disk) and write it."""
     return atomic_write(path, render_sink(value, fmt, is_collection))
@@ -97,7 +106,9 @@ class StagedSinks:
         (self.run_dir / MANIFEST).unlink(missing_ok=True)
 
     def clean_leftovers(self) -> None:
-        """Remove the staged files an earlier run in this folder left when it was killed."""
+        """Remove the staged files an earlier run in this folder left when it was killed,
+        and the temporary files of its writes that were cut short in the run folder."""
+        remove_partial_writes(self.run_dir)
         manifest = self.run_dir / MANIFEST
         try:
             listed = json.loads(manifest.read_text(encoding="utf-8"))
