@@ -220,6 +220,11 @@ class LocalDriver(Driver):
             result = self.run_task(node, op, i, body, [items], op.options.retries)
             out.append(self.roundtrip(result, node, f"partition {i} of the output", op.span))
             self.progress.advance(node)
+        for actor in sorted(set(handles.values())):
+            # Calls through handles are in no replay log: a resume record must name a
+            # snapshot that holds them.
+            self.hosts[actor].checkpoint()
+            self.logs[actor].checkpointed()
         return out
 
     def pool_member(self, op: ir.Elementwise, partition: int):
@@ -286,7 +291,7 @@ class LocalDriver(Driver):
         kwargs = {k: self.value(v) for k, v in op.kwargs.items()}
         try:
             host = VersionedHost(op.cls.module, op.cls.attr, args, kwargs, op.checkpoint_every,
-                                 self.snapshot_path(node) if op.checkpoint_every else None)
+                                 self.snapshot_path(node))  # also saved after stages that call it
         except Exception as exc:
             raise self.user_error(node, exc, op.span) from None
         self.hosts[node] = host

@@ -228,6 +228,7 @@ class DaskDriver(PlannedDriver):
                 while True:
                     try:
                         self._result(record, record.actor.checkpoint())
+                        self.logs[actor].checkpointed()  # what a resume record names
                         break
                     except Exception as exc:
                         if isinstance(exc, worker.ActorLost) or self._lost(record, exc):

@@ -18,7 +18,7 @@ from pipec.backends.runtime import storage
 from pipec.backends.runtime.driver import LiveContext, PlannedDriver
 from pipec.backends.runtime.interpreter import StageFailure
 from pipec.dsl.diagnostics import PipelineRuntimeError
-from pipec.backends.ray.worker import Gap, remote_calls
+from pipec.backends.ray.worker import ActorLost, Gap, remote_calls
 
 
 # How long the driver waits for a restarted actor to come back before giving up.
@@ -84,6 +84,11 @@ class _Restarted(Exception):
 
 class _MemberLost(Exception):
     """A pool member died while serving a partition: the graph runs again."""
+
+
+class _HandleActorLost(Exception):
+    """A stage lost the actor it calls through a handle (``args[0]``: the ActorLost):
+    the actor is restored and the graph runs again."""
 
 
 class RayDriver(PlannedDriver):
@@ -169,11 +174,19 @@ class RayDriver(PlannedDriver):
     # ---- graph steps
 
     def run_graph(self, step: GraphStep) -> None:
-        attempts = 0
+        attempts, restores = 0, 0
         while True:
             try:
                 self._run_graph_once(step)
+                self._checkpoint_handle_actors(step)
                 break
+            except _HandleActorLost as lost:
+                # The actor restarts from the snapshot taken before this graph (Ray runs
+                # its constructor again), the graph-level calls its snapshot lacks are
+                # replayed, and the graph runs again: the handle calls of the lost attempt
+                # died with the old process's state, so the re-run applies each once.
+                restores += 1
+                self._restore_for_stage(lost.args[0], restores)
             except _MemberLost as lost:
                 # Ray restarts the member (or not); the graph's stages are pure, so the
                 # graph runs again, up to the stage's retries or the pool's restarts.
@@ -185,11 +198,35 @@ class RayDriver(PlannedDriver):
                     raise self.error(spec.group, f"an actor of pool `{spec.member[0]}` died while serving "
                                                  f"partition {spec.args[1]}", op.span,
                                      "give the pool `restarts N` or the stage `retries N`") from None
+
+    def _checkpoint_handle_actors(self, step: GraphStep) -> None:
+        """Snapshot every actor the graph's stages called through handles: those calls are
+        in no replay log, so a later restart, or a resumed run, must find them in the
+        snapshot. An actor lost before it saved lost them with it: the graph runs again."""
         for actor in sorted({a for node in step.nodes for a in self.planner.handles(node)}):
-            # Calls made through handles are in no replay log: a later restart must find
-            # them in the snapshot.
-            if actor in self.actors and self.ir.op(actor).restarts > 0:
-                self.ray.get(self.actors[actor].checkpoint.remote())
+            if actor in self.actors:
+                try:
+                    saved = self.ray.get(self.actors[actor].checkpoint.remote())
+                    lost = "restarted since the stage ran" if isinstance(saved, Gap) else None
+                except self.ray.exceptions.RayActorError as exc:
+                    lost = type(exc).__name__
+                if lost is not None:
+                    stage = next(n for n in step.nodes if actor in self.planner.handles(n))
+                    raise _HandleActorLost(ActorLost(stage, None, actor, lost))
+                self.logs[actor].checkpointed()
+
+    def _restore_for_stage(self, lost: ActorLost, restores: int) -> None:
+        """Bring back the actor a stage lost (see run_graph); errors name the stage."""
+        op, stage = self.ir.op(lost.actor), self.ir.op(lost.node)
+        if op.restarts == 0:
+            raise self.error(lost.node, f"actor `{lost.actor}` died while the stage called it, and it has "
+                                        f"`restarts 0`", stage.span,
+                             f"give `{lost.actor}` `restarts N` so pipec can restore it and run the stage "
+                             f"again, each call applied once")
+        if restores > op.restarts + 1:  # it keeps answering, yet calls keep failing
+            raise self.error(lost.node, f"actor `{lost.actor}` could not be reached from the stage "
+                                        f"({lost.detail})", stage.span)
+        self._replay(lost.actor, stage.span, where=lost.node)
 
     def _run_graph_once(self, step: GraphStep) -> None:
         lowering = StepLowering(self.ir, step, LiveContext(self), self.planner.actors)
@@ -340,6 +377,9 @@ class RayDriver(PlannedDriver):
                 failures.append((spec, exc))
             except Exception as exc:
                 failures.append((spec, exc))
+        for _, exc in failures:
+            if isinstance(getattr(exc, "cause", None), ActorLost):
+                raise _HandleActorLost(exc.cause) from None
 
         def rank(item):
             spec, exc = item
@@ -349,7 +389,8 @@ class RayDriver(PlannedDriver):
             partition = getattr(cause, "partition", None)
             return (not real, order.get(where.split(".")[0], len(order)),
                     partition if partition is not None else 1 << 30)
-        raise self.task_error(min(failures, key=rank)[1]) from None
+        spec, exc = min(failures, key=rank)
+        raise self.task_error(exc, spec) from None
 
     def fetch(self, refs: list) -> list:
         """The values of ``refs``; a failure names the stage that failed."""
@@ -358,9 +399,12 @@ class RayDriver(PlannedDriver):
         except Exception as exc:
             raise self.task_error(exc) from None
 
-    def task_error(self, exc: BaseException) -> PipelineRuntimeError:
-        """A Ray failure as a pipec error naming the stage (and partition) that failed."""
+    def task_error(self, exc: BaseException, spec=None) -> PipelineRuntimeError:
+        """A Ray failure as a pipec error naming the stage (and partition) that failed
+        (``spec``: the task's, when known; else the pipeline is named, never the engine)."""
         ray = self.ray
+        where = spec.group if spec is not None and spec.group in self.ir.graph else self.ir.info.name
+        span = self.ir.op(where).span if where in self.ir.graph else None
         cause = getattr(exc, "cause", None)
         failure = cause if isinstance(cause, StageFailure) else exc if isinstance(exc, StageFailure) else None
         if failure is not None:
@@ -374,21 +418,36 @@ class RayDriver(PlannedDriver):
             # Ray's message starts with the task's name (ours: the segment's), in colour.
             found = re.search(r"ray::([^\s(]+)\(", re.sub(r"\x1b\[[0-9;]*m", "", str(exc)))
             owner = self.names.get(found.group(1)) if found else None
-            span = self.ir.op(owner).span if owner in self.ir.graph else None
+            span = self.ir.op(owner).span if owner in self.ir.graph else span
             if "pickle" in str(cause).lower():
-                return self.error(owner or "ray", f"the output cannot be pickled, so it cannot cross to another "
+                return self.error(owner or where, f"the output cannot be pickled, so it cannot cross to another "
                                                   f"process ({type(cause).__name__}: {cause})", span,
                                   "return plain data (numbers, strings, lists, dicts, numpy arrays)")
-            return self.error(owner or "ray", f"{type(cause).__name__}: {cause}", span)
+            return self.error(owner or where, f"{type(cause).__name__}: {cause}", span)
         if isinstance(exc, (ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError,
                             ray.exceptions.OwnerDiedError, ray.exceptions.NodeDiedError)):
-            return self.error("ray", f"a Ray worker or node was lost and the task ran out of retries "
-                                     f"({type(exc).__name__})", None,
-                              "give the stage `retries N` so Ray re-runs lost tasks")
+            return self._lost_worker_error(exc, spec)
         if isinstance(exc, ray.exceptions.OutOfMemoryError):
-            return self.error("ray", "a task was killed for running out of memory", None,
+            return self.error(where, "a task was killed for running out of memory", span,
                               "use more partitions, or ask for `resources { memory ... }`")
-        return self.error("ray", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", None)
+        return self.error(where, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", span)
+
+    def _lost_worker_error(self, exc: BaseException, spec) -> PipelineRuntimeError:
+        """A task lost with its worker more often than Ray re-runs it, or never re-run since
+        its stage is effectful. Names the stage; suggests nothing that would re-run an
+        effectful stage (`retries` is about exceptions user code raises, not lost workers)."""
+        owner = spec.group if spec is not None and spec.group in self.ir.graph else None
+        if owner is None:  # an object lost after its task finished: Ray rebuilds it by lineage
+            return self.error(self.ir.info.name, f"a result was lost with its worker and could not be rebuilt "
+                                                 f"({type(exc).__name__})", None)
+        op = self.ir.op(owner)
+        if getattr(getattr(op, "options", None), "effectful", False):
+            return self.error(owner, "a worker running the stage was lost, and an `effectful` stage is never "
+                                     "run again", op.span,
+                              "move the effect into an actor call or a sink, then drop `effectful`")
+        tries = max(spec.retries, LOST_WORKER_RETRIES) + 1
+        return self.error(owner, f"the stage's worker was lost {tries} times in a row ({type(exc).__name__})",
+                          op.span)
 
     # ---- actors
 
@@ -397,9 +456,10 @@ class RayDriver(PlannedDriver):
                                   {k: self.value(v) for k, v in op.kwargs.items()})
 
     def _create_actor(self, node: str, op: ir.Actor, args: list, kwargs: dict):
-        # A restartable actor always has a snapshot file: periodic checkpoints go there,
-        # and so do the snapshots taken after stages that call it through handles.
-        snapshot = self.snapshot_path(node) if op.checkpoint_every or op.restarts > 0 else None
+        # Every actor has a snapshot file: periodic checkpoints go there, and so do the
+        # snapshots taken after graphs that call it through handles (what a restart, and
+        # a resumed run, restore those calls from).
+        snapshot = self.snapshot_path(node)
         name = f"pipec.{self.ir.info.name}.{node}.{self.run_id}"
         handle = self.fns.actor.options(**_actor_options(op, name)).remote(
             self.paths, node, op.cls.module, op.cls.attr, args, kwargs, op.checkpoint_every, snapshot)
@@ -423,11 +483,20 @@ class RayDriver(PlannedDriver):
         return members
 
     def _alive(self, handle) -> bool:
-        try:
-            self.ray.get(handle.__ray_ready__.remote(), timeout=ACTOR_RESTART_WAIT)
-            return True
-        except Exception:
-            return False
+        """Whether the actor answers, waiting while Ray restarts it (a call to a restarting
+        actor fails at once with ActorUnavailableError: that means "not yet")."""
+        ray = self.ray
+        deadline = time.monotonic() + ACTOR_RESTART_WAIT
+        while True:
+            try:
+                ray.get(handle.__ray_ready__.remote(), timeout=max(0.1, deadline - time.monotonic()))
+                return True
+            except ray.exceptions.ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.05)
+            except Exception:
+                return False
 
     def op_actor_call(self, node: str, op: ir.ActorCall):
         self.call_op, self.call_ref = op, None
@@ -461,13 +530,25 @@ class RayDriver(PlannedDriver):
             raise self.task_error(exc) from None
 
     def _recover(self, actor: str, seq: int, method: str, args: list, kwargs: dict):
+        """A graph-level call found the actor's process gone: restore it (see _replay), and
+        answer call ``seq`` from the replay, or from the host when it was applied before
+        the crash (the host kept its result)."""
+        span = self.call_op.span if self.call_op is not None else self.ir.op(actor).span
+        results = self._replay(actor, span)
+        if seq in results:
+            return results[seq]
+        return self._actor_result(self.actors[actor].call.remote(seq, method, args, kwargs))
+
+    def _replay(self, actor: str, span, where: str | None = None) -> dict[int, Any]:
         """The actor lost its process: wait for Ray to restart it (its constructor restores
-        the last snapshot), then replay, in order, every logged call it has not applied."""
+        the last snapshot), replay, in order, every logged call it has not applied, and
+        let calls through handles in again. Gives the replayed calls' results by number.
+        Errors name ``where`` (a stage that lost it), else the actor."""
         ray = self.ray
         op = self.ir.op(actor)
-        span = self.call_op.span if self.call_op is not None else op.span
+        where = where or actor
         if op.restarts == 0:
-            raise self.error(actor, "the actor's process died, and it has `restarts 0`", span,
+            raise self.error(where, f"actor `{actor}`'s process died, and it has `restarts 0`", span,
                              "give it `restarts N` (and `checkpoint every N calls`) so pipec can restore it "
                              "and replay its calls")
         handle, log = self.actors[actor], self.logs[actor]
@@ -475,24 +556,23 @@ class RayDriver(PlannedDriver):
         while True:
             try:
                 applied = ray.get(handle.applied.remote(), timeout=max(0.1, deadline - time.monotonic()))
-                result, missing = None, True
+                results = {}
                 for q, m, a, k in log.since(applied):
                     r = self._actor_result(handle.call.remote(q, m, a, k))
                     if isinstance(r, Gap):
                         raise _Restarted  # restarted again mid-replay
-                    if q == seq:
-                        result, missing = r, False
-                if missing:  # applied before the crash: the host kept its result
-                    result = self._actor_result(handle.call.remote(seq, method, args, kwargs))
+                    results[q] = r
+                ray.get(handle.recovered.remote())
                 self.result.recoveries[actor] += 1
-                return result
+                return results
             except ray.exceptions.GetTimeoutError:
-                raise self.error(actor, f"the actor did not come back within {ACTOR_RESTART_WAIT:g} s of a "
-                                        f"crash", span) from None
+                raise self.error(where, f"actor `{actor}` did not come back within {ACTOR_RESTART_WAIT:g} s of "
+                                        f"a crash", span) from None
             except ray.exceptions.ActorDiedError:
-                raise self.error(actor, f"the actor died and cannot be restarted again (`restarts "
+                raise self.error(where, f"actor `{actor}` died and cannot be restarted again (`restarts "
                                         f"{op.restarts}` used up)", span) from None
             except (ray.exceptions.RayActorError, _Restarted):
                 if time.monotonic() > deadline:
-                    raise self.error(actor, "the actor kept failing while pipec replayed its calls", span) from None
+                    raise self.error(where, f"actor `{actor}` kept failing while pipec replayed its calls",
+                                     span) from None
                 time.sleep(0.05)

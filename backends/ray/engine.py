@@ -16,7 +16,7 @@ class RayEngineError(PipecError):
     """The Ray runtime could not be started or reached."""
 
 
-_OWNED = {"started": False}
+_OWNED = {"started": False, "reaper": None}
 
 
 def configure_environment() -> None:
@@ -73,6 +73,9 @@ def start_runtime(address: str | None = None, num_cpus: int | None = None,
                                 "(and RAY_ADDRESS) for an embedded runtime")) from None
     _silence_raylet_messages()
     _OWNED["started"] = True
+    if target == "local":
+        from pipec.backends.ray import reaper
+        _OWNED["reaper"] = reaper.start(os.getpid())  # Ray's helpers go when this process goes
     return True
 
 
@@ -112,6 +115,10 @@ def stop_runtime() -> None:
     _OWNED["started"] = False
     if ray.is_initialized():
         ray.shutdown()
+    watcher, _OWNED["reaper"] = _OWNED["reaper"], None
+    if watcher is not None:  # it reaps what the shutdown left, and exits
+        watcher.stdin.close()
+        watcher.wait()
 
 
 def _silence_raylet_messages() -> None:

@@ -21,11 +21,33 @@ def _slots(values) -> Given:
     return Given(values, _caller)
 
 
+class ActorLost(StageFailure):
+    """A stage task could not reach the actor behind a handle: its process died, or Ray
+    restarted it and the driver has not yet replayed the calls its snapshot lacks. The
+    task stops (never retried in place, hence a StageFailure), and the driver restores
+    the actor and runs the graph again; the keys make the re-run apply each call once."""
+
+    def __init__(self, stage: str, partition: int | None, actor: str, detail: str = ""):
+        super().__init__(stage, partition, "plain", f"actor `{actor}` was lost while the stage called it")
+        self.actor, self.detail = actor, detail
+
+    def __reduce__(self):
+        return (ActorLost, (self.node, self.partition, self.actor, self.detail))
+
+
 def _caller(actor: str, handle):
-    """How a task calls a Ray actor through a handle: blocking, the idempotency key along."""
+    """How a task calls a Ray actor through a handle: blocking, the idempotency key along
+    (``key[0]`` is the stage, ``key[2]`` the partition). Ray runs actor methods at most
+    once (``max_task_retries 0``), so a call that finds the actor gone fails at once."""
     def call(key: tuple, method: str, args: tuple, kwargs: dict):
         import ray
-        return ray.get(handle.invoke.remote(key, method, args, kwargs))
+        try:
+            answer = ray.get(handle.invoke.remote(key, method, args, kwargs))
+        except ray.exceptions.RayActorError as exc:
+            raise ActorLost(key[0], key[2], actor, type(exc).__name__) from None
+        if isinstance(answer, Gap):
+            raise ActorLost(key[0], key[2], actor, "restarted, calls not yet replayed")
+        return answer
     return call
 
 
@@ -121,8 +143,14 @@ class ActorServer:
     def __init__(self, paths: list[str], name: str, module: str, cls: str, args: list, kwargs: dict,
                  checkpoint_every: int | None, snapshot: str | None):
         ensure_path(paths)
+        import ray
         self.name = name
         self.failed: StageFailure | None = None
+        # Restarted by Ray: the snapshot may lack graph-level calls the driver made since
+        # (and calls made through handles in the graph that was running). Until the
+        # driver has replayed them (`recovered`), calls through handles are refused, so
+        # none is applied to a state that is behind.
+        self.recovering = ray.get_runtime_context().was_current_actor_reconstructed
         try:
             self.host = VersionedHost(module, cls, args, kwargs, checkpoint_every, snapshot)
         except Exception as exc:  # reported on the first call, at the actor's declaration
@@ -134,6 +162,10 @@ class ActorServer:
             raise self.failed
         if seq > self.host.applied + 1:
             return Gap(self.host.applied)
+        if seq == self.host.applied + 1:
+            # Every call before this one is applied, and handle calls are in a snapshot
+            # before the driver makes its next call: the state is whole again.
+            self.recovering = False
         try:
             return self.host.call(seq, method, args, kwargs)
         except Exception as exc:
@@ -144,12 +176,27 @@ class ActorServer:
         ActorHost.invoke)."""
         if self.failed is not None:
             raise self.failed
+        if self.recovering:
+            return Gap(self.host.applied)
         return self.host.invoke(key, method, args, kwargs)
 
-    def checkpoint(self) -> bool:
-        """A snapshot now (after a graph whose stages called this actor through handles)."""
+    def recovered(self) -> None:
+        """The driver replayed every call the restored snapshot lacked."""
+        self.recovering = False
+
+    def pid(self) -> int:
+        """This actor's process (what fault-injection tests kill)."""
+        import os
+        return os.getpid()
+
+    def checkpoint(self):
+        """A snapshot now (after a graph whose stages called this actor through handles);
+        a Gap instead when Ray restarted this actor since: the graph's calls died with the
+        old process (even if no task noticed), so saving now would lose them."""
         if self.failed is not None:
             raise self.failed
+        if self.recovering:
+            return Gap(self.host.applied)
         return self.host.checkpoint()
 
     def applied(self) -> int:

@@ -43,6 +43,7 @@ class ActorHost:
         # same keys, and gets the recorded answers without applying them twice.
         self.keyed: dict[tuple, Any] = {}
         self._latest: dict[str, tuple] = {}  # stage -> the newest round that called it
+        self._remove_partial_snapshots()
         state = self._stored_state()
         if state is not None:
             self.obj, self.applied = state[0], state[1]
@@ -52,6 +53,18 @@ class ActorHost:
             self.restored = True
         else:
             self.obj = resolve(module, cls)(*args, **kwargs)
+
+    def _remove_partial_snapshots(self) -> None:
+        """A host killed while it saved left the temporary file of that save (on disk; an
+        object store writes in one PUT and leaves none): only one host of this actor lives
+        at a time, so any such file is a leftover."""
+        if self.snapshot_path is None or not storage.is_local(self.snapshot_path):
+            return
+        folder, name = storage.parent(self.snapshot_path), storage.name(self.snapshot_path)
+        stem = name.rsplit(".", 1)[0]
+        for entry in storage.listing(folder):
+            if entry.startswith(f".{stem}.") and entry.endswith(".tmp"):
+                storage.remove(storage.join(folder, entry))
 
     def _stored_state(self) -> tuple | None:
         """The snapshot's state, or None when there is none (one read: on an object store
@@ -107,7 +120,7 @@ class ActorHost:
         graph-level calls). False when the actor has nowhere to save."""
         if self.snapshot_path is None:
             return False
-        ActorHost.save(self)
+        self.save()  # a VersionedHost keeps it under its number too: a record may name it
         return True
 
     def state(self):
@@ -121,6 +134,9 @@ class ReplayLog:
     checkpoint_every: int | None
     entries: list[tuple[int, str, list, dict]] = field(default_factory=list)
     next_seq: int = 0
+    # The number of the newest snapshot (it holds calls 0 .. snapshot), None before the
+    # first: a resume record names it, and replays the entries after it.
+    snapshot: int | None = None
 
     def record(self, method: str, args: list, kwargs: dict) -> int:
         seq = self.next_seq
@@ -131,7 +147,15 @@ class ReplayLog:
     def confirm(self, seq: int) -> None:
         """Call ``seq`` returned: drop entries a snapshot now covers."""
         if self.checkpoint_every and (seq + 1) % self.checkpoint_every == 0:
+            self.snapshot = seq
             self.entries = [e for e in self.entries if e[0] > seq]
+
+    def checkpointed(self) -> None:
+        """The actor saved a snapshot holding every call made so far (the driver asks for
+        one after a graph whose stages called it through handles): those calls are in no
+        log, so a record must name this snapshot, numbered by the last call applied."""
+        self.snapshot = self.next_seq - 1
+        self.entries = [e for e in self.entries if e[0] > self.snapshot]
 
     def since(self, applied: int) -> list[tuple[int, str, list, dict]]:
         return [e for e in self.entries if e[0] > applied]

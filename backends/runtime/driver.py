@@ -25,7 +25,7 @@ from pipec.backends.base import NoProgress, Progress, RunResult
 from pipec.backends.runtime import datasets, preflight, semantics, sources, storage
 from pipec.backends.runtime import resume as resuming
 from pipec.backends.runtime.interpreter import StageFailure
-from pipec.backends.runtime.actors import SKIPPED, ReplayLog, last_snapshot
+from pipec.backends.runtime.actors import SKIPPED, ReplayLog
 from pipec.backends.runtime.sinks import StagedSinks
 from pipec.backends.runtime.tasks import ensure_path, fn_of, user_frame
 
@@ -437,8 +437,9 @@ class Driver:
             return self.start_pool(node, op, size)
         self.logs[node] = ReplayLog(op.checkpoint_every)
         saved = self.record.actors.get(node) if self.record is not None else None
-        if saved is not None and op.checkpoint_every:
-            # The actor restores the snapshot the record names as it starts.
+        if saved is not None:
+            # The actor restores the snapshot the record names as it starts (periodic, or
+            # taken after a graph that called it through handles; none: its constructor).
             try:
                 resuming.restore_snapshot(self.snapshot_path(node), saved["snapshot"])
             except OSError as exc:
@@ -548,8 +549,7 @@ class Driver:
                                if op.var_shape == ir.COLLECTION else self.materialize(value))
             elif op.loop is None and op.node_shape == ir.VALUE:
                 env[node] = self.materialize(value)
-        actors = {actor: {"next_seq": log.next_seq, "snapshot": last_snapshot(log.checkpoint_every, log.next_seq),
-                          "log": list(log.entries)}
+        actors = {actor: {"next_seq": log.next_seq, "snapshot": log.snapshot, "log": list(log.entries)}
                   for actor, log in self.logs.items()}
         record = resuming.Record(
             pipeline=self.ir.info.name, backend=self.backend, fingerprint=self.fingerprint, top_index=self.top_index,

@@ -15,6 +15,25 @@ from pipec.backends.runtime.semantics import render_sink
 from pipec.backends.runtime.storage import atomic_write
 
 
+def remove_partial_writes(folder: str | Path) -> None:
+    """Remove the temporary files of atomic writes that were killed midway, anywhere
+    under ``folder`` (a run folder: records, snapshots, manifests). Only for a folder no
+    other process is writing to. An object store writes in one PUT and leaves none."""
+    if not storage.is_local(folder):
+        return
+    for partial in Path(storage.local_path(folder)).rglob(".*.tmp"):
+        if partial.is_file():
+            partial.unlink(missing_ok=True)
+
+
+def _remove_partial_writes_of(path: str) -> None:
+    """The temporary files an atomic write of ``path`` left when it was killed (on disk)."""
+    if storage.is_local(path):
+        target = Path(storage.local_path(path))
+        for partial in target.parent.glob(f".{target.name}.*.tmp"):
+            partial.unlink(missing_ok=True)
+
+
 def write_sink(value, fmt: str, path: str, is_collection: bool) -> Path:
     """Render ``value`` in ``fmt`` (fully, before touching the disk) and write it."""
     return atomic_write(path, render_sink(value, fmt, is_collection))
@@ -97,17 +116,20 @@ class StagedSinks:
         storage.remove(storage.join(self.run_dir, MANIFEST))
 
     def clean_leftovers(self) -> None:
-        """Remove the staged files an earlier run in this folder left when it was killed."""
+        """Remove the staged files an earlier run in this folder left when it was killed,
+        and the temporary files of its writes that were cut short in the run folder."""
+        remove_partial_writes(self.run_dir)
         manifest = storage.join(self.run_dir, MANIFEST)
         try:
             listed = json.loads(storage.read_text(manifest))
         except (OSError, ValueError):
-            return
+            listed = []  # none, or killed while the manifest itself was written
         for tmp in listed:
             if tmp.endswith(datasets.STAGED_SUFFIX):
                 datasets.remove(tmp)
             else:
                 storage.remove(tmp)
+                _remove_partial_writes_of(tmp)  # killed inside atomic_write
         storage.remove(manifest)
 
     def _write_manifest(self) -> None:
