@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from pipec import load
-from pipec.dsl.diagnostics import PipelineRuntimeError, UnsupportedOnBackend
+from pipec.dsl.diagnostics import UnsupportedOnBackend
 from pipec.backends import backend_class
 from pipec.backends.runtime.preflight import PreflightError
 from pipec.compiler.capabilities import FEATURES, features_used
