@@ -34,11 +34,32 @@ class RunResult:
 
 
 class Progress(Protocol):
-    """What a plan reports while it runs (the CLI draws it; tests may record it)."""
+    """What a plan reports while it runs (the CLI draws it; tests may record it).
+
+    ``stage``, ``advance`` and ``round`` are required; the run hooks of
+    :data:`RUN_HOOKS` are optional (the driver calls them through :func:`notify`), so a
+    recorder that only counts tasks keeps working."""
 
     def stage(self, name: str, tasks: int) -> None: ...
     def advance(self, name: str, done: int = 1) -> None: ...
     def round(self, loop: str, index: int, count: int) -> None: ...
+
+
+# Optional Progress hooks, with what the shared driver passes them:
+#   run_started(run_id, run_dir, backend)      before the driver's own work
+#   engine_ready(info)                         the engine is up: a dict with workers,
+#                                              dashboard (a URL or None), versions
+#   round_end(loop, index, count, ok)          after round ``index`` (``ok``: it completed)
+#   actor_call(actor, seq, method, replayed)   a graph-level call applied (or replayed)
+#   sink_written(node, path)                   a sink's file, once committed
+RUN_HOOKS = ("run_started", "engine_ready", "round_end", "actor_call", "sink_written")
+
+
+def notify(progress: Any, hook: str, *args) -> None:
+    """Call ``progress.<hook>(*args)`` when ``progress`` has that optional hook."""
+    fn = getattr(progress, hook, None)
+    if fn is not None:
+        fn(*args)
 
 
 class NoProgress:

@@ -170,6 +170,13 @@ class DaskDriver(PlannedDriver):
                                  op.span if op else None,
                                  f"start the workers with --resources \"{name}={amount:g}\", or ask for less")
 
+    def engine_info(self) -> dict[str, Any]:
+        """Dask's workers, its dashboard and the dask and distributed versions."""
+        import dask
+        import distributed
+        return {"workers": len(self.client.scheduler_info()["workers"]), "dashboard": self.client.dashboard_link,
+                "versions": {"dask": dask.__version__, "distributed": distributed.__version__}}
+
     def teardown(self) -> None:
         # Let the cluster forget this run's keys and actors now (on a shared cluster the
         # driver object may outlive the run). An actor handle holds a future of its own.

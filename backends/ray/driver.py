@@ -111,6 +111,17 @@ class RayDriver(PlannedDriver):
         self.call_ref = None
         self._check_resources(ray.cluster_resources())
 
+    def engine_info(self) -> dict[str, Any]:
+        """Ray's CPUs, its dashboard (where it is installed and started) and version."""
+        from ray._private.worker import get_dashboard_url
+        try:
+            url = get_dashboard_url() or None
+        except Exception:  # no dashboard in this runtime
+            url = None
+        cpus = self.ray.cluster_resources().get("CPU")
+        return {"workers": int(cpus) if cpus else None, "dashboard": url and ("http://" + url if "://" not in url else url),
+                "versions": {"ray": self.ray.__version__}}
+
     def teardown(self) -> None:
         for handle in list(self.actors.values()) + [h for hs in self.pools.values() for h in hs]:
             try:

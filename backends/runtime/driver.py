@@ -18,7 +18,7 @@ from pipec.compiler.schedule import Block, blocks
 from pipec.backends.physical.planner import DriverStep, GraphStep, LoopStep, Planner, order_of
 from pipec.dsl.diagnostics import PipelineRuntimeError, UsageError
 from pipec.dsl.source import SourceFile, Span
-from pipec.backends.base import NoProgress, Progress, RunResult
+from pipec.backends.base import NoProgress, Progress, RunResult, notify
 from pipec.backends.runtime import semantics, sources
 from pipec.backends.runtime import resume as resuming
 from pipec.backends.runtime.interpreter import StageFailure
@@ -68,8 +68,10 @@ class Driver:
         self.sinks.clean_leftovers()
         if self.resumable:
             self.prepare_run_dir()
+        notify(self.progress, "run_started", self.run_dir.name, str(self.run_dir), self.backend)
         self.setup()
         try:
+            notify(self.progress, "engine_ready", self.engine_info())
             self.run_top(blocks(self.ir))
             self.commit_sinks()
             if self.resumable:
@@ -87,6 +89,8 @@ class Driver:
             self.sinks.commit()
         except OSError as exc:
             raise self.error(self.ir.info.name, f"cannot write the sinks: {exc.strerror or exc}") from None
+        for node, path in self.result.files.items():
+            notify(self.progress, "sink_written", node, path)
 
     def run_top(self, top: Block) -> None:
         """The pipeline's top level. A resumable backend runs it item by item (a record
@@ -126,6 +130,12 @@ class Driver:
     def teardown(self) -> None:
         """Engine-specific cleanup; runs even when the pipeline failed."""
 
+    def engine_info(self) -> dict[str, Any]:
+        """What the run header shows once the engine is up: ``workers`` (a count or
+        None), ``dashboard`` (the engine's UI address or None) and ``versions`` (engine
+        package -> version). A backend fills in what its engine knows."""
+        return {"workers": None, "dashboard": None, "versions": {}}
+
     # ---- blocks and loops
 
     def run_block(self, block: Block) -> None:
@@ -149,14 +159,17 @@ class Driver:
             self.progress.round(loop.id, i, count)
             self.round_index[loop.id] = i
             self.start_round(block)
+            ok = False
             try:
                 self.run_block(Block(None, block.items))
                 for rebind in block.rebinds(self.ir):
                     op = self.ir.op(rebind)
                     self.env[op.var] = self.env[rebind]
                 self.end_round(block)
+                ok = True
             finally:
                 self.close_round(block)
+                notify(self.progress, "round_end", loop.id, i, count, ok)
             rounds = i + 1
             stop = loop.until is not None and self.until(loop)  # checked on the last round too
             done = stop or rounds == count
@@ -379,6 +392,7 @@ class Driver:
             except Exception as exc:
                 raise self.user_error(f"{node}.{method}", exc, op.span) from None
             log.confirm(seq)
+            notify(self.progress, "actor_call", node, seq, method, True)
         log.next_seq = saved["next_seq"]
 
     def op_actor_call(self, node: str, op: ir.ActorCall):
@@ -396,6 +410,7 @@ class Driver:
         if isinstance(result, str) and result == SKIPPED:
             raise self.error(node, f"call {seq} was not applied again after a restore", op.span)
         log.confirm(seq)
+        notify(self.progress, "actor_call", actor, seq, op.method, False)
         return result
 
     def snapshot_path(self, actor: str) -> str:

@@ -51,7 +51,7 @@ from pipec.backends.physical import steps as s
 from pipec.backends.physical.planner import fn_ref, policy_of
 from pipec.backends.runtime import semantics
 from pipec.backends.runtime.actors import VersionedHost
-from pipec.backends.base import NoProgress
+from pipec.backends.base import NoProgress, notify
 from pipec.backends.runtime.driver import Driver
 from pipec.backends.runtime.interpreter import StageFailure
 from pipec.backends.runtime.tasks import ensure_path
@@ -147,8 +147,10 @@ class SparkDriver(Driver):
     def run(self):
         start = time.perf_counter()
         ensure_path(self.ir.info.module_paths())
+        notify(self.progress, "run_started", self.run_dir.name, str(self.run_dir), self.backend)
         self.setup()
         try:
+            notify(self.progress, "engine_ready", self.engine_info())
             self.run_top(blocks(self.ir))
             if self.dry:
                 self.lowered = self.capture(self)
@@ -180,6 +182,12 @@ class SparkDriver(Driver):
         roots = () if archive else tuple(self.ir.info.module_paths())
         self.context = worker.Context(self.run_id, roots, archive)
         self._scopes.append({"cached": [], "broadcasts": []})
+
+    def engine_info(self) -> dict[str, Any]:
+        """Spark's cores, its UI (when asked for: ``spark.ui.enabled``) and version."""
+        sc = self.sc
+        return {"workers": sc.defaultParallelism, "dashboard": sc.uiWebUrl or None,
+                "versions": {"spark": sc.version}}
 
     def teardown(self) -> None:
         while self._scopes:
