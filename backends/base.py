@@ -31,6 +31,49 @@ class RunResult:
     capped: list[str] = field(default_factory=list)
     seconds: float = 0.0
     run_dir: str | None = None
+    report: str | None = None  # the run's report.html, once kept (pipec.runs.keep)
+
+    def read(self, sink: str) -> Any:
+        """What file sink ``sink`` wrote, read back: a ``.json`` file's value, a
+        ``.jsonl`` file's list, a text file's lines, a parquet or csv dataset as a
+        pandas DataFrame. Plain sinks (no file) are in ``outputs``."""
+        if sink not in self.files:
+            known = ", ".join(self.files) or "none"
+            raise KeyError(f"no file sink `{sink}` (file sinks of this run: {known})")
+        import json
+        from pathlib import Path
+        path = Path(self.files[sink])
+        if path.is_dir() or path.suffix in (".parquet", ".csv"):
+            import pandas as pd
+            if path.suffix == ".csv" or any(path.glob("*.csv")):
+                files = sorted(path.glob("*.csv")) if path.is_dir() else [path]
+                return pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+            return pd.read_parquet(path)
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".json":
+            return json.loads(text)
+        if path.suffix == ".jsonl":
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return text.splitlines()
+
+    def __repr__(self) -> str:
+        rounds = ", ".join(f"{n} rounds" for n in self.rounds.values())
+        return (f"<RunResult {self.backend} {self.seconds:.2f} s: {len(self.outputs)} outputs, "
+                f"{len(self.files)} files{', ' + rounds if rounds else ''}>")
+
+    def _repr_html_(self) -> str:
+        """A notebook's view: outputs, files and the slowest steps, in one table."""
+        from html import escape
+        rows = [("output", k, repr(v)[:80]) for k, v in self.outputs.items()]
+        rows += [("file", k, v) for k, v in self.files.items()]
+        rows += [("rounds", k, str(v)) for k, v in self.rounds.items()]
+        rows += [("time", k, f"{v:.3f} s") for k, v in sorted(self.timings.items(), key=lambda kv: -kv[1])[:8]]
+        if self.report:
+            rows.append(("report", "report.html", self.report))
+        body = "".join(f"<tr><td>{escape(a)}</td><td><code>{escape(b)}</code></td><td>{escape(c)}</td></tr>"
+                       for a, b, c in rows)
+        return (f"<p><b>{escape(self.backend)}</b> run, {self.seconds:.2f} s</p>"
+                f"<table><tr><th></th><th>name</th><th>value</th></tr>{body}</table>")
 
 
 class Progress(Protocol):

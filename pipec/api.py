@@ -28,9 +28,10 @@ if TYPE_CHECKING:
     from pipec.backends.base import Backend
 
 
-@dataclass
+@dataclass(repr=False)
 class Pipeline:
-    """A parsed and built pipeline. Building never imports user code."""
+    """A parsed and built pipeline. Building never imports user code. In a notebook it
+    draws itself (an SVG of its graph)."""
 
     source: SourceFile
     module: ast.Module
@@ -42,6 +43,27 @@ class Pipeline:
     @property
     def name(self) -> str:
         return self.ir.info.name
+
+    def __repr__(self) -> str:
+        params = ", ".join(self.ir.info.params)
+        return f"<Pipeline {self.name}({params}) from {self.source.path}: {self.ir.graph.number_of_nodes()} nodes>"
+
+    def graph(self, format: str = "svg", backend: "str | Backend | None" = None,
+              params: Mapping[str, Any] | None = None) -> str:
+        """The pipeline's graph as text (what `pipec graph` writes): ``format`` is
+        ``svg`` (drawn without Graphviz), ``html`` (the interactive offline page),
+        ``dot``, ``mermaid`` or ``json``; with ``backend``, its lowered plan."""
+        from pipec.compiler import graph_html, render
+        if backend is not None:
+            drawing = render.plan_drawing(self.lower(backend, params))
+        else:
+            drawing = render.pipeline_drawing(self.ir)
+        if format == "svg":
+            return graph_html.to_svg(drawing)
+        return render.render(drawing, format)
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        return {"image/svg+xml": self.graph("svg"), "text/plain": repr(self)}
 
     @property
     def warnings(self) -> list[Diagnostic]:
@@ -87,13 +109,46 @@ class Pipeline:
             progress=None, run_dir: str | None = None, resume: bool = False, **options):
         """Run the pipeline on ``backend`` (made with engine ``options``: ``address``, a
         Dask ``client``, ...); ``resume`` continues the run in ``run_dir``. Returns a
-        :class:`pipec.backends.base.RunResult`."""
+        :class:`pipec.backends.base.RunResult`; the run folder keeps ``summary.json``
+        and ``report.html`` (``result.report``)."""
         engine = self.backend(backend, **options)
         if resume and not engine.can("resume"):
             raise UsageError(f"backend `{engine.name}` cannot resume a run",
                              "run it again without --resume, or on a backend that can (`pipec backends`)")
         plan = self.lower(engine, params)
-        return plan.run(progress=progress, run_dir=run_dir, resume=resume)
+        return run_plan(self, plan, progress, run_dir, resume)
+
+
+def run_plan(pipeline: Pipeline, plan, view=None, run_dir: str | None = None, resume: bool = False):
+    """Run ``plan`` (lowered from ``pipeline``), showing it on ``view`` (a Progress, or
+    None), and keep the run's summary and report in its folder, however it ends. A run
+    interrupted after all its sinks were written counts as finished. Returns the
+    RunResult; the exception that ended the run is raised again."""
+    from pipec.runs import QuietRunEvents, RunEvents, keep
+    events = RunEvents(view) if view is not None else QuietRunEvents()
+    try:
+        result = plan.run(progress=events, run_dir=run_dir, resume=resume)
+    except KeyboardInterrupt:
+        events.finish("finished" if sinks_all_written(pipeline, events) else "interrupted")
+        keep(events, pipeline)
+        raise
+    except BaseException as exc:
+        events.finish("failed", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        keep(events, pipeline)
+        raise
+    events.finish("finished")
+    report = keep(events, pipeline, result)
+    result.report = str(report) if report else None
+    return result
+
+
+def sinks_all_written(pipeline: Pipeline, events) -> bool:
+    """Whether every file sink of ``pipeline`` was committed in the run ``events`` saw
+    (a pipeline with file sinks only; plain outputs die with the driver)."""
+    wanted = [n for n, op in pipeline.ir.items() if isinstance(op, ir.Sink)]
+    return bool(wanted) and all(
+        n in events.sinks for n in wanted if pipeline.ir.op(n).format is not None) and all(
+        pipeline.ir.op(n).format is not None for n in wanted)
 
 
 def load(path: str | Path) -> Pipeline:
