@@ -116,16 +116,18 @@ class Pipeline:
             raise UsageError(f"backend `{engine.name}` cannot resume a run",
                              "run it again without --resume, or on a backend that can (`pipec backends`)")
         plan = self.lower(engine, params)
-        return run_plan(self, plan, progress, run_dir, resume)
+        from pipec.runs import RunEvents
+        return run_plan(self, plan, RunEvents(progress) if progress is not None else None, run_dir, resume)
 
 
-def run_plan(pipeline: Pipeline, plan, view=None, run_dir: str | None = None, resume: bool = False):
-    """Run ``plan`` (lowered from ``pipeline``), showing it on ``view`` (a Progress, or
-    None), and keep the run's summary and report in its folder, however it ends. A run
-    interrupted after all its sinks were written counts as finished. Returns the
-    RunResult; the exception that ended the run is raised again."""
-    from pipec.runs import QuietRunEvents, RunEvents, keep
-    events = RunEvents(view) if view is not None else QuietRunEvents()
+def run_plan(pipeline: Pipeline, plan, events=None, run_dir: str | None = None, resume: bool = False):
+    """Run ``plan`` (lowered from ``pipeline``) reporting to ``events`` (a
+    :class:`pipec.runs.RunEvents`; a quiet one when None), and keep the run's summary
+    and report in its folder, however it ends. A run interrupted after all its sinks
+    were written counts as finished. Returns the RunResult; the exception that ended
+    the run is raised again."""
+    from pipec.runs import QuietRunEvents, keep
+    events = events if events is not None else QuietRunEvents()
     try:
         result = plan.run(progress=events, run_dir=run_dir, resume=resume)
     except KeyboardInterrupt:

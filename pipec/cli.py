@@ -14,11 +14,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from pipec.dsl.diagnostics import CompileError, FileError, PipecError, PipelineRuntimeError, UsageError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+# `pipec graph -o NAME` picks the format from NAME's suffix.
+GRAPH_SUFFIXES = {".dot": "dot", ".gv": "dot", ".mmd": "mermaid", ".mermaid": "mermaid", ".json": "json",
+                  ".svg": "svg", ".png": "png", ".html": "html", ".htm": "html"}
+
+
+class RunInterrupted(Exception):
+    """Ctrl-C stopped a run; the message is the one line the user sees."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,13 +41,30 @@ def _backend_names() -> list[str]:
     return names()
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("pipec")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="pipec", description="Compile and run .pipe pipelines on local, Dask, Ray or Spark.")
+    # -v and -q go before or after the command; SUPPRESS keeps a command's parser from
+    # resetting what was given before it.
+    verbosity = argparse.ArgumentParser(add_help=False)
+    verbosity.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                           help="say more (run: every timing row)")
+    verbosity.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                           help="say less (check: errors only; run: no header, progress or timings)")
+    parser = _Parser(prog="pipec", description="Compile and run .pipe pipelines on local, Dask, Ray or Spark.",
+                     parents=[verbosity])
+    parser.add_argument("--version", action="version", version=f"pipec {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
     def add(name, help_text):
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[verbosity])
         return p
 
     p = add("check", "report every error and warning in .pipe files")
@@ -46,7 +72,6 @@ def build_parser() -> argparse.ArgumentParser:
                                           "standard input")
     p.add_argument("--backend", "-b", help="also check what this backend supports")
     p.add_argument("--param", "-p", action="append", default=[], metavar="K=V", help="check these parameter values")
-    p.add_argument("--quiet", "-q", action="store_true", help="print errors only, no warnings")
     p.add_argument("--format", "-f", choices=["text", "json", "sarif", "github"], default="text",
                    help="text for people (on standard error); json, sarif (code scanning) or github "
                         "(workflow annotations) on standard output")
@@ -63,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("graph", "draw the pipeline's graph, or what a backend will run")
     p.add_argument("file")
     p.add_argument("--backend", "-b", help="draw this backend's lowered graph")
-    p.add_argument("--format", "-f", choices=["dot", "mermaid", "json", "svg", "png", "html"], default="dot")
+    p.add_argument("--format", "-f", choices=list(GRAPH_SUFFIXES.values()), default=None,
+                   help="default: from the -o file's name (.svg, .png, .html, .json, .mmd, .dot), else dot")
     p.add_argument("--param", "-p", action="append", default=[], metavar="K=V")
     p.add_argument("-o", "--output", help="write to this file (needed for png)")
 
@@ -76,6 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN", help="continue run RUN (its id under .pipec/runs, or its folder) "
                                                    "from its last completed round")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    p = add("runs", "the history of runs under .pipec/runs: list, show, gc")
+    runs = p.add_subparsers(dest="runs_command", metavar="ACTION", parser_class=_Parser)
+    runs.required = True
+    runs.add_parser("list", help="every run, oldest first, with its status")
+    show = runs.add_parser("show", help="a run's summary and where its report is")
+    show.add_argument("run", help="a run id (or a unique prefix of one), or a run folder")
+    collect = runs.add_parser("gc", help="delete old runs, keeping the newest")
+    collect.add_argument("--keep", type=int, default=10, metavar="N", help="runs to keep (default 10)")
+    collect.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
 
     p = add("fmt", "format .pipe files canonically")
     p.add_argument("file", nargs="+", help="a .pipe file, a folder (every .pipe file under it) or - for "
@@ -97,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.verbose = getattr(args, "verbose", 0)
+    args.quiet = getattr(args, "quiet", False)
     try:
         return _COMMANDS[args.command](args)
     except CompileError as exc:
@@ -113,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
+        return 130
+    except RunInterrupted as exc:
+        print(str(exc), file=sys.stderr)
         return 130
     except BrokenPipeError:
         return EXIT_OK
@@ -188,11 +229,17 @@ def cmd_graph(args) -> int:
     from pipec.compiler import render
     pipeline = _load(args.file)
     pipeline.check(args.backend)
+    if args.format is None:
+        args.format = GRAPH_SUFFIXES.get(Path(args.output).suffix.lower(), "dot") if args.output else "dot"
     if args.backend:
         plan = pipeline.lower(args.backend, _params(pipeline, args.param))
         drawing = render.plan_drawing(plan)
     else:
         drawing = render.pipeline_drawing(pipeline.ir)
+    if args.format == "html":  # with each node's .pipe line
+        from pipec.compiler.graph_html import page
+        _emit(page(drawing, pipeline.ir, pipeline.source.text), args.output)
+        return EXIT_OK
     if args.format in ("svg", "png"):
         if args.format == "png" and not args.output:
             raise UsageError("a PNG image needs -o FILE")
@@ -269,7 +316,10 @@ def cmd_lsp(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from pipec.progress import TerminalProgress, print_summary
+    import uuid
+    from pipec.api import run_plan
+    from pipec.progress import Names, RunView, print_summary
+    from pipec.runs import RUNS, RunEvents
     pipeline = _load(args.file)
     engine = pipeline.backend(args.backend, **({"address": args.address} if args.address else {}))
     for d in pipeline.check(engine):
@@ -279,20 +329,81 @@ def cmd_run(args) -> int:
         raise UsageError(f"backend `{engine.name}` cannot resume a run",
                          "run it again without --resume, or on a backend that can (`pipec backends`)")
     plan = pipeline.lower(engine, params)
-    run_options = {"run_dir": args.run_dir}
+    # The run is named before it starts: its folder keeps its report, and if its driver
+    # dies, the name is what --resume needs.
     if args.resume:
-        run_options = {"run_dir": _resume_dir(args.resume, args.run_dir), "resume": True}
-    elif engine.can("resume") and any(loop.parent is None for loop in pipeline.ir.info.loops.values()):
-        # Name the run before it starts: if its driver dies, this is what --resume needs
-        # (records are kept at the end of each round of a top-level loop).
-        import uuid
-        run_id = args.run_dir or uuid.uuid4().hex[:12]
-        run_options["run_dir"] = args.run_dir or str(Path(".pipec") / "runs" / run_id)
-        print(f"run {run_id}  (if it stops, continue it with --resume {run_id})", file=sys.stderr)
-    with TerminalProgress(sys.stderr) as progress:
-        result = plan.run(progress=progress, **run_options)
-    print_summary(result, pipeline, as_json=args.json)
+        run_dir = _resume_dir(args.resume, args.run_dir)
+    else:
+        run_dir = args.run_dir or str(RUNS / uuid.uuid4().hex[:12])
+    run_id = Path(run_dir).name
+    view = RunView(Names(pipeline.ir, pipeline.source.text), sys.stderr, "quiet" if args.quiet else "auto")
+    view.header(run_id, pipeline.name, engine.name, _starting(plan), resume=args.resume)
+    events = RunEvents(view)
+    try:
+        with view, _ctrl_c_reaches_pipec_only():
+            result = run_plan(pipeline, plan, events, run_dir, bool(args.resume))
+    except KeyboardInterrupt:
+        if events.status == "finished":  # Ctrl-C while the engine shut down: the run is done
+            print(f"pipeline `{pipeline.name}` finished (interrupted while the engine shut down); "
+                  f"wrote {', '.join(events.sinks.values())}", file=sys.stderr)
+            return EXIT_OK
+        where = ""
+        r = events.current_round
+        if r is not None:
+            where = f" in round {r['index'] + 1}/{r['count']} of {view.names.loop(r['loop'])}"
+        again = (f"; continue it with: pipec run {args.file} --resume {run_id}"
+                 if engine.can("resume") and pipeline.ir.info.loops else "")
+        raise RunInterrupted(f"interrupted{where}{again}") from None
+    print_summary(result, pipeline, as_json=args.json, report=result.report, verbose=args.verbose,
+                  quiet=args.quiet)
     return EXIT_OK
+
+
+def _starting(plan) -> str:
+    """What starts for ``plan``, in the header's words."""
+    mapping = getattr(plan, "mapping", None)
+    engine = getattr(mapping, "engine", None)
+    return engine if isinstance(engine, str) and engine else f"the {plan.backend} engine"
+
+
+@contextmanager
+def _ctrl_c_reaches_pipec_only():
+    """Ctrl-C stops the run in pipec alone. The terminal sends SIGINT to every process of
+    the foreground group, so engine workers would print their own tracebacks: here SIGINT
+    is blocked while the engine starts and runs (processes started meanwhile inherit the
+    blocked mask), one thread waits for it, and turns it into a KeyboardInterrupt in the
+    main thread (through SIGUSR1, so a main thread blocked waiting on the engine wakes up).
+    """
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    main = threading.main_thread().ident
+    stopping = threading.Event()
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    def wait_for_ctrl_c():
+        while True:
+            signal.sigwait({signal.SIGINT})
+            if stopping.is_set():
+                return
+            signal.pthread_kill(main, signal.SIGUSR1)
+
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    old_handler = signal.signal(signal.SIGUSR1, interrupt)
+    watcher = threading.Thread(target=wait_for_ctrl_c, daemon=True, name="pipec-ctrl-c")
+    watcher.start()
+    try:
+        yield
+    finally:
+        stopping.set()
+        signal.pthread_kill(watcher.ident, signal.SIGINT)
+        watcher.join(5)
+        signal.signal(signal.SIGUSR1, old_handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
 def _resume_dir(run: str, run_dir: str | None) -> str:
@@ -306,7 +417,46 @@ def _resume_dir(run: str, run_dir: str | None) -> str:
     return str(folder)
 
 
+def cmd_runs(args) -> int:
+    import json
+    import time
+    from pipec import runs
+    if args.runs_command == "list":
+        found = runs.all_runs()
+        if not found:
+            print("no runs under .pipec/runs", file=sys.stderr)
+        for r in found:
+            s = r.summary or {}
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started_at))
+            print(f"{r.id}  {when}  {r.status:<11}  {s.get('pipeline', '?'):<16} {s.get('backend', '?'):<6} "
+                  f"{s.get('seconds', 0):8.2f} s")
+        return EXIT_OK
+    if args.runs_command == "show":
+        r = runs.find(args.run)
+        if r is None or r.summary is None:
+            raise UsageError(f"no run `{args.run}` with a summary under .pipec/runs", "see `pipec runs list`")
+        s = r.summary
+        print(f"run {r.id}: pipeline {s['pipeline']} on {s['backend']}, {s['status']}"
+              + (f" ({s['error']})" if s.get("error") else "") + f", {s['seconds']:.2f} s")
+        for loop, label in s.get("loops", {}).items():
+            n = sum(1 for x in s["rounds"] if x["loop"] == loop and x["ok"])
+            print(f"  {label}: {n} round{'s' if n != 1 else ''}")
+        for sink in s["sinks"]:
+            print(f"  wrote {sink['path']}  ({sink['name']}, {sink['bytes']} bytes)")
+        if args.verbose:
+            print(json.dumps(s, indent=1, sort_keys=True))
+        print(f"  report: {r.folder / runs.REPORT}")
+        return EXIT_OK
+    gone = runs.gc(keep_last=args.keep, dry=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    for r in gone:
+        print(f"{verb} {r.folder}", file=sys.stderr)
+    print(f"{verb} {len(gone)} run{'s' if len(gone) != 1 else ''}", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_backends(args) -> int:
+    import importlib.util
     from pipec.backends import backend_class, names
     from pipec.compiler.capabilities import FEATURES
     known = names()
@@ -318,13 +468,15 @@ def cmd_backends(args) -> int:
         print(f"{feature:<{width}}  {marks}")
     print()
     for n in known:
-        extra = classes[n].extra
-        print(f"{n}: {classes[n].description}" + (f"  (pip install 'pipec[{extra}]')" if extra else ""))
+        module, extra = classes[n].engine_module, classes[n].extra
+        installed = module is None or importlib.util.find_spec(module) is not None
+        how = "" if installed or not extra else f"  (pip install 'pipec[{extra}]')"
+        print(f"{n}: {'installed' if installed else 'not installed'}: {classes[n].description}{how}")
     return EXIT_OK
 
 
 _COMMANDS = {"check": cmd_check, "compile": cmd_compile, "graph": cmd_graph, "run": cmd_run,
-             "fmt": cmd_fmt, "lsp": cmd_lsp, "backends": cmd_backends}
+             "fmt": cmd_fmt, "lsp": cmd_lsp, "backends": cmd_backends, "runs": cmd_runs}
 
 
 def entry() -> None:

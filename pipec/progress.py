@@ -75,6 +75,8 @@ def _clock() -> str:
 
 
 def _seconds(s: float) -> str:
+    if s < 10:
+        return f"{s:.2f} s"
     if s < 60:
         return f"{s:.1f} s"
     m, s = divmod(int(s), 60)
