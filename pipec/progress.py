@@ -47,6 +47,8 @@ class Names:
                 "sink" if isinstance(op, ir.Sink) else "var" if isinstance(op, (ir.Var, ir.Rebind)) else
                 "param" if isinstance(op, ir.Param) else
                 "stage" if op.node_shape == ir.COLLECTION else "value")
+        if op.name is None and "/" in node:  # a step the compiler made for a named one
+            return f"{op.op} for {node.split('/')[0]}"
         return f"{kind} {op.name or node}"
 
     def loop(self, loop: str) -> str:
@@ -211,10 +213,11 @@ class RunView:
             del self._stage_open[name]
 
 
-def print_summary(result: RunResult, pipeline, as_json: bool = False, out: TextIO = sys.stdout,
-                  err: TextIO = sys.stderr, report: Any = None, verbose: int = 0, quiet: bool = False) -> None:
+def print_summary(result: RunResult, pipeline, as_json: bool = False, out: TextIO | None = None,
+                  err: TextIO | None = None, report: Any = None, verbose: int = 0, quiet: bool = False) -> None:
     """Plain outputs on stdout (JSON), files and timings on stderr, in the pipeline's own
     names; ``report`` is the run's report.html, named last."""
+    out, err = out or sys.stdout, err or sys.stderr
     names = Names(pipeline.ir, pipeline.source.text)
     if as_json:
         json.dump({"backend": result.backend, "seconds": round(result.seconds, 3),

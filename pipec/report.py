@@ -83,6 +83,9 @@ def timeline_svg(summary: dict) -> str:
               + [s["end"] or 0 for s in summary["stages"]]) or 1.0
     scale = WIDTH / end
     lanes: list[tuple[str, list]] = []
+    ready = (summary.get("engine") or {}).get("ready_at")
+    if ready:
+        lanes.append(("engine starting", [(0.0, ready, "until the engine was ready", "#d1d5db", [])]))
     loops = summary.get("loops", {})
     for loop, label in loops.items():
         bars = [(r["start"], r["end"], f"round {r['index'] + 1}/{r['count']}", "#93c5fd" if r["index"] % 2 else "#60a5fa",

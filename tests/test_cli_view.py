@@ -1,0 +1,136 @@
+"""Seeing a run: the header, round and stage lines, the kept summary and report, the run
+history, Ctrl-C, and the notebook views, on every backend's real engine."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipec import load
+from pipec.api import run_plan
+from pipec.cli import main
+from pipec.progress import Names, RunView
+from pipec.runs import RunEvents
+from tests.conftest import ROOT
+from tests.engines import BACKENDS, engine_options
+
+ENGINE_PACKAGE = {"dask": "dask", "ray": "ray", "spark": "spark"}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_run_is_shown_and_kept(backend, workdir):
+    """Plain progress names rounds k/N in the pipeline's words; the run folder keeps a
+    summary (rounds, the actor call ledger, sinks with their real sizes, the engine) and
+    an offline report; numbered snapshots are pruned once the run succeeded."""
+    pipeline = load("examples/train.pipe")
+    plan = pipeline.lower(backend, {"rows": 400, "epochs": 3}, **engine_options(backend))
+    shown = io.StringIO()
+    view = RunView(Names(pipeline.ir, pipeline.source.text), shown, "plain")
+    result = run_plan(pipeline, plan, RunEvents(view), run_dir=str(workdir / "runs" / "r1"))
+    lines = shown.getvalue().splitlines()
+    assert lines[0].startswith("  engine ready")
+    rounds = [x for x in lines if "repeat epochs (line 17): round" in x]
+    assert [re.search(r"round (\d/\d)", x).group(1) for x in rounds] == ["1/3", "2/3", "3/3"]
+    assert all(re.match(r"\d\d:\d\d:\d\d ", x) for x in rounds)
+    assert "loop1" not in shown.getvalue()
+
+    folder = workdir / "runs" / "r1"
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["backend"] == backend
+    assert [(r["index"], r["ok"]) for r in summary["rounds"]] == [(0, True), (1, True), (2, True)]
+    applied = [(c["actor"], c["seq"], c["method"]) for c in summary["calls"] if not c["replayed"]]
+    assert applied == [("ps", 0, "weights"), ("ps", 1, "apply"), ("ps", 2, "weights"), ("ps", 3, "apply"),
+                       ("ps", 4, "weights"), ("ps", 5, "apply"), ("ps", 6, "weights")]
+    weights = Path(result.files["weights"])
+    assert summary["sinks"] == [{"node": "weights", "name": "sink weights", "path": str(result.files["weights"]),
+                                 "bytes": weights.stat().st_size}]
+    assert {t["name"] for t in summary["timings"]} >= {"stage grads", "value total", "ps.apply()"}
+    if backend in ENGINE_PACKAGE:
+        assert ENGINE_PACKAGE[backend] in summary["engine"]["versions"]
+    assert summary["engine"]["workers"] >= 1
+    assert not [f for f in (folder / "actors").iterdir() if re.match(r".*\.\d+\.snapshot$", f.name)]
+    report = (folder / "report.html").read_text()
+    assert result.report == str(folder / "report.html")
+    assert "<script src" not in report and "https://" not in report
+    assert report.count('class="bar"') >= 3 + 3  # three rounds, and a stage in each
+    assert result.read("weights") == json.loads(weights.read_text())
+
+
+def test_cli_run_without_loops_prints_a_line_per_stage_and_keeps_history(workdir, capsys):
+    code = main(["run", "examples/wordcount.pipe", "--backend", "local", "-p", "n=3"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    header = err.splitlines()
+    run_id = re.match(r"run (\w+)  pipeline wordcount on local$", header[0]).group(1)
+    assert header[1].startswith("  starting ")
+    assert re.search(r"^\d\d:\d\d:\d\d stage words: 4 tasks in ", err, re.M)
+    assert f"report: .pipec/runs/{run_id}/report.html" in err
+
+    assert main(["runs", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert re.search(rf"^{run_id} .* finished +wordcount +local ", listing, re.M)
+    assert main(["runs", "show", run_id[:6]]) == 0
+    shown = capsys.readouterr().out
+    assert "finished" in shown and "top_words" in shown and "bytes" in shown
+    assert main(["-q", "runs", "gc", "--keep", "0"]) == 0
+    assert "deleted 1 run" in capsys.readouterr().err
+    assert not (workdir / ".pipec" / "runs" / run_id).exists()
+
+
+def test_ctrl_c_is_one_line_with_the_round_and_how_to_resume(workdir):
+    """A real SIGINT to the process group while a Dask run is in its rounds: pipec says
+    where it stopped and how to go on; no engine process prints a traceback."""
+    if "dask" not in BACKENDS:
+        pytest.skip("needs the dask backend")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), NO_COLOR="1")
+    proc = subprocess.Popen([sys.executable, "-m", "pipec", "run", "examples/train.pipe", "--backend", "dask",
+                             "-p", "epochs=100000", "-p", "rows=400"], stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "round 2/" in line:
+            os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
+            break
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 130, "".join(seen) + rest
+    run_id = re.match(r"run (\w+)", seen[0]).group(1)
+    assert "Traceback" not in rest and "KeyboardInterrupt" not in rest, rest
+    last = rest.strip().splitlines()
+    assert len(last) == 1 or all(re.match(r"\d\d:\d\d:\d\d repeat epochs", x) for x in last[:-1]), rest
+    assert re.match(rf"interrupted in round \d+/100000 of repeat epochs \(line 17\); continue it with: "
+                    rf"pipec run examples/train.pipe --resume {run_id}$", last[-1]), rest
+    summary = json.loads((workdir / ".pipec" / "runs" / run_id / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+
+
+def test_notebook_views_are_short_and_draw(workdir):
+    pipeline = load("examples/wordcount.pipe")
+    assert len(repr(pipeline)) < 200 and "wordcount" in repr(pipeline)
+    bundle = pipeline._repr_mimebundle_()
+    svg = bundle["image/svg+xml"]
+    assert svg.startswith("<svg") and svg.count('class="node') == len(pipeline.ir.graph)
+    result = pipeline.run(backend="local", params={"n": 3})
+    assert len(repr(result)) < 200 and "<table>" in result._repr_html_()
+    assert result.read("top_words") == json.loads(Path(result.files["top_words"]).read_text())
+    with pytest.raises(KeyError, match="top_words"):
+        result.read("nope")
+
+
+def test_cli_conventions(workdir, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("pipec ")
+    assert main(["graph", "examples/wordcount.pipe", "-o", "g.html"]) == 0
+    assert Path("g.html").read_text().startswith("<!DOCTYPE html>")
+    assert main(["backends"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^local: installed: ", out, re.M)
