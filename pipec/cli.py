@@ -336,19 +336,21 @@ def cmd_run(args) -> int:
     else:
         run_dir = args.run_dir or str(RUNS / uuid.uuid4().hex[:12])
     run_id = Path(run_dir).name
-    view = RunView(Names(pipeline.ir, pipeline.source.text), sys.stderr, "quiet" if args.quiet else "auto")
-    view.header(run_id, pipeline.name, engine.name, _starting(plan), resume=args.resume)
-    events = RunEvents(view)
+    events = None
     try:
-        with view, _ctrl_c_reaches_pipec_only():
-            result = run_plan(pipeline, plan, events, run_dir, bool(args.resume))
+        with _engine_output_to_log(run_dir) as stream:
+            view = RunView(Names(pipeline.ir, pipeline.source.text), stream, "quiet" if args.quiet else "auto")
+            view.header(run_id, pipeline.name, engine.name, _starting(plan), resume=args.resume)
+            events = RunEvents(view)
+            with view:
+                result = run_plan(pipeline, plan, events, run_dir, bool(args.resume))
     except KeyboardInterrupt:
-        if events.status == "finished":  # Ctrl-C while the engine shut down: the run is done
+        if events is not None and events.status == "finished":  # Ctrl-C as the engine shut down
             print(f"pipeline `{pipeline.name}` finished (interrupted while the engine shut down); "
                   f"wrote {', '.join(events.sinks.values())}", file=sys.stderr)
             return EXIT_OK
         where = ""
-        r = events.current_round
+        r = events.current_round if events is not None else None
         if r is not None:
             where = f" in round {r['index'] + 1}/{r['count']} of {view.names.loop(r['loop'])}"
         again = (f"; continue it with: pipec run {args.file} --resume {run_id}"
@@ -367,43 +369,40 @@ def _starting(plan) -> str:
 
 
 @contextmanager
-def _ctrl_c_reaches_pipec_only():
-    """Ctrl-C stops the run in pipec alone. The terminal sends SIGINT to every process of
-    the foreground group, so engine workers would print their own tracebacks: here SIGINT
-    is blocked while the engine starts and runs (processes started meanwhile inherit the
-    blocked mask), one thread waits for it, and turns it into a KeyboardInterrupt in the
-    main thread (through SIGUSR1, so a main thread blocked waiting on the engine wakes up).
-    """
-    import signal
-    import threading
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    main = threading.main_thread().ident
-    stopping = threading.Event()
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    def wait_for_ctrl_c():
-        while True:
-            signal.sigwait({signal.SIGINT})
-            if stopping.is_set():
-                return
-            signal.pthread_kill(main, signal.SIGUSR1)
-
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    old_handler = signal.signal(signal.SIGUSR1, interrupt)
-    watcher = threading.Thread(target=wait_for_ctrl_c, daemon=True, name="pipec-ctrl-c")
-    watcher.start()
+def _engine_output_to_log(run_dir: str):
+    """While the engine runs, whatever its processes write to standard error goes to
+    ``engine-output.log`` in the run folder, and pipec's own lines to the terminal. Dask
+    workers, Ray's and Spark's processes inherit file descriptor 2 when they start (and
+    print tracebacks there on Ctrl-C, which the terminal sends to them all); pipec keeps
+    a copy of the terminal's descriptor for ``sys.stderr``. Yields the stream to show
+    the run on."""
     try:
-        yield
+        ours = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # a captured stderr (tests): fd 2 is not it
+        ours = False
+    try:
+        folder = Path(run_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        log = open(folder / "engine-output.log", "ab")
+    except OSError:  # a run folder on object storage, say: the output is dropped
+        log = open(os.devnull, "wb")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    old_stream = sys.stderr
+    if ours:
+        sys.stderr = open(os.dup(saved), "w", buffering=1, encoding=old_stream.encoding or "utf-8",
+                          errors="backslashreplace")
+    os.dup2(log.fileno(), 2)
+    try:
+        yield sys.stderr
     finally:
-        stopping.set()
-        signal.pthread_kill(watcher.ident, signal.SIGINT)
-        watcher.join(5)
-        signal.signal(signal.SIGUSR1, old_handler)
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        log.close()
+        if ours:
+            sys.stderr.close()
+            sys.stderr = old_stream
 
 
 def _resume_dir(run: str, run_dir: str | None) -> str:
