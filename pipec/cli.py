@@ -340,7 +340,9 @@ def cmd_run(args) -> int:
     try:
         with _engine_output_to_log(run_dir) as stream:
             view = RunView(Names(pipeline.ir, pipeline.source.text), stream, "quiet" if args.quiet else "auto")
-            view.header(run_id, pipeline.name, engine.name, _starting(plan), resume=args.resume)
+            view.header(run_id, pipeline.name, engine.name, _starting(plan), resume=args.resume,
+                        resumable=engine.can("resume") and any(loop.parent is None
+                                                               for loop in pipeline.ir.info.loops.values()))
             events = RunEvents(view)
             with view:
                 result = run_plan(pipeline, plan, events, run_dir, bool(args.resume))

@@ -138,11 +138,14 @@ class RunView:
     def _stamp(self, text: str) -> None:
         self.say(text if self.mode == "live" else f"{_clock()} {text}")
 
-    def header(self, run_id: str, pipeline: str, backend: str, starting: str, resume: str | None = None) -> None:
-        """Printed before the engine starts: the run, where it runs, what is starting."""
+    def header(self, run_id: str, pipeline: str, backend: str, starting: str, resume: str | None = None,
+               resumable: bool = False) -> None:
+        """Printed before the engine starts: the run, where it runs, what is starting;
+        ``resumable``: how to continue it if it stops."""
         bold, off = ("\033[1m", "\033[0m") if self.color else ("", "")
-        self.say(f"{bold}run {run_id}{off}  pipeline {pipeline} on {backend}"
-                 + ("  (continuing from its last completed round)" if resume else ""))
+        note = ("  (continuing from its last completed round)" if resume else
+                f"  (if it stops, continue it with --resume {run_id})" if resumable else "")
+        self.say(f"{bold}run {run_id}{off}  pipeline {pipeline} on {backend}{note}")
         self.say(f"  starting {starting} ...")
 
     # ---- the driver's hooks
@@ -231,10 +234,8 @@ def print_summary(result: RunResult, pipeline, as_json: bool = False, out: TextI
     for name, value in result.outputs.items():
         out.write(f"{name} = {json.dumps(to_jsonable(value), sort_keys=True)}\n")
     for loop in result.capped:
-        until = pipeline.ir.info.loops[loop].until
-        what = f"`{until.node}`" if hasattr(until, "node") else "its condition"
         err.write(f"warning: {names.loop(loop)} stopped at its cap of {result.rounds.get(loop)} rounds; "
-                  f"{what} never became true\n")
+                  "its `until` condition never became true\n")
     if quiet:
         return
     green, off = ("\033[32m", "\033[0m") if _color_on(err) else ("", "")
