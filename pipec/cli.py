@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN", help="continue run RUN (its id under .pipec/runs, or its folder) "
                                                    "from its last completed round")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--traceback", action="store_true", help="when your code fails, show its whole traceback")
 
     p = add("runs", "the history of runs under .pipec/runs: list, show, gc")
     runs = p.add_subparsers(dest="runs_command", metavar="ACTION", parser_class=_Parser)
@@ -144,7 +145,12 @@ def main(argv: list[str] | None = None) -> int:
         print(exc.render(), file=sys.stderr)
         return EXIT_USAGE
     except (FileError, PipelineRuntimeError) as exc:
+        user_tb = getattr(exc, "user_traceback", None)
+        if user_tb and getattr(args, "traceback", False):
+            print(user_tb.rstrip(), file=sys.stderr)
         print(exc.render(), file=sys.stderr)
+        if user_tb and not getattr(args, "traceback", True):
+            print("  = note: rerun with --traceback for your code's whole traceback", file=sys.stderr)
         return EXIT_ERROR
     except PipecError as exc:
         print(f"error: {exc}", file=sys.stderr)

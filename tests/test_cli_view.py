@@ -134,3 +134,50 @@ def test_cli_conventions(workdir, capsys):
     assert main(["backends"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"^local: installed: ", out, re.M)
+
+
+BAD = '''
+def f(x):
+    return helper({"x": x, "padding": "p" * 200})
+def helper(row):
+    return 10 // (row["x"] - 5)
+'''
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_failing_function_names_its_element_and_keeps_its_traceback(backend, write_pipe, monkeypatch):
+    from pipec.dsl.diagnostics import PipelineRuntimeError
+    path = write_pipe("""use bad_elem as b
+pipeline p() {
+    source xs = range(10) partitions 2
+    stage ys = map b.f over xs
+    sink out = collect(ys)
+}
+""", bad_elem=BAD)
+    monkeypatch.chdir(path.parent)
+    with pytest.raises(PipelineRuntimeError) as failed:
+        load(path).run(backend=backend, **engine_options(backend))
+    assert "ZeroDivisionError: integer division or modulo by zero at element 0 = 5 (partition 1)" in str(failed.value)
+    assert 'in helper\n    return 10 // (row["x"] - 5)' in failed.value.user_traceback
+    assert "pipec" not in failed.value.user_traceback.split("\n")[1]  # it starts in the user's code
+
+
+def test_run_traceback_flag(write_pipe, monkeypatch, capsys):
+    path = write_pipe("""use bad_cli as b
+pipeline p() {
+    source xs = b.rows() partitions 1
+    stage ys = map b.g over xs
+    sink out = collect(ys)
+}
+""", bad_cli="def rows():\n    return [{'x': 4}, {'x': 5, 'name': 'long ' * 40}]\n"
+             "def g(row):\n    return 1 // (row['x'] - 5)\n")
+    monkeypatch.chdir(path.parent)
+    assert main(["-q", "run", str(path), "--backend", "local"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "rerun with --traceback" in err
+    clipped = "{'x': 5, 'name': 'long long "
+    shown = re.search(r"at element 1 = (.*) \(partition 0\)$", err.splitlines()[0]).group(1)
+    assert shown.startswith(clipped) and shown.endswith("...") and len(shown) == 80  # clipped
+    assert main(["-q", "run", str(path), "--backend", "local", "--traceback"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):") and "return 1 // (row['x'] - 5)" in err

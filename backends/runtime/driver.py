@@ -24,7 +24,7 @@ from pipec.backends.runtime import resume as resuming
 from pipec.backends.runtime.interpreter import StageFailure
 from pipec.backends.runtime.actors import SKIPPED, ReplayLog, last_snapshot
 from pipec.backends.runtime.sinks import StagedSinks
-from pipec.backends.runtime.tasks import ensure_path, fn_of, user_frame
+from pipec.backends.runtime.tasks import ensure_path, failing_element, fn_of, user_frame, user_traceback
 
 
 # The share of a run's time its resume records may take on the driver.
@@ -245,7 +245,9 @@ class Driver:
         place = f" (partition {partition})" if partition is not None else ""
         frame = user_frame(exc)
         hint = f"raised at {frame}" if frame else None
-        return self.error(where, f"{type(exc).__name__}: {exc}{place}", span, hint)
+        error = self.error(where, f"{type(exc).__name__}: {exc}{failing_element(exc)}{place}", span, hint)
+        error.user_traceback = user_traceback(exc)
+        return error
 
     def stage_failed(self, failure: "StageFailure") -> PipelineRuntimeError:
         """The error the user sees for a StageFailure raised by the interpreter in a task."""
@@ -255,8 +257,10 @@ class Driver:
         span = op.span if op is not None else None
         if failure.kind == "error":
             place = f" (partition {failure.partition})" if failure.partition is not None else ""
-            return self.error(node, f"{failure.error}: {failure.message}{place}", span,
-                              f"raised at {failure.frame}" if failure.frame else failure.hint)
+            error = self.error(node, f"{failure.error}: {failure.message}{place}", span,
+                               f"raised at {failure.frame}" if failure.frame else failure.hint)
+            error.user_traceback = failure.traceback
+            return error
         return self.error(node, failure.message, span, failure.hint)
 
     # ---- values
