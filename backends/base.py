@@ -95,7 +95,9 @@ class Progress(Protocol):
 #   round_end(loop, index, count, ok)          after round ``index`` (``ok``: it completed)
 #   actor_call(actor, seq, method, replayed)   a graph-level call applied (or replayed)
 #   sink_written(node, path)                   a sink's file, once committed
-RUN_HOOKS = ("run_started", "engine_ready", "round_end", "actor_call", "sink_written")
+#   fault(message)                             the engine lost a worker, an actor was
+#                                              restarted and its calls replayed, ...
+RUN_HOOKS = ("run_started", "engine_ready", "round_end", "actor_call", "sink_written", "fault")
 
 
 def notify(progress: Any, hook: str, *args) -> None:

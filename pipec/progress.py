@@ -194,6 +194,9 @@ class RunView:
         info = self.names.ir.info.loops.get(loop)
         return info is not None and info.until is not None
 
+    def fault(self, message: str) -> None:
+        self._stamp(f"note: {message}")
+
     def stage(self, name: str, tasks: int) -> None:
         self._stage_open[name] = [tasks, 0, time.perf_counter()]
         if self._bar is not None:

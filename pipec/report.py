@@ -43,9 +43,12 @@ def report_html(summary: dict, pipeline) -> str:
                                               [(s["name"], s["path"], "" if s["bytes"] is None else f"{s['bytes']:,}")
                                                for s in summary["sinks"]]) if summary["sinks"] else
              "<p>none (a run's sinks are written together when it finishes)</p>",
-             "<h2>Retries, restarts, workers lost</h2>",
-             "<p>not reported by the engines to pipec yet; see the engine's own UI or "
-             "<code>engine.log</code> in the run folder</p>",
+             "<h2>Restarts and workers lost</h2>", _table(
+                 ["at (s)", "round", "what happened"],
+                 [(f"{f['at']:.3f}", "" if f["round"] is None else f["round"] + 1, f["message"])
+                  for f in summary["faults"]]) if summary["faults"] else
+             "<p>none seen by pipec (a task retried inside its worker, or re-run by Spark, is not counted "
+             "here: see the engine's own UI)</p>",
              "<h2>Graph</h2>", graph_html.section(drawing, pipeline.ir, pipeline.source.text, timings)]
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>

@@ -43,6 +43,7 @@ class RunEvents:
         self.stages: list[dict] = []  # name, loop, round, start, end, tasks, done, ticks
         self.calls: list[dict] = []  # actor, seq, method, replayed, at
         self.sinks: dict[str, str] = {}
+        self.faults: list[dict] = []  # at, round, message
         self.status = "running"
         self.error: str | None = None
         self._open: dict[str, dict] = {}  # stage name -> its span now
@@ -114,6 +115,11 @@ class RunEvents:
                            "round": r["index"] if r else None})
         notify(self.view, "actor_call", actor, seq, method, replayed)
 
+    def fault(self, message: str) -> None:
+        r = self._innermost_round()
+        self.faults.append({"at": self.now(), "round": r["index"] if r else None, "message": message})
+        notify(self.view, "fault", message)
+
     def sink_written(self, node: str, path: str) -> None:
         self.sinks[node] = path
         notify(self.view, "sink_written", node, path)
@@ -171,8 +177,7 @@ def summary_of(events: RunEvents, pipeline, result=None) -> dict:
         "timings": [{"node": k, "name": names.node(k), "seconds": round(v, 4)}
                     for k, v in sorted(timings.items(), key=lambda kv: -kv[1]) if names.does_work(k)],
         "capped": [names.loop(loop) for loop in (result.capped if result is not None else [])],
-        # retries, restarts and worker losses are not reported by the engines' hooks yet
-        "faults": [],
+        "faults": [dict(f, at=_r(f["at"])) for f in events.faults],
     }
 
 

@@ -21,7 +21,7 @@ from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 from distributed import WorkerPlugin, as_completed, wait
 
 from pipec.compiler import ir
-from pipec.backends.base import NoProgress
+from pipec.backends.base import NoProgress, notify
 from pipec.backends.dask import worker
 from pipec.backends.physical.planner import Arg, GraphStep, Ref, Rounds, Seq, StepLowering, key_of
 from pipec.backends.runtime.driver import LiveContext, PlannedDriver
@@ -630,6 +630,7 @@ class DaskDriver(PlannedDriver):
 
     def _event(self, message: str) -> None:
         self.events.append(message)
+        notify(self.progress, "fault", message)
         log.warning(message)
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)

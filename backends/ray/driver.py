@@ -11,7 +11,7 @@ from dataclasses import fields, is_dataclass, replace
 from typing import Any
 
 from pipec.compiler import ir
-from pipec.backends.base import NoProgress, RunResult
+from pipec.backends.base import NoProgress, RunResult, notify
 from pipec.backends.physical import steps as s
 from pipec.backends.physical.planner import Arg, GraphStep, Ref, Rounds, Seq, StepLowering
 from pipec.backends.runtime.driver import LiveContext, PlannedDriver
@@ -496,6 +496,8 @@ class RayDriver(PlannedDriver):
                 if missing:  # applied before the crash: the host kept its result
                     result = self._actor_result(handle.call.remote(seq, method, args, kwargs))
                 self.result.recoveries[actor] += 1
+                notify(self.progress, "fault", f"actor `{actor}` lost its process; Ray restarted it and pipec "
+                                               f"replayed its calls after call {applied}")
                 return result
             except ray.exceptions.GetTimeoutError:
                 raise self.error(actor, f"the actor did not come back within {ACTOR_RESTART_WAIT:g} s of a "
