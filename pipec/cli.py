@@ -26,6 +26,10 @@ GRAPH_SUFFIXES = {".dot": "dot", ".gv": "dot", ".mmd": "mermaid", ".mermaid": "m
                   ".svg": "svg", ".png": "png", ".html": "html", ".htm": "html"}
 
 
+# Whose warnings go to the run's engine-output.log rather than the terminal.
+ENGINE_PACKAGES = ("pyspark", "py4j", "ray", "distributed", "dask", "tornado", "bokeh")
+
+
 class RunInterrupted(Exception):
     """Ctrl-C stopped a run; the message is the one line the user sees."""
 
@@ -373,7 +377,10 @@ def _starting(plan) -> str:
     """What starts for ``plan``, in the header's words."""
     mapping = getattr(plan, "mapping", None)
     engine = getattr(mapping, "engine", None)
-    return engine if isinstance(engine, str) and engine else f"the {plan.backend} engine"
+    if isinstance(engine, str) and engine:
+        return engine
+    address = getattr(plan, "address", None)
+    return f"the {plan.backend} engine at {address}" if address else f"an embedded {plan.backend} engine"
 
 
 @contextmanager
@@ -401,9 +408,21 @@ def _engine_output_to_log(run_dir: str):
         sys.stderr = open(os.dup(saved), "w", buffering=1, encoding=old_stream.encoding or "utf-8",
                           errors="backslashreplace")
     os.dup2(log.fileno(), 2)
+    import warnings
+    shown = warnings.showwarning
+
+    def engine_warnings_to_log(message, category, filename, lineno, file=None, line=None):
+        # An engine's own warnings (pyspark's about pandas, say) are engine noise: logged.
+        if any(f"{os.sep}{name}{os.sep}" in filename for name in ENGINE_PACKAGES):
+            log.write(warnings.formatwarning(message, category, filename, lineno, line).encode("utf-8", "replace"))
+            log.flush()
+        else:
+            shown(message, category, filename, lineno, file, line)
+    warnings.showwarning = engine_warnings_to_log
     try:
         yield sys.stderr
     finally:
+        warnings.showwarning = shown
         sys.stderr.flush()
         os.dup2(saved, 2)
         os.close(saved)
