@@ -181,3 +181,35 @@ pipeline p() {
     assert main(["-q", "run", str(path), "--backend", "local", "--traceback"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("Traceback (most recent call last):") and "return 1 // (row['x'] - 5)" in err
+
+
+def _on_a_terminal(argv: list[str], cwd: Path, **env: str) -> str:
+    """What ``pipec ARGV`` shows on a real pseudo-terminal (stdout and stderr)."""
+    import pty
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "pipec", *argv], stdout=follower, stderr=follower, cwd=cwd,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="120", **env))
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # the terminal closed: the process is done
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    assert proc.wait(timeout=120) == 0
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_a_terminal_gets_live_round_bars_and_colour_unless_no_color(workdir):
+    argv = ["run", "examples/train.pipe", "--backend", "local", "-p", "epochs=4", "-p", "rows=400"]
+    shown = _on_a_terminal(argv, workdir)
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown)
+    assert re.search(r"repeat epochs \(line 17\)  round [1-4]/4 .* eta", plain)
+    assert "\x1b[1mrun " in shown  # the run id in bold
+    assert not re.search(r"^\d\d:\d\d:\d\d repeat", plain, re.M)  # live bars, not log lines
+    no_color = _on_a_terminal(argv, workdir, NO_COLOR="1")
+    assert "\x1b[1m" not in no_color and "\x1b[32m" not in no_color
