@@ -147,10 +147,8 @@ def run_plan(pipeline: Pipeline, plan, events=None, run_dir: str | None = None, 
 def sinks_all_written(pipeline: Pipeline, events) -> bool:
     """Whether every file sink of ``pipeline`` was committed in the run ``events`` saw
     (a pipeline with file sinks only; plain outputs die with the driver)."""
-    wanted = [n for n, op in pipeline.ir.items() if isinstance(op, ir.Sink)]
-    return bool(wanted) and all(
-        n in events.sinks for n in wanted if pipeline.ir.op(n).format is not None) and all(
-        pipeline.ir.op(n).format is not None for n in wanted)
+    sinks = {n: op for n, op in pipeline.ir.items() if isinstance(op, ir.Sink)}
+    return bool(sinks) and all(op.format is not None and n in events.sinks for n, op in sinks.items())
 
 
 def load(path: str | Path) -> Pipeline:

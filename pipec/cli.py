@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_parser("list", help="every run, oldest first, with its status")
     show = runs.add_parser("show", help="a run's summary and where its report is")
     show.add_argument("run", help="a run id (or a unique prefix of one), or a run folder")
+    show.add_argument("--open", action="store_true", help="open its report in the web browser")
     collect = runs.add_parser("gc", help="delete old runs, keeping the newest")
     collect.add_argument("--keep", type=int, default=10, metavar="N", help="runs to keep (default 10)")
     collect.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
@@ -472,6 +473,9 @@ def cmd_runs(args) -> int:
         if args.verbose:
             print(json.dumps(s, indent=1, sort_keys=True))
         print(f"  report: {r.folder / runs.REPORT}")
+        if args.open:
+            import webbrowser
+            webbrowser.open((r.folder / runs.REPORT).resolve().as_uri())
         return EXIT_OK
     gone = runs.gc(keep_last=args.keep, dry=args.dry_run)
     verb = "would delete" if args.dry_run else "deleted"

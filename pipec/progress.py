@@ -185,12 +185,13 @@ class RunView:
             elapsed = now - self._loop_start.get(loop, now)
             took = now - self._round_start.get(loop, now)
             left = elapsed / done * (count - done)
-            cap = "at most " if self.ir_until(loop) else "about "
+            cap = "at most " if self._stops_early(loop) else "about "
             eta = f", {cap}{_seconds(left)} left" if done < count else ""
             self._stamp(f"{self.names.loop(loop)}: round {done}/{count} in {_seconds(took)} "
                         f"(elapsed {_seconds(elapsed)}{eta})")
 
-    def ir_until(self, loop: str) -> bool:
+    def _stops_early(self, loop: str) -> bool:
+        """Whether ``loop`` is a `repeat N until c`: N rounds is only its cap."""
         info = self.names.ir.info.loops.get(loop)
         return info is not None and info.until is not None
 
