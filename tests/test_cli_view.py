@@ -157,7 +157,7 @@ pipeline p() {
     monkeypatch.chdir(path.parent)
     with pytest.raises(PipelineRuntimeError) as failed:
         load(path).run(backend=backend, **engine_options(backend))
-    assert "ZeroDivisionError: integer division or modulo by zero at element 0 = 5 (partition 1)" in str(failed.value)
+    assert "ZeroDivisionError: integer division or modulo by zero (partition 1) at element 0 = 5" in str(failed.value)
     assert 'in helper\n    return 10 // (row["x"] - 5)' in failed.value.user_traceback
     assert "pipec" not in failed.value.user_traceback.split("\n")[1]  # it starts in the user's code
 
@@ -176,7 +176,7 @@ pipeline p() {
     err = capsys.readouterr().err
     assert "Traceback" not in err and "rerun with --traceback" in err
     clipped = "{'x': 5, 'name': 'long long "
-    shown = re.search(r"at element 1 = (.*) \(partition 0\)$", err.splitlines()[0]).group(1)
+    shown = re.search(r"\(partition 0\) at element 1 = (.*)$", err.splitlines()[0]).group(1)
     assert shown.startswith(clipped) and shown.endswith("...") and len(shown) == 80  # clipped
     assert main(["-q", "run", str(path), "--backend", "local", "--traceback"]) == 1
     err = capsys.readouterr().err

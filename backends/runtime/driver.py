@@ -245,7 +245,7 @@ class Driver:
         place = f" (partition {partition})" if partition is not None else ""
         frame = user_frame(exc)
         hint = f"raised at {frame}" if frame else None
-        error = self.error(where, f"{type(exc).__name__}: {exc}{failing_element(exc)}{place}", span, hint)
+        error = self.error(where, f"{type(exc).__name__}: {exc}{place}{failing_element(exc)}", span, hint)
         error.user_traceback = user_traceback(exc)
         return error
 
@@ -257,7 +257,7 @@ class Driver:
         span = op.span if op is not None else None
         if failure.kind == "error":
             place = f" (partition {failure.partition})" if failure.partition is not None else ""
-            error = self.error(node, f"{failure.error}: {failure.message}{place}", span,
+            error = self.error(node, f"{failure.error}: {failure.message}{place}{failure.element}", span,
                                f"raised at {failure.frame}" if failure.frame else failure.hint)
             error.user_traceback = failure.traceback
             return error
