@@ -152,7 +152,8 @@ def to_svg(drawing: Drawing, lines: dict[str, tuple[int, str]] | None = None,
            f'<text x="12" y="20" font-size="14" font-weight="bold">{html.escape(drawing.title)}</text>',
            '<g id="viewport">']
     for cid, c in sorted(lay["clusters"].items(), key=lambda kv: -kv[1]["w"] * kv[1]["h"]):
-        out.append(f'<g class="cluster" data-id="{html.escape(cid)}" data-members="{html.escape(json.dumps(c["members"]))}">'
+        members = html.escape(json.dumps(c["members"]))
+        out.append(f'<g class="cluster" data-id="{html.escape(cid)}" data-members="{members}">'
                    f'<rect x="{c["x"]:.1f}" y="{c["y"]:.1f}" width="{c["w"]:.1f}" height="{c["h"]:.1f}" rx="8" '
                    'fill="none" stroke="#6b7280" stroke-dasharray="5 3"/>'
                    f'<text class="cluster-label" x="{c["x"] + 8:.1f}" y="{c["y"] + 14:.1f}" fill="#374151" '

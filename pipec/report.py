@@ -91,8 +91,9 @@ def timeline_svg(summary: dict) -> str:
         lanes.append(("engine starting", [(0.0, ready, "until the engine was ready", "#d1d5db", [])]))
     loops = summary.get("loops", {})
     for loop, label in loops.items():
-        bars = [(r["start"], r["end"], f"round {r['index'] + 1}/{r['count']}", "#93c5fd" if r["index"] % 2 else "#60a5fa",
-                 []) for r in summary["rounds"] if r["loop"] == loop and r["end"] is not None]
+        bars = [(r["start"], r["end"], f"round {r['index'] + 1}/{r['count']}",
+                 "#93c5fd" if r["index"] % 2 else "#60a5fa", [])
+                for r in summary["rounds"] if r["loop"] == loop and r["end"] is not None]
         if bars:
             lanes.append((label, bars))
     by_stage: dict[str, list] = {}

@@ -118,9 +118,10 @@ class RayDriver(PlannedDriver):
             url = get_dashboard_url() or None
         except Exception:  # no dashboard in this runtime
             url = None
+        if url and "://" not in url:
+            url = "http://" + url
         cpus = self.ray.cluster_resources().get("CPU")
-        return {"workers": int(cpus) if cpus else None, "dashboard": url and ("http://" + url if "://" not in url else url),
-                "versions": {"ray": self.ray.__version__}}
+        return {"workers": int(cpus) if cpus else None, "dashboard": url, "versions": {"ray": self.ray.__version__}}
 
     def teardown(self) -> None:
         for handle in list(self.actors.values()) + [h for hs in self.pools.values() for h in hs]:
