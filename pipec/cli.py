@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: from the -o file's name (.svg, .png, .html, .json, .mmd, .dot), else dot")
     p.add_argument("--param", "-p", action="append", default=[], metavar="K=V")
     p.add_argument("-o", "--output", help="write to this file (needed for png)")
+    p.add_argument("--run", metavar="RUN", help="html: colour the nodes by the time they took in run RUN "
+                                                "(an id under .pipec/runs, or its folder)")
 
     p = add("run", "run a pipeline")
     p.add_argument("file")
@@ -247,9 +249,11 @@ def cmd_graph(args) -> int:
         drawing = render.plan_drawing(plan)
     else:
         drawing = render.pipeline_drawing(pipeline.ir)
-    if args.format == "html":  # with each node's .pipe line
+    if args.run and args.format != "html":
+        raise UsageError("--run colours the interactive graph only", "add --format html (or -o NAME.html)")
+    if args.format == "html":  # with each node's .pipe line, and a run's times
         from pipec.compiler.graph_html import page
-        _emit(page(drawing, pipeline.ir, pipeline.source.text), args.output)
+        _emit(page(drawing, pipeline.ir, pipeline.source.text, _run_timings(args.run, pipeline)), args.output)
         return EXIT_OK
     if args.format in ("svg", "png"):
         if args.format == "png" and not args.output:
@@ -263,6 +267,19 @@ def cmd_graph(args) -> int:
         return EXIT_OK
     _emit(render.render(drawing, args.format), args.output)
     return EXIT_OK
+
+
+def _run_timings(run: str | None, pipeline) -> dict[str, float] | None:
+    """Seconds per node of run ``run`` (None: no run), from its summary.json."""
+    if run is None:
+        return None
+    from pipec import runs
+    found = runs.find(run)
+    if found is None or found.summary is None:
+        raise UsageError(f"no run `{run}` with a summary under .pipec/runs", "see `pipec runs list`")
+    if found.summary.get("pipeline") != pipeline.name:
+        raise UsageError(f"run `{run}` ran pipeline `{found.summary.get('pipeline')}`, not `{pipeline.name}`")
+    return {t["node"]: t["seconds"] for t in found.summary.get("timings", [])}
 
 
 def cmd_fmt(args) -> int:

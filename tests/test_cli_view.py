@@ -80,6 +80,9 @@ def test_cli_run_without_loops_prints_a_line_per_stage_and_keeps_history(workdir
     assert main(["runs", "show", run_id[:6]]) == 0
     shown = capsys.readouterr().out
     assert "finished" in shown and "top_words" in shown and "bytes" in shown
+    assert main(["graph", "examples/wordcount.pipe", "--run", run_id, "-o", "timed.html"]) == 0
+    timed = Path("timed.html").read_text()
+    assert 'data-id="words"' in timed and "data-seconds=" in timed and 'id="by-time"' in timed
     assert main(["-q", "runs", "gc", "--keep", "0"]) == 0
     assert "deleted 1 run" in capsys.readouterr().err
     assert not (workdir / ".pipec" / "runs" / run_id).exists()
