@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stdio", action="store_true", help="accepted for editors that pass it; stdio is the default")
 
     add("backends", "what each engine supports")
+
+    p = add("completion", "print a shell completion script: eval \"$(pipec completion bash)\"")
+    p.add_argument("shell", choices=["bash", "zsh"])
     return parser
 
 
@@ -522,8 +525,15 @@ def cmd_backends(args) -> int:
     return EXIT_OK
 
 
+def cmd_completion(args) -> int:
+    from pipec.completion import script
+    sys.stdout.write(script(args.shell, build_parser(), _backend_names()))
+    return EXIT_OK
+
+
 _COMMANDS = {"check": cmd_check, "compile": cmd_compile, "graph": cmd_graph, "run": cmd_run,
-             "fmt": cmd_fmt, "lsp": cmd_lsp, "backends": cmd_backends, "runs": cmd_runs}
+             "fmt": cmd_fmt, "lsp": cmd_lsp, "backends": cmd_backends, "runs": cmd_runs,
+             "completion": cmd_completion}
 
 
 def entry() -> None:

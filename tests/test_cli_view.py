@@ -216,3 +216,17 @@ def test_a_terminal_gets_live_round_bars_and_colour_unless_no_color(workdir):
     assert not re.search(r"^\d\d:\d\d:\d\d repeat", plain, re.M)  # live bars, not log lines
     no_color = _on_a_terminal(argv, workdir, NO_COLOR="1")
     assert "\x1b[1m" not in no_color and "\x1b[32m" not in no_color
+
+
+def test_bash_completion_offers_commands_backends_and_pipe_files(workdir, capsys):
+    assert main(["completion", "bash"]) == 0
+    Path("pipec.bash").write_text(capsys.readouterr().out)
+    probe = """source pipec.bash
+COMP_WORDS=(pipec ru); COMP_CWORD=1; _pipec; echo "${COMPREPLY[*]}"
+COMP_WORDS=(pipec run --backend ""); COMP_CWORD=3; _pipec; echo "${COMPREPLY[*]}"
+COMP_WORDS=(pipec run examples/word); COMP_CWORD=2; _pipec; echo "${COMPREPLY[*]}"
+"""
+    lines = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert lines[0].split() == ["run", "runs"]
+    assert lines[1].split() == BACKENDS
+    assert lines[2].split() == ["examples/wordcount.pipe"]
