@@ -72,8 +72,12 @@ class Pipeline:
     def check(self, backend: "str | Backend | None" = None) -> list[Diagnostic]:
         """Raise :class:`CompileError` if the pipeline (or ``backend``, a name or a
         configured Backend, with its capabilities and engine facts) rejects it; otherwise
-        return the warnings."""
+        return the warnings. Checking is static: a backend named here needs no engine
+        installed (`pipec check --backend spark` works without PySpark)."""
         diagnostics = list(self.diagnostics)
+        if isinstance(backend, str):
+            from pipec.backends import backend_class
+            backend = backend_class(backend)()
         if backend is not None:
             diagnostics += self.backend(backend).check(self.ir)
         errors = [d for d in diagnostics if d.is_error]

@@ -230,3 +230,25 @@ COMP_WORDS=(pipec run examples/word); COMP_CWORD=2; _pipec; echo "${COMPREPLY[*]
     assert lines[0].split() == ["run", "runs"]
     assert lines[1].split() == BACKENDS
     assert lines[2].split() == ["examples/wordcount.pipe"]
+
+
+HIDE_SPARK = '''import importlib.util, sys
+_real = importlib.util.find_spec
+importlib.util.find_spec = lambda name, *a: None if name.split(".")[0] in ("pyspark", "py4j") else _real(name, *a)
+class _Hidden:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("pyspark", "py4j"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, _Hidden())
+'''
+
+
+def test_check_for_spark_is_static_and_backends_says_it_is_missing(workdir):
+    """On a machine without PySpark (simulated): `check --backend spark` still checks."""
+    Path("sitecustomize.py").write_text(HIDE_SPARK)
+    env = dict(os.environ, PYTHONPATH=f"{workdir}:{ROOT}")
+    done = subprocess.run([sys.executable, "-m", "pipec", "check", "examples/train.pipe", "--backend", "spark"],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 0 and "train.pipe: ok" in done.stderr, done.stderr
+    shown = subprocess.run([sys.executable, "-m", "pipec", "backends"], capture_output=True, text=True, env=env)
+    assert re.search(r"^spark: not installed: .*pip install 'pipec\[spark\]'", shown.stdout, re.M), shown.stdout
