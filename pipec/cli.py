@@ -372,8 +372,7 @@ def cmd_run(args) -> int:
         with _engine_output_to_log(run_dir) as stream:
             view = RunView(Names(pipeline.ir, pipeline.source.text), stream, "quiet" if args.quiet else "auto")
             view.header(run_id, pipeline.name, engine.name, _starting(plan), resume=args.resume,
-                        resumable=engine.can("resume") and any(loop.parent is None
-                                                               for loop in pipeline.ir.info.loops.values()))
+                        resumable=_resumable(engine, pipeline))
             events = RunEvents(view)
             with view:
                 result = run_plan(pipeline, plan, events, run_dir, bool(args.resume))
@@ -386,12 +385,17 @@ def cmd_run(args) -> int:
         r = events.current_round if events is not None else None
         if r is not None:
             where = f" in round {r['index'] + 1}/{r['count']} of {view.names.loop(r['loop'])}"
-        again = (f"; continue it with: pipec run {args.file} --resume {run_id}"
-                 if engine.can("resume") and pipeline.ir.info.loops else "")
+        again = f"; continue it with: pipec run {args.file} --resume {run_id}" if _resumable(engine, pipeline) else ""
         raise RunInterrupted(f"interrupted{where}{again}") from None
     print_summary(result, pipeline, as_json=args.json, report=result.report, verbose=args.verbose,
                   quiet=args.quiet)
     return EXIT_OK
+
+
+def _resumable(engine, pipeline) -> bool:
+    """Whether a stopped run of ``pipeline`` on ``engine`` can be continued: records are
+    kept at the end of each round of a top-level loop."""
+    return engine.can("resume") and any(loop.parent is None for loop in pipeline.ir.info.loops.values())
 
 
 def _starting(plan) -> str:
