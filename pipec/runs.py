@@ -163,11 +163,13 @@ def summary_of(events: RunEvents, pipeline, result=None) -> dict:
     for node, path in files.items():
         sinks.append({"node": node, "name": names.node(node), "path": path, "bytes": _size(path)})
     timings = result.timings if result is not None else {}
+    engine = dict(events.engine)
+    engine["versions"] = {**_own_versions(), **engine.get("versions", {})}
     return {
         "run": events.run_id, "pipeline": pipeline.name, "file": str(pipeline.source.path),
         "backend": events.backend, "status": events.status, "error": events.error,
         "started_at": events.started_at, "seconds": round(result.seconds if result is not None else events.now(), 4),
-        "engine": events.engine,
+        "engine": engine,
         "loops": {loop: names.loop(loop) for loop in pipeline.ir.info.loops},
         "rounds": [dict(r, start=_r(r["start"]), end=_r(r["end"])) for r in events.rounds],
         "stages": [dict(s, label=names.node(s["name"]), start=_r(s["start"]), end=_r(s["end"]),
@@ -179,6 +181,17 @@ def summary_of(events: RunEvents, pipeline, result=None) -> dict:
         "capped": [names.loop(loop) for loop in (result.capped if result is not None else [])],
         "faults": [dict(f, at=_r(f["at"])) for f in events.faults],
     }
+
+
+def _own_versions() -> dict[str, str]:
+    """pipec's and Python's versions, beside the engine's."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        mine = version("pipec")
+    except PackageNotFoundError:
+        mine = "unknown"
+    return {"pipec": mine, "python": platform.python_version()}
 
 
 def _r(t: float | None) -> float | None:

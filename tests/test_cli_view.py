@@ -53,6 +53,7 @@ def test_a_run_is_shown_and_kept(backend, workdir):
     assert summary["sinks"] == [{"node": "weights", "name": "sink weights", "path": str(result.files["weights"]),
                                  "bytes": weights.stat().st_size}]
     assert {t["name"] for t in summary["timings"]} >= {"stage grads", "value total", "ps.apply()"}
+    assert {"pipec", "python"} <= set(summary["engine"]["versions"])
     if backend in ENGINE_PACKAGE:
         assert ENGINE_PACKAGE[backend] in summary["engine"]["versions"]
     assert summary["engine"]["workers"] >= 1
