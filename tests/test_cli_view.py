@@ -164,6 +164,10 @@ pipeline p() {
     assert "ZeroDivisionError: integer division or modulo by zero (partition 1) at element 0 = 5" in str(failed.value)
     assert 'in helper\n    return 10 // (row["x"] - 5)' in failed.value.user_traceback
     assert "pipec" not in failed.value.user_traceback.split("\n")[1]  # it starts in the user's code
+    kept = [json.loads(p.read_text()) for p in (path.parent / ".pipec" / "runs").glob("*/summary.json")]
+    assert [s["status"] for s in kept] == ["failed"]
+    assert kept[0]["error"].endswith("in `ys`: ZeroDivisionError: integer division or modulo by zero "
+                                     "(partition 1) at element 0 = 5")
 
 
 def test_run_traceback_flag(write_pipe, monkeypatch, capsys):
