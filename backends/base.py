@@ -31,14 +31,80 @@ class RunResult:
     capped: list[str] = field(default_factory=list)
     seconds: float = 0.0
     run_dir: str | None = None
+    report: str | None = None  # the run's report.html, once kept (pipec.runs.keep)
+
+    def read(self, sink: str) -> Any:
+        """What file sink ``sink`` wrote, read back: a ``.json`` file's value, a
+        ``.jsonl`` file's list, a text file's lines, a parquet or csv dataset as a
+        pandas DataFrame. Plain sinks (no file) are in ``outputs``."""
+        if sink not in self.files:
+            known = ", ".join(self.files) or "none"
+            raise KeyError(f"no file sink `{sink}` (file sinks of this run: {known})")
+        import json
+        from pathlib import Path
+        path = Path(self.files[sink])
+        if path.is_dir() or path.suffix in (".parquet", ".csv"):
+            import pandas as pd
+            if path.suffix == ".csv" or any(path.glob("*.csv")):
+                files = sorted(path.glob("*.csv")) if path.is_dir() else [path]
+                return pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+            return pd.read_parquet(path)
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".json":
+            return json.loads(text)
+        if path.suffix == ".jsonl":
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return text.splitlines()
+
+    def __repr__(self) -> str:
+        rounds = ", ".join(f"{n} rounds" for n in self.rounds.values())
+        return (f"<RunResult {self.backend} {self.seconds:.2f} s: {len(self.outputs)} outputs, "
+                f"{len(self.files)} files{', ' + rounds if rounds else ''}>")
+
+    def _repr_html_(self) -> str:
+        """A notebook's view: outputs, files and the slowest steps, in one table."""
+        from html import escape
+        rows = [("output", k, repr(v)[:80]) for k, v in self.outputs.items()]
+        rows += [("file", k, v) for k, v in self.files.items()]
+        rows += [("rounds", k, str(v)) for k, v in self.rounds.items()]
+        rows += [("time", k, f"{v:.3f} s") for k, v in sorted(self.timings.items(), key=lambda kv: -kv[1])[:8]]
+        if self.report:
+            rows.append(("report", "report.html", self.report))
+        body = "".join(f"<tr><td>{escape(a)}</td><td><code>{escape(b)}</code></td><td>{escape(c)}</td></tr>"
+                       for a, b, c in rows)
+        return (f"<p><b>{escape(self.backend)}</b> run, {self.seconds:.2f} s</p>"
+                f"<table><tr><th></th><th>name</th><th>value</th></tr>{body}</table>")
 
 
 class Progress(Protocol):
-    """What a plan reports while it runs (the CLI draws it; tests may record it)."""
+    """What a plan reports while it runs (the CLI draws it; tests may record it).
+
+    ``stage``, ``advance`` and ``round`` are required; the run hooks of
+    :data:`RUN_HOOKS` are optional (the driver calls them through :func:`notify`), so a
+    recorder that only counts tasks keeps working."""
 
     def stage(self, name: str, tasks: int) -> None: ...
     def advance(self, name: str, done: int = 1) -> None: ...
     def round(self, loop: str, index: int, count: int) -> None: ...
+
+
+# Optional Progress hooks, with what the shared driver passes them:
+#   run_started(run_id, run_dir, backend)      before the driver's own work
+#   engine_ready(info)                         the engine is up: a dict with workers,
+#                                              dashboard (a URL or None), versions
+#   round_end(loop, index, count, ok)          after round ``index`` (``ok``: it completed)
+#   actor_call(actor, seq, method, replayed)   a graph-level call applied (or replayed)
+#   sink_written(node, path)                   a sink's file, once committed
+#   fault(message)                             the engine lost a worker, an actor was
+#                                              restarted and its calls replayed, ...
+RUN_HOOKS = ("run_started", "engine_ready", "round_end", "actor_call", "sink_written", "fault")
+
+
+def notify(progress: Any, hook: str, *args) -> None:
+    """Call ``progress.<hook>(*args)`` when ``progress`` has that optional hook."""
+    fn = getattr(progress, hook, None)
+    if fn is not None:
+        fn(*args)
 
 
 class NoProgress:

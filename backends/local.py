@@ -85,6 +85,9 @@ class LocalDriver(Driver):
         self.hosts: dict[str, ActorHost] = {}
         self.pools: dict[str, list] = {}
 
+    def engine_info(self) -> dict[str, Any]:
+        return {"workers": 1, "dashboard": None, "versions": {}}  # this process only
+
     def teardown(self) -> None:
         for actor in self.hosts:
             _HANDLES.pop((self.run_id, actor), None)

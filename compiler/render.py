@@ -11,7 +11,6 @@ as golden files.
 
 from __future__ import annotations
 
-import html
 import json
 import shutil
 import subprocess
@@ -648,46 +647,10 @@ def to_json(drawing: Drawing) -> str:
     return json.dumps(drawing.to_json(), indent=2) + "\n"
 
 
-MERMAID_CDN = "https://cdn.jsdelivr.net/npm/mermaid@11/dist/mermaid.esm.min.mjs"
-
-
 def to_html(drawing: Drawing) -> str:
-    """A standalone page: the Mermaid chart (Mermaid loaded from a CDN), its text as the
-    fallback when the script cannot load, and a table of every node's details."""
-    title = html.escape(drawing.title)
-    rows = "\n".join(
-        f"<tr><td><code>{html.escape(n.id)}</code></td><td>{html.escape(n.label).replace(chr(10), '<br>')}</td>"
-        f"<td>{html.escape(n.tooltip).replace(chr(10), '<br>')}</td></tr>" for n in drawing.nodes)
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>{title}</title>
-<style>
-body {{ font-family: {FONT}, Arial, sans-serif; margin: 2em; color: #111827; }}
-pre.mermaid {{ background: #f9fafb; padding: 1em; }}
-table {{ border-collapse: collapse; font-size: 0.9em; }}
-td, th {{ border: 1px solid #d1d5db; padding: 0.3em 0.6em; vertical-align: top; text-align: left; }}
-</style>
-</head>
-<body>
-<h1>{title}</h1>
-<pre class="mermaid">
-{html.escape(to_mermaid(drawing))}</pre>
-<details>
-<summary>nodes</summary>
-<table>
-<tr><th>id</th><th>label</th><th>details</th></tr>
-{rows}
-</table>
-</details>
-<script type="module">
-import mermaid from "{MERMAID_CDN}";
-mermaid.initialize({{ startOnLoad: true, securityLevel: "strict" }});
-</script>
-</body>
-</html>
-"""
+    """A standalone, offline page: the interactive graph of :mod:`graph_html`."""
+    from pipec.compiler.graph_html import page
+    return page(drawing)
 
 
 FORMATS: dict[str, Callable[[Drawing], str]] = {

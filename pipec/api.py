@@ -28,9 +28,10 @@ if TYPE_CHECKING:
     from pipec.backends.base import Backend
 
 
-@dataclass
+@dataclass(repr=False)
 class Pipeline:
-    """A parsed and built pipeline. Building never imports user code."""
+    """A parsed and built pipeline. Building never imports user code. In a notebook it
+    draws itself (an SVG of its graph)."""
 
     source: SourceFile
     module: ast.Module
@@ -43,6 +44,27 @@ class Pipeline:
     def name(self) -> str:
         return self.ir.info.name
 
+    def __repr__(self) -> str:
+        params = ", ".join(self.ir.info.params)
+        return f"<Pipeline {self.name}({params}) from {self.source.path}: {self.ir.graph.number_of_nodes()} nodes>"
+
+    def graph(self, format: str = "svg", backend: "str | Backend | None" = None,
+              params: Mapping[str, Any] | None = None) -> str:
+        """The pipeline's graph as text (what `pipec graph` writes): ``format`` is
+        ``svg`` (drawn without Graphviz), ``html`` (the interactive offline page),
+        ``dot``, ``mermaid`` or ``json``; with ``backend``, its lowered plan."""
+        from pipec.compiler import graph_html, render
+        if backend is not None:
+            drawing = render.plan_drawing(self.lower(backend, params))
+        else:
+            drawing = render.pipeline_drawing(self.ir)
+        if format == "svg":
+            return graph_html.to_svg(drawing)
+        return render.render(drawing, format)
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        return {"image/svg+xml": self.graph("svg"), "text/plain": repr(self)}
+
     @property
     def warnings(self) -> list[Diagnostic]:
         return [d for d in self.diagnostics if not d.is_error]
@@ -50,8 +72,12 @@ class Pipeline:
     def check(self, backend: "str | Backend | None" = None) -> list[Diagnostic]:
         """Raise :class:`CompileError` if the pipeline (or ``backend``, a name or a
         configured Backend, with its capabilities and engine facts) rejects it; otherwise
-        return the warnings."""
+        return the warnings. Checking is static: a backend named here needs no engine
+        installed (`pipec check --backend spark` works without PySpark)."""
         diagnostics = list(self.diagnostics)
+        if isinstance(backend, str):
+            from pipec.backends import backend_class
+            backend = backend_class(backend)()
         if backend is not None:
             diagnostics += self.backend(backend).check(self.ir)
         errors = [d for d in diagnostics if d.is_error]
@@ -91,7 +117,8 @@ class Pipeline:
         storage URL). ``storage_options`` maps a protocol to fsspec options for this
         process (``{"s3": {"endpoint_url": ...}}``); workers elsewhere read fsspec's
         configuration and the environment instead. Returns a
-        :class:`pipec.backends.base.RunResult`."""
+        :class:`pipec.backends.base.RunResult`; the run folder keeps ``summary.json`` and
+        ``report.html`` (``result.report``)."""
         if storage_options:
             from pipec.backends.runtime import storage
             for protocol, opts in storage_options.items():
@@ -101,7 +128,39 @@ class Pipeline:
             raise UsageError(f"backend `{engine.name}` cannot resume a run",
                              "run it again without --resume, or on a backend that can (`pipec backends`)")
         plan = self.lower(engine, params)
-        return plan.run(progress=progress, run_dir=run_dir, resume=resume)
+        from pipec.runs import RunEvents
+        return run_plan(self, plan, RunEvents(progress) if progress is not None else None, run_dir, resume)
+
+
+def run_plan(pipeline: Pipeline, plan, events=None, run_dir: str | None = None, resume: bool = False):
+    """Run ``plan`` (lowered from ``pipeline``) reporting to ``events`` (a
+    :class:`pipec.runs.RunEvents`; a quiet one when None), and keep the run's summary
+    and report in its folder, however it ends. A run interrupted after all its sinks
+    were written counts as finished. Returns the RunResult; the exception that ended
+    the run is raised again."""
+    from pipec.runs import QuietRunEvents, keep
+    events = events if events is not None else QuietRunEvents()
+    try:
+        result = plan.run(progress=events, run_dir=run_dir, resume=resume)
+    except KeyboardInterrupt:
+        events.finish("finished" if sinks_all_written(pipeline, events) else "interrupted")
+        keep(events, pipeline)
+        raise
+    except BaseException as exc:
+        events.finish("failed", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        keep(events, pipeline)
+        raise
+    events.finish("finished")
+    report = keep(events, pipeline, result)
+    result.report = str(report) if report else None
+    return result
+
+
+def sinks_all_written(pipeline: Pipeline, events) -> bool:
+    """Whether every file sink of ``pipeline`` was committed in the run ``events`` saw
+    (a pipeline with file sinks only; plain outputs die with the driver)."""
+    sinks = {n: op for n, op in pipeline.ir.items() if isinstance(op, ir.Sink)}
+    return bool(sinks) and all(op.format is not None and n in events.sinks for n, op in sinks.items())
 
 
 def load(path: str | Path) -> Pipeline:

@@ -14,11 +14,24 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from pipec.dsl.diagnostics import CompileError, FileError, PipecError, PipelineRuntimeError, UsageError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+# `pipec graph -o NAME` picks the format from NAME's suffix.
+GRAPH_SUFFIXES = {".dot": "dot", ".gv": "dot", ".mmd": "mermaid", ".mermaid": "mermaid", ".json": "json",
+                  ".svg": "svg", ".png": "png", ".html": "html", ".htm": "html"}
+
+
+# Whose warnings go to the run's engine-output.log rather than the terminal.
+ENGINE_PACKAGES = ("pyspark", "py4j", "ray", "distributed", "dask", "tornado", "bokeh")
+
+
+class RunInterrupted(Exception):
+    """Ctrl-C stopped a run; the message is the one line the user sees."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,13 +45,30 @@ def _backend_names() -> list[str]:
     return names()
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("pipec")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="pipec", description="Compile and run .pipe pipelines on local, Dask, Ray or Spark.")
+    # -v and -q go before or after the command; SUPPRESS keeps a command's parser from
+    # resetting what was given before it.
+    verbosity = argparse.ArgumentParser(add_help=False)
+    verbosity.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                           help="say more (run: every timing row)")
+    verbosity.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                           help="say less (check: errors only; run: no header, progress or timings)")
+    parser = _Parser(prog="pipec", description="Compile and run .pipe pipelines on local, Dask, Ray or Spark.",
+                     parents=[verbosity])
+    parser.add_argument("--version", action="version", version=f"pipec {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
     def add(name, help_text):
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[verbosity])
         return p
 
     p = add("check", "report every error and warning in .pipe files")
@@ -46,7 +76,6 @@ def build_parser() -> argparse.ArgumentParser:
                                           "standard input")
     p.add_argument("--backend", "-b", help="also check what this backend supports")
     p.add_argument("--param", "-p", action="append", default=[], metavar="K=V", help="check these parameter values")
-    p.add_argument("--quiet", "-q", action="store_true", help="print errors only, no warnings")
     p.add_argument("--format", "-f", choices=["text", "json", "sarif", "github"], default="text",
                    help="text for people (on standard error); json, sarif (code scanning) or github "
                         "(workflow annotations) on standard output")
@@ -63,9 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("graph", "draw the pipeline's graph, or what a backend will run")
     p.add_argument("file")
     p.add_argument("--backend", "-b", help="draw this backend's lowered graph")
-    p.add_argument("--format", "-f", choices=["dot", "mermaid", "json", "svg", "png", "html"], default="dot")
+    p.add_argument("--format", "-f", choices=list(GRAPH_SUFFIXES.values()), default=None,
+                   help="default: from the -o file's name (.svg, .png, .html, .json, .mmd, .dot), else dot")
     p.add_argument("--param", "-p", action="append", default=[], metavar="K=V")
     p.add_argument("-o", "--output", help="write to this file (needed for png)")
+    p.add_argument("--run", metavar="RUN", help="html: colour the nodes by the time they took in run RUN "
+                                                "(an id under .pipec/runs, or its folder)")
 
     p = add("run", "run a pipeline")
     p.add_argument("file")
@@ -77,6 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN", help="continue run RUN (its id under .pipec/runs, its folder or its URL) "
                                                    "from its last completed round")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--traceback", action="store_true", help="when your code fails, show its whole traceback")
+
+    p = add("runs", "the history of runs under .pipec/runs: list, show, gc")
+    runs = p.add_subparsers(dest="runs_command", metavar="ACTION", parser_class=_Parser)
+    runs.required = True
+    runs.add_parser("list", help="every run, oldest first, with its status")
+    show = runs.add_parser("show", help="a run's summary and where its report is")
+    show.add_argument("run", help="a run id (or a unique prefix of one), or a run folder")
+    show.add_argument("--open", action="store_true", help="open its report in the web browser")
+    collect = runs.add_parser("gc", help="delete old runs, keeping the newest")
+    collect.add_argument("--keep", type=int, default=10, metavar="N", help="runs to keep (default 10)")
+    collect.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
 
     p = add("fmt", "format .pipe files canonically")
     p.add_argument("file", nargs="+", help="a .pipe file, a folder (every .pipe file under it) or - for "
@@ -92,12 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stdio", action="store_true", help="accepted for editors that pass it; stdio is the default")
 
     add("backends", "what each engine supports")
+
+    p = add("completion", "print a shell completion script: eval \"$(pipec completion bash)\"")
+    p.add_argument("shell", choices=["bash", "zsh"])
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.verbose = getattr(args, "verbose", 0)
+    args.quiet = getattr(args, "quiet", False)
     try:
         return _COMMANDS[args.command](args)
     except CompileError as exc:
@@ -107,13 +156,21 @@ def main(argv: list[str] | None = None) -> int:
         print(exc.render(), file=sys.stderr)
         return EXIT_USAGE
     except (FileError, PipelineRuntimeError) as exc:
+        user_tb = getattr(exc, "user_traceback", None)
+        if user_tb and getattr(args, "traceback", False):
+            print(user_tb.rstrip(), file=sys.stderr)
         print(exc.render(), file=sys.stderr)
+        if user_tb and not getattr(args, "traceback", True):
+            print("  = note: rerun with --traceback for your code's whole traceback", file=sys.stderr)
         return EXIT_ERROR
     except PipecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
+        return 130
+    except RunInterrupted as exc:
+        print(str(exc), file=sys.stderr)
         return 130
     except BrokenPipeError:
         return EXIT_OK
@@ -189,11 +246,19 @@ def cmd_graph(args) -> int:
     from pipec.compiler import render
     pipeline = _load(args.file)
     pipeline.check(args.backend)
+    if args.format is None:
+        args.format = GRAPH_SUFFIXES.get(Path(args.output).suffix.lower(), "dot") if args.output else "dot"
     if args.backend:
         plan = pipeline.lower(args.backend, _params(pipeline, args.param))
         drawing = render.plan_drawing(plan)
     else:
         drawing = render.pipeline_drawing(pipeline.ir)
+    if args.run and args.format != "html":
+        raise UsageError("--run colours the interactive graph only", "add --format html (or -o NAME.html)")
+    if args.format == "html":  # with each node's .pipe line, and a run's times
+        from pipec.compiler.graph_html import page
+        _emit(page(drawing, pipeline.ir, pipeline.source.text, _run_timings(args.run, pipeline)), args.output)
+        return EXIT_OK
     if args.format in ("svg", "png"):
         if args.format == "png" and not args.output:
             raise UsageError("a PNG image needs -o FILE")
@@ -206,6 +271,19 @@ def cmd_graph(args) -> int:
         return EXIT_OK
     _emit(render.render(drawing, args.format), args.output)
     return EXIT_OK
+
+
+def _run_timings(run: str | None, pipeline) -> dict[str, float] | None:
+    """Seconds per node of run ``run`` (None: no run), from its summary.json."""
+    if run is None:
+        return None
+    from pipec import runs
+    found = runs.find(run)
+    if found is None or found.summary is None:
+        raise UsageError(f"no run `{run}` with a summary under .pipec/runs", "see `pipec runs list`")
+    if found.summary.get("pipeline") != pipeline.name:
+        raise UsageError(f"run `{run}` ran pipeline `{found.summary.get('pipeline')}`, not `{pipeline.name}`")
+    return {t["node"]: t["seconds"] for t in found.summary.get("timings", [])}
 
 
 def cmd_fmt(args) -> int:
@@ -270,7 +348,10 @@ def cmd_lsp(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from pipec.progress import TerminalProgress, print_summary
+    import uuid
+    from pipec.api import run_plan
+    from pipec.progress import Names, RunView, print_summary
+    from pipec.runs import RUNS, RunEvents
     pipeline = _load(args.file)
     engine = pipeline.backend(args.backend, **({"address": args.address} if args.address else {}))
     for d in pipeline.check(engine):
@@ -280,20 +361,105 @@ def cmd_run(args) -> int:
         raise UsageError(f"backend `{engine.name}` cannot resume a run",
                          "run it again without --resume, or on a backend that can (`pipec backends`)")
     plan = pipeline.lower(engine, params)
-    run_options = {"run_dir": args.run_dir}
+    # The run is named before it starts: its folder keeps its report, and if its driver
+    # dies, the name is what --resume needs.
     if args.resume:
-        run_options = {"run_dir": _resume_dir(args.resume, args.run_dir), "resume": True}
-    elif engine.can("resume") and any(loop.parent is None for loop in pipeline.ir.info.loops.values()):
-        # Name the run before it starts: if its driver dies, this is what --resume needs
-        # (records are kept at the end of each round of a top-level loop).
-        import uuid
-        run_id = args.run_dir or uuid.uuid4().hex[:12]
-        run_options["run_dir"] = args.run_dir or str(Path(".pipec") / "runs" / run_id)
-        print(f"run {run_id}  (if it stops, continue it with --resume {run_id})", file=sys.stderr)
-    with TerminalProgress(sys.stderr) as progress:
-        result = plan.run(progress=progress, **run_options)
-    print_summary(result, pipeline, as_json=args.json)
+        run_dir = _resume_dir(args.resume, args.run_dir)
+    else:
+        run_dir = args.run_dir or str(RUNS / uuid.uuid4().hex[:12])
+    run_id = Path(run_dir).name
+    events = None
+    try:
+        with _engine_output_to_log(run_dir) as stream:
+            view = RunView(Names(pipeline.ir, pipeline.source.text), stream, "quiet" if args.quiet else "auto")
+            view.header(run_id, pipeline.name, engine.name, _starting(plan), resume=args.resume,
+                        resumable=_resumable(engine, pipeline))
+            events = RunEvents(view)
+            with view:
+                result = run_plan(pipeline, plan, events, run_dir, bool(args.resume))
+    except KeyboardInterrupt:
+        if events is not None and events.status == "finished":  # Ctrl-C as the engine shut down
+            print(f"pipeline `{pipeline.name}` finished (interrupted while the engine shut down); "
+                  f"wrote {', '.join(events.sinks.values())}", file=sys.stderr)
+            return EXIT_OK
+        where = ""
+        r = events.current_round if events is not None else None
+        if r is not None:
+            where = f" in round {r['index'] + 1}/{r['count']} of {view.names.loop(r['loop'])}"
+        again = f"; continue it with: pipec run {args.file} --resume {run_id}" if _resumable(engine, pipeline) else ""
+        raise RunInterrupted(f"interrupted{where}{again}") from None
+    print_summary(result, pipeline, as_json=args.json, report=result.report, verbose=args.verbose,
+                  quiet=args.quiet)
     return EXIT_OK
+
+
+def _resumable(engine, pipeline) -> bool:
+    """Whether a stopped run of ``pipeline`` on ``engine`` can be continued: records are
+    kept at the end of each round of a top-level loop."""
+    return engine.can("resume") and any(loop.parent is None for loop in pipeline.ir.info.loops.values())
+
+
+def _starting(plan) -> str:
+    """What starts for ``plan``, in the header's words."""
+    mapping = getattr(plan, "mapping", None)
+    engine = getattr(mapping, "engine", None)
+    if isinstance(engine, str) and engine:
+        return engine
+    address = getattr(plan, "address", None)
+    return f"the {plan.backend} engine at {address}" if address else f"an embedded {plan.backend} engine"
+
+
+@contextmanager
+def _engine_output_to_log(run_dir: str):
+    """While the engine runs, whatever its processes write to standard error goes to
+    ``engine-output.log`` in the run folder, and pipec's own lines to the terminal. Dask
+    workers, Ray's and Spark's processes inherit file descriptor 2 when they start (and
+    print tracebacks there on Ctrl-C, which the terminal sends to them all); pipec keeps
+    a copy of the terminal's descriptor for ``sys.stderr``. Yields the stream to show
+    the run on."""
+    try:
+        ours = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # a captured stderr (tests): fd 2 is not it
+        ours = False
+    from pipec.backends.runtime import storage
+    # A log is appended as it comes, which object stores cannot do: a run folder there
+    # keeps its engine output in a local folder of the same name.
+    folder = (Path(storage.local_path(run_dir)) if storage.is_local(run_dir)
+              else Path(".pipec") / "runs" / storage.name(run_dir))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        log = open(folder / "engine-output.log", "ab")
+    except OSError:  # a read-only folder: the output is dropped
+        log = open(os.devnull, "wb")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    old_stream = sys.stderr
+    if ours:
+        sys.stderr = open(os.dup(saved), "w", buffering=1, encoding=old_stream.encoding or "utf-8",
+                          errors="backslashreplace")
+    os.dup2(log.fileno(), 2)
+    import warnings
+    shown = warnings.showwarning
+
+    def engine_warnings_to_log(message, category, filename, lineno, file=None, line=None):
+        # An engine's own warnings (pyspark's about pandas, say) are engine noise: logged.
+        if any(f"{os.sep}{name}{os.sep}" in filename for name in ENGINE_PACKAGES):
+            log.write(warnings.formatwarning(message, category, filename, lineno, line).encode("utf-8", "replace"))
+            log.flush()
+        else:
+            shown(message, category, filename, lineno, file, line)
+    warnings.showwarning = engine_warnings_to_log
+    try:
+        yield sys.stderr
+    finally:
+        warnings.showwarning = shown
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        log.close()
+        if ours:
+            sys.stderr.close()
+            sys.stderr = old_stream
 
 
 def _resume_dir(run: str, run_dir: str | None) -> str:
@@ -323,7 +489,49 @@ def _resume_dir(run: str, run_dir: str | None) -> str:
     return str(folder)
 
 
+def cmd_runs(args) -> int:
+    import json
+    import time
+    from pipec import runs
+    if args.runs_command == "list":
+        found = runs.all_runs()
+        if not found:
+            print("no runs under .pipec/runs", file=sys.stderr)
+        for r in found:
+            s = r.summary or {}
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started_at))
+            print(f"{r.id}  {when}  {r.status:<11}  {s.get('pipeline', '?'):<16} {s.get('backend', '?'):<6} "
+                  f"{s.get('seconds', 0):8.2f} s")
+        return EXIT_OK
+    if args.runs_command == "show":
+        r = runs.find(args.run)
+        if r is None or r.summary is None:
+            raise UsageError(f"no run `{args.run}` with a summary under .pipec/runs", "see `pipec runs list`")
+        s = r.summary
+        print(f"run {r.id}: pipeline {s['pipeline']} on {s['backend']}, {s['status']}"
+              + (f" ({s['error']})" if s.get("error") else "") + f", {s['seconds']:.2f} s")
+        for loop, label in s.get("loops", {}).items():
+            n = sum(1 for x in s["rounds"] if x["loop"] == loop and x["ok"])
+            print(f"  {label}: {n} round{'s' if n != 1 else ''}")
+        for sink in s["sinks"]:
+            print(f"  wrote {sink['path']}  ({sink['name']}, {sink['bytes']} bytes)")
+        if args.verbose:
+            print(json.dumps(s, indent=1, sort_keys=True))
+        print(f"  report: {r.folder / runs.REPORT}")
+        if args.open:
+            import webbrowser
+            webbrowser.open((r.folder / runs.REPORT).resolve().as_uri())
+        return EXIT_OK
+    gone = runs.gc(keep_last=args.keep, dry=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    for r in gone:
+        print(f"{verb} {r.folder}", file=sys.stderr)
+    print(f"{verb} {len(gone)} run{'s' if len(gone) != 1 else ''}", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_backends(args) -> int:
+    import importlib.util
     from pipec.backends import backend_class, names
     from pipec.compiler.capabilities import FEATURES
     known = names()
@@ -335,13 +543,22 @@ def cmd_backends(args) -> int:
         print(f"{feature:<{width}}  {marks}")
     print()
     for n in known:
-        extra = classes[n].extra
-        print(f"{n}: {classes[n].description}" + (f"  (pip install 'pipec[{extra}]')" if extra else ""))
+        module, extra = classes[n].engine_module, classes[n].extra
+        installed = module is None or importlib.util.find_spec(module) is not None
+        how = "" if installed or not extra else f"  (pip install 'pipec[{extra}]')"
+        print(f"{n}: {'installed' if installed else 'not installed'}: {classes[n].description}{how}")
+    return EXIT_OK
+
+
+def cmd_completion(args) -> int:
+    from pipec.completion import script
+    sys.stdout.write(script(args.shell, build_parser(), _backend_names()))
     return EXIT_OK
 
 
 _COMMANDS = {"check": cmd_check, "compile": cmd_compile, "graph": cmd_graph, "run": cmd_run,
-             "fmt": cmd_fmt, "lsp": cmd_lsp, "backends": cmd_backends}
+             "fmt": cmd_fmt, "lsp": cmd_lsp, "backends": cmd_backends, "runs": cmd_runs,
+             "completion": cmd_completion}
 
 
 def entry() -> None:

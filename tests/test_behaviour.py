@@ -175,7 +175,7 @@ def test_the_resume_hint_is_printed_only_for_a_pipeline_that_can_resume(workdir)
                              "--param", "rows=400", "--param", "epochs=2", "--run-dir", "r1"],
                             capture_output=True, text=True, timeout=120)
     assert looped.returncode == 0, looped.stderr
-    assert looped.stderr.startswith("run r1  (if it stops, continue it with --resume r1)")
+    assert looped.stderr.startswith("run r1  pipeline train on local  (if it stops, continue it with --resume r1)\n")
     assert (workdir / "r1" / "resume").is_dir()  # its records are there
     flat = subprocess.run([sys.executable, "-m", "pipec", "run", "examples/wordcount.pipe", "--backend", "local",
                            "--run-dir", "r2"], capture_output=True, text=True, timeout=120)

@@ -9,6 +9,7 @@ covers the lowering, the engine, progress, errors and fault tolerance.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import random
@@ -22,7 +23,9 @@ from pathlib import Path
 import pytest
 
 from pipec import load
+from pipec.api import run_plan
 from pipec.dsl.diagnostics import PipelineRuntimeError, UnsupportedOnBackend
+from pipec.runs import RunEvents
 from tests.conftest import ROOT
 from tests.engines import engine_options
 
@@ -304,12 +307,16 @@ def test_killing_the_parameter_server_worker_mid_train_gives_the_clean_weights(k
             _kill(client, address)
             killed.append(address)
     plan = pipeline.lower("dask", params, client=client)
-    result = plan.run(progress=Recorder(on_round=on_round))
+    result = run_plan(pipeline, plan, RunEvents(Recorder(on_round=on_round)))  # as `pipec run` does
     assert killed
     assert _sinks(result) == clean
     events = plan.last_driver.events
     assert len(events) == 1 and "from its checkpoint (call 9) and replayed 2 calls" in events[0]
     assert (Path(result.run_dir) / "events.log").read_text().strip() == events[0]
+    # The run's summary and report show the restart, in the round it happened.
+    summary = json.loads((Path(result.run_dir) / "summary.json").read_text())
+    assert [(f["round"], f["message"]) for f in summary["faults"]] == [(6, events[0])]
+    assert html.escape(events[0]) in Path(result.report).read_text()
 
 
 def test_killing_a_worker_running_stage_tasks_gives_the_clean_result(kill_client, write_pipe, tmp_path, monkeypatch):

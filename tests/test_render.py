@@ -282,17 +282,16 @@ def test_json_drawing_is_consistent(at_root, capsys):
     assert {e["kind"] for e in data["edges"]} == {entry["kind"] for entry in data["legend"]}
 
 
-def test_html_is_standalone_with_fallback(loops_pipe, capsys, tmp_path):
+def test_html_is_standalone_and_offline(loops_pipe, capsys, tmp_path):
     out = tmp_path / "graph" / "loops.html"
     code, _, err = run_cli(capsys, "graph", str(loops_pipe), "--format", "html", "-o", str(out))
     assert code == 0, err
     page = out.read_text(encoding="utf-8")
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
-    assert '<pre class="mermaid">\nflowchart TB' in page
-    assert render.MERMAID_CDN in page
+    assert "<script src" not in page and "https://" not in page  # nothing is fetched
     assert "pipeline loops(rounds: int = 3)" in page
-    # The chart text is HTML-escaped, so the page holds no stray markup from labels.
-    assert 'json #34;out/out.json#34;' in page and "&lt;br/&gt;" in page
+    # Labels are HTML-escaped, so the page holds no stray markup from them.
+    assert 'json &quot;out/out.json&quot;' in page
 
 
 def test_output_is_deterministic(at_root):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -115,8 +116,9 @@ def test_run_defaults_to_the_embedded_dask_engine_quietly(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "finished on dask" in proc.stderr
     assert json.loads((tmp_path / "out.json").read_text()) == [0, 2, 4, 6]
+    # pipec's own lines: the run header, timestamped progress, the summary
     noise = [line for line in proc.stderr.splitlines()
-             if not line.startswith(("pipeline `", "  "))]
+             if not (line.startswith(("run ", "pipeline `", "  ")) or re.match(r"\d\d:\d\d:\d\d ", line))]
     assert noise == [], noise
 
 

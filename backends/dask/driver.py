@@ -20,7 +20,7 @@ from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 from distributed import as_completed, wait
 
 from pipec.compiler import ir
-from pipec.backends.base import NoProgress
+from pipec.backends.base import NoProgress, notify
 from pipec.backends.dask import worker
 from pipec.backends.dask.plugins import PathsPlugin
 from pipec.backends.physical.planner import Arg, GraphStep, Ref, Rounds, Seq, StepLowering, key_of
@@ -156,6 +156,13 @@ class DaskDriver(PlannedDriver):
                                         f"that much (workers offer {name}: {', '.join(f'{h:g}' for h in have)})",
                                  op.span if op else None,
                                  f"start the workers with --resources \"{name}={amount:g}\", or ask for less")
+
+    def engine_info(self) -> dict[str, Any]:
+        """Dask's workers, its dashboard and the dask and distributed versions."""
+        import dask
+        import distributed
+        return {"workers": len(self.client.scheduler_info()["workers"]), "dashboard": self.client.dashboard_link,
+                "versions": {"dask": dask.__version__, "distributed": distributed.__version__}}
 
     def teardown(self) -> None:
         # Let the cluster forget this run's keys and actors now (on a shared cluster the
@@ -611,6 +618,7 @@ class DaskDriver(PlannedDriver):
 
     def _event(self, message: str) -> None:
         self.events.append(message)
+        notify(self.progress, "fault", message)
         log.warning(message)
         try:
             self.log_dir.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from dataclasses import fields, is_dataclass, replace
 from typing import Any
 
 from pipec.compiler import ir
-from pipec.backends.base import NoProgress, RunResult
+from pipec.backends.base import NoProgress, RunResult, notify
 from pipec.backends.physical import steps as s
 from pipec.backends.physical.planner import Arg, GraphStep, Ref, Rounds, Seq, StepLowering
 from pipec.backends.runtime import storage
@@ -116,6 +116,18 @@ class RayDriver(PlannedDriver):
         self.call_op: ir.ActorCall | None = None
         self.call_ref = None
         self._check_resources(ray.cluster_resources())
+
+    def engine_info(self) -> dict[str, Any]:
+        """Ray's CPUs, its dashboard (where it is installed and started) and version."""
+        from ray._private.worker import get_dashboard_url
+        try:
+            url = get_dashboard_url() or None
+        except Exception:  # no dashboard in this runtime
+            url = None
+        if url and "://" not in url:
+            url = "http://" + url
+        cpus = self.ray.cluster_resources().get("CPU")
+        return {"workers": int(cpus) if cpus else None, "dashboard": url, "versions": {"ray": self.ray.__version__}}
 
     def teardown(self) -> None:
         for handle in list(self.actors.values()) + [h for hs in self.pools.values() for h in hs]:
@@ -564,6 +576,8 @@ class RayDriver(PlannedDriver):
                     results[q] = r
                 ray.get(handle.recovered.remote())
                 self.result.recoveries[actor] += 1
+                notify(self.progress, "fault", f"actor `{actor}` lost its process; Ray restarted it and pipec "
+                                               f"replayed its calls after call {applied}")
                 return results
             except ray.exceptions.GetTimeoutError:
                 raise self.error(where, f"actor `{actor}` did not come back within {ACTOR_RESTART_WAIT:g} s of "

@@ -21,13 +21,13 @@ from pipec.backends.physical.planner import (FILE_FORMATS, Arg, DriverStep, Grap
                                              Rounds, order_of)
 from pipec.dsl.diagnostics import PipelineRuntimeError, UsageError
 from pipec.dsl.source import SourceFile, Span
-from pipec.backends.base import NoProgress, Progress, RunResult
+from pipec.backends.base import NoProgress, Progress, RunResult, notify
 from pipec.backends.runtime import datasets, preflight, semantics, sources, storage
 from pipec.backends.runtime import resume as resuming
 from pipec.backends.runtime.interpreter import StageFailure
 from pipec.backends.runtime.actors import SKIPPED, ReplayLog
 from pipec.backends.runtime.sinks import StagedSinks
-from pipec.backends.runtime.tasks import ensure_path, fn_of, user_frame
+from pipec.backends.runtime.tasks import ensure_path, failing_element, fn_of, user_frame, user_traceback
 
 
 # The share of a run's time its resume records may take on the driver.
@@ -79,8 +79,10 @@ class Driver:
         self.sinks.clean_leftovers()
         if self.resumable:
             self.prepare_run_dir()
+        notify(self.progress, "run_started", storage.name(self.run_dir), str(self.run_dir), self.backend)
         self.setup()
         try:
+            notify(self.progress, "engine_ready", self.engine_info())
             self.run_top(blocks(self.ir))
             self.commit_sinks()
             if self.resumable:
@@ -153,6 +155,8 @@ class Driver:
             self.sinks.commit()
         except OSError as exc:
             raise self.error(self.ir.info.name, f"cannot write the sinks: {exc.strerror or exc}") from None
+        for node, path in self.result.files.items():
+            notify(self.progress, "sink_written", node, path)
 
     def run_top(self, top: Block) -> None:
         """The pipeline's top level. A resumable backend runs it item by item (a record
@@ -192,6 +196,12 @@ class Driver:
     def teardown(self) -> None:
         """Engine-specific cleanup; runs even when the pipeline failed."""
 
+    def engine_info(self) -> dict[str, Any]:
+        """What the run header shows once the engine is up: ``workers`` (a count or
+        None), ``dashboard`` (the engine's UI address or None) and ``versions`` (engine
+        package -> version). A backend fills in what its engine knows."""
+        return {"workers": None, "dashboard": None, "versions": {}}
+
     # ---- blocks and loops
 
     def run_block(self, block: Block) -> None:
@@ -215,14 +225,17 @@ class Driver:
             self.progress.round(loop.id, i, count)
             self.round_index[loop.id] = i
             self.start_round(block)
+            ok = False
             try:
                 self.run_block(Block(None, block.items))
                 for rebind in block.rebinds(self.ir):
                     op = self.ir.op(rebind)
                     self.env[op.var] = self.env[rebind]
                 self.end_round(block)
+                ok = True
             finally:
                 self.close_round(block)
+                notify(self.progress, "round_end", loop.id, i, count, ok)
             rounds = i + 1
             stop = loop.until is not None and self.until(loop)  # checked on the last round too
             done = stop or rounds == count
@@ -302,7 +315,9 @@ class Driver:
         place = f" (partition {partition})" if partition is not None else ""
         frame = user_frame(exc)
         hint = f"raised at {frame}" if frame else None
-        return self.error(where, f"{type(exc).__name__}: {exc}{place}", span, hint)
+        error = self.error(where, f"{type(exc).__name__}: {exc}{place}{failing_element(exc)}", span, hint)
+        error.user_traceback = user_traceback(exc)
+        return error
 
     def stage_failed(self, failure: "StageFailure") -> PipelineRuntimeError:
         """The error the user sees for a StageFailure raised by the interpreter in a task."""
@@ -312,8 +327,10 @@ class Driver:
         span = op.span if op is not None else None
         if failure.kind == "error":
             place = f" (partition {failure.partition})" if failure.partition is not None else ""
-            return self.error(node, f"{failure.error}: {failure.message}{place}", span,
-                              f"raised at {failure.frame}" if failure.frame else failure.hint)
+            error = self.error(node, f"{failure.error}: {failure.message}{place}{failure.element}", span,
+                               f"raised at {failure.frame}" if failure.frame else failure.hint)
+            error.user_traceback = failure.traceback
+            return error
         return self.error(node, failure.message, span, failure.hint)
 
     # ---- values
@@ -466,6 +483,7 @@ class Driver:
             except Exception as exc:
                 raise self.user_error(f"{node}.{method}", exc, op.span) from None
             log.confirm(seq)
+            notify(self.progress, "actor_call", node, seq, method, True)
         log.next_seq = saved["next_seq"]
 
     def op_actor_call(self, node: str, op: ir.ActorCall):
@@ -483,6 +501,7 @@ class Driver:
         if isinstance(result, str) and result == SKIPPED:
             raise self.error(node, f"call {seq} was not applied again after a restore", op.span)
         log.confirm(seq)
+        notify(self.progress, "actor_call", actor, seq, op.method, False)
         return result
 
     def snapshot_path(self, actor: str) -> str:

@@ -24,7 +24,8 @@ from typing import Any, Callable, Protocol, Sequence
 
 from pipec.backends.physical import steps as s
 from pipec.backends.runtime import batches, datasets, semantics, sources
-from pipec.backends.runtime.tasks import apply_elementwise, resolve, run_with_timeout, user_frame
+from pipec.backends.runtime.tasks import (apply_elementwise, failing_element, resolve, run_with_timeout, user_frame,
+                                          user_traceback)
 
 
 class StageFailure(Exception):
@@ -34,10 +35,13 @@ class StageFailure(Exception):
     not a key/value pair). Picklable, so it crosses any engine unchanged."""
 
     def __init__(self, node: str, partition: int | None, kind: str, message: str, error: str = "",
-                 frame: str | None = None, hint: str | None = None):
-        super().__init__(node, partition, kind, message, error, frame, hint)
+                 frame: str | None = None, hint: str | None = None, traceback: str | None = None,
+                 element: str = ""):
+        super().__init__(node, partition, kind, message, error, frame, hint, traceback, element)
         self.node, self.partition, self.kind, self.message = node, partition, kind, message
         self.error, self.frame, self.hint = error, frame, hint
+        self.traceback = traceback  # the user's traceback, as text (`pipec run --traceback`)
+        self.element = element  # " at element I = ITEM" (see tasks.failing_element), or ""
 
     def __str__(self) -> str:
         place = f" (partition {self.partition})" if self.partition is not None else ""
@@ -111,7 +115,8 @@ def failure(node: str, partition: int | None, exc: BaseException) -> StageFailur
     """The StageFailure of user code that raised ``exc``."""
     if isinstance(exc, StageFailure):
         return exc
-    return StageFailure(node, partition, "error", str(exc), type(exc).__name__, user_frame(exc))
+    return StageFailure(node, partition, "error", str(exc), type(exc).__name__, user_frame(exc),
+                        traceback=user_traceback(exc), element=failing_element(exc))
 
 
 def attempt(node: str, partition: int | None, policy: s.Policy, body: Callable[[], Any]) -> Any:

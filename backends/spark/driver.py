@@ -241,6 +241,12 @@ class SparkDriver(PlannedDriver):
         roots = () if archive else tuple(self.ir.info.module_paths())
         self.context = worker.Context(self.run_id, roots, archive)
 
+    def engine_info(self) -> dict[str, Any]:
+        """Spark's cores, its UI (when asked for: ``spark.ui.enabled``) and version."""
+        sc = self.sc
+        return {"workers": sc.defaultParallelism, "dashboard": sc.uiWebUrl or None,
+                "versions": {"spark": sc.version}}
+
     def teardown(self) -> None:
         while self._scopes:
             self._close_scope()
