@@ -199,7 +199,8 @@ def test_sources_sinks_and_snapshots_on_s3_match_the_local_disk(s3, write_pipe, 
     assert remote.files["total"] == s3.url("out/total.txt") and local.files["total"] == "out/total.txt"
     assert s3.keys() == ["in/lines.txt", "in/rows.jsonl", "out/rows.jsonl", "out/sizes.json", "out/total.txt",
                          "runs/r1/actors/tally.1.snapshot", "runs/r1/actors/tally.3.snapshot",
-                         "runs/r1/actors/tally.snapshot", "runs/r1/resume/finished", "runs/r1/resume/state.pickle"]
+                         "runs/r1/actors/tally.snapshot", "runs/r1/report.html", "runs/r1/resume/finished",
+                         "runs/r1/resume/state.pickle", "runs/r1/summary.json"]
     import pickle
     state = pickle.loads(s3.get("runs/r1/actors/tally.snapshot"))
     assert state[0].total == 15 and state[1] == 3  # every 2 calls: after 3 x add(5) and value()
@@ -215,7 +216,9 @@ def test_a_killed_runs_staged_sinks_on_s3_are_cleaned_by_the_next_run_of_the_fol
     path = write_pipe(f'pipeline p() {{\n    source xs = range(3) partitions 1\n'
                       f'    sink b = collect(xs) -> json("{s3.url("out/b.json")}")\n}}\n')
     load(path).run(backend="local", run_dir=s3.url("runs/r"))
-    assert [k for k in s3.keys() if not k.startswith("runs/r/resume/")] == ["out/b.json"]
+    # what is left: the sink, the run's records and its report (summary.json, report.html)
+    assert [k for k in s3.keys() if not k.startswith("runs/r/resume/")] == [
+        "out/b.json", "runs/r/report.html", "runs/r/summary.json"]
     assert json.loads(s3.get("out/b.json")) == [0, 1, 2]
 
 

@@ -46,7 +46,8 @@ class SparkPlan(Plan):
     @property
     def mapping(self) -> explaining.Mapping:
         engine = (f"the Spark master at {self.address}" if self.address else
-                  "this process's SparkContext, or an embedded local[N,F] master (every core, F attempts per task)")
+                  "an embedded local[N,F] Spark master (every core, F attempts per task), or the Spark "
+                  "session this process runs")
         return explaining.Mapping("spark", engine, TASK_NOTE, {"address": self.address,
                                                                "embedded": self.address is None},
                                   task_notes=self._task_notes, actor_text=_actor_text)
