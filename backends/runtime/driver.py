@@ -27,7 +27,8 @@ from pipec.backends.runtime import resume as resuming
 from pipec.backends.runtime.interpreter import StageFailure
 from pipec.backends.runtime.actors import SKIPPED, ReplayLog
 from pipec.backends.runtime.sinks import StagedSinks
-from pipec.backends.runtime.tasks import ensure_path, failing_element, fn_of, user_frame, user_traceback
+from pipec.backends.runtime.tasks import (ensure_path, failing_element, forget_stale_modules, fn_of, user_frame,
+                                          user_traceback)
 
 
 # The share of a run's time its resume records may take on the driver.
@@ -74,7 +75,9 @@ class Driver:
 
     def run(self) -> RunResult:
         start = time.perf_counter()
-        ensure_path(self.ir.info.module_paths())
+        roots = self.ir.info.module_paths()
+        ensure_path(roots)
+        forget_stale_modules(_user_modules(self.ir), roots)
         self.preflight()
         self.sinks.clean_leftovers()
         if self.resumable:
@@ -717,3 +720,9 @@ class PlannedDriver(Driver):
     def pool_size(self, pool: str) -> int:
         """How many members actor pool ``pool`` has in this run."""
         raise NotImplementedError
+
+
+def _user_modules(graph: ir.IR) -> set[str]:
+    """The Python modules ``graph``'s functions and actor classes come from."""
+    return {ref.module for _, op in graph.items() for ref in (getattr(op, f, None) for f in ("fn", "by", "cls"))
+            if isinstance(ref, ir.FnRef)}

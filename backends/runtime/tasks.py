@@ -8,7 +8,7 @@ import os
 import sys
 import threading
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 if TYPE_CHECKING:  # workers import this module: keep pydantic and networkx out of their start-up
     from pipec.compiler.ir import FnRef
@@ -19,6 +19,29 @@ def ensure_path(roots: Sequence[str]) -> None:
     for root in roots:
         if root not in sys.path:
             sys.path.insert(0, root)
+
+
+def forget_stale_modules(names: Iterable[str], roots: Sequence[str]) -> None:
+    """Forget the modules ``names`` (and their submodules) where this process loaded them
+    from elsewhere than the copy ``roots`` hold: a second pipeline in one process whose
+    module shares a name with an earlier pipeline's (``m``, say) gets its own, not the
+    earlier one. A module ``roots`` do not hold (``operator``, ``numpy``) is left alone."""
+    folders = tuple(os.path.join(os.path.abspath(r), "") for r in roots)
+    stale = False
+    for name in names:
+        top = name.split(".")[0]
+        loaded = sys.modules.get(top)
+        where = getattr(loaded, "__file__", None)
+        ours = any(os.path.exists(os.path.join(r, f"{top}.py")) or os.path.isdir(os.path.join(r, top))
+                   for r in roots)
+        if loaded is None or where is None or not ours or os.path.abspath(where).startswith(folders):
+            continue
+        for key in [k for k in sys.modules if k == top or k.startswith(top + ".")]:
+            del sys.modules[key]
+        stale = True
+    if stale:
+        resolve.cache_clear()
+        importlib.invalidate_caches()
 
 
 @lru_cache(maxsize=None)
