@@ -146,12 +146,18 @@ def main(argv: list[str] | None = None) -> int:
             size = sizes["wordcount" if name == "wordcount_naive" else name]
             figures[name] = measure(workload(name, size, args.backend, Path(tmp)), args.reps)
             print(f"  {name}: done", file=sys.stderr)
-    print(f"{'workload':<16} {'hand-written s':>15} {'pipec s':>9} {'pipec/hand':>11}  same result")
+    return report(figures, args.json)
+
+
+def report(figures: dict[str, dict], json_path: str | None, width: int = 16) -> int:
+    """Print the figures of every workload as a table (and write them to ``json_path``);
+    the exit status: 0 when both programs computed the same everywhere."""
+    print(f"{'workload':<{width}} {'hand-written s':>15} {'pipec s':>9} {'pipec/hand':>11}  same result")
     for name, f in figures.items():
-        print(f"{name:<16} {f['hand_written_s']:>15.3f} {f['pipec_s']:>9.3f} {f['ratio']:>11.2f}  "
+        print(f"{name:<{width}} {f['hand_written_s']:>15.3f} {f['pipec_s']:>9.3f} {f['ratio']:>11.2f}  "
               f"{'yes' if f['same_result'] else 'NO'}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+    if json_path:
+        Path(json_path).write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
     return 0 if all(f["same_result"] for f in figures.values()) else 1
 
 

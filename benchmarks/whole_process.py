@@ -178,13 +178,8 @@ def main(argv: list[str] | None = None) -> int:
             figures[name] = measure(args.backend, name, workload_params(name, sizes[name], Path(tmp)),
                                     args.pairs, Path(tmp))
             print(f"  {name}: done", file=sys.stderr)
-    print(f"{'workload':<12} {'hand-written s':>15} {'pipec s':>9} {'pipec/hand':>11}  same result")
-    for name, f in figures.items():
-        print(f"{name:<12} {f['hand_written_s']:>15.3f} {f['pipec_s']:>9.3f} {f['ratio']:>11.2f}  "
-              f"{'yes' if f['same_result'] else 'NO'}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
-    return 0 if all(f["same_result"] for f in figures.values()) else 1
+    from benchmarks.overhead import report
+    return report(figures, args.json, width=12)
 
 
 if __name__ == "__main__":

@@ -84,3 +84,17 @@ def shutdown_all() -> None:
             _STOPPERS.pop()()
         except Exception:  # a failing shutdown must not hide the test results
             pass
+
+
+def stop_processes(procs: list, timeout: float) -> None:
+    """Stop processes a test started (a scheduler and its workers, say): SIGTERM to each,
+    newest first, then SIGKILL to any still running after ``timeout`` seconds."""
+    import subprocess
+    for proc in reversed(procs):
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -27,7 +27,7 @@ from pipec.api import run_plan
 from pipec.dsl.diagnostics import PipelineRuntimeError, UnsupportedOnBackend
 from pipec.runs import RunEvents
 from tests.conftest import ROOT
-from tests.engines import engine_options
+from tests.engines import engine_options, stop_processes
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
@@ -535,14 +535,7 @@ def dask_cli_cluster(tmp_path_factory):
         yield address, client
         client.close()
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(procs, timeout=5)
         log.close()
 
 

@@ -22,6 +22,7 @@ from pipec import load
 from pipec.backends.runtime import resume as resuming
 from pipec.backends.runtime import storage
 from tests.conftest import ROOT
+from tests.engines import stop_processes
 
 
 # ---- the storage layer -----------------------------------------------------------------------
@@ -315,14 +316,7 @@ def private_dask_cluster(s3, tmp_path_factory):
         yield address, client, launcher is not None
         client.close()
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(procs, timeout=10)
         log.close()
         shutil.rmtree(outside, ignore_errors=True)
 
