@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,7 +29,7 @@ from pipec.dsl.diagnostics import PipelineRuntimeError  # noqa: E402
 from pipec.backends.ray import RayBackend
 from pipec.backends.physical import steps as s  # noqa: E402
 from tests.conftest import EXAMPLES, ROOT  # noqa: E402
-from tests.engines import engine_options  # noqa: E402
+from tests.engines import engine_options, free_port  # noqa: E402
 
 EXAMPLE_NAMES = ["infer", "kmeans", "pagerank", "train", "wordcount"]
 
@@ -531,9 +531,7 @@ def test_pipec_run_on_an_embedded_runtime_is_quiet_and_matches_local(workdir):
 
 
 def test_an_unreachable_address_fails_fast_with_a_hint(workdir):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nothing listens there once closed
+    port = free_port()  # nothing listens there
     start = time.monotonic()
     out = _pipec(["run", "examples/wordcount.pipe", "--backend", "ray", "--address", f"127.0.0.1:{port}"], workdir)
     assert out.returncode == 1
@@ -549,18 +547,13 @@ def test_a_process_connected_to_one_cluster_refuses_to_join_another(workdir):
     assert "already connected" in str(err.value) and "10.255.255.1:6379" in str(err.value)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_a_real_head_node_runs_an_example(workdir, tmp_path_factory):
     """`ray start --head` on 127.0.0.1, pipec joins it with --address, then the head is
     stopped by signalling the one `ray start --block` process this test started (not
     `ray stop`, which would stop every Ray on the machine, the test session's too)."""
     psutil = pytest.importorskip("psutil")
-    port = _free_port()
+    port = free_port()
     temp_dir = Path(f"/tmp/pipec-ray-{os.getpid()}")  # short: Ray puts sockets in it
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"), "RAY_USAGE_STATS_ENABLED": "0"}
     log = tmp_path_factory.mktemp("head") / "head.log"
@@ -595,4 +588,5 @@ def test_a_real_head_node_runs_an_example(workdir, tmp_path_factory):
         gone, alive = psutil.wait_procs(children, timeout=30)
         for proc in alive:  # only processes of this head, by id
             proc.kill()
+        shutil.rmtree(temp_dir, ignore_errors=True)  # the session's logs and sockets
     assert not alive, [p.pid for p in alive]

@@ -22,7 +22,7 @@ from pipec import load
 from pipec.backends.runtime import resume as resuming
 from pipec.backends.runtime import storage
 from tests.conftest import ROOT
-from tests.engines import stop_processes
+from tests.engines import free_port, stop_processes
 
 
 # ---- the storage layer -----------------------------------------------------------------------
@@ -393,3 +393,132 @@ def test_dask_without_a_shared_disk_survives_its_actor_worker_and_its_driver(s3,
     assert resumed.returncode == 0, resumed.stderr
     assert (workdir / "out" / "weights.json").read_bytes() == expected
     assert s3.keys("runs/train/resume/") == ["runs/train/resume/finished", "runs/train/resume/state.pickle"]
+
+
+
+@pytest.fixture
+def private_ray_cluster(s3, tmp_path_factory):
+    """A Ray head and a second Ray node (`ray start --block`, one CPU each), both in mount
+    namespaces of their own where the test's folders are an empty tmpfs, so their workers
+    can only reach the run folder through S3 and the user's modules only as shipped
+    py_modules. Ray enables token authentication for clusters it starts; every process
+    here shares one generated token. Yields (address, env for processes that join)."""
+    import secrets
+    hidden = tmp_path_factory.getbasetemp()
+    outside = Path(tempfile.mkdtemp(prefix="pipec-test-ray-"))
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    env = {**os.environ, **s3.env, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    launcher = _private_launcher(hidden)
+    log = open(outside / "cluster.log", "w")
+    common = ["--num-cpus", "1", "--block", "--disable-usage-stats"]
+    nodes = [("head", ["ray", "start", "--head", "--port", str(port), "--include-dashboard=false",
+                       "--temp-dir", str(outside / "ray"), *common]),
+             ("node", ["ray", "start", "--address", address, *common])]
+    procs = []
+    try:
+        for name, start in nodes:
+            (outside / name).mkdir()
+            command = [*launcher, str(hidden / name), *start] if launcher else start
+            procs.append(subprocess.Popen(command, cwd=outside / name, stdout=log, stderr=log, env=env,
+                                          start_new_session=True))
+            if name == "head":
+                _wait_for_ray(address, env, nodes=1)
+        _wait_for_ray(address, env, nodes=2)
+        yield address, env, launcher is not None
+    finally:
+        stop_processes(procs, timeout=15)
+        log.close()
+        shutil.rmtree(outside, ignore_errors=True)
+
+
+_JOIN = "import ray, json\nray.init(address={address!r}, log_to_driver=False, logging_level='ERROR')\n"
+
+
+def _ray_query(address: str, env: dict, code: str, timeout: float = 60) -> str:
+    """Run ``code`` in a fresh process joined to the cluster (this process already has the
+    test session's own Ray) and give what it prints."""
+    script = _JOIN.format(address=address) + code
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip()
+
+
+def _wait_for_ray(address: str, env: dict, nodes: int) -> None:
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        probe = subprocess.run(["ray", "status", "--address", address], env=env, capture_output=True, text=True)
+        if probe.returncode == 0 and probe.stdout.count("node_") >= nodes:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the Ray cluster at {address} did not come up with {nodes} nodes")
+
+
+def test_ray_without_a_shared_disk_survives_its_actors_worker_and_its_driver(s3, private_ray_cluster, workdir):
+    """examples/train.pipe on a Ray head and a second node that cannot see the driver's
+    folders, with the run folder on S3: mid-run the worker process hosting the parameter
+    server is killed (SIGKILL by pid); Ray restarts the actor and pipec restores it from
+    its snapshot in the bucket and replays the calls since. Then the driver itself is
+    killed, and `pipec run --resume s3://...` continues from the record in the bucket.
+    The weights are exactly those of a clean run."""
+    address, env, isolated = private_ray_cluster
+    if isolated:
+        seen = _ray_query(address, env, (
+            "import os\n"
+            "@ray.remote(num_cpus=1)\n"
+            f"def sees(): return os.path.exists({str(workdir)!r})\n"
+            "print(json.dumps(ray.get([sees.remote() for _ in range(4)])))"))
+        assert json.loads(seen) == [False] * 4
+    epochs = 300  # rounds of a few ms each: time to find the actor and kill it mid-run
+    params = ["-p", f"epochs={epochs}", "-p", "rows=2000"]
+    clean = load(Path("examples/train.pipe")).run(backend="local", params={"epochs": epochs, "rows": 2000})
+    expected = Path(clean.files["weights"]).read_bytes()
+    shutil.rmtree(workdir / "out")
+    shutil.rmtree(workdir / ".pipec")
+    run = s3.url("runs/train")
+    command = [sys.executable, "-m", "pipec", "run", "examples/train.pipe", "--backend", "ray",
+               "--address", address, *params]
+    driver = subprocess.Popen([*command, "--run-dir", run], cwd=workdir, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+
+    def rounds() -> int:
+        try:
+            return pickle.loads(storage.read_bytes(storage.join(run, resuming.RECORD))).rounds
+        except (FileNotFoundError, EOFError, pickle.UnpicklingError):
+            return -1
+
+    def wait_for(n: int) -> int:
+        deadline = time.time() + 180
+        while time.time() < deadline and driver.poll() is None and rounds() < n:
+            time.sleep(0.05)
+        assert driver.poll() is None, f"the run ended before round {n}: {driver.stderr.read().decode()}"
+        return rounds()
+    # Finding the actor's process takes a process joined to the cluster: start it with the run.
+    finder = subprocess.Popen([sys.executable, "-c", _JOIN.format(address=address) + (
+        "import time\n"
+        "from ray._private import state\n"
+        "for _ in range(600):\n"
+        "    alive = [a['Pid'] for a in state.actors().values()\n"
+        "             if a['Name'].startswith('pipec.train.ps.') and a['State'] == 'ALIVE']\n"
+        "    if alive: break\n"
+        "    time.sleep(0.05)\n"
+        "print(alive[0] if alive else '')")], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        pid = int(finder.communicate(timeout=120)[0].strip())
+        wait_for(3)
+        os.kill(pid, signal.SIGKILL)
+        stopped_at = wait_for(rounds() + 2)  # the actor came back and the run went on
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+        driver.stderr.close()
+    assert 3 <= stopped_at < epochs and not (workdir / "out" / "weights.json").exists()
+    assert "runs/train/actors/ps.snapshot" in s3.keys("runs/train/actors/")
+    assert not list(workdir.glob(".pipec/runs/*/actors"))  # nothing of the run state on the driver's disk
+    resumed = subprocess.run([*command, "--resume", run], cwd=workdir, env=env, capture_output=True, text=True,
+                             timeout=240)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (workdir / "out" / "weights.json").read_bytes() == expected
