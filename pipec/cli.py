@@ -400,13 +400,14 @@ def _resumable(engine, pipeline) -> bool:
 
 
 def _starting(plan) -> str:
-    """What starts for ``plan``, in the header's words."""
+    """What starts for ``plan``, in the header's words (``starting X`` or, for a
+    cluster that is already running, ``joining X``)."""
     mapping = getattr(plan, "mapping", None)
     engine = getattr(mapping, "engine", None)
-    if isinstance(engine, str) and engine:
-        return engine
     address = getattr(plan, "address", None)
-    return f"the {plan.backend} engine at {address}" if address else f"an embedded {plan.backend} engine"
+    if not (isinstance(engine, str) and engine):
+        engine = f"the {plan.backend} engine at {address}" if address else f"an embedded {plan.backend} engine"
+    return f"joining {engine}" if address else f"starting {engine}"
 
 
 @contextmanager

@@ -140,13 +140,14 @@ class RunView:
 
     def header(self, run_id: str, pipeline: str, backend: str, starting: str, resume: str | None = None,
                resumable: bool = False) -> None:
-        """Printed before the engine starts: the run, where it runs, what is starting;
-        ``resumable``: how to continue it if it stops."""
+        """Printed before the engine starts: the run, where it runs, what starts or is
+        joined (``starting``, e.g. "starting an embedded dask engine"); ``resumable``: how
+        to continue it if it stops."""
         bold, off = ("\033[1m", "\033[0m") if self.color else ("", "")
         note = ("  (continuing from its last completed round)" if resume else
                 f"  (if it stops, continue it with --resume {run_id})" if resumable else "")
         self.say(f"{bold}run {run_id}{off}  pipeline {pipeline} on {backend}{note}")
-        self.say(f"  starting {starting} ...")
+        self.say(f"  {starting} ...")
 
     # ---- the driver's hooks
 

@@ -574,6 +574,7 @@ def test_a_real_head_node_runs_an_example(workdir, tmp_path_factory):
                       "--address", f"127.0.0.1:{port}"], workdir, env={"RAY_AUTH_MODE": env["RAY_AUTH_MODE"]})
         assert out.returncode == 0, out.stderr
         _quiet(out.stdout, out.stderr)
+        assert f"  joining the Ray cluster at 127.0.0.1:{port} ..." in out.stderr.splitlines()
         assert (workdir / "out" / "ranks.json").read_bytes() == expected
         (workdir / "out" / "ranks.json").unlink()
         # RAY_ADDRESS reaches the same cluster without --address
