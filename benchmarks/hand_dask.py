@@ -82,3 +82,13 @@ def wordcount(path: str, parts: int, n: int):
     lines = db.read_text(path, blocksize=-(-size // parts))
     top = lines.map(w.words).flatten().frequencies().topk(n, key=1)
     return _CLIENT[0].compute(top, sync=True)
+
+
+def parquet(src: str, dst: str) -> None:
+    """benchmarks/batches.pipe as a Dask user writes it: ``dask.dataframe`` reads the
+    Parquet dataset, computes ``z = 2x + y`` and ``high = z > 1`` as column arithmetic,
+    and writes a Parquet dataset (on the client ``engine`` holds, Dask's default)."""
+    import dask.dataframe as dd
+    df = dd.read_parquet(src, columns=["id", "x", "y"])
+    df = df.assign(z=df.x * 2.0 + df.y)[["id", "z"]]
+    df.assign(high=df.z > 1.0).to_parquet(dst, write_index=False)

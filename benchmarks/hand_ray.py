@@ -108,3 +108,26 @@ def wordcount(path: str, parts: int, n: int):
     for part in counters:
         total.update(part)
     return sorted(total.items(), key=lambda kv: -kv[1])[:n]
+
+
+def _score_batch(table):
+    from benchmarks.batch_work import scale, score
+    return score(scale(table))
+
+
+def parquet(src: str, dst: str) -> None:
+    """benchmarks/batches.pipe as a Ray user writes it: Ray Data reads the Parquet
+    dataset, runs the same pyarrow functions per block (``map_batches`` on Arrow tables),
+    and writes a Parquet dataset."""
+    import ray.data
+    from ray import cloudpickle
+    from benchmarks import batch_work
+    cloudpickle.register_pickle_by_value(batch_work)
+    import logging
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # a terminal of bars and INFO lines is not part of the figure
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    (ray.data.read_parquet(src, columns=["id", "x", "y"])
+     .map_batches(_score_batch, batch_format="pyarrow", batch_size=None)
+     .write_parquet(dst))

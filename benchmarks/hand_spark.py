@@ -88,3 +88,15 @@ def wordcount(path: str, parts: int, n: int):
     sc = _sc()
     counts = sc.textFile(path, parts).flatMap(w.words).map(w.one).reduceByKey(w.add)
     return counts.top(n, key=w.count)
+
+
+def parquet(src: str, dst: str) -> None:
+    """benchmarks/batches.pipe as a Spark user writes it: DataFrame column expressions
+    (run in the JVM, no Python per row or batch) between ``spark.read.parquet`` and
+    ``write.parquet``."""
+    from pyspark.sql import SparkSession
+    from pyspark.sql import functions as F
+    _sc()
+    spark = SparkSession.builder.getOrCreate()  # on the active context
+    df = spark.read.parquet(src).select("id", (F.col("x") * 2.0 + F.col("y")).alias("z"))
+    df.withColumn("high", F.col("z") > 1.0).write.parquet(dst)

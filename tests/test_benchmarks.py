@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks import hand_dask, overhead
+from benchmarks import hand_dask, native_parquet, overhead
 from tests.engines import engine_options
 
 TINY = {"mapreduce": {"n": 20_000, "parts": 4},
@@ -27,3 +27,16 @@ def test_hand_written_program_and_pipeline_agree(backend, name, tmp_path, monkey
     assert load.same(hand, pipec), (hand, pipec.outputs)
     # The check compares real results, not two empty ones.
     assert pipec.outputs and all(value is not None for value in pipec.outputs.values())
+
+
+@pytest.mark.parametrize("backend", overhead.BACKENDS)
+def test_the_engines_own_parquet_programs_and_the_pipeline_write_the_same_rows(backend, tmp_path, monkeypatch):
+    """benchmarks/native_parquet.py: the engine's own reader and writer against
+    benchmarks/batches.pipe, on 20,000 rows in 8 files."""
+    options = engine_options(backend)
+    if backend == "dask":
+        monkeypatch.setattr(hand_dask, "_CLIENT", [options["client"]])
+    load = native_parquet.workload(backend, tmp_path, 20_000)
+    native, pipec = load.hand(), load.pipec()
+    assert native_parquet.read_sorted(pipec).num_rows == 20_000
+    assert load.same(native, pipec)
