@@ -197,6 +197,27 @@ def test_bad_files_name_the_file_and_the_column(tmp_path, monkeypatch):
     assert "the files differ in column `x`: double in" in str(err.value) and "mixed/b.parquet" in str(err.value)
 
 
+def test_csv_types_are_the_first_files_whatever_the_partitions(tmp_path, monkeypatch):
+    """A dataset's CSV files are all read with the types inferred from the first one, so
+    a column's type does not depend on how `partitions k` groups the files; a value that
+    does not fit names its file."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t/a.csv").write_text("id,x\n1,1.5\n2,2.5\n")
+    (tmp_path / "t/b.csv").write_text("id,x\n3,3\n4,4\n")  # ints alone, doubles as the first file says
+    path = _pipe(tmp_path, """
+    source rows = read_csv("t") partitions k
+    sink out = collect(rows)""", "k: int = 1")
+    expected = [{"id": 1, "x": 1.5}, {"id": 2, "x": 2.5}, {"id": 3, "x": 3.0}, {"id": 4, "x": 4.0}]
+    for k in (1, 2):
+        out = load(path).run(backend="local", params={"k": k}).outputs["out"]
+        assert out == expected and [type(r["x"]) for r in out] == [float] * 4, (k, out)
+    (tmp_path / "t/c.csv").write_text("id,x\nfive,5\n")
+    with pytest.raises(PipelineRuntimeError) as err:
+        load(path).run(backend="local", params={"k": 2})
+    assert "t/c.csv does not fit the types of the dataset's first file" in str(err.value)
+
+
 def test_missing_pyarrow_is_a_usage_error_naming_the_extra(tmp_path):
     path = _pipe(tmp_path, """
     source rows = read_parquet("data")

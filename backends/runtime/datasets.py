@@ -189,19 +189,22 @@ def read_pieces(fmt: str, pieces: Sequence, options: dict, all_pieces: Sequence 
             tables.append(table if pieces else table.schema.empty_table())
         return _concat(pa, tables, pieces)
     if fmt == "csv":
-        tables = [_read_csv(pa, url, options, columns) for url, _ in pieces]
-        return _concat(pa, tables, pieces, promote=True) if tables else pa.table({})
+        # The types are the first file's, for every file (as pyarrow's datasets and Dask
+        # infer them): a column's type then does not depend on how files are grouped
+        # into partitions, nor on which partition a row lands in.
+        types = _csv_types(pa, (all_pieces or pieces)[0][0], options) if pieces else None
+        tables = [_read_csv(pa, url, options, columns, types) for url, _ in pieces]
+        return _concat(pa, tables, pieces) if tables else pa.table({})
     raise ValueError(f"unknown file format {fmt!r}")
 
 
-def _concat(pa, tables: list, pieces: Sequence, promote: bool = False):
-    """The tables of a partition's pieces, one after the other. With ``promote`` (CSV,
-    whose types are inferred per file) a column that is int64 in one file and double in
-    another becomes double; other differences are a ValueError naming the column."""
+def _concat(pa, tables: list, pieces: Sequence):
+    """The tables of a partition's pieces, one after the other; files that differ in
+    their columns are a ValueError naming the column."""
     if len(tables) == 1:
         return tables[0]
     try:
-        return pa.concat_tables(tables, promote_options="permissive" if promote else "none")
+        return pa.concat_tables(tables)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         first = tables[0].schema
         for (url, _), table in zip(pieces[1:], tables[1:]):
@@ -215,16 +218,40 @@ def _concat(pa, tables: list, pieces: Sequence, promote: bool = False):
         raise ValueError(f"the files {pieces[0][0]} .. {pieces[-1][0]} differ in their columns") from None
 
 
-def _read_csv(pa, url: str, options: dict, columns: list | None):
+def _csv_options(pa, options: dict):
     csv = pa.csv
-    header = options.get("header", True)
-    read = csv.ReadOptions(autogenerate_column_names=not header)
-    parse = csv.ParseOptions(delimiter=options.get("delimiter", ","))
-    convert = csv.ConvertOptions(include_columns=columns) if columns else csv.ConvertOptions()
+    read = csv.ReadOptions(autogenerate_column_names=not options.get("header", True))
+    return read, csv.ParseOptions(delimiter=options.get("delimiter", ","))
+
+
+def _csv_types(pa, url: str, options: dict) -> dict:
+    """The column types pyarrow infers from the first block of CSV file ``url``."""
+    read, parse = _csv_options(pa, options)
+    fs, path = filesystem(url)
+    try:
+        with fs.open(path, "rb") as fh:
+            schema = pa.csv.open_csv(fh, read_options=read, parse_options=parse).schema
+    except pa.ArrowException as exc:
+        raise ValueError(f"{url}: not CSV as asked for ({exc})") from None
+    # A header-only first file says nothing of the types: those columns are inferred per file.
+    return {field.name: field.type for field in schema if not pa.types.is_null(field.type)}
+
+
+def _read_csv(pa, url: str, options: dict, columns: list | None, types: dict | None = None):
+    """CSV file ``url`` as a table; with ``types`` (the first file's), its columns
+    converted to them."""
+    csv = pa.csv
+    read, parse = _csv_options(pa, options)
+    convert = csv.ConvertOptions(include_columns=columns or [], column_types=types or {})
     fs, path = filesystem(url)
     try:
         with fs.open(path, "rb") as fh:
             return csv.read_csv(fh, read_options=read, parse_options=parse, convert_options=convert)
+    except pa.ArrowInvalid as exc:
+        if types and "conversion error" in str(exc).lower():
+            raise ValueError(f"{url} does not fit the types of the dataset's first file: {exc} (every file of a "
+                             f"CSV dataset is read with the types inferred from the first one)") from None
+        raise ValueError(f"{url}: not CSV as asked for ({exc})") from None
     except pa.ArrowException as exc:
         raise ValueError(f"{url}: not CSV as asked for ({exc})") from None
 
