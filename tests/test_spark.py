@@ -38,8 +38,8 @@ def pipe(write_pipe, body: str, module: str, source: str, params: str = ""):
     return write_pipe(f"use {module} as m\npipeline p({params}) {{\n{body}\n}}\n", **{module: source})
 
 
-def cli(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def cli(*args, cwd=None, timeout=300, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run([sys.executable, "-m", "pipec", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -350,3 +350,24 @@ def test_unreachable_master_is_reported_before_spark_starts(workdir):
     result = cli("run", "examples/wordcount.pipe", "--backend", "spark", "--address", "spark://127.0.0.1:9", cwd=workdir)
     assert result.returncode == 2
     assert "cannot reach the Spark master at spark://127.0.0.1:9" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_master_comes_from_where_spark_users_set_it(workdir, tmp_path):
+    """`MASTER`, then `spark.master` in spark-defaults.conf (SPARK_CONF_DIR); `--address`
+    wins over both. Shown by `pipec compile` (no JVM) and used by `pipec run`, which
+    fails fast on a master nothing listens on."""
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "spark-defaults.conf").write_text("# a comment\nspark.master   spark://127.0.0.1:9\n")
+    compiled = cli("compile", "examples/wordcount.pipe", "--backend", "spark", cwd=workdir,
+                   env={"SPARK_CONF_DIR": str(conf), "MASTER": ""})
+    assert "engine: the Spark master at spark://127.0.0.1:9" in compiled.stdout, compiled.stderr
+    from_env = cli("compile", "examples/wordcount.pipe", "--backend", "spark", cwd=workdir,
+                   env={"SPARK_CONF_DIR": str(conf), "MASTER": "spark://127.0.0.1:8"})
+    assert "engine: the Spark master at spark://127.0.0.1:8" in from_env.stdout
+    run = cli("run", "examples/wordcount.pipe", "--backend", "spark", cwd=workdir, env={"MASTER": "spark://127.0.0.1:9"})
+    assert run.returncode == 2
+    assert "cannot reach the Spark master at spark://127.0.0.1:9" in run.stderr and "Traceback" not in run.stderr
+    given = cli("run", "examples/wordcount.pipe", "--backend", "spark", "--address", "spark://127.0.0.1:7",
+                cwd=workdir, env={"MASTER": "spark://127.0.0.1:9"})
+    assert "cannot reach the Spark master at spark://127.0.0.1:7" in given.stderr

@@ -128,7 +128,8 @@ class SparkBackend(Backend):
     }
 
     def __init__(self, address: str | None = None, ui: bool | None = None):
-        super().__init__(address)
+        from pipec.backends.spark.session import master_of
+        super().__init__(master_of(address))
         # The Spark UI is off unless asked for (PIPEC_SPARK_UI=1, or ui=True from Python).
         self.ui = ui if ui is not None else os.environ.get("PIPEC_SPARK_UI") == "1"
 

@@ -62,6 +62,29 @@ class Session:
             stop(self.sc)
 
 
+def master_of(explicit: str | None) -> str | None:
+    """The master to run on, found where Spark users set it: ``--address``, else the
+    ``MASTER`` variable (which spark-submit also reads), else ``spark.master`` in
+    ``spark-defaults.conf`` (in ``SPARK_CONF_DIR``, or ``SPARK_HOME/conf``); None means
+    the active context or the embedded ``local[N,F]`` master."""
+    if explicit:
+        return explicit
+    if os.environ.get("MASTER"):
+        return os.environ["MASTER"]
+    folder = os.environ.get("SPARK_CONF_DIR") or (
+        os.path.join(os.environ["SPARK_HOME"], "conf") if os.environ.get("SPARK_HOME") else None)
+    if folder:
+        try:
+            lines = Path(folder, "spark-defaults.conf").read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return None
+        for line in lines:  # "key  value", whitespace between; '#' starts a comment
+            words = line.split(None, 1)
+            if len(words) == 2 and words[0] == "spark.master":
+                return words[1].strip()
+    return None
+
+
 def embedded_master(max_retries: int = 0) -> str:
     """``local[N,F]``: N cores, F attempts per task. Plain ``local[N]`` never retries a
     task, so a worker process that crashes would fail the run at once."""
