@@ -66,9 +66,27 @@ class Diagnostic:
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
-    """A hint naming the closest candidate to ``word``, or None when nothing is close."""
-    close = difflib.get_close_matches(word, sorted(set(candidates)), n=1, cutoff=0.6)
+    """A hint naming the closest candidate to ``word``, or None when nothing is close.
+    Short names get a hint for one edit too (``xz`` for ``xs``), which a similarity
+    ratio alone misses: one letter of two is only half the word."""
+    names = sorted(set(candidates))
+    close = difflib.get_close_matches(word, names, n=1, cutoff=0.6)
+    if not close and len(word) >= 2:
+        close = [name for name in names if _one_edit(word, name)][:1]
     return f"did you mean `{close[0]}`?" if close else None
+
+
+def _one_edit(a: str, b: str) -> bool:
+    """Whether ``b`` is ``a`` with one letter replaced, added, dropped, or two adjacent
+    letters swapped."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1
+                                   and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]])
+    short, long = (a, b) if len(a) < len(b) else (b, a)
+    return any(long[:i] + long[i + 1:] == short for i in range(len(long)))
 
 
 class PipecError(Exception):

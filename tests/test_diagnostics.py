@@ -135,6 +135,9 @@ CASES = [
     # ---- names and definitions ---------------------------------------------------------
     Case("undefined_name", "    source xs = range(10) partitions 2\n    stage ys = map m.f over xss\n",
          SemanticError, 4, 29, "undefined name `xss`", "did you mean `xs`?"),
+    Case("undefined_short_name_one_letter_off",
+         "    source xs = range(10) partitions 2\n    stage ys = map m.f over xz\n",
+         SemanticError, 4, 29, "undefined name `xz`", "did you mean `xs`?"),
     Case("duplicate_definition",
          "    source xs = range(10) partitions 2\n    stage xs = map m.f over xs\n",
          SemanticError, 4, 11, "`xs` is already defined", "the first definition is at line 3"),
