@@ -416,6 +416,21 @@ class Driver:
         except Exception as exc:
             raise self.user_error(node, exc, op.span) from None
 
+    def op_collect_map(self, node: str, op: ir.CollectMap):
+        items = semantics.ordered(self.gather(op.input.node), self.order_of(op.input.node))
+        try:
+            return semantics.collect_map(items)
+        except semantics.DuplicateKey as exc:
+            raise self.error(node, str(exc), op.span,
+                             "a map holds one value per key: combine them first with `reduce_by_key` "
+                             "or `group_by_key`") from None
+        except TypeError as exc:
+            raise self.error(node, str(exc), op.span, "make pairs first, e.g. `map m.to_pair over xs`") from None
+
+    def op_take(self, node: str, op: ir.Take):
+        items = semantics.ordered(self.gather(op.input.node), self.order_of(op.input.node))
+        return semantics.take(items, self.value(op.n))
+
     def op_sink(self, node: str, op: ir.Sink):
         if ir.is_dataset_sink(op):
             return self.sink_dataset(node, op)
