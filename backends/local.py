@@ -295,9 +295,11 @@ class LocalDriver(Driver):
     def collection_sort_by(self, node: str, op: ir.SortBy):
         parts = self.partitions(op.input.node)
         by, order = fn_of(op.by) if op.by else None, self.order_of(op.input.node)
-        items = [x for p in parts for x in p]
-        out = self.run_task(node, op, 0, lambda: semantics.sort_by(items, by, op.by is None, order), [items],
-                            op.options.retries)
+        # Each partition sorted in a task of its own, as on a cluster: a failing key function
+        # names the same partition everywhere.
+        runs = [self.run_task(node, op, i, lambda items=items: semantics.sort_partial(items, by, op.by is None, order),
+                              [items], op.options.retries) for i, items in enumerate(parts)]
+        out = semantics.sort_merge(runs)
         return [self.roundtrip(p, node, "a partition", op.span) for p in semantics.split(out, len(parts))]
 
     def collection_zip_with_index(self, node: str, op: ir.ZipWithIndex):
