@@ -322,6 +322,15 @@ CASES: dict[str, Case] = {
         sink f = collect_map(sums) -> json("out/f.json")
         sink g = [collect_map(zip_with_index(few)), collect_map(map m.label_pair over few)] -> json("out/g.json")""",
         {"n": 50}),
+    "ordering_in_loops": Case("""
+        source xs = range(12) partitions 3
+        var ys = xs
+        repeat 3 as i {
+            ys = sample(sort_by(map m.inc over ys, by = m.neg_int), 0.9, seed = i)
+        }
+        value firsts = take(ys, count(xs) - 9)
+        sink out = [collect(ys), firsts, collect(zip_with_index(ys))] -> json("out/out.json")
+        sink parts = collect(map_batches m.layout over ys) -> json("out/parts.json")"""),
 }
 
 _PARAM_DECLS = {"n": "n: int = 10", "parts": "parts: int = 2", "factor": "factor: float = 1.0",
