@@ -211,3 +211,21 @@ def test_collect_map_orders_keys_and_refuses_a_key_twice():
     with pytest.raises(TypeError, match="needs \\(key, value\\) pairs"):
         semantics.collect_map([1, 2])
     assert semantics.render_sink({10: 1, 2: 2}, "json", False) == '{\n  "2": 2,\n  "10": 1\n}\n'
+
+
+@pytest.mark.parametrize("values", [
+    [3, -1, 2.5, True, 0, 3.0, -7, 2.5],  # numbers only: compared as they are
+    ["b", "", "é", "a", "ab", "b"],  # strings only: as they are
+    [1, "a", None, 2.0, float("nan"), (0, 1), 1],  # a mix: by canonical key
+])
+def test_the_fast_comparisons_order_exactly_as_the_canonical_key(values):
+    def by_key(x):
+        return semantics.sort_key(x, None, True, None)
+    assert [repr(x) for x in semantics.sort_by(values, None, True, None)] == \
+        [repr(x) for x in sorted(values, key=by_key)]
+    # Runs of different kinds (numbers here, a mix there) merge by canonical key.
+    runs = [semantics.sort_partial(values[:3], None, True, None), semantics.sort_partial(values[3:], None, True, None)]
+    assert [repr(x) for x in semantics.sort_merge(runs)] == [repr(x) for x in sorted(values, key=by_key)]
+    records = [(v, i) for i, v in enumerate(values)]
+    assert semantics.sort_by(records, semantics.canonical_key, False, "key") == \
+        sorted(records, key=lambda r: semantics.sort_key(r, semantics.canonical_key, False, "key"))
