@@ -191,6 +191,7 @@ def test_the_sample_function_is_the_documented_hash():
     assert semantics.sample_hash(7, 12) == int.from_bytes(digest, "little")
     assert semantics.sample_keep(7, 12, 1.0) and not semantics.sample_keep(7, 12, 0.0)
     small = semantics.sample_part(range(1000), 0, 0.1, 3)
+    assert small == [i for i in range(1000) if semantics.sample_keep(3, i, 0.1)]
     assert set(small) <= set(semantics.sample_part(range(1000), 0, 0.3, 3))  # nested by fraction
     with pytest.raises(StageFailure, match="between 0 and 1, got 2"):
         run_segment(s.Segment("q", s.Positioned("q", "sample", 0, 2, 0)), 0, [1], Given([[0]]))
