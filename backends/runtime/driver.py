@@ -428,7 +428,10 @@ class Driver:
             raise self.error(node, str(exc), op.span, "make pairs first, e.g. `map m.to_pair over xs`") from None
 
     def op_take(self, node: str, op: ir.Take):
-        items = semantics.ordered(self.gather(op.input.node), self.order_of(op.input.node))
+        try:
+            items = semantics.ordered(self.gather(op.input.node), self.order_of(op.input.node))
+        except TypeError as exc:  # a keyed result's record that is not a pair
+            raise self.error(node, str(exc), op.span) from None
         return semantics.take(items, self.value(op.n))
 
     def op_sink(self, node: str, op: ir.Sink):

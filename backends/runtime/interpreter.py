@@ -384,7 +384,7 @@ def run_finisher(step, partials: Sequence):
 
 
 def _take(step: s.TakePartial, items, partition: int, slots: Slots):
-    return semantics.take_partial(list(items), step.n, step.order)
+    return _plain(step.node, partition, lambda: semantics.take_partial(list(items), step.n, step.order))
 
 
 def _sort(step: s.SortPartial, items, partition: int, slots: Slots):

@@ -263,12 +263,12 @@ def top_merge(candidates: Sequence[list], n: int, by: Callable | None, order: st
     return top(ordered([x for part in candidates for x in part], order), n, by)
 
 
-
 # ---- ordering, sampling and indexing ------------------------------------------------------
 # Positions are positions in collection order: what `collect` shows (a keyed result
 # sorted by key, anything else partition after partition). A planned backend brings a
-# keyed result into that order first (see `sort_key` with ``by`` None), so an element's
-# position never depends on how many partitions hold the collection.
+# keyed result into that order first (a sort with neither `by` nor `by_element`: by
+# collection order only), so an element's position never depends on how many
+# partitions hold the collection.
 
 
 def take(items: Sequence, n: int) -> list:
