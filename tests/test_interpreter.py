@@ -211,6 +211,8 @@ def test_collect_map_orders_keys_and_refuses_a_key_twice():
         semantics.collect_map([(1, "a"), (2, "b"), (1.0, "c")])
     with pytest.raises(TypeError, match="needs \\(key, value\\) pairs"):
         semantics.collect_map([1, 2])
+    with pytest.raises(TypeError, match="needs keys a dict can hold, got list"):
+        semantics.collect_map([([1], 2)])
     assert semantics.render_sink({10: 1, 2: 2}, "json", False) == '{\n  "2": 2,\n  "10": 1\n}\n'
 
 

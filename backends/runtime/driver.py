@@ -424,8 +424,9 @@ class Driver:
             raise self.error(node, str(exc), op.span,
                              "a map holds one value per key: combine them first with `reduce_by_key` "
                              "or `group_by_key`") from None
-        except TypeError as exc:
-            raise self.error(node, str(exc), op.span, "make pairs first, e.g. `map m.to_pair over xs`") from None
+        except TypeError as exc:  # not pairs, or a key a dict cannot hold (a list)
+            hint = "use tuples as keys" if "keys a dict" in str(exc) else "make pairs first, e.g. `map m.to_pair over xs`"
+            raise self.error(node, str(exc), op.span, hint) from None
 
     def op_take(self, node: str, op: ir.Take):
         try:

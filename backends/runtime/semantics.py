@@ -456,7 +456,11 @@ def collect_map(records: Iterable) -> dict:
     out: dict = {}
     for record in records:
         key = _record_key(record, "collect_map")
-        if key in out:
+        try:
+            seen = key in out
+        except TypeError:
+            raise TypeError(f"collect_map needs keys a dict can hold, got {type(key).__name__} {key!r:.60}") from None
+        if seen:
             raise DuplicateKey(key)
         out[key] = record[1]
     return {k: out[k] for k in sorted(out, key=canonical_key)}
