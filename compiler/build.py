@@ -705,13 +705,7 @@ class Builder:
         src = self._collection_arg(expr.args[0], f"{name}/input", "`top`")
         n = self._expr(expr.args[1])
         self._expect_value(n, expr.args[1], int)
-        by = None
-        for k in expr.kwargs:
-            value = constants.unparen(k.value)
-            if not isinstance(value, ast.Ref):
-                self.fail("`by` takes a function, e.g. `by = m.score`", k.value.span, code="wrong-kind")
-            by = self.signatures.function(value.path)
-            self.signatures.check_arity(by, 1, value.span)
+        by = self._key_function(expr)
         node = self._add(name, ir.Top(input=src.operand, n=n.operand, by=by, span=ir.SpanModel.of(expr.span)))
         return Typed(ir.NodeRef(node=node), ir.VALUE, py_type=list)
 
@@ -763,7 +757,7 @@ class Builder:
     def _builtin_sort_by(self, expr: ast.Call, name, options) -> Typed:
         self._args(expr, 1, ("by",))
         src = self._collection_arg(expr.args[0], f"{name}/input", "`sort_by`")
-        by = self._key_function(expr, "sort_by")
+        by = self._key_function(expr)
         node = self._add(name, ir.SortBy(input=src.operand, by=by, options=options or self.defaults,
                                          span=ir.SpanModel.of(expr.span)))
         return Typed(ir.NodeRef(node=node), ir.COLLECTION, keyed=src.keyed)
@@ -791,8 +785,8 @@ class Builder:
         node = self._add(name, ir.ZipWithIndex(input=src.operand, span=ir.SpanModel.of(expr.span)))
         return Typed(ir.NodeRef(node=node), ir.COLLECTION, keyed=True)
 
-    def _key_function(self, expr: ast.Call, what: str) -> ir.FnRef | None:
-        """The ``by = m.f`` of ``expr`` (a function of one element), or None."""
+    def _key_function(self, expr: ast.Call) -> ir.FnRef | None:
+        """The ``by = m.f`` of ``expr`` (``top``, ``sort_by``): a function of one element, or None."""
         by = None
         for k in expr.kwargs:
             value = constants.unparen(k.value)
