@@ -278,6 +278,45 @@ class LocalDriver(Driver):
     def collection_union(self, node: str, op: ir.UnionAll):
         return [list(p) for part in op.parts for p in self.partitions(part.node)]
 
+    # ---- ordering, sampling and indexing (positions in collection order)
+
+    def in_collection_order(self, node: str) -> list[list]:
+        """Collection ``node``'s partitions laid out in collection order: as they are, or a
+        keyed result's (hash buckets) sorted by key and cut again into as many."""
+        parts = self.partitions(node)
+        order = self.order_of(node)
+        if order is None:
+            return parts
+        try:
+            return semantics.split(semantics.ordered([x for p in parts for x in p], order), len(parts))
+        except TypeError as exc:
+            raise self.error(node, str(exc), self.ir.op(node).span) from None
+
+    def collection_sort_by(self, node: str, op: ir.SortBy):
+        parts = self.partitions(op.input.node)
+        by, order = fn_of(op.by) if op.by else None, self.order_of(op.input.node)
+        # Each partition sorted in a task of its own, as on a cluster: a failing key function
+        # names the same partition everywhere.
+        runs = [self.run_task(node, op, i, lambda items=items: semantics.sort_partial(items, by, op.by is None, order),
+                              [items], op.options.retries) for i, items in enumerate(parts)]
+        out = semantics.sort_merge(runs)
+        return [self.roundtrip(p, node, "a partition", op.span) for p in semantics.split(out, len(parts))]
+
+    def collection_zip_with_index(self, node: str, op: ir.ZipWithIndex):
+        parts = self.in_collection_order(op.input.node)
+        starts = semantics.offsets([len(p) for p in parts])
+        return [semantics.zip_part(p, start) for p, start in zip(parts, starts)]
+
+    def collection_sample(self, node: str, op: ir.Sample):
+        try:
+            fraction = semantics.check_fraction(self.value(op.fraction))
+            seed = semantics.check_seed(self.value(op.seed))
+        except ValueError as exc:
+            raise self.error(node, str(exc), op.span) from None
+        parts = self.in_collection_order(op.input.node)
+        starts = semantics.offsets([len(p) for p in parts])
+        return [semantics.sample_part(p, start, fraction, seed) for p, start in zip(parts, starts)]
+
     # ---- values from collections
 
     def op_reduce(self, node: str, op: ir.Reduce):

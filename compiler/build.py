@@ -45,6 +45,9 @@ SOURCES = ("range", *FILE_SOURCES)
 BATCH_FORMATS = ("pandas", "arrow", "numpy")
 VALUE_BUILTINS = ("collect", "count", "top")
 COLLECTION_BUILTINS = ("join", "union", "distinct")
+# Ordering, sampling and indexing (positions in collection order, see the README).
+VALUE_BUILTINS += ("collect_map", "take")
+COLLECTION_BUILTINS += ("sort_by", "sample", "zip_with_index")
 BUILTINS = SOURCES + VALUE_BUILTINS + COLLECTION_BUILTINS
 # Words that read as keywords wherever an expression may start, so a stage or value named
 # after one could not be used (`collect(map)` is a syntax error).
@@ -702,13 +705,7 @@ class Builder:
         src = self._collection_arg(expr.args[0], f"{name}/input", "`top`")
         n = self._expr(expr.args[1])
         self._expect_value(n, expr.args[1], int)
-        by = None
-        for k in expr.kwargs:
-            value = constants.unparen(k.value)
-            if not isinstance(value, ast.Ref):
-                self.fail("`by` takes a function, e.g. `by = m.score`", k.value.span, code="wrong-kind")
-            by = self.signatures.function(value.path)
-            self.signatures.check_arity(by, 1, value.span)
+        by = self._key_function(expr)
         node = self._add(name, ir.Top(input=src.operand, n=n.operand, by=by, span=ir.SpanModel.of(expr.span)))
         return Typed(ir.NodeRef(node=node), ir.VALUE, py_type=list)
 
@@ -738,6 +735,77 @@ class Builder:
         node = self._add(name, ir.Distinct(input=src.operand, options=options or self.defaults,
                                            span=ir.SpanModel.of(expr.span)))
         return Typed(ir.NodeRef(node=node), ir.COLLECTION, keyed=src.keyed, order="element")
+
+    def _builtin_collect_map(self, expr: ast.Call, name, options) -> Typed:
+        self._args(expr, 1)
+        src = self._collection_arg(expr.args[0], f"{name}/input", "`collect_map`")
+        if src.keyed is False:
+            self.fail("`collect_map` needs (key, value) records, and its input is not keyed", expr.args[0].span,
+                      "make pairs first, e.g. `map m.to_pair over xs`", code="not-keyed")
+        node = self._add(name, ir.CollectMap(input=src.operand, span=ir.SpanModel.of(expr.span)))
+        return Typed(ir.NodeRef(node=node), ir.VALUE, py_type=dict)
+
+    def _builtin_take(self, expr: ast.Call, name, options) -> Typed:
+        self._args(expr, 2)
+        src = self._collection_arg(expr.args[0], f"{name}/input", "`take`")
+        n = self._expr(expr.args[1])
+        self._expect_value(n, expr.args[1], int)
+        self._at_least(n, 0, "`take`'s count", expr.args[1])
+        node = self._add(name, ir.Take(input=src.operand, n=n.operand, span=ir.SpanModel.of(expr.span)))
+        return Typed(ir.NodeRef(node=node), ir.VALUE, py_type=list)
+
+    def _builtin_sort_by(self, expr: ast.Call, name, options) -> Typed:
+        self._args(expr, 1, ("by",))
+        src = self._collection_arg(expr.args[0], f"{name}/input", "`sort_by`")
+        by = self._key_function(expr)
+        node = self._add(name, ir.SortBy(input=src.operand, by=by, options=options or self.defaults,
+                                         span=ir.SpanModel.of(expr.span)))
+        return Typed(ir.NodeRef(node=node), ir.COLLECTION, keyed=src.keyed)
+
+    def _builtin_sample(self, expr: ast.Call, name, options) -> Typed:
+        self._args(expr, 2, ("seed",))
+        src = self._collection_arg(expr.args[0], f"{name}/input", "`sample`")
+        fraction = self._expr(expr.args[1])
+        self._expect_value(fraction, expr.args[1], float)
+        if isinstance(fraction.operand, ir.Lit) and not 0 <= fraction.operand.value <= 1:
+            self.fail(f"`sample` keeps a fraction between 0 and 1, not {constants.show(fraction.operand.value)}",
+                      expr.args[1].span, "0.1 keeps about one item in ten", code="out-of-range")
+        seed = ir.Lit(value=0)
+        for k in expr.kwargs:
+            typed = self._expr(k.value)
+            self._expect_value(typed, k.value, int)
+            seed = typed.operand
+        node = self._add(name, ir.Sample(input=src.operand, fraction=fraction.operand, seed=seed,
+                                         span=ir.SpanModel.of(expr.span)))
+        return Typed(ir.NodeRef(node=node), ir.COLLECTION, keyed=src.keyed)
+
+    def _builtin_zip_with_index(self, expr: ast.Call, name, options) -> Typed:
+        self._args(expr, 1)
+        src = self._collection_arg(expr.args[0], f"{name}/input", "`zip_with_index`")
+        node = self._add(name, ir.ZipWithIndex(input=src.operand, span=ir.SpanModel.of(expr.span)))
+        return Typed(ir.NodeRef(node=node), ir.COLLECTION, keyed=True)
+
+    def _key_function(self, expr: ast.Call) -> ir.FnRef | None:
+        """The ``by = m.f`` of ``expr`` (``top``, ``sort_by``): a function of one element, or None."""
+        by = None
+        for k in expr.kwargs:
+            value = constants.unparen(k.value)
+            if not isinstance(value, ast.Ref):
+                self.fail("`by` takes a function, e.g. `by = m.score`", k.value.span, code="wrong-kind")
+            by = self.signatures.function(value.path)
+            self.signatures.check_arity(by, 1, value.span)
+        return by
+
+    def _at_least(self, typed: Typed, minimum: int, what: str, expr) -> None:
+        """A literal count below ``minimum`` is an error here; a parameter's is checked
+        with its default now and its given value later."""
+        if isinstance(typed.operand, ir.Lit):
+            value = typed.operand.value
+            if isinstance(value, int) and not isinstance(value, bool) and value < minimum:
+                self.fail(f"{what} needs at least {minimum}, not {constants.show(value)}", expr.span,
+                          code="out-of-range")
+        else:
+            self._param_at_least(typed, minimum, what, expr.span)
 
     # ---- dataflow
 

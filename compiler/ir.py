@@ -277,6 +277,55 @@ class Top(Op):
     by: FnRef | None = None
 
 
+
+# ---- ordering, sampling and indexing --------------------------------------------------------
+# Positions are in collection order: what `collect` shows (see backends/runtime/semantics.py).
+
+
+class CollectMap(Op):
+    """``collect_map(xs)``: a dict of a key/value collection, keys in canonical order."""
+
+    op: Literal["collect_map"] = "collect_map"
+    input: NodeRef
+
+
+class Take(Op):
+    """``take(xs, n)``: the first ``n`` items in collection order, as a list."""
+
+    op: Literal["take"] = "take"
+    input: NodeRef
+    n: Operand
+
+
+class SortBy(Op):
+    """``sort_by(xs, by = m.key)``: stable, by ``by`` (None: by the element itself) in
+    canonical order, ties in collection order; as many partitions as ``xs``."""
+
+    shape: ClassVar[str] = COLLECTION
+    op: Literal["sort_by"] = "sort_by"
+    input: NodeRef
+    by: FnRef | None = None
+    options: StageOptions = StageOptions()
+
+
+class Sample(Op):
+    """``sample(xs, fraction, seed = s)``: each item kept by a hash of (seed, its position)."""
+
+    shape: ClassVar[str] = COLLECTION
+    op: Literal["sample"] = "sample"
+    input: NodeRef
+    fraction: Operand
+    seed: Operand = Lit(value=0)
+
+
+class ZipWithIndex(Op):
+    """``zip_with_index(xs)``: (item, position) pairs, in collection order."""
+
+    shape: ClassVar[str] = COLLECTION
+    op: Literal["zip_with_index"] = "zip_with_index"
+    input: NodeRef
+
+
 # ---- actors ------------------------------------------------------------------------------
 
 
@@ -351,7 +400,8 @@ def is_dataset_sink(op: Op) -> bool:
 
 AnyOp = Annotated[
     Union[Param, Const, Call, Expr, RoundIndex, Source, Elementwise, ReduceByKey, GroupByKey,
-          Join, UnionAll, Distinct, Reduce, Collect, Count, Top, Actor, ActorCall, Var, Rebind, Sink],
+          Join, UnionAll, Distinct, Reduce, Collect, Count, Top, Actor, ActorCall, Var, Rebind, Sink,
+          CollectMap, Take, SortBy, Sample, ZipWithIndex],
     Field(discriminator="op"),
 ]
 _OP_ADAPTER = TypeAdapter(AnyOp)

@@ -247,7 +247,14 @@ def _describe(graph: ir.IR, op: ir.Op) -> list[str]:
         if op.schedule_dependent:
             lines.append("schedule-dependent")
         return lines
-    # group_by_key, join, union, distinct, collect, count: the operation says it all.
+    if isinstance(op, ir.Take):
+        return [f"take {_operand(graph, op.n)}"]
+    if isinstance(op, ir.SortBy):
+        return [f"sort_by {op.by.dotted}" if op.by else "sort_by element", "stable, ties in collection order"]
+    if isinstance(op, ir.Sample):
+        return [f"sample {_operand(graph, op.fraction)}", f"seed {_operand(graph, op.seed)}"]
+    # group_by_key, join, union, distinct, collect, collect_map, count, zip_with_index:
+    # the operation says it all.
     return [op.op]
 
 

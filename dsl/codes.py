@@ -63,6 +63,7 @@ CODES: dict[str, tuple[str, str]] = {
     "not-positive": (SEMANTIC, "a count or size that must be positive"),
     "not-an-integer": (SEMANTIC, "a count or size that must be an integer"),
     "value-too-small": (SEMANTIC, "a parameter default below what its use needs"),
+    "out-of-range": (SEMANTIC, "a number outside the range its use allows (a sample's fraction, a negative count)"),
     # -- statements
     "bare-expression": (SEMANTIC, "an expression statement that is not an actor call"),
     "rename-only-stage": (SEMANTIC, "a stage that only renames another collection"),

@@ -270,3 +270,28 @@ def test_a_driver_killed_mid_run_resumes_to_the_clean_weights(backend, workdir):
     assert resumed_weights == Path(clean.files["weights"]).read_bytes()
     again = resume()
     assert again.returncode == 2 and "finished already" in again.stderr
+
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ordering_errors_name_the_operation_and_what_is_wrong(backend, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    module = f"m_ordering_{backend}"
+    (tmp_path / f"{module}.py").write_text(MODULE + "\ndef mod3(x):\n    return (x % 3, x)\n")
+
+    def fails(sink: str, **params) -> PipelineRuntimeError:
+        path = tmp_path / "p.pipe"
+        path.write_text(f"use {module} as m\n\npipeline p(f: float = 0.5) {{\n"
+                        f"    source xs = range(10) partitions 2\n    sink out = {sink}\n}}\n")
+        with pytest.raises(PipelineRuntimeError) as err:
+            load(path).run(backend=backend, params=params, **engine_options(backend))
+        assert not (tmp_path / "out").exists()
+        return err.value
+
+    err = fails("collect(sort_by(xs, by = m.boom))")  # the key function raised
+    assert "ValueError: bad seven (partition 1)" in str(err) and "p.pipe:5:24" in err.render()
+    err = fails("collect_map(map m.mod3 over xs)")  # keys 0, 1, 2 each come back
+    assert "`collect_map` found the key 0 more than once" in str(err)
+    assert "p.pipe:5:16" in err.render() and "reduce_by_key" in err.render()
+    err = fails("collect(sample(xs, f))", f=1.5)
+    assert "`sample` needs a fraction between 0 and 1, got 1.5" in str(err) and "p.pipe:5:24" in err.render()

@@ -121,6 +121,23 @@ def np_sum(cols):
 
 def row_key(row):
     return [row["id"], row["tag"]]
+
+MIXED = [None, "b", 3, 2.5, "a", float("nan"), (1, 2), 3.0, True, -1]
+
+def mixed(x):
+    return (MIXED[x % len(MIXED)], x)
+
+def second(pair):
+    return pair[1]
+
+def neg_int(x):
+    return -x
+
+def layout(items, partition):
+    return [(partition, list(items))]
+
+def label_pair(x):
+    return (f"k{x}", x)
 '''
 
 
@@ -283,6 +300,37 @@ CASES: dict[str, Case] = {
         value n = count(pushed)
         sink total = c.value() -> json("out/total.json")
         sink seen = n -> json("out/n.json")"""),
+    "sort_by_stable_total_order": Case("""
+        source xs = range(40) partitions 4
+        stage s = sort_by(map m.mixed over xs, by = m.first)
+        stage sums = reduce_by_key m.add over (map m.pair over xs)
+        stage joined = join(map m.pair over xs, sums)
+        sink a = collect(s) -> json("out/a.json")
+        sink b = collect(map_batches m.layout over sort_by(xs, by = m.neg_int)) -> json("out/b.json")
+        sink c = sort_by(sums, by = m.neg) -> jsonl("out/c.jsonl")
+        sink d = collect(sort_by(joined, by = m.second)) -> json("out/d.json")
+        sink e = collect(sort_by(map m.neg_int over xs)) -> json("out/e.json")"""),
+    "take_zip_sample_collect_map": Case("""
+        source xs = range(n) partitions 4
+        source few = range(3) partitions 5
+        stage sums = reduce_by_key m.add over (map m.pair over xs)
+        sink a = [take(xs, 7), take(sums, 2), take(few, 10), take(xs, 0)] -> json("out/a.json")
+        sink b = collect(zip_with_index(sums)) -> json("out/b.json")
+        sink c = collect(map_batches m.layout over zip_with_index(few)) -> json("out/c.json")
+        sink d = collect(sample(xs, 0.3, seed = 7)) -> json("out/d.json")
+        sink e = [collect(sample(sums, 0.5)), count(sample(xs, 1)), count(sample(xs, 0.0))] -> json("out/e.json")
+        sink f = collect_map(sums) -> json("out/f.json")
+        sink g = [collect_map(zip_with_index(few)), collect_map(map m.label_pair over few)] -> json("out/g.json")""",
+        {"n": 50}),
+    "ordering_in_loops": Case("""
+        source xs = range(12) partitions 3
+        var ys = xs
+        repeat 3 as i {
+            ys = sample(sort_by(map m.inc over ys, by = m.neg_int), 0.9, seed = i)
+        }
+        value firsts = take(ys, count(xs) - 9)
+        sink out = [collect(ys), firsts, collect(zip_with_index(ys))] -> json("out/out.json")
+        sink parts = collect(map_batches m.layout over ys) -> json("out/parts.json")"""),
 }
 
 _PARAM_DECLS = {"n": "n: int = 10", "parts": "parts: int = 2", "factor": "factor: float = 1.0",

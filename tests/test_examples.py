@@ -147,8 +147,29 @@ def check_digits(workdir):
     assert result.outputs["accuracy"] == (predicted == data.target).mean()
 
 
+def check_ranking(workdir):
+    import hashlib
+    import re
+    n, fraction = 6, 0.2
+    result = _run("ranking", n=n, fraction=fraction)
+    lines = Path("examples/data/corpus.txt").read_text().splitlines()
+    counts = Counter(w for line in lines for w in re.findall(r"[a-z']+", line.lower()))
+    # Stable by count: equal counts keep the keyed result's order, alphabetical.
+    ranked = [((w, c), i) for i, (w, c) in enumerate(sorted(sorted(counts.items()), key=lambda kv: -kv[1]))]
+    top = json.loads(Path(result.files["top"]).read_text())
+    assert [((w, c), i) for (w, c), i in top] == ranked[:n]
+    ranks = json.loads(Path(result.files["ranks"]).read_text())
+    assert list(ranks.items()) == sorted((w, i) for (w, _), i in ranked)
+    # The documented hash of (seed, position), by hand.
+    kept = [line for i, line in enumerate(lines)
+            if int.from_bytes(hashlib.blake2b(f"pipec.sample:1:{i}".encode(), digest_size=8).digest(), "little")
+            < fraction * 2 ** 64]
+    assert [json.loads(x) for x in Path(result.files["some_lines"]).read_text().splitlines()] == kept
+    assert 0.1 < len(kept) / len(lines) < 0.3
+
+
 CHECKS = {"digits": check_digits, "train": check_train, "wordcount": check_wordcount, "infer": check_infer,
-          "pagerank": check_pagerank, "kmeans": check_kmeans}
+          "pagerank": check_pagerank, "kmeans": check_kmeans, "ranking": check_ranking}
 
 
 @pytest.mark.parametrize("name", sorted(CHECKS))

@@ -405,6 +405,19 @@ def test_call_arguments_keep_the_written_order():
         fmt("pipeline p() { value v = f(a, k=1, b) }")
 
 
+def test_ordering_builtins_format_like_any_call():
+    src = ('pipeline p(f:float=0.5){source xs=range(9)partitions 3 stage s=sort_by(xs,by=m.key)retries 1 '
+           'stage z=zip_with_index(sample(s,f,seed=7)) value t=take(z,2) value d=collect_map(z)}')
+    assert assert_formats_well(src) == '''pipeline p(f: float = 0.5) {
+    source xs = range(9) partitions 3
+    stage s = sort_by(xs, by = m.key) retries 1
+    stage z = zip_with_index(sample(s, f, seed = 7))
+    value t = take(z, 2)
+    value d = collect_map(z)
+}
+'''
+
+
 def test_empty_pipeline_and_loops():
     src = "pipeline p(){repeat 2{}}"
     assert fmt(src) == "pipeline p() {\n    repeat 2 {\n    }\n}\n"

@@ -173,10 +173,13 @@ def expression(depth: int = 3):
         st.tuples(st.sampled_from(["reduce", "reduce_by_key"]), func, operand)
         .map(lambda t: f"{t[0]} {t[1]} over {t[2]}"),
         operand.map(lambda e: f"group_by_key over {e}"),
-        st.tuples(st.sampled_from(["join", "union", "distinct", "collect", "count", "top", "range", "zip"]),
+        st.tuples(st.sampled_from(["join", "union", "distinct", "collect", "count", "top", "range", "zip",
+                                   "collect_map", "take", "sort_by", "sample", "zip_with_index"]),
                   st.lists(sub, max_size=3))
         .map(lambda t: f"{t[0]}({', '.join(t[1])})"),
         st.tuples(sub, sub).map(lambda t: f"top({t[0]}, {t[1]}, by = fz.one)"),
+        st.tuples(sub, st.sampled_from(["fz.one", "fz.pair", "3", "xs"])).map(lambda t: f"sort_by({t[0]}, by = {t[1]})"),
+        st.tuples(sub, sub, sub).map(lambda t: f"sample({t[0]}, {t[1]}, seed = {t[2]})"),
         st.tuples(st.one_of(func, st.tuples(ident, st.sampled_from(METHODS)).map(".".join)),
                   st.lists(sub, max_size=2), st.lists(st.tuples(ident, sub), max_size=2))
         .map(lambda t: f"{t[0]}(" + ", ".join([*t[1], *(f'{k} = {v}' for k, v in t[2])]) + ")"),

@@ -137,3 +137,98 @@ def test_combine_tree_and_unknown_steps():
     assert "empty collection" in info.value.message and info.value.hint
     with pytest.raises(UnknownStep):
         run_segment(s.Segment("x", s.Input("x"), (), terminal=s.Fn("not", "a terminal")), 0, [])
+
+
+# ---- ordering, sampling and indexing --------------------------------------------------------------
+
+MIXED = [None, "b", 3, 2.5, "a", float("nan"), (1, 2), 3.0, True, -1, b"x", [0, "z"], 3]
+
+
+def _cut(items: list, k: int) -> list[list]:
+    return semantics.split(items, k)
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 13, 20])
+def test_sort_runs_merged_are_one_stable_total_order_whatever_the_partitioning(k):
+    sort = s.Segment("s", s.Input("xs"), (), s.SortPartial("s", None, True, None))  # by the elements
+    runs = [run_segment(sort, i, part) for i, part in enumerate(_cut(MIXED, k))]
+    merged = run_finisher(s.SortMerge("s"), runs)
+    assert merged == semantics.sort_by(MIXED, None, True, None)
+    # None, numbers by value (True == 1; 3 and 3.0 tie and keep their order; NaN last),
+    # strings, bytes, sequences element by element
+    assert [repr(x) for x in merged] == ["None", "-1", "True", "2.5", "3", "3.0", "3", "nan", "'a'", "'b'", "b'x'",
+                                         "[0, 'z']", "(1, 2)"]
+
+
+def test_a_keyed_input_sorts_its_ties_by_key_then_partition_position():
+    # Two hash buckets of a keyed result, each sorted by key; every key lives in one bucket.
+    buckets = [[(1, "b"), (1, "a"), (4, "c")], [(0, "d"), (2, "e")]]
+    zero = semantics.sort_by([x for b in buckets for x in b], lambda kv: 0, False, "key")
+    assert zero == [(0, "d"), (1, "b"), (1, "a"), (2, "e"), (4, "c")]  # collection order: by key, then position
+    # With no key function at all: collection order only (how positions are counted).
+    runs = [semantics.sort_partial(b, None, False, "key") for b in buckets]
+    assert semantics.sort_merge(runs) == zero
+
+
+@pytest.mark.parametrize("k", [1, 3, 7])
+def test_positions_and_samples_do_not_depend_on_the_partitioning(k):
+    items = list(range(100, 160))
+    parts = _cut(items, k)
+    lengths = [run_segment(s.Segment("n", s.Input("xs"), (), s.Count("n")), i, p) for i, p in enumerate(parts)]
+    offsets = run_finisher(s.Offsets("z"), lengths)
+    slots = Given([offsets])
+    zipped = [run_segment(s.Segment("z", s.Positioned("z", "zip", 0)), i, p, slots) for i, p in enumerate(parts)]
+    assert [x for p in zipped for x in p] == [(x, i) for i, x in enumerate(items)]
+    sampled = [run_segment(s.Segment("q", s.Positioned("q", "sample", 0, 0.25, 9)), i, p, slots)
+               for i, p in enumerate(parts)]
+    assert [x for p in sampled for x in p] == semantics.sample_part(items, 0, 0.25, 9)
+    assert 5 < sum(map(len, sampled)) < 25
+
+
+def test_the_sample_function_is_the_documented_hash():
+    import hashlib
+    digest = hashlib.blake2b(b"pipec.sample:7:12", digest_size=8).digest()
+    assert semantics.sample_hash(7, 12) == int.from_bytes(digest, "little")
+    assert semantics.sample_keep(7, 12, 1.0) and not semantics.sample_keep(7, 12, 0.0)
+    small = semantics.sample_part(range(1000), 0, 0.1, 3)
+    assert small == [i for i in range(1000) if semantics.sample_keep(3, i, 0.1)]
+    assert set(small) <= set(semantics.sample_part(range(1000), 0, 0.3, 3))  # nested by fraction
+    with pytest.raises(StageFailure, match="between 0 and 1, got 2"):
+        run_segment(s.Segment("q", s.Positioned("q", "sample", 0, 2, 0)), 0, [1], Given([[0]]))
+
+
+def test_take_candidates_merged_are_the_first_n_in_collection_order():
+    parts = [[(3, "c"), (0, "a")], [], [(1, "b"), (2, "x")]]
+    take = s.Segment("t", s.Input("kv"), (), s.TakePartial("t", 2, "key"))
+    cands = [run_segment(take, i, p) for i, p in enumerate(parts)]
+    assert run_finisher(s.TakeMerge("t", 2, "key"), cands) == [(0, "a"), (1, "b")]
+    assert run_finisher(s.TakeMerge("t", 9, None), [[1, 2], [], [3]]) == [1, 2, 3]
+
+
+def test_collect_map_orders_keys_and_refuses_a_key_twice():
+    assert list(semantics.collect_map([(10, "a"), (2, "b"), ("k", 0), (None, 1)])) == [None, 2, 10, "k"]
+    with pytest.raises(semantics.DuplicateKey, match="the key 1.0 more than once"):
+        semantics.collect_map([(1, "a"), (2, "b"), (1.0, "c")])
+    with pytest.raises(TypeError, match="needs \\(key, value\\) pairs"):
+        semantics.collect_map([1, 2])
+    with pytest.raises(TypeError, match="needs keys a dict can hold, got list"):
+        semantics.collect_map([([1], 2)])
+    assert semantics.render_sink({10: 1, 2: 2}, "json", False) == '{\n  "2": 2,\n  "10": 1\n}\n'
+
+
+@pytest.mark.parametrize("values", [
+    [3, -1, 2.5, True, 0, 3.0, -7, 2.5],  # numbers only: compared as they are
+    ["b", "", "é", "a", "ab", "b"],  # strings only: as they are
+    [1, "a", None, 2.0, float("nan"), (0, 1), 1],  # a mix: by canonical key
+])
+def test_the_fast_comparisons_order_exactly_as_the_canonical_key(values):
+    def by_key(x):
+        return semantics.sort_key(x, None, True, None)
+    assert [repr(x) for x in semantics.sort_by(values, None, True, None)] == \
+        [repr(x) for x in sorted(values, key=by_key)]
+    # Runs of different kinds (numbers here, a mix there) merge by canonical key.
+    runs = [semantics.sort_partial(values[:3], None, True, None), semantics.sort_partial(values[3:], None, True, None)]
+    assert [repr(x) for x in semantics.sort_merge(runs)] == [repr(x) for x in sorted(values, key=by_key)]
+    records = [(v, i) for i, v in enumerate(values)]
+    assert semantics.sort_by(records, semantics.canonical_key, False, "key") == \
+        sorted(records, key=lambda r: semantics.sort_key(r, semantics.canonical_key, False, "key"))

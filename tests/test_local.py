@@ -276,3 +276,25 @@ def test_text_partitions_read_only_their_bytes_and_match_text_mode(tmp_path):
         assert (index is None) == ("\r" in text)
         for k in (1, 2, 5):
             assert [read_lines_part(str(path), i, k, index) for i in range(k)] == semantics.split(lines, k), repr(text[:30])
+
+
+def test_positions_samples_and_sorts_do_not_depend_on_the_partition_count(write_pipe):
+    """The same data cut into 1, 3 or 7 partitions: every ordering builtin gives the same
+    values, a keyed input's positions included (they follow its collection order, not
+    its hash buckets)."""
+    path = write_pipe("""use m_parts as m
+pipeline p(k: int = 1) {
+    source xs = range(40) partitions k
+    stage sums = reduce_by_key m.add over (map m.pair over xs)
+    sink a = collect(sample(xs, 0.3, seed = 5))
+    sink b = collect(zip_with_index(sums))
+    sink c = collect(sample(sums, 0.5, seed = 2))
+    sink d = collect(sort_by(xs, by = m.mod))
+    sink e = [take(sums, 3), take(xs, 3), collect_map(sums)]
+}
+""", m_parts="def add(a, b):\n    return a + b\n\ndef pair(x):\n    return (x % 7, x)\n\n"
+             "def mod(x):\n    return x % 4\n")
+    runs = [load(path).run(backend="local", params={"k": k}).outputs for k in (1, 3, 7)]
+    assert runs[0] == runs[1] == runs[2]
+    assert runs[0]["b"] == [(kv, i) for i, kv in enumerate(sorted(runs[0]["e"][2].items()))]
+    assert runs[0]["d"][:3] == [0, 4, 8] and len(runs[0]["d"]) == 40

@@ -37,6 +37,9 @@ GRAPH_OPS = (ir.Source, ir.Elementwise, ir.ReduceByKey, ir.GroupByKey, ir.Join, 
              ir.Reduce, ir.Count, ir.Top)
 # Operations whose per-partition half can be fused onto the element-wise chain feeding them.
 TERMINALS = (ir.Reduce, ir.Count, ir.Top, ir.ReduceByKey, ir.GroupByKey, ir.Distinct, ir.Join)
+# Ordering, sampling and indexing: take and sort_by have a partition-wise half to fuse onto.
+GRAPH_OPS += (ir.Take, ir.SortBy, ir.Sample, ir.ZipWithIndex)
+TERMINALS += (ir.Take, ir.SortBy)
 
 # What a task runs, by name; each engine maps these to its own task functions.
 BODIES = {
@@ -44,7 +47,7 @@ BODIES = {
     "merge": "a shuffle's merge: one bucket of every split output, then the segment",
     "finish": "a combine node of a reduction tree, a count's total or a top's final merge",
     "source_call": "a callable source called once, on a worker",
-    "take_part": "partition i of the items of a callable source",
+    "take_part": "partition i of k contiguous blocks of a list one task made (a callable source's items, a sort)",
     "line_index": "a text file's newlines counted once, so each partition reads only its bytes",
     "pool": "one partition of a stage served by an actor pool member",
 }
@@ -240,6 +243,9 @@ def _structural(op: ir.Op) -> list[str]:
         return [src for _, src in op.inputs()]
     if isinstance(op, ir.Top) and isinstance(op.n, ir.NodeRef):
         return [op.n.node]
+    if isinstance(op, (ir.Take, ir.Sample)):
+        operands = (op.n,) if isinstance(op, ir.Take) else (op.fraction, op.seed)
+        return [o.node for o in operands if isinstance(o, ir.NodeRef)]
     return []
 
 
@@ -401,7 +407,8 @@ class StaticContext:
         op = self.ir.op(node)
         if isinstance(op, ir.Source):
             return self.partitions(node, op.partitions)
-        if isinstance(op, (ir.Elementwise, ir.ReduceByKey, ir.GroupByKey, ir.Distinct)):
+        if isinstance(op, (ir.Elementwise, ir.ReduceByKey, ir.GroupByKey, ir.Distinct, ir.SortBy, ir.Sample,
+                           ir.ZipWithIndex)):
             return self.nparts(op.input.node)
         if isinstance(op, ir.Join):
             return max(self.nparts(op.left.node), self.nparts(op.right.node))
@@ -506,7 +513,7 @@ class StepLowering:
             return self.values[node]
         key = key_of(node)
         if key not in self.specs:
-            made = isinstance(self.ir.op(node), (ir.Reduce, ir.Count, ir.Top))
+            made = isinstance(self.ir.op(node), (ir.Reduce, ir.Count, ir.Top, ir.Take))
             shipped = "value from the driver, shipped once" + (" per round" if self.step.loop else "")
             self.specs[key] = TaskSpec(key, node, "value made by an earlier graph, read where it is" if made
                                         else shipped, None, data=node)
@@ -723,6 +730,67 @@ class StepLowering:
 
     def _lower_union(self, node: str, op: ir.UnionAll) -> None:
         self.parts[node] = [ref for part in op.parts for ref in self.parts_of(part.node)]
+
+    # ordering, sampling and indexing: positions in collection order
+
+    def _lower_take(self, node: str, op: ir.Take) -> None:
+        src = op.input.node
+        order = order_of(self.ir, src)
+        n = Arg(op.n)
+        cands = self._partials(node, src, steps.TakePartial(node, n, order), "first n (candidates)", None,
+                               key_of(node))
+        self.values[node] = self._add(TaskSpec(key_of(node), node, "first n of the candidates, in partition order",
+                                               "finish", (steps.TakeMerge(node, n, order), *cands)))
+
+    def _sorted_parts(self, node: str, src: str, by: ir.FnRef | None, by_element: bool, options,
+                      stem: str, what: str) -> list[Ref]:
+        """``src`` sorted (see semantics.sort_key) and cut again into as many partitions:
+        each partition sorted in its task, the runs merged by one task, then cut into
+        contiguous blocks. The merge holds the whole collection: the price of a total
+        order that does not depend on the engine."""
+        k = self.nparts(src)
+        order = order_of(self.ir, src)
+        term = steps.SortPartial(node, fn_ref(by), by_element, order, policy_of(options))
+        runs = self._partials(node, src, term, f"{what} (each partition)", options, f"{stem}-run")
+        merged = self._add(TaskSpec(f"{stem}-merged", node, f"merge the {len(runs)} sorted runs, in partition order",
+                                    "finish", (steps.SortMerge(node), *runs), retries_of(options),
+                                    resources_of(options)))
+        return [self._add(TaskSpec(part_key(stem, i), node, f"part {i} of {k} of the sorted items", "take_part",
+                                   (node, i, k, merged), retries_of(options), resources_of(options)))
+                for i in range(k)]
+
+    def _lower_sort_by(self, node: str, op: ir.SortBy) -> None:
+        what = f"sort by {op.by.dotted}" if op.by else "sort by element"
+        self.parts[node] = self._sorted_parts(node, op.input.node, op.by, op.by is None, op.options, key_of(node),
+                                              what)
+
+    def _in_collection_order(self, node: str, src: str) -> list[Ref]:
+        """The partitions of ``src`` laid out in collection order: as they are, or for a
+        keyed result (hash buckets, each sorted) merged by key and cut again."""
+        if order_of(self.ir, src) is None:
+            return self.parts_of(src)
+        return self._sorted_parts(node, src, None, False, None, f"{key_of(node)}-ordered",
+                                  "put in collection order")
+
+    def _positioned(self, node: str, op, how: str, label: str, **extra) -> None:
+        """``how`` over ``op``'s input with global positions: the partitions' lengths, their
+        offsets (one small task), then each partition with its offset."""
+        parts = self._in_collection_order(node, op.input.node)
+        stem = key_of(node)
+        lengths = self._emit(_Chain.reading(op.input.node, parts), steps.Count(node), "len", None,
+                             name=f"{stem}-len", group=node)
+        offsets = self._add(TaskSpec(f"{stem}-offsets", node, "first index of each partition", "finish",
+                                     (steps.Offsets(node), *lengths)))
+        chain = _Chain.reading(op.input.node, parts)
+        chain.head = steps.Positioned(node, how, chain.slot(offsets), **extra)
+        self._start(node, chain, label, None)
+
+    def _lower_zip_with_index(self, node: str, op: ir.ZipWithIndex) -> None:
+        self._positioned(node, op, "zip", "pair each item with its global index")
+
+    def _lower_sample(self, node: str, op: ir.Sample) -> None:
+        self._positioned(node, op, "sample", "keep the items whose (seed, index) hash is below the fraction",
+                         fraction=Arg(op.fraction), seed=Arg(op.seed))
 
 
 class PhysicalPlan:

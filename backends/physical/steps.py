@@ -319,3 +319,71 @@ def outputs_of(terminal: Terminal | None) -> int:
     if isinstance(terminal, Branches):
         return int(terminal.keep) + sum(outputs_of(t) for _, t in terminal.branches)
     return 1
+
+
+# ---- ordering, sampling and indexing (positions in collection order) ----------------------------
+
+
+@dataclass(frozen=True)
+class TakePartial:
+    """Terminal: the partition's own first ``n`` in its canonical ``order``."""
+
+    node: str
+    n: int
+    order: str | None
+
+
+@dataclass(frozen=True)
+class TakeMerge:
+    """Finisher: the collection's first ``n`` from the partitions' candidates, in partition order."""
+
+    node: str
+    n: int
+    order: str | None
+
+
+@dataclass(frozen=True)
+class SortPartial:
+    """Terminal: the partition sorted stably as (sort key, item) pairs: by ``by`` (or the
+    element when ``by_element``; neither: collection order only), ties by position in
+    the input's canonical ``order`` (see semantics.sort_key)."""
+
+    node: str
+    by: Fn | None
+    by_element: bool
+    order: str | None
+    policy: Policy = Policy()
+
+
+@dataclass(frozen=True)
+class SortMerge:
+    """Finisher: the whole sorted collection from the partitions' sorted pairs, in partition order."""
+
+    node: str
+
+
+@dataclass(frozen=True)
+class Offsets:
+    """Finisher: each partition's first global index, from the partitions' lengths."""
+
+    node: str
+
+
+@dataclass(frozen=True)
+class Positioned:
+    """Head: the partition arrives as the task's input (as for :class:`Input`) and its
+    items get their global positions, which start at ``offsets[partition]`` (the list in
+    slot ``offsets``). ``how`` is ``zip`` ((item, index) pairs) or ``sample`` (the items
+    whose (``seed``, index) hash falls below ``fraction``). A head, not a terminal: the
+    result is a partition, and element-wise steps may follow it."""
+
+    node: str
+    how: str
+    offsets: int
+    fraction: float | None = None
+    seed: int | None = None
+
+
+Head = Head | Positioned
+Terminal = Terminal | TakePartial | SortPartial
+Finisher = Finisher | TakeMerge | SortMerge | Offsets

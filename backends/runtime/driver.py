@@ -416,6 +416,25 @@ class Driver:
         except Exception as exc:
             raise self.user_error(node, exc, op.span) from None
 
+    def op_collect_map(self, node: str, op: ir.CollectMap):
+        items = semantics.ordered(self.gather(op.input.node), self.order_of(op.input.node))
+        try:
+            return semantics.collect_map(items)
+        except semantics.DuplicateKey as exc:
+            raise self.error(node, str(exc), op.span,
+                             "a map holds one value per key: combine them first with `reduce_by_key` "
+                             "or `group_by_key`") from None
+        except TypeError as exc:  # not pairs, or a key a dict cannot hold (a list)
+            hint = "use tuples as keys" if "keys a dict" in str(exc) else "make pairs first, e.g. `map m.to_pair over xs`"
+            raise self.error(node, str(exc), op.span, hint) from None
+
+    def op_take(self, node: str, op: ir.Take):
+        try:
+            items = semantics.ordered(self.gather(op.input.node), self.order_of(op.input.node))
+        except TypeError as exc:  # a keyed result's record that is not a pair
+            raise self.error(node, str(exc), op.span) from None
+        return semantics.take(items, self.value(op.n))
+
     def op_sink(self, node: str, op: ir.Sink):
         if ir.is_dataset_sink(op):
             return self.sink_dataset(node, op)

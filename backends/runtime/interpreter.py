@@ -374,4 +374,47 @@ def run_finisher(step, partials: Sequence):
     if isinstance(step, s.TopMerge):
         by = resolve(step.by.module, step.by.attr) if step.by else None
         return attempt(step.node, None, s.Policy(), lambda: semantics.top_merge(list(partials), step.n, by, step.order))
+    handler = _FINISHERS.get(type(step))
+    if handler is not None:
+        return handler(step, partials)
     raise UnknownStep(f"no handler for {type(step).__name__}")
+
+
+# ---- ordering, sampling and indexing ---------------------------------------------------------------
+
+
+def _take(step: s.TakePartial, items, partition: int, slots: Slots):
+    return _plain(step.node, partition, lambda: semantics.take_partial(list(items), step.n, step.order))
+
+
+def _sort(step: s.SortPartial, items, partition: int, slots: Slots):
+    if step.by is None:  # no user code: a record that is not a pair gets pipec's message
+        return _plain(step.node, partition,
+                      lambda: semantics.sort_partial(items, None, step.by_element, step.order))
+    by = resolve(step.by.module, step.by.attr)
+    return attempt(step.node, partition, step.policy,
+                   lambda: semantics.sort_partial(items, by, step.by_element, step.order))
+
+
+def _head_positioned(step: s.Positioned, items, partition: int, slots: Slots):
+    items = batches.rows(items)
+    start = slots.value(step.offsets)[partition]
+    if step.how == "zip":
+        return semantics.zip_part(items, start)
+    if step.how == "sample":
+        try:
+            fraction, seed = semantics.check_fraction(step.fraction), semantics.check_seed(step.seed)
+        except ValueError as exc:
+            raise StageFailure(step.node, None, "plain", str(exc)) from None
+        return semantics.sample_part(items, start, fraction, seed)
+    raise UnknownStep(f"positioned {step.how!r}")
+
+
+_HEADS[s.Positioned] = _head_positioned
+_TERMINALS.update({s.TakePartial: _take, s.SortPartial: _sort})
+
+_FINISHERS = {
+    s.TakeMerge: lambda step, partials: semantics.take_merge(list(partials), step.n, step.order),
+    s.SortMerge: lambda step, partials: semantics.sort_merge(list(partials)),
+    s.Offsets: lambda step, partials: semantics.offsets(list(partials)),
+}

@@ -263,6 +263,209 @@ def top_merge(candidates: Sequence[list], n: int, by: Callable | None, order: st
     return top(ordered([x for part in candidates for x in part], order), n, by)
 
 
+# ---- ordering, sampling and indexing ------------------------------------------------------
+# Positions are positions in collection order: what `collect` shows (a keyed result
+# sorted by key, anything else partition after partition). A planned backend brings a
+# keyed result into that order first (a sort with neither `by` nor `by_element`: by
+# collection order only), so an element's position never depends on how many
+# partitions hold the collection.
+
+
+def take(items: Sequence, n: int) -> list:
+    """The first n items (all of them when there are fewer; none for n <= 0)."""
+    return list(items[: max(0, n)])
+
+
+def take_partial(items: list, n: int, order: str | None) -> list:
+    """One partition's candidates for :func:`take`: its own first n in canonical order.
+
+    ``take_merge`` of the candidates (in partition order) is the first n of the whole
+    collected collection: an item among the global first n is among its partition's
+    first n, and the stable sorts keep equal items in their collected order."""
+    return take(ordered(items, order), n)
+
+
+def take_merge(candidates: Sequence[list], n: int, order: str | None) -> list:
+    """The first n of the collection from the per-partition candidates, in partition order."""
+    return take(ordered([x for part in candidates for x in part], order), n)
+
+
+def sort_key(x, by: Callable | None, by_element: bool, order: str | None) -> tuple:
+    """Where ``x`` goes in a sort: by ``by(x)`` (or the element itself when
+    ``by_element``), in canonical order (:func:`canonical_key`: a total order over any
+    mix of values), then by its position in collection order. Items are always sorted
+    stably in partition order, so the position needs spelling out only for a keyed
+    result, whose collection order is by key (``order`` "key") or by element
+    ("element"); records of one key share a partition, so their own order stands."""
+    key = (canonical_key(by(x)),) if by is not None else (canonical_key(x),) if by_element else ()
+    if order == "key":
+        return key + (canonical_key(_record_key(x, "sort_by")),)
+    if order == "element":
+        return key + (canonical_key(x),)
+    return key
+
+
+def sort_partial(items: Iterable, by: Callable | None, by_element: bool, order: str | None) -> tuple:
+    """One partition sorted stably by :func:`sort_key`, as a *run*: ``(kinds, pairs)``,
+    ``pairs`` being (key, item) with the key as ``by`` gave it (``by`` runs once per
+    element; the merge compares the keys without calling it again; a tuple of the parts
+    when the collection order adds a tiebreak), ``kinds`` per part what kinds of value
+    it held. A part that is all numbers (no NaN), or all strings, compares as it is, in
+    the very order :func:`canonical_key` gives it and many times faster; any other part
+    is compared by its canonical key."""
+    items = items if isinstance(items, list) else list(items)
+    columns = []
+    if by is not None:
+        columns.append([by(x) for x in items])
+    elif by_element:
+        columns.append(items)
+    if order == "key":
+        try:
+            columns.append([k for k, _ in items])
+        except (TypeError, ValueError):
+            for x in items:  # a record that is not a pair gets the clear message
+                _record_key(x, "sort_by")
+            raise
+    elif order == "element":
+        columns.append(items)
+    kinds = tuple(_kinds(column) for column in columns)
+    keys = columns[0] if len(columns) == 1 else list(zip(*columns)) if columns else [()] * len(items)
+    pairs = list(zip(keys, items))
+    pairs.sort(key=_comparing(kinds))
+    return kinds, pairs
+
+
+def sort_merge(runs: Sequence[tuple]) -> list:
+    """The sorted collection from the partitions' :func:`sort_partial` runs, given in
+    partition order: one stable sort of their concatenation (a merge of sorted runs), so
+    equal keys keep partition order, then position."""
+    runs = list(runs)
+    if not runs:
+        return []
+    kinds = tuple(functools.reduce(lambda a, b: a | b, column, 0) for column in zip(*(k for k, _ in runs)))
+    pairs = [p for _, part in runs for p in part]
+    pairs.sort(key=_comparing(kinds))
+    return [x for _, x in pairs]
+
+
+_NUMBER, _STRING, _OTHER = 1, 2, 4
+_NUMBER_TYPES = frozenset((int, bool, float))
+
+
+def _kinds(column: list) -> int:
+    """What kinds of value ``column`` holds: numbers without NaN, strings, or other."""
+    types = set(map(type, column))
+    if not types:
+        return 0
+    if types <= _NUMBER_TYPES:
+        return _OTHER if float in types and any(v != v for v in column) else _NUMBER
+    return _STRING if types == {str} else _OTHER
+
+
+def _comparing(kinds: tuple) -> Callable:
+    """The sort key of a (key, item) pair, given what kinds of value each part holds."""
+    plain = [kind in (_NUMBER, _STRING) for kind in kinds]
+    if all(plain):
+        return _first
+    if len(plain) == 1:
+        return lambda pair: canonical_key(pair[0])
+    return lambda pair: tuple(p if raw else canonical_key(p) for p, raw in zip(pair[0], plain))
+
+
+def _first(pair):
+    return pair[0]
+
+
+def sort_by(items: Iterable, by: Callable | None, by_element: bool, order: str | None) -> list:
+    """The whole collection (gathered in partition order) sorted: :func:`sort_merge` of one part."""
+    return sort_merge([sort_partial(items, by, by_element, order)])
+
+
+def offsets(counts: Sequence[int]) -> list[int]:
+    """The global index of each partition's first item, from the partitions' lengths."""
+    out, total = [], 0
+    for n in counts:
+        out.append(total)
+        total += n
+    return out
+
+
+def zip_part(items: Iterable, start: int) -> list[tuple]:
+    """One partition's (item, global index) pairs; ``start`` is its first item's index."""
+    return [(x, i) for i, x in enumerate(items, start)]
+
+
+def check_fraction(fraction) -> float:
+    """``fraction`` as a float in [0, 1], or a ValueError saying what is wrong."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
+        raise ValueError(f"`sample` needs a fraction between 0 and 1, got {fraction!r}")
+    return float(fraction)
+
+
+def check_seed(seed) -> int:
+    """``seed`` as an int, or a ValueError saying what is wrong."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"`sample` needs an integer seed, got {seed!r}")
+    return seed
+
+
+def sample_hash(seed: int, index: int) -> int:
+    """The 64-bit number that decides whether the item at global ``index`` is sampled:
+    BLAKE2b with an 8-byte digest of the ASCII text ``pipec.sample:SEED:INDEX``, read as
+    a little-endian unsigned integer. Plain text in, so any language can recompute it."""
+    data = f"pipec.sample:{seed}:{index}".encode("ascii")
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+
+
+def sample_keep(seed: int, index: int, fraction: float) -> bool:
+    """Whether ``sample(xs, fraction, seed)`` keeps the item at global ``index``: its
+    :func:`sample_hash` is below ``fraction * 2**64`` (every item at 1, none at 0)."""
+    return sample_hash(seed, index) < fraction * 18446744073709551616.0
+
+
+def sample_part(items: Iterable, start: int, fraction: float, seed: int) -> list:
+    """One partition's sampled items, in order; ``start`` is its first item's global index.
+    The same test as :func:`sample_keep`, the hash of the common prefix computed once
+    (2.5 times faster)."""
+    limit = fraction * 18446744073709551616.0
+    prefix = hashlib.blake2b(f"pipec.sample:{seed}:".encode("ascii"), digest_size=8)
+    out = []
+    for i, x in enumerate(items, start):
+        h = prefix.copy()
+        h.update(str(i).encode("ascii"))
+        if int.from_bytes(h.digest(), "little") < limit:
+            out.append(x)
+    return out
+
+
+class DuplicateKey(ValueError):
+    """``collect_map`` met a key twice."""
+
+    def __init__(self, key):
+        super().__init__(key)
+        self.key = key
+
+    def __str__(self) -> str:
+        return f"`collect_map` found the key {self.key!r:.60} more than once"
+
+
+def collect_map(records: Iterable) -> dict:
+    """A dict of (key, value) records given in collection order, its keys in canonical
+    order (:func:`canonical_key`). A key met twice is a :class:`DuplicateKey` (two keys
+    count as one when they are equal in Python, as ``1`` and ``1.0`` are)."""
+    out: dict = {}
+    for record in records:
+        key = _record_key(record, "collect_map")
+        try:
+            seen = key in out
+        except TypeError:
+            raise TypeError(f"collect_map needs keys a dict can hold, got {type(key).__name__} {key!r:.60}") from None
+        if seen:
+            raise DuplicateKey(key)
+        out[key] = record[1]
+    return {k: out[k] for k in sorted(out, key=canonical_key)}
+
+
 # ---- writing results ----------------------------------------------------------------------
 
 
@@ -272,7 +475,9 @@ def to_jsonable(x: Any):
     if module == "numpy" and hasattr(x, "tolist"):
         return to_jsonable(x.tolist())
     if isinstance(x, dict):
-        return {k if isinstance(k, str) else json.dumps(to_jsonable(k)): to_jsonable(v) for k, v in x.items()}
+        # Keys in canonical order (numbers by value: 2 before 10), written as they come.
+        return {k if isinstance(k, str) else json.dumps(to_jsonable(k)): to_jsonable(x[k])
+                for k in sorted(x, key=canonical_key)}
     if isinstance(x, (list, tuple)):
         return [to_jsonable(i) for i in x]
     if isinstance(x, (set, frozenset)):
@@ -285,10 +490,10 @@ def to_jsonable(x: Any):
 def render_sink(value, fmt: str, is_collection: bool) -> str:
     """The exact text a sink writes."""
     if fmt == "json":
-        return json.dumps(to_jsonable(value), sort_keys=True, indent=2, allow_nan=True) + "\n"
+        return json.dumps(to_jsonable(value), indent=2, allow_nan=True) + "\n"
     if fmt == "jsonl":
         items = value if is_collection or isinstance(value, (list, tuple)) else [value]
-        return "".join(json.dumps(to_jsonable(i), sort_keys=True) + "\n" for i in items)
+        return "".join(json.dumps(to_jsonable(i)) + "\n" for i in items)
     if fmt == "text":
         items = value if is_collection else [value]
         return "".join(f"{i}\n" for i in items)

@@ -99,7 +99,8 @@ class Names:
         return list(reversed(seen.values()))
 
 
-BUILTIN_CALLS = ("range", "read_text", "read_jsonl", "read_parquet", "read_csv", "collect", "count", "top", "join", "union", "distinct")
+BUILTIN_CALLS = ("range", "read_text", "read_jsonl", "read_parquet", "read_csv", "collect", "count", "top", "join", "union", "distinct",
+                 "collect_map", "take", "sort_by", "sample", "zip_with_index")
 
 
 def index(module: ast.Module, text: str) -> Names:

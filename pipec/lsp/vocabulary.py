@@ -49,6 +49,11 @@ BUILTINS = {
     "join": "`join(a, b)`: (key, (value in a, value in b)) for keys in both, keys sorted",
     "union": "`union(a, b)`: the elements of a, then those of b",
     "distinct": "`distinct(xs)`: each element once",
+    "collect_map": "`collect_map(pairs)`: a (key, value) collection as one dict, keys in canonical order (a value)",
+    "take": "`take(xs, n)`: the first n elements in collection order (a value)",
+    "sort_by": "`sort_by(xs, by = f)`: sorted by key function f, stably (equal keys keep their order)",
+    "sample": "`sample(xs, fraction, seed = s)`: each element kept by a hash of the seed and its position",
+    "zip_with_index": "`zip_with_index(xs)`: (element, index) pairs, the index in collection order",
 }
 
 CONNECTIVES = {
