@@ -237,6 +237,7 @@ class _Schema:
         self.mutable: list[str] = []  # defaults copied for each instance
         self.required: list[str] = []
         self.checks: dict[str, Callable | None] = {}
+        self.plans: dict[str, tuple[frozenset, Callable | None]] = {}  # name -> (exact types, check)
         self.factories: dict[str, Callable] = {}
         for name, hint in hints.items():
             if get_origin(hint) is ClassVar or name.startswith("_") or hint is ClassVar:
@@ -253,7 +254,12 @@ class _Schema:
                 self.required.append(name)
             elif isinstance(info.default, (list, dict, set)):
                 self.mutable.append(name)
-            self.checks[name] = _field_check(name, hint, info, [m for m in marked if name in m.fields], cls)
+            validators = [m for m in marked if name in m.fields]
+            self.checks[name] = _field_check(name, hint, info, validators, cls)
+            # The types a value may have to be taken as it is, without calling the check:
+            # most values are built right by the compiler, and this keeps building cheap.
+            plain = not validators and all(x is None for x in (info.ge, info.gt, info.le, info.lt))
+            self.plans[name] = (_exact_types(hint) if plain else frozenset(), self.checks[name])
 
     def build(self, data: dict) -> dict:
         """The instance dict for ``data``: checked values over the defaults."""
@@ -261,18 +267,20 @@ class _Schema:
             data = before(data)
         values = self.template.copy()
         for name in self.mutable:
-            values[name] = values[name].copy()
+            if name not in data:
+                values[name] = values[name].copy()
         for name, make in self.factories.items():
             if name not in data:
                 values[name] = make()
-        checks = self.checks
+        plans = self.plans
         for name, value in data.items():
-            check = checks.get(name, _MISSING)
-            if check is _MISSING:
+            plan = plans.get(name)
+            if plan is None:
                 if self.forbid:
                     raise ValidationError(f"{self.name}: unknown field `{name}`")
                 continue
-            if check is not None:
+            exact, check = plan
+            if check is not None and type(value) not in exact:
                 try:
                     value = check(value)
                 except _Invalid as exc:
@@ -348,6 +356,22 @@ def _checker(tp, module) -> Callable | None:
             return value
         return instance
     raise TypeError(f"unsupported field type {tp!r}")
+
+
+def _exact_types(tp) -> frozenset:
+    """The types whose values ``tp``'s check takes unchanged, without looking inside."""
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Annotated:
+        tag = next((m.discriminator for m in tp.__metadata__ if isinstance(m, FieldInfo) and m.discriminator), None)
+        return frozenset(get_args(args[0])) if tag else _exact_types(args[0])
+    if origin is Union or origin is types.UnionType:
+        parts = [_exact_types(m) for m in args]
+        return frozenset().union(*parts) if all(parts) else frozenset()
+    if tp is type(None) or tp in _SCALARS:
+        return frozenset({tp})
+    if isinstance(tp, type) and issubclass(tp, BaseModel) and get_origin(tp) is None:
+        return frozenset({tp})
+    return frozenset()
 
 
 def _none(value):
