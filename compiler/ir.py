@@ -119,8 +119,11 @@ class Op(Model):
 
 @lru_cache(maxsize=None)
 def _field_names(cls: type) -> tuple[str, ...]:
-    # Asking pydantic for model_fields costs tens of microseconds; a pipeline asks often.
-    return tuple(name for name in cls.model_fields if name not in ("span", "loop", "name", "op"))
+    # The fields that can hold a NodeRef (by their declared type; Any may hold anything):
+    # every op's inputs are asked for when it is added and by each check, and walking
+    # its options, callee and flags too cost a third of compiling a large file.
+    return tuple(name for name, info in cls.model_fields.items() if name not in ("span", "loop", "name", "op")
+                 and ("NodeRef" in repr(info.annotation) or "Any" in repr(info.annotation)))
 
 
 def _refs(port: str, value) -> Iterator[tuple[str, str]]:
