@@ -12,7 +12,9 @@ reason), and tests must not fail on a busy machine.
 What is measured:
 
 1. ``python -m pipec check examples/train.pipe`` end to end, in fresh processes (the
-   interpreter's own start-up, ``python -c pass``, is shown for scale);
+   interpreter's own start-up, ``python -c pass``, is shown for scale), with pipec's
+   bytecode cached as an installed pipec has it, and once without (every module
+   compiled from source, as under PYTHONDONTWRITEBYTECODE);
 2. where that time goes: ``-X importtime`` self times attributed to the package that
    caused each import, then parsing and building in the same process;
 3. the server: a 1,000-line pipeline opened in ``pipec lsp`` over stdio, then edited
