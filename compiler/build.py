@@ -188,13 +188,13 @@ class Builder:
     def _node_id(self, wanted: str) -> str:
         """``wanted``, or ``wanted-2``, ``wanted-3``... when taken (counted, not probed:
         a file with 10,000 calls of ``acc.push`` must not probe 10,000 times each)."""
-        if wanted not in self.ir.graph:
+        if wanted not in self.ir:
             return wanted
         n = self._id_counts.get(wanted, 1)
         while True:
             n += 1
             node = f"{wanted}-{n}"
-            if node not in self.ir.graph:
+            if node not in self.ir:
                 self._id_counts[wanted] = n
                 return node
 

@@ -38,7 +38,7 @@ def features_used(graph: ir.IR) -> dict[str, list[ir.SpanModel | None]]:
             if op.checkpoint_every:
                 need("actor_checkpoint", op)
         elif isinstance(op, ir.Elementwise):
-            if any(graph.graph.edges[src, node, port]["kind"] == "actor"
+            if any(graph.edge_kind(src, node, port) == "actor"
                    for port, src in op.inputs() if port.startswith("bindings.")):
                 need("actor_handle", op)
         elif isinstance(op, (ir.ReduceByKey, ir.GroupByKey, ir.Join, ir.Distinct)):

@@ -20,9 +20,13 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from typing import Annotated, Any, ClassVar, Iterator, Literal, Union
+from typing import TYPE_CHECKING
 
-import networkx as nx
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+# The models' base: pydantic's API, without pydantic's import cost (see compiler/model.py).
+from pipec.compiler.model import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+
+if TYPE_CHECKING:  # networkx loads when the graph is first asked for (IR.graph)
+    import networkx as nx
 
 COLLECTION, VALUE, ACTOR, EFFECT = "collection", "value", "actor", "effect"
 EDGE_KINDS = ("data", "value", "actor", "order", "carry")
@@ -115,8 +119,11 @@ class Op(Model):
 
 @lru_cache(maxsize=None)
 def _field_names(cls: type) -> tuple[str, ...]:
-    # Asking pydantic for model_fields costs tens of microseconds; a pipeline asks often.
-    return tuple(name for name in cls.model_fields if name not in ("span", "loop", "name", "op"))
+    # The fields that can hold a NodeRef (by their declared type; Any may hold anything):
+    # every op's inputs are asked for when it is added and by each check, and walking
+    # its options, callee and flags too cost a third of compiling a large file.
+    return tuple(name for name, info in cls.model_fields.items() if name not in ("span", "loop", "name", "op")
+                 and ("NodeRef" in repr(info.annotation) or "Any" in repr(info.annotation)))
 
 
 def _refs(port: str, value) -> Iterator[tuple[str, str]]:
@@ -438,28 +445,81 @@ class PipelineInfo(Model):
 
 
 class IR:
-    """A pipeline's graph. Nodes are op ids in program order; see the module docstring."""
+    """A pipeline's graph. Nodes are op ids in program order; see the module docstring.
 
-    def __init__(self, info: PipelineInfo, graph: nx.MultiDiGraph | None = None):
+    ``graph`` is the networkx MultiDiGraph. It is made on first use: checking a file
+    needs only the ops and their edges, which the IR keeps in plain dicts until then,
+    and importing networkx costs ~150 ms, most of what `pipec check` may take. From the
+    first use of ``graph`` on, the graph is the one copy (dicts and graph are never
+    both kept), so changes made through it are seen by every method here."""
+
+    def __init__(self, info: PipelineInfo, graph: "nx.MultiDiGraph | None" = None):
         self.info = info
-        self.graph = graph if graph is not None else nx.MultiDiGraph()
+        self._graph = graph
+        # Until `graph` is asked for: node -> op in program order, and u -> v -> key -> kind
+        # in the order networkx would iterate the same edges.
+        self._ops: dict[str, Op] | None = None if graph is not None else {}
+        self._succ: dict[str, dict[str, dict[str, str]]] | None = None if graph is not None else {}
+        self._pred: dict[str, dict[str, None]] | None = None if graph is not None else {}  # v -> {u}
+
+    @property
+    def graph(self) -> "nx.MultiDiGraph":
+        """The networkx MultiDiGraph: node attribute ``op``, edge key the port, edge
+        attribute ``kind``."""
+        if self._graph is None:
+            import networkx as nx
+            graph = nx.MultiDiGraph()
+            for node_id, op in self._ops.items():
+                graph.add_node(node_id, op=op)
+            for u in self._ops:  # networkx iterates edges by source in node order
+                for v, keys in self._succ.get(u, {}).items():
+                    for key, kind in keys.items():
+                        graph.add_edge(u, v, key=key, kind=kind)
+            self._graph, self._ops, self._succ, self._pred = graph, None, None, None
+        return self._graph
+
+    @graph.setter
+    def graph(self, graph: "nx.MultiDiGraph") -> None:
+        self._graph, self._ops, self._succ, self._pred = graph, None, None, None
 
     # building
 
     def add(self, node_id: str, op: Op) -> str:
         """Add ``op`` as ``node_id`` with an edge from every node it reads."""
-        if node_id in self.graph:
+        if node_id in self:
             raise ValueError(f"duplicate node id {node_id!r}")
-        self.graph.add_node(node_id, op=op)
+        if self._graph is not None:
+            self._graph.add_node(node_id, op=op)
+        else:
+            self._ops[node_id] = op
         for port, src in op.inputs():
-            self.graph.add_edge(src, node_id, key=port, kind=self._edge_kind(src, op, port))
+            self._add_edge(src, node_id, port, self._edge_kind(src, op, port))
         if isinstance(op, Rebind):
-            self.graph.add_edge(node_id, op.var, key="carry", kind="carry")
+            self._add_edge(node_id, op.var, "carry", "carry")
         return node_id
 
     def add_order(self, before: str, after: str) -> None:
         """Program order between two operations on the same actor."""
-        self.graph.add_edge(before, after, key="order", kind="order")
+        self._add_edge(before, after, "order", "order")
+
+    def replace(self, node_id: str, op: Op) -> None:
+        """Put ``op`` in place of the op of ``node_id`` (its edges stay as they are)."""
+        if self._graph is not None:
+            self._graph.nodes[node_id]["op"] = op
+        else:
+            if node_id not in self._ops:
+                raise KeyError(node_id)
+            self._ops[node_id] = op
+
+    def _add_edge(self, src: str, dst: str, key: str, kind: str) -> None:
+        if self._graph is not None:
+            self._graph.add_edge(src, dst, key=key, kind=kind)
+            return
+        for node in (src, dst):
+            if node not in self._ops:
+                raise KeyError(f"edge {src!r} -> {dst!r}: no node {node!r}")
+        self._succ.setdefault(src, {}).setdefault(dst, {})[key] = kind
+        self._pred.setdefault(dst, {})[src] = None
 
     def _edge_kind(self, src: str, op: Op, port: str) -> str:
         shape = self.op(src).node_shape
@@ -470,20 +530,53 @@ class IR:
     # reading
 
     def op(self, node_id: str) -> Op:
-        return self.graph.nodes[node_id]["op"]
+        if self._graph is not None:
+            return self._graph.nodes[node_id]["op"]
+        return self._ops[node_id]
+
+    def __contains__(self, node_id) -> bool:
+        return node_id in (self._graph if self._graph is not None else self._ops)
+
+    def __len__(self) -> int:
+        return len(self._graph if self._graph is not None else self._ops)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.graph.nodes)
+        return iter(self._graph.nodes if self._graph is not None else list(self._ops))
 
     def items(self) -> Iterator[tuple[str, Op]]:
-        for node_id, data in self.graph.nodes(data=True):
+        if self._graph is None:
+            yield from list(self._ops.items())
+            return
+        for node_id, data in self._graph.nodes(data=True):
             yield node_id, data["op"]
 
-    def consumers(self, node_id: str) -> list[str]:
-        return [dst for _, dst, kind in self.graph.out_edges(node_id, data="kind") if kind != "carry"]
+    def edges(self) -> list[tuple[str, str, str, str]]:
+        """Every edge as (from, to, port, kind), in networkx's order."""
+        if self._graph is not None:
+            return list(self._graph.edges(keys=True, data="kind"))
+        return [(u, v, key, kind) for u in self._ops  # by source in node order, as networkx
+                for v, keys in self._succ.get(u, {}).items() for key, kind in keys.items()]
 
-    def dag(self) -> nx.MultiDiGraph:
+    def edge_kind(self, src: str, dst: str, port: str) -> str:
+        """The kind of the edge from ``src`` to ``dst`` on ``port``."""
+        if self._graph is not None:
+            return self._graph.edges[src, dst, port]["kind"]
+        return self._succ[src][dst][port]
+
+    def predecessors(self, node_id: str) -> list[str]:
+        """The nodes with an edge into ``node_id`` (each once)."""
+        if self._graph is not None:
+            return list(self._graph.predecessors(node_id))
+        return list(self._pred.get(node_id, ()))
+
+    def consumers(self, node_id: str) -> list[str]:
+        if self._graph is not None:
+            return [dst for _, dst, kind in self._graph.out_edges(node_id, data="kind") if kind != "carry"]
+        return [v for v, keys in self._succ.get(node_id, {}).items() for kind in keys.values() if kind != "carry"]
+
+    def dag(self) -> "nx.MultiDiGraph":
         """The graph without loop-carried edges: acyclic for every valid pipeline."""
+        import networkx as nx
         view = nx.subgraph_view(self.graph, filter_edge=lambda u, v, k: k != "carry")
         return view
 
@@ -495,8 +588,7 @@ class IR:
             "version": IR_VERSION,
             "pipeline": self.info.model_dump(mode="json"),
             "nodes": [{"id": n, **op.model_dump(mode="json")} for n, op in self.items()],
-            "edges": [{"from": u, "to": v, "port": k, "kind": kind}
-                      for u, v, k, kind in self.graph.edges(keys=True, data="kind")],
+            "edges": [{"from": u, "to": v, "port": k, "kind": kind} for u, v, k, kind in self.edges()],
         }
 
     def dumps(self) -> str:
@@ -510,11 +602,11 @@ class IR:
         for node in data["nodes"]:
             node = dict(node)
             node_id = node.pop("id")
-            ir.graph.add_node(node_id, op=_OP_ADAPTER.validate_python(node))
+            ir._ops[node_id] = _OP_ADAPTER.validate_python(node)
         for e in data["edges"]:
             if e["kind"] not in EDGE_KINDS:
                 raise ValueError(f"unknown edge kind {e['kind']!r}")
-            ir.graph.add_edge(e["from"], e["to"], key=e["port"], kind=e["kind"])
+            ir._add_edge(e["from"], e["to"], e["port"], e["kind"])
         return ir
 
     def __eq__(self, other) -> bool:
@@ -522,7 +614,6 @@ class IR:
             return NotImplemented
         return (self.info == other.info
                 and list(self.items()) == list(other.items())
-                and sorted(self.graph.edges(keys=True, data="kind"))
-                == sorted(other.graph.edges(keys=True, data="kind")))
+                and sorted(self.edges()) == sorted(other.edges()))
 
     __hash__ = None  # mutable

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Mapping
 
-import networkx as nx
-
 from pipec.dsl.source import Span
 from pipec.compiler import ir
 from pipec.compiler.reporter import Reporter
@@ -43,7 +41,7 @@ def unused_results(graph: ir.IR, loops: Mapping[str, ir.Loop], name_spans: Mappi
         if node in useful:
             continue
         useful.add(node)
-        stack.extend(graph.graph.predecessors(node))
+        stack.extend(graph.predecessors(node))
     for node, op in graph.items():
         if node in useful or op.name is None or node != op.name:
             continue
@@ -59,19 +57,23 @@ def mark_schedule_dependent(graph: ir.IR, sinks: list[str], name_spans: Mapping[
                             report: Reporter) -> None:
     """Mark each of the ``sinks`` of ``graph`` that reads state an actor gathered through
     handles as schedule-dependent (it changes the sink's op in ``graph``), and warn."""
-    handle_actors = {src for src, dst, kind in graph.graph.edges(data="kind")
+    handle_actors = {src for src, dst, _, kind in graph.edges()
                      if kind == "actor" and isinstance(graph.op(dst), ir.Elementwise)
                      and graph.op(dst).pool is None}
     if not handle_actors:
         return
-    dag = graph.dag()
+    # What the actors' state reaches, along every edge but the loop-carried ones.
     tainted = set(handle_actors)
-    for actor in handle_actors:
-        tainted |= nx.descendants(dag, actor)
+    stack = list(handle_actors)
+    while stack:
+        for dst in graph.consumers(stack.pop()):
+            if dst not in tainted:
+                tainted.add(dst)
+                stack.append(dst)
     for node in sinks:
         if node in tainted:
             op = graph.op(node)
-            graph.graph.nodes[node]["op"] = op.model_copy(update={"schedule_dependent": True})
+            graph.replace(node, op.model_copy(update={"schedule_dependent": True}))
             report.warn(f"sink `{node}` depends on the order in which tasks reached an actor",
                         _name_span(node, op, name_spans),
                         "its content may differ from run to run; compare it by a property, not by bytes",

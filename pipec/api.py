@@ -46,7 +46,7 @@ class Pipeline:
 
     def __repr__(self) -> str:
         params = ", ".join(self.ir.info.params)
-        return f"<Pipeline {self.name}({params}) from {self.source.path}: {self.ir.graph.number_of_nodes()} nodes>"
+        return f"<Pipeline {self.name}({params}) from {self.source.path}: {len(self.ir)} nodes>"
 
     def graph(self, format: str = "svg", backend: "str | Backend | None" = None,
               params: Mapping[str, Any] | None = None) -> str:
@@ -246,7 +246,7 @@ def bind_params(pipeline: Pipeline, given: Mapping[str, Any]) -> dict[str, Any]:
                                           hint, pipeline.source.path, "unknown-parameter"))
     values: dict[str, Any] = {}
     for name, param in declared.items():
-        op = pipeline.ir.op(name) if name in pipeline.ir.graph else None
+        op = pipeline.ir.op(name) if name in pipeline.ir else None
         if not isinstance(op, ir.Param):
             continue
         if name in given:

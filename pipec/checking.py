@@ -60,10 +60,12 @@ def check_source(source: SourceFile, backend: str | None = None, params: Mapping
     :func:`pipec.dsl.parser.parse` (it must give the same AST and raise the same
     errors). Raises :class:`pipec.dsl.diagnostics.UsageError` for an unknown backend,
     which is a mistake on the command line, not in the file."""
-    from pipec.api import load_source
+    from pipec.api import _few_collections, load_source
 
     try:
-        pipeline = load_source(source, index, parser(source) if parser else None)
+        with _few_collections():  # as load_source parses: many small objects, all kept
+            module = parser(source) if parser else None
+        pipeline = load_source(source, index, module)
     except PipeSyntaxError as exc:
         return Report(source.path, source, _coded(exc.diagnostics, "syntax"))
     report = Report(source.path, source, module=pipeline.module, pipeline=pipeline)

@@ -53,6 +53,18 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+class _VersionAction(argparse.Action):
+    """``--version``, looked up only when asked for: importlib.metadata costs about 15 ms,
+    which every command would pay if the text were made with the parser."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"pipec {_version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     # -v and -q go before or after the command; SUPPRESS keeps a command's parser from
     # resetting what was given before it.
@@ -63,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="say less (check: errors only; run: no header, progress or timings)")
     parser = _Parser(prog="pipec", description="Compile and run .pipe pipelines on local, Dask, Ray or Spark.",
                      parents=[verbosity])
-    parser.add_argument("--version", action="version", version=f"pipec {_version()}")
+    parser.add_argument("--version", action=_VersionAction, help="show pipec's version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 

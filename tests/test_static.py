@@ -151,3 +151,57 @@ def test_engine_workers_import_the_task_bodies_without_the_compiler(module):
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_check_and_the_language_server_path_import_neither_networkx_nor_pydantic(tmp_path):
+    """`pipec check` may take at most 0.25 s (issue 14): importing networkx and pydantic
+    and defining the IR's models with pydantic cost more than that alone. The IR keeps
+    its edges in dicts until its networkx graph is asked for, and the ops are models of
+    pipec.compiler.model. The Python API still hands out a networkx MultiDiGraph."""
+    probe = ("import sys, runpy\n"
+             f"sys.argv = ['pipec', 'check', {str(EXAMPLES / 'train.pipe')!r}]\n"
+             "try:\n    runpy.run_module('pipec', run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
+             "from pipec.lsp.document import Document\n"
+             f"Document('p.pipe').update(open({str(EXAMPLES / 'train.pipe')!r}).read())\n"
+             "print(code, sorted({m.split('.')[0] for m in sys.modules} & {'networkx', 'pydantic', 'pydantic_core'}))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[-2] == "0 []", done.stdout
+    import networkx as nx
+    pipeline = load(EXAMPLES / "train.pipe")
+    assert isinstance(pipeline.ir.graph, nx.MultiDiGraph)
+    assert pipeline.ir.graph.nodes["grads"]["op"] is pipeline.ir.op("grads")
+
+
+def test_ir_ops_validate_themselves_when_built():
+    from pipec.compiler import ir
+    from pipec.compiler.model import ValidationError
+
+    fn = ir.FnRef(module="m", attr="f")
+    stage = ir.Elementwise(kind="map", fn=fn, input={"node": "xs"}, bindings={"k": {"type": "lit", "value": 2}},
+                           options={"retries": 2, "timeout": 5})
+    assert stage.input == ir.NodeRef(node="xs") and stage.bindings["k"] == ir.Lit(value=2)
+    assert stage.options.timeout == 5.0 and isinstance(stage.options.timeout, float)  # lax, as pydantic
+    bad = [dict(kind="mapp"),  # not one of the Literal's words
+           dict(kind="map", pool=ir.NodeRef(node="p")),  # its model validator: fn or pool, not both
+           dict(kind="map", input="xs"),  # a string is not a NodeRef
+           dict(kind="map", shape="x"),  # no such field
+           dict(kind="map", options={"retries": -1})]  # Field(0, ge=0)
+    for fields in bad:
+        with pytest.raises(ValidationError):
+            ir.Elementwise(**{"fn": fn, "input": ir.NodeRef(node="xs"), **fields})
+    with pytest.raises(ValidationError, match="required"):
+        ir.ActorCall(actor=ir.NodeRef(node="a"), method="m")  # seq has no default
+    with pytest.raises(ValidationError, match="frozen"):
+        fn.attr = "g"
+    with pytest.raises(ValidationError, match="`op` should be one of"):
+        ir.IR.from_json({"version": ir.IR_VERSION, "pipeline": {"name": "p", "path": "p.pipe", "params": []},
+                         "nodes": [{"id": "x", "op": "nope"}], "edges": []})
+    # what the API and the backends use: copies, dumps, equality, hashing, pickling
+    import pickle
+    again = pickle.loads(pickle.dumps(stage))
+    assert again == stage and again is not stage and hash(fn) == hash(ir.FnRef(module="m", attr="f"))
+    assert stage.model_copy(update={"kind": "filter"}).kind == "filter" and stage.kind == "map"
+    assert list(stage.model_dump(mode="json"))[:5] == ["op", "span", "loop", "name", "kind"]
+    assert ir.Lit(value=(1, float("inf"))).model_dump(mode="json") == {"type": "lit", "value": [1, None]}
+    assert repr(fn) == "FnRef(module='m', attr='f')"

@@ -206,21 +206,34 @@ def _shift(node, lines: int, chars: int):
 def _shifter(cls: type):
     """A function rebuilding a ``cls`` node with its fields shifted, written out once per
     class from the field types: moving every statement after an edit near the top is the
-    server's hot loop, and a generic walk spent most of its time asking what each field is."""
-    args = []
-    for f in fields(cls):
-        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
-        if kind == "Span":
-            args.append(f"Span(node.{f.name}.line + lines, node.{f.name}.column, node.{f.name}.end_line + lines, "
-                        f"node.{f.name}.end_column, node.{f.name}.start + chars, node.{f.name}.end + chars)")
-        elif kind in ("str", "bool", "tuple[str, ...]"):
-            args.append(f"node.{f.name}")
-        else:
-            args.append(f"_shift(node.{f.name}, lines, chars)")
-    scope = {"_shift": _shift, "cls": cls, "Span": Span}
+    server's hot loop, and a generic walk spent most of its time asking what each field is.
+    A field of one AST class (or a tuple of them) calls that class's shifter directly."""
+    args = [_field_code(f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""), f"node.{f.name}")
+            for f in fields(cls)]
+    scope = {"_shift": _shift, "cls": cls, "Span": Span, "_S": _SHIFTERS, **_CLASSES}
     exec(f"def shift(node, lines, chars):\n    return cls({', '.join(args)})\n", scope)
     return scope["shift"]
 
 
-_SHIFTERS = {cls: _shifter(cls) for cls in vars(ast).values()
-             if isinstance(cls, type) and is_dataclass(cls) and cls.__module__ == ast.__name__}
+def _field_code(kind: str, value: str) -> str:
+    """The expression that shifts ``value``, a field declared as ``kind``."""
+    kind = kind.strip("'\"")
+    if kind == "Span":
+        return (f"Span({value}.line + lines, {value}.column, {value}.end_line + lines, "
+                f"{value}.end_column, {value}.start + chars, {value}.end + chars)")
+    if kind in ("str", "bool", "tuple[str, ...]"):
+        return value
+    if kind.endswith(" | None") and kind[:-len(" | None")] in _CLASSES:
+        return f"(None if {value} is None else {_field_code(kind[:-len(' | None')], value)})"
+    if kind in _CLASSES:  # checked, in case a value is not what its field says
+        return f"(_S[{kind}]({value}, lines, chars) if {value}.__class__ is {kind} else _shift({value}, lines, chars))"
+    items = re.fullmatch(r"tuple\[['\"]?(\w+)['\"]?, \.\.\.\]", kind)
+    if items and items.group(1) in _CLASSES:
+        return f"tuple([{_field_code(items.group(1), 'x')} for x in {value}])"
+    return f"_shift({value}, lines, chars)"
+
+
+_CLASSES = {name: cls for name, cls in vars(ast).items()
+            if isinstance(cls, type) and is_dataclass(cls) and cls.__module__ == ast.__name__}
+_SHIFTERS: dict = {}
+_SHIFTERS.update({cls: _shifter(cls) for cls in _CLASSES.values()})

@@ -91,7 +91,7 @@ def _shape(analysis: Analysis, d: Definition) -> str:
         for _, op in pipeline.ir.items():
             if op.name == d.name and op.span is not None and op.span.line == d.statement.span.line:
                 return op.node_shape
-        if d.name in pipeline.ir.graph:
+        if d.name in pipeline.ir:
             return pipeline.ir.op(d.name).node_shape
     return SHAPES.get(d.kind, d.kind)
 
