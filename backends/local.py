@@ -68,6 +68,11 @@ def _explain_block(graph: ir.IR, block: Block, lines: list[str], depth: int) -> 
     for item in block.items:
         if isinstance(item, Block):
             loop = item.loop
+            if loop.when is not None:
+                cond = loop.when.node if isinstance(loop.when, ir.NodeRef) else loop.when.value
+                lines.append(f"{pad}when {cond}:  # {loop.id}, in the rounds where it is true")
+                _explain_block(graph, item, lines, depth + 1)
+                continue
             count = loop.count.value if isinstance(loop.count, ir.Lit) else loop.count.node
             extra = f" until {loop.until.node if isinstance(loop.until, ir.NodeRef) else loop.until.value}" \
                 if loop.until is not None else ""

@@ -22,7 +22,7 @@ from functools import lru_cache
 from typing import Annotated, Any, ClassVar, Iterator, Literal, Union
 
 import networkx as nx
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_serializer, model_validator
 
 COLLECTION, VALUE, ACTOR, EFFECT = "collection", "value", "actor", "effect"
 EDGE_KINDS = ("data", "value", "actor", "order", "carry")
@@ -161,6 +161,16 @@ class Expr(Op):
     operator: Literal["+", "-", "*", "/", "//", "%", "**", "==", "!=", "<", "<=", ">", ">=",
                       "and", "or", "not", "neg", "pos", "list"]
     operands: list[Operand]
+
+
+class Format(Op):
+    """A sink path with fields filled in: ``"out/eval-{i}.json"``. ``template`` is the
+    user's text (``{{``/``}}`` stand for braces); ``fields`` the values it names, in order
+    of first appearance."""
+
+    op: Literal["format"] = "format"
+    template: str
+    fields: dict[str, Operand] = {}
 
 
 class RoundIndex(Op):
@@ -350,7 +360,7 @@ def is_dataset_sink(op: Op) -> bool:
 
 
 AnyOp = Annotated[
-    Union[Param, Const, Call, Expr, RoundIndex, Source, Elementwise, ReduceByKey, GroupByKey,
+    Union[Param, Const, Call, Expr, Format, RoundIndex, Source, Elementwise, ReduceByKey, GroupByKey,
           Join, UnionAll, Distinct, Reduce, Collect, Count, Top, Actor, ActorCall, Var, Rebind, Sink],
     Field(discriminator="op"),
 ]
@@ -358,7 +368,9 @@ _OP_ADAPTER = TypeAdapter(AnyOp)
 
 
 class Loop(Model):
-    """A ``repeat`` region: at most ``count`` rounds, stopping early when ``until`` is true."""
+    """A ``repeat`` region: at most ``count`` rounds, stopping early when ``until`` is true;
+    or a ``when`` region (``when`` set): its body runs once, in each round of the loop
+    around it where that value is true (``count`` is 1)."""
 
     id: str
     parent: str | None = None
@@ -366,6 +378,15 @@ class Loop(Model):
     index: str | None = None  # RoundIndex node
     until: Operand | None = None
     span: SpanModel | None = None
+    when: Operand | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_when(self, handler):
+        # A `repeat` serialises as before `when` existed: its IR (and the goldens) unchanged.
+        data = handler(self)
+        if data.get("when") is None:
+            data.pop("when", None)
+        return data
 
 
 class PipelineInfo(Model):

@@ -34,7 +34,7 @@ def unused_results(graph: ir.IR, loops: Mapping[str, ir.Loop], name_spans: Mappi
     useful: set[str] = set()
     roots = [n for n, op in graph.items() if isinstance(op, (ir.Sink, ir.ActorCall, ir.Rebind))]
     for loop in loops.values():
-        for operand in (loop.until, loop.count):
+        for operand in (loop.until, loop.count, loop.when):
             if isinstance(operand, ir.NodeRef):
                 roots.append(operand.node)
     stack = list(roots)

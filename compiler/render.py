@@ -200,6 +200,8 @@ def _describe(graph: ir.IR, op: ir.Op) -> list[str]:
         return [_expr_text(graph, op, 0)]
     if isinstance(op, ir.RoundIndex):
         return [f"round index of {op.of_loop}"]
+    if isinstance(op, ir.Format):
+        return [_literal(op.template)]
     if isinstance(op, ir.Source):
         what = op.fn.dotted if op.fn is not None else op.kind
         lines = [f"source {what}" + (" sharded" if op.sharded else "")]
@@ -295,6 +297,8 @@ def _edge_label(port: str, kind: str) -> str:
 
 
 def _loop_label(graph: ir.IR, loop: ir.Loop) -> str:
+    if loop.when is not None:
+        return f"when {_operand(graph, loop.when)}"
     text = f"repeat {_operand(graph, loop.count)}"
     if loop.index is not None:
         index = graph.op(loop.index) if loop.index in graph.graph else None
@@ -342,6 +346,8 @@ def _operand(graph: ir.IR, operand, depth: int = 0) -> str:
     op = graph.op(node)
     if isinstance(op, (ir.Var, ir.Rebind)) and op.name:
         return op.name  # `total@loop2` is the var `total` as this round left it
+    if isinstance(op, ir.Format):
+        return _literal(op.template)
     if isinstance(op, ir.Expr):
         text = _expr_text(graph, op, depth + 1)
         return f"({text})" if op.operator in _BINARY else text

@@ -82,7 +82,12 @@ CODES: dict[str, tuple[str, str]] = {
     "missing-partitions": (SEMANTIC, "a `range` or callable source without `partitions k`"),
     "misplaced-batch-form": (SEMANTIC, "`as pandas|arrow|numpy` on an operation other than `map_batches`"),
     "unknown-batch-form": (SEMANTIC, "a batch form other than pandas, arrow or numpy"),
-    "sink-in-loop": (SEMANTIC, "a sink inside `repeat`"),
+    "round-sink-without-file": (SEMANTIC, "a sink inside `repeat` without a file to write each round"),
+    "round-sink-path": (SEMANTIC, "a sink inside `repeat` whose path does not name every round index"),
+    "round-dataset-sink": (SEMANTIC, "a parquet or csv sink inside `repeat`"),
+    "bad-path-template": (SEMANTIC, "a sink path with an unclosed or empty `{...}` field"),
+    "when-outside-loop": (SEMANTIC, "a `when` block outside `repeat`"),
+    "rebind-in-when": (SEMANTIC, "a var rebound inside a `when` block"),
     "sink-as-data": (SEMANTIC, "a sink read as if it were data"),
     # -- actors
     "pool-without-size": (SEMANTIC, "an actor pool without `x N`"),

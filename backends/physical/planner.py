@@ -137,7 +137,7 @@ class Planner:
         self.actors = {n for n, op in graph.items() if isinstance(op, ir.Actor)}
         self.loop_reads: set[str] = set()
         for loop in graph.info.loops.values():
-            for operand in (loop.count, loop.until):
+            for operand in (loop.count, loop.until, loop.when):
                 if isinstance(operand, ir.NodeRef):
                     self.loop_reads.add(operand.node)
         self._numbers = itertools.count(1)

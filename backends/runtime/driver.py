@@ -26,7 +26,7 @@ from pipec.backends.runtime import datasets, preflight, semantics, sources, stor
 from pipec.backends.runtime import resume as resuming
 from pipec.backends.runtime.interpreter import StageFailure
 from pipec.backends.runtime.actors import SKIPPED, ReplayLog
-from pipec.backends.runtime.sinks import StagedSinks
+from pipec.backends.runtime.sinks import RoundFiles, StagedSinks
 from pipec.backends.runtime.tasks import (ensure_path, failing_element, forget_stale_modules, fn_of, user_frame,
                                           user_traceback)
 
@@ -67,6 +67,7 @@ class Driver:
         self.record: resuming.Record | None = None  # what a resumed run continues from
         self.records = resuming.RecordWriter(self.run_dir)
         self.sinks = StagedSinks(self.run_dir, self.run_id)  # committed together at the end
+        self.round_files = RoundFiles(self.run_dir, self.run_id)  # sinks in loops: committed per round
         self._recorded_at, self._record_cost = 0.0, 0.0  # when the last record was made, what it cost
         self.top_index = 0  # the top-level item running now
         self._preflown = False
@@ -217,6 +218,9 @@ class Driver:
     def run_loop(self, block: Block, first: int = 0) -> None:
         """Rounds ``first`` .. of a loop (``first`` > 0 when a resumed run continues it)."""
         loop = block.loop
+        if loop.when is not None:
+            self.run_when(block)
+            return
         count = self.value(loop.count)
         if not isinstance(count, int) or isinstance(count, bool) or count < 0:
             raise self.error(loop.id, f"`repeat` needs a non-negative integer count, got {count!r}", loop.span)
@@ -248,6 +252,16 @@ class Driver:
             if done:
                 break
         self.result.rounds[loop.id] = rounds
+
+    def run_when(self, block: Block) -> None:
+        """A ``when`` block: its body runs once, in this round, if its condition is true."""
+        loop = block.loop
+        cond = self.value(loop.when)
+        if not isinstance(cond, bool):
+            raise self.error(loop.id, f"`when` must give true or false, got {type(cond).__name__}", loop.span,
+                             "compare it, e.g. `when i % 10 == 0`")
+        if cond:
+            self.run_block(Block(None, block.items))
 
     def until(self, loop: ir.Loop) -> bool:
         """Whether a `repeat ... until` loop stops after the round just run."""
@@ -344,6 +358,13 @@ class Driver:
     def op_const(self, node: str, op: ir.Const):
         return op.value
 
+    def op_format(self, node: str, op: ir.Format):
+        values = {name: self.value(operand) for name, operand in op.fields.items()}
+        try:
+            return op.template.format_map(values)
+        except Exception as exc:
+            raise self.error(node, f"cannot fill in the sink path: {type(exc).__name__}: {exc}", op.span) from None
+
     def op_round_index(self, node: str, op: ir.RoundIndex):
         return self.round_index[op.of_loop]
 
@@ -428,6 +449,8 @@ class Driver:
             self.result.outputs[node] = value
             return value
         path = self.value(op.path)
+        if op.loop is not None:
+            return self.write_round_file(node, op, value, path, is_collection)
         try:
             written = self.sinks.stage(value, op.format, path, is_collection)
         except (TypeError, ValueError) as exc:
@@ -436,6 +459,23 @@ class Driver:
             raise self.error(node, f"cannot write {path}: {exc.strerror or exc}", op.span) from None
         self.result.files[node] = str(written)
         return str(written)
+
+    def write_round_file(self, node: str, op: ir.Sink, value, path: str, is_collection: bool) -> str:
+        """A sink inside a loop: this round's file, committed now (see RoundFiles)."""
+        try:
+            fresh = self.round_files.write(node, value, op.format, path, is_collection)
+        except FileExistsError:
+            raise self.error(node, f"{path} was written in an earlier round of this run", op.span,
+                             "name every round index in the path, e.g. `{i}`") from None
+        except (TypeError, ValueError) as exc:
+            raise self.error(node, f"cannot write {op.format}: {exc}", op.span) from None
+        except OSError as exc:
+            raise self.error(node, f"cannot write {path}: {exc.strerror or exc}", op.span) from None
+        self.result.files[node] = path
+        if fresh:
+            self.result.round_files.setdefault(node, []).append(path)
+            notify(self.progress, "sink_written", node, path)
+        return path
 
     def sink_dataset(self, node: str, op: ir.Sink) -> str:
         """A dataset sink after its tasks wrote the parts (a planned backend's graph did,
@@ -531,6 +571,7 @@ class Driver:
                 self.record = record
                 self.result.files.update(record.files)
                 self.result.outputs.update(record.outputs)
+                self.result.round_files.update(self.round_files.recover())
                 return
         resuming.clear(self.run_dir)
         storage.make_folder(self.run_dir)  # the run folder exists from the start
