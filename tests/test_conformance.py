@@ -276,6 +276,22 @@ CASES: dict[str, Case] = {
         value total = reduce m.add over (map m.scale over xs with factor = factor)
         sink out = [total, name, flag] -> json("out/out.json")""",
         {"n": 9, "parts": 4, "factor": 0.25, "name": "run", "flag": True}),
+    "when_blocks_and_round_sinks": Case("""
+        actor c = m.Counter()
+        source xs = range(7) partitions 3
+        repeat 5 as i {
+            c.add(i)
+            when i % 2 == 0 {
+                value s = reduce m.add over (map m.scale over xs with factor = i)
+                sink every_other = [s, c.value()] -> json("out/{name}-{i}.json")
+                repeat 2 as j {
+                    when j > 0 and c.done(4) {
+                        sink inner = collect(map m.scale over xs with factor = i + j) -> jsonl("out/in-{i}-{j}.jsonl")
+                    }
+                }
+            }
+        }
+        sink total = c.history() -> json("out/total.json")""", {"name": "run"}),
     "handle_in_stage_schedule_dependent": Case("""
         actor c = m.Counter()
         source xs = range(10) partitions 3

@@ -10,6 +10,7 @@ Parquet dataset sink written after it."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,79 @@ def test_a_record_resumes_only_on_the_backend_that_wrote_it(tmp_path, monkeypatc
         pipeline.run(backend="local", params=params, run_dir="run")
     with pytest.raises(UsageError, match="ran on backend `local`"):
         pipeline.run(backend="dask", params=params, run_dir="run", resume=True, **engine_options("dask"))
+
+
+ROUND_PIPELINE = '''use m_resume as m
+
+pipeline p(marker: str, rounds: int = 6, tag: str = "acc") {
+    source xs = range(12) partitions 3
+    var ys = map m.one over xs
+    actor acc = m.Acc() { checkpoint every 2 calls }
+    repeat rounds as r {
+        ys = map m.step over ys with r = r, marker = marker
+        acc.add(reduce m.add over ys)
+        sink snap = acc.history() -> json("out/{tag}-{r}.json")
+        when r % 2 == 1 {
+            sink odd = collect(ys) -> jsonl("out/odd-{r}.jsonl")
+        }
+    }
+    sink calls = acc.history() -> json("out/calls.json")
+}
+'''
+
+
+@pytest.mark.parametrize("backend", RESUMABLE)
+def test_round_files_are_written_once_each_across_a_resume(backend, tmp_path, monkeypatch):
+    clean_root = tmp_path / "clean"
+    clean_marker = tmp_path / "clean.marker"
+    clean_marker.touch()
+    path = _write(clean_root)
+    path.write_text(ROUND_PIPELINE)
+    monkeypatch.chdir(clean_root)
+    load(path).run(backend="local", params={"marker": str(clean_marker)}, run_dir="run")
+    expected = _outputs(clean_root)
+    assert sorted(expected) == ["acc-0.json", "acc-1.json", "acc-2.json", "acc-3.json", "acc-4.json", "acc-5.json",
+                                "calls.json", "odd-1.jsonl", "odd-3.jsonl", "odd-5.jsonl"]
+
+    root = tmp_path / backend
+    path = _write(root)
+    path.write_text(ROUND_PIPELINE)
+    pipeline = load(path)
+    monkeypatch.chdir(root)
+    params = {"marker": str(tmp_path / f"{backend}.marker")}
+    options = engine_options(backend)
+    with pytest.raises(PipelineRuntimeError, match="the run stops here once"):
+        pipeline.run(backend=backend, params=params, run_dir="run", **options)
+    # The rounds before the failure committed their files as they went (and nothing else).
+    before = {p.name: p.stat() for p in (root / "out").iterdir()}
+    assert sorted(before) == ["acc-0.json", "acc-1.json", "acc-2.json", "odd-1.jsonl"]
+    resumed = pipeline.run(backend=backend, params=params, run_dir="run", resume=True, **options)
+    assert _outputs(root) == expected
+    for name, stat in before.items():  # not written again
+        now = (root / "out" / name).stat()
+        assert (now.st_ino, now.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns), name
+    assert resumed.round_files["snap"] == [f"out/acc-{r}.json" for r in range(6)]
+    assert not [p for p in (root / "out").iterdir() if p.name.startswith(".")]  # no hidden leftovers
+
+
+def test_a_round_file_logged_but_not_moved_is_finished_by_the_resumed_run(tmp_path, monkeypatch):
+    from pipec.backends.runtime.sinks import RoundFiles
+    run_dir, target = tmp_path / "run", tmp_path / "out" / "eval-3.json"
+    target.parent.mkdir()
+    dead = RoundFiles(str(run_dir), "dead")
+    import pipec.backends.runtime.sinks as sinks
+
+    def killed(*args):  # the driver dies between the log and the move
+        raise KeyboardInterrupt
+    with monkeypatch.context() as patch:
+        patch.setattr(sinks.storage, "move", killed)
+        with pytest.raises(KeyboardInterrupt):
+            dead.write("eval", {"round": 3}, "json", str(target), False)
+    assert not target.exists()
+    resumed = RoundFiles(str(run_dir), "resumed")
+    assert resumed.recover() == {"eval": [str(target)]}
+    assert json.loads(target.read_text()) == {"round": 3}
+    assert resumed.write("eval", {"round": 3}, "json", str(target), False) is False  # the round ran again: skipped
+    assert [p.name for p in target.parent.iterdir()] == ["eval-3.json"]
+    with pytest.raises(FileExistsError):  # another sink (or round) writing the same file is an error
+        resumed.write("other", 1, "json", str(target), False)
