@@ -388,11 +388,12 @@ def test_missing_text_file_is_reported_at_its_source(backend, tmp_path, monkeypa
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "local"])
 def test_examples_identical_to_local(backend, example, workdir):
     params = {"train": {"rows": 4_000, "epochs": 4}, "infer": {"n": 500}, "kmeans": {"points": 300},
-              "digits": {"epochs": 4}}.get(example, {})
+              "digits": {"epochs": 4}, "evaluate": {"rows": 4_000, "epochs": 8}}.get(example, {})
     got = {}
     for b in ("local", backend):
         result = load(Path("examples") / f"{example}.pipe").run(backend=b, params=params, **engine_options(b))
         got[b] = {name: outputs(path) for name, path in result.files.items()}
+        got[b].update({path: outputs(path) for paths in result.round_files.values() for path in paths})
     assert got[backend] == got["local"]
 
 
