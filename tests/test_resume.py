@@ -206,3 +206,21 @@ def test_a_round_file_logged_but_not_moved_is_finished_by_the_resumed_run(tmp_pa
     assert [p.name for p in target.parent.iterdir()] == ["eval-3.json"]
     with pytest.raises(FileExistsError):  # another sink (or round) writing the same file is an error
         resumed.write("other", 1, "json", str(target), False)
+
+
+def test_a_resumed_run_still_reports_a_loop_that_stopped_at_its_cap(tmp_path, monkeypatch):
+    root = tmp_path / "capped"
+    path = _write(root)
+    path.write_text(PIPELINE.replace("repeat rounds as r {", "repeat 2 until acc.add(0) > 100 {\n        value r = 0")
+                    .replace("pipeline p(marker: str, rounds: int = 6)", "pipeline p(marker: str)")
+                    .replace("    sink table = map m.row over ys -> parquet(\"out/ys\")\n",
+                             "    value boom = m.step(0, 3, marker)\n    sink late = boom -> json(\"out/late.json\")\n"))
+    monkeypatch.chdir(root)
+    monkeypatch.setattr("pipec.backends.runtime.driver.RECORD_BUDGET", 1e9)  # a record after every round
+    pipeline, params = load(path), {"marker": str(tmp_path / "marker")}
+    with pytest.raises(PipelineRuntimeError, match="the run stops here once"):  # after the loop ended
+        pipeline.run(backend="local", params=params, run_dir="run")
+    from pipec.backends.runtime import resume
+    assert resume.read("run").done  # the resumed run does not run the loop again
+    resumed = pipeline.run(backend="local", params=params, run_dir="run", resume=True)
+    assert resumed.capped == ["loop1"] and resumed.rounds == {"loop1": 2}

@@ -572,6 +572,7 @@ class Driver:
                 self.result.files.update(record.files)
                 self.result.outputs.update(record.outputs)
                 self.result.round_files.update(self.round_files.recover())
+                self.result.capped.extend(getattr(record, "capped", []))
                 return
         resuming.clear(self.run_dir)
         storage.make_folder(self.run_dir)  # the run folder exists from the start
@@ -617,7 +618,8 @@ class Driver:
         record = resuming.Record(
             pipeline=self.ir.info.name, backend=self.backend, fingerprint=self.fingerprint, top_index=self.top_index,
             loop=loop.id, rounds=rounds, done=done, env=env, vars=vars_, actors=actors,
-            loops_done=dict(self.result.rounds), files=dict(self.result.files), outputs=dict(self.result.outputs))
+            loops_done=dict(self.result.rounds), files=dict(self.result.files), outputs=dict(self.result.outputs),
+            capped=list(self.result.capped))
         try:
             self.records.write(record)
         except OSError as exc:

@@ -64,6 +64,7 @@ class Record:
     files: dict[str, str] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
     format: int = FORMAT
+    capped: list[str] = field(default_factory=list)  # loops that stopped at their cap, `until` never true
 
 
 def fingerprint(graph: ir.IR, params: dict[str, Any]) -> str:
