@@ -434,7 +434,7 @@ class Builder:
         typed = self._expr(stmt.call)
         if typed.shape == ir.VALUE and isinstance(typed.operand, ir.NodeRef):
             op = self.ir.op(typed.operand.node)
-            if isinstance(op, ir.ActorCall):
+            if isinstance(op, (ir.ActorCall, ir.PoolCall)):
                 return
         self.fail("only an actor call can stand alone as a statement", stmt.span,
                   "give the result a name: `value x = ...`", code="bare-expression")
@@ -716,12 +716,15 @@ class Builder:
 
     def _actor_call(self, expr: ast.Call, actor: Binding, name) -> Typed:
         parts = expr.func.parts
+        if len(parts) == 3 and parts[1] == "each":
+            return self._pool_call(expr, actor, name)
         if len(parts) != 2:
             self.fail("an actor method call is `actor.method(...)`", expr.func.span, code="bad-method-call")
         method = parts[1]
         if actor.pool:
             self.fail(f"`{parts[0]}` is an actor pool; its members serve stages", expr.func.span,
-                      f"use it as `map_batches {expr.func.text} over xs`, or declare a single actor",
+                      f"use it as `map_batches {expr.func.text} over xs`, call every member with "
+                      f"`{parts[0]}.each.{method}(...)`, or declare a single actor",
                       code="pool-called-directly")
         info = self.signatures.class_info(actor.actor_class)
         self.signatures.check_method(info, actor.actor_class, method, expr.func.span, call=expr)
@@ -737,6 +740,25 @@ class Builder:
             if stage != node:
                 self.ir.add_order(stage, node)
         return Typed(ir.NodeRef(node=node), ir.VALUE)
+
+    def _pool_call(self, expr: ast.Call, actor: Binding, name) -> Typed:
+        """``pool.each.method(...)``: every member, in program order, numbered per pool."""
+        pool_name, _, method = expr.func.parts
+        if not actor.pool:
+            self.fail(f"`{pool_name}` is a single actor; `.each.` calls every member of a pool", expr.func.span,
+                      f"call it as `{pool_name}.{method}(...)`, or declare `actor pool {pool_name} = ... x N`",
+                      code="each-without-pool")
+        info = self.signatures.class_info(actor.actor_class)
+        self.signatures.check_method(info, actor.actor_class, method, expr.func.span, call=expr)
+        args = [self._value_arg(a) for a in expr.args]
+        kwargs = {k.name.text: self._value_arg(k.value) for k in expr.kwargs}
+        seq = self.actor_seq.get(actor.node, 0)
+        self.actor_seq[actor.node] = seq + 1
+        node = self._add(name or f"{pool_name}.each.{method}", ir.PoolCall(
+            pool=ir.NodeRef(node=actor.node), method=method, args=args, kwargs=kwargs, seq=seq,
+            span=ir.SpanModel.of(expr.span)))
+        self._after_actor_use(actor.node, node)
+        return Typed(ir.NodeRef(node=node), ir.VALUE, py_type=list)
 
     def _after_actor_use(self, actor: str, node: str) -> None:
         previous = self.last_actor_use.get(actor)

@@ -313,6 +313,19 @@ class ActorCall(Op):
     seq: int = Field(ge=0)
 
 
+class PoolCall(Op):
+    """``pool.each.method(...)``: a graph-level call to every member of an actor pool, in
+    program order, applied once per member (``seq`` per pool); its value is the list of
+    the members' answers, member 0 first."""
+
+    op: Literal["pool_call"] = "pool_call"
+    pool: NodeRef
+    method: str
+    args: list[Operand] = []
+    kwargs: dict[str, Operand] = {}
+    seq: int = Field(ge=0)
+
+
 # ---- loop variables and sinks ------------------------------------------------------------
 
 
@@ -361,7 +374,7 @@ def is_dataset_sink(op: Op) -> bool:
 
 AnyOp = Annotated[
     Union[Param, Const, Call, Expr, Format, RoundIndex, Source, Elementwise, ReduceByKey, GroupByKey,
-          Join, UnionAll, Distinct, Reduce, Collect, Count, Top, Actor, ActorCall, Var, Rebind, Sink],
+          Join, UnionAll, Distinct, Reduce, Collect, Count, Top, Actor, ActorCall, PoolCall, Var, Rebind, Sink],
     Field(discriminator="op"),
 ]
 _OP_ADAPTER = TypeAdapter(AnyOp)

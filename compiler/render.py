@@ -181,7 +181,7 @@ def _look(op: ir.Op) -> tuple[str, str]:
         return "cylinder", "sink"
     if isinstance(op, (ir.Var, ir.Rebind)):
         return ("box" if op.var_shape == ir.COLLECTION else "ellipse"), "var"
-    if isinstance(op, ir.ActorCall):
+    if isinstance(op, (ir.ActorCall, ir.PoolCall)):
         return "ellipse", "actor_call"
     if op.node_shape == ir.COLLECTION:
         return "box", "stage"
@@ -235,6 +235,8 @@ def _describe(graph: ir.IR, op: ir.Op) -> list[str]:
         return lines
     if isinstance(op, ir.ActorCall):
         return [f"{_call_text(graph, op, 0)}, call #{op.seq}"]
+    if isinstance(op, ir.PoolCall):
+        return [f"{_call_text(graph, op, 0)}, call #{op.seq} on every member"]
     if isinstance(op, ir.Var):
         return [f"var {op.var_shape}"]
     if isinstance(op, ir.Rebind):
@@ -351,7 +353,7 @@ def _operand(graph: ir.IR, operand, depth: int = 0) -> str:
     if isinstance(op, ir.Expr):
         text = _expr_text(graph, op, depth + 1)
         return f"({text})" if op.operator in _BINARY else text
-    if isinstance(op, ir.ActorCall):
+    if isinstance(op, (ir.ActorCall, ir.PoolCall)):
         return _call_text(graph, op, depth + 1)
     if isinstance(op, ir.Call):
         return f"{op.fn.dotted}({_arguments(graph, op.args, op.kwargs, depth + 1)})"
@@ -371,8 +373,9 @@ def _expr_text(graph: ir.IR, op: ir.Expr, depth: int) -> str:
     return f" {op.operator} ".join(items)
 
 
-def _call_text(graph: ir.IR, op: ir.ActorCall, depth: int) -> str:
-    return f"{op.actor.node}.{op.method}({_arguments(graph, op.args, op.kwargs, depth)})"
+def _call_text(graph: ir.IR, op: ir.ActorCall | ir.PoolCall, depth: int) -> str:
+    callee = f"{op.pool.node}.each" if isinstance(op, ir.PoolCall) else op.actor.node
+    return f"{callee}.{op.method}({_arguments(graph, op.args, op.kwargs, depth)})"
 
 
 def _arguments(graph: ir.IR, args, kwargs, depth: int = 0) -> str:

@@ -93,6 +93,7 @@ CODES: dict[str, tuple[str, str]] = {
     "pool-without-size": (SEMANTIC, "an actor pool without `x N`"),
     "size-without-pool": (SEMANTIC, "`x N` on an actor that is not a pool"),
     "pool-called-directly": (SEMANTIC, "a pool method called as a statement"),
+    "each-without-pool": (SEMANTIC, "`.each.` on an actor that is not a pool"),
     "single-actor-as-pool": (SEMANTIC, "a single actor used to serve a stage"),
     "pool-as-handle": (SEMANTIC, "an actor pool passed to a stage as a handle"),
     "actor-as-value": (SEMANTIC, "an actor used as a value outside `with name = actor`"),

@@ -38,6 +38,8 @@ def describe(graph: ir.IR, node: str) -> str:
     label = getattr(op, "kind", None) or getattr(op, "operator", None) or op.op
     if isinstance(op, ir.ActorCall):
         return f"{op.actor.node}.{op.method}(#{op.seq})"
+    if isinstance(op, ir.PoolCall):
+        return f"{op.pool.node}.each.{op.method}(#{op.seq})"
     if isinstance(op, ir.Const):
         return repr(op.value)
     if isinstance(op, ir.Format):
@@ -55,6 +57,8 @@ def driver_text(plan: PhysicalPlan, mapping: Mapping, node: str) -> str:
         text += mapping.actor_text(op)
     elif isinstance(op, ir.ActorCall):
         text += "  -- numbered, applied exactly once"
+    elif isinstance(op, ir.PoolCall):
+        text += "  -- numbered, applied exactly once to every member"
     elif isinstance(op, ir.Sink):
         text += f" -> {op.format}" if op.format else " -> printed"
     return text

@@ -200,6 +200,8 @@ class Planner:
             return True
         if isinstance(op, ir.ActorCall):
             return any(op.actor.node in self.handles(n) for n in open_nodes)
+        if isinstance(op, ir.PoolCall):  # after the stages its pool serves, in program order
+            return any(getattr(self.ir.op(n), "pool", None) == op.pool for n in open_nodes)
         return False
 
     def handles(self, node: str) -> set[str]:

@@ -25,7 +25,7 @@ from pipec.backends.base import NoProgress, Progress, RunResult, notify
 from pipec.backends.runtime import datasets, preflight, semantics, sources, storage
 from pipec.backends.runtime import resume as resuming
 from pipec.backends.runtime.interpreter import StageFailure
-from pipec.backends.runtime.actors import SKIPPED, ReplayLog
+from pipec.backends.runtime.actors import SKIPPED, ReplayLog, write_each_log
 from pipec.backends.runtime.sinks import RoundFiles, StagedSinks
 from pipec.backends.runtime.tasks import (ensure_path, failing_element, forget_stale_modules, fn_of, user_frame,
                                           user_traceback)
@@ -62,6 +62,7 @@ class Driver:
         self.round_index: dict[str, int] = {}
         self.result = RunResult(backend=self.backend, run_dir=str(self.run_dir))
         self.logs: dict[str, ReplayLog] = {}
+        self.pool_logs: dict[str, list] = {}  # pool -> its calls to every member, in order (never trimmed)
         self._source = source  # the .pipe text for errors; read from the file only when missing
         self.resume = resume
         self.record: resuming.Record | None = None  # what a resumed run continues from
@@ -494,6 +495,12 @@ class Driver:
     def op_actor(self, node: str, op: ir.Actor):
         if op.pool_size is not None:
             size = self.value(op.pool_size)
+            saved = self.record.actors.get(node) if self.record is not None else None
+            # The members start from their constructor plus the calls to every member so
+            # far (a resumed run: those its record holds; later ones died with the driver).
+            self.pool_logs[node] = list(saved["each"]) if saved is not None else []
+            if self.pool_logs[node]:
+                self.save_each_log(node)
             return self.start_pool(node, op, size)
         self.logs[node] = ReplayLog(op.checkpoint_every)
         saved = self.record.actors.get(node) if self.record is not None else None
@@ -546,6 +553,35 @@ class Driver:
         log.confirm(seq)
         notify(self.progress, "actor_call", actor, seq, op.method, False)
         return result
+
+    def op_pool_call(self, node: str, op: ir.PoolCall):
+        pool = op.pool.node
+        args = [self.value(a) for a in op.args]
+        kwargs = {k: self.value(v) for k, v in op.kwargs.items()}
+        log = self.pool_logs[pool]
+        seq = len(log)
+        log.append((seq, op.method, args, kwargs))
+        self.save_each_log(pool)  # before any member applies it: one restarted meanwhile replays it
+        try:
+            answers = self.call_pool(pool, seq, op.method, args, kwargs)
+        except PipelineRuntimeError:
+            raise
+        except Exception as exc:
+            raise self.user_error(f"{pool}.each.{op.method}", exc, op.span) from None
+        if any(isinstance(a, str) and a == SKIPPED for a in answers):
+            raise self.error(node, f"call {seq} was not applied again after a restart", op.span)
+        notify(self.progress, "actor_call", pool, seq, op.method, False)
+        return answers
+
+    def each_path(self, pool: str) -> str:
+        """Where pool ``pool``'s calls to every member are kept: absolute, members read it."""
+        return storage.absolute(storage.join(self.run_dir, "actors", f"{pool}.each"))
+
+    def save_each_log(self, pool: str) -> None:
+        try:
+            write_each_log(self.each_path(pool), self.pool_logs[pool])
+        except OSError as exc:
+            raise self.error(pool, f"cannot write {self.each_path(pool)}: {exc.strerror or exc}") from None
 
     def snapshot_path(self, actor: str) -> str:
         """Where actor ``actor`` keeps its snapshot: absolute, since workers read it too."""
@@ -615,6 +651,7 @@ class Driver:
                 env[node] = self.materialize(value)
         actors = {actor: {"next_seq": log.next_seq, "snapshot": log.snapshot, "log": list(log.entries)}
                   for actor, log in self.logs.items()}
+        actors.update({pool: {"each": list(log)} for pool, log in self.pool_logs.items()})
         record = resuming.Record(
             pipeline=self.ir.info.name, backend=self.backend, fingerprint=self.fingerprint, top_index=self.top_index,
             loop=loop.id, rounds=rounds, done=done, env=env, vars=vars_, actors=actors,
@@ -666,6 +703,11 @@ class Driver:
         raise NotImplementedError
 
     def call_actor(self, actor: str, seq: int, method: str, args: list, kwargs: dict):
+        raise NotImplementedError
+
+    def call_pool(self, pool: str, seq: int, method: str, args: list, kwargs: dict) -> list:
+        """Call ``seq`` on every member of ``pool`` (members replay :meth:`each_path` as
+        they start); the members' answers, member 0 first."""
         raise NotImplementedError
 
     def gather(self, node: str) -> list:

@@ -115,7 +115,7 @@ class RecordWriter:
             return  # a value that cannot be pickled: the previous record stands
         storage.atomic_write(storage.join(self.run_dir, RECORD), data)
         for actor, state in record.actors.items():
-            if state["snapshot"] is not None:
+            if state.get("snapshot") is not None:
                 _prune(storage.join(self.run_dir, "actors"), actor, state["snapshot"])
         self.seconds = time.perf_counter() - start
 
