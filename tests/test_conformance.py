@@ -106,6 +106,9 @@ class Counter:
 class Doubler:
     def __init__(self, k=2):
         self.k = k
+    def set_k(self, k):
+        old, self.k = self.k, k
+        return [old, k]
     def run(self, items):
         return [x * self.k for x in items]
 
@@ -292,6 +295,16 @@ CASES: dict[str, Case] = {
             }
         }
         sink total = c.history() -> json("out/total.json")""", {"name": "run"}),
+    "pool_each_calls_every_member": Case("""
+        source xs = range(12) partitions 4
+        actor pool ds = m.Doubler(k = 2) x 3
+        repeat 2 as i {
+            value ks = ds.each.set_k(i + 5)
+            sink ks_out = ks -> json("out/ks-{i}.json")
+            sink ys = collect(map_batches ds.run over xs) -> json("out/ys-{i}.json")
+        }
+        ds.each.set_k(1)
+        sink last = collect(map_batches ds.run over xs) -> json("out/last.json")"""),
     "handle_in_stage_schedule_dependent": Case("""
         actor c = m.Counter()
         source xs = range(10) partitions 3

@@ -264,6 +264,9 @@ CASES = [
     Case("round_dataset_sink",
          '    source xs = range(10) partitions 2\n    repeat 2 as i {\n        sink s = xs -> parquet("s-{i}")\n'
          '    }\n', SemanticError, 5, 24, "a parquet sink cannot sit inside `repeat`", "sink it after the loop"),
+    Case("each_on_single_actor",
+         "    actor ps = m.Server()\n    ps.each.weights()\n", SemanticError, 4, 5,
+         "`ps` is a single actor; `.each.` calls every member of a pool", "declare `actor pool ps"),
     Case("when_outside_loop",
          "    source xs = range(10) partitions 2\n    when true {\n        value c = count(xs)\n    }\n",
          SemanticError, 4, 5, "`when` runs its body in some rounds of a loop; here there is no loop",
