@@ -499,7 +499,7 @@ class Driver:
             # The members start from their constructor plus the calls to every member so
             # far (a resumed run: those its record holds; later ones died with the driver).
             self.pool_logs[node] = list(saved["each"]) if saved is not None else []
-            if self.pool_logs[node]:
+            if self.pool_logs[node] or saved is not None:  # resumed: not the dead driver's later calls
                 self.save_each_log(node)
             return self.start_pool(node, op, size)
         self.logs[node] = ReplayLog(op.checkpoint_every)
