@@ -224,3 +224,56 @@ def test_a_resumed_run_still_reports_a_loop_that_stopped_at_its_cap(tmp_path, mo
     assert resume.read("run").done  # the resumed run does not run the loop again
     resumed = pipeline.run(backend="local", params=params, run_dir="run", resume=True)
     assert resumed.capped == ["loop1"] and resumed.rounds == {"loop1": 2}
+
+
+POOL_PIPELINE = '''use m_pool_resume as m
+
+pipeline p(marker: str) {
+    source xs = range(6) partitions 3
+    actor pool ms = m.Member() x 2
+    repeat 5 as r {
+        ms.each.push(r)
+        stage ys = map_batches ms.tag over (map m.step over xs with r = r, marker = marker)
+        sink seen = collect(ys) -> json("out/seen-{r}.json")
+    }
+    sink state = ms.each.history() -> json("out/state.json")
+}
+'''
+
+POOL_MODULE = MODULE + '''
+class Member:
+    def __init__(self):
+        self.pushed = []
+    def push(self, r):
+        self.pushed.append(r)
+    def history(self):
+        return list(self.pushed)
+    def tag(self, items):
+        return [(x, len(self.pushed)) for x in items]
+'''
+
+
+@pytest.mark.parametrize("backend", [b for b in RESUMABLE if "pool_each" in backend_class(b).capabilities])
+def test_a_resumed_pool_replays_its_recorded_calls_to_every_member(backend, tmp_path, monkeypatch):
+    def write(root: Path) -> Path:
+        root.mkdir()
+        (root / "m_pool_resume.py").write_text(POOL_MODULE)
+        (root / "p.pipe").write_text(POOL_PIPELINE)
+        return root / "p.pipe"
+    clean_marker = tmp_path / "clean.marker"
+    clean_marker.touch()
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path / "clean")
+    monkeypatch.chdir(tmp_path / "clean")
+    load(path).run(backend="local", params={"marker": str(clean_marker)}, run_dir="run")
+    expected = _outputs(tmp_path / "clean")
+    assert json.loads(expected["state.json"]) == [[0, 1, 2, 3, 4]] * 2
+
+    root = tmp_path / backend
+    pipeline = load(write(root))
+    monkeypatch.chdir(root)
+    params, options = {"marker": str(tmp_path / f"{backend}.marker")}, engine_options(backend)
+    with pytest.raises(PipelineRuntimeError, match="the run stops here once"):
+        pipeline.run(backend=backend, params=params, run_dir="run", **options)
+    pipeline.run(backend=backend, params=params, run_dir="run", resume=True, **options)
+    assert _outputs(root) == expected  # every member got every push once, also those before the record

@@ -570,7 +570,7 @@ class Driver:
             raise self.user_error(f"{pool}.each.{op.method}", exc, op.span) from None
         if any(isinstance(a, str) and a == SKIPPED for a in answers):
             raise self.error(node, f"call {seq} was not applied again after a restart", op.span)
-        notify(self.progress, "actor_call", pool, seq, op.method, False)
+        notify(self.progress, "actor_call", pool, seq, f"each.{op.method}", False)
         return answers
 
     def each_path(self, pool: str) -> str:
