@@ -29,6 +29,8 @@ class RunResult:
     rounds: dict[str, int] = field(default_factory=dict)
     # `repeat N until c` loops that stopped at their cap N with `c` never true
     capped: list[str] = field(default_factory=list)
+    # sinks inside loops: sink -> every file it wrote, one per round it ran (``files`` has the last)
+    round_files: dict[str, list[str]] = field(default_factory=dict)
     seconds: float = 0.0
     run_dir: str | None = None
     report: str | None = None  # the run's report.html, once kept (pipec.runs.keep)

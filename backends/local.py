@@ -68,6 +68,11 @@ def _explain_block(graph: ir.IR, block: Block, lines: list[str], depth: int) -> 
     for item in block.items:
         if isinstance(item, Block):
             loop = item.loop
+            if loop.when is not None:
+                cond = loop.when.node if isinstance(loop.when, ir.NodeRef) else loop.when.value
+                lines.append(f"{pad}when {cond}:  # {loop.id}, in the rounds where it is true")
+                _explain_block(graph, item, lines, depth + 1)
+                continue
             count = loop.count.value if isinstance(loop.count, ir.Lit) else loop.count.node
             extra = f" until {loop.until.node if isinstance(loop.until, ir.NodeRef) else loop.until.value}" \
                 if loop.until is not None else ""
@@ -346,9 +351,19 @@ class LocalDriver(Driver):
         kwargs = {k: self.value(v) for k, v in op.kwargs.items()}
         try:
             self.pools[node] = [cls(*args, **kwargs) for _ in range(size)]
+            for seq, method, a, k in self.pool_logs.get(node, []):  # a resumed run's calls so far
+                for member in self.pools[node]:
+                    getattr(member, method)(*a, **k)
         except Exception as exc:
             raise self.user_error(node, exc, op.span) from None
         return self.pools[node]
+
+    def call_pool(self, pool: str, seq: int, method: str, args: list, kwargs: dict) -> list:
+        answers = []
+        for member in self.pools[pool]:  # each member gets its own copy, as over a wire
+            a, k = self.roundtrip((args, kwargs), pool, "a pool call's arguments", None)
+            answers.append(self.roundtrip(getattr(member, method)(*a, **k), pool, f"the result of {method}()", None))
+        return answers
 
     def call_actor(self, actor: str, seq: int, method: str, args: list, kwargs: dict):
         args, kwargs = self.roundtrip((args, kwargs), actor, "an actor call's arguments", None)

@@ -390,6 +390,10 @@ class Builder:
         if binding.region == self.region.id:
             self.fail(f"`{name}` is rebound in the block that declares it", stmt.name.span,
                       "declare the var before the `repeat` that updates it", code="rebind-in-declaring-block")
+        if self.loops[self.region.id].when is not None:
+            self.fail(f"`{name}` is rebound inside a `when` block", stmt.name.span,
+                      "a var takes one new value per round: compute it in the loop body, e.g. "
+                      "`x = m.pick(cond, new, x)`", code="rebind-in-when")
         if name in self.region.rebound:
             self.fail(f"`{name}` is rebound twice in one round", stmt.name.span,
                       "compute the final value once and rebind it once", code="rebind-twice")
@@ -433,7 +437,7 @@ class Builder:
         typed = self._expr(stmt.call)
         if typed.shape == ir.VALUE and isinstance(typed.operand, ir.NodeRef):
             op = self.ir.op(typed.operand.node)
-            if isinstance(op, ir.ActorCall):
+            if isinstance(op, (ir.ActorCall, ir.PoolCall)):
                 return
         self.fail("only an actor call can stand alone as a statement", stmt.span,
                   "give the result a name: `value x = ...`", code="bare-expression")
@@ -452,7 +456,8 @@ class Builder:
                       stmt.count.span, "declare the parameter as `int`", code="type-mismatch")
         else:
             self._param_at_least(count, 0, "`repeat`", stmt.count.span)
-        loop_id = f"loop{len(self.loops) + 1}"
+        # `when` regions share the table but not the numbering: loop ids stay as they were.
+        loop_id = f"loop{sum(1 for loop in self.loops.values() if loop.when is None) + 1}"
         outer = self.region
         self.region = Region(loop_id, outer)
         try:
@@ -480,6 +485,31 @@ class Builder:
         finally:
             self.region = outer
 
+    def _stmt_when(self, stmt: ast.When) -> None:
+        if self.region.id is None:
+            self.fail("`when` runs its body in some rounds of a loop; here there is no loop", stmt.span,
+                      "put it inside `repeat`, or drop the condition: outside a loop everything runs once",
+                      code="when-outside-loop")
+        when_id = f"when{sum(1 for loop in self.loops.values() if loop.when is not None) + 1}"
+        cond = self._guard(self._expr, stmt.cond, f"{when_id}/cond")
+        operand = ir.Lit(value=False)
+        if cond is not None:
+            if cond.shape != ir.VALUE:
+                self._guard(self._shape_error, cond, ir.VALUE, stmt.cond, "`when` needs a boolean value")
+            elif cond.py_type not in (bool, None):
+                self.error(f"`when` needs a boolean, and this is {_a(cond.py_type.__name__)}", stmt.cond.span,
+                           "compare it, e.g. `when i % 10 == 0`", code="type-mismatch")
+            else:
+                operand = cond.operand
+        outer = self.region
+        self.loops[when_id] = ir.Loop(id=when_id, parent=outer.id, count=ir.Lit(value=1), when=operand,
+                                      span=ir.SpanModel.of(stmt.span))
+        self.region = Region(when_id, outer)
+        try:
+            self._block(stmt.body)
+        finally:
+            self.region = outer
+
     def _stmt_sink(self, stmt: ast.Sink) -> None:
         typed = self._expr(stmt.expr, name=f"{stmt.name.text}/value")
         if typed.shape not in (ir.COLLECTION, ir.VALUE):
@@ -494,17 +524,82 @@ class Builder:
             if fmt in ir.DATASET_FORMATS and typed.shape != ir.COLLECTION:
                 self.fail(f"a {fmt} sink writes a collection (a dataset folder, one file per partition)",
                           stmt.expr.span, "write a single value with `-> json(...)`", code="wrong-kind")
-            target = self._expr(stmt.target)
+            target = self._sink_path(stmt)
             self._expect_value(target, stmt.target, str)
             path = target.operand
         source = self._materialise(typed, f"{stmt.name.text}/value", stmt.expr.span)
         if self.region.id is not None:
-            self.error("a sink is written once, after the pipeline; it cannot sit inside `repeat`", stmt.span,
-                       "declare a `var` before the loop, rebind it inside, and sink it after", code="sink-in-loop")
+            self._round_sink(stmt, fmt, path)
         node = self._add(stmt.name.text, ir.Sink(input=ir.NodeRef(node=source), format=fmt, path=path,
                                                  span=ir.SpanModel.of(stmt.span), name=stmt.name.text))
         self._define(stmt.name.text, stmt.name.span, "sink", node, ir.EFFECT)
         self.sinks.append(node)
+
+    def _sink_path(self, stmt: ast.Sink) -> Typed:
+        """A sink's path; a string literal's ``{name}`` fields name values in scope (a
+        round index, a parameter), filled in each time the sink is written."""
+        target = constants.unparen(stmt.target)
+        if not (isinstance(target, ast.Literal) and isinstance(target.value, str)) or "{" not in target.raw \
+                and "}" not in target.raw:
+            return self._expr(stmt.target)
+        fields: dict[str, ir.Lit | ir.NodeRef] = {}
+        for name, at in _template_fields(target.raw):
+            width = 1 if name.startswith("{") or name == "}" else len(name) + 2
+            span = Span(target.span.line, target.span.column + at, target.span.line,
+                        target.span.column + at + width, target.span.start + at, target.span.start + at + width)
+            if not name.isidentifier():
+                message = ("an unclosed `{` in the sink path" if name.startswith("{") else
+                           "a `}` without its `{` in the sink path" if name == "}" else
+                           f"`{{{name}}}` in the sink path is not a name")
+                self.fail(message, span, "a field names a round index or a parameter, e.g. `{i}`; write `{{` and "
+                                         "`}}` for braces", code="bad-path-template")
+            binding = self.region.lookup(name)
+            if binding is None:
+                hint = did_you_mean(name, {n for n in self.region.visible()
+                                           if self.region.lookup(n).shape == ir.VALUE})
+                self.fail(f"`{{{name}}}` in the sink path names nothing", span,
+                          hint or "a field names a round index (`repeat N as i`), a parameter or a value",
+                          code="undefined-name")
+            if binding.kind == "broken":
+                raise Abort
+            if binding.shape != ir.VALUE:
+                self.fail(f"`{{{name}}}` names a {binding.kind}; a sink path takes values", span, code="wrong-kind")
+            fields[name] = ir.NodeRef(node=binding.node)
+        try:
+            _template_fields(target.raw)
+            text = target.value.format_map({k: "" for k in fields})
+        except (ValueError, KeyError, IndexError) as exc:
+            self.fail(f"cannot read the sink path's fields: {exc}", target.span, code="bad-path-template")
+        if not fields:
+            return Typed(ir.Lit(value=text), ir.VALUE, py_type=str)
+        node = self._add(f"{stmt.name.text}/path", ir.Format(template=target.value, fields=fields,
+                                                              span=ir.SpanModel.of(target.span)))
+        return Typed(ir.NodeRef(node=node), ir.VALUE, py_type=str)
+
+    def _round_sink(self, stmt: ast.Sink, fmt: str | None, path) -> None:
+        """A sink inside a loop writes one file per round: it needs a file format, and a
+        path naming the index of every `repeat` around it, so no round overwrites another."""
+        if fmt is None:
+            self.fail("a sink inside `repeat` writes a file each round, and this one has no file", stmt.span,
+                      'give it one, e.g. `-> json("out/eval-{i}.json")`, or declare a `var` before the loop, '
+                      "rebind it inside, and sink it after", code="round-sink-without-file")
+        if fmt in ir.DATASET_FORMATS:
+            self.fail(f"a {fmt} sink cannot sit inside `repeat`", stmt.format.span,
+                      "write the round's result with `-> json(...)` or `-> jsonl(...)`, or sink it after the loop",
+                      code="round-dataset-sink")
+        named = set(self.ir.op(path.node).fields.values()) if isinstance(path, ir.NodeRef) and \
+            isinstance(self.ir.op(path.node), ir.Format) else set()
+        named = {operand.node for operand in named}
+        region = self.region.id
+        while region is not None:
+            loop = self.loops[region]
+            if loop.when is None and (loop.index is None or loop.index not in named):
+                index = self.ir.op(loop.index).name if loop.index else None
+                hint = (f"name the round in the path, e.g. `{{{index}}}`" if index else
+                        f"name the round with `repeat ... as i` (line {loop.span.line}) and write `{{i}}` in the path")
+                self.fail("a sink inside `repeat` writes a file per round, and its path does not name the round",
+                          stmt.target.span, hint, code="round-sink-path")
+            region = loop.parent
 
     # ---- expressions
 
@@ -624,12 +719,15 @@ class Builder:
 
     def _actor_call(self, expr: ast.Call, actor: Binding, name) -> Typed:
         parts = expr.func.parts
+        if len(parts) == 3 and parts[1] == "each":
+            return self._pool_call(expr, actor, name)
         if len(parts) != 2:
             self.fail("an actor method call is `actor.method(...)`", expr.func.span, code="bad-method-call")
         method = parts[1]
         if actor.pool:
             self.fail(f"`{parts[0]}` is an actor pool; its members serve stages", expr.func.span,
-                      f"use it as `map_batches {expr.func.text} over xs`, or declare a single actor",
+                      f"use it as `map_batches {expr.func.text} over xs`, call every member with "
+                      f"`{parts[0]}.each.{method}(...)`, or declare a single actor",
                       code="pool-called-directly")
         info = self.signatures.class_info(actor.actor_class)
         self.signatures.check_method(info, actor.actor_class, method, expr.func.span, call=expr)
@@ -645,6 +743,25 @@ class Builder:
             if stage != node:
                 self.ir.add_order(stage, node)
         return Typed(ir.NodeRef(node=node), ir.VALUE)
+
+    def _pool_call(self, expr: ast.Call, actor: Binding, name) -> Typed:
+        """``pool.each.method(...)``: every member, in program order, numbered per pool."""
+        pool_name, _, method = expr.func.parts
+        if not actor.pool:
+            self.fail(f"`{pool_name}` is a single actor; `.each.` calls every member of a pool", expr.func.span,
+                      f"call it as `{pool_name}.{method}(...)`, or declare `actor pool {pool_name} = ... x N`",
+                      code="each-without-pool")
+        info = self.signatures.class_info(actor.actor_class)
+        self.signatures.check_method(info, actor.actor_class, method, expr.func.span, call=expr)
+        args = [self._value_arg(a) for a in expr.args]
+        kwargs = {k.name.text: self._value_arg(k.value) for k in expr.kwargs}
+        seq = self.actor_seq.get(actor.node, 0)
+        self.actor_seq[actor.node] = seq + 1
+        node = self._add(name or f"{pool_name}.each.{method}", ir.PoolCall(
+            pool=ir.NodeRef(node=actor.node), method=method, args=args, kwargs=kwargs, seq=seq,
+            span=ir.SpanModel.of(expr.span)))
+        self._after_actor_use(actor.node, node)
+        return Typed(ir.NodeRef(node=node), ir.VALUE, py_type=list)
 
     def _after_actor_use(self, actor: str, node: str) -> None:
         previous = self.last_actor_use.get(actor)
@@ -928,6 +1045,30 @@ class Builder:
 
 
 # ---- helpers ------------------------------------------------------------------------------
+
+
+def _template_fields(raw: str) -> list[tuple[str, int]]:
+    """The ``{name}`` fields of a string literal's source text ``raw`` (quotes included),
+    each with its offset in ``raw``; ``{{`` and ``}}`` are braces. An unclosed field comes
+    back with the text after its ``{`` (never an identifier)."""
+    out, i = [], 1
+    while i < len(raw) - 1:
+        ch = raw[i]
+        if ch in "{}" and raw[i + 1:i + 2] == ch:
+            i += 2
+            continue
+        if ch == "{":
+            end = raw.find("}", i)
+            if end < 0 or end >= len(raw) - 1:
+                out.append(("{" + raw[i + 1:-1], i))
+                break
+            out.append((raw[i + 1:end], i))
+            i = end + 1
+            continue
+        if ch == "}":
+            out.append(("}", i))
+        i += 1
+    return out
 
 
 def _a(word: str) -> str:

@@ -14,6 +14,7 @@ FEATURES: dict[str, str] = {
     "actor_checkpoint": "actor checkpoints (`checkpoint every N calls`)",
     "actor_pool": "actor pools serving stages (`actor pool ... x N`)",
     "actor_handle": "an actor handle passed into a stage (`with name = actor`)",
+    "pool_each": "calls to every member of an actor pool (`pool.each.method(...)`)",
     "loop": "loops (`repeat`)",
     "loop_until": "conditional loops (`repeat N until ...`)",
     "var": "loop variables (`var`)",
@@ -41,6 +42,8 @@ def features_used(graph: ir.IR) -> dict[str, list[ir.SpanModel | None]]:
             if any(graph.edge_kind(src, node, port) == "actor"
                    for port, src in op.inputs() if port.startswith("bindings.")):
                 need("actor_handle", op)
+        elif isinstance(op, ir.PoolCall):
+            need("pool_each", op)
         elif isinstance(op, (ir.ReduceByKey, ir.GroupByKey, ir.Join, ir.Distinct)):
             need("keyed", op)
         elif isinstance(op, ir.Var):

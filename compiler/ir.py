@@ -23,7 +23,7 @@ from typing import Annotated, Any, ClassVar, Iterator, Literal, Union
 from typing import TYPE_CHECKING
 
 # The models' base: pydantic's API, without pydantic's import cost (see compiler/model.py).
-from pipec.compiler.model import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pipec.compiler.model import BaseModel, ConfigDict, Field, TypeAdapter, model_serializer, model_validator
 
 if TYPE_CHECKING:  # networkx loads when the graph is first asked for (IR.graph)
     import networkx as nx
@@ -168,6 +168,16 @@ class Expr(Op):
     operator: Literal["+", "-", "*", "/", "//", "%", "**", "==", "!=", "<", "<=", ">", ">=",
                       "and", "or", "not", "neg", "pos", "list"]
     operands: list[Operand]
+
+
+class Format(Op):
+    """A sink path with fields filled in: ``"out/eval-{i}.json"``. ``template`` is the
+    user's text (``{{``/``}}`` stand for braces); ``fields`` the values it names, in order
+    of first appearance."""
+
+    op: Literal["format"] = "format"
+    template: str
+    fields: dict[str, Operand] = {}
 
 
 class RoundIndex(Op):
@@ -359,6 +369,19 @@ class ActorCall(Op):
     seq: int = Field(ge=0)
 
 
+class PoolCall(Op):
+    """``pool.each.method(...)``: a graph-level call to every member of an actor pool, in
+    program order, applied once per member (``seq`` per pool); its value is the list of
+    the members' answers, member 0 first."""
+
+    op: Literal["pool_call"] = "pool_call"
+    pool: NodeRef
+    method: str
+    args: list[Operand] = []
+    kwargs: dict[str, Operand] = {}
+    seq: int = Field(ge=0)
+
+
 # ---- loop variables and sinks ------------------------------------------------------------
 
 
@@ -406,8 +429,8 @@ def is_dataset_sink(op: Op) -> bool:
 
 
 AnyOp = Annotated[
-    Union[Param, Const, Call, Expr, RoundIndex, Source, Elementwise, ReduceByKey, GroupByKey,
-          Join, UnionAll, Distinct, Reduce, Collect, Count, Top, Actor, ActorCall, Var, Rebind, Sink,
+    Union[Param, Const, Call, Expr, Format, RoundIndex, Source, Elementwise, ReduceByKey, GroupByKey,
+          Join, UnionAll, Distinct, Reduce, Collect, Count, Top, Actor, ActorCall, PoolCall, Var, Rebind, Sink,
           CollectMap, Take, SortBy, Sample, ZipWithIndex],
     Field(discriminator="op"),
 ]
@@ -415,7 +438,9 @@ _OP_ADAPTER = TypeAdapter(AnyOp)
 
 
 class Loop(Model):
-    """A ``repeat`` region: at most ``count`` rounds, stopping early when ``until`` is true."""
+    """A ``repeat`` region: at most ``count`` rounds, stopping early when ``until`` is true;
+    or a ``when`` region (``when`` set): its body runs once, in each round of the loop
+    around it where that value is true (``count`` is 1)."""
 
     id: str
     parent: str | None = None
@@ -423,6 +448,15 @@ class Loop(Model):
     index: str | None = None  # RoundIndex node
     until: Operand | None = None
     span: SpanModel | None = None
+    when: Operand | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_when(self, handler):
+        # A `repeat` serialises as before `when` existed: its IR (and the goldens) unchanged.
+        data = handler(self)
+        if data.get("when") is None:
+            data.pop("when", None)
+        return data
 
 
 class PipelineInfo(Model):

@@ -30,9 +30,9 @@ def unused_results(graph: ir.IR, loops: Mapping[str, ir.Loop], name_spans: Mappi
     actor call, no var and no loop's count or condition (``loops``); ``name_spans`` says
     where each node was named, for the warning's caret."""
     useful: set[str] = set()
-    roots = [n for n, op in graph.items() if isinstance(op, (ir.Sink, ir.ActorCall, ir.Rebind))]
+    roots = [n for n, op in graph.items() if isinstance(op, (ir.Sink, ir.ActorCall, ir.PoolCall, ir.Rebind))]
     for loop in loops.values():
-        for operand in (loop.until, loop.count):
+        for operand in (loop.until, loop.count, loop.when):
             if isinstance(operand, ir.NodeRef):
                 roots.append(operand.node)
     stack = list(roots)

@@ -21,7 +21,8 @@ A model gets, as with pydantic:
   :class:`ValidationError`, a ``ValueError`` that names the model and the field;
 * frozen instances (``model_config = ConfigDict(frozen=True)``), ``==`` by type and
   fields, ``hash``, the same ``repr``, pickling;
-* ``model_dump(mode="python" | "json")``, ``model_copy(update=...)`` (not validated,
+* ``model_dump(mode="python" | "json")`` (shaped by a ``@model_serializer(mode="wrap")``
+  method where the model has one), ``model_copy(update=...)`` (not validated,
   as in pydantic), ``model_validate(data)``, ``model_fields``;
 * ``TypeAdapter(T).validate_python(data)`` for a type that is not a model (the tagged
   union of every op, for :meth:`pipec.compiler.ir.IR.from_json`).
@@ -40,7 +41,7 @@ import typing
 from typing import Annotated, Any, Callable, ClassVar, Literal, Union, get_args, get_origin
 
 __all__ = ["BaseModel", "ConfigDict", "Field", "FieldInfo", "TypeAdapter", "ValidationError",
-           "field_validator", "model_validator"]
+           "field_validator", "model_serializer", "model_validator"]
 
 _MISSING = object()
 
@@ -108,6 +109,14 @@ def field_validator(*fields: str, mode: str = "after"):
     return lambda fn: _Marked(f"field_{mode}", fn, fields)
 
 
+def model_serializer(*, mode: str):
+    """``mode="wrap"``: ``fn(self, handler)`` gives the model's dumped form;
+    ``handler(self)`` is the default one (a dict of the dumped fields) to adjust."""
+    if mode != "wrap":
+        raise TypeError(f"unsupported model_serializer mode {mode!r}")
+    return lambda fn: _Marked("serializer", fn)
+
+
 class _Invalid(Exception):
     """Raised by a value check; the model turns it into a ValidationError with the field."""
 
@@ -165,8 +174,7 @@ class BaseModel:
     def model_dump(self, *, mode: str = "python") -> dict:
         """The fields as a dict, nested models as dicts; ``mode="json"`` gives only JSON
         types (lists for tuples and sets, None for an infinite or NaN float)."""
-        json = mode == "json"
-        return {k: _dump(v, json) for k, v in self.__dict__.items()}
+        return _dump_model(self, mode == "json")
 
     def __setattr__(self, name, value):
         if _Schema.of(type(self)).frozen:
@@ -232,6 +240,8 @@ class _Schema:
         marked = [m for klass in reversed(cls.__mro__) for m in klass.__dict__.values() if isinstance(m, _Marked)]
         self.before = [functools.partial(m.fn, cls) for m in marked if m.kind == "model_before"]
         self.after = [m.fn for m in marked if m.kind == "model_after"]
+        serializers = [m.fn for m in marked if m.kind == "serializer"]
+        self.serializer = serializers[-1] if serializers else None  # the subclass's wins
         self.fields: dict[str, FieldInfo] = {}
         self.template: dict[str, Any] = {}  # name -> default, in field order
         self.mutable: list[str] = []  # defaults copied for each instance
@@ -519,9 +529,16 @@ def _container(origin, args: tuple, module) -> Callable:
     return sequence
 
 
+def _dump_model(model: "BaseModel", json: bool):
+    def handler(m):
+        return {k: _dump(v, json) for k, v in m.__dict__.items()}
+    serializer = _Schema.of(type(model)).serializer
+    return handler(model) if serializer is None else serializer(model, handler)
+
+
 def _dump(value, json: bool):
     if isinstance(value, BaseModel):
-        return {k: _dump(v, json) for k, v in value.__dict__.items()}
+        return _dump_model(value, json)
     if isinstance(value, list):
         return [_dump(v, json) for v in value]
     if isinstance(value, tuple):

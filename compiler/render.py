@@ -181,7 +181,7 @@ def _look(op: ir.Op) -> tuple[str, str]:
         return "cylinder", "sink"
     if isinstance(op, (ir.Var, ir.Rebind)):
         return ("box" if op.var_shape == ir.COLLECTION else "ellipse"), "var"
-    if isinstance(op, ir.ActorCall):
+    if isinstance(op, (ir.ActorCall, ir.PoolCall)):
         return "ellipse", "actor_call"
     if op.node_shape == ir.COLLECTION:
         return "box", "stage"
@@ -200,6 +200,8 @@ def _describe(graph: ir.IR, op: ir.Op) -> list[str]:
         return [_expr_text(graph, op, 0)]
     if isinstance(op, ir.RoundIndex):
         return [f"round index of {op.of_loop}"]
+    if isinstance(op, ir.Format):
+        return [_literal(op.template)]
     if isinstance(op, ir.Source):
         what = op.fn.dotted if op.fn is not None else op.kind
         lines = [f"source {what}" + (" sharded" if op.sharded else "")]
@@ -233,6 +235,8 @@ def _describe(graph: ir.IR, op: ir.Op) -> list[str]:
         return lines
     if isinstance(op, ir.ActorCall):
         return [f"{_call_text(graph, op, 0)}, call #{op.seq}"]
+    if isinstance(op, ir.PoolCall):
+        return [f"{_call_text(graph, op, 0)}, call #{op.seq} on every member"]
     if isinstance(op, ir.Var):
         return [f"var {op.var_shape}"]
     if isinstance(op, ir.Rebind):
@@ -302,6 +306,8 @@ def _edge_label(port: str, kind: str) -> str:
 
 
 def _loop_label(graph: ir.IR, loop: ir.Loop) -> str:
+    if loop.when is not None:
+        return f"when {_operand(graph, loop.when)}"
     text = f"repeat {_operand(graph, loop.count)}"
     if loop.index is not None:
         index = graph.op(loop.index) if loop.index in graph.graph else None
@@ -349,10 +355,12 @@ def _operand(graph: ir.IR, operand, depth: int = 0) -> str:
     op = graph.op(node)
     if isinstance(op, (ir.Var, ir.Rebind)) and op.name:
         return op.name  # `total@loop2` is the var `total` as this round left it
+    if isinstance(op, ir.Format):
+        return _literal(op.template)
     if isinstance(op, ir.Expr):
         text = _expr_text(graph, op, depth + 1)
         return f"({text})" if op.operator in _BINARY else text
-    if isinstance(op, ir.ActorCall):
+    if isinstance(op, (ir.ActorCall, ir.PoolCall)):
         return _call_text(graph, op, depth + 1)
     if isinstance(op, ir.Call):
         return f"{op.fn.dotted}({_arguments(graph, op.args, op.kwargs, depth + 1)})"
@@ -372,8 +380,9 @@ def _expr_text(graph: ir.IR, op: ir.Expr, depth: int) -> str:
     return f" {op.operator} ".join(items)
 
 
-def _call_text(graph: ir.IR, op: ir.ActorCall, depth: int) -> str:
-    return f"{op.actor.node}.{op.method}({_arguments(graph, op.args, op.kwargs, depth)})"
+def _call_text(graph: ir.IR, op: ir.ActorCall | ir.PoolCall, depth: int) -> str:
+    callee = f"{op.pool.node}.each" if isinstance(op, ir.PoolCall) else op.actor.node
+    return f"{callee}.{op.method}({_arguments(graph, op.args, op.kwargs, depth)})"
 
 
 def _arguments(graph: ir.IR, args, kwargs, depth: int = 0) -> str:

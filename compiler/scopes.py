@@ -76,6 +76,8 @@ class LaterNames:
                 if stmt.index:
                     self.stmts.setdefault(stmt.index.text, stmt)
                 self.collect(stmt.body)
+            if isinstance(stmt, ast.When):
+                self.collect(stmt.body)
 
     def explain(self, name: str, span: Span, rebinding: bool, report: Reporter) -> None:
         """Fail (record the error and raise Abort) when ``name``, undefined at ``span``, is
@@ -116,7 +118,7 @@ class LaterNames:
 
     def _statement_at(self, span: Span):
         for stmt in self.stmts.values():
-            if not isinstance(stmt, ast.Repeat) and stmt.span.start <= span.start < stmt.span.end:
+            if not isinstance(stmt, (ast.Repeat, ast.When)) and stmt.span.start <= span.start < stmt.span.end:
                 return stmt
         return None
 

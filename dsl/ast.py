@@ -212,7 +212,16 @@ class Sink:
     span: Span
 
 
-Stmt = Union[Defaults, Source, Stage, Value, Var, Rebind, Actor, CallStmt, Repeat, Sink]
+@dataclass(frozen=True, slots=True)
+class When:
+    """``when cond { ... }`` inside a loop: the body runs in the rounds where ``cond`` is true."""
+
+    cond: Expr
+    body: tuple["Stmt", ...]
+    span: Span
+
+
+Stmt = Union[Defaults, Source, Stage, Value, Var, Rebind, Actor, CallStmt, Repeat, Sink, When]
 
 
 @dataclass(frozen=True, slots=True)

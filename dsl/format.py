@@ -291,6 +291,9 @@ class _Printer:
                     head += f" until {format_expr(s.until)}"
                 body = [self._stmt(b) for b in s.body]
                 return self._block(s, head, (s.count, s.index, s.until), body)
+            case ast.When():
+                body = [self._stmt(b) for b in s.body]
+                return self._block(s, f"when {format_expr(s.cond)}", (s.cond,), body)
             case ast.Actor():
                 head = f"actor {'pool ' if s.pool else ''}{s.name.text} = {_call(s.ctor)}"
                 if s.size is not None:

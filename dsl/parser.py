@@ -140,6 +140,11 @@ class _ToAst:
     def sink_stmt(self, meta, name, expr, fmt, target):
         return ast.Sink(_name(name), expr, _name(fmt) if fmt else None, target, _span(meta))
 
+    def when_stmt(self, meta, cond, *body):
+        node = ast.When(cond, tuple(body), _span(meta))
+        parts = [getattr(stmt, slot) for stmt in body for slot in stmt.__slots__]
+        return self._nest(node, cond, *body, *parts)
+
     # ---- options
 
     def restarts_opt(self, meta, n):
@@ -428,7 +433,7 @@ _EXPRESSION_KEYWORDS = ("ELEMENTWISE", "REDUCER", "GROUP_BY_KEY", "NOT")
 
 # The words that open a statement (the compiler refuses a var called like one, since
 # `value = ...` is a `value` statement missing its name), and their terminals.
-STATEMENT_KEYWORDS = ("source", "stage", "value", "var", "actor", "repeat", "sink", "defaults")
+STATEMENT_KEYWORDS = ("source", "stage", "value", "var", "actor", "repeat", "sink", "defaults", "when")
 _STATEMENT_TERMINALS = frozenset(word.upper() for word in STATEMENT_KEYWORDS)
 
 _STATEMENT_HINT = ("a statement starts with " + ", ".join(f"`{word}`" for word in STATEMENT_KEYWORDS)

@@ -38,3 +38,25 @@ class ParameterServer:
         self.w = self.w - self.rate * grad / n
         self.updates += 1
         return self.updates
+
+
+def make_held_out(rows: int, features: int, seed: int, batch: int = 500):
+    """Rows of the same model as ``make_batches(seed=seed)`` (the same w_true), drawn
+    afresh: data the training never sees, for evaluation."""
+    w_true = np.random.default_rng(seed).normal(size=features)
+    rng = np.random.default_rng([seed, 1])
+    X = rng.normal(size=(rows, features))
+    y = X @ w_true + 0.01 * rng.normal(size=rows)
+    return [(X[i:i + batch], y[i:i + batch]) for i in range(0, rows, batch)]
+
+
+def squared_error(batch, weights):
+    """The sum of squared residuals over one batch, and its row count."""
+    X, y = batch
+    r = X @ weights - y
+    return float(r @ r), len(y)
+
+
+def mean(total):
+    """A (sum, count) pair's mean."""
+    return total[0] / total[1]

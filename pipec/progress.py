@@ -39,8 +39,9 @@ class Names:
         if node not in self.ir.graph:
             return node
         op = self.ir.op(node)
-        if isinstance(op, ir.ActorCall):
-            call = f"{op.actor.node}.{op.method}()"
+        if isinstance(op, (ir.ActorCall, ir.PoolCall)):
+            call = (f"{op.pool.node}.each.{op.method}()" if isinstance(op, ir.PoolCall)
+                    else f"{op.actor.node}.{op.method}()")
             owner = node.split("/")[0]
             return f"{call} for {owner}" if "/" in node and owner in self.ir.graph else call
         kind = ("source" if isinstance(op, ir.Source) else "actor" if isinstance(op, ir.Actor) else

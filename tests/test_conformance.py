@@ -106,6 +106,9 @@ class Counter:
 class Doubler:
     def __init__(self, k=2):
         self.k = k
+    def set_k(self, k):
+        old, self.k = self.k, k
+        return [old, k]
     def run(self, items):
         return [x * self.k for x in items]
 
@@ -293,6 +296,32 @@ CASES: dict[str, Case] = {
         value total = reduce m.add over (map m.scale over xs with factor = factor)
         sink out = [total, name, flag] -> json("out/out.json")""",
         {"n": 9, "parts": 4, "factor": 0.25, "name": "run", "flag": True}),
+    "when_blocks_and_round_sinks": Case("""
+        actor c = m.Counter()
+        source xs = range(7) partitions 3
+        repeat 5 as i {
+            c.add(i)
+            when i % 2 == 0 {
+                value s = reduce m.add over (map m.scale over xs with factor = i)
+                sink every_other = [s, c.value()] -> json("out/{name}-{i}.json")
+                repeat 2 as j {
+                    when j > 0 and c.done(4) {
+                        sink inner = collect(map m.scale over xs with factor = i + j) -> jsonl("out/in-{i}-{j}.jsonl")
+                    }
+                }
+            }
+        }
+        sink total = c.history() -> json("out/total.json")""", {"name": "run"}),
+    "pool_each_calls_every_member": Case("""
+        source xs = range(12) partitions 4
+        actor pool ds = m.Doubler(k = 2) x 3
+        repeat 2 as i {
+            value ks = ds.each.set_k(i + 5)
+            sink ks_out = ks -> json("out/ks-{i}.json")
+            sink ys = collect(map_batches ds.run over xs) -> json("out/ys-{i}.json")
+        }
+        ds.each.set_k(1)
+        sink last = collect(map_batches ds.run over xs) -> json("out/last.json")"""),
     "handle_in_stage_schedule_dependent": Case("""
         actor c = m.Counter()
         source xs = range(10) partitions 3
@@ -420,11 +449,12 @@ def test_missing_text_file_is_reported_at_its_source(backend, tmp_path, monkeypa
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "local"])
 def test_examples_identical_to_local(backend, example, workdir):
     params = {"train": {"rows": 4_000, "epochs": 4}, "infer": {"n": 500}, "kmeans": {"points": 300},
-              "digits": {"epochs": 4}}.get(example, {})
+              "digits": {"epochs": 4}, "evaluate": {"rows": 4_000, "epochs": 8}}.get(example, {})
     got = {}
     for b in ("local", backend):
         result = load(Path("examples") / f"{example}.pipe").run(backend=b, params=params, **engine_options(b))
         got[b] = {name: outputs(path) for name, path in result.files.items()}
+        got[b].update({path: outputs(path) for paths in result.round_files.values() for path in paths})
     assert got[backend] == got["local"]
 
 

@@ -676,3 +676,40 @@ def test_top_from_partition_candidates_is_top_of_everything():
         assert got == expected, (trial, parts, n, order)
 
 
+
+
+def test_a_lost_pool_member_is_re_created_with_the_calls_to_every_member(kill_client, write_pipe, tmp_path,
+                                                                         monkeypatch):
+    path = write_pipe("""
+use m_pool_each_kill as m
+pipeline p() {
+    source xs = range(40) partitions 8
+    actor pool ds = m.Versioned() x 2 { restarts 2 }
+    value first = ds.each.reload(7)
+    stage ys = map_batches ds.run over xs
+    sink out = collect(ys)
+    sink answers = first
+    sink after = ds.each.state()
+}""", m_pool_each_kill="""
+import time
+class Versioned:
+    def __init__(self):
+        self.version, self.reloads = 0, 0
+    def reload(self, version):
+        self.version, self.reloads = version, self.reloads + 1
+        return self.reloads
+    def state(self):
+        return [self.version, self.reloads]
+    def run(self, items):
+        time.sleep(0.25)
+        return [(x, self.version) for x in items]
+""")
+    monkeypatch.chdir(tmp_path)
+    killed: list = []
+    plan = load(path).lower("dask", client=kill_client)
+    result = plan.run(progress=_kill_during(kill_client, "ys", "ds-member-0@", killed))
+    assert killed
+    assert "member 0 of actor pool `ds` was lost" in plan.last_driver.events[0]
+    assert result.outputs["answers"] == [1, 1]
+    assert result.outputs["out"] == [(x, 7) for x in range(40)]  # the re-created member replayed reload(7)
+    assert result.outputs["after"] == [[7, 1], [7, 1]]

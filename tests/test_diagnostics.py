@@ -250,7 +250,37 @@ CASES = [
          SemanticError, 4, 20, "`until` needs a boolean, and this is an int", "compare it"),
     Case("sink_inside_repeat",
          "    source xs = range(10) partitions 2\n    repeat 2 {\n        sink s = collect(xs)\n    }\n",
-         SemanticError, 5, 9, "a sink is written once", "declare a `var` before the loop"),
+         SemanticError, 5, 9, "a sink inside `repeat` writes a file each round, and this one has no file",
+         "declare a `var` before the loop"),
+    Case("round_sink_path_without_index",
+         '    source xs = range(10) partitions 2\n    repeat 2 as i {\n        sink s = collect(xs) -> json("s.json")\n'
+         '    }\n', SemanticError, 5, 38, "its path does not name the round", "e.g. `{i}`"),
+    Case("round_sink_loop_without_index",
+         '    source xs = range(10) partitions 2\n    repeat 2 {\n        sink s = collect(xs) -> json("s.json")\n'
+         '    }\n', SemanticError, 5, 38, "its path does not name the round", "`repeat ... as i` (line 4)"),
+    Case("path_field_names_nothing",
+         '    source xs = range(10) partitions 2\n    repeat 2 as i {\n        sink s = collect(xs) -> json("s-{j}.json")\n'
+         '    }\n', SemanticError, 5, 41, "`{j}` in the sink path names nothing", "a round index"),
+    Case("path_field_unclosed",
+         '    source xs = range(10) partitions 2\n    sink s = collect(xs) -> json("s-{i.json")\n',
+         SemanticError, 4, 37, "an unclosed `{` in the sink path", "write `{{`"),
+    Case("round_dataset_sink",
+         '    source xs = range(10) partitions 2\n    repeat 2 as i {\n        sink s = xs -> parquet("s-{i}")\n'
+         '    }\n', SemanticError, 5, 24, "a parquet sink cannot sit inside `repeat`", "sink it after the loop"),
+    Case("each_on_single_actor",
+         "    actor ps = m.Server()\n    ps.each.weights()\n", SemanticError, 4, 5,
+         "`ps` is a single actor; `.each.` calls every member of a pool", "declare `actor pool ps"),
+    Case("when_outside_loop",
+         "    source xs = range(10) partitions 2\n    when true {\n        value c = count(xs)\n    }\n",
+         SemanticError, 4, 5, "`when` runs its body in some rounds of a loop; here there is no loop",
+         "put it inside `repeat`"),
+    Case("when_not_boolean",
+         "    source xs = range(10) partitions 2\n    repeat 2 as i {\n        when i + 1 {\n"
+         '            sink s = collect(xs) -> json("s-{i}.json")\n        }\n    }\n',
+         SemanticError, 5, 14, "`when` needs a boolean, and this is an int", "compare it"),
+    Case("rebind_in_when",
+         "    var v = 0\n    repeat 2 as i {\n        when i == 0 {\n            v = v + 1\n        }\n    }\n"
+         "    sink s = v\n", SemanticError, 6, 13, "`v` is rebound inside a `when` block", "compute it in the loop body"),
 
     # ---- options -----------------------------------------------------------------------
     Case("duplicate_option",

@@ -48,6 +48,31 @@ def check_train(workdir):
     np.testing.assert_allclose(got, w, rtol=1e-9, atol=1e-12)
 
 
+def check_evaluate(workdir):
+    import numpy as np
+    from examples.linreg import make_batches, make_held_out
+
+    rows, epochs, rate, every, save = 4_000, 8, 0.1, 3, 4
+    result = _run("evaluate", rows=rows, epochs=epochs, rate=rate, every=every, save=save)
+    batches, held = make_batches(rows, 10, 0), make_held_out(2_000, 10, 0)
+    X, y = np.vstack([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
+    Xh, yh = np.vstack([b[0] for b in held]), np.concatenate([b[1] for b in held])
+    w, evals, saved = np.zeros(10), {}, {}
+    for epoch in range(epochs):
+        w = w - rate * (X.T @ (X @ w - y)) / len(y)
+        if (epoch + 1) % every == 0:
+            evals[f"out/eval-{epoch}.json"] = [epoch + 1, float(np.mean((Xh @ w - yh) ** 2))]
+        if (epoch + 1) % save == 0:
+            saved[f"out/weights-{epoch}.json"] = w
+    assert result.round_files == {"eval": list(evals), "checkpoint": list(saved)}
+    for path, (n, error) in evals.items():
+        got = json.loads(Path(path).read_text())
+        assert got[0] == n and math.isclose(got[1], error, rel_tol=1e-9)
+    for path, weights in saved.items():
+        np.testing.assert_allclose(json.loads(Path(path).read_text()), weights, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(json.loads(Path(result.files["weights"]).read_text()), w, rtol=1e-9, atol=1e-12)
+
+
 def check_wordcount(workdir):
     result = _run("wordcount", n=7)
     got = json.loads(Path(result.files["top_words"]).read_text())
@@ -168,8 +193,8 @@ def check_ranking(workdir):
     assert 0.1 < len(kept) / len(lines) < 0.3
 
 
-CHECKS = {"digits": check_digits, "train": check_train, "wordcount": check_wordcount, "infer": check_infer,
-          "pagerank": check_pagerank, "kmeans": check_kmeans, "ranking": check_ranking}
+CHECKS = {"digits": check_digits, "evaluate": check_evaluate, "train": check_train, "wordcount": check_wordcount,
+          "infer": check_infer, "pagerank": check_pagerank, "kmeans": check_kmeans, "ranking": check_ranking}
 
 
 @pytest.mark.parametrize("name", sorted(CHECKS))

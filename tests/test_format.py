@@ -425,6 +425,17 @@ def test_empty_pipeline_and_loops():
     assert fmt("pipeline p(){\n# only a comment\n}") == "pipeline p() {\n    # only a comment\n}\n"
 
 
+def test_when_blocks_round_sink_paths_and_pool_calls():
+    src = ('pipeline p(n: int = 2){actor pool ms = m.M() x 2\nrepeat n as i{ms.each.reload(i)\n'
+           'when i%2==0 and i>0{# evaluate\nsink e=ms.each.state()->json("out/e-{i}.json") # every other\n}}}')
+    out = fmt(src)
+    assert out == ('pipeline p(n: int = 2) {\n    actor pool ms = m.M() x 2\n    repeat n as i {\n'
+                   '        ms.each.reload(i)\n        when i % 2 == 0 and i > 0 { # evaluate\n'
+                   '            sink e = ms.each.state() -> json("out/e-{i}.json") # every other\n'
+                   '        }\n    }\n}\n')
+    assert fmt(out) == out
+
+
 # ---- where comments go ----------------------------------------------------------------------
 
 

@@ -65,6 +65,6 @@ def test_every_ast_span_is_a_position_lark_gives(tree_parser, path):
     while stack:
         stmt = stack.pop()
         body.append((stmt.span.start, stmt.span.end, stmt.span.line, stmt.span.column))
-        if isinstance(stmt, ast.Repeat):
+        if isinstance(stmt, (ast.Repeat, ast.When)):  # blocks: their statements too
             stack.extend(stmt.body)
     assert sorted(body) == starts

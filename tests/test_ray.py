@@ -591,3 +591,41 @@ def test_a_real_head_node_runs_an_example(workdir, tmp_path_factory):
             proc.kill()
         shutil.rmtree(temp_dir, ignore_errors=True)  # the session's logs and sockets
     assert not alive, [p.pid for p in alive]
+
+
+VERSIONED = """
+import os
+class Versioned:
+    def __init__(self, marker):
+        self.marker, self.version, self.reloads = marker, 0, 0
+    def reload(self, version):
+        self.version, self.reloads = version, self.reloads + 1
+        return self.reloads
+    def state(self):
+        return [self.version, self.reloads]
+    def run(self, items, partition):
+        if partition == 2 and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os._exit(1)  # after the reload: Ray restarts the member from its constructor
+        return [(x, self.version) for x in items]
+"""
+
+
+def test_a_pool_member_restarted_by_ray_replays_the_calls_to_every_member(write_pipe, tmp_path):
+    marker = tmp_path / "died"
+    path = write_pipe(f"""use ray_t_versioned as m
+pipeline p() {{
+    source xs = range(12) partitions 4
+    actor pool models = m.Versioned(marker = "{marker}") x 2 {{ restarts 1 }}
+    value first = models.each.reload(7)
+    stage ys = map_batches models.run over xs
+    sink out = collect(ys)
+    sink answers = first
+    sink after = models.each.state()
+}}
+""", ray_t_versioned=VERSIONED)
+    result = load(path).run(backend="ray", **_ray_options())
+    assert marker.exists(), "the pool member never died"
+    assert result.outputs["answers"] == [1, 1]
+    assert result.outputs["out"] == [(x, 7) for x in range(12)]  # the restarted member has version 7 again
+    assert result.outputs["after"] == [[7, 1], [7, 1]]  # reload applied once to each member's state

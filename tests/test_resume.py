@@ -10,6 +10,7 @@ Parquet dataset sink written after it."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,150 @@ def test_a_record_resumes_only_on_the_backend_that_wrote_it(tmp_path, monkeypatc
         pipeline.run(backend="local", params=params, run_dir="run")
     with pytest.raises(UsageError, match="ran on backend `local`"):
         pipeline.run(backend="dask", params=params, run_dir="run", resume=True, **engine_options("dask"))
+
+
+ROUND_PIPELINE = '''use m_resume as m
+
+pipeline p(marker: str, rounds: int = 6, tag: str = "acc") {
+    source xs = range(12) partitions 3
+    var ys = map m.one over xs
+    actor acc = m.Acc() { checkpoint every 2 calls }
+    repeat rounds as r {
+        ys = map m.step over ys with r = r, marker = marker
+        acc.add(reduce m.add over ys)
+        sink snap = acc.history() -> json("out/{tag}-{r}.json")
+        when r % 2 == 1 {
+            sink odd = collect(ys) -> jsonl("out/odd-{r}.jsonl")
+        }
+    }
+    sink calls = acc.history() -> json("out/calls.json")
+}
+'''
+
+
+@pytest.mark.parametrize("backend", RESUMABLE)
+def test_round_files_are_written_once_each_across_a_resume(backend, tmp_path, monkeypatch):
+    clean_root = tmp_path / "clean"
+    clean_marker = tmp_path / "clean.marker"
+    clean_marker.touch()
+    path = _write(clean_root)
+    path.write_text(ROUND_PIPELINE)
+    monkeypatch.chdir(clean_root)
+    load(path).run(backend="local", params={"marker": str(clean_marker)}, run_dir="run")
+    expected = _outputs(clean_root)
+    assert sorted(expected) == ["acc-0.json", "acc-1.json", "acc-2.json", "acc-3.json", "acc-4.json", "acc-5.json",
+                                "calls.json", "odd-1.jsonl", "odd-3.jsonl", "odd-5.jsonl"]
+
+    root = tmp_path / backend
+    path = _write(root)
+    path.write_text(ROUND_PIPELINE)
+    pipeline = load(path)
+    monkeypatch.chdir(root)
+    params = {"marker": str(tmp_path / f"{backend}.marker")}
+    options = engine_options(backend)
+    with pytest.raises(PipelineRuntimeError, match="the run stops here once"):
+        pipeline.run(backend=backend, params=params, run_dir="run", **options)
+    # The rounds before the failure committed their files as they went (and nothing else).
+    before = {p.name: p.stat() for p in (root / "out").iterdir()}
+    assert sorted(before) == ["acc-0.json", "acc-1.json", "acc-2.json", "odd-1.jsonl"]
+    resumed = pipeline.run(backend=backend, params=params, run_dir="run", resume=True, **options)
+    assert _outputs(root) == expected
+    for name, stat in before.items():  # not written again
+        now = (root / "out" / name).stat()
+        assert (now.st_ino, now.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns), name
+    assert resumed.round_files["snap"] == [f"out/acc-{r}.json" for r in range(6)]
+    assert not [p for p in (root / "out").iterdir() if p.name.startswith(".")]  # no hidden leftovers
+
+
+def test_a_round_file_logged_but_not_moved_is_finished_by_the_resumed_run(tmp_path, monkeypatch):
+    from pipec.backends.runtime.sinks import RoundFiles
+    run_dir, target = tmp_path / "run", tmp_path / "out" / "eval-3.json"
+    target.parent.mkdir()
+    dead = RoundFiles(str(run_dir), "dead")
+    import pipec.backends.runtime.sinks as sinks
+
+    def killed(*args):  # the driver dies between the log and the move
+        raise KeyboardInterrupt
+    with monkeypatch.context() as patch:
+        patch.setattr(sinks.storage, "move", killed)
+        with pytest.raises(KeyboardInterrupt):
+            dead.write("eval", {"round": 3}, "json", str(target), False)
+    assert not target.exists()
+    resumed = RoundFiles(str(run_dir), "resumed")
+    assert resumed.recover() == {"eval": [str(target)]}
+    assert json.loads(target.read_text()) == {"round": 3}
+    assert resumed.write("eval", {"round": 3}, "json", str(target), False) is False  # the round ran again: skipped
+    assert [p.name for p in target.parent.iterdir()] == ["eval-3.json"]
+    with pytest.raises(FileExistsError):  # another sink (or round) writing the same file is an error
+        resumed.write("other", 1, "json", str(target), False)
+
+
+def test_a_resumed_run_still_reports_a_loop_that_stopped_at_its_cap(tmp_path, monkeypatch):
+    root = tmp_path / "capped"
+    path = _write(root)
+    path.write_text(PIPELINE.replace("repeat rounds as r {", "repeat 2 until acc.add(0) > 100 {\n        value r = 0")
+                    .replace("pipeline p(marker: str, rounds: int = 6)", "pipeline p(marker: str)")
+                    .replace("    sink table = map m.row over ys -> parquet(\"out/ys\")\n",
+                             "    value boom = m.step(0, 3, marker)\n    sink late = boom -> json(\"out/late.json\")\n"))
+    monkeypatch.chdir(root)
+    monkeypatch.setattr("pipec.backends.runtime.driver.RECORD_BUDGET", 1e9)  # a record after every round
+    pipeline, params = load(path), {"marker": str(tmp_path / "marker")}
+    with pytest.raises(PipelineRuntimeError, match="the run stops here once"):  # after the loop ended
+        pipeline.run(backend="local", params=params, run_dir="run")
+    from pipec.backends.runtime import resume
+    assert resume.read("run").done  # the resumed run does not run the loop again
+    resumed = pipeline.run(backend="local", params=params, run_dir="run", resume=True)
+    assert resumed.capped == ["loop1"] and resumed.rounds == {"loop1": 2}
+
+
+POOL_PIPELINE = '''use m_pool_resume as m
+
+pipeline p(marker: str) {
+    source xs = range(6) partitions 3
+    actor pool ms = m.Member() x 2
+    repeat 5 as r {
+        ms.each.push(r)
+        stage ys = map_batches ms.tag over (map m.step over xs with r = r, marker = marker)
+        sink seen = collect(ys) -> json("out/seen-{r}.json")
+    }
+    sink state = ms.each.history() -> json("out/state.json")
+}
+'''
+
+POOL_MODULE = MODULE + '''
+class Member:
+    def __init__(self):
+        self.pushed = []
+    def push(self, r):
+        self.pushed.append(r)
+    def history(self):
+        return list(self.pushed)
+    def tag(self, items):
+        return [(x, len(self.pushed)) for x in items]
+'''
+
+
+@pytest.mark.parametrize("backend", [b for b in RESUMABLE if "pool_each" in backend_class(b).capabilities])
+def test_a_resumed_pool_replays_its_recorded_calls_to_every_member(backend, tmp_path, monkeypatch):
+    def write(root: Path) -> Path:
+        root.mkdir()
+        (root / "m_pool_resume.py").write_text(POOL_MODULE)
+        (root / "p.pipe").write_text(POOL_PIPELINE)
+        return root / "p.pipe"
+    clean_marker = tmp_path / "clean.marker"
+    clean_marker.touch()
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path / "clean")
+    monkeypatch.chdir(tmp_path / "clean")
+    load(path).run(backend="local", params={"marker": str(clean_marker)}, run_dir="run")
+    expected = _outputs(tmp_path / "clean")
+    assert json.loads(expected["state.json"]) == [[0, 1, 2, 3, 4]] * 2
+
+    root = tmp_path / backend
+    pipeline = load(write(root))
+    monkeypatch.chdir(root)
+    params, options = {"marker": str(tmp_path / f"{backend}.marker")}, engine_options(backend)
+    with pytest.raises(PipelineRuntimeError, match="the run stops here once"):
+        pipeline.run(backend=backend, params=params, run_dir="run", **options)
+    pipeline.run(backend=backend, params=params, run_dir="run", resume=True, **options)
+    assert _outputs(root) == expected  # every member got every push once, also those before the record

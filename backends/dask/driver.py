@@ -532,9 +532,31 @@ class DaskDriver(PlannedDriver):
         op = record.op
         record.futures[m], record.actors[m] = self._spawn(
             worker.PoolMember,
-            (list(self.ir.info.module_paths()), op.cls.module, op.cls.attr, record.args, record.kwargs, record.next[m]),
+            (list(self.ir.info.module_paths()), op.cls.module, op.cls.attr, record.args, record.kwargs, record.next[m],
+             self.each_path(record.node) if self.pool_logs.get(record.node) else None),
             f"{key_of(record.node)}-member-{m}@{self.tag}.{record.incarnations[m]}", where)
         record.addresses[m] = record.actors[m]._address
+
+    def call_pool(self, pool: str, seq: int, method: str, args: list, kwargs: dict) -> list:
+        record: PoolRecord = self.env[pool]
+        sealed = worker.seal((args, kwargs))
+        answers = []
+        for m in range(len(record.actors)):
+            while True:
+                try:
+                    future = record.actors[m].each(seq, method, sealed)
+                    answers.append(worker.unseal(worker.await_actor(future, record.actors[m], pool, m)))
+                    break
+                except Exception as exc:
+                    if isinstance(exc, worker.ActorLost) or worker.is_lost(exc) or \
+                            isinstance(exc, (OSError, RuntimeError, TimeoutError)) and not \
+                            self._alive(record.actors[m]):
+                        # Re-created from its constructor and the calls to every member so
+                        # far (this one included): it answers this call from that replay.
+                        self._recover(Ref(f"{key_of(pool)}-member-{m}", pool, m))
+                        continue
+                    raise
+        return answers
 
     def call_actor(self, actor: str, seq: int, method: str, args: list, kwargs: dict):
         record: ActorRecord = self.env[actor]

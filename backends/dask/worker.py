@@ -22,7 +22,7 @@ from typing import Sequence
 
 from pipec.backends.physical import steps
 from pipec.backends.runtime import semantics, sources
-from pipec.backends.runtime.actors import VersionedHost
+from pipec.backends.runtime.actors import EachCalls, VersionedHost
 from pipec.backends.runtime.interpreter import (StageFailure, bind, failure, run_elementwise, run_finisher,
                                                 run_segment)
 from pipec.backends.runtime.tasks import ensure_path, resolve
@@ -240,9 +240,11 @@ class PoolMember:
     """One member of an actor pool. Partitions reach it numbered; it serves them in that
     order (the reference backend's order), whatever order the tasks ran in."""
 
-    def __init__(self, roots: list[str], module: str, cls: str, args: list, kwargs: dict, start: int = 0):
+    def __init__(self, roots: list[str], module: str, cls: str, args: list, kwargs: dict, start: int = 0,
+                 each_path: str | None = None):
         ensure_path(roots)
         self.obj = resolve(module, cls)(*args, **kwargs)
+        self.each_calls = EachCalls(self.obj, each_path)  # the calls to every member so far, replayed
         self.next = start  # the number of the next call to serve
         self._cond: asyncio.Condition | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="pipec-pool")
@@ -265,6 +267,13 @@ class PoolMember:
             self.next = max(self.next, seq + 1)
             self._cond.notify_all()
         return result
+
+    async def each(self, seq: int, method: str, sealed: Sealed) -> Sealed:
+        """Call ``seq`` to every member of the pool (see EachCalls), in this member's thread."""
+        def work():
+            args, kwargs = unseal(sealed)
+            return seal(self.each_calls.call(self.obj, seq, method, args, kwargs))
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
 
     async def ping(self) -> bool:
         return True

@@ -38,8 +38,12 @@ def describe(graph: ir.IR, node: str) -> str:
     label = getattr(op, "kind", None) or getattr(op, "operator", None) or op.op
     if isinstance(op, ir.ActorCall):
         return f"{op.actor.node}.{op.method}(#{op.seq})"
+    if isinstance(op, ir.PoolCall):
+        return f"{op.pool.node}.each.{op.method}(#{op.seq})"
     if isinstance(op, ir.Const):
         return repr(op.value)
+    if isinstance(op, ir.Format):
+        return f"path {op.template!r} with {', '.join(op.fields)}"
     parts = [label, callee] if callee else [label]
     text = " ".join(parts)
     return f"{text}({', '.join(ins)})" if ins else text
@@ -53,9 +57,16 @@ def driver_text(plan: PhysicalPlan, mapping: Mapping, node: str) -> str:
         text += mapping.actor_text(op)
     elif isinstance(op, ir.ActorCall):
         text += "  -- numbered, applied exactly once"
+    elif isinstance(op, ir.PoolCall):
+        text += "  -- numbered, applied exactly once to every member"
     elif isinstance(op, ir.Sink):
         text += f" -> {op.format}" if op.format else " -> printed"
     return text
+
+
+def _when_text(loop) -> str:
+    """The condition of a ``when`` region: the node that computes it, or its literal."""
+    return f"`{loop.when.node}`" if isinstance(loop.when, ir.NodeRef) else repr(loop.when.value)
 
 
 def explain(plan: PhysicalPlan, mapping: Mapping) -> str:
@@ -76,6 +87,10 @@ def _explain_steps(plan: PhysicalPlan, mapping: Mapping, steps, lines: list[str]
     for step in steps:
         if isinstance(step, DriverStep):
             lines.append(f"{pad}driver  {driver_text(plan, mapping, step.node)}")
+        elif isinstance(step, LoopStep) and step.block.loop.when is not None:
+            loop = step.block.loop
+            lines.append(f"{pad}when {_when_text(loop)}  # {loop.id}; in the rounds where it is true, runs:")
+            _explain_steps(plan, mapping, step.steps, lines, depth + 1)
         elif isinstance(step, LoopStep):
             loop = step.block.loop
             lines.append(f"{pad}repeat {plan.rounds(loop)}  # {loop.id}; every round runs:")
@@ -115,6 +130,10 @@ def _steps_json(plan: PhysicalPlan, mapping: Mapping, steps) -> list[dict]:
         if isinstance(step, DriverStep):
             out.append({"step": "driver", "node": step.node, "op": plan.ir.op(step.node).op,
                         "does": driver_text(plan, mapping, step.node)})
+        elif isinstance(step, LoopStep) and step.block.loop.when is not None:
+            loop = step.block.loop
+            out.append({"step": "when", "loop": loop.id, "when": _when_text(loop),
+                        "steps": _steps_json(plan, mapping, step.steps)})
         elif isinstance(step, LoopStep):
             loop = step.block.loop
             out.append({"step": "loop", "loop": loop.id, "rounds": plan.rounds(loop),

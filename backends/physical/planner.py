@@ -140,7 +140,7 @@ class Planner:
         self.actors = {n for n, op in graph.items() if isinstance(op, ir.Actor)}
         self.loop_reads: set[str] = set()
         for loop in graph.info.loops.values():
-            for operand in (loop.count, loop.until):
+            for operand in (loop.count, loop.until, loop.when):
                 if isinstance(operand, ir.NodeRef):
                     self.loop_reads.add(operand.node)
         self._numbers = itertools.count(1)
@@ -203,6 +203,8 @@ class Planner:
             return True
         if isinstance(op, ir.ActorCall):
             return any(op.actor.node in self.handles(n) for n in open_nodes)
+        if isinstance(op, ir.PoolCall):  # after the stages its pool serves, in program order
+            return any(getattr(self.ir.op(n), "pool", None) == op.pool for n in open_nodes)
         return False
 
     def handles(self, node: str) -> set[str]:

@@ -490,7 +490,7 @@ class RayDriver(PlannedDriver):
         for i in range(size):
             options = _actor_options(op, f"pipec.{self.ir.info.name}.{node}.{i}.{self.run_id}")
             members.append(self.fns.pool.options(**options).remote(
-                self.paths, node, op.cls.module, op.cls.attr, args, kwargs))
+                self.paths, node, op.cls.module, op.cls.attr, args, kwargs, self.each_path(node)))
         self.pools[node] = members
         return members
 
@@ -521,6 +521,22 @@ class RayDriver(PlannedDriver):
             # from there, with no second put.
             self.puts[node] = (result, self.call_ref)
         return result
+
+    def call_pool(self, pool: str, seq: int, method: str, args: list, kwargs: dict) -> list:
+        ray, answers = self.ray, []
+        for m, member in enumerate(self.pools[pool]):
+            while True:
+                try:
+                    answers.append(ray.get(member.each.remote(seq, method, args, kwargs)))
+                    break
+                except (ray.exceptions.ActorUnavailableError, ray.exceptions.RayActorError):
+                    # Ray restarts the member, which replays the calls to every member
+                    # (this one included) and answers it from that replay.
+                    if not self._alive(member):
+                        raise self.error(pool, f"member {m} of actor pool `{pool}` died and cannot be restarted "
+                                               f"(`restarts {self.ir.op(pool).restarts}`)",
+                                         self.ir.op(pool).span, "give the pool `restarts N`") from None
+        return answers
 
     def call_actor(self, actor: str, seq: int, method: str, args: list, kwargs: dict):
         ray = self.ray

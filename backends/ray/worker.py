@@ -10,7 +10,7 @@ from functools import lru_cache
 
 from pipec.backends.physical import steps as s
 from pipec.backends.runtime import semantics, sources
-from pipec.backends.runtime.actors import VersionedHost
+from pipec.backends.runtime.actors import EachCalls, VersionedHost
 from pipec.backends.runtime.interpreter import Given, StageFailure, failure, run_elementwise, run_finisher
 from pipec.backends.runtime.interpreter import run_segment as interpret
 from pipec.backends.runtime.tasks import ensure_path, resolve
@@ -208,13 +208,23 @@ class ActorServer:
 class PoolMember:
     """One actor of a pool: the user's object, serving one partition per call."""
 
-    def __init__(self, paths: list[str], name: str, module: str, cls: str, args: list, kwargs: dict):
+    def __init__(self, paths: list[str], name: str, module: str, cls: str, args: list, kwargs: dict,
+                 each_path: str | None = None):
         ensure_path(paths)
         self.failed: StageFailure | None = None
         try:
             self.obj = resolve(module, cls)(*args, **kwargs)
+            # Ray restarts a member by running this again: it replays the calls to every
+            # member made so far (the driver writes each one there before sending it).
+            self.each_calls = EachCalls(self.obj, each_path)
         except Exception as exc:
             self.failed = failure(name, None, exc)
+
+    def each(self, seq: int, method: str, args: list, kwargs: dict):
+        """Call ``seq`` to every member of the pool (see EachCalls)."""
+        if self.failed is not None:
+            raise self.failed
+        return self.each_calls.call(self.obj, seq, method, args, kwargs)
 
     def run(self, step: s.Elementwise, partition: int, seq: int, items: list, *values):
         """One partition of a stage served by this member (calls arrive in ``seq`` order)."""

@@ -190,3 +190,39 @@ def last_snapshot(checkpoint_every: int | None, next_seq: int) -> int | None:
     if not checkpoint_every or next_seq < checkpoint_every:
         return None
     return next_seq // checkpoint_every * checkpoint_every - 1
+
+
+class EachCalls:
+    """A pool member's share of the calls made to every member (``pool.each.m(...)``):
+    applied in order, each once. The driver numbers them per pool and keeps them all in a
+    file of the run folder (pools have no snapshots, so a member's state is its
+    constructor plus these calls); a member built, or rebuilt after its process died,
+    replays that file first, so a call made while it was down reaches it too."""
+
+    def __init__(self, obj: Any, path: str | None):
+        self.applied = -1
+        self.last: Any = SKIPPED
+        if path is not None:
+            for seq, method, args, kwargs in read_each_log(path):
+                self.call(obj, seq, method, args, kwargs)
+
+    def call(self, obj: Any, seq: int, method: str, args: list, kwargs: dict) -> Any:
+        """Apply call ``seq`` unless this member applied it already (then its answer, when
+        it was the last, else SKIPPED)."""
+        if seq <= self.applied:
+            return self.last if seq == self.applied else SKIPPED
+        result = getattr(obj, method)(*args, **kwargs)
+        self.applied, self.last = seq, result
+        return result
+
+
+def read_each_log(path: str) -> list[tuple[int, str, list, dict]]:
+    """The calls to every member of a pool so far, from the run folder (none: [])."""
+    try:
+        return pickle.loads(storage.read_bytes(path))
+    except FileNotFoundError:
+        return []
+
+
+def write_each_log(path: str, entries: list) -> None:
+    storage.atomic_write(path, pickle.dumps(list(entries), protocol=pickle.HIGHEST_PROTOCOL))

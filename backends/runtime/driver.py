@@ -25,8 +25,8 @@ from pipec.backends.base import NoProgress, Progress, RunResult, notify
 from pipec.backends.runtime import datasets, preflight, semantics, sources, storage
 from pipec.backends.runtime import resume as resuming
 from pipec.backends.runtime.interpreter import StageFailure
-from pipec.backends.runtime.actors import SKIPPED, ReplayLog
-from pipec.backends.runtime.sinks import StagedSinks
+from pipec.backends.runtime.actors import SKIPPED, ReplayLog, write_each_log
+from pipec.backends.runtime.sinks import RoundFiles, StagedSinks
 from pipec.backends.runtime.tasks import (ensure_path, failing_element, forget_stale_modules, fn_of, user_frame,
                                           user_traceback)
 
@@ -62,11 +62,13 @@ class Driver:
         self.round_index: dict[str, int] = {}
         self.result = RunResult(backend=self.backend, run_dir=str(self.run_dir))
         self.logs: dict[str, ReplayLog] = {}
+        self.pool_logs: dict[str, list] = {}  # pool -> its calls to every member, in order (never trimmed)
         self._source = source  # the .pipe text for errors; read from the file only when missing
         self.resume = resume
         self.record: resuming.Record | None = None  # what a resumed run continues from
         self.records = resuming.RecordWriter(self.run_dir)
         self.sinks = StagedSinks(self.run_dir, self.run_id)  # committed together at the end
+        self.round_files = RoundFiles(self.run_dir, self.run_id)  # sinks in loops: committed per round
         self._recorded_at, self._record_cost = 0.0, 0.0  # when the last record was made, what it cost
         self.top_index = 0  # the top-level item running now
         self._preflown = False
@@ -217,6 +219,9 @@ class Driver:
     def run_loop(self, block: Block, first: int = 0) -> None:
         """Rounds ``first`` .. of a loop (``first`` > 0 when a resumed run continues it)."""
         loop = block.loop
+        if loop.when is not None:
+            self.run_when(block)
+            return
         count = self.value(loop.count)
         if not isinstance(count, int) or isinstance(count, bool) or count < 0:
             raise self.error(loop.id, f"`repeat` needs a non-negative integer count, got {count!r}", loop.span)
@@ -248,6 +253,16 @@ class Driver:
             if done:
                 break
         self.result.rounds[loop.id] = rounds
+
+    def run_when(self, block: Block) -> None:
+        """A ``when`` block: its body runs once, in this round, if its condition is true."""
+        loop = block.loop
+        cond = self.value(loop.when)
+        if not isinstance(cond, bool):
+            raise self.error(loop.id, f"`when` must give true or false, got {type(cond).__name__}", loop.span,
+                             "compare it, e.g. `when i % 10 == 0`")
+        if cond:
+            self.run_block(Block(None, block.items))
 
     def until(self, loop: ir.Loop) -> bool:
         """Whether a `repeat ... until` loop stops after the round just run."""
@@ -343,6 +358,13 @@ class Driver:
 
     def op_const(self, node: str, op: ir.Const):
         return op.value
+
+    def op_format(self, node: str, op: ir.Format):
+        values = {name: self.value(operand) for name, operand in op.fields.items()}
+        try:
+            return op.template.format_map(values)
+        except Exception as exc:
+            raise self.error(node, f"cannot fill in the sink path: {type(exc).__name__}: {exc}", op.span) from None
 
     def op_round_index(self, node: str, op: ir.RoundIndex):
         return self.round_index[op.of_loop]
@@ -447,6 +469,8 @@ class Driver:
             self.result.outputs[node] = value
             return value
         path = self.value(op.path)
+        if op.loop is not None:
+            return self.write_round_file(node, op, value, path, is_collection)
         try:
             written = self.sinks.stage(value, op.format, path, is_collection)
         except (TypeError, ValueError) as exc:
@@ -455,6 +479,23 @@ class Driver:
             raise self.error(node, f"cannot write {path}: {exc.strerror or exc}", op.span) from None
         self.result.files[node] = str(written)
         return str(written)
+
+    def write_round_file(self, node: str, op: ir.Sink, value, path: str, is_collection: bool) -> str:
+        """A sink inside a loop: this round's file, committed now (see RoundFiles)."""
+        try:
+            fresh = self.round_files.write(node, value, op.format, path, is_collection)
+        except FileExistsError:
+            raise self.error(node, f"{path} was written in an earlier round of this run", op.span,
+                             "name every round index in the path, e.g. `{i}`") from None
+        except (TypeError, ValueError) as exc:
+            raise self.error(node, f"cannot write {op.format}: {exc}", op.span) from None
+        except OSError as exc:
+            raise self.error(node, f"cannot write {path}: {exc.strerror or exc}", op.span) from None
+        self.result.files[node] = path
+        if fresh:
+            self.result.round_files.setdefault(node, []).append(path)
+            notify(self.progress, "sink_written", node, path)
+        return path
 
     def sink_dataset(self, node: str, op: ir.Sink) -> str:
         """A dataset sink after its tasks wrote the parts (a planned backend's graph did,
@@ -473,6 +514,12 @@ class Driver:
     def op_actor(self, node: str, op: ir.Actor):
         if op.pool_size is not None:
             size = self.value(op.pool_size)
+            saved = self.record.actors.get(node) if self.record is not None else None
+            # The members start from their constructor plus the calls to every member so
+            # far (a resumed run: those its record holds; later ones died with the driver).
+            self.pool_logs[node] = list(saved["each"]) if saved is not None else []
+            if self.pool_logs[node] or saved is not None:  # resumed: not the dead driver's later calls
+                self.save_each_log(node)
             return self.start_pool(node, op, size)
         self.logs[node] = ReplayLog(op.checkpoint_every)
         saved = self.record.actors.get(node) if self.record is not None else None
@@ -526,6 +573,35 @@ class Driver:
         notify(self.progress, "actor_call", actor, seq, op.method, False)
         return result
 
+    def op_pool_call(self, node: str, op: ir.PoolCall):
+        pool = op.pool.node
+        args = [self.value(a) for a in op.args]
+        kwargs = {k: self.value(v) for k, v in op.kwargs.items()}
+        log = self.pool_logs[pool]
+        seq = len(log)
+        log.append((seq, op.method, args, kwargs))
+        self.save_each_log(pool)  # before any member applies it: one restarted meanwhile replays it
+        try:
+            answers = self.call_pool(pool, seq, op.method, args, kwargs)
+        except PipelineRuntimeError:
+            raise
+        except Exception as exc:
+            raise self.user_error(f"{pool}.each.{op.method}", exc, op.span) from None
+        if any(isinstance(a, str) and a == SKIPPED for a in answers):
+            raise self.error(node, f"call {seq} was not applied again after a restart", op.span)
+        notify(self.progress, "actor_call", pool, seq, f"each.{op.method}", False)
+        return answers
+
+    def each_path(self, pool: str) -> str:
+        """Where pool ``pool``'s calls to every member are kept: absolute, members read it."""
+        return storage.absolute(storage.join(self.run_dir, "actors", f"{pool}.each"))
+
+    def save_each_log(self, pool: str) -> None:
+        try:
+            write_each_log(self.each_path(pool), self.pool_logs[pool])
+        except OSError as exc:
+            raise self.error(pool, f"cannot write {self.each_path(pool)}: {exc.strerror or exc}") from None
+
     def snapshot_path(self, actor: str) -> str:
         """Where actor ``actor`` keeps its snapshot: absolute, since workers read it too."""
         return storage.absolute(storage.join(self.run_dir, "actors", f"{actor}.snapshot"))
@@ -550,6 +626,8 @@ class Driver:
                 self.record = record
                 self.result.files.update(record.files)
                 self.result.outputs.update(record.outputs)
+                self.result.round_files.update(self.round_files.recover())
+                self.result.capped.extend(getattr(record, "capped", []))
                 return
         resuming.clear(self.run_dir)
         storage.make_folder(self.run_dir)  # the run folder exists from the start
@@ -592,10 +670,12 @@ class Driver:
                 env[node] = self.materialize(value)
         actors = {actor: {"next_seq": log.next_seq, "snapshot": log.snapshot, "log": list(log.entries)}
                   for actor, log in self.logs.items()}
+        actors.update({pool: {"each": list(log)} for pool, log in self.pool_logs.items()})
         record = resuming.Record(
             pipeline=self.ir.info.name, backend=self.backend, fingerprint=self.fingerprint, top_index=self.top_index,
             loop=loop.id, rounds=rounds, done=done, env=env, vars=vars_, actors=actors,
-            loops_done=dict(self.result.rounds), files=dict(self.result.files), outputs=dict(self.result.outputs))
+            loops_done=dict(self.result.rounds), files=dict(self.result.files), outputs=dict(self.result.outputs),
+            capped=list(self.result.capped))
         try:
             self.records.write(record)
         except OSError as exc:
@@ -642,6 +722,11 @@ class Driver:
         raise NotImplementedError
 
     def call_actor(self, actor: str, seq: int, method: str, args: list, kwargs: dict):
+        raise NotImplementedError
+
+    def call_pool(self, pool: str, seq: int, method: str, args: list, kwargs: dict) -> list:
+        """Call ``seq`` on every member of ``pool`` (members replay :meth:`each_path` as
+        they start); the members' answers, member 0 first."""
         raise NotImplementedError
 
     def gather(self, node: str) -> list:

@@ -96,6 +96,11 @@ def _known(graph: ir.IR, params: dict[str, Any], operand) -> Any:
         return params.get(operand.node, _UNKNOWN)
     if isinstance(op, ir.Const):
         return op.value
+    if isinstance(op, ir.Format):  # a sink path with fields: known when they all are (not a round index)
+        fields = {k: _known(graph, params, o) for k, o in op.fields.items()}
+        if any(v is _UNKNOWN for v in fields.values()):
+            return _UNKNOWN
+        return op.template.format_map(fields)
     if isinstance(op, ir.Expr):
         values = [_known(graph, params, o) for o in op.operands]
         if any(v is _UNKNOWN for v in values):

@@ -64,6 +64,7 @@ class Record:
     files: dict[str, str] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
     format: int = FORMAT
+    capped: list[str] = field(default_factory=list)  # loops that stopped at their cap, `until` never true
 
 
 def fingerprint(graph: ir.IR, params: dict[str, Any]) -> str:
@@ -114,7 +115,7 @@ class RecordWriter:
             return  # a value that cannot be pickled: the previous record stands
         storage.atomic_write(storage.join(self.run_dir, RECORD), data)
         for actor, state in record.actors.items():
-            if state["snapshot"] is not None:
+            if state.get("snapshot") is not None:
                 _prune(storage.join(self.run_dir, "actors"), actor, state["snapshot"])
         self.seconds = time.perf_counter() - start
 

@@ -137,6 +137,60 @@ class StagedSinks:
         storage.atomic_write(storage.join(self.run_dir, MANIFEST), json.dumps(sorted(listed)))
 
 
+ROUND_MARK = ".pipec-round-"
+ROUND_LOG = "resume/round-files.json"  # relative to the run folder; a fresh run clears it
+
+
+class RoundFiles:
+    """The files that sinks inside loops write, one per round, each committed as soon as
+    its round computes it and written exactly once per run, also across ``--resume``.
+
+    A file is rendered in full under a hidden name beside its target, then listed in the
+    run folder's log (target -> that name), then moved onto its target. A driver killed
+    before the log names it leaves a hidden file that nothing lists (the round runs again
+    on resume and writes it); killed after, the resumed run finishes the move
+    (:meth:`recover`); either way the target is written once, whole. A resumed run that
+    runs a round again skips the files the log holds (the round computes the same bytes:
+    every backend is deterministic and actor calls are applied exactly once)."""
+
+    def __init__(self, run_dir: str, run_id: str):
+        self.run_dir, self.run_id = str(run_dir), run_id
+        self.log: dict[str, list[str]] = {}  # target (as given) -> [hidden name, sink node]
+        self.recovered: set[str] = set()  # targets an earlier driver of this run committed
+
+    def recover(self) -> dict[str, list[str]]:
+        """A resumed run: finish the moves the dead driver logged; returns the files it
+        committed, per sink node, in the order they were written."""
+        try:
+            self.log = json.loads(storage.read_text(storage.join(self.run_dir, ROUND_LOG)))
+        except (OSError, ValueError):
+            self.log = {}
+        by_node: dict[str, list[str]] = {}
+        for path, (tmp, node) in self.log.items():
+            if storage.exists(tmp):
+                storage.move(tmp, _target(path))
+            self.recovered.add(path)
+            by_node.setdefault(node, []).append(path)
+        return by_node
+
+    def write(self, node: str, value, fmt: str, path: str, is_collection: bool) -> bool:
+        """Commit round file ``path`` of sink ``node``; False when an earlier driver of
+        this run committed it already. Raises FileExistsError for a path this run wrote
+        in an earlier round (two rounds must not write one file)."""
+        if path in self.log:
+            if path in self.recovered and self.log[path][1] == node:
+                return False
+            raise FileExistsError(path)
+        data = render_sink(value, fmt, is_collection)
+        target = _target(path)
+        tmp = storage.join(storage.parent(target), f".{storage.name(target)}{ROUND_MARK}{self.run_id}.tmp")
+        storage.atomic_write(tmp, data)
+        self.log[path] = [tmp, node]
+        storage.atomic_write(storage.join(self.run_dir, ROUND_LOG), json.dumps(self.log, sort_keys=True))
+        storage.move(tmp, target)
+        return True
+
+
 def _target(path: str) -> str:
     """Where sink ``path`` is written: a local path with its symlinks resolved (the link's
     target is replaced, the link stays), a URL as it is."""

@@ -62,6 +62,9 @@ class Rdd:
     rdd: Any
     parts: int
     data: list | None = None
+    # Whether ``rdd`` is made from ``data`` (from_driver), not from a lineage that may read
+    # a round's broadcasts: only such an RDD outlives the round that brought it back.
+    sent: bool = False
 
 
 # The plan's task bodies (physical.planner.BODIES) on Spark: the tasks of one segment (or
@@ -328,7 +331,7 @@ class SparkDriver(PlannedDriver):
             rdd = self.sc.parallelize(parts, len(parts)).flatMap(worker.unblock, preservesPartitioning=True)
         except Exception as exc:
             raise self._unpicklable(node, exc) from None
-        return Rdd(rdd, len(parts), parts)
+        return Rdd(rdd, len(parts), parts, sent=True)
 
     def broadcast(self, ref: Ref, value):
         """The broadcast of the value of ``ref``, made once while the value stays the
@@ -450,8 +453,10 @@ class SparkDriver(PlannedDriver):
     def _brought_back(self, var: str) -> Rdd:
         """Collection ``var`` as partitions the driver holds, sent to Spark again from there."""
         held = self.env[var]
-        if held.data is not None:
+        if held.sent:
             return held
+        if held.data is not None:  # gathered this round (`collect(ys)`): its lineage dies with the round
+            return self.from_driver(var, held.data)
         return self.from_driver(var, self.job(var, held.rdd.glom(), held.parts))
 
     def var_partitions(self, var: str) -> list[list]:

@@ -117,7 +117,7 @@ class SparkBackend(Backend):
     name = "spark"
     description = ("Apache Spark (PySpark RDDs): fused stage passes, keyed shuffles, actors hosted "
                    "in the driver, resumable runs; needs Java 17+")
-    capabilities = frozenset(FEATURES) - {"actor_handle"}
+    capabilities = frozenset(FEATURES) - {"actor_handle", "pool_each"}
     engine_module, extra = "pyspark", "spark"
     gap_hints = {
         "actor_handle": (
@@ -125,6 +125,11 @@ class SparkBackend(Backend):
             "task cannot call into the driver while it runs. Call the actor at graph level instead "
             "(`value w = ps.weights()`, then `with weights = w`), or run this pipeline on an engine "
             "with actors (`pipec backends` lists them)"),
+        "pool_each": (
+            "Spark builds a pool's members lazily, one in each Python worker process it happens to use, "
+            "so a pool has no fixed set of members to call and collect answers from. Run this pipeline on "
+            "an engine with actors (`pipec backends` lists them), or pass what the members need as a stage "
+            "binding (`with path = p`)"),
     }
 
     def __init__(self, address: str | None = None, ui: bool | None = None):

@@ -238,6 +238,13 @@ class _Indexer:
                 self._expr(stmt.until)
             self.scopes.pop()
             self.regions.pop()
+        elif isinstance(stmt, ast.When):
+            self._expr(stmt.cond)
+            self.scopes.append({})
+            self.regions.append(stmt.span)
+            self._block(stmt.body)
+            self.scopes.pop()
+            self.regions.pop()
         elif isinstance(stmt, ast.Sink):
             self._expr(stmt.expr)
             if stmt.format is not None:

@@ -226,6 +226,9 @@ def _statements(body, text: str) -> list[Symbol]:
         elif isinstance(stmt, ast.Repeat):
             head = text[stmt.span.start:stmt.span.end].split("{", 1)[0].strip()
             out.append(Symbol(head, "loop", "Namespace", stmt.span, stmt.span, _statements(stmt.body, text)))
+        elif isinstance(stmt, ast.When):
+            head = text[stmt.span.start:stmt.span.end].split("{", 1)[0].strip()
+            out.append(Symbol(head, "condition", "Namespace", stmt.span, stmt.span, _statements(stmt.body, text)))
         elif isinstance(stmt, ast.CallStmt):
             out.append(Symbol(stmt.call.func.text + "(...)", "actor call", "Method", stmt.span,
                               stmt.call.func.span, []))
