@@ -319,3 +319,9 @@ def outputs_of(terminal: Terminal | None) -> int:
     if isinstance(terminal, Branches):
         return int(terminal.keep) + sum(outputs_of(t) for _, t in terminal.branches)
     return 1
+
+
+def pick(outputs, output: int, buckets: int | None = None):
+    """One output of a task with several (``outputs``, see :func:`outputs_of`): output
+    number ``output``, or with ``buckets`` (a split's) the list of that many from there."""
+    return outputs[output] if buckets is None else list(outputs[output:output + buckets])
