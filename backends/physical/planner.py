@@ -677,6 +677,22 @@ class StepLowering:
         if not scan.plan.branches:
             self._close_scan(scan)
 
+    def _data_first(self, place: str, keys: list[str]) -> None:
+        """Move the data keys among ``keys`` that were added after ``place`` (a branch's
+        binding, shipped from the driver) to just before it: the scan's tasks read them."""
+        order = list(self.specs)
+        late = [k for k in keys if k in self.specs and self.specs[k] is not None and self.specs[k].data is not None
+                and order.index(k) > order.index(place)]
+        if not late:
+            return
+        specs = {}
+        for key, spec in self.specs.items():
+            if key == place:
+                specs.update((k, self.specs[k]) for k in late)
+            if key not in late:
+                specs[key] = spec
+        self.specs = specs
+
     def _branch(self, chain: _Chain, terminal, label: str, options) -> list[Ref]:
         """A branch of a shared scan: ``chain``'s stages and ``terminal`` run in the scan's
         tasks; gives the refs of its outputs there, one per partition."""
@@ -704,6 +720,7 @@ class StepLowering:
         res = resources_of(given[0] if given else None)
         segment = steps.Segment(scan.stem, chain.head, tuple(chain.stages), terminal, tuple(chain.names + scan.names))
         body = "merge" if chain.sides is not None else "segment"
+        self._data_first(part_key(scan.stem, 0), [ref.key for ref in chain.refs])
         for i, base in enumerate(chain.inputs):
             middle = (chain.sides,) if chain.sides is not None else (base,)
             self._add(TaskSpec(part_key(scan.stem, i), head, label, body, (segment, i, *middle, *chain.refs),
