@@ -242,6 +242,19 @@ CASES: dict[str, Case] = {
         stage uniq = distinct(union(xs, ys, xs))
         sink a = collect(joined) -> json("out/a.json")
         sink b = collect(uniq) -> json("out/b.json")"""),
+    # One pass over ys feeds the fold, the count and the shuffle's split, and keeps ys
+    # for the sink; sums is kept and feeds the top (see tests/test_scans.py).
+    "shared_scan_feeds_every_reader": Case("""
+        source xs = range(60) partitions 4
+        stage ys = filter m.even over (map m.inc over xs)
+        value total = reduce m.add over ys
+        stage sums = reduce_by_key m.add over (map m.pair over ys)
+        stage squares = map m.square over ys
+        sink a = [total, count(ys), count(squares)] -> json("out/a.json")
+        sink b = top(sums, 2, by = m.neg) -> json("out/b.json")
+        sink c = collect(sums) -> json("out/c.json")
+        sink d = ys -> jsonl("out/d.jsonl")
+        sink e = collect(squares) -> json("out/e.json")"""),
     "top_and_count": Case("""
         source lines = read_text("data.txt") partitions 2
         stage counts = reduce_by_key m.add over (map m.word_pair over (flat_map m.words over lines))

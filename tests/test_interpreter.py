@@ -116,6 +116,17 @@ def test_a_shared_scan_gives_a_one_bucket_split_as_the_bucket_itself():
     assert s.outputs_of(seg.terminal) == 2
 
 
+def test_a_shared_scan_hands_a_table_over_as_it_is_and_each_terminal_reads_its_own_form():
+    # A columnar partition stays a table for the kept output and a dataset part; a count
+    # reads rows, as it would reading the partition from a task of its own.
+    pa = pytest.importorskip("pyarrow")
+    table = pa.table({"id": [1, 2, 3]})
+    seg = s.Segment("xs", s.Input("xs"), terminal=s.Branches("xs", (((), s.Count("n")),), keep=True))
+    kept, n = run_segment(seg, 0, table)
+    assert kept is table and n == 3
+    assert s.pick([kept, n], 1) == 3 and s.pick(["p", 0, 1, 2], 1, 2) == [0, 1]
+
+
 def test_pool_members_come_from_the_engine_and_a_member_that_cannot_be_built_fails_at_the_pool():
     seg = s.Segment("ys", s.Input("xs"), (s.Elementwise("ys", "map_batches", None, pool="models", method="go"),))
     members = Given((), members=lambda pool, method: lambda batch: [(pool, method, len(batch))])

@@ -287,17 +287,27 @@ class DaskDriver(PlannedDriver):
         self.submitted.append([spec.key for spec in specs])
         self._last_specs = task_specs
         futures: dict[str, Any] = {}
+        picks: dict[str, Any] = {}  # a kept output of a shared scan -> its own key's future
         if task_specs:
+            read = {dep for layer in layers.values() for task in layer.values() for dep in task.dependencies}
+            # A shared scan's partition read after this graph gets a key of its own, so
+            # the driver holds just the partition, not every output of the scan's key.
+            kept = {ref.text: ref for node in step.exports for ref in lowering.parts.get(node, ())
+                    if ref.output is not None}
+            if kept:
+                layers[("picks",)] = {name + suffix: Task(name + suffix, worker.pick, TaskRef(ref.key + suffix),
+                                                          ref.output, ref.buckets) for name, ref in kept.items()}
+                annotations[("picks",)] = {}
             names = {sig: f"{sig[0]}-{i}{suffix}" for i, sig in enumerate(layers)}
             hlg = HighLevelGraph({names[sig]: MaterializedLayer(layer, annotations=annotations[sig] or None)
                                   for sig, layer in layers.items()},
                                  {names[sig]: set() for sig in layers})
             keys = [spec.key + suffix for spec in task_specs]
-            submitted = self.client.get(hlg, keys, sync=False)
+            submitted = self.client.get(hlg, keys + [name + suffix for name in kept], sync=False)
             futures = {spec.key: f for spec, f in zip(task_specs, submitted)}
-            read = {dep for layer in layers.values() for task in layer.values() for dep in task.dependencies}
+            picks = dict(zip(kept, submitted[len(keys):]))
             self._wait(step, task_specs, futures, lowering, read)
-        self._keep(step, lowering, futures, aliases)
+        self._keep(step, lowering, futures, aliases, picks)
         self._advance_pools(task_specs)
 
     def _resolve(self, arg, aliases: dict, in_step: dict, suffix: str):
@@ -308,13 +318,15 @@ class DaskDriver(PlannedDriver):
             if arg.key in aliases:
                 return TaskRef(aliases[arg.key].key)
             if arg.key in in_step:
+                if arg.output is not None:
+                    # One output of a shared scan's key, picked inside the reading task
+                    # (no key of its own: nothing more for the scheduler to track).
+                    return Task(None, worker.pick, TaskRef(arg.key + suffix), arg.output, arg.buckets)
                 return TaskRef(arg.key + suffix)
             return TaskRef(self._held(arg).key)
         if isinstance(arg, Arg):
             value = self.value(arg.operand)
             return storage.absolute(value) if arg.path and isinstance(value, str) else value  # URLs as they are
-        if isinstance(arg, Rounds):
-            return tuple(self.round_index.get(loop, 0) for loop in arg.loops)
         if isinstance(arg, Rounds):
             return tuple(self.round_index.get(loop, 0) for loop in arg.loops)
         if isinstance(arg, Seq):
@@ -363,7 +375,7 @@ class DaskDriver(PlannedDriver):
         groups = Counter(spec.group for spec in specs)
         for group, n in groups.items():
             self.progress.stage(group, n)
-        keep = {ref.key for node in step.exports for ref in lowering.parts.get(node, [])}
+        keep = {ref.key for node in step.exports for ref in lowering.parts.get(node, []) if ref.output is None}
         keep |= {lowering.values[node].key for node in step.exports if node in lowering.values}
         start = time.perf_counter()
         done_at: dict[str, float] = {}
@@ -461,9 +473,11 @@ class DaskDriver(PlannedDriver):
             raise self.error(spec.group, f"task {spec.key} was cancelled by the cluster", op.span if op else None)
         raise self.error(spec.group, f"{type(exc).__name__}: {exc}", op.span if op else None) from None
 
-    def _keep(self, step: GraphStep, lowering, futures: dict, aliases: dict) -> None:
+    def _keep(self, step: GraphStep, lowering, futures: dict, aliases: dict, picks: dict) -> None:
         """Hold the futures of what later steps read (the rest is released already)."""
         def future_of(ref: Ref):
+            if ref.text in picks:
+                return picks[ref.text]
             if ref.key in aliases:
                 return aliases[ref.key]
             if ref.key in futures:

@@ -16,8 +16,9 @@ from pipec.backends.physical import explain as explaining
 from pipec.backends.physical.planner import PhysicalPlan
 
 KEY_NOTE = ("each task is a Dask key: `stage-i` is partition i of a stage, a bare name is a value; "
-            "at run time every key gets the suffix @RUN.N (N numbers the graphs submitted), so rounds "
-            "never collide")
+            "a shared scan's key holds its outputs, and `key[name]` (name's output) is picked inside the "
+            "task reading it, or is a key of its own when read after the graph; at run time every key gets "
+            "the suffix @RUN.N (N numbers the graphs submitted), so rounds never collide")
 
 
 class DaskBackend(Backend):

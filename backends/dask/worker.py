@@ -104,10 +104,16 @@ def segment_task(segment: steps.Segment, partition: int, items, *bound):
 
 
 def _sealed(segment: steps.Segment, out):
-    """A task's result as it leaves the worker; a split's buckets sealed one by one."""
-    if isinstance(segment.terminal, steps.Split):
-        return [seal(bucket) for bucket in out]
+    """A task's result as it leaves the worker; a split's buckets, or a shared scan's
+    outputs, sealed one by one (a reader opens only the one it reads)."""
+    if isinstance(segment.terminal, (steps.Split, steps.Branches)):
+        return [seal(output) for output in out]
     return seal(out)
+
+
+def pick(outputs: list, output: int, buckets: int | None = None):
+    """One output of a task with several (see :func:`steps.pick`), sealed as it was."""
+    return steps.pick(outputs, output, buckets)
 
 
 def merge_task(segment: steps.Segment, partition: int, sides: tuple, *bound):

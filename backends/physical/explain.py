@@ -14,7 +14,7 @@ from typing import Callable
 import networkx as nx
 
 from pipec.compiler import ir
-from pipec.backends.physical.planner import DriverStep, LoopStep, PhysicalPlan, Ref, TaskSpec, key_of
+from pipec.backends.physical.planner import DriverStep, LoopStep, PhysicalPlan, Ref, Scan, TaskSpec, key_of
 
 
 @dataclass
@@ -27,6 +27,7 @@ class Mapping:
     engine_json: dict = field(default_factory=dict)
     task_notes: Callable[[TaskSpec], list[str]] = lambda spec: []
     actor_text: Callable[[ir.Actor], str] = lambda op: ""
+    declined_scans: str | None = None  # what the engine does instead of a shared scan, and why
 
 
 def describe(graph: ir.IR, node: str) -> str:
@@ -101,10 +102,12 @@ def _explain_steps(plan: PhysicalPlan, mapping: Mapping, steps, lines: list[str]
             ndata = len(specs) - ntasks
             extra = f", {ndata} data key{'s' if ndata != 1 else ''}" if ndata else ""
             lines.append(f"{pad}graph {step.number}  ({ntasks} task{'s' if ntasks != 1 else ''}{extra})")
+            for scan in step.declined.values():
+                lines.append(f"{pad}  note: no shared scan of {_scan_text(scan)}: {mapping.declined_scans}")
             width = max(len(s.key) for s in specs)
             fwidth = max(len(s.task_name) for s in specs)
             for spec in specs:
-                deps = _short_deps([r.key for r in spec.deps])
+                deps = _short_deps([r.text for r in spec.deps])
                 opts = []
                 if spec.retries:
                     opts.append(f"retries {spec.retries}")
@@ -114,6 +117,12 @@ def _explain_steps(plan: PhysicalPlan, mapping: Mapping, steps, lines: list[str]
                 tail = f"  [{'; '.join(opts)}]" if opts else ""
                 arrow = f"  <- {deps}" if deps else ""
                 lines.append(f"{pad}  {spec.key:<{width}}  {spec.task_name:<{fwidth}}  {spec.label}{tail}{arrow}")
+
+
+def _scan_text(scan: Scan) -> str:
+    readers = [f"`{b}`" for b in scan.branches]
+    kept = " (and kept for its other readers)" if scan.keep else ""
+    return f"`{scan.head}` for {', '.join(readers)}{kept}"
 
 
 def to_json(plan: PhysicalPlan, mapping: Mapping) -> dict:
@@ -139,14 +148,19 @@ def _steps_json(plan: PhysicalPlan, mapping: Mapping, steps) -> list[dict]:
             out.append({"step": "loop", "loop": loop.id, "rounds": plan.rounds(loop),
                         "steps": _steps_json(plan, mapping, step.steps)})
         else:
-            out.append({"step": "graph", "number": step.number, "nodes": step.nodes,
-                        "tasks": [_spec_json(s, mapping) for s in plan.tasks[step.number]]})
+            entry = {"step": "graph", "number": step.number, "nodes": step.nodes,
+                     "tasks": [_spec_json(s, mapping) for s in plan.tasks[step.number]]}
+            for name, scans in (("shared_scans", step.scans), ("declined_scans", step.declined)):
+                if scans:
+                    entry[name] = [{"head": s.head, "branches": list(s.branches), "keep": s.keep}
+                                   for s in scans.values()]
+            out.append(entry)
     return out
 
 
 def _spec_json(spec: TaskSpec, mapping: Mapping) -> dict:
     out = {"key": spec.key, "group": spec.group, "task": spec.task_name, "does": spec.label,
-           "deps": [r.key for r in spec.deps]}
+           "deps": [r.text for r in spec.deps]}
     if spec.retries:
         out["retries"] = spec.retries
     if spec.resources:

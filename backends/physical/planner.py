@@ -109,6 +109,18 @@ class DriverStep:
     node: str
 
 
+@dataclass(frozen=True)
+class Scan:
+    """A shared scan: one task per partition of ``head`` feeds every branch, a branch
+    being a consumer of ``head`` (named by its first node) with its own element-wise
+    stages and terminal; ``keep`` also outputs the partition, for the readers of
+    ``head`` that are not branches (inside the graph or after it)."""
+
+    head: str
+    branches: tuple[str, ...]
+    keep: bool
+
+
 @dataclass
 class GraphStep:
     number: int
@@ -116,6 +128,8 @@ class GraphStep:
     exports: frozenset[str]  # nodes read after this graph: their keys stay on the cluster
     fuse: dict[str, str]  # node -> the consumer it is fused into
     loop: str | None = None  # the loop whose every round submits this graph
+    scans: dict[str, Scan] = field(default_factory=dict)  # scanned collection -> its scan
+    declined: dict[str, Scan] = field(default_factory=dict)  # scans the engine does not take
 
 
 @dataclass
@@ -133,10 +147,13 @@ def signature(items: list) -> tuple:
 
 
 class Planner:
-    """Splits every block of a pipeline into steps, once, in program order."""
+    """Splits every block of a pipeline into steps, once, in program order. With
+    ``shared_scans`` off (an engine that declines them) the scans found are listed in
+    each step's ``declined`` instead, so the plan can say what the engine does instead."""
 
-    def __init__(self, graph: ir.IR):
+    def __init__(self, graph: ir.IR, shared_scans: bool = True):
         self.ir = graph
+        self.shared_scans = shared_scans
         self.actors = {n for n, op in graph.items() if isinstance(op, ir.Actor)}
         self.loop_reads: set[str] = set()
         for loop in graph.info.loops.values():
@@ -222,21 +239,90 @@ class Planner:
         fuse: dict[str, str] = {}
         for n in nodes:
             op = self.ir.op(n)
-            if n in exports or not (isinstance(op, ir.Elementwise) and op.pool is None or
-                                    isinstance(op, ir.Source) and (op.kind != "callable" or op.sharded) or
-                                    isinstance(op, (ir.ReduceByKey, ir.GroupByKey, ir.Join, ir.Distinct))):
+            if n in exports or not _heads_segment(op):
                 continue
-            outs = [dst for _, dst, kind in self.ir.graph.out_edges(n, data="kind") if kind in ("data", "value")]
+            outs = self._readers(n)
             if len(outs) != 1 or outs[0] not in inside:
                 continue
-            consumer = self.ir.op(outs[0])
-            if isinstance(consumer, ir.Elementwise) and consumer.pool is None:
-                if _compatible(op.options, consumer.options, chain=True):
-                    fuse[n] = outs[0]
-            elif isinstance(consumer, TERMINALS) or ir.is_dataset_sink(consumer):
-                if _compatible(op.options, getattr(consumer, "options", None), chain=False):
-                    fuse[n] = outs[0]
-        return GraphStep(next(self._numbers), nodes, exports, fuse, loop)
+            if _fusable(op, self.ir.op(outs[0])):
+                fuse[n] = outs[0]
+        scans = {}
+        for n in nodes:
+            scan = self._scan(n, nodes, exports, fuse)
+            if scan is not None:
+                scans[n] = scan
+        if not self.shared_scans:
+            return GraphStep(next(self._numbers), nodes, exports, fuse, loop, declined=scans)
+        return GraphStep(next(self._numbers), nodes, exports, fuse, loop, scans)
+
+    def _readers(self, node: str) -> list[str]:
+        return [dst for _, dst, kind in self.ir.graph.out_edges(node, data="kind") if kind in ("data", "value")]
+
+    def _scan(self, n: str, nodes: list[str], exports: frozenset[str], fuse: dict[str, str]) -> Scan | None:
+        """The shared scan of collection ``n`` of a graph, if it has one: its readers in
+        the graph that fuse onto its tasks as branches (each an element-wise chain that
+        fusion joins anyway, ending in a terminal), when there are two or more of them,
+        or one and the partition is kept for the other readers."""
+        op = self.ir.op(n)
+        if n in fuse or not _heads_segment(op):
+            return None
+        inside = set(nodes)
+        position = {m: i for i, m in enumerate(nodes)}
+        readers = self._readers(n)
+        branches, ends = [], []
+        for reader in dict.fromkeys(readers):
+            end = self._branch_end(n, reader, inside, position, fuse)
+            if end is not None and readers.count(reader) == 1:
+                branches.append(reader)
+                ends.append(end)
+        # Two branches ending in one operation (a join of a collection with itself) read
+        # the partition as plain inputs instead.
+        for end in [e for e in ends if ends.count(e) > 1]:
+            while end in ends:
+                del branches[ends.index(end)]
+                ends.remove(end)
+        keep = n in exports or any(r not in branches for r in readers)
+        if len(branches) + keep < 2:
+            return None
+        return Scan(n, tuple(branches), keep)
+
+    def _branch_end(self, n: str, reader: str, inside: set[str], position: dict[str, int],
+                    fuse: dict[str, str]) -> str | None:
+        """The terminal a branch of ``n``'s scan starting at ``reader`` ends in, when it
+        is one: the fusion rule holds from ``n`` on, and its stages bind only values known
+        before ``n`` is (made outside the graph, or earlier in it): they are then ready
+        when the scan runs."""
+        if reader not in inside or not _fusable(self.ir.op(n), self.ir.op(reader)):
+            return None
+        node = reader
+        while True:
+            op = self.ir.op(node)
+            if not isinstance(op, ir.Elementwise):
+                return node
+            for operand in op.bindings.values():
+                if isinstance(operand, ir.NodeRef) and operand.node in inside and position[operand.node] > position[n]:
+                    return None
+            if node not in fuse:
+                return None
+            node = fuse[node]
+
+
+def _heads_segment(op: ir.Op) -> bool:
+    """Whether ``op`` makes its partitions in a segment that can go on fused (with more
+    element-wise steps and a terminal), rather than in tasks of its own kind."""
+    return (isinstance(op, ir.Elementwise) and op.pool is None or
+            isinstance(op, ir.Source) and (op.kind != "callable" or op.sharded) or
+            isinstance(op, (ir.ReduceByKey, ir.GroupByKey, ir.Join, ir.Distinct)))
+
+
+def _fusable(op: ir.Op, consumer: ir.Op) -> bool:
+    """Whether ``consumer`` can run in the tasks making ``op``'s partitions (the stage
+    options that bound a task agree)."""
+    if isinstance(consumer, ir.Elementwise) and consumer.pool is None:
+        return _compatible(op.options, consumer.options, chain=True)
+    if isinstance(consumer, TERMINALS) or ir.is_dataset_sink(consumer):
+        return _compatible(op.options, getattr(consumer, "options", None), chain=False)
+    return False
 
 
 def _structural(op: ir.Op) -> list[str]:
@@ -265,11 +351,22 @@ def _compatible(a: ir.StageOptions, b: ir.StageOptions | None, chain: bool) -> b
 @dataclass(frozen=True)
 class Ref:
     """A key a task reads: made in the same graph, or kept from an earlier one, where the
-    driver holds it as partition ``part`` of ``node`` (``None``: a value or an actor)."""
+    driver holds it as partition ``part`` of ``node`` (``None``: a value or an actor).
+
+    A task with several outputs (a shared scan, see :func:`steps.outputs_of`) is read one
+    output at a time: ``output`` is its index, and ``buckets`` (a split's buckets) says
+    the ref stands for that many outputs from ``output`` on, as a list."""
 
     key: str
     node: str
     part: int | None = None
+    output: int | None = None
+    buckets: int | None = None
+
+    @property
+    def text(self) -> str:
+        """The ref as a plan shows it: the key, and which output of it (``ys-0[total]``)."""
+        return self.key if self.output is None else f"{self.key}[{self.node}]"
 
 
 @dataclass(frozen=True)
@@ -447,6 +544,7 @@ class _Chain:
     labels: list[str] = field(default_factory=list)
     options: list = field(default_factory=list)
     sides: tuple | None = None  # a merge: the slots of each side's split outputs
+    scan: str | None = None  # a branch of the shared scan of this collection
 
     @classmethod
     def reading(cls, node: str, refs: list[Ref]) -> "_Chain":
@@ -456,6 +554,21 @@ class _Chain:
         if ref not in self.refs:
             self.refs.append(ref)
         return self.refs.index(ref)
+
+
+@dataclass
+class _Scanning:
+    """A shared scan being lowered: the chain making the partitions, and the branches
+    lowered so far (in program order), with the outputs they take."""
+
+    plan: Scan
+    chain: _Chain
+    stem: str
+    branches: list = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    options: list = field(default_factory=list)
+    outputs: int = 0
 
 
 class StepLowering:
@@ -476,12 +589,16 @@ class StepLowering:
         self.parts: dict[str, list[Ref]] = {}  # collection node -> its partitions' refs
         self.values: dict[str, Ref] = {}  # value node made here -> its key
         self.chains: dict[str, _Chain] = {}  # node fused into its consumer -> pending chain
+        self.scans: dict[str, _Scanning] = {}  # scanned collection -> its scan, while its branches come
         self.loops = loops_of(graph, step.loop)  # the loops whose every round runs this graph
 
     def lower(self) -> list[TaskSpec]:
         for node in self.step.nodes:
             op = self.ir.op(node)
             getattr(self, f"_lower_{op.op}")(node, op)
+        unfinished = [node for node, scan in self.scans.items() if len(scan.branches) < len(scan.plan.branches)]
+        if unfinished:
+            raise AssertionError(f"the shared scans of {', '.join(unfinished)} lack branches")
         return list(self.specs.values())
 
     # helpers
@@ -500,13 +617,19 @@ class StepLowering:
     def nparts(self, node: str) -> int:
         if node in self.chains:
             return len(self.chains[node].inputs)
+        if node in self.scans:
+            return len(self.scans[node].chain.inputs)
         return len(self.parts_of(node))
 
-    def chain_of(self, node: str) -> _Chain:
-        """The pending chain ending at ``node`` (fused into the caller), or a new chain
-        reading ``node``'s partitions."""
+    def chain_of(self, node: str, reader: str | None = None) -> _Chain:
+        """The pending chain ending at ``node`` (fused into the caller), a new branch of
+        ``node``'s shared scan when ``reader`` is one, or a new chain reading ``node``'s
+        partitions."""
         if node in self.chains:
             return self.chains.pop(node)
+        scan = self.scans.get(node)
+        if scan is not None and reader in scan.plan.branches:
+            return _Chain(None, scan.chain.inputs, scan.chain.refs, scan=node)
         return _Chain.reading(node, self.parts_of(node))
 
     def value_ref(self, node: str) -> Ref:
@@ -544,12 +667,80 @@ class StepLowering:
     def _continue(self, node: str, chain: _Chain) -> None:
         if node in self.step.fuse:
             self.chains[node] = chain
+        elif node in self.step.scans:
+            self._open_scan(node, chain)
         else:
             self.parts[node] = self._emit(chain, None, None, None)
 
+    # shared scans: one task per partition, a branch per consumer
+
+    def _open_scan(self, node: str, chain: _Chain) -> None:
+        """Start ``node``'s shared scan: its tasks' keys are taken now, in program order
+        (what reads them comes later), and filled in when the last branch arrives."""
+        scan = self.scans[node] = _Scanning(self.step.scans[node], chain, key_of(node))
+        for i in range(len(chain.inputs)):
+            self.specs[part_key(scan.stem, i)] = None  # its place among the specs
+        if scan.plan.keep:
+            scan.outputs = 1
+            self.parts[node] = [Ref(part_key(scan.stem, i), node, i, output=0) for i in range(len(chain.inputs))]
+        if not scan.plan.branches:
+            self._close_scan(scan)
+
+    def _data_first(self, place: str, keys: list[str]) -> None:
+        """Move the data keys among ``keys`` that were added after ``place`` (a branch's
+        binding, shipped from the driver) to just before it: the scan's tasks read them."""
+        order = list(self.specs)
+        late = [k for k in keys if k in self.specs and self.specs[k] is not None and self.specs[k].data is not None
+                and order.index(k) > order.index(place)]
+        if not late:
+            return
+        specs = {}
+        for key, spec in self.specs.items():
+            if key == place:
+                specs.update((k, self.specs[k]) for k in late)
+            if key not in late:
+                specs[key] = spec
+        self.specs = specs
+
+    def _branch(self, chain: _Chain, terminal, label: str, options) -> list[Ref]:
+        """A branch of a shared scan: ``chain``'s stages and ``terminal`` run in the scan's
+        tasks; gives the refs of its outputs there, one per partition."""
+        scan = self.scans[chain.scan]
+        first, width = scan.outputs, steps.outputs_of(terminal)
+        scan.outputs += width
+        scan.branches.append((tuple(chain.stages), terminal))
+        scan.labels.append(f"[{terminal.node}] " + " -> ".join(chain.labels + [label]))
+        scan.names.extend(chain.names + [terminal.node])
+        scan.options.extend(chain.options + [options])
+        if len(scan.branches) == len(scan.plan.branches):
+            self._close_scan(scan)
+        buckets = width if isinstance(terminal, steps.Split) else None
+        return [Ref(part_key(scan.stem, i), terminal.node, None, first, buckets) for i in range(len(scan.chain.inputs))]
+
+    def _close_scan(self, scan: "_Scanning") -> None:
+        chain = scan.chain
+        head = scan.plan.head
+        kept = [f"[{head}] the partition, kept"] if scan.plan.keep else []
+        label = " -> ".join(chain.labels) + ", one pass feeding: " + "; ".join(kept + scan.labels)
+        terminal = steps.Branches(head, tuple(scan.branches), scan.plan.keep)
+        options = chain.options + scan.options
+        retries = retries_of(*options)
+        given = [o for o in options if o is not None]
+        res = resources_of(given[0] if given else None)
+        segment = steps.Segment(scan.stem, chain.head, tuple(chain.stages), terminal, tuple(chain.names + scan.names))
+        body = "merge" if chain.sides is not None else "segment"
+        self._data_first(part_key(scan.stem, 0), [ref.key for ref in chain.refs])
+        for i, base in enumerate(chain.inputs):
+            middle = (chain.sides,) if chain.sides is not None else (base,)
+            self._add(TaskSpec(part_key(scan.stem, i), head, label, body, (segment, i, *middle, *chain.refs),
+                               retries, res))
+
     def _emit(self, chain: _Chain, terminal, term_label: str | None, term_options,
               name: str | None = None, group: str | None = None) -> list[Ref]:
-        """One task per partition running ``chain`` (and ``terminal``)."""
+        """One task per partition running ``chain`` (and ``terminal``); a branch of a
+        shared scan runs in the scan's tasks instead."""
+        if chain.scan is not None:
+            return self._branch(chain, terminal, term_label, term_options)
         stem = name or key_of(chain.names[-1])
         label = " -> ".join(chain.labels + ([term_label] if term_label else []))
         options = chain.options + [term_options]
@@ -615,7 +806,7 @@ class StepLowering:
         if op.pool is not None:
             self._lower_pool_stage(node, op)
             return
-        chain = self.chain_of(op.input.node)
+        chain = self.chain_of(op.input.node, node)
         chain.stages.append(steps.Elementwise(node, op.kind, fn_ref(op.fn), self._bindings(op.bindings, chain),
                                               policy_of(op.options), batch=op.batch,
                                               columnar=op.batch is not None and reads_columnar(self.ir, node)))
@@ -650,7 +841,7 @@ class StepLowering:
         chain when fused, else in tasks keyed ``{name}-{i}``."""
         if src in self.chains and self.step.fuse.get(src) == node:
             return self._emit(self.chains.pop(src), terminal, label, options)
-        return self._emit(_Chain.reading(src, self.parts_of(src)), terminal, label, options, name=name, group=node)
+        return self._emit(self.chain_of(src, node), terminal, label, options, name=name, group=node)
 
     def _lower_reduce(self, node: str, op: ir.Reduce) -> None:
         fn, policy = fn_ref(op.fn), policy_of(op.options)
@@ -798,12 +989,13 @@ class StepLowering:
 class PhysicalPlan:
     """A pipeline planned once for one set of parameters: the steps of every block and
     the tasks of every graph step, with partition counts known before running (those
-    known only at run time are planned with one partition and listed in ``unknown``)."""
+    known only at run time are planned with one partition and listed in ``unknown``).
+    ``shared_scans`` off: the engine declines them (see :class:`Planner`)."""
 
-    def __init__(self, graph: ir.IR, params: dict[str, Any]):
+    def __init__(self, graph: ir.IR, params: dict[str, Any], shared_scans: bool = True):
         self.ir = graph
         self.params = params
-        self.planner = Planner(graph)
+        self.planner = Planner(graph, shared_scans)
         self.static = StaticContext(graph, params)
         self.tasks: dict[int, list[TaskSpec]] = {}
         self.parts: dict[str, list[str]] = {}  # collection node -> its partitions' keys

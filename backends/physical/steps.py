@@ -387,3 +387,9 @@ class Positioned:
 Head = Head | Positioned
 Terminal = Terminal | TakePartial | SortPartial
 Finisher = Finisher | TakeMerge | SortMerge | Offsets
+
+
+def pick(outputs, output: int, buckets: int | None = None):
+    """One output of a task with several (``outputs``, see :func:`outputs_of`): output
+    number ``output``, or with ``buckets`` (a split's) the list of that many from there."""
+    return outputs[output] if buckets is None else list(outputs[output:output + buckets])

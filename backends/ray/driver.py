@@ -55,7 +55,7 @@ def task_options(graph: ir.IR, spec, first=None) -> dict[str, Any]:
     of a segment or merge task). Ray re-runs a pure task lost with its worker at least
     LOST_WORKER_RETRIES times, never an effectful one; user code that raises is retried
     inside the task by the interpreter, so Ray's exception retries stay off. A split has
-    one return per bucket."""
+    one return per bucket, a shared scan one per output."""
     segment = first if isinstance(first, s.Segment) else None
     nodes = segment.nodes if segment is not None else (spec.group,)
     effectful = any(getattr(getattr(graph.op(n), "options", None), "effectful", False)
@@ -270,10 +270,9 @@ class RayDriver(PlannedDriver):
         self._wait(tasks)
         for node in step.exports:
             if node in lowering.parts:
-                self.env[node] = Parts([out[r.key] if r.key in out else self._held(r) for r in lowering.parts[node]])
+                self.env[node] = Parts([self._resolve(r, out) for r in lowering.parts[node]])
             elif node in lowering.values:
-                r = lowering.values[node]
-                self.env[node] = Lazy(out[r.key] if r.key in out else self._held(r))
+                self.env[node] = Lazy(self._resolve(lowering.values[node], out))
 
     def _remote(self, spec, args):
         """The Ray remote function for a task, with its options."""
@@ -311,7 +310,10 @@ class RayDriver(PlannedDriver):
     def _resolve(self, arg, out: dict):
         """A task argument as Ray gets it: refs become ObjectRefs or actor handles."""
         if isinstance(arg, Ref):
-            return out[arg.key] if arg.key in out else self._held(arg)
+            if arg.key not in out:
+                return self._held(arg)
+            # One output of a task with several is one of its ObjectRefs (Ray returns).
+            return out[arg.key] if arg.output is None else s.pick(out[arg.key], arg.output, arg.buckets)
         if isinstance(arg, Arg):
             value = self.value(arg.operand)
             return storage.absolute(value) if arg.path and isinstance(value, str) else value  # URLs as they are

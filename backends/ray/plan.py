@@ -18,9 +18,9 @@ from pipec.backends.physical import explain as explaining
 from pipec.backends.physical.planner import PhysicalPlan
 from pipec.backends.ray.engine import start_runtime, stop_runtime
 
-TASK_NOTE = ("each task is one Ray task named by its key (a split has one return per bucket, a merge "
-             "reads bucket j of every split); what it reads are ObjectRefs; pool tasks are calls of the "
-             "member actor")
+TASK_NOTE = ("each task is one Ray task named by its key (a split has one return per bucket, a shared "
+             "scan one per output, `key[name]` being name's; a merge reads bucket j of every split); what it "
+             "reads are ObjectRefs; pool tasks are calls of the member actor")
 
 
 class RayPlan(Plan):

@@ -70,7 +70,7 @@ def _unpack(blob: bytes) -> s.Segment:
 def segment(paths: tuple, blob: bytes, partition: int, items, *bound):
     """One partition of a segment (``blob``: pickled once by the driver; ``items``: the
     input partition, None when the head makes it). A split gives its buckets as the
-    task's Ray returns."""
+    task's Ray returns, a shared scan its outputs."""
     ensure_path(paths)
     seg = _unpack(blob)
     return _returns(seg, _short(lambda: interpret(seg, partition, items, _slots(bound))))
@@ -86,7 +86,8 @@ def merge(paths: tuple, blob: bytes, partition: int, sides: tuple, *bound):
 
 
 def _returns(seg: s.Segment, out):
-    if isinstance(seg.terminal, s.Split) and s.outputs_of(seg.terminal) <= 1:
+    """A task's Ray returns: a split's buckets or a shared scan's outputs, one each."""
+    if isinstance(seg.terminal, (s.Split, s.Branches)) and s.outputs_of(seg.terminal) <= 1:
         return out[0] if out else None  # one Ray return: the object itself
     return out
 

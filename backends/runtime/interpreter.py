@@ -313,7 +313,9 @@ def _write(step: s.WritePart, items, partition: int, slots: Slots):
 
 
 def _branches(step: s.Branches, items, partition: int, slots: Slots) -> list:
-    outputs = [list(items)] if step.keep else []
+    # The partition as it is (a table stays one): each branch's own steps and terminal
+    # take it in the form they read, as they would reading it from a task of its own.
+    outputs = [_output(items)] if step.keep else []
     for chain, terminal in step.branches:
         out = items
         for element in chain:
@@ -333,9 +335,14 @@ def run_terminal(terminal, items, partition: int, slots: Slots):
     handler = _TERMINALS.get(type(terminal))
     if handler is None:
         raise UnknownStep(f"no handler for terminal {type(terminal).__name__}")
-    if not isinstance(terminal, s.WritePart):
+    if not isinstance(terminal, (s.WritePart, s.Branches)):
         items = batches.rows(items)
     return handler(terminal, items, partition, slots)
+
+
+def _output(items):
+    """A partition as a task gives it: a list, or a table as it is."""
+    return items if isinstance(items, list) or batches.is_table(items) else list(items)
 
 
 def run_segment(segment: s.Segment, partition: int, items=None, slots: Slots = NO_SLOTS):
@@ -351,7 +358,7 @@ def run_segment(segment: s.Segment, partition: int, items=None, slots: Slots = N
     for step in segment.steps:
         items = run_elementwise(step, items, partition, slots)
     if segment.terminal is None:
-        return items if isinstance(items, list) or batches.is_table(items) else list(items)
+        return _output(items)
     return run_terminal(segment.terminal, items, partition, slots)
 
 

@@ -27,6 +27,12 @@ TASK_NOTE = ("the tasks of one segment (keys stage-0 .. stage-k) are the partiti
              "job collects in partition order; a value a task reads is a broadcast; a job runs only where the "
              "driver needs a value or a collection's items")
 
+# Spark takes no shared scan (one task per partition with several outputs): its readers
+# are separate jobs or shuffles, so one pass would need the outputs cached between them.
+DECLINED_SCANS = ("each reader runs its own pass over the partitions, pipelined with the pass making them "
+                  "(caching the partitions for one shared pass costs more: on benchmarks/mapreduce.pipe 5.9 s "
+                  "cached against 3.3 s computed twice)")
+
 # What a task body becomes on Spark, where the plan's word needs it.
 _ON_SPARK = {"finish": "on the driver", "source_call": "on the driver", "line_index": "on the driver",
              "take_part": "parallelized from the driver", "pool": "in the task: its Python worker's own member"}
@@ -40,7 +46,7 @@ class SparkPlan(Plan):
         super().__init__(graph, params)
         self.address = address
         self.ui = ui
-        self.physical = PhysicalPlan(graph, params)
+        self.physical = PhysicalPlan(graph, params, shared_scans=False)
         self._cached = loop_invariant(graph)
 
     @property
@@ -50,7 +56,8 @@ class SparkPlan(Plan):
                   "session this process runs")
         return explaining.Mapping("spark", engine, TASK_NOTE, {"address": self.address,
                                                                "embedded": self.address is None},
-                                  task_notes=self._task_notes, actor_text=_actor_text)
+                                  task_notes=self._task_notes, actor_text=_actor_text,
+                                  declined_scans=DECLINED_SCANS)
 
     def _task_notes(self, spec: TaskSpec) -> list[str]:
         notes = [_ON_SPARK[spec.body]] if spec.body in _ON_SPARK else []
