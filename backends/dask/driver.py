@@ -35,6 +35,11 @@ log = logging.getLogger("pipec.dask")
 # A value the driver ships to a graph travels inside the graph (one data key) up to this
 # size; a bigger one is scattered to a worker first (graphs go through the scheduler).
 _SCATTER_ABOVE = 1 << 20
+# A small one goes inside every task that reads it, while its copies add up to no more
+# than this: a data key is a task of its own, run on some worker, reported to the
+# scheduler and fetched from there by the others before its readers start, an extra hop
+# on every round's critical path (paramserver's weights: 10 floats read by 8 tasks).
+_INLINE_UPTO = 1 << 16
 
 
 # The plan's task bodies (see physical.planner.BODIES) as Dask task functions.
@@ -251,6 +256,8 @@ class DaskDriver(PlannedDriver):
         in_step = {spec.key: spec for spec in specs}
         self._resolved: dict[int, tuple] = {}
         aliases: dict[str, Any] = {}  # data keys whose value is already on the cluster
+        self._inline: dict[str, Any] = {}  # data keys whose value travels in their readers
+        readers = Counter(ref.key for spec in specs for ref in spec.deps)
         layers: dict[tuple, dict] = {}
         annotations: dict[tuple, dict] = {}
         task_specs = []
@@ -263,6 +270,9 @@ class DaskDriver(PlannedDriver):
                 sealed = worker.seal(held)
                 if len(sealed.data) > _SCATTER_ABOVE:  # big: straight to a worker, not via the scheduler
                     aliases[spec.key] = self.client.scatter(sealed, hash=False)
+                    continue
+                if sealed.nbytes * max(1, readers[spec.key]) <= _INLINE_UPTO:
+                    self._inline[spec.key] = sealed
                     continue
                 layers.setdefault(("data",), {})[spec.key + suffix] = DataNode(spec.key + suffix, sealed)
                 annotations[("data",)] = {}
@@ -305,6 +315,8 @@ class DaskDriver(PlannedDriver):
         # Keys held from earlier graphs are named, not embedded as futures: the graph
         # must not keep them alive (the driver's handles decide how long they live).
         if isinstance(arg, Ref):
+            if arg.key in self._inline:
+                return self._inline[arg.key]
             if arg.key in aliases:
                 return TaskRef(aliases[arg.key].key)
             if arg.key in in_step:
