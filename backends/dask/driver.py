@@ -17,7 +17,7 @@ from typing import Any
 
 from dask.task_spec import DataNode, Task, TaskRef
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
-from distributed import as_completed, wait
+from distributed import Future, as_completed, wait
 
 from pipec.compiler import ir
 from pipec.backends.base import NoProgress, notify
@@ -45,7 +45,7 @@ _INLINE_UPTO = 1 << 16
 # The plan's task bodies (see physical.planner.BODIES) as Dask task functions.
 BODIES = {"segment": worker.segment_task, "merge": worker.merge_task, "finish": worker.finisher_task,
           "source_call": worker.source_call, "take_part": worker.take_part, "line_index": worker.line_index,
-          "pool": worker.pool_call}
+          "pool": worker.pool_call, "actor_call": worker.actor_call}
 
 
 class Parts:
@@ -72,6 +72,19 @@ class Lazy:
             self._value = worker.unseal(self.future.result())
             self._fetched = True
         return self._value
+
+
+class PendingCall:
+    """A numbered, logged actor call whose result only stages read (``with w = ps.w()``):
+    the next graph that reads it makes the call as a task, and the result goes from the
+    actor's answer to the stages without a round trip through the driver. Anything else
+    that needs it first (the driver reading the value, another call to the actor) makes
+    it from the driver, as before; either way it is applied once, in program order."""
+
+    __slots__ = ("node", "op", "seq", "args", "kwargs")
+
+    def __init__(self, node: str, op: ir.ActorCall, seq: int, args: list, kwargs: dict):
+        self.node, self.op, self.seq, self.args, self.kwargs = node, op, seq, args, kwargs
 
 
 class ActorRecord:
@@ -128,6 +141,7 @@ class DaskDriver(PlannedDriver):
         self._placement = itertools.count()
         self.events: list[str] = []
         self.submitted: list[list[str]] = []  # plan keys of each graph submitted (for tests)
+        self.pending: dict[str, PendingCall] = {}  # actor -> its call not made yet
 
     # ---- lifecycle
 
@@ -204,7 +218,14 @@ class DaskDriver(PlannedDriver):
                 self.env.pop(node, None)
 
     def materialize(self, value: Any) -> Any:
+        if isinstance(value, PendingCall):
+            return self._make_pending(value.op.actor.node)
         return value.get() if isinstance(value, Lazy) else value
+
+    def run_top(self, top) -> None:
+        super().run_top(top)
+        for actor in list(self.pending):  # not read after all: applied all the same
+            self._make_pending(actor)
 
     def gather(self, node: str) -> list:
         parts = self.client.gather(self.env[node].futures)
@@ -250,6 +271,8 @@ class DaskDriver(PlannedDriver):
                         raise
 
     def _run_graph_once(self, step: GraphStep) -> None:
+        for actor in {a for node in step.nodes for a in self.planner.handles(node)} & set(self.pending):
+            self._make_pending(actor)  # before the stages call it through handles
         lowering = StepLowering(self.ir, step, LiveContext(self), self.planner.actors)
         specs = lowering.lower()
         suffix = f"@{self.tag}.{next(self._submissions)}"
@@ -264,6 +287,9 @@ class DaskDriver(PlannedDriver):
         for spec in specs:
             if spec.data is not None:
                 held = self.env[spec.data]
+                if isinstance(held, PendingCall):
+                    task_specs.append(self._call_task(spec, held))
+                    continue
                 if isinstance(held, Lazy):
                     aliases[spec.key] = held.future
                     continue
@@ -306,7 +332,16 @@ class DaskDriver(PlannedDriver):
             submitted = self.client.get(hlg, keys, sync=False)
             futures = {spec.key: f for spec, f in zip(task_specs, submitted)}
             read = {dep for layer in layers.values() for task in layer.values() for dep in task.dependencies}
-            self._wait(step, task_specs, futures, lowering, read)
+            # The calls' results stay for later readers (a second Future holds the key).
+            calls = {spec.data: Future(futures[spec.key].key, self.client) for spec in task_specs if spec.data}
+            try:
+                self._wait(step, task_specs, futures, lowering, read)
+            except BaseException:
+                for future in calls.values():
+                    future.release()
+                raise
+            for node, future in calls.items():
+                self._made(self.env[node], Lazy(future))
         self._keep(step, lowering, futures, aliases)
         self._advance_pools(task_specs)
 
@@ -456,6 +491,9 @@ class DaskDriver(PlannedDriver):
 
     def _fail(self, failure, specs) -> None:
         future, spec, exc = failure
+        if isinstance(exc, StageFailure) and spec.body == "actor_call" and exc.kind == "error":
+            call = self.env[spec.data]
+            raise self.stage_failed(exc, call.op.span) from None  # where the driver's call points
         if isinstance(exc, worker.ActorLost) or worker.is_lost(exc):
             # The failure may reach us through a task downstream of the one that called
             # the actor: consider every actor this graph reads.
@@ -548,6 +586,48 @@ class DaskDriver(PlannedDriver):
             f"{key_of(record.node)}-member-{m}@{self.tag}.{record.incarnations[m]}", where)
         record.addresses[m] = record.actors[m]._address
 
+    def op_actor_call(self, node: str, op: ir.ActorCall):
+        actor = op.actor.node
+        if actor in self.pending:
+            self._make_pending(actor)  # calls reach an actor in program order
+        if not (isinstance(self.env[actor], ActorRecord) and self._read_by_stages_only(node)):
+            return super().op_actor_call(node, op)
+        args = [self.value(a) for a in op.args]
+        kwargs = {k: self.value(v) for k, v in op.kwargs.items()}
+        call = PendingCall(node, op, self.logs[actor].record(op.method, args, kwargs), args, kwargs)
+        self.pending[actor] = call
+        return call
+
+    def _read_by_stages_only(self, node: str) -> bool:
+        """Whether value ``node`` is read only as a binding of stages (a data key of the
+        graphs that run them), so it may stay on the cluster."""
+        readers = [self.ir.op(dst) for _, dst, kind in self.ir.graph.out_edges(node, data="kind") if kind != "order"]
+        return bool(readers) and all(isinstance(op, ir.Elementwise) and op.input.node != node for op in readers)
+
+    def _make_pending(self, actor: str):
+        """The driver makes actor ``actor``'s pending call now; gives its result."""
+        call = self.pending[actor]
+        result = self.apply_call(call.node, call.op, call.seq, call.args, call.kwargs)
+        self._made(call, result)
+        return result
+
+    def _call_task(self, spec, call: PendingCall):
+        """The task that makes pending ``call`` in place of data key ``spec``."""
+        actor = call.op.actor.node
+        return replace(spec, body="actor_call", label=f"call {actor}.{call.op.method}(#{call.seq})",
+                       args=(call.node, f"{actor}.{call.op.method}", call.seq, call.op.method,
+                             worker.seal((call.args, call.kwargs)), Ref(f"{key_of(actor)}-actor", actor)))
+
+    def _made(self, call: PendingCall, value) -> None:
+        """Pending ``call`` was applied (its result is ``value``): confirmed in the log."""
+        actor = call.op.actor.node
+        del self.pending[actor]
+        self.env[call.node] = value
+        if not isinstance(value, Lazy):
+            return  # apply_call confirmed it
+        self.logs[actor].confirm(call.seq)
+        notify(self.progress, "actor_call", actor, call.seq, call.op.method, False)
+
     def call_actor(self, actor: str, seq: int, method: str, args: list, kwargs: dict):
         record: ActorRecord = self.env[actor]
         while True:
@@ -612,7 +692,8 @@ class DaskDriver(PlannedDriver):
         record = self.env[ref.node]
         if isinstance(record, ActorRecord):
             record.broken = True
-            self._restore(record, upto=None)
+            pending = self.pending.get(ref.node)  # the graph's call task sends that one itself
+            self._restore(record, upto=pending.seq if pending is not None else None)
             return
         m = ref.part
         if record.restarts_left <= 0:

@@ -22,7 +22,7 @@ from typing import Sequence
 
 from pipec.backends.physical import steps
 from pipec.backends.runtime import semantics, sources
-from pipec.backends.runtime.actors import VersionedHost
+from pipec.backends.runtime.actors import SKIPPED, VersionedHost
 from pipec.backends.runtime.interpreter import (StageFailure, bind, failure, run_elementwise, run_finisher,
                                                 run_segment)
 from pipec.backends.runtime.tasks import ensure_path, resolve
@@ -207,6 +207,26 @@ def await_actor(future, actor, node: str, member: int | None):
             if is_lost(exc):
                 raise ActorLost(node, member, str(exc)) from None
             raise
+
+
+def actor_call(node: str, where: str, seq: int, method: str, sealed: Sealed, actor) -> Sealed:
+    """Graph-level call ``seq`` of actor method ``where`` (``ps.weights``), made by a task
+    so that its result stays on the cluster for the stages that read it (IR node
+    ``node``), with no round trip through the driver. The host applies a number once: a
+    task run again (its worker lost) sends the same number and gets the kept result."""
+    actor_name = where.split(".")[0]
+    try:
+        answer = await_actor(actor.call_sealed(seq, method, sealed), actor, actor_name, None)
+    except ActorLost:
+        raise
+    except Exception as exc:
+        if is_lost(exc):
+            raise ActorLost(actor_name, None, str(exc)) from None
+        raise failure(where, None, exc) from None
+    result = unseal(answer)  # opened here, so a reader on this worker does not open it again
+    if isinstance(result, str) and result == SKIPPED:
+        raise StageFailure(node, None, "plain", f"call {seq} was not applied again after a restore")
+    return answer
 
 
 def pool_call(step: steps.Elementwise, partition: int, seq: int, member_index: int, member, items: Sealed, *bound):
