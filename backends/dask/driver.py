@@ -590,19 +590,13 @@ class DaskDriver(PlannedDriver):
         actor = op.actor.node
         if actor in self.pending:
             self._make_pending(actor)  # calls reach an actor in program order
-        if not (isinstance(self.env[actor], ActorRecord) and self._read_by_stages_only(node)):
+        if not (isinstance(self.env[actor], ActorRecord) and self.read_by_stages_only(node)):
             return super().op_actor_call(node, op)
         args = [self.value(a) for a in op.args]
         kwargs = {k: self.value(v) for k, v in op.kwargs.items()}
         call = PendingCall(node, op, self.logs[actor].record(op.method, args, kwargs), args, kwargs)
         self.pending[actor] = call
         return call
-
-    def _read_by_stages_only(self, node: str) -> bool:
-        """Whether value ``node`` is read only as a binding of stages (a data key of the
-        graphs that run them), so it may stay on the cluster."""
-        readers = [self.ir.op(dst) for _, dst, kind in self.ir.graph.out_edges(node, data="kind") if kind != "order"]
-        return bool(readers) and all(isinstance(op, ir.Elementwise) and op.input.node != node for op in readers)
 
     def _make_pending(self, actor: str):
         """The driver makes actor ``actor``'s pending call now; gives its result."""

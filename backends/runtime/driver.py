@@ -720,6 +720,13 @@ class PlannedDriver(Driver):
             return {k: self.filled(v) for k, v in arg.items()}
         return arg
 
+    def read_by_stages_only(self, node: str) -> bool:
+        """Whether value ``node`` is read only as a binding of stages (a data key of the
+        graphs that run them), so it may stay on the cluster: an actor call's result then
+        goes from the actor to the stages without a round trip through the driver."""
+        readers = [self.ir.op(dst) for _, dst, kind in self.ir.graph.out_edges(node, data="kind") if kind != "order"]
+        return bool(readers) and all(isinstance(op, ir.Elementwise) and op.input.node != node for op in readers)
+
     def nparts(self, node: str) -> int:
         """How many partitions collection ``node`` holds in this run."""
         raise NotImplementedError
