@@ -218,6 +218,22 @@ class Acc:
 # ---- progress, errors, options ------------------------------------------------------------------
 
 
+def test_a_value_read_from_an_actor_reaches_its_stages_by_reference(client, workdir):
+    """`with weights = ps.weights()`: each round's call is made by a task of the round's
+    graph, next to the stages it feeds, not by the driver (no round trip a round), and the
+    weights come out as the reference backend's."""
+    from distributed import get_task_stream
+    params = {"rows": 2000, "epochs": 3}
+    pipeline = load("examples/train.pipe")
+    with get_task_stream(client) as stream:
+        result = pipeline.lower("dask", params, client=client).run()
+    # 10 floats would travel inside the reading tasks as a data key: a task of that name
+    # is the call.
+    calls = [d for d in stream.data if str(d["key"]).startswith("grads/weights@")]
+    assert len(calls) == 3
+    assert _sinks(result) == _sinks(pipeline.run(backend="local", params=params))
+
+
 def test_progress_per_stage_and_round(client, workdir):
     rec = Recorder()
     load("examples/train.pipe").lower("dask", {"rows": 2000, "epochs": 3}, client=client).run(progress=rec)

@@ -323,6 +323,27 @@ def test_progress_reports_every_task_and_round(workdir):
     assert advanced == announced
 
 
+class CallRecorder(Recorder):
+    def actor_call(self, actor, seq, method, replayed):
+        self.events.append(("call", actor, seq, method))
+
+
+def test_a_value_read_from_an_actor_reaches_its_stages_by_reference(workdir):
+    """`with weights = ps.weights()`: each round's stages are submitted with the call's
+    ObjectRef, before the driver has the answer (no round trip a round); every call is
+    still confirmed in order, and the weights are the reference backend's."""
+    params = {"rows": 2_000, "epochs": 3}
+    recorder = CallRecorder()
+    pipeline = load(Path("examples/train.pipe"))
+    result = pipeline.run(backend="ray", params=params, progress=recorder, **_ray_options())
+    seen = [e[:2] if e[0] == "stage" else e[2:] for e in recorder.events
+            if e[0] == "call" or e[:2] == ("stage", "grads")]
+    rounds = [[("stage", "grads"), (2 * i, "weights"), (2 * i + 1, "apply")] for i in range(3)]
+    assert seen == [e for r in rounds for e in r] + [(6, "weights")]
+    clean = pipeline.run(backend="local", params=params)
+    assert Path(result.files["weights"]).read_bytes() == Path(clean.files["weights"]).read_bytes()
+
+
 # ---- fault tolerance ---------------------------------------------------------------------------
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from dask.task_spec import DataNode, Task, TaskRef
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
-from distributed import as_completed, wait
+from distributed import Future, as_completed, wait
 
 from pipec.compiler import ir
 from pipec.backends.base import NoProgress, notify
@@ -35,12 +35,17 @@ log = logging.getLogger("pipec.dask")
 # A value the driver ships to a graph travels inside the graph (one data key) up to this
 # size; a bigger one is scattered to a worker first (graphs go through the scheduler).
 _SCATTER_ABOVE = 1 << 20
+# A small one goes inside every task that reads it, while its copies add up to no more
+# than this: a data key is a task of its own, run on some worker, reported to the
+# scheduler and fetched from there by the others before its readers start, an extra hop
+# on every round's critical path (paramserver's weights: 10 floats read by 8 tasks).
+_INLINE_UPTO = 1 << 16
 
 
 # The plan's task bodies (see physical.planner.BODIES) as Dask task functions.
 BODIES = {"segment": worker.segment_task, "merge": worker.merge_task, "finish": worker.finisher_task,
           "source_call": worker.source_call, "take_part": worker.take_part, "line_index": worker.line_index,
-          "pool": worker.pool_call}
+          "pool": worker.pool_call, "actor_call": worker.actor_call}
 
 
 class Parts:
@@ -67,6 +72,19 @@ class Lazy:
             self._value = worker.unseal(self.future.result())
             self._fetched = True
         return self._value
+
+
+class PendingCall:
+    """A numbered, logged actor call whose result only stages read (``with w = ps.w()``):
+    the next graph that reads it makes the call as a task, and the result goes from the
+    actor's answer to the stages without a round trip through the driver. Anything else
+    that needs it first (the driver reading the value, another call to the actor) makes
+    it from the driver, as before; either way it is applied once, in program order."""
+
+    __slots__ = ("node", "op", "seq", "args", "kwargs")
+
+    def __init__(self, node: str, op: ir.ActorCall, seq: int, args: list, kwargs: dict):
+        self.node, self.op, self.seq, self.args, self.kwargs = node, op, seq, args, kwargs
 
 
 class ActorRecord:
@@ -123,6 +141,7 @@ class DaskDriver(PlannedDriver):
         self._placement = itertools.count()
         self.events: list[str] = []
         self.submitted: list[list[str]] = []  # plan keys of each graph submitted (for tests)
+        self.pending: dict[str, PendingCall] = {}  # actor -> its call not made yet
 
     # ---- lifecycle
 
@@ -199,7 +218,14 @@ class DaskDriver(PlannedDriver):
                 self.env.pop(node, None)
 
     def materialize(self, value: Any) -> Any:
+        if isinstance(value, PendingCall):
+            return self._make_pending(value.op.actor.node)
         return value.get() if isinstance(value, Lazy) else value
+
+    def run_top(self, top) -> None:
+        super().run_top(top)
+        for actor in list(self.pending):  # not read after all: applied all the same
+            self._make_pending(actor)
 
     def gather(self, node: str) -> list:
         parts = self.client.gather(self.env[node].futures)
@@ -245,24 +271,34 @@ class DaskDriver(PlannedDriver):
                         raise
 
     def _run_graph_once(self, step: GraphStep) -> None:
+        for actor in {a for node in step.nodes for a in self.planner.handles(node)} & set(self.pending):
+            self._make_pending(actor)  # before the stages call it through handles
         lowering = StepLowering(self.ir, step, LiveContext(self), self.planner.actors)
         specs = lowering.lower()
         suffix = f"@{self.tag}.{next(self._submissions)}"
         in_step = {spec.key: spec for spec in specs}
         self._resolved: dict[int, tuple] = {}
         aliases: dict[str, Any] = {}  # data keys whose value is already on the cluster
+        self._inline: dict[str, Any] = {}  # data keys whose value travels in their readers
+        readers = Counter(ref.key for spec in specs for ref in spec.deps)
         layers: dict[tuple, dict] = {}
         annotations: dict[tuple, dict] = {}
         task_specs = []
         for spec in specs:
             if spec.data is not None:
                 held = self.env[spec.data]
+                if isinstance(held, PendingCall):
+                    task_specs.append(self._call_task(spec, held))
+                    continue
                 if isinstance(held, Lazy):
                     aliases[spec.key] = held.future
                     continue
                 sealed = worker.seal(held)
                 if len(sealed.data) > _SCATTER_ABOVE:  # big: straight to a worker, not via the scheduler
                     aliases[spec.key] = self.client.scatter(sealed, hash=False)
+                    continue
+                if sealed.nbytes * max(1, readers[spec.key]) <= _INLINE_UPTO:
+                    self._inline[spec.key] = sealed
                     continue
                 layers.setdefault(("data",), {})[spec.key + suffix] = DataNode(spec.key + suffix, sealed)
                 annotations[("data",)] = {}
@@ -306,7 +342,16 @@ class DaskDriver(PlannedDriver):
             submitted = self.client.get(hlg, keys + [name + suffix for name in kept], sync=False)
             futures = {spec.key: f for spec, f in zip(task_specs, submitted)}
             picks = dict(zip(kept, submitted[len(keys):]))
-            self._wait(step, task_specs, futures, lowering, read)
+            # The calls' results stay for later readers (a second Future holds the key).
+            calls = {spec.data: Future(futures[spec.key].key, self.client) for spec in task_specs if spec.data}
+            try:
+                self._wait(step, task_specs, futures, lowering, read)
+            except BaseException:
+                for future in calls.values():
+                    future.release()
+                raise
+            for node, future in calls.items():
+                self._made(self.env[node], Lazy(future))
         self._keep(step, lowering, futures, aliases, picks)
         self._advance_pools(task_specs)
 
@@ -315,6 +360,8 @@ class DaskDriver(PlannedDriver):
         # Keys held from earlier graphs are named, not embedded as futures: the graph
         # must not keep them alive (the driver's handles decide how long they live).
         if isinstance(arg, Ref):
+            if arg.key in self._inline:
+                return self._inline[arg.key]
             if arg.key in aliases:
                 return TaskRef(aliases[arg.key].key)
             if arg.key in in_step:
@@ -456,6 +503,9 @@ class DaskDriver(PlannedDriver):
 
     def _fail(self, failure, specs) -> None:
         future, spec, exc = failure
+        if isinstance(exc, StageFailure) and spec.body == "actor_call" and exc.kind == "error":
+            call = self.env[spec.data]
+            raise self.stage_failed(exc, call.op.span) from None  # where the driver's call points
         if isinstance(exc, worker.ActorLost) or worker.is_lost(exc):
             # The failure may reach us through a task downstream of the one that called
             # the actor: consider every actor this graph reads.
@@ -572,6 +622,42 @@ class DaskDriver(PlannedDriver):
                     raise
         return answers
 
+    def op_actor_call(self, node: str, op: ir.ActorCall):
+        actor = op.actor.node
+        if actor in self.pending:
+            self._make_pending(actor)  # calls reach an actor in program order
+        if not (isinstance(self.env[actor], ActorRecord) and self.read_by_stages_only(node)):
+            return super().op_actor_call(node, op)
+        args = [self.value(a) for a in op.args]
+        kwargs = {k: self.value(v) for k, v in op.kwargs.items()}
+        call = PendingCall(node, op, self.logs[actor].record(op.method, args, kwargs), args, kwargs)
+        self.pending[actor] = call
+        return call
+
+    def _make_pending(self, actor: str):
+        """The driver makes actor ``actor``'s pending call now; gives its result."""
+        call = self.pending[actor]
+        result = self.apply_call(call.node, call.op, call.seq, call.args, call.kwargs)
+        self._made(call, result)
+        return result
+
+    def _call_task(self, spec, call: PendingCall):
+        """The task that makes pending ``call`` in place of data key ``spec``."""
+        actor = call.op.actor.node
+        return replace(spec, body="actor_call", label=f"call {actor}.{call.op.method}(#{call.seq})",
+                       args=(call.node, f"{actor}.{call.op.method}", call.seq, call.op.method,
+                             worker.seal((call.args, call.kwargs)), Ref(f"{key_of(actor)}-actor", actor)))
+
+    def _made(self, call: PendingCall, value) -> None:
+        """Pending ``call`` was applied (its result is ``value``): confirmed in the log."""
+        actor = call.op.actor.node
+        del self.pending[actor]
+        self.env[call.node] = value
+        if not isinstance(value, Lazy):
+            return  # apply_call confirmed it
+        self.logs[actor].confirm(call.seq)
+        notify(self.progress, "actor_call", actor, call.seq, call.op.method, False)
+
     def call_actor(self, actor: str, seq: int, method: str, args: list, kwargs: dict):
         record: ActorRecord = self.env[actor]
         while True:
@@ -636,7 +722,8 @@ class DaskDriver(PlannedDriver):
         record = self.env[ref.node]
         if isinstance(record, ActorRecord):
             record.broken = True
-            self._restore(record, upto=None)
+            pending = self.pending.get(ref.node)  # the graph's call task sends that one itself
+            self._restore(record, upto=pending.seq if pending is not None else None)
             return
         m = ref.part
         if record.restarts_left <= 0:

@@ -18,6 +18,7 @@ from pipec.backends.runtime import storage
 from pipec.backends.runtime.driver import LiveContext, PlannedDriver
 from pipec.backends.runtime.interpreter import StageFailure
 from pipec.dsl.diagnostics import PipelineRuntimeError
+from pipec.backends.runtime.actors import SKIPPED
 from pipec.backends.ray.worker import ActorLost, Gap, remote_calls
 
 
@@ -42,6 +43,18 @@ class Lazy:
     def __init__(self, ref):
         self.ref = ref
         self.fetched, self.value = False, None
+
+
+class CallResult(Lazy):
+    """A graph-level actor call whose result only stages read (``with w = ps.w()``): sent
+    at once, its ObjectRef handed to the stages, with no round trip through the driver
+    before the graph is submitted. It is settled (checked: a user error, an actor that
+    restarted; confirmed in the replay log) after the graph that read it, or sooner when
+    the driver needs it."""
+
+    def __init__(self, ref, node: str, op: ir.ActorCall, seq: int, args: list, kwargs: dict):
+        super().__init__(ref)
+        self.node, self.op, self.seq, self.args, self.kwargs = node, op, seq, args, kwargs
 
 
 def _actor_options(op: ir.Actor, name: str) -> dict[str, Any]:
@@ -115,6 +128,7 @@ class RayDriver(PlannedDriver):
         self.remotes: dict[tuple, Any] = {}
         self.call_op: ir.ActorCall | None = None
         self.call_ref = None
+        self.unsettled: dict[str, CallResult] = {}  # actor -> its call sent and not settled
         self._check_resources(ray.cluster_resources())
 
     def engine_info(self) -> dict[str, Any]:
@@ -167,6 +181,7 @@ class RayDriver(PlannedDriver):
         return Parts([self.ray.put(part) for part in parts])
 
     def end_round(self, block) -> None:
+        self._settle_calls()  # a record names only calls that answered
         # This round's results are not read again (vars were rebound already): the object
         # store may drop them now rather than when the next round replaces them.
         for node in block.nodes():
@@ -174,6 +189,8 @@ class RayDriver(PlannedDriver):
                 self.env.pop(node, None)
 
     def materialize(self, value: Any) -> Any:
+        if isinstance(value, CallResult) and not value.fetched:
+            self._settle(value.op.actor.node)
         if isinstance(value, Lazy):
             if not value.fetched:
                 value.value, value.fetched = self.fetch([value.ref])[0], True
@@ -185,11 +202,17 @@ class RayDriver(PlannedDriver):
 
     # ---- graph steps
 
+    def run_top(self, top) -> None:
+        super().run_top(top)
+        self._settle_calls()
+
     def run_graph(self, step: GraphStep) -> None:
+        for actor in {a for node in step.nodes for a in self.planner.handles(node)} & set(self.unsettled):
+            self._settle(actor)  # answered before the stages call it through handles
         attempts, restores = 0, 0
         while True:
             try:
-                self._run_graph_once(step)
+                self._run_graph_reading_calls(step)
                 self._checkpoint_handle_actors(step)
                 break
             except _HandleActorLost as lost:
@@ -210,6 +233,52 @@ class RayDriver(PlannedDriver):
                     raise self.error(spec.group, f"an actor of pool `{spec.member[0]}` died while serving "
                                                  f"partition {spec.args[1]}", op.span,
                                      "give the pool `restarts N` or the stage `retries N`") from None
+
+    def _run_graph_reading_calls(self, step: GraphStep) -> None:
+        """Run the graph, then settle the actor calls it read by reference. A call that
+        found its actor restarted is recovered (replayed, its result now the driver's), and
+        the graph runs again on that result; a call that failed is the error reported,
+        before whatever its readers then met."""
+        while True:
+            try:
+                self._run_graph_once(step)
+            except Exception:
+                if self._settle_calls():
+                    continue
+                raise
+            if not self._settle_calls():
+                return
+
+    def _settle_calls(self) -> bool:
+        """Settle every call sent and not settled; whether one had to be recovered."""
+        recovered = False
+        for actor in list(self.unsettled):
+            recovered |= self._settle(actor)
+        return recovered
+
+    def _settle(self, actor: str) -> bool:
+        """Check and confirm actor ``actor``'s unsettled call (see CallResult); whether it
+        was recovered (its readers read a failed answer)."""
+        call = self.unsettled.pop(actor)
+        self.call_op = call.op
+        try:
+            try:
+                result = self._actor_result(call.ref)
+                recovered = isinstance(result, Gap)
+            except self.ray.exceptions.RayActorError:
+                recovered = True
+            if recovered:
+                result = self._recover(actor, call.seq, call.op.method, call.args, call.kwargs)
+        finally:
+            self.call_op = None
+        if isinstance(result, str) and result == SKIPPED:
+            raise self.error(call.node, f"call {call.seq} was not applied again after a restore", call.op.span)
+        call.value, call.fetched = result, True
+        if recovered:
+            self.env[call.node] = result  # the stages read it again from a fresh put
+        self.logs[actor].confirm(call.seq)
+        notify(self.progress, "actor_call", actor, call.seq, call.op.method, False)
+        return recovered
 
     def _checkpoint_handle_actors(self, step: GraphStep) -> None:
         """Snapshot every actor the graph's stages called through handles: those calls are
@@ -513,6 +582,18 @@ class RayDriver(PlannedDriver):
                 return False
 
     def op_actor_call(self, node: str, op: ir.ActorCall):
+        actor = op.actor.node
+        if actor in self.unsettled:
+            self._settle(actor)  # confirmed in program order
+        if actor in self.actors and self.read_by_stages_only(node):
+            args = [self.value(a) for a in op.args]
+            kwargs = {k: self.value(v) for k, v in op.kwargs.items()}
+            seq = self.logs[actor].record(op.method, args, kwargs)
+            # A Ray actor runs one caller's calls in the order they were sent: program order.
+            call = CallResult(self.actors[actor].call.remote(seq, op.method, args, kwargs), node, op, seq, args,
+                              kwargs)
+            self.unsettled[actor] = call
+            return call
         self.call_op, self.call_ref = op, None
         try:
             result = super().op_actor_call(node, op)

@@ -337,12 +337,13 @@ class Driver:
         error.user_traceback = user_traceback(exc)
         return error
 
-    def stage_failed(self, failure: "StageFailure") -> PipelineRuntimeError:
-        """The error the user sees for a StageFailure raised by the interpreter in a task."""
+    def stage_failed(self, failure: "StageFailure", span: ir.SpanModel | None = None) -> PipelineRuntimeError:
+        """The error the user sees for a StageFailure raised by the interpreter in a task;
+        it points at ``span``, by default at the failing node."""
         node = failure.node
         base = node.split(".")[0]  # `ps.apply`: an actor's method
         op = self.ir.op(base) if base in self.ir.graph else None
-        span = op.span if op is not None else None
+        span = span or (op.span if op is not None else None)
         if failure.kind == "error":
             place = f" (partition {failure.partition})" if failure.partition is not None else ""
             error = self.error(node, f"{failure.error}: {failure.message}{place}{failure.element}", span,
@@ -559,8 +560,14 @@ class Driver:
         actor = op.actor.node
         args = [self.value(a) for a in op.args]
         kwargs = {k: self.value(v) for k, v in op.kwargs.items()}
+        seq = self.logs[actor].record(op.method, args, kwargs)
+        return self.apply_call(node, op, seq, args, kwargs)
+
+    def apply_call(self, node: str, op: ir.ActorCall, seq: int, args: list, kwargs: dict):
+        """Graph-level call ``seq`` of ``op`` (numbered and logged already) applied now;
+        gives its result, once it is confirmed in the replay log."""
+        actor = op.actor.node
         log = self.logs[actor]
-        seq = log.record(op.method, args, kwargs)
         try:
             result = self.call_actor(actor, seq, op.method, args, kwargs)
         except PipelineRuntimeError:
@@ -816,6 +823,13 @@ class PlannedDriver(Driver):
         if isinstance(arg, dict):
             return {k: self.filled(v) for k, v in arg.items()}
         return arg
+
+    def read_by_stages_only(self, node: str) -> bool:
+        """Whether value ``node`` is read only as a binding of stages (a data key of the
+        graphs that run them), so it may stay on the cluster: an actor call's result then
+        goes from the actor to the stages without a round trip through the driver."""
+        readers = [self.ir.op(dst) for _, dst, kind in self.ir.graph.out_edges(node, data="kind") if kind != "order"]
+        return bool(readers) and all(isinstance(op, ir.Elementwise) and op.input.node != node for op in readers)
 
     def nparts(self, node: str) -> int:
         """How many partitions collection ``node`` holds in this run."""
