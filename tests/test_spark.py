@@ -100,7 +100,7 @@ def test_plan_shows_fusion_caching_broadcasts_and_driver_steps():
     text = load(EXAMPLES / "train.pipe").lower("spark").explain()
     assert "not cached (read by every round of loop1): Spark holds its partitions already" in text
     assert "[cached: read by every round of loop1]" in load(EXAMPLES / "pagerank.pipe").lower("spark").explain()
-    assert "grads/weights  data     value from the driver, shipped once per round  [a broadcast]" in text
+    assert "grads/weights  data     an actor call's answer, read only by stages per round  [a broadcast]" in text
     # the gradient map and the fold run in one pass over each partition; the tree on the driver
     assert "grads-0        segment  map examples.linreg.gradient -> fold examples.linreg.add" in text
     assert "combine examples.linreg.add (in partition order)  [on the driver]" in text

@@ -13,7 +13,7 @@ from pipec.dsl.diagnostics import Diagnostic
 from pipec.backends.base import Backend, Plan, Progress, RunResult
 from pipec.backends.dask.engine import LocalShape, scheduler_address
 from pipec.backends.physical import explain as explaining
-from pipec.backends.physical.planner import PhysicalPlan
+from pipec.backends.physical.planner import PhysicalPlan, TaskSpec, actor_answer_for_stages
 
 KEY_NOTE = ("each task is a Dask key: `stage-i` is partition i of a stage, a bare name is a value; "
             "a shared scan's key holds its outputs, and `key[name]` (name's output) is picked inside the "
@@ -97,8 +97,15 @@ class DaskPlan(Plan):
             {"address": self.address, "embedded": self.address is None,
              **({"workers": self.shape.workers, "threads_per_worker": self.shape.threads,
                  "memory_per_worker": self.shape.memory} if self.shape else {})},
-            task_notes=lambda spec: [f"next to {spec.member[0]} member {spec.member[1]}"] if spec.member else [],
-            actor_text=_actor_text)
+            task_notes=self._task_notes, actor_text=_actor_text)
+
+    def _task_notes(self, spec: TaskSpec) -> list[str]:
+        if spec.member:
+            return [f"next to {spec.member[0]} member {spec.member[1]}"]
+        if spec.data and actor_answer_for_stages(self.ir, spec.data):
+            return ["the call is a task of this graph, on the actor's worker: its answer never passes "
+                    "through the driver"]
+        return []
 
     def explain(self) -> str:
         return explaining.explain(self.physical, self.mapping)

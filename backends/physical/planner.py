@@ -101,6 +101,20 @@ def order_of(graph: ir.IR, node: str) -> str | None:
     return None
 
 
+def read_by_stages_only(graph: ir.IR, node: str) -> bool:
+    """Whether value ``node`` is read only as a binding of stages (a data key of the
+    graphs that run them), so it may stay on the cluster: an actor call's answer then
+    goes from the actor to the stages without a round trip through the driver, where
+    the engine can do that (Dask, Ray)."""
+    readers = [graph.op(dst) for _, dst, kind in graph.graph.out_edges(node, data="kind") if kind != "order"]
+    return bool(readers) and all(isinstance(op, ir.Elementwise) and op.input.node != node for op in readers)
+
+
+def actor_answer_for_stages(graph: ir.IR, node: str) -> bool:
+    """Whether ``node`` is a graph-level actor call whose answer only stages read."""
+    return isinstance(graph.op(node), ir.ActorCall) and read_by_stages_only(graph, node)
+
+
 # ---- steps -----------------------------------------------------------------------------------
 
 
@@ -639,9 +653,12 @@ class StepLowering:
         key = key_of(node)
         if key not in self.specs:
             made = isinstance(self.ir.op(node), (ir.Reduce, ir.Count, ir.Top, ir.Take))
-            shipped = "value from the driver, shipped once" + (" per round" if self.step.loop else "")
-            self.specs[key] = TaskSpec(key, node, "value made by an earlier graph, read where it is" if made
-                                        else shipped, None, data=node)
+            per_round = " per round" if self.step.loop else ""
+            label = ("value made by an earlier graph, read where it is" if made else
+                     f"an actor call's answer, read only by stages{per_round}"
+                     if actor_answer_for_stages(self.ir, node) else
+                     f"value from the driver, shipped once{per_round}")
+            self.specs[key] = TaskSpec(key, node, label, None, data=node)
         return Ref(key, node, None)
 
     def _bindings(self, bindings: dict, chain: _Chain) -> tuple:

@@ -15,7 +15,7 @@ from pipec.compiler import ir
 from pipec.compiler.capabilities import FEATURES
 from pipec.backends.base import Backend, Plan, Progress, RunResult
 from pipec.backends.physical import explain as explaining
-from pipec.backends.physical.planner import PhysicalPlan
+from pipec.backends.physical.planner import PhysicalPlan, actor_answer_for_stages
 from pipec.backends.ray.engine import start_runtime, stop_runtime
 
 TASK_NOTE = ("each task is one Ray task named by its key (a split has one return per bucket, a shared "
@@ -36,7 +36,14 @@ class RayPlan(Plan):
     def mapping(self) -> explaining.Mapping:
         engine = f"the Ray cluster at {self.address}" if self.address else "embedded local Ray (or RAY_ADDRESS)"
         return explaining.Mapping("ray", engine, TASK_NOTE, {"address": self.address},
-                                  task_notes=_task_notes, actor_text=_actor_text)
+                                  task_notes=self._task_notes, actor_text=_actor_text)
+
+    def _task_notes(self, spec) -> list[str]:
+        if spec.member:
+            return [f"a call of {spec.member[0]} member {spec.member[1]}"]
+        if spec.data and actor_answer_for_stages(self.ir, spec.data):
+            return ["the call's ObjectRef, handed to the stages as it is (confirmed after the graph)"]
+        return []
 
     def explain(self) -> str:
         return explaining.explain(self.physical, self.mapping)
@@ -91,12 +98,6 @@ class RayBackend(Backend):
 
     def lower(self, graph: ir.IR, params: dict[str, Any]) -> RayPlan:
         return RayPlan(graph, params, self.address)
-
-
-def _task_notes(spec) -> list[str]:
-    if spec.member:
-        return [f"a call of {spec.member[0]} member {spec.member[1]}"]
-    return []
 
 
 def _actor_text(op: ir.Actor) -> str:

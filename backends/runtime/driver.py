@@ -18,7 +18,7 @@ from typing import Any
 from pipec.compiler import ir
 from pipec.compiler.schedule import Block, blocks
 from pipec.backends.physical.planner import (FILE_FORMATS, Arg, DriverStep, GraphStep, LoopStep, Planner, Ref,
-                                             Rounds, order_of)
+                                             Rounds, order_of, read_by_stages_only)
 from pipec.dsl.diagnostics import PipelineRuntimeError, UsageError
 from pipec.dsl.source import SourceFile, Span
 from pipec.backends.base import NoProgress, Progress, RunResult, notify
@@ -825,11 +825,8 @@ class PlannedDriver(Driver):
         return arg
 
     def read_by_stages_only(self, node: str) -> bool:
-        """Whether value ``node`` is read only as a binding of stages (a data key of the
-        graphs that run them), so it may stay on the cluster: an actor call's result then
-        goes from the actor to the stages without a round trip through the driver."""
-        readers = [self.ir.op(dst) for _, dst, kind in self.ir.graph.out_edges(node, data="kind") if kind != "order"]
-        return bool(readers) and all(isinstance(op, ir.Elementwise) and op.input.node != node for op in readers)
+        """See :func:`pipec.backends.physical.planner.read_by_stages_only`."""
+        return read_by_stages_only(self.ir, node)
 
     def nparts(self, node: str) -> int:
         """How many partitions collection ``node`` holds in this run."""
