@@ -729,12 +729,7 @@ class Builder:
                       f"use it as `map_batches {expr.func.text} over xs`, call every member with "
                       f"`{parts[0]}.each.{method}(...)`, or declare a single actor",
                       code="pool-called-directly")
-        info = self.signatures.class_info(actor.actor_class)
-        self.signatures.check_method(info, actor.actor_class, method, expr.func.span, call=expr)
-        args = [self._value_arg(a) for a in expr.args]
-        kwargs = {k.name.text: self._value_arg(k.value) for k in expr.kwargs}
-        seq = self.actor_seq.get(actor.node, 0)
-        self.actor_seq[actor.node] = seq + 1
+        args, kwargs, seq = self._numbered_call(actor, method, expr)
         node = self._add(name or f"{parts[0]}.{method}", ir.ActorCall(
             actor=ir.NodeRef(node=actor.node), method=method, args=args, kwargs=kwargs, seq=seq,
             span=ir.SpanModel.of(expr.span)))
@@ -744,6 +739,18 @@ class Builder:
                 self.ir.add_order(stage, node)
         return Typed(ir.NodeRef(node=node), ir.VALUE)
 
+    def _numbered_call(self, actor: Binding, method: str, expr: ast.Call) -> tuple[list, dict, int]:
+        """A graph-level call of ``method`` on ``actor`` (one actor or a whole pool): its
+        signature checked, its arguments as operands, and its number among the calls to
+        that actor (or pool), in program order."""
+        info = self.signatures.class_info(actor.actor_class)
+        self.signatures.check_method(info, actor.actor_class, method, expr.func.span, call=expr)
+        args = [self._value_arg(a) for a in expr.args]
+        kwargs = {k.name.text: self._value_arg(k.value) for k in expr.kwargs}
+        seq = self.actor_seq.get(actor.node, 0)
+        self.actor_seq[actor.node] = seq + 1
+        return args, kwargs, seq
+
     def _pool_call(self, expr: ast.Call, actor: Binding, name) -> Typed:
         """``pool.each.method(...)``: every member, in program order, numbered per pool."""
         pool_name, _, method = expr.func.parts
@@ -751,12 +758,7 @@ class Builder:
             self.fail(f"`{pool_name}` is a single actor; `.each.` calls every member of a pool", expr.func.span,
                       f"call it as `{pool_name}.{method}(...)`, or declare `actor pool {pool_name} = ... x N`",
                       code="each-without-pool")
-        info = self.signatures.class_info(actor.actor_class)
-        self.signatures.check_method(info, actor.actor_class, method, expr.func.span, call=expr)
-        args = [self._value_arg(a) for a in expr.args]
-        kwargs = {k.name.text: self._value_arg(k.value) for k in expr.kwargs}
-        seq = self.actor_seq.get(actor.node, 0)
-        self.actor_seq[actor.node] = seq + 1
+        args, kwargs, seq = self._numbered_call(actor, method, expr)
         node = self._add(name or f"{pool_name}.each.{method}", ir.PoolCall(
             pool=ir.NodeRef(node=actor.node), method=method, args=args, kwargs=kwargs, seq=seq,
             span=ir.SpanModel.of(expr.span)))

@@ -332,6 +332,26 @@ def _actor_worker(client, prefix: str) -> str:
     raise AssertionError(f"no actor {prefix}")
 
 
+def _progress_of(run: str, driver: subprocess.Popen):
+    """``(rounds, wait_for)`` for a driver process running with run folder ``run``:
+    ``rounds()`` is the last round its resume record holds (-1 before the first), and
+    ``wait_for(n)`` waits, up to 3 minutes, until that is at least ``n`` while the driver
+    still runs, and gives it."""
+    def rounds() -> int:
+        try:
+            return pickle.loads(storage.read_bytes(storage.join(run, resuming.RECORD))).rounds
+        except (FileNotFoundError, EOFError, pickle.UnpicklingError):
+            return -1
+
+    def wait_for(n: int) -> int:
+        deadline = time.time() + 180
+        while time.time() < deadline and driver.poll() is None and rounds() < n:
+            time.sleep(0.05)
+        assert driver.poll() is None, f"the run ended before round {n}: {driver.stderr.read().decode()}"
+        return rounds()
+    return rounds, wait_for
+
+
 def test_dask_without_a_shared_disk_survives_its_actor_worker_and_its_driver(s3, private_dask_cluster, workdir):
     """examples/train.pipe on a scheduler and two workers that cannot see the driver's
     folders, with the run folder on S3. Mid-run the worker hosting the parameter server
@@ -361,18 +381,7 @@ def test_dask_without_a_shared_disk_survives_its_actor_worker_and_its_driver(s3,
     driver = subprocess.Popen([*command, "--run-dir", run], cwd=workdir, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
 
-    def rounds() -> int:
-        try:
-            return pickle.loads(storage.read_bytes(storage.join(run, resuming.RECORD))).rounds
-        except (FileNotFoundError, EOFError, pickle.UnpicklingError):
-            return -1
-
-    def wait_for(n: int) -> int:
-        deadline = time.time() + 180
-        while time.time() < deadline and driver.poll() is None and rounds() < n:
-            time.sleep(0.05)
-        assert driver.poll() is None, f"the run ended before round {n}: {driver.stderr.read().decode()}"
-        return rounds()
+    rounds, wait_for = _progress_of(run, driver)
     try:
         wait_for(3)
         victim = _actor_worker(client, "ps-actor@")
@@ -483,18 +492,7 @@ def test_ray_without_a_shared_disk_survives_its_actors_worker_and_its_driver(s3,
     driver = subprocess.Popen([*command, "--run-dir", run], cwd=workdir, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
 
-    def rounds() -> int:
-        try:
-            return pickle.loads(storage.read_bytes(storage.join(run, resuming.RECORD))).rounds
-        except (FileNotFoundError, EOFError, pickle.UnpicklingError):
-            return -1
-
-    def wait_for(n: int) -> int:
-        deadline = time.time() + 180
-        while time.time() < deadline and driver.poll() is None and rounds() < n:
-            time.sleep(0.05)
-        assert driver.poll() is None, f"the run ended before round {n}: {driver.stderr.read().decode()}"
-        return rounds()
+    rounds, wait_for = _progress_of(run, driver)
     # Finding the actor's process takes a process joined to the cluster: start it with the run.
     finder = subprocess.Popen([sys.executable, "-c", _JOIN.format(address=address) + (
         "import time\n"
