@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs.required = True
     runs.add_parser("list", help="every run, oldest first, with its status")
     show = runs.add_parser("show", help="a run's summary and where its report is")
-    show.add_argument("run", help="a run id (or a unique prefix of one), or a run folder")
+    show.add_argument("run", help="a run id (or a unique prefix of one), a run folder, or its URL (s3://...)")
     show.add_argument("--open", action="store_true", help="open its report in the web browser")
     collect = runs.add_parser("gc", help="delete old runs, keeping the newest")
     collect.add_argument("--keep", type=int, default=10, metavar="N", help="runs to keep (default 10)")
@@ -517,11 +517,18 @@ def cmd_runs(args) -> int:
                   f"{s.get('seconds', 0):8.2f} s")
         return EXIT_OK
     if args.runs_command == "show":
-        r = runs.find(args.run)
-        if r is None or r.summary is None:
-            raise UsageError(f"no run `{args.run}` with a summary under .pipec/runs", "see `pipec runs list`")
-        s = r.summary
-        print(f"run {r.id}: pipeline {s['pipeline']} on {s['backend']}, {s['status']}"
+        from pipec.backends.runtime import storage
+        if storage.is_local(args.run):
+            r = runs.find(args.run)
+            if r is None or r.summary is None:
+                raise UsageError(f"no run `{args.run}` with a summary under .pipec/runs", "see `pipec runs list`")
+            run_id, run_dir, s = r.id, str(r.folder), r.summary
+        else:  # a run folder on storage (`--run-dir s3://...`)
+            run_id, run_dir, s = args.run.rstrip("/").rsplit("/", 1)[-1], args.run, runs.summary_at(args.run)
+            if s is None:
+                raise UsageError(f"no run summary at {args.run}",
+                                 "a run folder gets its summary.json when its run ends; check the URL")
+        print(f"run {run_id}: pipeline {s['pipeline']} on {s['backend']}, {s['status']}"
               + (f" ({s['error']})" if s.get("error") else "") + f", {s['seconds']:.2f} s")
         for loop, label in s.get("loops", {}).items():
             n = sum(1 for x in s["rounds"] if x["loop"] == loop and x["ok"])
@@ -530,10 +537,10 @@ def cmd_runs(args) -> int:
             print(f"  wrote {sink['path']}  ({sink['name']}, {sink['bytes']} bytes)")
         if args.verbose:
             print(json.dumps(s, indent=1, sort_keys=True))
-        print(f"  report: {r.folder / runs.REPORT}")
+        print(f"  report: {storage.join(run_dir, runs.REPORT)}")
         if args.open:
             import webbrowser
-            webbrowser.open((r.folder / runs.REPORT).resolve().as_uri())
+            webbrowser.open(runs.local_report(run_dir).resolve().as_uri())
         return EXIT_OK
     gone = runs.gc(keep_last=args.keep, dry=args.dry_run)
     verb = "would delete" if args.dry_run else "deleted"

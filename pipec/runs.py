@@ -290,6 +290,29 @@ def find(run: str, root: Path = RUNS) -> RunInfo | None:
     return matches[0] if len(matches) == 1 else None
 
 
+def summary_at(run_dir: str) -> dict | None:
+    """The ``summary.json`` of run folder ``run_dir`` (a path or a storage URL such as
+    ``s3://bucket/runs/train``); None when it has none (yet)."""
+    from pipec.backends.runtime import storage
+    try:
+        return json.loads(storage.read_bytes(storage.join(run_dir, SUMMARY)))
+    except (OSError, ValueError):
+        return None
+
+
+def local_report(run_dir: str) -> Path:
+    """The ``report.html`` of run folder ``run_dir`` as a file a browser can open: the
+    file itself, or for a folder on storage a copy fetched into a temporary file."""
+    from pipec.backends.runtime import storage
+    if storage.is_local(run_dir):
+        return Path(storage.local_path(run_dir)) / REPORT
+    import tempfile
+    data = storage.read_bytes(storage.join(run_dir, REPORT))
+    with tempfile.NamedTemporaryFile("wb", prefix="pipec-report-", suffix=".html", delete=False) as fh:
+        fh.write(data)
+    return Path(fh.name)
+
+
 def gc(root: Path = RUNS, keep_last: int = 10, dry: bool = False) -> list[RunInfo]:
     """Delete all but the newest ``keep_last`` run folders (``dry``: only say which);
     returns the runs deleted, oldest first."""

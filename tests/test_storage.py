@@ -207,6 +207,22 @@ def test_sources_sinks_and_snapshots_on_s3_match_the_local_disk(s3, write_pipe, 
     assert state[0].total == 15 and state[1] == 3  # every 2 calls: after 3 x add(5) and value()
 
 
+def test_runs_show_reads_a_run_folder_in_a_bucket(s3, write_pipe, tmp_path, monkeypatch, capsys):
+    """`pipec runs show s3://.../RUN` prints the summary kept in the bucket, and the report
+    it opens is a local copy of the bucket's."""
+    from pipec import runs
+    from pipec.cli import main
+    path = write_pipe("pipeline p() {\n    source xs = range(4) partitions 2\n    sink s = collect(xs)\n}\n")
+    monkeypatch.chdir(tmp_path)
+    load(path).run(backend="local", run_dir=s3.url("runs/r2"))
+    assert main(["runs", "show", s3.url("runs/r2")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("run r2: pipeline p on local, finished") and f"report: {s3.url('runs/r2/report.html')}" in out
+    assert runs.local_report(s3.url("runs/r2")).read_bytes() == s3.get("runs/r2/report.html")
+    assert main(["runs", "show", s3.url("runs/none")]) == 2
+    assert f"no run summary at {s3.url('runs/none')}" in capsys.readouterr().err
+
+
 def test_a_killed_runs_staged_sinks_on_s3_are_cleaned_by_the_next_run_of_the_folder(s3, write_pipe, tmp_path,
                                                                                    monkeypatch):
     from pipec.backends.runtime.sinks import StagedSinks
