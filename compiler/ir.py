@@ -294,7 +294,6 @@ class Top(Op):
     by: FnRef | None = None
 
 
-
 # ---- ordering, sampling and indexing --------------------------------------------------------
 # Positions are in collection order: what `collect` shows (see backends/runtime/semantics.py).
 

@@ -440,15 +440,20 @@ def _literal(allowed: tuple):
     return literal
 
 
+def _built(cls, data: dict):
+    """Model ``cls`` built from ``data``; its refusal becomes the enclosing field's."""
+    try:
+        return cls(**data)
+    except ValidationError as exc:
+        raise _Invalid(str(exc)) from None
+
+
 def _model(cls):
     def model(value):
         if isinstance(value, cls):
             return value
         if isinstance(value, dict):
-            try:
-                return cls(**value)
-            except ValidationError as exc:
-                raise _Invalid(str(exc)) from None
+            return _built(cls, value)
         raise _Invalid(f"should be a {cls.__name__}, not {value!r}")
     return model
 
@@ -469,10 +474,7 @@ def _union(members: tuple, tag: str | None, module) -> Callable | None:
                 cls = by_tag.get(value.get(tag))
                 if cls is None:
                     raise _Invalid(f"`{tag}` should be one of {', '.join(map(repr, by_tag))}, not {value.get(tag)!r}")
-                try:
-                    return cls(**value)
-                except ValidationError as exc:
-                    raise _Invalid(str(exc)) from None
+                return _built(cls, value)
             raise _Invalid(f"should be one of {', '.join(m.__name__ for m in members)}, not {value!r}")
         return tagged
     checks = [_checker(m, module) for m in members]

@@ -567,18 +567,26 @@ class Driver:
         """Graph-level call ``seq`` of ``op`` (numbered and logged already) applied now;
         gives its result, once it is confirmed in the replay log."""
         actor = op.actor.node
-        log = self.logs[actor]
+        [result] = self._answers(node, f"{actor}.{op.method}", op.span, seq, "restore",
+                                 lambda: [self.call_actor(actor, seq, op.method, args, kwargs)])
+        self.logs[actor].confirm(seq)
+        notify(self.progress, "actor_call", actor, seq, op.method, False)
+        return result
+
+    def _answers(self, node: str, what: str, span, seq: int, recovery: str, call) -> list:
+        """The answers ``call()`` gives to graph-level call ``seq`` of ``what``
+        (``ps.weights``, ``models.each.reload``): an exception user code raised becomes
+        a run-time error at ``span``; an answer that says the host had applied the number
+        already and kept no result (after a ``recovery``) is an error of ``node``."""
         try:
-            result = self.call_actor(actor, seq, op.method, args, kwargs)
+            answers = call()
         except PipelineRuntimeError:
             raise
         except Exception as exc:
-            raise self.user_error(f"{actor}.{op.method}", exc, op.span) from None
-        if isinstance(result, str) and result == SKIPPED:
-            raise self.error(node, f"call {seq} was not applied again after a restore", op.span)
-        log.confirm(seq)
-        notify(self.progress, "actor_call", actor, seq, op.method, False)
-        return result
+            raise self.user_error(what, exc, span) from None
+        if any(isinstance(a, str) and a == SKIPPED for a in answers):
+            raise self.error(node, f"call {seq} was not applied again after a {recovery}", span)
+        return answers
 
     def op_pool_call(self, node: str, op: ir.PoolCall):
         pool = op.pool.node
@@ -588,14 +596,8 @@ class Driver:
         seq = len(log)
         log.append((seq, op.method, args, kwargs))
         self.save_each_log(pool)  # before any member applies it: one restarted meanwhile replays it
-        try:
-            answers = self.call_pool(pool, seq, op.method, args, kwargs)
-        except PipelineRuntimeError:
-            raise
-        except Exception as exc:
-            raise self.user_error(f"{pool}.each.{op.method}", exc, op.span) from None
-        if any(isinstance(a, str) and a == SKIPPED for a in answers):
-            raise self.error(node, f"call {seq} was not applied again after a restart", op.span)
+        answers = self._answers(node, f"{pool}.each.{op.method}", op.span, seq, "restart",
+                                lambda: self.call_pool(pool, seq, op.method, args, kwargs))
         notify(self.progress, "actor_call", pool, seq, f"each.{op.method}", False)
         return answers
 
