@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-import networkx as nx
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pipec.compiler import ir
 from pipec.compiler.capabilities import FEATURES, features_used
 from pipec.dsl.diagnostics import ERROR, Diagnostic
 from pipec.dsl.source import Span
+
+if TYPE_CHECKING:  # networkx costs ~70 ms to import; only plan drawing needs it
+    import networkx as nx
 
 
 @dataclass

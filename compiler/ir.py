@@ -602,6 +602,19 @@ class IR:
             return list(self._graph.predecessors(node_id))
         return list(self._pred.get(node_id, ()))
 
+    def out_edges(self, node_id: str) -> list[tuple[str, str]]:
+        """(to, kind) of every edge out of ``node_id``, in networkx's order."""
+        if self._graph is not None:
+            return [(dst, kind) for _, dst, kind in self._graph.out_edges(node_id, data="kind")]
+        return [(v, kind) for v, keys in self._succ.get(node_id, {}).items() for kind in keys.values()]
+
+    def in_edges(self, node_id: str) -> list[tuple[str, str, str]]:
+        """(from, port, kind) of every edge into ``node_id``, in networkx's order."""
+        if self._graph is not None:
+            return [(src, port, kind) for src, _, port, kind in self._graph.in_edges(node_id, keys=True, data="kind")]
+        return [(u, port, kind) for u in self._pred.get(node_id, ())
+                for port, kind in self._succ[u][node_id].items()]
+
     def consumers(self, node_id: str) -> list[str]:
         if self._graph is not None:
             return [dst for _, dst, kind in self._graph.out_edges(node_id, data="kind") if kind != "carry"]

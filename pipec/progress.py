@@ -36,14 +36,14 @@ class Names:
     def node(self, node: str) -> str:
         """``stage grads``, ``value total``, ``ps.weights() for grads``; an engine's own
         group name that is no IR node comes back as it is."""
-        if node not in self.ir.graph:
+        if node not in self.ir:
             return node
         op = self.ir.op(node)
         if isinstance(op, (ir.ActorCall, ir.PoolCall)):
             call = (f"{op.pool.node}.each.{op.method}()" if isinstance(op, ir.PoolCall)
                     else f"{op.actor.node}.{op.method}()")
             owner = node.split("/")[0]
-            return f"{call} for {owner}" if "/" in node and owner in self.ir.graph else call
+            return f"{call} for {owner}" if "/" in node and owner in self.ir else call
         kind = ("source" if isinstance(op, ir.Source) else "actor" if isinstance(op, ir.Actor) else
                 "sink" if isinstance(op, ir.Sink) else "var" if isinstance(op, (ir.Var, ir.Rebind)) else
                 "param" if isinstance(op, ir.Param) else
@@ -63,7 +63,7 @@ class Names:
 
     def does_work(self, node: str) -> bool:
         """Whether a node is worth a row in a timing table (not a parameter or constant)."""
-        if node not in self.ir.graph:
+        if node not in self.ir:
             return True
         return not isinstance(self.ir.op(node), (ir.Param, ir.Const, ir.RoundIndex, ir.Var, ir.Rebind, ir.Expr))
 
@@ -250,7 +250,7 @@ def print_summary(result: RunResult, pipeline, as_json: bool = False, out: TextI
         err.write(f"  wrote {path}  ({names.node(name)})\n")
     for loop, rounds in result.rounds.items():
         err.write(f"  {names.loop(loop)}: {rounds} round{'s' if rounds != 1 else ''}\n")
-    busy = {k: v for k, v in result.timings.items() if k in pipeline.ir.graph and names.does_work(k)}
+    busy = {k: v for k, v in result.timings.items() if k in pipeline.ir and names.does_work(k)}
     slowest = sorted(busy.items(), key=lambda kv: -kv[1])[:None if verbose else 8]
     if slowest:
         err.write("  time per step, summed over rounds (slowest first):\n")

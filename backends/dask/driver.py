@@ -169,7 +169,7 @@ class DaskDriver(PlannedDriver):
         offered = [w.get("resources") or {} for w in self.client.scheduler_info()["workers"].values()]
         for name, (amount, group) in sorted(need.items()):
             if not any(r.get(name, 0) >= amount for r in offered):
-                op = self.ir.op(group) if group in self.ir.graph else None
+                op = self.ir.op(group) if group in self.ir else None
                 have = sorted({r.get(name, 0) for r in offered})
                 raise self.error(group, f"needs {amount:g} {name} per task, and no worker of the cluster offers "
                                         f"that much (workers offer {name}: {', '.join(f'{h:g}' for h in have)})",
@@ -464,7 +464,7 @@ class DaskDriver(PlannedDriver):
             self.result.timings[group] = self.result.timings.get(group, 0.0) + seconds
 
     def _span(self, node: str):
-        return self.ir.op(node).span if node in self.ir.graph else None
+        return self.ir.op(node).span if node in self.ir else None
 
     def _first_failure(self, future, pending, by_key, patience: float = 5.0):
         """Of the tasks of this graph that fail, the one the reference backend meets first
@@ -498,7 +498,7 @@ class DaskDriver(PlannedDriver):
 
     def _program_order(self) -> dict[str, int]:
         if not hasattr(self, "_order"):
-            self._order = {node: i for i, node in enumerate(self.ir.graph.nodes)}
+            self._order = {node: i for i, node in enumerate(self.ir)}
         return self._order
 
     def _fail(self, failure, specs) -> None:
@@ -512,7 +512,7 @@ class DaskDriver(PlannedDriver):
             actors = list({ref: None for s in specs for ref in s.deps if ref.node in self.planner.actors})
             if actors:
                 raise _ActorsGone(spec, actors, exc)
-        op = self.ir.op(spec.group) if spec.group in self.ir.graph else None
+        op = self.ir.op(spec.group) if spec.group in self.ir else None
         if isinstance(exc, StageFailure):
             raise self.stage_failed(exc) from None
         if type(exc).__name__ == "KilledWorker":

@@ -3,9 +3,7 @@ package docstring, :mod:`pipec.backends.dask`, says how a pipeline becomes Dask 
 
 from __future__ import annotations
 
-from typing import Any
-
-import networkx as nx
+from typing import TYPE_CHECKING, Any
 
 from pipec.compiler import ir
 from pipec.compiler.capabilities import FEATURES
@@ -14,6 +12,9 @@ from pipec.backends.base import Backend, Plan, Progress, RunResult
 from pipec.backends.dask.engine import LocalShape, scheduler_address
 from pipec.backends.physical import explain as explaining
 from pipec.backends.physical.planner import PhysicalPlan, TaskSpec, actor_answer_for_stages
+
+if TYPE_CHECKING:  # networkx costs ~70 ms to import; only plan drawing needs it
+    import networkx as nx
 
 KEY_NOTE = ("each task is a Dask key: `stage-i` is partition i of a stage, a bare name is a value; "
             "a shared scan's key holds its outputs, and `key[name]` (name's output) is picked inside the "

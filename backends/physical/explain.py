@@ -9,12 +9,13 @@ Spark pass) and per-task notes (placement, resources). Nothing here needs an eng
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
-
-import networkx as nx
+from typing import TYPE_CHECKING, Callable
 
 from pipec.compiler import ir
 from pipec.backends.physical.planner import DriverStep, LoopStep, PhysicalPlan, Ref, Scan, TaskSpec, key_of
+
+if TYPE_CHECKING:  # networkx costs ~70 ms to import; only plan drawing needs it
+    import networkx as nx
 
 
 @dataclass
@@ -184,6 +185,7 @@ def _short_deps(keys: list[str]) -> str:
 def graph(plan: PhysicalPlan, mapping: Mapping) -> nx.DiGraph:
     """Every task of every graph (a loop's once: its tasks are the same every round) and
     every driver step; nodes carry ``label`` and ``group``, edges ``kind``."""
+    import networkx as nx
     g = nx.DiGraph()
     _graph_steps(plan, mapping, g, plan.root, None)
     return g
@@ -191,7 +193,7 @@ def graph(plan: PhysicalPlan, mapping: Mapping) -> nx.DiGraph:
 
 def _source_of(plan: PhysicalPlan, ref: Ref) -> str:
     """The drawn node a task's input comes from."""
-    op = plan.ir.op(ref.node) if ref.node in plan.ir.graph else None
+    op = plan.ir.op(ref.node) if ref.node in plan.ir else None
     if isinstance(op, (ir.Var, ir.Rebind, ir.Actor)):
         return f"driver:{ref.node}"
     keys = plan.parts.get(ref.node)
@@ -211,7 +213,7 @@ def _graph_steps(plan: PhysicalPlan, mapping: Mapping, g: nx.DiGraph, steps, loo
             g.add_node(f"driver:{node}", label=driver_text(plan, mapping, node), group=node, kind="driver",
                        loop=loop, step="driver")
             for port, src in op.inputs():
-                kind = graph_ir.graph.edges[src, node, port]["kind"]
+                kind = graph_ir.edge_kind(src, node, port)
                 src_op = graph_ir.op(src)
                 if src_op.node_shape == ir.COLLECTION and not isinstance(src_op, (ir.Var, ir.Rebind)):
                     for key in plan.parts.get(src, []):
@@ -220,7 +222,7 @@ def _graph_steps(plan: PhysicalPlan, mapping: Mapping, g: nx.DiGraph, steps, loo
                     g.add_edge(key_of(src), f"driver:{node}", kind="value")
                 else:
                     g.add_edge(f"driver:{src}", f"driver:{node}", kind=kind)
-            for src, _, kind in graph_ir.graph.in_edges(node, data="kind"):
+            for src, _, kind in graph_ir.in_edges(node):
                 if kind in ("order", "carry"):
                     g.add_edge(f"driver:{src}", f"driver:{node}", kind=kind)
             if isinstance(op, ir.Rebind):
@@ -234,7 +236,7 @@ def _graph_steps(plan: PhysicalPlan, mapping: Mapping, g: nx.DiGraph, steps, loo
                     g.add_edge(f"driver:{spec.data}", spec.key, kind="value")
                 for ref in spec.deps:
                     src = _source_of(plan, ref)
-                    ref_op = graph_ir.op(ref.node) if ref.node in graph_ir.graph else None
+                    ref_op = graph_ir.op(ref.node) if ref.node in graph_ir else None
                     kind = "actor" if isinstance(ref_op, ir.Actor) else (
                         "data" if ref_op is not None and ref_op.node_shape == ir.COLLECTION else "value")
                     if src not in g:

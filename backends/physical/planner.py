@@ -61,7 +61,7 @@ def reads_columnar(graph: ir.IR, node: str) -> bool:
     """Whether every reader of collection ``node`` takes a table (a ``map_batches ... as``
     stage or a dataset sink), so its partitions stay columnar instead of becoming rows.
     The one rule every backend applies, so the same bytes come out everywhere."""
-    readers = [graph.op(dst) for _, dst, kind in graph.graph.out_edges(node, data="kind") if kind == "data"]
+    readers = [graph.op(dst) for dst, kind in graph.out_edges(node) if kind == "data"]
     return bool(readers) and all(isinstance(op, ir.Elementwise) and op.batch is not None or ir.is_dataset_sink(op)
                                  for op in readers)
 
@@ -106,7 +106,7 @@ def read_by_stages_only(graph: ir.IR, node: str) -> bool:
     graphs that run them), so it may stay on the cluster: an actor call's answer then
     goes from the actor to the stages without a round trip through the driver, where
     the engine can do that (Dask, Ray)."""
-    readers = [graph.op(dst) for _, dst, kind in graph.graph.out_edges(node, data="kind") if kind != "order"]
+    readers = [graph.op(dst) for dst, kind in graph.out_edges(node) if kind != "order"]
     return bool(readers) and all(isinstance(op, ir.Elementwise) and op.input.node != node for op in readers)
 
 
@@ -248,7 +248,7 @@ class Planner:
     def _graph_step(self, nodes: list[str], loop: str | None) -> GraphStep:
         inside = set(nodes)
         exports = frozenset(n for n in nodes if n in self.loop_reads or ir.is_dataset_sink(self.ir.op(n)) or any(
-            dst not in inside for _, dst, kind in self.ir.graph.out_edges(n, data="kind")
+            dst not in inside for dst, kind in self.ir.out_edges(n)
             if kind in ("data", "value")))
         fuse: dict[str, str] = {}
         for n in nodes:
@@ -270,7 +270,7 @@ class Planner:
         return GraphStep(next(self._numbers), nodes, exports, fuse, loop, scans)
 
     def _readers(self, node: str) -> list[str]:
-        return [dst for _, dst, kind in self.ir.graph.out_edges(node, data="kind") if kind in ("data", "value")]
+        return [dst for dst, kind in self.ir.out_edges(node) if kind in ("data", "value")]
 
     def _scan(self, n: str, nodes: list[str], exports: frozenset[str], fuse: dict[str, str]) -> Scan | None:
         """The shared scan of collection ``n`` of a graph, if it has one: its readers in

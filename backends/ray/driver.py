@@ -72,7 +72,7 @@ def task_options(graph: ir.IR, spec, first=None) -> dict[str, Any]:
     segment = first if isinstance(first, s.Segment) else None
     nodes = segment.nodes if segment is not None else (spec.group,)
     effectful = any(getattr(getattr(graph.op(n), "options", None), "effectful", False)
-                    for n in nodes if n in graph.graph)
+                    for n in nodes if n in graph)
     out: dict[str, Any] = {"max_retries": 0 if effectful else max(spec.retries, LOST_WORKER_RETRIES),
                            "retry_exceptions": False, "name": spec.key, "num_cpus": 1}
     for name, amount in (spec.resources or {}).items():
@@ -450,7 +450,7 @@ class RayDriver(PlannedDriver):
             return
         except Exception:
             pass
-        order = {node: i for i, node in enumerate(self.ir.graph.nodes)}
+        order = {node: i for i, node in enumerate(self.ir)}
         for spec, ref in tasks:
             try:
                 ray.get(ref)
@@ -486,8 +486,8 @@ class RayDriver(PlannedDriver):
         """A Ray failure as a pipec error naming the stage (and partition) that failed
         (``spec``: the task's, when known; else the pipeline is named, never the engine)."""
         ray = self.ray
-        where = spec.group if spec is not None and spec.group in self.ir.graph else self.ir.info.name
-        span = self.ir.op(where).span if where in self.ir.graph else None
+        where = spec.group if spec is not None and spec.group in self.ir else self.ir.info.name
+        span = self.ir.op(where).span if where in self.ir else None
         cause = getattr(exc, "cause", None)
         failure = cause if isinstance(cause, StageFailure) else exc if isinstance(exc, StageFailure) else None
         if failure is not None:
@@ -501,7 +501,7 @@ class RayDriver(PlannedDriver):
             # Ray's message starts with the task's name (ours: the segment's), in colour.
             found = re.search(r"ray::([^\s(]+)\(", re.sub(r"\x1b\[[0-9;]*m", "", str(exc)))
             owner = self.names.get(found.group(1)) if found else None
-            span = self.ir.op(owner).span if owner in self.ir.graph else span
+            span = self.ir.op(owner).span if owner in self.ir else span
             if "pickle" in str(cause).lower():
                 return self.error(owner or where, f"the output cannot be pickled, so it cannot cross to another "
                                                   f"process ({type(cause).__name__}: {cause})", span,
@@ -519,7 +519,7 @@ class RayDriver(PlannedDriver):
         """A task lost with its worker more often than Ray re-runs it, or never re-run since
         its stage is effectful. Names the stage; suggests nothing that would re-run an
         effectful stage (`retries` is about exceptions user code raises, not lost workers)."""
-        owner = spec.group if spec is not None and spec.group in self.ir.graph else None
+        owner = spec.group if spec is not None and spec.group in self.ir else None
         if owner is None:  # an object lost after its task finished: Ray rebuilds it by lineage
             return self.error(self.ir.info.name, f"a result was lost with its worker and could not be rebuilt "
                                                  f"({type(exc).__name__})", None)

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
-
-import networkx as nx
+from typing import TYPE_CHECKING, Any
 
 from pipec.compiler import ir
 from pipec.compiler.capabilities import FEATURES
@@ -17,6 +15,9 @@ from pipec.backends.base import Backend, Plan, Progress, RunResult
 from pipec.backends.physical import explain as explaining
 from pipec.backends.physical.planner import PhysicalPlan, actor_answer_for_stages
 from pipec.backends.ray.engine import start_runtime, stop_runtime
+
+if TYPE_CHECKING:  # networkx costs ~70 ms to import; only plan drawing needs it
+    import networkx as nx
 
 TASK_NOTE = ("each task is one Ray task named by its key (a split has one return per bucket, a shared "
              "scan one per output, `key[name]` being name's; a merge reads bucket j of every split); what it "

@@ -342,7 +342,7 @@ class Driver:
         it points at ``span``, by default at the failing node."""
         node = failure.node
         base = node.split(".")[0]  # `ps.apply`: an actor's method
-        op = self.ir.op(base) if base in self.ir.graph else None
+        op = self.ir.op(base) if base in self.ir else None
         span = span or (op.span if op is not None else None)
         if failure.kind == "error":
             place = f" (partition {failure.partition})" if failure.partition is not None else ""

@@ -71,7 +71,7 @@ def check(graph: ir.IR, params: dict[str, Any], run_dir: str | None, source: Sou
 
 def _located(graph: ir.IR) -> Iterator[tuple[str, ir.Source | ir.Sink]]:
     """The file sources and the sinks, in the order of the file."""
-    found = [(node, op) for node in graph.graph for op in [graph.op(node)]
+    found = [(node, op) for node, op in graph.items()
              if (isinstance(op, ir.Source) and op.kind.startswith("read_")) or isinstance(op, ir.Sink)]
     return iter(sorted(found, key=lambda item: (item[1].span.line, item[1].span.column) if item[1].span else (0, 0)))
 
@@ -89,7 +89,7 @@ def _static(graph: ir.IR, params: dict[str, Any], operand) -> Any:
 def _known(graph: ir.IR, params: dict[str, Any], operand) -> Any:
     if isinstance(operand, ir.Lit):
         return operand.value
-    if not isinstance(operand, ir.NodeRef) or operand.node not in graph.graph:
+    if not isinstance(operand, ir.NodeRef) or operand.node not in graph:
         return _UNKNOWN
     op = graph.op(operand.node)
     if isinstance(op, ir.Param):

@@ -408,7 +408,7 @@ class SparkDriver(PlannedDriver):
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
         log = self.session.log if self.session else None
         where = f"Spark's log is {log}" if log else "see the Spark driver's log"
-        span = self.ir.op(node).span if node in self.ir.graph else None
+        span = self.ir.op(node).span if node in self.ir else None
         python = _python_cause(text)
         if python and "pickl" in python.lower():
             return self.error(node, f"the output cannot be pickled, so it cannot cross to another process "
@@ -429,7 +429,7 @@ class SparkDriver(PlannedDriver):
         return self.error(node, f"the Spark job failed: {cause}", span, where)
 
     def _unpicklable(self, node: str, exc: Exception) -> PipelineRuntimeError:
-        op = self.ir.op(node) if node in self.ir.graph else None
+        op = self.ir.op(node) if node in self.ir else None
         return self.error(node, f"a value cannot be pickled, so Spark cannot send it to its workers "
                                 f"({type(exc).__name__}: {_first_line(exc)})", op.span if op else None,
                           "use plain data (numbers, strings, lists, dicts, numpy arrays)")

@@ -7,9 +7,7 @@ the driver, which translates each graph step into RDD operations (see
 from __future__ import annotations
 
 import os
-from typing import Any
-
-import networkx as nx
+from typing import TYPE_CHECKING, Any
 
 from pipec.compiler import ir
 from pipec.compiler.capabilities import FEATURES
@@ -19,6 +17,9 @@ from pipec.backends.base import Backend, Plan, Progress, RunResult
 from pipec.backends.physical import explain as explaining
 from pipec.backends.physical import steps as s
 from pipec.backends.physical.planner import PhysicalPlan, TaskSpec, loops_of
+
+if TYPE_CHECKING:  # networkx costs ~70 ms to import; only plan drawing needs it
+    import networkx as nx
 
 TASK_NOTE = ("the tasks of one segment (keys stage-0 .. stage-k) are the partitions of one RDD: a segment or "
              "pool stage is one mapPartitionsWithIndex pass (Spark pipelines consecutive passes, so each "
@@ -91,7 +92,7 @@ def loop_invariant(graph: ir.IR) -> dict[str, str]:
     because PySpark's cache costs a trip through the JVM's block store (measured on
     benchmarks/mapreduce.pipe: 5.9 s cached, 3.3 s computed twice)."""
     out: dict[str, str] = {}
-    for src, dst, kind in graph.graph.edges(data="kind"):
+    for src, dst, _, kind in graph.edges():
         op = graph.op(src)
         if kind != "data" or isinstance(op, (ir.Var, ir.Rebind)) or op.node_shape != ir.COLLECTION:
             continue  # a var changes every round: it comes to the driver instead
