@@ -15,8 +15,6 @@ import html
 import json
 from typing import Any
 
-import networkx as nx
-
 from pipec.compiler.render import EDGE_STYLES, FONT, NODE_COLORS, Drawing
 
 CHAR_W, LINE_H, PAD = 6.6, 14, 8  # text metrics of the 11px font, and a box's padding
@@ -25,21 +23,14 @@ GAP_X, GAP_Y, CLUSTER_PAD = 28, 46, 14
 
 def layout(drawing: Drawing) -> dict[str, Any]:
     """Node boxes (x, y, w, h, centre-top origin), cluster boxes and edge paths."""
-    g = nx.DiGraph()
-    for n in drawing.nodes:
-        g.add_node(n.id)
-    for e in drawing.edges:
-        if e.kind != "carry" and e.source != e.target:
-            g.add_edge(e.source, e.target)
-    while not nx.is_directed_acyclic_graph(g):  # a lowered plan may still hold a cycle
-        g.remove_edge(*nx.find_cycle(g)[-1][:2])
+    preds = _acyclic_inputs(drawing)
     size = {}
     for n in drawing.nodes:
         lines = n.label.split("\n")
         size[n.id] = (max(60.0, max(len(x) for x in lines) * CHAR_W + 2 * PAD), len(lines) * LINE_H + 2 * PAD)
     layer: dict[str, int] = {}
-    for node in nx.topological_sort(g):
-        layer[node] = max((layer[p] + 1 for p in g.predecessors(node)), default=0)
+    for node in _topological(preds):
+        layer[node] = max((layer[p] + 1 for p in preds[node]), default=0)
     program = {n.id: i for i, n in enumerate(drawing.nodes)}
     rows: dict[int, list[str]] = {}
     for node in sorted(layer, key=lambda x: program[x]):
@@ -52,8 +43,8 @@ def layout(drawing: Drawing) -> dict[str, Any]:
         row = rows[depth]
 
         def wanted(node: str) -> float:
-            preds = [x_of[p] for p in g.predecessors(node) if p in x_of]
-            return sum(preds) / len(preds) if preds else program[node] * 10.0
+            inputs = [x_of[p] for p in preds[node] if p in x_of]
+            return sum(inputs) / len(inputs) if inputs else program[node] * 10.0
         row.sort(key=lambda node: (cluster_of[node], wanted(node), program[node]))
         height = max(size[n][1] for n in row)
         total = sum(size[n][0] for n in row) + GAP_X * (len(row) - 1)
@@ -70,6 +61,66 @@ def layout(drawing: Drawing) -> dict[str, Any]:
     clusters = _cluster_boxes(drawing, boxes)
     width = max([b["x"] + b["w"] / 2 for b in boxes.values()] + [c["x"] + c["w"] for c in clusters.values()] + [200])
     return {"nodes": boxes, "clusters": clusters, "width": width + 40, "height": y + 20}
+
+
+def _acyclic_inputs(drawing: Drawing) -> dict[str, list[str]]:
+    """Each node's inputs (in edge order, each once), loop-carried edges left out, and
+    one edge of each remaining cycle (a lowered plan may still hold one): the back edge a
+    depth-first walk in node order meets first, until none is left. (Plain Python: this
+    runs at the end of every run, and networkx alone takes longer to import.)"""
+    succ: dict[str, list[str]] = {n.id: [] for n in drawing.nodes}
+    for e in drawing.edges:
+        if e.kind != "carry" and e.source != e.target and e.target not in succ[e.source]:
+            succ[e.source].append(e.target)
+    while (back := _back_edge(succ)) is not None:
+        succ[back[0]].remove(back[1])
+    preds: dict[str, list[str]] = {n: [] for n in succ}
+    for u, targets in succ.items():
+        for v in targets:
+            preds[v].append(u)
+    return preds
+
+
+def _back_edge(succ: dict[str, list[str]]) -> tuple[str, str] | None:
+    """The first edge closing a cycle, walking depth first from each node in order."""
+    state: dict[str, int] = {}  # 1 on the current path, 2 done
+    for root in succ:
+        if root in state:
+            continue
+        state[root] = 1
+        stack = [(root, iter(succ[root]))]
+        while stack:
+            node, targets = stack[-1]
+            for v in targets:
+                if state.get(v) == 1:
+                    return node, v
+                if v not in state:
+                    state[v] = 1
+                    stack.append((v, iter(succ[v])))
+                    break
+            else:
+                state[node] = 2
+                stack.pop()
+    return None
+
+
+def _topological(preds: dict[str, list[str]]) -> list[str]:
+    """The nodes of an acyclic graph, each after all its inputs."""
+    waiting = {n: len(p) for n, p in preds.items()}
+    readers: dict[str, list[str]] = {n: [] for n in preds}
+    for v, inputs in preds.items():
+        for u in inputs:
+            readers[u].append(v)
+    ready = [n for n, k in waiting.items() if k == 0]
+    order = []
+    while ready:
+        node = ready.pop()
+        order.append(node)
+        for v in readers[node]:
+            waiting[v] -= 1
+            if waiting[v] == 0:
+                ready.append(v)
+    return order
 
 
 def _cluster_boxes(drawing: Drawing, boxes: dict[str, dict]) -> dict[str, dict]:

@@ -584,8 +584,11 @@ class IR:
             yield node_id, data["op"]
 
     def edges(self) -> list[tuple[str, str, str, str]]:
-        """Every edge as (from, to, port, kind), in networkx's order."""
+        """Every edge as (from, to, port, kind), in networkx's order (port "" for the
+        plain DiGraph a backend's plan draws)."""
         if self._graph is not None:
+            if not self._graph.is_multigraph():
+                return [(u, v, "", kind) for u, v, kind in self._graph.edges(data="kind")]
             return list(self._graph.edges(keys=True, data="kind"))
         return [(u, v, key, kind) for u in self._ops  # by source in node order, as networkx
                 for v, keys in self._succ.get(u, {}).items() for key, kind in keys.items()]

@@ -137,7 +137,7 @@ def pipeline_drawing(graph: ir.IR) -> Drawing:
     info = graph.info
     params = []
     for name in info.params:
-        op = graph.op(name) if name in graph.graph else None
+        op = graph.op(name) if name in graph else None
         if isinstance(op, ir.Param):
             params.append(f"{name}: {op.type}" + ("" if op.required else f" = {_literal(op.default)}"))
         else:
@@ -152,9 +152,7 @@ def pipeline_drawing(graph: ir.IR) -> Drawing:
     for loop_id in info.loops:
         if loop_id not in filled:
             drawing.nodes.append(Node(f"{loop_id} (empty)", "(empty body)", "plaintext", "empty", cluster=loop_id))
-    edges = graph.graph.edges(keys=True, data="kind") if graph.graph.is_multigraph() else \
-        ((u, v, "", kind) for u, v, kind in graph.graph.edges(data="kind"))  # a plan's plain DiGraph
-    for source, target, port, kind in edges:
+    for source, target, port, kind in graph.edges():
         drawing.edge(source, target, kind, _edge_label(str(port), kind))
     return drawing.finish()
 
@@ -310,7 +308,7 @@ def _loop_label(graph: ir.IR, loop: ir.Loop) -> str:
         return f"when {_operand(graph, loop.when)}"
     text = f"repeat {_operand(graph, loop.count)}"
     if loop.index is not None:
-        index = graph.op(loop.index) if loop.index in graph.graph else None
+        index = graph.op(loop.index) if loop.index in graph else None
         text += f" as {(index.name if index is not None and index.name else loop.index)}"
     if loop.until is not None:
         text += f" until {_operand(graph, loop.until)}"
@@ -350,7 +348,7 @@ def _operand(graph: ir.IR, operand, depth: int = 0) -> str:
     if isinstance(operand, ir.Lit):
         return _literal(operand.value)
     node = operand.node
-    if node.isidentifier() or node not in graph.graph or depth >= _MAX_INLINE:
+    if node.isidentifier() or node not in graph or depth >= _MAX_INLINE:
         return node
     op = graph.op(node)
     if isinstance(op, (ir.Var, ir.Rebind)) and op.name:

@@ -173,6 +173,19 @@ def test_check_and_the_language_server_path_import_neither_networkx_nor_pydantic
     assert pipeline.ir.graph.nodes["grads"]["op"] is pipeline.ir.op("grads")
 
 
+def test_run_imports_no_networkx(tmp_path):
+    """Only drawing a plan needs networkx (about 70 ms to import, a few per cent of a short
+    run): `pipec run` plans, runs and summarises with the IR's own edge dicts."""
+    probe = ("import sys, runpy\n"
+             f"sys.argv = ['pipec', 'run', {str(EXAMPLES / 'train.pipe')!r}, '--backend', 'local', '-q',\n"
+             "            '-p', 'epochs=2', '-p', 'rows=2000', '--run-dir', 'run']\n"
+             "try:\n    runpy.run_module('pipec', run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
+             "print(code, 'networkx' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[-2] == "0 False", done.stdout + done.stderr
+
+
 def test_ir_ops_validate_themselves_when_built():
     from pipec.compiler import ir
     from pipec.compiler.model import ValidationError
