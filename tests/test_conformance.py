@@ -45,6 +45,9 @@ def pair(x):
 def word_pair(w):
     return (w, 1)
 
+def mod_one(x):
+    return (x % 3, 1)
+
 def add(a, b):
     return a + b
 
@@ -231,8 +234,10 @@ CASES: dict[str, Case] = {
         stage pairs = map m.pair over xs
         stage sums = reduce_by_key m.add over pairs
         stage groups = group_by_key over pairs
+        stage counts = reduce_by_key m.add over (map m.mod_one over xs)
         sink a = collect(sums) -> json("out/a.json")
-        sink b = groups -> jsonl("out/b.jsonl")"""),
+        sink b = groups -> jsonl("out/b.jsonl")
+        sink c = collect(counts) -> json("out/c.json")"""),
     "join_distinct_union_map_values": Case("""
         source xs = range(12) partitions 3
         source ys = range(6) partitions 2

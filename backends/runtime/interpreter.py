@@ -317,10 +317,7 @@ def _branches(step: s.Branches, items, partition: int, slots: Slots) -> list:
     # take it in the form they read, as they would reading it from a task of its own.
     outputs = [_output(items)] if step.keep else []
     for chain, terminal in step.branches:
-        out = items
-        for element in chain:
-            out = run_elementwise(element, out, partition, slots)
-        result = run_terminal(terminal, out, partition, slots)
+        result = run_chain(chain, terminal, items, partition, slots)
         outputs.extend(result if isinstance(terminal, (s.Split, s.Branches)) else [result])
     return outputs
 
@@ -355,11 +352,43 @@ def run_segment(segment: s.Segment, partition: int, items=None, slots: Slots = N
     if head is None:
         raise UnknownStep(f"no handler for head {type(segment.head).__name__}")
     items = head(segment.head, items, partition, slots)
-    for step in segment.steps:
-        items = run_elementwise(step, items, partition, slots)
     if segment.terminal is None:
+        for step in segment.steps:
+            items = run_elementwise(step, items, partition, slots)
         return _output(items)
-    return run_terminal(segment.terminal, items, partition, slots)
+    return run_chain(segment.steps, segment.terminal, items, partition, slots)
+
+
+def run_chain(steps: Sequence[s.Elementwise], terminal, items, partition: int, slots: Slots = NO_SLOTS):
+    """Element-wise ``steps``, then ``terminal``, over one partition's ``items``.
+
+    The counting idiom, a last ``map`` that is exactly ``return x, c`` feeding a
+    ``reduce_by_key`` with addition, is counted by :func:`semantics.count_pairs` in C
+    without calling the map per element: the result is the one the steps would give."""
+    if steps and _counts_pairs(steps[-1], terminal):
+        *before, pairing = steps
+        for step in before:
+            items = run_elementwise(step, items, partition, slots)
+        c = semantics.constant_pair(resolve(pairing.fn.module, pairing.fn.attr))
+        counted = semantics.count_pairs(batches.rows(items), c)
+        if counted is not None:
+            return _plain(terminal.node, partition, lambda: semantics.shuffle_split(counted, terminal.k, terminal.how))
+        steps = [pairing]  # an element that is not hashable: the general path gives its error
+    for step in steps:
+        items = run_elementwise(step, items, partition, slots)
+    return run_terminal(terminal, items, partition, slots)
+
+
+def _counts_pairs(step: s.Elementwise, terminal) -> bool:
+    """Whether ``step`` into ``terminal`` is the counting idiom :func:`run_chain` counts."""
+    if not (isinstance(terminal, s.Split) and terminal.how == "reduce_by_key" and step.kind == "map"
+            and step.fn is not None and step.pool is None and not step.bindings and step.batch is None):
+        return False
+    try:
+        return (semantics.is_addition(resolve(terminal.fn.module, terminal.fn.attr))
+                and semantics.constant_pair(resolve(step.fn.module, step.fn.attr)) is not None)
+    except Exception:  # a function that cannot be found: the general path reports it where it always did
+        return False
 
 
 # ---- finishers ---------------------------------------------------------------------------------------

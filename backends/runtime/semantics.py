@@ -165,6 +165,10 @@ def shuffle_split(records: Iterable, k: int, what: str) -> list[list]:
 def reduce_by_key_partial(fn: Callable, records: Iterable) -> list[tuple]:
     """Map-side combine of one partition: one (key, partial) per key, in first-seen order."""
     records = records if isinstance(records, (list, tuple)) else list(records)
+    if is_addition(fn):
+        counted = _counted(records)
+        if counted is not None:
+            return counted
     acc: dict = {}
     get = acc.get
     try:
@@ -176,6 +180,112 @@ def reduce_by_key_partial(fn: Callable, records: Iterable) -> list[tuple]:
             _record_key(record, "reduce_by_key")
         raise
     return list(acc.items())
+
+
+# ---- counting at C speed ------------------------------------------------------------------------
+#
+# The counting idiom (`map` to (key, 1), then `reduce_by_key` with addition) folds one
+# Python call per record. When the reducer is addition and every record's value is the
+# same int c, the fold of n records of a key is exactly n * c, in the order the keys
+# were first seen: collections.Counter computes that in C. Whatever does not fit (another
+# reducer, a bool, a float, a record that is not a pair, an unhashable key) takes the
+# general loop, which gives the same result or the same error as before.
+
+
+def _addition(a, b):
+    return a + b
+
+
+def _pair_with_constant(x):
+    return x, 1
+
+
+def _instructions(fn) -> list[tuple[str, int | None]] | None:
+    """The bytecode of a plain Python function with positional parameters only (no
+    defaults, closure, globals or ``*args``), as (opname, arg) pairs; None for anything
+    else (a builtin, a lambda with defaults, a bound method...)."""
+    import dis
+    import inspect
+    import types
+    if not isinstance(fn, types.FunctionType) or fn.__defaults__ or fn.__kwdefaults__ or fn.__closure__:
+        return None
+    code = fn.__code__
+    if code.co_kwonlyargcount or code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS) or code.co_names:
+        return None
+    return [(i.opname, i.arg) for i in dis.get_instructions(fn)]
+
+
+@functools.lru_cache(maxsize=256)
+def _is_addition_code(fn) -> bool:
+    mine = _instructions(fn)
+    return mine is not None and fn.__code__.co_argcount == 2 and mine == _instructions(_addition)
+
+
+def is_addition(fn: Callable) -> bool:
+    """Whether ``fn(a, b)`` is ``a + b``: :func:`operator.add`, or a function whose code
+    is exactly ``return a + b`` of its two parameters (names, annotations and a
+    docstring aside)."""
+    import operator
+    if fn is operator.add:
+        return True
+    try:
+        return _is_addition_code(fn)
+    except TypeError:  # not hashable: not a plain function either
+        return False
+
+
+@functools.lru_cache(maxsize=256)
+def _constant_pair_code(fn) -> tuple[bool, Any]:
+    mine = _instructions(fn)
+    shape = _instructions(_pair_with_constant)
+    if mine is None or fn.__code__.co_argcount != 1 or [op for op, _ in mine] != [op for op, _ in shape]:
+        return False, None
+    if mine != [(op, arg) if op != "LOAD_CONST" else (op, mine[i][1]) for i, (op, arg) in enumerate(shape)]:
+        return False, None  # the same instructions, on other operands (not x itself)
+    const = next(arg for op, arg in mine if op == "LOAD_CONST")
+    return True, fn.__code__.co_consts[const]
+
+
+def constant_pair(fn: Callable) -> int | None:
+    """The int c when ``fn(x)`` is exactly ``return x, c`` (c an int constant, not a
+    bool), else None: a `map` that pairs each element with a count."""
+    try:
+        found, c = _constant_pair_code(fn)
+    except TypeError:
+        return None
+    return c if found and type(c) is int else None
+
+
+def count_pairs(elements: Sequence, c: int) -> list[tuple] | None:
+    """``reduce_by_key`` with addition over ``[(x, c) for x in elements]``: (x, n * c) in
+    first-seen order; None when an element is not hashable (the general loop then
+    raises the error it always raised)."""
+    from collections import Counter
+    try:
+        counts = Counter(elements)
+    except TypeError:
+        return None
+    return list(counts.items()) if c == 1 else [(key, n * c) for key, n in counts.items()]
+
+
+def _counted(records: Sequence) -> list[tuple] | None:
+    """The map-side combine with addition when every record is a pair (key, c) with the
+    same int c (see above); None when the records do not all have that shape."""
+    from operator import itemgetter
+    if not records or not set(map(type, records)) <= {tuple, list}:
+        return None
+    try:
+        if set(map(len, records)) != {2}:
+            return None
+        values = list(map(itemgetter(1), records))
+    except TypeError:  # a record without a length or an index: the general loop says so
+        return None
+    if set(map(type, values)) != {int}:
+        return None
+    distinct = set(values)
+    if len(distinct) != 1:
+        return None
+    return count_pairs(list(map(itemgetter(0), records)), distinct.pop())
 
 
 def reduce_by_key_merge(fn: Callable, parts: Sequence[Iterable]) -> list[tuple]:
