@@ -609,7 +609,7 @@ class DaskDriver(PlannedDriver):
             while True:
                 try:
                     future = record.actors[m].each(seq, method, sealed)
-                    answers.append(worker.unseal(worker.await_actor(future, record.actors[m], pool, m)))
+                    answers.append(worker.unseal(worker.await_actor(future, record.actors[m], pool, m, self.client)))
                     break
                 except Exception as exc:
                     if isinstance(exc, worker.ActorLost) or worker.is_lost(exc) or \
@@ -673,9 +673,11 @@ class DaskDriver(PlannedDriver):
 
     def _result(self, record: ActorRecord, future):
         """Wait for an actor call; a silent actor whose worker is gone counts as lost."""
-        return worker.unseal(worker.await_actor(future, record.actor, record.node, None))
+        return worker.unseal(worker.await_actor(future, record.actor, record.node, None, self.client))
 
     def _alive(self, actor) -> bool:
+        if worker.actor_worker_gone(actor, self.client):
+            return False
         try:
             return bool(actor.ping().result(timeout=10))
         except Exception:

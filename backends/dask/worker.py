@@ -191,24 +191,50 @@ def _caller(node: str, actor):
 
 # How long a call to an actor may go unanswered before the caller checks that the
 # actor's worker is still there (a long call on a live worker simply goes on).
-PROBE_AFTER = 2.0
+# A call silent this long makes the caller ask the scheduler whether the actor's worker is
+# still in the cluster (a killed worker leaves it the moment its connection breaks), then
+# again at doubling intervals up to PING_EVERY, when the actor itself is also pinged (its
+# event loop answers even while a long call runs; a worker that hangs, or one across a
+# broken network, is only found that way).
+PROBE_AFTER = 0.1
+PING_EVERY = 2.0
 PING_TIMEOUT = 5.0
 
 
-def await_actor(future, actor, node: str, member: int | None):
+def actor_worker_gone(actor, client=None) -> bool:
+    """Whether the scheduler no longer lists the worker holding ``actor`` (False when it
+    cannot tell: the ping decides then). ``client`` is the driver's; a task uses its
+    worker's client."""
+    try:
+        if client is None:
+            from distributed import get_client
+            client = get_client()
+        return actor._address not in client.scheduler_info()["workers"]
+    except Exception:
+        return False
+
+
+def await_actor(future, actor, node: str, member: int | None, client=None):
     """The result of an actor call. Dask leaves a call to an actor whose worker died
-    unanswered at times, so a silent actor is pinged (its event loop answers even while
-    a long call runs) and counts as lost when it does not answer."""
+    unanswered at times, so a silent call is probed (see PROBE_AFTER) and the actor counts
+    as lost when the scheduler has dropped its worker or a ping gets no answer."""
+    wait, silent = PROBE_AFTER, 0.0
     while True:
         try:
-            return future.result(timeout=PROBE_AFTER)
+            return future.result(timeout=wait)
         except TimeoutError:
-            try:
-                alive = actor.ping().result(timeout=PING_TIMEOUT)
-            except Exception:
-                alive = False
-            if not alive:
-                raise ActorLost(node, member, "no answer, and its worker is gone") from None
+            silent += wait
+            if actor_worker_gone(actor, client):
+                raise ActorLost(node, member, "its worker left the cluster") from None
+            if silent >= PING_EVERY:
+                silent = 0.0
+                try:
+                    alive = actor.ping().result(timeout=PING_TIMEOUT)
+                except Exception:
+                    alive = False
+                if not alive:
+                    raise ActorLost(node, member, "no answer, and its worker is gone") from None
+            wait = min(2 * wait, PING_EVERY)
         except Exception as exc:
             if is_lost(exc):
                 raise ActorLost(node, member, str(exc)) from None
