@@ -202,14 +202,17 @@ PING_TIMEOUT = 5.0
 
 
 def actor_worker_gone(actor, client=None) -> bool:
-    """Whether the scheduler no longer lists the worker holding ``actor`` (False when it
-    cannot tell: the ping decides then). ``client`` is the driver's; a task uses its
-    worker's client."""
+    """Whether the scheduler says no worker holds ``actor`` any more at its address (a
+    killed worker is dropped the moment its connection breaks); False when it cannot
+    tell, and the ping decides. ``client`` is the driver's; a task uses its worker's.
+    (Asked directly: ``Client.scheduler_info`` returns a cache that the client's own
+    periodic update refills without the workers, so it can miss a live one.)"""
     try:
         if client is None:
             from distributed import get_client
             client = get_client()
-        return actor._address not in client.scheduler_info()["workers"]
+        holders = client.sync(client.scheduler.who_has, keys=[actor._key])
+        return actor._address not in holders.get(actor._key, ())
     except Exception:
         return False
 
