@@ -31,6 +31,8 @@ import posixpath
 import uuid
 from typing import Any, Sequence
 
+from pipec.backends.runtime import storage
+
 # A Parquet file larger than this with several row groups is read a row group per piece.
 PIECE_BYTES = 64 << 20
 # The staging folder of a dataset sink, beside its target (see StagedSinks).
@@ -67,8 +69,10 @@ def pyarrow():
 
 
 def filesystem(url: str):
-    """``(fs, path)`` for ``url`` (a plain path or any fsspec URL)."""
-    return require("fsspec", "parquet").core.url_to_fs(url)
+    """``(fs, path)`` for ``url`` (a plain path or any fsspec URL), with the storage
+    options of this process and its run (see :func:`storage.filesystem`)."""
+    require("fsspec", "parquet")
+    return storage.filesystem(url)
 
 
 def _is_local(fs) -> bool:
