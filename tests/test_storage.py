@@ -316,6 +316,43 @@ def pa_buffer(data: bytes):
     return pa.BufferReader(data)
 
 
+def test_a_commit_cut_short_is_finished_by_the_next_run_of_the_folder(s3, write_pipe, tmp_path, monkeypatch):
+    """A run's three sinks on S3 (a JSON file, a Parquet and a CSV dataset) whose commit
+    fails after the first dataset's parts were moved in, before its `_SUCCESS`: nothing
+    is undone (the JSON file is new, the datasets' parts are kept), the error says who
+    finishes it, and the next run in the run folder does, before anything else."""
+    from pipec.backends.runtime import datasets
+    from pipec.backends.runtime.sinks import StagedSinks
+    from pipec.dsl.diagnostics import PipelineRuntimeError
+    monkeypatch.chdir(tmp_path)
+    path = write_pipe('use m as m\n\npipeline p() {\n    source xs = range(4) partitions 2\n'
+                      '    stage rows = map m.row over xs\n'
+                      f'    sink w = collect(xs) -> json("{s3.url("out/w.json")}")\n'
+                      f'    sink a = rows -> parquet("{s3.url("out/a")}")\n'
+                      f'    sink b = rows -> csv("{s3.url("out/b")}")\n}}\n', m="def row(x):\n    return {'x': x}\n")
+    put = datasets._put
+
+    def cut_short(fs, where, data):
+        if where.endswith("/_SUCCESS"):
+            raise OSError("the connection went away")
+        put(fs, where, data)
+    monkeypatch.setattr(datasets, "_put", cut_short)
+    run = s3.url("runs/r")
+    with pytest.raises(PipelineRuntimeError) as info:
+        load(path).run(backend="local", run_dir=run)
+    assert "cannot write the sinks" in str(info.value) and "finishes it" in info.value.render()
+    parts = ["part-00000.parquet", "part-00001.parquet"]
+    assert json.loads(s3.get("out/w.json")) == [0, 1, 2, 3]
+    assert s3.keys("out/a/") == [f"out/a/{p}" for p in parts]  # moved in; no _SUCCESS, so no reader takes it
+    assert any(".b.pipec-staged-" in k for k in s3.keys("out/"))  # kept for the commit to finish
+    monkeypatch.setattr(datasets, "_put", put)
+    StagedSinks(run, "next").clean_leftovers()  # what the next run in the folder does first
+    assert s3.keys("out/") == ["out/a/_SUCCESS", *(f"out/a/{p}" for p in parts), "out/b/_SUCCESS",
+                               "out/b/part-00000.csv", "out/b/part-00001.csv", "out/w.json"]
+    assert s3.get("out/b/part-00001.csv").decode().split() == ['"x"', "2", "3"]
+    assert not storage.exists(storage.join(run, "staged.json"))
+
+
 def test_resuming_a_run_that_is_not_in_the_bucket_is_a_usage_error(s3, capsys):
     from pipec.cli import main
     code = main(["run", str(ROOT / "examples" / "train.pipe"), "--backend", "dask", "--resume", s3.url("runs/none")])

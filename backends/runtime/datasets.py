@@ -359,12 +359,23 @@ def _not_a_file(fs, path: str, target: str) -> None:
         raise NotADirectoryError(f"{target} is a file, and a dataset sink writes a folder")
 
 
-def commit(staging: str, target: str, names: Sequence[str]) -> None:
+def commit(staging: str, target: str, names: Sequence[str], again: bool = False) -> None:
     """Move the parts ``names`` from ``staging`` into the dataset folder ``target``:
     ``_SUCCESS`` is removed first, the target's parts from an earlier write that are not
-    written again are removed, the new parts renamed in, ``_SUCCESS`` written last."""
+    written again are removed, the new parts renamed in, ``_SUCCESS`` written last.
+    ``again``: finishing a commit that was cut short, so a part moved already is left
+    where it is, and nothing is done when no part is left to move and ``_SUCCESS`` is
+    there (the commit got that far, or a later write of the target replaced it)."""
     fs, root = filesystem(target)
     _, folder = filesystem(staging)
+    fs.invalidate_cache(folder)
+    try:
+        staged = {posixpath.basename(p.rstrip("/")) for p in fs.ls(folder, detail=False)}
+    except FileNotFoundError:  # an object store has no empty folders
+        staged = set()
+    if again and not staged & set(names) and fs.exists(posixpath.join(root, SUCCESS)):
+        remove(staging)
+        return
     _not_a_file(fs, root, target)
     fs.makedirs(root, exist_ok=True)
     success = posixpath.join(root, SUCCESS)
@@ -380,7 +391,10 @@ def commit(staging: str, target: str, names: Sequence[str]) -> None:
         if base.startswith("part-") and base not in keep:
             fs.rm(old, recursive=True)
     for name in names:
-        fs.mv(posixpath.join(folder, name), posixpath.join(root, name))
+        if name in staged:
+            fs.mv(posixpath.join(folder, name), posixpath.join(root, name))
+        elif not again or not fs.exists(posixpath.join(root, name)):
+            raise FileNotFoundError(errno.ENOENT, "a part the tasks wrote is gone", posixpath.join(folder, name))
     _put(fs, success, b"")
     remove(staging)
 

@@ -160,7 +160,9 @@ class Driver:
         try:
             self.sinks.commit()
         except OSError as exc:
-            raise self.error(self.ir.info.name, f"cannot write the sinks: {exc.strerror or exc}") from None
+            hint = (f"the commit had started: the next run in {self.run_dir} (`pipec run --resume "
+                    f"{self.run_dir}`) finishes it" if self.sinks.committing else None)
+            raise self.error(self.ir.info.name, f"cannot write the sinks: {exc.strerror or exc}", None, hint) from None
         for node, path in self.result.files.items():
             notify(self.progress, "sink_written", node, path)
 
