@@ -114,22 +114,21 @@ class Pipeline:
             storage_options: Mapping[str, dict] | None = None, **options):
         """Run the pipeline on ``backend`` (made with engine ``options``: ``address``, a
         Dask ``client``, ...); ``resume`` continues the run in ``run_dir`` (a folder or a
-        storage URL). ``storage_options`` maps a protocol to fsspec options for this
-        process (``{"s3": {"endpoint_url": ...}}``); workers elsewhere read fsspec's
-        configuration and the environment instead. Returns a
-        :class:`pipec.backends.base.RunResult`; the run folder keeps ``summary.json`` and
-        ``report.html`` (``result.report``)."""
-        if storage_options:
-            from pipec.backends.runtime import storage
-            for protocol, opts in storage_options.items():
-                storage.configure(protocol, **opts)
+        storage URL). ``storage_options`` maps a protocol to fsspec options for this run
+        (``{"s3": {"endpoint_url": ..., "key": ..., "secret": ...}}``): the driver uses
+        them, every engine ships them to the run's workers and actors (never into the
+        plan, the logs, the summary or the report), and they are gone when the run ends.
+        Returns a :class:`pipec.backends.base.RunResult`; the run folder keeps
+        ``summary.json`` and ``report.html`` (``result.report``)."""
+        from pipec.backends.runtime import storage
         engine = self.backend(backend, **options)
         if resume and not engine.can("resume"):
             raise UsageError(f"backend `{engine.name}` cannot resume a run",
                              "run it again without --resume, or on a backend that can (`pipec backends`)")
         plan = self.lower(engine, params)
         from pipec.runs import RunEvents
-        return run_plan(self, plan, RunEvents(progress) if progress is not None else None, run_dir, resume)
+        with storage.configured(storage_options):
+            return run_plan(self, plan, RunEvents(progress) if progress is not None else None, run_dir, resume)
 
 
 def run_plan(pipeline: Pipeline, plan, events=None, run_dir: str | None = None, resume: bool = False):

@@ -80,7 +80,7 @@ def test_partitions_follow_files_and_row_groups(backend, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _dataset(tmp_path / "data", {"a.parquet": (0, 3), "b.parquet": (3, 5)})
     monkeypatch.setattr(datasets, "PIECE_BYTES", 0)  # every file is large: a piece per row group
-    pieces, single = datasets.list_pieces("parquet", "data")
+    pieces, single, _ = datasets.list_pieces("parquet", "data")
     assert not single
     assert [(Path(f).name, g) for f, g in pieces] == [("a.parquet", 0), ("a.parquet", 1), ("b.parquet", 0),
                                                       ("b.parquet", 1), ("b.parquet", 2)]
@@ -216,6 +216,33 @@ def test_csv_types_are_the_first_files_whatever_the_partitions(tmp_path, monkeyp
     with pytest.raises(PipelineRuntimeError) as err:
         load(path).run(backend="local", params={"k": 2})
     assert "t/c.csv does not fit the types of the dataset's first file" in str(err.value)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_csv_types_are_inferred_once_by_the_driver(backend, tmp_path, monkeypatch):
+    """The driver infers a CSV dataset's types once, from the first file, when it lists
+    the source, and each task reads only its own file with them: a later file whose own
+    inference differs (ints where the first has doubles) reads as the first file says on
+    every backend, and a driver that infers strings makes every task read strings (tasks
+    inferring for themselves, in their own processes, would give numbers)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t/a.csv").write_text("id,x\n1,1.5\n2,2.5\n")
+    (tmp_path / "t/b.csv").write_text("id,x\n3,3\n4,4\n")
+    path = _pipe(tmp_path, """
+    source rows = read_csv("t")
+    sink out = collect(rows)""")
+    out = load(path).run(backend=backend, **engine_options(backend)).outputs["out"]
+    assert out == [{"id": 1, "x": 1.5}, {"id": 2, "x": 2.5}, {"id": 3, "x": 3.0}, {"id": 4, "x": 4.0}]
+    assert [type(r["x"]) for r in out] == [float] * 4
+    infer, inferred = datasets._csv_types, []
+
+    def as_strings(pa, url, options):
+        inferred.append(url)
+        return {**infer(pa, url, options), "x": pa.string()}
+    monkeypatch.setattr(datasets, "_csv_types", as_strings)  # in this process only: the driver
+    out = load(path).run(backend=backend, **engine_options(backend)).outputs["out"]
+    assert [r["x"] for r in out] == ["1.5", "2.5", "3", "4"] and [Path(u).name for u in inferred] == ["a.csv"]
 
 
 def test_missing_pyarrow_is_a_usage_error_naming_the_extra(tmp_path):

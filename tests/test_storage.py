@@ -253,6 +253,104 @@ def test_storage_options_from_the_api_reach_the_bucket(s3, write_pipe, tmp_path,
     assert s3.get("out/b.jsonl").decode().split() == ["0", "1", "2", "3"]
 
 
+_PROBE = """
+import os
+
+# What would let a worker reach the bucket without the options the driver ships.
+ENVIRONMENT = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+               "AWS_SESSION_TOKEN", "AWS_PROFILE")
+
+def probe(row):
+    clean = not any(k in os.environ for k in ENVIRONMENT) and not any(k.startswith("FSSPEC_") for k in os.environ)
+    return {**row, "pid": os.getpid(), "clean": clean}
+"""
+
+
+@pytest.mark.parametrize("backend", ["dask", "ray", "spark"])
+def test_storage_options_given_in_python_reach_every_worker(backend, s3, write_pipe, tmp_path, monkeypatch):
+    """The endpoint and credentials given only in Python reach the tasks on every engine:
+    with no AWS or fsspec variable in the workers' environment (nor the driver's), each
+    task reads its own CSV file from the bucket and writes its Parquet part there, in a
+    process that is not the driver's. The secret is nowhere in the plan, the logs, the
+    summary or the report, and the driver (and Dask's workers) forget it after the run."""
+    import uuid
+    import pyarrow.parquet as pq
+    from tests.engines import engine_options
+    from tests.s3 import _forget_filesystems
+    for key in [k for k in os.environ if k.startswith(("AWS_", "FSSPEC_"))]:
+        monkeypatch.delenv(key)
+    _forget_filesystems()
+    monkeypatch.chdir(tmp_path)
+    secret = f"pipec-secret-{uuid.uuid4().hex}"
+    options = {"s3": {"endpoint_url": s3.endpoint, "key": "testing", "secret": secret,
+                      "client_kwargs": {"region_name": "us-east-1"}}}
+    s3.put("in/a.csv", "id,x\n1,0.5\n2,1.5\n")
+    s3.put("in/b.csv", "id,x\n3,2.5\n4,3.5\n")
+    path = write_pipe('use probes as m\n\npipeline p(src: str, dst: str) {\n'
+                      '    source rows = read_csv(src) partitions 2\n'
+                      '    stage probed = map m.probe over rows\n'
+                      '    sink out = probed -> parquet(dst)\n}\n', probes=_PROBE)
+    params = {"src": s3.url("in"), "dst": s3.url("out")}
+    pipeline = load(path)
+    result = pipeline.run(backend=backend, params=params, storage_options=options, **engine_options(backend))
+    assert s3.keys("out/") == ["out/_SUCCESS", "out/part-00000.parquet", "out/part-00001.parquet"]
+    rows = [r for part in ("part-00000", "part-00001")
+            for r in pq.read_table(pa_buffer(s3.get(f"out/{part}.parquet"))).to_pylist()]
+    assert [(r["id"], r["x"]) for r in rows] == [(1, 0.5), (2, 1.5), (3, 2.5), (4, 3.5)]
+    assert all(r["clean"] for r in rows), "a worker had the S3 environment: the test proves nothing"
+    assert os.getpid() not in {r["pid"] for r in rows}  # the tasks ran on the engine's workers
+    # the secret went nowhere it could be read back
+    kept = [p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()]  # the run folder: logs, summary, report
+    kept.append(json.dumps(pipeline.lower(backend, params, **engine_options(backend)).to_json()).encode())
+    assert result.report and Path(result.report).exists() and not any(secret.encode() in blob for blob in kept)
+    assert storage.shipped() is None and secret not in repr(storage.Options(options))
+    if backend == "dask":
+        client = engine_options("dask")["client"]
+        assert set(client.run(storage.shipped).values()) == {None}
+
+
+def pa_buffer(data: bytes):
+    import pyarrow as pa
+    return pa.BufferReader(data)
+
+
+def test_a_commit_cut_short_is_finished_by_the_next_run_of_the_folder(s3, write_pipe, tmp_path, monkeypatch):
+    """A run's three sinks on S3 (a JSON file, a Parquet and a CSV dataset) whose commit
+    fails after the first dataset's parts were moved in, before its `_SUCCESS`: nothing
+    is undone (the JSON file is new, the datasets' parts are kept), the error says who
+    finishes it, and the next run in the run folder does, before anything else."""
+    from pipec.backends.runtime import datasets
+    from pipec.backends.runtime.sinks import StagedSinks
+    from pipec.dsl.diagnostics import PipelineRuntimeError
+    monkeypatch.chdir(tmp_path)
+    path = write_pipe('use m as m\n\npipeline p() {\n    source xs = range(4) partitions 2\n'
+                      '    stage rows = map m.row over xs\n'
+                      f'    sink w = collect(xs) -> json("{s3.url("out/w.json")}")\n'
+                      f'    sink a = rows -> parquet("{s3.url("out/a")}")\n'
+                      f'    sink b = rows -> csv("{s3.url("out/b")}")\n}}\n', m="def row(x):\n    return {'x': x}\n")
+    put = datasets._put
+
+    def cut_short(fs, where, data):
+        if where.endswith("/_SUCCESS"):
+            raise OSError("the connection went away")
+        put(fs, where, data)
+    monkeypatch.setattr(datasets, "_put", cut_short)
+    run = s3.url("runs/r")
+    with pytest.raises(PipelineRuntimeError) as info:
+        load(path).run(backend="local", run_dir=run)
+    assert "cannot write the sinks" in str(info.value) and "finishes it" in info.value.render()
+    parts = ["part-00000.parquet", "part-00001.parquet"]
+    assert json.loads(s3.get("out/w.json")) == [0, 1, 2, 3]
+    assert s3.keys("out/a/") == [f"out/a/{p}" for p in parts]  # moved in; no _SUCCESS, so no reader takes it
+    assert any(".b.pipec-staged-" in k for k in s3.keys("out/"))  # kept for the commit to finish
+    monkeypatch.setattr(datasets, "_put", put)
+    StagedSinks(run, "next").clean_leftovers()  # what the next run in the folder does first
+    assert s3.keys("out/") == ["out/a/_SUCCESS", *(f"out/a/{p}" for p in parts), "out/b/_SUCCESS",
+                               "out/b/part-00000.csv", "out/b/part-00001.csv", "out/w.json"]
+    assert s3.get("out/b/part-00001.csv").decode().split() == ['"x"', "2", "3"]
+    assert not storage.exists(storage.join(run, "staged.json"))
+
+
 def test_resuming_a_run_that_is_not_in_the_bucket_is_a_usage_error(s3, capsys):
     from pipec.cli import main
     code = main(["run", str(ROOT / "examples" / "train.pipe"), "--backend", "dask", "--resume", s3.url("runs/none")])

@@ -22,7 +22,7 @@ from distributed import Future, as_completed, wait
 from pipec.compiler import ir
 from pipec.backends.base import NoProgress, notify
 from pipec.backends.dask import worker
-from pipec.backends.dask.plugins import PathsPlugin
+from pipec.backends.dask.plugins import PathsPlugin, StoragePlugin
 from pipec.backends.physical.planner import Arg, GraphStep, Ref, Rounds, Seq, StepLowering, key_of
 from pipec.backends.runtime import storage
 from pipec.backends.runtime.driver import LiveContext, PlannedDriver
@@ -142,6 +142,7 @@ class DaskDriver(PlannedDriver):
         self.events: list[str] = []
         self.submitted: list[list[str]] = []  # plan keys of each graph submitted (for tests)
         self.pending: dict[str, PendingCall] = {}  # actor -> its call not made yet
+        self._storage_plugin: str | None = None  # the name of the run's StoragePlugin, while registered
 
     # ---- lifecycle
 
@@ -154,6 +155,12 @@ class DaskDriver(PlannedDriver):
                 self.client.run_on_scheduler(ensure_path, roots)
             except Exception:  # a scheduler that cannot run our code still schedules
                 pass
+        # The storage options given in Python, on every worker before any task of the run
+        # (a plugin, like the paths: Dask actors and later workers get them too).
+        options = storage.shipped()
+        if options is not None:
+            self._storage_plugin = f"pipec-storage-{self.run_id}"
+            self.client.register_plugin(StoragePlugin(options), name=self._storage_plugin)
 
     def _check_resources(self) -> None:
         """A task needing a resource no worker offers would wait forever: refuse to start.
@@ -195,6 +202,12 @@ class DaskDriver(PlannedDriver):
                     _release(future, actor)
                     value.futures[m] = value.actors[m] = None
         self.env.clear()
+        if self._storage_plugin is not None:  # the workers forget the run's credentials
+            try:
+                self.client.unregister_worker_plugin(self._storage_plugin)
+            except Exception:  # a cluster that went away has nothing left to forget
+                pass
+            self._storage_plugin = None
 
     # ---- blocks
 

@@ -79,7 +79,8 @@ def files_head(graph: ir.IR, node: str, op: ir.Source, ctx, listing: tuple | Non
     for name, operand in op.kwargs.items():
         value = ctx.value(operand)
         options.append((name, tuple(value) if isinstance(value, list) else value))
-    head = steps.ReadFiles(node, FILE_FORMATS[op.kind], pieces, k, tuple(options), reads_columnar(graph, node))
+    types = listing[2] if listing is not None and len(listing) > 2 else None
+    head = steps.ReadFiles(node, FILE_FORMATS[op.kind], pieces, k, tuple(options), reads_columnar(graph, node), types)
     files = len({f for f, _ in pieces})
     what = (f"{op.kind}, part of {k} ({len(pieces)} pieces in {files} files)" if listing is not None
             else f"{op.kind}, part of the pieces listed when the run starts")

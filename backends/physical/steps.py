@@ -128,7 +128,9 @@ class ReadFiles:
     or None)``, listed by the driver from metadata only. ``format`` is ``text``,
     ``jsonl``, ``parquet`` or ``csv``; ``options`` are the reader's ``(name, value)``
     pairs (``columns``, ``header``, ``delimiter``). A table (Parquet, CSV) stays a table
-    when ``columnar`` (every reader of it takes one), else it becomes rows (dicts)."""
+    when ``columnar`` (every reader of it takes one), else it becomes rows (dicts).
+    ``types``: a CSV dataset's ``(column, pyarrow type)`` pairs, inferred once by the
+    driver from the first file, so every task reads its own files with the same types."""
 
     node: str
     format: str
@@ -136,6 +138,7 @@ class ReadFiles:
     k: int
     options: tuple = ()
     columnar: bool = False
+    types: tuple | None = None
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from pipec.backends.physical.planner import Arg, GraphStep, Ref, Rounds, Seq, St
 from pipec.backends.runtime import storage
 from pipec.backends.runtime.driver import LiveContext, PlannedDriver
 from pipec.backends.runtime.interpreter import StageFailure
+from pipec.backends.runtime.tasks import WorkerSetup
 from pipec.dsl.diagnostics import PipelineRuntimeError
 from pipec.backends.runtime.actors import SKIPPED
 from pipec.backends.ray.worker import ActorLost, Gap, remote_calls
@@ -113,13 +114,15 @@ class RayDriver(PlannedDriver):
         self.plan = plan
         self.planner = plan.physical.planner
         self.result = RayRunResult(backend=self.backend, run_dir=str(self.run_dir))
-        self.paths = tuple(plan.ir.info.module_paths())
 
     # ---- lifecycle
 
     def setup(self) -> None:
         import ray
         self.ray = ray
+        # Every task and actor gets it first: the module folders, and the storage options
+        # given in Python (Ray's runtime_env would show them in its dashboard and state API).
+        self.worker_setup = WorkerSetup(tuple(self.ir.info.module_paths()), storage.shipped())
         self.fns = remote_calls()
         self.actors: dict[str, Any] = {}
         self.pools: dict[str, list] = {}
@@ -332,7 +335,7 @@ class RayDriver(PlannedDriver):
                 remote = self._remote(spec, args)
                 if isinstance(args[0], s.Segment):
                     args[0] = self._pack(args[0])
-                ref = remote.remote(self.paths, *args)
+                ref = remote.remote(self.worker_setup, *args)
             out[spec.key] = ref
             tasks.append((spec, ref[0] if isinstance(ref, list) else ref))
             self.names[spec.key] = spec.group
@@ -545,7 +548,7 @@ class RayDriver(PlannedDriver):
         snapshot = self.snapshot_path(node)
         name = f"pipec.{self.ir.info.name}.{node}.{self.run_id}"
         handle = self.fns.actor.options(**_actor_options(op, name)).remote(
-            self.paths, node, op.cls.module, op.cls.attr, args, kwargs, op.checkpoint_every, snapshot)
+            self.worker_setup, node, op.cls.module, op.cls.attr, args, kwargs, op.checkpoint_every, snapshot)
         self.actors[node] = handle
         self.result.recoveries[node] = 0
         return handle
@@ -561,7 +564,7 @@ class RayDriver(PlannedDriver):
         for i in range(size):
             options = _actor_options(op, f"pipec.{self.ir.info.name}.{node}.{i}.{self.run_id}")
             members.append(self.fns.pool.options(**options).remote(
-                self.paths, node, op.cls.module, op.cls.attr, args, kwargs, self.each_path(node)))
+                self.worker_setup, node, op.cls.module, op.cls.attr, args, kwargs, self.each_path(node)))
         self.pools[node] = members
         return members
 

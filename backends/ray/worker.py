@@ -13,7 +13,7 @@ from pipec.backends.runtime import semantics, sources
 from pipec.backends.runtime.actors import EachCalls, VersionedHost
 from pipec.backends.runtime.interpreter import Given, StageFailure, failure, run_elementwise, run_finisher
 from pipec.backends.runtime.interpreter import run_segment as interpret
-from pipec.backends.runtime.tasks import ensure_path, resolve
+from pipec.backends.runtime.tasks import WorkerSetup, resolve
 
 
 def _slots(values) -> Given:
@@ -67,19 +67,19 @@ def _unpack(blob: bytes) -> s.Segment:
     return pickle.loads(blob)
 
 
-def segment(paths: tuple, blob: bytes, partition: int, items, *bound):
+def segment(setup: WorkerSetup, blob: bytes, partition: int, items, *bound):
     """One partition of a segment (``blob``: pickled once by the driver; ``items``: the
     input partition, None when the head makes it). A split gives its buckets as the
     task's Ray returns, a shared scan its outputs."""
-    ensure_path(paths)
+    setup.apply()
     seg = _unpack(blob)
     return _returns(seg, _short(lambda: interpret(seg, partition, items, _slots(bound))))
 
 
-def merge(paths: tuple, blob: bytes, partition: int, sides: tuple, *bound):
+def merge(setup: WorkerSetup, blob: bytes, partition: int, sides: tuple, *bound):
     """The reduce side of a shuffle: the driver passes bucket ``partition`` of every split
     output in the slots ``sides[side]`` (in source-partition order)."""
-    ensure_path(paths)
+    setup.apply()
     seg = _unpack(blob)
     records = [(side, i, bound[slot]) for side, slots in enumerate(sides) for i, slot in enumerate(slots)]
     return _returns(seg, _short(lambda: interpret(seg, partition, records, _slots(bound))))
@@ -92,29 +92,30 @@ def _returns(seg: s.Segment, out):
     return out
 
 
-def finish(paths: tuple, step, *partials):
+def finish(setup: WorkerSetup, step, *partials):
     """A combine node of a reduction tree, a count's total or a top's final merge."""
-    ensure_path(paths)
+    setup.apply()
     return _short(lambda: run_finisher(step, list(partials)))
 
 
-def source_call(paths: tuple, where: str, fn: s.Fn, args: list, kwargs: dict) -> list:
+def source_call(setup: WorkerSetup, where: str, fn: s.Fn, args: list, kwargs: dict) -> list:
     """All items of a callable source (called once, on a worker)."""
-    ensure_path(paths)
+    setup.apply()
     try:
         return list(resolve(fn.module, fn.attr)(*args, **kwargs))
     except Exception as exc:
         raise failure(where, None, exc).with_traceback(None) from None
 
 
-def take_part(paths: tuple, where: str, i: int, k: int, items: list) -> list:
+def take_part(setup: WorkerSetup, where: str, i: int, k: int, items: list) -> list:
     """Partition i of k contiguous blocks of ``items``."""
     a, b = semantics.partition_bounds(len(items), k)[i]
     return list(items[a:b])
 
 
-def line_index(paths: tuple, where: str, path: str):
+def line_index(setup: WorkerSetup, where: str, path: str):
     """The text file's line index (see :func:`sources.line_index`)."""
+    setup.apply()
     try:
         return sources.line_index(path)
     except OSError as exc:
@@ -141,9 +142,9 @@ class ActorServer:
     last snapshot when Ray restarts it (the constructor runs again), or from the one a
     resumed run's record names."""
 
-    def __init__(self, paths: list[str], name: str, module: str, cls: str, args: list, kwargs: dict,
+    def __init__(self, setup: WorkerSetup, name: str, module: str, cls: str, args: list, kwargs: dict,
                  checkpoint_every: int | None, snapshot: str | None):
-        ensure_path(paths)
+        setup.apply()
         import ray
         self.name = name
         self.failed: StageFailure | None = None
@@ -209,9 +210,9 @@ class ActorServer:
 class PoolMember:
     """One actor of a pool: the user's object, serving one partition per call."""
 
-    def __init__(self, paths: list[str], name: str, module: str, cls: str, args: list, kwargs: dict,
+    def __init__(self, setup: WorkerSetup, name: str, module: str, cls: str, args: list, kwargs: dict,
                  each_path: str | None = None):
-        ensure_path(paths)
+        setup.apply()
         self.failed: StageFailure | None = None
         try:
             self.obj = resolve(module, cls)(*args, **kwargs)

@@ -8,8 +8,9 @@ files are taken in sorted order, and each is one *piece*, except a Parquet file 
 than :data:`PIECE_BYTES` with several row groups, whose row groups are one piece each.
 Without ``partitions`` a source has one partition per piece; ``partitions k`` groups the
 pieces contiguously, partition i holding pieces ``[i*p//k, (i+1)*p//k)``. The driver
-lists pieces from metadata only (file listings, Parquet footers, never rows); each task
-reads only its own pieces and, with ``columns``, only those columns.
+lists pieces from metadata only (file listings, Parquet footers, never rows; for CSV the
+first block of the first file, whose inferred column types every task reads with); each
+task reads only its own pieces and, with ``columns``, only those columns.
 
 **Part files.** A dataset sink's task writes its partition as ``part-00000.parquet``
 (the partition's index, five digits) into the sink's staging folder beside the target
@@ -29,7 +30,9 @@ import errno
 import os
 import posixpath
 import uuid
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
+
+from pipec.backends.runtime import storage
 
 # A Parquet file larger than this with several row groups is read a row group per piece.
 PIECE_BYTES = 64 << 20
@@ -67,8 +70,10 @@ def pyarrow():
 
 
 def filesystem(url: str):
-    """``(fs, path)`` for ``url`` (a plain path or any fsspec URL)."""
-    return require("fsspec", "parquet").core.url_to_fs(url)
+    """``(fs, path)`` for ``url`` (a plain path or any fsspec URL), with the storage
+    options of this process and its run (see :func:`storage.filesystem`)."""
+    require("fsspec", "parquet")
+    return storage.filesystem(url)
 
 
 def _is_local(fs) -> bool:
@@ -105,15 +110,31 @@ def list_files(url: str) -> tuple[list[str], bool]:
     return [_url(fs, p) for p in files], single
 
 
-def list_pieces(fmt: str, url: str, columns: Sequence[str] | None = None) -> tuple[tuple, bool]:
+class Listing(NamedTuple):
+    """What the driver learns of a file source before any task reads it."""
+
+    pieces: tuple  # (file, row group or None), in order
+    single: bool  # whether the path named one file
+    # A CSV dataset's column types, ((name, pyarrow type), ...), inferred once from the first
+    # file; every task reads its pieces with them. None for the other formats.
+    types: tuple | None = None
+
+
+def list_pieces(fmt: str, url: str, columns: Sequence[str] | None = None,
+                options: dict | None = None) -> Listing:
     """The pieces of a ``fmt`` source on ``url`` (see the module docstring): a tuple of
     ``(file, row group or None)`` in order, and whether ``url`` named one file. Parquet
     footers are read to split large files and to check that every file has the columns
     asked for (or the first file's columns) with the same types; a file that is not
-    Parquet, or a column that differs, is a ValueError naming the file and the column."""
+    Parquet, or a column that differs, is a ValueError naming the file and the column.
+    For CSV the first block of the first file is read for the dataset's column types
+    (``options``: the source's ``header`` and ``delimiter``)."""
     files, single = list_files(url)
+    if fmt == "csv":
+        types = _csv_types(pyarrow(), files[0], options or {})
+        return Listing(tuple((f, None) for f in files), single, tuple(types.items()))
     if fmt != "parquet":
-        return tuple((f, None) for f in files), single
+        return Listing(tuple((f, None) for f in files), single)
     pieces, first = [], None
     for f in files:
         meta = _parquet_file(f).metadata
@@ -130,7 +151,7 @@ def list_pieces(fmt: str, url: str, columns: Sequence[str] | None = None) -> tup
             pieces.extend((f, i) for i in range(meta.num_row_groups))
         else:
             pieces.append((f, None))
-    return tuple(pieces), single
+    return Listing(tuple(pieces), single)
 
 
 def _same_columns(first: tuple, other: tuple, columns: Sequence[str] | None) -> None:
@@ -167,11 +188,13 @@ def group_of(pieces: Sequence, k: int, partition: int) -> Sequence:
     return pieces[partition * p // k:(partition + 1) * p // k]
 
 
-def read_pieces(fmt: str, pieces: Sequence, options: dict, all_pieces: Sequence = ()) -> Any:
+def read_pieces(fmt: str, pieces: Sequence, options: dict, all_pieces: Sequence = (),
+                types: Sequence | None = None) -> Any:
     """One partition's pieces read and joined in order: a ``pyarrow.Table`` for Parquet
     and CSV, a list of lines (text) or JSON values (jsonl). ``options`` are the source's
     (``columns``, ``header``, ``delimiter``); ``all_pieces`` gives an empty Parquet
-    partition its schema."""
+    partition its schema; ``types`` are a CSV dataset's column types from its
+    :class:`Listing` (inferred here from the first piece when not given)."""
     if fmt in ("text", "jsonl"):
         from pipec.backends.runtime import sources
         read = sources.read_lines if fmt == "text" else sources.read_jsonl
@@ -191,9 +214,12 @@ def read_pieces(fmt: str, pieces: Sequence, options: dict, all_pieces: Sequence 
     if fmt == "csv":
         # The types are the first file's, for every file (as pyarrow's datasets and Dask
         # infer them): a column's type then does not depend on how files are grouped
-        # into partitions, nor on which partition a row lands in.
-        types = _csv_types(pa, (all_pieces or pieces)[0][0], options) if pieces else None
-        tables = [_read_csv(pa, url, options, columns, types) for url, _ in pieces]
+        # into partitions, nor on which partition a row lands in. The driver infers
+        # them once when it lists the source, so a task opens only its own files.
+        if not pieces:
+            return pa.table({})
+        known = dict(types) if types is not None else _csv_types(pa, (all_pieces or pieces)[0][0], options)
+        tables = [_read_csv(pa, url, options, columns, known) for url, _ in pieces]
         return _concat(pa, tables, pieces) if tables else pa.table({})
     raise ValueError(f"unknown file format {fmt!r}")
 
@@ -333,12 +359,23 @@ def _not_a_file(fs, path: str, target: str) -> None:
         raise NotADirectoryError(f"{target} is a file, and a dataset sink writes a folder")
 
 
-def commit(staging: str, target: str, names: Sequence[str]) -> None:
+def commit(staging: str, target: str, names: Sequence[str], again: bool = False) -> None:
     """Move the parts ``names`` from ``staging`` into the dataset folder ``target``:
     ``_SUCCESS`` is removed first, the target's parts from an earlier write that are not
-    written again are removed, the new parts renamed in, ``_SUCCESS`` written last."""
+    written again are removed, the new parts renamed in, ``_SUCCESS`` written last.
+    ``again``: finishing a commit that was cut short, so a part moved already is left
+    where it is, and nothing is done when no part is left to move and ``_SUCCESS`` is
+    there (the commit got that far, or a later write of the target replaced it)."""
     fs, root = filesystem(target)
     _, folder = filesystem(staging)
+    fs.invalidate_cache(folder)
+    try:
+        staged = {posixpath.basename(p.rstrip("/")) for p in fs.ls(folder, detail=False)}
+    except FileNotFoundError:  # an object store has no empty folders
+        staged = set()
+    if again and not staged & set(names) and fs.exists(posixpath.join(root, SUCCESS)):
+        remove(staging)
+        return
     _not_a_file(fs, root, target)
     fs.makedirs(root, exist_ok=True)
     success = posixpath.join(root, SUCCESS)
@@ -354,7 +391,10 @@ def commit(staging: str, target: str, names: Sequence[str]) -> None:
         if base.startswith("part-") and base not in keep:
             fs.rm(old, recursive=True)
     for name in names:
-        fs.mv(posixpath.join(folder, name), posixpath.join(root, name))
+        if name in staged:
+            fs.mv(posixpath.join(folder, name), posixpath.join(root, name))
+        elif not again or not fs.exists(posixpath.join(root, name)):
+            raise FileNotFoundError(errno.ENOENT, "a part the tasks wrote is gone", posixpath.join(folder, name))
     _put(fs, success, b"")
     remove(staging)
 

@@ -128,13 +128,14 @@ class Driver:
                 raise UsageError(str(exc), f"install it with `pip install 'pipec[{extra}]'`") from None
 
     def list_source(self, node: str, op: ir.Source) -> tuple:
-        """The pieces of file source ``node`` and whether its path names one file (the
-        driver reads metadata only: listings and Parquet footers). A missing path, a
-        corrupt file or files that differ are errors at the source's line."""
+        """The :class:`datasets.Listing` of file source ``node``: its pieces, whether its
+        path names one file, a CSV dataset's column types (the driver reads metadata
+        only: listings, Parquet footers, the first block of a CSV dataset). A missing
+        path, a corrupt file or files that differ are errors at the source's line."""
         path = self.value(op.args[0])
-        columns = self.value(op.kwargs["columns"]) if "columns" in op.kwargs else None
+        options = {name: self.value(operand) for name, operand in op.kwargs.items()}
         try:
-            return datasets.list_pieces(FILE_FORMATS[op.kind], path, columns)
+            return datasets.list_pieces(FILE_FORMATS[op.kind], path, options.get("columns"), options)
         except datasets.MissingExtra as exc:
             raise UsageError(str(exc), f"install it with `pip install 'pipec[{exc.extra}]'`") from None
         except FileNotFoundError as exc:
@@ -159,7 +160,9 @@ class Driver:
         try:
             self.sinks.commit()
         except OSError as exc:
-            raise self.error(self.ir.info.name, f"cannot write the sinks: {exc.strerror or exc}") from None
+            hint = (f"the commit had started: the next run in {self.run_dir} (`pipec run --resume "
+                    f"{self.run_dir}`) finishes it" if self.sinks.committing else None)
+            raise self.error(self.ir.info.name, f"cannot write the sinks: {exc.strerror or exc}", None, hint) from None
         for node, path in self.result.files.items():
             notify(self.progress, "sink_written", node, path)
 

@@ -185,7 +185,8 @@ def _reading(node: str, path: str, body: Callable[[], list]) -> list:
 def _head_files(head: s.ReadFiles, items, partition: int, slots: Slots):
     mine = datasets.group_of(head.pieces, head.k, partition)
     where = mine[0][0] if mine else (head.pieces[0][0] if head.pieces else head.node)
-    data = _reading(head.node, where, lambda: datasets.read_pieces(head.format, mine, dict(head.options), head.pieces))
+    data = _reading(head.node, where, lambda: datasets.read_pieces(head.format, mine, dict(head.options), head.pieces,
+                                                                   head.types))
     return data if head.columnar else batches.rows(data)
 
 

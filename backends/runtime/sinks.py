@@ -53,8 +53,10 @@ class StagedSinks:
     on disk, a server-side copy on an object store: either way each target appears
     whole), ``abort`` removes them when it fails, and the next run in the same folder (a
     resume) removes what a killed run left. So a reader sees every sink of a run or none
-    of them (between the first and the last move of a commit, some targets are new and
-    some still old)."""
+    of them, except while a commit runs: between its first and its last move some
+    targets are new and some still old. A commit is recorded in the manifest before its
+    first move, so one that is cut short (the driver killed, a storage error) is never
+    undone halfway: the next run in the same folder finishes it."""
 
     def __init__(self, run_dir: str | Path, run_id: str):
         self.run_dir, self.run_id = str(run_dir), run_id
@@ -63,6 +65,7 @@ class StagedSinks:
         # there by the tasks (see datasets.py); committed with the files, in the same way.
         self.datasets: dict[str, str] = {}
         self.parts: dict[str, list[str]] = {}
+        self.committing = False  # the commit's moves have started
 
     def stage_dataset(self, path: str) -> str:
         """The staging folder the tasks write dataset sink ``path``'s parts into: listed
@@ -96,17 +99,27 @@ class StagedSinks:
         return path
 
     def commit(self) -> None:
-        """Move every staged sink onto its target, then forget the manifest."""
-        for path, tmp in self.staged.items():
-            storage.move(tmp, _target(path))
+        """Move every staged sink onto its target, then forget the manifest. The moves
+        are recorded first (see :meth:`clean_leftovers`); once they started, a failure
+        leaves them to be finished, never undone (:meth:`abort` keeps them)."""
+        files = [[tmp, _target(path)] for path, tmp in self.staged.items()]
+        sets = [[staging, path, self.parts.get(path, [])] for path, staging in self.datasets.items()]
+        if not files and not sets:
+            return
+        storage.atomic_write(storage.join(self.run_dir, MANIFEST),
+                             json.dumps({"commit": {"files": files, "datasets": sets}}, sort_keys=True))
+        self.committing = True
+        _finish_commit(files, sets, again=False)
         self.staged.clear()
-        for path, staging in list(self.datasets.items()):
-            datasets.commit(staging, path, self.parts.get(path, []))
-            del self.datasets[path]
+        self.datasets.clear()
         storage.remove(storage.join(self.run_dir, MANIFEST))
+        self.committing = False
 
     def abort(self) -> None:
-        """Remove every staged sink: the run failed, and its outputs are not written."""
+        """Remove every staged sink: the run failed, and its outputs are not written. A
+        commit under way is left as it is, for the next run in the folder to finish."""
+        if self.committing:
+            return
         for tmp in self.staged.values():
             storage.remove(tmp)
         self.staged.clear()
@@ -117,13 +130,17 @@ class StagedSinks:
 
     def clean_leftovers(self) -> None:
         """Remove the staged files an earlier run in this folder left when it was killed,
-        and the temporary files of its writes that were cut short in the run folder."""
-        remove_partial_writes(self.run_dir)
+        and the temporary files of its writes that were cut short in the run folder; a
+        commit it had started is finished instead (its sinks were complete)."""
         manifest = storage.join(self.run_dir, MANIFEST)
         try:
             listed = json.loads(storage.read_text(manifest))
         except (OSError, ValueError):
             listed = []  # none, or killed while the manifest itself was written
+        if isinstance(listed, dict):
+            _finish_commit(listed["commit"]["files"], listed["commit"]["datasets"], again=True)
+            listed = []
+        remove_partial_writes(self.run_dir)
         for tmp in listed:
             if tmp.endswith(datasets.STAGED_SUFFIX):
                 datasets.remove(tmp)
@@ -135,6 +152,17 @@ class StagedSinks:
     def _write_manifest(self) -> None:
         listed = list(self.staged.values()) + list(self.datasets.values())
         storage.atomic_write(storage.join(self.run_dir, MANIFEST), json.dumps(sorted(listed)))
+
+
+def _finish_commit(files: list, sets: list, again: bool) -> None:
+    """The moves of a commit (``[staged, target]`` files, ``[staging, target, parts]``
+    datasets); ``again``: what is left of them after one was cut short (a staged file
+    that is gone was moved, or replaced by a later run's write of its target)."""
+    for tmp, target in files:
+        if not again or storage.exists(tmp):
+            storage.move(tmp, target)
+    for staging, target, names in sets:
+        datasets.commit(staging, target, names, again)
 
 
 ROUND_MARK = ".pipec-round-"

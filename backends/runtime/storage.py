@@ -7,7 +7,8 @@ the local disk (no fsspec needed); the rest goes through fsspec, configured the 
 field expects: the engines' own environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
 ... read by botocore), fsspec's configuration (files in ``FSSPEC_CONFIG_DIR`` and
 ``FSSPEC_<PROTOCOL>_<OPTION>`` variables, which worker processes inherit), or
-:func:`configure` in this process.
+:func:`configure` in the driver's process (``Pipeline.run(storage_options=...)``), whose
+options every engine ships to the run's workers (:func:`shipped`, :func:`adopt`).
 
 Writes are atomic everywhere: a reader sees the old object or the whole new one.
 
@@ -23,6 +24,7 @@ A URL whose scheme fsspec does not know, or whose driver is not installed, raise
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import posixpath
@@ -30,7 +32,7 @@ import stat
 import tempfile
 import uuid
 from pathlib import Path
-from typing import IO
+from typing import IO, Mapping
 
 # Protocols whose single PUT of a key is atomic: a write goes straight to the final key.
 OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "abfs", "abfss", "az", "adl", "memory"})
@@ -120,14 +122,83 @@ def absolute(url: str | Path) -> str:
 # ---- filesystems -----------------------------------------------------------------------------
 
 
+# This process's own storage options (configure), and the ones of the run whose tasks it
+# runs now, shipped from the run's driver (adopt). The run's win where both name an option.
 _options: dict[str, dict] = {}
+_adopted: dict[str, dict] = {}
 
 
 def configure(protocol: str, **options) -> None:
     """Storage options for every later access to ``protocol`` in this process (for
-    instance ``configure("s3", endpoint_url=..., key=..., secret=...)``). Worker processes
-    do not see them; fsspec's configuration files and variables reach them too."""
+    instance ``configure("s3", endpoint_url=..., key=..., secret=...)``). A run started
+    from this process ships them to its workers (:func:`shipped`)."""
     _options.setdefault(protocol, {}).update(options)
+
+
+@contextlib.contextmanager
+def configured(options: Mapping[str, Mapping] | None):
+    """``options`` (protocol -> fsspec options) added with :func:`configure` for the
+    length of a ``with`` block (a run), and this process's options as they were after it,
+    so one run's credentials never linger into the next."""
+    saved = {protocol: dict(given) for protocol, given in _options.items()}
+    try:
+        for protocol, given in (options or {}).items():
+            configure(protocol, **given)
+        yield
+    finally:
+        _options.clear()
+        _options.update(saved)
+
+
+class Options:
+    """Storage options on their way from a run's driver to its workers (see
+    :func:`shipped` and :func:`adopt`): protocol -> fsspec options. They hold
+    credentials, so their text (``repr``, ``str``: what logs and error messages show)
+    names the protocols and the options' names, never a value."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: Mapping[str, Mapping]):
+        self.values = {protocol: dict(given) for protocol, given in values.items()}
+
+    def __reduce__(self):
+        return (Options, (self.values,))
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Options) and other.values == self.values
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self.values)))
+
+    def __repr__(self) -> str:
+        named = "; ".join(f"{protocol}: {', '.join(sorted(given))}" for protocol, given in sorted(self.values.items()))
+        return f"<storage options {named}>"
+
+    __str__ = __repr__
+
+
+def shipped() -> Options | None:
+    """The storage options in force in this process (its own and its run's), for the
+    workers of a run it drives; None when there are none."""
+    merged = {protocol: _options_for(protocol) for protocol in set(_options) | set(_adopted)}
+    merged = {protocol: given for protocol, given in merged.items() if given}
+    return Options(merged) if merged else None
+
+
+def adopt(options: Options | None) -> Options | None:
+    """Use a run's ``options`` (from :func:`shipped` on its driver) for every later access
+    in this process, in place of the run's before (None: no run's options). What a
+    worker does before a task of the run touches storage. Returns the ones replaced."""
+    before = Options(_adopted) if _adopted else None
+    if options != before:
+        _adopted.clear()
+        if options is not None:
+            _adopted.update(Options(options.values).values)  # a copy: never shared with the caller
+    return before
+
+
+def _options_for(protocol: str) -> dict:
+    return {**_options.get(protocol, {}), **_adopted.get(protocol, {})}
 
 
 def filesystem(url: str | Path):
@@ -140,7 +211,7 @@ def filesystem(url: str | Path):
         raise StorageUnavailable(str(url), f"reading or writing `{protocol}://` needs fsspec, which is not installed",
                                  f"pip install 'pipec[{EXTRAS.get(protocol, 's3')}]'") from None
     try:
-        return fsspec.core.url_to_fs(str(url), **_options.get(protocol, {}))
+        return fsspec.core.url_to_fs(str(url), **_options_for(protocol))
     except ImportError as exc:
         extra = EXTRAS.get(protocol)
         module = DRIVERS.get(extra) or exc.name or "its driver"

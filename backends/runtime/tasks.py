@@ -7,8 +7,11 @@ import inspect
 import os
 import sys
 import threading
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+
+from pipec.backends.runtime import storage
 
 if TYPE_CHECKING:  # workers import this module: keep pydantic and networkx out of their start-up
     from pipec.compiler.ir import FnRef
@@ -19,6 +22,22 @@ def ensure_path(roots: Sequence[str]) -> None:
     for root in roots:
         if root not in sys.path:
             sys.path.insert(0, root)
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What a worker process needs before it runs a task (or hosts an actor) of a run:
+    the user's module folders on its path, and the run's storage options from its driver
+    (:func:`storage.shipped`: the endpoint and credentials given in Python), so every task
+    reaches storage as the driver does. Engines that hand every task an argument send
+    this one; its text never shows the options' values."""
+
+    paths: tuple[str, ...] = ()
+    storage: "storage.Options | None" = None
+
+    def apply(self) -> None:
+        ensure_path(self.paths)
+        storage.adopt(self.storage)
 
 
 def forget_stale_modules(names: Iterable[str], roots: Sequence[str]) -> None:

@@ -44,7 +44,7 @@ from pipec.dsl.diagnostics import PipelineRuntimeError
 from pipec.backends.base import NoProgress
 from pipec.backends.physical import steps as s
 from pipec.backends.physical.planner import GraphStep, Ref, StepLowering, fn_ref
-from pipec.backends.runtime import semantics, sources
+from pipec.backends.runtime import semantics, sources, storage
 from pipec.backends.runtime.actors import VersionedHost
 from pipec.backends.runtime.driver import LiveContext, PlannedDriver
 from pipec.backends.runtime.interpreter import StageFailure, UnknownStep, failure, run_finisher
@@ -251,7 +251,7 @@ class SparkDriver(PlannedDriver):
         self.sc = self.session.sc
         archive = None if self.session.local else sessions.ship_modules(self.sc, self.ir)
         roots = () if archive else tuple(self.ir.info.module_paths())
-        self.context = worker.Context(self.run_id, roots, archive)
+        self.context = worker.Context(self.run_id, roots, archive, storage.shipped())
 
     def engine_info(self) -> dict[str, Any]:
         """Spark's cores, its UI (when asked for: ``spark.ui.enabled``) and version."""

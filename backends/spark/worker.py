@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from pipec.backends.physical import steps as s
-from pipec.backends.runtime import batches
+from pipec.backends.runtime import batches, storage
 from pipec.backends.runtime.interpreter import Given, StageFailure, run_segment
 from pipec.backends.runtime.tasks import pipec_folders, resolve
 
@@ -46,11 +46,14 @@ class Pool:
 @dataclass(frozen=True)
 class Context:
     """Per-run facts every pass needs: which run (so a reused worker process reloads the
-    user's modules when a new run starts) and where those modules are."""
+    user's modules when a new run starts), where those modules are, and the run's storage
+    options from the driver (the endpoint and credentials given in Python; their text
+    shows no value)."""
 
     run: str
     roots: tuple[str, ...] = ()  # module folders on a shared filesystem (local masters)
     archive: str | None = None  # or a zip shipped with SparkContext.addPyFile (clusters)
+    storage: storage.Options | None = None
 
 
 @dataclass(frozen=True)
@@ -138,7 +141,9 @@ def prepare(context: Context) -> None:
 
     Spark reuses Python worker processes across jobs and across runs of one session, so
     a module imported for an earlier run (perhaps edited since, or a different module of
-    the same name from another folder) would otherwise be used again."""
+    the same name from another folder) would otherwise be used again. The run's storage
+    options replace an earlier run's before the pass touches storage."""
+    storage.adopt(context.storage)
     if _ACTIVE["run"] == context.run:
         return
     if context.archive is not None:
