@@ -6,6 +6,8 @@ declared set of capabilities. Engine imports stay inside each backend module.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -123,10 +125,14 @@ class NoProgress:
 class Plan(ABC):
     """A pipeline lowered for one engine, for one set of parameters.
 
-    ``explain``, ``to_json`` and ``graph`` need no running engine; ``run`` has one
-    signature on every backend (engine sessions are the backend's options)."""
+    ``explain``, ``to_json`` and ``graph`` need no running engine; ``run`` is the same on
+    every backend: an engine says which driver runs its plan (``driver``) and which engine
+    session a run holds (``engine``), nothing else."""
 
     backend: str
+    # The driver class that runs this plan, as "module:Class": imported only by ``run``,
+    # so that explaining a plan never imports its engine.
+    driver: str = ""
 
     def __init__(self, graph: ir.IR, params: dict[str, Any]):
         self.ir = graph
@@ -134,6 +140,7 @@ class Plan(ABC):
         # The .pipe text, for run-time errors with a caret (set by Pipeline.lower; a plan
         # made from the IR alone reads the file when an error needs it).
         self.source = None
+        self.last_driver = None  # the driver of the last run that finished (tests read its events)
 
     @abstractmethod
     def explain(self) -> str:
@@ -147,11 +154,31 @@ class Plan(ABC):
         """The lowered graph for drawing; nodes carry ``label`` and ``group``."""
         return self.ir.graph
 
-    @abstractmethod
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """What the backend this plan was lowered for declares it supports."""
+        from pipec.backends import backend_class
+        return backend_class(self.backend).capabilities
+
     def run(self, progress: Progress | None = None, run_dir: str | None = None, resume: bool = False) -> RunResult:
         """Run the plan and return its results. ``run_dir`` is the run folder (snapshots,
         records); ``resume`` continues the run in it after its last completed round, for
-        a backend whose capabilities include ``resume``."""
+        a backend whose capabilities include ``resume``. What can be checked before the
+        engine starts is (a bad bucket should not cost a cluster start); then the driver
+        runs inside the engine session."""
+        module, _, name = self.driver.partition(":")
+        driver = getattr(importlib.import_module(module), name)(self, progress, run_dir, resume)
+        driver.preflight()
+        with self.engine(driver):
+            result = driver.run()
+        self.last_driver = driver
+        return result
+
+    def engine(self, driver) -> contextlib.AbstractContextManager:
+        """The engine session ``driver`` runs in: started and stopped around the run,
+        joined, or borrowed from the caller. None by default (the driver's ``setup``
+        starts what it needs)."""
+        return contextlib.nullcontext()
 
 
 class Backend(ABC):

@@ -129,13 +129,10 @@ def _release(future, actor) -> None:
 
 class DaskDriver(PlannedDriver):
     backend = "dask"
-    resumable = True
 
-    def __init__(self, plan, client, progress=None, run_dir: str | None = None, resume: bool = False):
-        super().__init__(plan.ir, plan.params, progress, run_dir, resume, source=plan.source)
-        self.plan = plan
-        self.planner = plan.physical.planner
-        self.client = client
+    def __init__(self, plan, progress=None, run_dir: str | None = None, resume: bool = False):
+        super().__init__(plan, progress, run_dir, resume)
+        self.client = None  # the session's, once the plan's engine is up (DaskPlan.engine)
         self.tag = self.run_id[:8]
         self._submissions = itertools.count(1)
         self._placement = itertools.count()
@@ -579,8 +576,6 @@ class DaskDriver(PlannedDriver):
         record.address = record.actor._address
 
     def start_pool(self, node: str, op: ir.Actor, size: int):
-        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-            raise self.error(node, f"an actor pool needs a positive number of members, got {size!r}", op.span)
         args = [self.value(a) for a in op.args]
         kwargs = {k: self.value(v) for k, v in op.kwargs.items()}
         record = PoolRecord(node, op, args, kwargs, size)

@@ -3,14 +3,13 @@ package docstring, :mod:`pipec.backends.dask`, says how a pipeline becomes Dask 
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
-
-import networkx as nx
 
 from pipec.compiler import ir
 from pipec.compiler.capabilities import FEATURES
 from pipec.dsl.diagnostics import Diagnostic
-from pipec.backends.base import Backend, Plan, Progress, RunResult
+from pipec.backends.base import Backend
 from pipec.backends.dask.engine import LocalShape, scheduler_address
 from pipec.backends.physical import explain as explaining
 from pipec.backends.physical.planner import PhysicalPlan, TaskSpec, actor_answer_for_stages
@@ -72,11 +71,12 @@ class DaskBackend(Backend):
         return DaskPlan(graph, params, self.scheduler, self.local_shape(), self.client)
 
 
-class DaskPlan(Plan):
+class DaskPlan(explaining.MappedPlan):
     """The physical plan on Dask: every graph step is one Dask task graph whose keys are
     the plan's task keys; actors are Dask actors."""
 
     backend = "dask"
+    driver = "pipec.backends.dask.driver:DaskDriver"
 
     def __init__(self, graph: ir.IR, params: dict[str, Any], address: str | None, shape: LocalShape | None,
                  client=None):
@@ -85,8 +85,6 @@ class DaskPlan(Plan):
         self.shape = shape
         self.client = client
         self.physical = PhysicalPlan(graph, params)
-
-    # ---- what runs
 
     @property
     def mapping(self) -> explaining.Mapping:
@@ -107,31 +105,16 @@ class DaskPlan(Plan):
                     "through the driver"]
         return []
 
-    def explain(self) -> str:
-        return explaining.explain(self.physical, self.mapping)
-
-    def to_json(self) -> dict:
-        return explaining.to_json(self.physical, self.mapping)
-
-    def graph(self) -> nx.DiGraph:
-        return explaining.graph(self.physical, self.mapping)
-
-    # ---- running
-
-    def run(self, progress: Progress | None = None, run_dir: str | None = None, resume: bool = False) -> RunResult:
-        """Run on the embedded cluster (started and stopped here), on ``address``, or on
-        the backend's ``client`` (a :class:`distributed.Client` the caller keeps)."""
-        from pipec.backends.dask.driver import DaskDriver
+    @contextlib.contextmanager
+    def engine(self, driver):
+        """The embedded cluster (started and stopped here), the scheduler at ``address``,
+        or the backend's ``client`` (a :class:`distributed.Client` the caller keeps)."""
         from pipec.backends.dask.engine import Session
-        driver = DaskDriver(self, None, progress, run_dir, resume)
-        driver.preflight()  # before the cluster starts
         with Session(self.address, self.shape or LocalShape.of_machine(), driver.log_dir / "engine.log",
                      self.client) as live:
             driver.client = live
             with live.as_current():  # actor handles unpickled here bind to this client
-                result = driver.run()
-        self.last_driver = driver
-        return result
+                yield
 
 
 def _actor_text(op: ir.Actor) -> str:

@@ -14,6 +14,7 @@ from typing import Callable
 import networkx as nx
 
 from pipec.compiler import ir
+from pipec.backends.base import Plan
 from pipec.backends.physical.planner import DriverStep, LoopStep, PhysicalPlan, Ref, Scan, TaskSpec, key_of
 
 
@@ -240,3 +241,24 @@ def _graph_steps(plan: PhysicalPlan, mapping: Mapping, g: nx.DiGraph, steps, loo
                     if src not in g:
                         g.add_node(src, label=src, group=ref.node, kind="data", loop=None, step=None)
                     g.add_edge(src, spec.key, kind=kind)
+
+
+class MappedPlan(Plan):
+    """A Plan made of the shared physical plan (``physical``) and an engine's
+    :class:`Mapping` (``mapping``): explained, serialised and drawn here, the same way for
+    every engine; the engine subclass says only how it maps tasks and how a run starts."""
+
+    physical: PhysicalPlan
+
+    @property
+    def mapping(self) -> Mapping:
+        raise NotImplementedError
+
+    def explain(self) -> str:
+        return explain(self.physical, self.mapping)
+
+    def to_json(self) -> dict:
+        return to_json(self.physical, self.mapping)
+
+    def graph(self) -> nx.DiGraph:
+        return graph(self.physical, self.mapping)

@@ -106,12 +106,9 @@ class _HandleActorLost(Exception):
 
 class RayDriver(PlannedDriver):
     backend = "ray"
-    resumable = True
 
     def __init__(self, plan, progress=None, run_dir: str | None = None, resume: bool = False):
-        super().__init__(plan.ir, plan.params, progress, run_dir, resume)
-        self.plan = plan
-        self.planner = plan.physical.planner
+        super().__init__(plan, progress, run_dir, resume)
         self.result = RayRunResult(backend=self.backend, run_dir=str(self.run_dir))
         self.paths = tuple(plan.ir.info.module_paths())
 
@@ -551,8 +548,6 @@ class RayDriver(PlannedDriver):
         return handle
 
     def start_pool(self, node: str, op: ir.Actor, size: int):
-        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-            raise self.error(node, f"an actor pool needs a positive number of members, got {size!r}", op.span)
         return self._create_pool(node, op, size, [self.value(a) for a in op.args],
                                  {k: self.value(v) for k, v in op.kwargs.items()})
 

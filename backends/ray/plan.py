@@ -5,15 +5,14 @@ driver, which submits one Ray task per task of the plan."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
 
-import networkx as nx
-
 from pipec.compiler import ir
 from pipec.compiler.capabilities import FEATURES
-from pipec.backends.base import Backend, Plan, Progress, RunResult
+from pipec.backends.base import Backend
 from pipec.backends.physical import explain as explaining
 from pipec.backends.physical.planner import PhysicalPlan, actor_answer_for_stages
 from pipec.backends.ray.engine import start_runtime, stop_runtime
@@ -23,9 +22,9 @@ TASK_NOTE = ("each task is one Ray task named by its key (a split has one return
              "reads are ObjectRefs; pool tasks are calls of the member actor")
 
 
-class RayPlan(Plan):
+class RayPlan(explaining.MappedPlan):
     backend = "ray"
-    resumable = True  # `pipec run --resume RUN`
+    driver = "pipec.backends.ray.driver:RayDriver"
 
     def __init__(self, graph: ir.IR, params: dict[str, Any], address: str | None = None):
         super().__init__(graph, params)
@@ -45,24 +44,12 @@ class RayPlan(Plan):
             return ["the call's ObjectRef, handed to the stages as it is (confirmed after the graph)"]
         return []
 
-    def explain(self) -> str:
-        return explaining.explain(self.physical, self.mapping)
-
-    def to_json(self) -> dict:
-        return explaining.to_json(self.physical, self.mapping)
-
-    def graph(self) -> nx.DiGraph:
-        return explaining.graph(self.physical, self.mapping)
-
-    def run(self, progress: Progress | None = None, run_dir: str | None = None, resume: bool = False) -> RunResult:
-        """Run on this process's Ray (or one started or joined for the run); with
-        ``resume``, continue the run in ``run_dir`` after its last completed round."""
-        from pipec.backends.ray.driver import RayDriver
-        driver = RayDriver(self, progress, run_dir, resume)
-        driver.preflight()  # before Ray starts
+    @contextlib.contextmanager
+    def engine(self, driver):
+        """This process's Ray, or one started (or joined) for the run and left after it."""
         started = start_runtime(self.address, runtime_env=self._runtime_env())
         try:
-            return driver.run()
+            yield
         finally:
             if started:
                 stop_runtime()
