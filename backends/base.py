@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -122,6 +123,37 @@ class NoProgress:
         pass
 
 
+@dataclass(frozen=True)
+class Machine:
+    """What one place tasks run on offers them: cores, GPUs, memory in bytes."""
+
+    cpus: int
+    gpus: int
+    memory: int
+
+    @classmethod
+    def this_one(cls) -> "Machine":
+        """This machine: the cores this process may use, the NVIDIA GPUs it sees (as
+        CUDA_VISIBLE_DEVICES or the driver lists them), its physical memory."""
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            cores = os.cpu_count() or 1
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            total = 4 * 2**30
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible is not None:
+            gpus = len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+        else:
+            try:
+                gpus = len(os.listdir("/proc/driver/nvidia/gpus"))
+            except OSError:
+                gpus = 0
+        return cls(cores, gpus, int(total))
+
+
 class Plan(ABC):
     """A pipeline lowered for one engine, for one set of parameters.
 
@@ -217,6 +249,29 @@ class Backend(ABC):
         """An "unsupported" error at ``span`` of ``graph``'s file."""
         where = Span(span.line, span.column, span.end_line, span.end_column, 0, 0) if span else None
         return Diagnostic(ERROR, message, where, hint, graph.info.path, code="unsupported")
+
+    def over_resources(self, graph: ir.IR, has: "Machine", holder: str) -> list[Diagnostic]:
+        """Stages asking for more cpus, gpus or memory than one ``holder`` (a place a
+        task can run: "worker of the local cluster") has, ``has``: they would wait
+        forever, so each is an error at the stage."""
+        out = []
+        for node, op in graph.items():
+            options = getattr(op, "options", None)
+            if not isinstance(options, ir.StageOptions):
+                continue
+            r, wanted = options.resources, []
+            if r.gpus and r.gpus > has.gpus:
+                wanted.append(("a GPU" if r.gpus == 1 else f"{r.gpus:g} GPUs",
+                               f"no {holder} has a GPU" if not has.gpus else f"each {holder} has {has.gpus}"))
+            if r.cpus is not None and r.cpus > has.cpus:
+                wanted.append((f"{r.cpus:g} cpus", f"each {holder} has {has.cpus}"))
+            if r.memory is not None and r.memory > has.memory:
+                wanted.append((f"{r.memory / 2**30:.1f} GiB of memory",
+                               f"each {holder} has {has.memory / 2**30:.1f} GiB"))
+            for what, why in wanted:
+                out.append(self.refusal(graph, op.span, f"stage `{op.name or node}` needs {what}: {why}",
+                                        "ask for less, or run on a cluster that has it (--address)"))
+        return out
 
     def can(self, feature: str) -> bool:
         """Whether this backend supports ``feature`` (a key of capabilities.FEATURES)."""

@@ -25,7 +25,7 @@ pytest.importorskip("ray")
 from pipec.compiler import render  # noqa: E402
 from pipec import load  # noqa: E402
 from pipec.compiler.capabilities import FEATURES  # noqa: E402
-from pipec.dsl.diagnostics import PipelineRuntimeError  # noqa: E402
+from pipec.dsl.diagnostics import PipelineRuntimeError, UnsupportedOnBackend  # noqa: E402
 from pipec.backends.ray import RayBackend
 from pipec.backends.physical import steps as s  # noqa: E402
 from tests.conftest import EXAMPLES, ROOT  # noqa: E402
@@ -184,7 +184,8 @@ def test_resources_timeouts_and_effectful_stages(write_pipe):
                       "stage b = map m.inc over a timeout 5\n"
                       "stage c = map m.inc over b retries 4 effectful\n"
                       "sink out = collect(c)\n}\n", ray_t_mod=MOD)
-    plan = load(path).lower("ray")
+    pipeline = load(path)
+    plan = RayBackend().lower(pipeline.ir, pipeline.params())  # unchecked: this machine has no GPU
 
     def options(key):
         spec = _spec(plan, key)
@@ -272,11 +273,20 @@ def test_timeout_names_the_stage(write_pipe):
     assert time.monotonic() - start < 30
 
 
-def test_resources_the_cluster_lacks_are_refused_before_anything_runs(write_pipe):
-    with pytest.raises(PipelineRuntimeError) as err:
-        run(write_pipe, "source xs = range(2) partitions 1\n"
-                        "stage ys = map m.inc over xs resources { gpus 1 }\nsink out = collect(ys)")
-    assert "`ys`" in str(err.value) and "gpu" in str(err.value)
+def test_resources_the_runtime_lacks_are_refused_by_check_at_the_stage(write_pipe):
+    """The session's runtime (one node, 2 CPUs, no GPU) is known before a run starts, as
+    the embedded one is: `check` refuses, at the stage, and nothing runs."""
+    _ray_options()
+    path = write_pipe("use ray_t_mod as m\npipeline p() {\nsource xs = range(2) partitions 1\n"
+                      "stage ys = map m.inc over xs resources { gpus 1 cpus 3 }\nsink out = collect(ys)\n}\n",
+                      ray_t_mod=MOD)
+    with pytest.raises(UnsupportedOnBackend) as err:
+        load(path).check("ray")
+    text = err.value.render()
+    assert f"{path.name}:4:12: error: stage `ys` needs a GPU: no node of the Ray runtime this process runs has a GPU" \
+        in text, text
+    assert "stage `ys` needs 3 cpus: each node of the Ray runtime this process runs has 2" in text
+    assert "^^^" in text and "hint: ask for less, or run on a cluster that has it (--address)" in text
 
 
 def test_unpicklable_output_fails_naming_the_stage(write_pipe):

@@ -9,7 +9,7 @@ from typing import Any
 from pipec.compiler import ir
 from pipec.compiler.capabilities import FEATURES
 from pipec.dsl.diagnostics import Diagnostic
-from pipec.backends.base import Backend
+from pipec.backends.base import Backend, Machine
 from pipec.backends.dask.engine import LocalShape, scheduler_address
 from pipec.backends.physical import explain as explaining
 from pipec.backends.physical.planner import PhysicalPlan, TaskSpec, actor_answer_for_stages
@@ -44,27 +44,11 @@ class DaskBackend(Backend):
 
     def check(self, graph: ir.IR) -> list[Diagnostic]:
         """Capability gaps, and stages asking for more than a worker of the embedded
-        cluster has (they would wait forever)."""
+        cluster has (they would wait forever; a cluster's workers are asked when it runs)."""
         out = super().check(graph)
         shape = self.local_shape()
-        if shape is None:
-            return out
-        for node, op in graph.items():
-            options = getattr(op, "options", None)
-            if options is None:
-                continue
-            r = options.resources
-            wanted = []
-            if r.gpus:
-                wanted.append(("a GPU", "no worker of the local cluster has a GPU"))
-            if r.cpus is not None and r.cpus > shape.threads:
-                wanted.append((f"{r.cpus:g} cpus", f"each worker of the local cluster has {shape.threads}"))
-            if r.memory is not None and r.memory > shape.memory:
-                wanted.append((f"{r.memory / 2**30:.1f} GiB of memory",
-                               f"each worker of the local cluster has {shape.memory / 2**30:.1f} GiB"))
-            for what, why in wanted:
-                out.append(self.refusal(graph, op.span, f"stage `{op.name or node}` needs {what}: {why}",
-                                        "ask for less, or run on a cluster that has it (--address)"))
+        if shape is not None:
+            out += self.over_resources(graph, Machine(shape.threads, 0, shape.memory), "worker of the local cluster")
         return out
 
     def lower(self, graph: ir.IR, params: dict[str, Any]) -> "DaskPlan":

@@ -150,7 +150,9 @@ class RayDriver(PlannedDriver):
         self.puts.clear()
 
     def _check_resources(self, cluster: dict) -> None:
-        """A task asking for more than the whole cluster has would wait forever: refuse."""
+        """A task asking for more than the whole cluster has would wait forever: refuse.
+        (For a runtime known before the run, RayBackend.check already refused, with the
+        source position.)"""
         for node, op in self.ir.items():
             options = getattr(op, "options", None)
             if not isinstance(options, ir.StageOptions):

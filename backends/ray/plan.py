@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from pipec.compiler import ir
 from pipec.compiler.capabilities import FEATURES
-from pipec.backends.base import Backend
+from pipec.dsl.diagnostics import Diagnostic
+from pipec.backends.base import Backend, Machine
 from pipec.backends.physical import explain as explaining
 from pipec.backends.physical.planner import PhysicalPlan, actor_answer_for_stages
 from pipec.backends.ray.engine import start_runtime, stop_runtime
@@ -82,6 +84,23 @@ class RayBackend(Backend):
     capabilities = frozenset(FEATURES)
     gap_hints: dict[str, str] = {}
     engine_module, extra = "ray", "ray"
+
+    def check(self, graph: ir.IR) -> list[Diagnostic]:
+        """Capability gaps, and stages asking for more than a node of the runtime a run
+        would use has, where that is known before it starts (they would wait forever):
+        the one-node Ray this process is connected to, or the embedded one on this
+        machine. A cluster joined when the run starts is asked then (RayDriver)."""
+        out = super().check(graph)
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+            if len(nodes) == 1:
+                r = nodes[0]
+                has = Machine(int(r.get("CPU", 0)), int(r.get("GPU", 0)), int(r.get("memory", 0)))
+                out += self.over_resources(graph, has, "node of the Ray runtime this process runs")
+        elif not (self.address or os.environ.get("RAY_ADDRESS")):
+            out += self.over_resources(graph, Machine.this_one(), "node of the embedded Ray runtime (this machine)")
+        return out
 
     def lower(self, graph: ir.IR, params: dict[str, Any]) -> RayPlan:
         return RayPlan(graph, params, self.address)
