@@ -228,6 +228,11 @@ class Backend(ABC):
     # installs it (None: nothing to install).
     engine_module: str | None = None
     extra: str | None = None
+    # Where the engine keeps an actor and an actor pool's members: "workers" (processes
+    # it may lose, from which pipec restores them) or "driver" (the run's own process:
+    # losing it is losing the run, which `resume` continues).
+    actor_host: str = "workers"
+    pool_host: str = "workers"
 
     def __init__(self, address: str | None = None):
         self.address = address

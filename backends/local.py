@@ -37,6 +37,7 @@ def _caller(run_id: str, actor: str):
 class LocalBackend(Backend):
     name = "local"
     description = "reference backend: in process, every boundary pickled, mutation checked"
+    actor_host = pool_host = "driver"
 
     def lower(self, graph: ir.IR, params: dict[str, Any]) -> "LocalPlan":
         return LocalPlan(graph, params)

@@ -101,11 +101,12 @@ class ActorRecord:
 
 
 class PoolRecord:
-    """An actor pool: members spread over the workers, and each member's next call number."""
+    """An actor pool: members spread over the workers, and each member's next call number
+    and restarts left (`restarts N` is each member's, as a Ray actor's max_restarts is)."""
 
     def __init__(self, node: str, op: ir.Actor, args: list, kwargs: dict, size: int):
         self.node, self.op, self.args, self.kwargs = node, op, args, kwargs
-        self.restarts_left = op.restarts
+        self.restarts_left = [op.restarts] * size
         self.futures: list = [None] * size
         self.actors: list = [None] * size
         self.addresses: list = [None] * size
@@ -721,11 +722,11 @@ class DaskDriver(PlannedDriver):
             self._restore(record, upto=pending.seq if pending is not None else None)
             return
         m = ref.part
-        if record.restarts_left <= 0:
+        if record.restarts_left[m] <= 0:
             raise self.error(ref.node, f"a member of actor pool `{ref.node}` was lost with its worker and "
                                        f"the pool has no restarts left", record.op.span,
                              "give the pool `restarts N` to survive a worker's death")
-        record.restarts_left -= 1
+        record.restarts_left[m] -= 1
         record.incarnations[m] += 1
         dead = record.addresses[m]
         _release(record.futures[m], record.actors[m])

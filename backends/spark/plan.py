@@ -112,6 +112,7 @@ class SparkBackend(Backend):
                    "in the driver, resumable runs; needs Java 17+")
     capabilities = frozenset(FEATURES) - {"actor_handle", "pool_each"}
     engine_module, extra = "pyspark", "spark"
+    actor_host = "driver"  # pool members live in the Python workers
     gap_hints = {
         "actor_handle": (
             "Spark has tasks but no actors: pipec hosts a Spark pipeline's actors in the driver, and a "
