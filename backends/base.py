@@ -6,6 +6,9 @@ declared set of capabilities. Engine imports stay inside each backend module.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -121,13 +124,48 @@ class NoProgress:
         pass
 
 
+@dataclass(frozen=True)
+class Machine:
+    """What one place tasks run on offers them: cores, GPUs, memory in bytes."""
+
+    cpus: int
+    gpus: int
+    memory: int
+
+    @classmethod
+    def this_one(cls) -> "Machine":
+        """This machine: the cores this process may use, the NVIDIA GPUs it sees (as
+        CUDA_VISIBLE_DEVICES or the driver lists them), its physical memory."""
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            cores = os.cpu_count() or 1
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            total = 4 * 2**30
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible is not None:
+            gpus = len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+        else:
+            try:
+                gpus = len(os.listdir("/proc/driver/nvidia/gpus"))
+            except OSError:
+                gpus = 0
+        return cls(cores, gpus, int(total))
+
+
 class Plan(ABC):
     """A pipeline lowered for one engine, for one set of parameters.
 
-    ``explain``, ``to_json`` and ``graph`` need no running engine; ``run`` has one
-    signature on every backend (engine sessions are the backend's options)."""
+    ``explain``, ``to_json`` and ``graph`` need no running engine; ``run`` is the same on
+    every backend: an engine says which driver runs its plan (``driver``) and which engine
+    session a run holds (``engine``), nothing else."""
 
     backend: str
+    # The driver class that runs this plan, as "module:Class": imported only by ``run``,
+    # so that explaining a plan never imports its engine.
+    driver: str = ""
 
     def __init__(self, graph: ir.IR, params: dict[str, Any]):
         self.ir = graph
@@ -135,6 +173,7 @@ class Plan(ABC):
         # The .pipe text, for run-time errors with a caret (set by Pipeline.lower; a plan
         # made from the IR alone reads the file when an error needs it).
         self.source = None
+        self.last_driver = None  # the driver of the last run that finished (tests read its events)
 
     @abstractmethod
     def explain(self) -> str:
@@ -148,11 +187,31 @@ class Plan(ABC):
         """The lowered graph for drawing; nodes carry ``label`` and ``group``."""
         return self.ir.graph
 
-    @abstractmethod
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """What the backend this plan was lowered for declares it supports."""
+        from pipec.backends import backend_class
+        return backend_class(self.backend).capabilities
+
     def run(self, progress: Progress | None = None, run_dir: str | None = None, resume: bool = False) -> RunResult:
         """Run the plan and return its results. ``run_dir`` is the run folder (snapshots,
         records); ``resume`` continues the run in it after its last completed round, for
-        a backend whose capabilities include ``resume``."""
+        a backend whose capabilities include ``resume``. What can be checked before the
+        engine starts is (a bad bucket should not cost a cluster start); then the driver
+        runs inside the engine session."""
+        module, _, name = self.driver.partition(":")
+        driver = getattr(importlib.import_module(module), name)(self, progress, run_dir, resume)
+        driver.preflight()
+        with self.engine(driver):
+            result = driver.run()
+        self.last_driver = driver
+        return result
+
+    def engine(self, driver) -> contextlib.AbstractContextManager:
+        """The engine session ``driver`` runs in: started and stopped around the run,
+        joined, or borrowed from the caller. None by default (the driver's ``setup``
+        starts what it needs)."""
+        return contextlib.nullcontext()
 
 
 class Backend(ABC):
@@ -170,6 +229,11 @@ class Backend(ABC):
     # installs it (None: nothing to install).
     engine_module: str | None = None
     extra: str | None = None
+    # Where the engine keeps an actor and an actor pool's members: "workers" (processes
+    # it may lose, from which pipec restores them) or "driver" (the run's own process:
+    # losing it is losing the run, which `resume` continues).
+    actor_host: str = "workers"
+    pool_host: str = "workers"
 
     def __init__(self, address: str | None = None):
         self.address = address
@@ -191,6 +255,29 @@ class Backend(ABC):
         """An "unsupported" error at ``span`` of ``graph``'s file."""
         where = Span(span.line, span.column, span.end_line, span.end_column, 0, 0) if span else None
         return Diagnostic(ERROR, message, where, hint, graph.info.path, code="unsupported")
+
+    def over_resources(self, graph: ir.IR, has: "Machine", holder: str) -> list[Diagnostic]:
+        """Stages asking for more cpus, gpus or memory than one ``holder`` (a place a
+        task can run: "worker of the local cluster") has, ``has``: they would wait
+        forever, so each is an error at the stage."""
+        out = []
+        for node, op in graph.items():
+            options = getattr(op, "options", None)
+            if not isinstance(options, ir.StageOptions):
+                continue
+            r, wanted = options.resources, []
+            if r.gpus and r.gpus > has.gpus:
+                wanted.append(("a GPU" if r.gpus == 1 else f"{r.gpus:g} GPUs",
+                               f"no {holder} has a GPU" if not has.gpus else f"each {holder} has {has.gpus}"))
+            if r.cpus is not None and r.cpus > has.cpus:
+                wanted.append((f"{r.cpus:g} cpus", f"each {holder} has {has.cpus}"))
+            if r.memory is not None and r.memory > has.memory:
+                wanted.append((f"{r.memory / 2**30:.1f} GiB of memory",
+                               f"each {holder} has {has.memory / 2**30:.1f} GiB"))
+            for what, why in wanted:
+                out.append(self.refusal(graph, op.span, f"stage `{op.name or node}` needs {what}: {why}",
+                                        "ask for less, or run on a cluster that has it (--address)"))
+        return out
 
     def can(self, feature: str) -> bool:
         """Whether this backend supports ``feature`` (a key of capabilities.FEATURES)."""

@@ -13,7 +13,7 @@ from typing import Any
 
 from pipec.compiler import ir
 from pipec.compiler.schedule import Block, blocks
-from pipec.backends.base import Backend, Plan, Progress, RunResult
+from pipec.backends.base import Backend, Plan
 from pipec.backends.physical import steps
 from pipec.backends.runtime import batches, datasets, semantics
 from pipec.backends.runtime.actors import ActorHost, VersionedHost
@@ -37,6 +37,7 @@ def _caller(run_id: str, actor: str):
 class LocalBackend(Backend):
     name = "local"
     description = "reference backend: in process, every boundary pickled, mutation checked"
+    actor_host = pool_host = "driver"
 
     def lower(self, graph: ir.IR, params: dict[str, Any]) -> "LocalPlan":
         return LocalPlan(graph, params)
@@ -44,6 +45,7 @@ class LocalBackend(Backend):
 
 class LocalPlan(Plan):
     backend = "local"
+    driver = "pipec.backends.local:LocalDriver"
 
     def explain(self) -> str:
         lines = [f"local plan for pipeline `{self.ir.info.name}` (runs in process, in this order)"]
@@ -56,11 +58,6 @@ class LocalPlan(Plan):
                     "items": [block_json(i) if isinstance(i, Block) else i for i in block.items]}
         return {"backend": "local", "pipeline": self.ir.info.name, "params": self.params,
                 "schedule": block_json(blocks(self.ir))}
-
-    def run(self, progress: Progress | None = None, run_dir: str | None = None, resume: bool = False) -> RunResult:
-        """Run in this process; with ``resume``, continue the run in ``run_dir`` after its
-        last completed round."""
-        return LocalDriver(self.ir, self.params, progress, run_dir, resume, self.source).run()
 
 
 def _explain_block(graph: ir.IR, block: Block, lines: list[str], depth: int) -> None:
@@ -84,7 +81,6 @@ def _explain_block(graph: ir.IR, block: Block, lines: list[str], depth: int) -> 
 
 class LocalDriver(Driver):
     backend = "local"
-    resumable = True
 
     def setup(self) -> None:
         self.hosts: dict[str, ActorHost] = {}

@@ -26,6 +26,7 @@ from tests.engines import BACKENDS, engine_options
 
 MODULE = '''
 import math
+import os
 
 def inc(x):
     return x + 1
@@ -144,6 +145,38 @@ def layout(items, partition):
 
 def label_pair(x):
     return (f"k{x}", x)
+
+def lose_process(marker, driver):
+    """The first time: end this process as a crash would, unless it is the test's own
+    (``driver``), where it only notes that it ran there."""
+    if os.path.exists(marker) or os.path.exists(marker + ".driver"):
+        return
+    if os.getpid() == driver:
+        open(marker + ".driver", "w").close()
+        return
+    open(marker, "w").close()
+    os._exit(1)
+
+class Fragile(Counter):
+    """A Counter whose process is lost in the middle of call number ``at``."""
+    def __init__(self, marker, driver, at):
+        super().__init__()
+        self.marker, self.driver, self.at, self.n = marker, driver, at, 0
+    def add(self, x):
+        self.n += 1
+        if self.n == self.at:
+            lose_process(self.marker, self.driver)
+        return super().add(x)
+
+class FragileDoubler(Doubler):
+    """A Doubler whose process is lost in the middle of partition 2."""
+    def __init__(self, marker, driver):
+        super().__init__()
+        self.marker, self.driver = marker, driver
+    def run(self, items, partition):
+        if partition == 2:
+            lose_process(self.marker, self.driver)
+        return super().run(items)
 '''
 
 
@@ -381,7 +414,8 @@ CASES: dict[str, Case] = {
 }
 
 _PARAM_DECLS = {"n": "n: int = 10", "parts": "parts: int = 2", "factor": "factor: float = 1.0",
-                "name": "name: str = \"x\"", "flag": "flag: bool = false"}
+                "name": "name: str = \"x\"", "flag": "flag: bool = false",
+                "marker": "marker: str = \"\"", "driver": "driver: int = 0"}
 
 # Features a backend lacks, declared as data: backend -> {case: feature it is missing}.
 # Cases whose sinks depend on scheduling: checked by a property, not by bytes.
@@ -449,6 +483,67 @@ def test_conformance(backend, name, tmp_path, monkeypatch):
         return
     expected = _run_case(tmp_path, monkeypatch, "local", name, case)
     assert got == expected
+
+
+# Losses: the process holding an actor, or a pool member, dies in the middle of a call
+# (it ends itself, as a crash would: once, marked in a file). Where a backend keeps them
+# is declared (Backend.actor_host, .pool_host): on "workers" the loss must happen and the
+# run still write the reference's bytes, every call applied once; kept in the "driver",
+# the loss is the run's own (see resume), so it does not apply, and the case checks the
+# declaration instead: the actor ran in this process, and the bytes are the reference's.
+LOSSES: dict[str, tuple[str, Case]] = {
+    "killed_actor_is_restored_and_replayed": ("actor_host", Case("""
+        actor c = m.Fragile(marker = marker, driver = driver, at = 4) {
+            restarts 2
+            checkpoint every 2 calls
+        }
+        source xs = range(6) partitions 2
+        repeat 5 as i {
+            value s = reduce m.add over (map m.scale over xs with factor = i)
+            c.add(s)
+        }
+        sink out = c.history() -> json("out/out.json")
+        sink total = c.value() -> json("out/total.json")""")),
+    "lost_pool_member_serves_its_partition_again": ("pool_host", Case("""
+        source xs = range(12) partitions 4
+        actor pool ds = m.FragileDoubler(marker = marker, driver = driver) x 2 { restarts 1 }
+        stage ys = map_batches ds.run over xs
+        sink out = collect(ys) -> json("out/out.json")""")),
+    "lost_pool_member_replays_calls_to_every_member": ("pool_host", Case("""
+        source xs = range(12) partitions 4
+        actor pool ds = m.FragileDoubler(marker = marker, driver = driver) x 2 { restarts 1 }
+        value ks = ds.each.set_k(7)
+        sink out = collect(map_batches ds.run over xs) -> json("out/out.json")
+        sink answers = ks -> json("out/ks.json")
+        sink after = ds.each.set_k(1) -> json("out/after.json")""")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_lost_process_leaves_the_reference_bytes(backend, name, tmp_path, monkeypatch):
+    import os
+    host, case = LOSSES[name]
+    marker = tmp_path / "lost"
+    case = Case(case.body, {"marker": str(marker), "driver": os.getpid()})
+    (tmp_path / "gaps").mkdir()
+    gaps = set(features_used(load(_write_case(tmp_path / "gaps", name, case)).ir)) - backend_class(backend).capabilities
+    if gaps:  # declared: refused before anything runs (test_conformance checks the words)
+        with pytest.raises(UnsupportedOnBackend):
+            load(tmp_path / "gaps" / f"{name}.pipe").check(backend)
+        return
+    got = _run_case(tmp_path, monkeypatch, backend, name, case)
+    where = getattr(backend_class(backend), host)
+    assert where in ("workers", "driver"), where
+    if where == "workers":
+        assert marker.exists(), f"{backend} keeps it on its workers, and no process was lost"
+    else:
+        assert (tmp_path / "lost.driver").exists() and not marker.exists(), f"{backend} declares {host} driver"
+    if backend == "local":
+        return
+    for leftover in tmp_path.glob("lost*"):
+        leftover.unlink()
+    assert got == _run_case(tmp_path, monkeypatch, "local", name, case)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

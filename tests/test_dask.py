@@ -479,30 +479,6 @@ pipeline p() {
     assert result.outputs["applied"] == sorted(list(range(60)) * 2)  # every call of both rounds, once
 
 
-def test_a_lost_pool_member_is_re_created_and_the_stage_runs_again(kill_client, write_pipe, tmp_path, monkeypatch):
-    path = write_pipe("""
-use m_pool_kill as m
-pipeline p() {
-    source xs = range(40) partitions 8
-    actor pool ds = m.Doubler() x 2 { restarts 2 }
-    stage ys = map_batches ds.run over xs
-    sink out = collect(ys)
-}""", m_pool_kill="""
-import time
-class Doubler:
-    def run(self, items):
-        time.sleep(0.25)
-        return [2 * x for x in items]
-""")
-    monkeypatch.chdir(tmp_path)
-    killed: list = []
-    plan = load(path).lower("dask", client=kill_client)
-    result = plan.run(progress=_kill_during(kill_client, "ys", "ds-member-0@", killed))
-    assert killed
-    assert result.outputs["out"] == [2 * x for x in range(40)]
-    assert "member 0 of actor pool `ds` was lost" in plan.last_driver.events[0]
-
-
 def test_an_actor_without_restarts_fails_clearly_when_its_worker_dies(kill_client, write_pipe, tmp_path, monkeypatch):
     path = write_pipe("""
 use m_an_actor_without_res as m
@@ -692,42 +668,3 @@ def test_top_from_partition_candidates_is_top_of_everything():
         expected = semantics.top(everything, n, by)
         got = semantics.top_merge([semantics.top_partial(p, n, by, order) for p in parts], n, by, order)
         assert got == expected, (trial, parts, n, order)
-
-
-
-
-def test_a_lost_pool_member_is_re_created_with_the_calls_to_every_member(kill_client, write_pipe, tmp_path,
-                                                                         monkeypatch):
-    path = write_pipe("""
-use m_pool_each_kill as m
-pipeline p() {
-    source xs = range(40) partitions 8
-    actor pool ds = m.Versioned() x 2 { restarts 2 }
-    value first = ds.each.reload(7)
-    stage ys = map_batches ds.run over xs
-    sink out = collect(ys)
-    sink answers = first
-    sink after = ds.each.state()
-}""", m_pool_each_kill="""
-import time
-class Versioned:
-    def __init__(self):
-        self.version, self.reloads = 0, 0
-    def reload(self, version):
-        self.version, self.reloads = version, self.reloads + 1
-        return self.reloads
-    def state(self):
-        return [self.version, self.reloads]
-    def run(self, items):
-        time.sleep(0.25)
-        return [(x, self.version) for x in items]
-""")
-    monkeypatch.chdir(tmp_path)
-    killed: list = []
-    plan = load(path).lower("dask", client=kill_client)
-    result = plan.run(progress=_kill_during(kill_client, "ys", "ds-member-0@", killed))
-    assert killed
-    assert "member 0 of actor pool `ds` was lost" in plan.last_driver.events[0]
-    assert result.outputs["answers"] == [1, 1]
-    assert result.outputs["out"] == [(x, 7) for x in range(40)]  # the re-created member replayed reload(7)
-    assert result.outputs["after"] == [[7, 1], [7, 1]]

@@ -101,11 +101,12 @@ class ActorRecord:
 
 
 class PoolRecord:
-    """An actor pool: members spread over the workers, and each member's next call number."""
+    """An actor pool: members spread over the workers, and each member's next call number
+    and restarts left (`restarts N` is each member's, as a Ray actor's max_restarts is)."""
 
     def __init__(self, node: str, op: ir.Actor, args: list, kwargs: dict, size: int):
         self.node, self.op, self.args, self.kwargs = node, op, args, kwargs
-        self.restarts_left = op.restarts
+        self.restarts_left = [op.restarts] * size
         self.futures: list = [None] * size
         self.actors: list = [None] * size
         self.addresses: list = [None] * size
@@ -129,13 +130,10 @@ def _release(future, actor) -> None:
 
 class DaskDriver(PlannedDriver):
     backend = "dask"
-    resumable = True
 
-    def __init__(self, plan, client, progress=None, run_dir: str | None = None, resume: bool = False):
-        super().__init__(plan.ir, plan.params, progress, run_dir, resume, source=plan.source)
-        self.plan = plan
-        self.planner = plan.physical.planner
-        self.client = client
+    def __init__(self, plan, progress=None, run_dir: str | None = None, resume: bool = False):
+        super().__init__(plan, progress, run_dir, resume)
+        self.client = None  # the session's, once the plan's engine is up (DaskPlan.engine)
         self.tag = self.run_id[:8]
         self._submissions = itertools.count(1)
         self._placement = itertools.count()
@@ -592,8 +590,6 @@ class DaskDriver(PlannedDriver):
         record.address = record.actor._address
 
     def start_pool(self, node: str, op: ir.Actor, size: int):
-        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-            raise self.error(node, f"an actor pool needs a positive number of members, got {size!r}", op.span)
         args = [self.value(a) for a in op.args]
         kwargs = {k: self.value(v) for k, v in op.kwargs.items()}
         record = PoolRecord(node, op, args, kwargs, size)
@@ -741,11 +737,11 @@ class DaskDriver(PlannedDriver):
             self._restore(record, upto=pending.seq if pending is not None else None)
             return
         m = ref.part
-        if record.restarts_left <= 0:
+        if record.restarts_left[m] <= 0:
             raise self.error(ref.node, f"a member of actor pool `{ref.node}` was lost with its worker and "
                                        f"the pool has no restarts left", record.op.span,
                              "give the pool `restarts N` to survive a worker's death")
-        record.restarts_left -= 1
+        record.restarts_left[m] -= 1
         record.incarnations[m] += 1
         dead = record.addresses[m]
         _release(record.futures[m], record.actors[m])

@@ -26,16 +26,10 @@ class LocalShape:
 
     @classmethod
     def of_machine(cls) -> "LocalShape":
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except AttributeError:  # not on Linux
-            cores = os.cpu_count() or 1
-        try:
-            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (ValueError, OSError, AttributeError):
-            total = 4 * 2**30
-        workers = max(1, min(cores, 16))
-        return cls(workers, 1, int(total // workers))
+        from pipec.backends.base import Machine
+        machine = Machine.this_one()
+        workers = max(1, min(machine.cpus, 16))
+        return cls(workers, 1, machine.memory // workers)
 
     @property
     def resources(self) -> dict[str, float]:

@@ -3,18 +3,16 @@ package docstring, :mod:`pipec.backends.dask`, says how a pipeline becomes Dask 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import contextlib
+from typing import Any
 
 from pipec.compiler import ir
 from pipec.compiler.capabilities import FEATURES
 from pipec.dsl.diagnostics import Diagnostic
-from pipec.backends.base import Backend, Plan, Progress, RunResult
+from pipec.backends.base import Backend, Machine
 from pipec.backends.dask.engine import LocalShape, scheduler_address
 from pipec.backends.physical import explain as explaining
 from pipec.backends.physical.planner import PhysicalPlan, TaskSpec, actor_answer_for_stages
-
-if TYPE_CHECKING:  # networkx costs ~70 ms to import; only plan drawing needs it
-    import networkx as nx
 
 KEY_NOTE = ("each task is a Dask key: `stage-i` is partition i of a stage, a bare name is a value; "
             "a shared scan's key holds its outputs, and `key[name]` (name's output) is picked inside the "
@@ -46,38 +44,23 @@ class DaskBackend(Backend):
 
     def check(self, graph: ir.IR) -> list[Diagnostic]:
         """Capability gaps, and stages asking for more than a worker of the embedded
-        cluster has (they would wait forever)."""
+        cluster has (they would wait forever; a cluster's workers are asked when it runs)."""
         out = super().check(graph)
         shape = self.local_shape()
-        if shape is None:
-            return out
-        for node, op in graph.items():
-            options = getattr(op, "options", None)
-            if options is None:
-                continue
-            r = options.resources
-            wanted = []
-            if r.gpus:
-                wanted.append(("a GPU", "no worker of the local cluster has a GPU"))
-            if r.cpus is not None and r.cpus > shape.threads:
-                wanted.append((f"{r.cpus:g} cpus", f"each worker of the local cluster has {shape.threads}"))
-            if r.memory is not None and r.memory > shape.memory:
-                wanted.append((f"{r.memory / 2**30:.1f} GiB of memory",
-                               f"each worker of the local cluster has {shape.memory / 2**30:.1f} GiB"))
-            for what, why in wanted:
-                out.append(self.refusal(graph, op.span, f"stage `{op.name or node}` needs {what}: {why}",
-                                        "ask for less, or run on a cluster that has it (--address)"))
+        if shape is not None:
+            out += self.over_resources(graph, Machine(shape.threads, 0, shape.memory), "worker of the local cluster")
         return out
 
     def lower(self, graph: ir.IR, params: dict[str, Any]) -> "DaskPlan":
         return DaskPlan(graph, params, self.scheduler, self.local_shape(), self.client)
 
 
-class DaskPlan(Plan):
+class DaskPlan(explaining.MappedPlan):
     """The physical plan on Dask: every graph step is one Dask task graph whose keys are
     the plan's task keys; actors are Dask actors."""
 
     backend = "dask"
+    driver = "pipec.backends.dask.driver:DaskDriver"
 
     def __init__(self, graph: ir.IR, params: dict[str, Any], address: str | None, shape: LocalShape | None,
                  client=None):
@@ -86,8 +69,6 @@ class DaskPlan(Plan):
         self.shape = shape
         self.client = client
         self.physical = PhysicalPlan(graph, params)
-
-    # ---- what runs
 
     @property
     def mapping(self) -> explaining.Mapping:
@@ -108,31 +89,16 @@ class DaskPlan(Plan):
                     "through the driver"]
         return []
 
-    def explain(self) -> str:
-        return explaining.explain(self.physical, self.mapping)
-
-    def to_json(self) -> dict:
-        return explaining.to_json(self.physical, self.mapping)
-
-    def graph(self) -> nx.DiGraph:
-        return explaining.graph(self.physical, self.mapping)
-
-    # ---- running
-
-    def run(self, progress: Progress | None = None, run_dir: str | None = None, resume: bool = False) -> RunResult:
-        """Run on the embedded cluster (started and stopped here), on ``address``, or on
-        the backend's ``client`` (a :class:`distributed.Client` the caller keeps)."""
-        from pipec.backends.dask.driver import DaskDriver
+    @contextlib.contextmanager
+    def engine(self, driver):
+        """The embedded cluster (started and stopped here), the scheduler at ``address``,
+        or the backend's ``client`` (a :class:`distributed.Client` the caller keeps)."""
         from pipec.backends.dask.engine import Session
-        driver = DaskDriver(self, None, progress, run_dir, resume)
-        driver.preflight()  # before the cluster starts
         with Session(self.address, self.shape or LocalShape.of_machine(), driver.log_dir / "engine.log",
                      self.client) as live:
             driver.client = live
             with live.as_current():  # actor handles unpickled here bind to this client
-                result = driver.run()
-        self.last_driver = driver
-        return result
+                yield
 
 
 def _actor_text(op: ir.Actor) -> str:

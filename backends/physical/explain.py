@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from pipec.compiler import ir
+from pipec.backends.base import Plan
 from pipec.backends.physical.planner import DriverStep, LoopStep, PhysicalPlan, Ref, Scan, TaskSpec, key_of
 
 if TYPE_CHECKING:  # networkx costs ~70 ms to import; only plan drawing needs it
@@ -242,3 +243,24 @@ def _graph_steps(plan: PhysicalPlan, mapping: Mapping, g: nx.DiGraph, steps, loo
                     if src not in g:
                         g.add_node(src, label=src, group=ref.node, kind="data", loop=None, step=None)
                     g.add_edge(src, spec.key, kind=kind)
+
+
+class MappedPlan(Plan):
+    """A Plan made of the shared physical plan (``physical``) and an engine's
+    :class:`Mapping` (``mapping``): explained, serialised and drawn here, the same way for
+    every engine; the engine subclass says only how it maps tasks and how a run starts."""
+
+    physical: PhysicalPlan
+
+    @property
+    def mapping(self) -> Mapping:
+        raise NotImplementedError
+
+    def explain(self) -> str:
+        return explain(self.physical, self.mapping)
+
+    def to_json(self) -> dict:
+        return to_json(self.physical, self.mapping)
+
+    def graph(self) -> nx.DiGraph:
+        return graph(self.physical, self.mapping)

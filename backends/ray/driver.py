@@ -107,12 +107,9 @@ class _HandleActorLost(Exception):
 
 class RayDriver(PlannedDriver):
     backend = "ray"
-    resumable = True
 
     def __init__(self, plan, progress=None, run_dir: str | None = None, resume: bool = False):
-        super().__init__(plan.ir, plan.params, progress, run_dir, resume)
-        self.plan = plan
-        self.planner = plan.physical.planner
+        super().__init__(plan, progress, run_dir, resume)
         self.result = RayRunResult(backend=self.backend, run_dir=str(self.run_dir))
 
     # ---- lifecycle
@@ -156,7 +153,9 @@ class RayDriver(PlannedDriver):
         self.puts.clear()
 
     def _check_resources(self, cluster: dict) -> None:
-        """A task asking for more than the whole cluster has would wait forever: refuse."""
+        """A task asking for more than the whole cluster has would wait forever: refuse.
+        (For a runtime known before the run, RayBackend.check already refused, with the
+        source position.)"""
         for node, op in self.ir.items():
             options = getattr(op, "options", None)
             if not isinstance(options, ir.StageOptions):
@@ -554,8 +553,6 @@ class RayDriver(PlannedDriver):
         return handle
 
     def start_pool(self, node: str, op: ir.Actor, size: int):
-        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-            raise self.error(node, f"an actor pool needs a positive number of members, got {size!r}", op.span)
         return self._create_pool(node, op, size, [self.value(a) for a in op.args],
                                  {k: self.value(v) for k, v in op.kwargs.items()})
 

@@ -5,28 +5,28 @@ driver, which submits one Ray task per task of the plan."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pipec.compiler import ir
 from pipec.compiler.capabilities import FEATURES
-from pipec.backends.base import Backend, Plan, Progress, RunResult
+from pipec.dsl.diagnostics import Diagnostic
+from pipec.backends.base import Backend, Machine
 from pipec.backends.physical import explain as explaining
 from pipec.backends.physical.planner import PhysicalPlan, actor_answer_for_stages
 from pipec.backends.ray.engine import start_runtime, stop_runtime
-
-if TYPE_CHECKING:  # networkx costs ~70 ms to import; only plan drawing needs it
-    import networkx as nx
 
 TASK_NOTE = ("each task is one Ray task named by its key (a split has one return per bucket, a shared "
              "scan one per output, `key[name]` being name's; a merge reads bucket j of every split); what it "
              "reads are ObjectRefs; pool tasks are calls of the member actor")
 
 
-class RayPlan(Plan):
+class RayPlan(explaining.MappedPlan):
     backend = "ray"
-    resumable = True  # `pipec run --resume RUN`
+    driver = "pipec.backends.ray.driver:RayDriver"
 
     def __init__(self, graph: ir.IR, params: dict[str, Any], address: str | None = None):
         super().__init__(graph, params)
@@ -46,24 +46,12 @@ class RayPlan(Plan):
             return ["the call's ObjectRef, handed to the stages as it is (confirmed after the graph)"]
         return []
 
-    def explain(self) -> str:
-        return explaining.explain(self.physical, self.mapping)
-
-    def to_json(self) -> dict:
-        return explaining.to_json(self.physical, self.mapping)
-
-    def graph(self) -> nx.DiGraph:
-        return explaining.graph(self.physical, self.mapping)
-
-    def run(self, progress: Progress | None = None, run_dir: str | None = None, resume: bool = False) -> RunResult:
-        """Run on this process's Ray (or one started or joined for the run); with
-        ``resume``, continue the run in ``run_dir`` after its last completed round."""
-        from pipec.backends.ray.driver import RayDriver
-        driver = RayDriver(self, progress, run_dir, resume)
-        driver.preflight()  # before Ray starts
+    @contextlib.contextmanager
+    def engine(self, driver):
+        """This process's Ray, or one started (or joined) for the run and left after it."""
         started = start_runtime(self.address, runtime_env=self._runtime_env())
         try:
-            return driver.run()
+            yield
         finally:
             if started:
                 stop_runtime()
@@ -96,6 +84,23 @@ class RayBackend(Backend):
     capabilities = frozenset(FEATURES)
     gap_hints: dict[str, str] = {}
     engine_module, extra = "ray", "ray"
+
+    def check(self, graph: ir.IR) -> list[Diagnostic]:
+        """Capability gaps, and stages asking for more than a node of the runtime a run
+        would use has, where that is known before it starts (they would wait forever):
+        the one-node Ray this process is connected to, or the embedded one on this
+        machine. A cluster joined when the run starts is asked then (RayDriver)."""
+        out = super().check(graph)
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+            if len(nodes) == 1:
+                r = nodes[0]
+                has = Machine(int(r.get("CPU", 0)), int(r.get("GPU", 0)), int(r.get("memory", 0)))
+                out += self.over_resources(graph, has, "node of the Ray runtime this process runs")
+        elif not (self.address or os.environ.get("RAY_ADDRESS")):
+            out += self.over_resources(graph, Machine.this_one(), "node of the embedded Ray runtime (this machine)")
+        return out
 
     def lower(self, graph: ir.IR, params: dict[str, Any]) -> RayPlan:
         return RayPlan(graph, params, self.address)

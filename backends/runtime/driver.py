@@ -39,16 +39,18 @@ class Driver:
     """Runs one plan. Subclasses provide the engine-specific collection operations."""
 
     backend = "driver"
-    # Whether a run writes a record at the end of every round of a top-level loop, so that
-    # `pipec run --resume RUN` can continue it after its driver died (see resume.py). Such
-    # a backend hosts its actors in VersionedHosts and implements var_partitions and
-    # var_from_partitions.
-    resumable = False
 
-    def __init__(self, graph: ir.IR, params: dict[str, Any], progress: Progress | None = None,
-                 run_dir: str | None = None, resume: bool = False, source: SourceFile | None = None):
-        self.ir = graph
-        self.params = params
+    def __init__(self, plan, progress: Progress | None = None, run_dir: str | None = None, resume: bool = False):
+        """A run of ``plan`` (a :class:`pipec.backends.base.Plan`), drawn on ``progress``,
+        kept in ``run_dir``; ``resume`` continues the run kept there."""
+        self.plan = plan
+        self.ir = plan.ir
+        self.params = plan.params
+        # Whether a run writes a record at the end of every round of a top-level loop, so
+        # that `pipec run --resume RUN` can continue it after its driver died (see
+        # resume.py): the backend declares `resume`. Such a backend hosts its actors in
+        # VersionedHosts and implements var_partitions and var_from_partitions.
+        self.resumable = "resume" in plan.capabilities
         self.progress = progress or NoProgress()
         self.run_id = uuid.uuid4().hex[:12]
         # The run folder (records, snapshots, the staged-sinks manifest): a local folder or
@@ -63,7 +65,7 @@ class Driver:
         self.result = RunResult(backend=self.backend, run_dir=str(self.run_dir))
         self.logs: dict[str, ReplayLog] = {}
         self.pool_logs: dict[str, list] = {}  # pool -> its calls to every member, in order (never trimmed)
-        self._source = source  # the .pipe text for errors; read from the file only when missing
+        self._source = plan.source  # the .pipe text for errors; read from the file only when missing
         self.resume = resume
         self.record: resuming.Record | None = None  # what a resumed run continues from
         self.records = resuming.RecordWriter(self.run_dir)
@@ -518,6 +520,8 @@ class Driver:
     def op_actor(self, node: str, op: ir.Actor):
         if op.pool_size is not None:
             size = self.value(op.pool_size)
+            if not isinstance(size, int) or isinstance(size, bool) or size < 1:  # a size made at run time
+                raise self.error(node, f"an actor pool needs a positive number of members, got {size!r}", op.span)
             saved = self.record.actors.get(node) if self.record is not None else None
             # The members start from their constructor plus the calls to every member so
             # far (a resumed run: those its record holds; later ones died with the driver).
@@ -780,10 +784,14 @@ class LiveContext:
 
 class PlannedDriver(Driver):
     """A driver that runs the shared physical plan: every block as the planner's steps
-    (graphs of tasks, driver nodes, loops). A subclass sets ``planner`` and implements
-    ``run_graph`` with its engine's calls."""
+    (graphs of tasks, driver nodes, loops). A subclass implements ``run_graph`` with its
+    engine's calls."""
 
     planner: Planner
+
+    def __init__(self, plan, progress: Progress | None = None, run_dir: str | None = None, resume: bool = False):
+        super().__init__(plan, progress, run_dir, resume)
+        self.planner = plan.physical.planner
 
     def run_block(self, block: Block) -> None:
         for item in self.top_items(block):

@@ -218,12 +218,9 @@ class _Graph:
 
 class SparkDriver(PlannedDriver):
     backend = "spark"
-    resumable = True
 
     def __init__(self, plan, progress=None, run_dir: str | None = None, resume: bool = False):
-        super().__init__(plan.ir, plan.params, progress, run_dir, resume)
-        self.plan = plan
-        self.planner = plan.physical.planner
+        super().__init__(plan, progress, run_dir, resume)
         self.cached = loop_invariant(plan.ir)
         self.order = {node: i for i, node in enumerate(plan.ir)}
         self._scopes: list[dict] = [{"cached": [], "broadcasts": []}]
@@ -485,8 +482,6 @@ class SparkDriver(PlannedDriver):
         return _copy(self.hosts[actor].call(seq, method, args, kwargs))
 
     def start_pool(self, node: str, op: ir.Actor, size: int):
-        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-            raise self.error(node, f"an actor pool needs a positive number of members, got {size!r}", op.span)
         self.pool_sizes[node] = size
         args = tuple(self.value(a) for a in op.args)
         kwargs = tuple((k, self.value(v)) for k, v in op.kwargs.items())

@@ -7,19 +7,16 @@ the driver, which translates each graph step into RDD operations (see
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pipec.compiler import ir
 from pipec.compiler.capabilities import FEATURES
 from pipec.dsl.diagnostics import WARNING, Diagnostic
 from pipec.dsl.source import Span
-from pipec.backends.base import Backend, Plan, Progress, RunResult
+from pipec.backends.base import Backend
 from pipec.backends.physical import explain as explaining
 from pipec.backends.physical import steps as s
 from pipec.backends.physical.planner import PhysicalPlan, TaskSpec, loops_of
-
-if TYPE_CHECKING:  # networkx costs ~70 ms to import; only plan drawing needs it
-    import networkx as nx
 
 TASK_NOTE = ("the tasks of one segment (keys stage-0 .. stage-k) are the partitions of one RDD: a segment or "
              "pool stage is one mapPartitionsWithIndex pass (Spark pipelines consecutive passes, so each "
@@ -39,9 +36,12 @@ _ON_SPARK = {"finish": "on the driver", "source_call": "on the driver", "line_in
              "take_part": "parallelized from the driver", "pool": "in the task: its Python worker's own member"}
 
 
-class SparkPlan(Plan):
+class SparkPlan(explaining.MappedPlan):
+    """Run on the active SparkContext (or one the driver starts for ``address``, in its
+    ``setup``)."""
+
     backend = "spark"
-    resumable = True  # `pipec run --resume RUN`
+    driver = "pipec.backends.spark.driver:SparkDriver"
 
     def __init__(self, graph: ir.IR, params: dict[str, Any], address: str | None = None, ui: bool = False):
         super().__init__(graph, params)
@@ -69,21 +69,6 @@ class SparkPlan(Plan):
             notes.append(f"not cached ({why}): Spark holds its partitions already" if held_by_spark(spec)
                          else f"cached: {why}")
         return notes
-
-    def explain(self) -> str:
-        return explaining.explain(self.physical, self.mapping)
-
-    def to_json(self) -> dict:
-        return explaining.to_json(self.physical, self.mapping)
-
-    def graph(self) -> nx.DiGraph:
-        return explaining.graph(self.physical, self.mapping)
-
-    def run(self, progress: Progress | None = None, run_dir: str | None = None, resume: bool = False) -> RunResult:
-        """Run on the active SparkContext (or one started for ``address``); with
-        ``resume``, continue the run in ``run_dir`` after its last completed round."""
-        from pipec.backends.spark.driver import SparkDriver
-        return SparkDriver(self, progress, run_dir, resume=resume).run()
 
 
 def loop_invariant(graph: ir.IR) -> dict[str, str]:
@@ -127,6 +112,7 @@ class SparkBackend(Backend):
                    "in the driver, resumable runs; needs Java 17+")
     capabilities = frozenset(FEATURES) - {"actor_handle", "pool_each"}
     engine_module, extra = "pyspark", "spark"
+    actor_host = "driver"  # pool members live in the Python workers
     gap_hints = {
         "actor_handle": (
             "Spark has tasks but no actors: pipec hosts a Spark pipeline's actors in the driver, and a "
