@@ -90,8 +90,15 @@ class LocalDriver(Driver):
         return {"workers": 1, "dashboard": None, "versions": {}}  # this process only
 
     def teardown(self) -> None:
-        for actor in self.hosts:
+        for actor, host in self.hosts.items():
             _HANDLES.pop((self.run_id, actor), None)
+            try:
+                host.close()  # a failed run too: no snapshot is left half-written
+            except OSError:
+                pass
+
+    def flush_actor(self, actor: str) -> None:
+        self.hosts[actor].flush()
 
     # ---- strictness
 

@@ -76,6 +76,29 @@ class ParameterServer:
         return True
 
 
+class BigParameterServer(ParameterServer):
+    """A parameter server whose state also holds a table of about ``mb`` MB (float64),
+    like an embedding table: each ``apply`` updates one sixteenth of its rows, in place,
+    so a snapshot holds far more than a call changes (benchmarks/snapshot_cost.py)."""
+
+    def __init__(self, features: int, rate: float, mb: float):
+        super().__init__(features, rate)
+        self.table = np.zeros((max(16, int(mb * 2**20) // (8 * 64)), 64))
+        self.updates = 0
+
+    def apply(self, total):
+        super().apply(total)
+        rows = len(self.table) // 16
+        start = self.updates % 16 * rows
+        self.table[start:start + rows] += self.w[self.updates % len(self.w)]
+        self.updates += 1
+        return True
+
+    def digest(self):
+        """A summary of the whole state: both runs of the benchmark must agree on it."""
+        return [float(self.table.sum()), int(self.updates), [float(x) for x in self.w]]
+
+
 # ---- wordcount: generated lines from a fixed vocabulary, top 20 words
 
 

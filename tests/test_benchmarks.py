@@ -40,3 +40,19 @@ def test_the_engines_own_parquet_programs_and_the_pipeline_write_the_same_rows(b
     native, pipec = load.hand(), load.pipec()
     assert native_parquet.read_sorted(pipec).num_rows == 20_000
     assert load.same(native, pipec)
+
+
+@pytest.mark.parametrize("backend", ["local", *overhead.BACKENDS])
+def test_the_snapshot_benchmark_runs_both_variants_to_the_same_state(backend, tmp_path, monkeypatch):
+    """benchmarks/snapshot_cost.py: the pipeline with and without its checkpoint clause,
+    at tiny sizes, ends with the same actor state (the timing is the benchmark's)."""
+    from benchmarks import snapshot_cost
+    options = engine_options(backend) if backend != "local" else {}
+    variants = snapshot_cost.pipelines()
+    assert variants["checkpointed"].ir.op("ps").checkpoint_every == 3
+    assert variants["plain"].ir.op("ps").checkpoint_every is None
+    params = {"rows": 4_000, "rounds": 3, "mb": 0.5}
+    runners = {name: snapshot_cost.Runner(p, backend, params, options, tmp_path, name) for name, p in variants.items()}
+    figures = snapshot_cost.measure(runners, reps=1)
+    assert figures["same_result"] and len(figures["plain_runs"]) == len(figures["checkpointed_runs"]) == 1
+    assert not list(tmp_path.iterdir())  # each run's folder (its snapshots) is removed

@@ -202,8 +202,8 @@ def test_sources_sinks_and_snapshots_on_s3_match_the_local_disk(s3, write_pipe, 
                          "runs/r1/actors/tally.1.snapshot", "runs/r1/actors/tally.3.snapshot",
                          "runs/r1/actors/tally.snapshot", "runs/r1/report.html", "runs/r1/resume/finished",
                          "runs/r1/resume/state.pickle", "runs/r1/summary.json"]
-    import pickle
-    state = pickle.loads(s3.get("runs/r1/actors/tally.snapshot"))
+    from pipec.backends.runtime.actors import decode_state
+    state = decode_state(s3.get("runs/r1/actors/tally.snapshot"))
     assert state[0].total == 15 and state[1] == 3  # every 2 calls: after 3 x add(5) and value()
 
 

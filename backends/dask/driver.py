@@ -667,6 +667,17 @@ class DaskDriver(PlannedDriver):
         self.logs[actor].confirm(call.seq)
         notify(self.progress, "actor_call", actor, call.seq, call.op.method, False)
 
+    def flush_actor(self, actor: str) -> None:
+        record = self.env.get(actor)
+        if not isinstance(record, ActorRecord) or record.broken:
+            return
+        try:
+            self._result(record, record.actor.flush())
+        except Exception as exc:
+            if isinstance(exc, worker.ActorLost) or self._lost(record, exc):
+                return  # lost since its last call: no write of it is in flight any more
+            raise
+
     def call_actor(self, actor: str, seq: int, method: str, args: list, kwargs: dict):
         record: ActorRecord = self.env[actor]
         while True:

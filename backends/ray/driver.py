@@ -621,6 +621,18 @@ class RayDriver(PlannedDriver):
                                          self.ir.op(pool).span, "give the pool `restarts N`") from None
         return answers
 
+    def flush_actor(self, actor: str) -> None:
+        handle = self.actors.get(actor)
+        if handle is None:
+            return
+        try:
+            self.ray.get(handle.flush.remote())
+        except self.ray.exceptions.RayActorError:
+            pass  # lost since its last call: no write of it is in flight any more
+        except self.ray.exceptions.RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            raise cause if isinstance(cause, OSError) else exc
+
     def call_actor(self, actor: str, seq: int, method: str, args: list, kwargs: dict):
         ray = self.ray
         handle = self.actors[actor]

@@ -206,6 +206,11 @@ class ActorServer:
             raise self.failed
         return self.host.applied
 
+    def flush(self) -> None:
+        """Wait until the snapshot being written, if any, is durable (see ActorHost.flush)."""
+        if self.failed is None:
+            self.host.flush()
+
 
 class PoolMember:
     """One actor of a pool: the user's object, serving one partition per call."""

@@ -10,12 +10,24 @@ worker, Spark has none), so pipec closes the gap itself:
   the object together with that number (atomically);
 * after a crash, a new host restores the snapshot and the driver replays its log: calls
   the snapshot already holds are skipped, the rest are applied once, in order.
+
+A periodic snapshot is written off the call's path: the host captures the state as of
+its call synchronously (pickled, with numpy's buffers out of band and copied into
+buffers it keeps, so the copy costs no page faults) and a thread of the host writes it
+while the actor goes on. Before it applies the next call that is due for a snapshot, the
+host waits for that write. So when the driver has the answer of due call ``n``, the
+snapshot of the due call before ``n`` is durable, and only that one may be named by a
+record or let the driver forget the calls it holds; the log keeps the calls after it
+(at most ``2 * checkpoint_every - 1``). A host killed mid-write leaves the previous
+snapshot whole (the write is atomic) and its temporary is removed by the next host.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import struct
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +35,62 @@ from pipec.backends.runtime import storage
 from pipec.backends.runtime.tasks import resolve
 
 SKIPPED = "pipec:skipped"
+
+# A snapshot file: MAGIC, the pickle's length and the number of out-of-band buffers
+# (u64 each), each buffer's length (u64), the pickle (protocol 5), then each buffer at an
+# offset aligned to ALIGN (numpy arrays restored from them are aligned and writable).
+MAGIC = b"pipec-snapshot1\n"
+ALIGN = 64
+
+
+def encode_state(state: Any, spare: list | None = None) -> list:
+    """``state`` as the parts of a snapshot file, captured now: big buffers (numpy
+    arrays) are copied out of the live objects, into the buffers of ``spare`` (an earlier
+    snapshot's parts, no longer written) where their sizes match."""
+    views: list = []
+    header = pickle.dumps(state, protocol=5, buffer_callback=views.append)
+    reuse: dict[int, list] = {}
+    for part in spare or ():
+        if isinstance(part, bytearray):
+            reuse.setdefault(len(part), []).append(part)
+    copies = []
+    for view in views:
+        raw = view.raw()
+        copy = reuse[raw.nbytes].pop() if reuse.get(raw.nbytes) else bytearray(raw.nbytes)
+        memoryview(copy)[:] = raw
+        copies.append(copy)
+    head = MAGIC + struct.pack(f"<QQ{len(copies)}Q", len(header), len(copies), *(len(c) for c in copies))
+    parts, offset = [head, header], len(head) + len(header)
+    for copy in copies:
+        pad = -offset % ALIGN
+        parts += [b"\0" * pad, copy]
+        offset += pad + len(copy)
+    return parts
+
+
+def decode_state(data: bytes | bytearray) -> Any:
+    """The state a snapshot file holds (also one pickled whole, by pipec before 2026-12)."""
+    if not data.startswith(MAGIC):
+        return pickle.loads(data)
+    view = memoryview(data)
+    at = len(MAGIC)
+    size, count = struct.unpack_from("<QQ", view, at)
+    lengths = struct.unpack_from(f"<{count}Q", view, at + 16)
+    at += 16 + 8 * count
+    header = view[at:at + size]
+    at += size
+    buffers = []
+    for length in lengths:
+        at += -at % ALIGN
+        buffers.append(view[at:at + length])
+        at += length
+    return pickle.loads(header, buffers=buffers)
+
+
+def read_snapshot(path: str) -> Any:
+    """The state of snapshot file ``path`` (a path or a storage URL); FileNotFoundError
+    when there is none."""
+    return decode_state(storage.read_writable(path))
 
 
 class ActorHost:
@@ -43,6 +111,9 @@ class ActorHost:
         # same keys, and gets the recorded answers without applying them twice.
         self.keyed: dict[tuple, Any] = {}
         self._latest: dict[str, tuple] = {}  # stage -> the newest round that called it
+        self._writer: ThreadPoolExecutor | None = None  # writes snapshots off the call's path
+        self._writing: Future | None = None  # the snapshot being written, if any
+        self._spare: list = []  # the parts of the last snapshot written: reused buffers
         self._remove_partial_snapshots()
         state = self._stored_state()
         if state is not None:
@@ -72,20 +143,25 @@ class ActorHost:
         if self.snapshot_path is None:
             return None
         try:
-            return pickle.loads(storage.read_bytes(self.snapshot_path))
+            return read_snapshot(self.snapshot_path)
         except FileNotFoundError:
             return None
 
     def call(self, seq: int, method: str, args: list, kwargs: dict) -> Any:
         """Apply call ``seq`` unless it was applied already (then return SKIPPED, or the
-        result of the last applied call when ``seq`` is that call)."""
+        result of the last applied call when ``seq`` is that call). A call due for a
+        snapshot first waits for the previous snapshot's write (raising its error, before
+        anything is applied), then starts its own (see the module's docstring)."""
         if seq <= self.applied:
             return self.last_result if seq == self.applied else SKIPPED
+        due = bool(self.checkpoint_every and self.snapshot_path is not None and (seq + 1) % self.checkpoint_every == 0)
+        if due:
+            self.flush()
         result = getattr(self.obj, method)(*args, **kwargs)
         self.applied = seq
         self.last_result = result
-        if self.checkpoint_every and self.snapshot_path is not None and (seq + 1) % self.checkpoint_every == 0:
-            self.save()
+        if due:
+            self.save_in_background()
         return result
 
     def invoke(self, key: tuple | None, method: str, args: tuple, kwargs: dict) -> Any:
@@ -108,10 +184,37 @@ class ActorHost:
         return result
 
     def save(self) -> None:
-        storage.atomic_write(self.snapshot_path, self.snapshot_bytes())
+        """A snapshot of the state now, written before this returns."""
+        self.flush()
+        self.write(self.applied, self.snapshot_parts())
+
+    def save_in_background(self) -> None:
+        """A snapshot of the state now, captured before this returns and written by the
+        host's thread (:meth:`flush` waits for it)."""
+        self.flush()
+        parts, seq = self.snapshot_parts(), self.applied
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipec-snapshot")
+        self._writing = self._writer.submit(self.write, seq, parts)
+
+    def flush(self) -> None:
+        """Wait until the snapshot being written, if any, is durable; raises its error."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.result()
+
+    def write(self, seq: int, parts: list) -> None:
+        """Store snapshot ``seq`` (the parts of :func:`encode_state`) atomically."""
+        storage.atomic_write(self.snapshot_path, parts)
+        self._spare = parts
+
+    def snapshot_parts(self) -> list:
+        """The state as of now, as a snapshot file's parts (see :func:`encode_state`)."""
+        spare, self._spare = self._spare, []
+        return encode_state((self.obj, self.applied, self.last_result, self.keyed, self._latest), spare)
 
     def snapshot_bytes(self) -> bytes:
-        return pickle.dumps((self.obj, self.applied, self.last_result, self.keyed, self._latest))
+        return b"".join(self.snapshot_parts())
 
     def checkpoint(self) -> bool:
         """A snapshot now, whatever ``checkpoint_every`` says: the driver asks for one when
@@ -122,6 +225,15 @@ class ActorHost:
             return False
         self.save()  # a VersionedHost keeps it under its number too: a record may name it
         return True
+
+    def close(self) -> None:
+        """The run is over: the snapshot being written is finished and the thread ends."""
+        try:
+            self.flush()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
+                self._writer = None
 
     def state(self):
         return self.obj
@@ -134,9 +246,13 @@ class ReplayLog:
     checkpoint_every: int | None
     entries: list[tuple[int, str, list, dict]] = field(default_factory=list)
     next_seq: int = 0
-    # The number of the newest snapshot (it holds calls 0 .. snapshot), None before the
-    # first: a resume record names it, and replays the entries after it.
+    # The number of the newest snapshot known to be durable (it holds calls 0 ..
+    # snapshot), None before the first: a resume record names it, and replays the
+    # entries after it.
     snapshot: int | None = None
+    # The newest periodic snapshot the host has started writing and may still be
+    # writing: never named by a record, and its calls stay in the log.
+    writing: int | None = None
 
     def record(self, method: str, args: list, kwargs: dict) -> int:
         seq = self.next_seq
@@ -145,17 +261,32 @@ class ReplayLog:
         return seq
 
     def confirm(self, seq: int) -> None:
-        """Call ``seq`` returned: drop entries a snapshot now covers."""
+        """Call ``seq`` returned. When it was due for a snapshot, the host finished writing
+        the one before it (it waits for that write before applying ``seq``), so that one
+        is durable and the entries it covers are dropped; ``seq``'s own is being written."""
         if self.checkpoint_every and (seq + 1) % self.checkpoint_every == 0:
-            self.snapshot = seq
-            self.entries = [e for e in self.entries if e[0] > seq]
+            if self.writing is not None and self.writing < seq:
+                self._durable(self.writing)
+            if self.writing is None or seq > self.writing:
+                self.writing = seq
 
     def checkpointed(self) -> None:
-        """The actor saved a snapshot holding every call made so far (the driver asks for
-        one after a graph whose stages called it through handles): those calls are in no
-        log, so a record must name this snapshot, numbered by the last call applied."""
-        self.snapshot = self.next_seq - 1
-        self.entries = [e for e in self.entries if e[0] > self.snapshot]
+        """The actor saved a snapshot holding every call made so far, and waited for it
+        (the driver asks for one after a graph whose stages called it through handles):
+        those calls are in no log, so a record must name this snapshot, numbered by the
+        last call applied."""
+        self.writing = None
+        self._durable(self.next_seq - 1)
+
+    def flushed(self) -> None:
+        """The host finished every snapshot it had started (see ActorHost.flush)."""
+        if self.writing is not None:
+            self._durable(self.writing)
+            self.writing = None
+
+    def _durable(self, seq: int) -> None:
+        self.snapshot = seq
+        self.entries = [e for e in self.entries if e[0] > seq]
 
     def since(self, applied: int) -> list[tuple[int, str, list, dict]]:
         return [e for e in self.entries if e[0] > applied]
@@ -172,15 +303,18 @@ class VersionedHost(ActorHost):
     backends that can resume a run: the newest snapshot may already hold calls of the
     round the driver died in, so a resumed run restores the one its record names."""
 
-    def save(self) -> None:
+    def write(self, seq: int, parts: list) -> None:
         # The versioned copy first: a host killed between the two writes then leaves the
         # newest snapshot one call-range older, and its successor restores that, replays
         # and writes both again. The other order left a newest snapshot (say at call 9)
         # without its versioned copy, for good, since call 9 is never applied again; a
         # record naming snapshot 9 then could not be resumed (seen with S3's slower PUTs).
-        data = self.snapshot_bytes()
-        storage.atomic_write(versioned(self.snapshot_path, self.applied), data)
-        storage.atomic_write(self.snapshot_path, data)
+        # The newest is a copy of the versioned one: a hard link on disk, a server-side
+        # copy on an object store, so the state is written once.
+        numbered = versioned(self.snapshot_path, seq)
+        storage.atomic_write(numbered, parts)
+        storage.copy(numbered, self.snapshot_path)
+        self._spare = parts
 
 
 def last_snapshot(checkpoint_every: int | None, next_seq: int) -> int | None:

@@ -91,6 +91,7 @@ class Driver:
         try:
             notify(self.progress, "engine_ready", self.engine_info())
             self.run_top(blocks(self.ir))
+            self.settle_actors()
             self.commit_sinks()
             if self.resumable:
                 self.finish_records()
@@ -551,6 +552,7 @@ class Driver:
         """A resumed actor: apply again, in order, the calls the record holds since its
         snapshot (their first application died with the driver)."""
         log = self.logs[node]
+        log.snapshot = saved["snapshot"]  # what the next record names until a newer one is durable
         for seq, method, args, kwargs in saved["log"]:
             log.entries.append((seq, method, args, kwargs))
             try:
@@ -621,6 +623,21 @@ class Driver:
     def snapshot_path(self, actor: str) -> str:
         """Where actor ``actor`` keeps its snapshot: absolute, since workers read it too."""
         return storage.absolute(storage.join(self.run_dir, "actors", f"{actor}.snapshot"))
+
+    def settle_actors(self) -> None:
+        """The run's work is done: every snapshot an actor is still writing in the
+        background is finished (none is left half-written when the engine stops), so the
+        last record names the newest."""
+        for actor, log in self.logs.items():
+            try:
+                self.flush_actor(actor)
+            except OSError as exc:
+                raise self.error(actor, f"cannot write the snapshot of actor `{actor}`: {exc.strerror or exc}") from None
+            log.flushed()
+
+    def flush_actor(self, actor: str) -> None:
+        """Wait until actor ``actor`` has written every snapshot it started (see
+        ActorHost.flush); an actor lost meanwhile needs nothing more."""
 
     # ---- resuming a run whose driver died
 

@@ -152,7 +152,7 @@ def restore_snapshot(snapshot: str, seq: int | None) -> None:
     if seq is None:
         storage.remove(snapshot)
     else:
-        storage.atomic_write(snapshot, storage.read_bytes(versioned(snapshot, seq)))
+        storage.copy(versioned(snapshot, seq), snapshot)
 
 
 def _prune(folder: str, actor: str, keep_from: int) -> None:

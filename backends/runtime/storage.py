@@ -321,17 +321,26 @@ def glob(pattern: str | Path) -> list[str]:
 
 
 @_oserrors
-def atomic_write(url: str | Path, data: str | bytes) -> str | Path:
-    """Write ``data`` (text as UTF-8, or bytes) to ``url`` so readers see the old file or
-    the whole new one (see the module's docstring for how, per kind of storage).
+def atomic_write(url: str | Path, data: str | bytes | list | tuple) -> str | Path:
+    """Write ``data`` (text as UTF-8, bytes, or a list of bytes-like parts written one
+    after another) to ``url`` so readers see the old file or the whole new one (see the
+    module's docstring for how, per kind of storage). Parts reach the local disk as they
+    are, without being joined first (an actor snapshot's big buffers are not copied again).
 
     On the local disk a symlink is followed (its target is replaced, the link stays) and an
     existing file keeps its permissions; a new file gets the usual mode (0666 less the
     umask). Parent folders are made as needed. Returns ``url`` as given."""
-    raw = data.encode("utf-8") if isinstance(data, str) else data
+    if isinstance(data, str):
+        parts = [data.encode("utf-8")]
+    elif isinstance(data, (list, tuple)):
+        parts = list(data)
+    else:
+        parts = [data]
     if is_local(url):
-        _atomic_write_local(local_path(url), raw)
+        _atomic_write_local(local_path(url), parts)
         return url
+    # one PUT: an object appears whole
+    raw = parts[0] if len(parts) == 1 and isinstance(parts[0], bytes) else b"".join(parts)
     fs, path = filesystem(url)
     if protocol_of(url) in OBJECT_STORES:
         fs.pipe_file(path, raw)
@@ -346,6 +355,66 @@ def atomic_write(url: str | Path, data: str | bytes) -> str | Path:
             raise
     fs.invalidate_cache(path)
     return url
+
+
+@_oserrors
+def copy(src: str | Path, dst: str | Path) -> None:
+    """Make ``dst`` a copy of file ``src`` (both on the same storage), atomically: a reader
+    sees the old ``dst`` or the whole copy. On the local disk the copy is a hard link made
+    under a temporary name and renamed onto ``dst`` (no byte is copied; removing ``src``
+    later leaves ``dst`` whole), or a copied file where the disk has no hard links; on an
+    object store a server-side copy (the key appears whole); elsewhere a copy under a
+    temporary name, then a move."""
+    if is_local(src) and is_local(dst):
+        source, target = local_path(src), os.path.realpath(local_path(dst))
+        folder = os.path.dirname(target) or "."
+        tmp = os.path.join(folder, f".{os.path.basename(target)}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            try:
+                os.link(source, tmp)
+            except OSError as exc:
+                if isinstance(exc, FileNotFoundError):
+                    raise
+                import shutil
+                shutil.copyfile(source, tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        return
+    fs, path = filesystem(src)
+    _, target = filesystem(dst)
+    if protocol_of(src) in OBJECT_STORES:
+        fs.copy(path, target)
+    else:
+        tmp = posixpath.join(posixpath.dirname(target), f".{posixpath.basename(target)}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            fs.copy(path, tmp)
+            fs.mv(tmp, target)
+        except BaseException:
+            _quietly_remove(fs, tmp)
+            raise
+    fs.invalidate_cache(target)
+
+
+@_oserrors
+def read_writable(url: str | Path) -> bytearray:
+    """The bytes of ``url`` in a buffer the caller may change (arrays restored from it
+    stay writable). A local file is read straight into it."""
+    if is_local(url):
+        with open(local_path(url), "rb") as fh:
+            data = bytearray(os.fstat(fh.fileno()).st_size)
+            view, done = memoryview(data), 0
+            while done < len(data):
+                n = fh.readinto(view[done:])
+                if not n:
+                    break
+                done += n
+            return data if done == len(data) else data[:done]
+    return bytearray(read_bytes(url))
 
 
 @_oserrors
@@ -431,7 +500,7 @@ def check_writable(url: str | Path, folder: bool = False) -> None:
 # ---- the local disk --------------------------------------------------------------------------
 
 
-def _atomic_write_local(path: str, data: bytes) -> None:
+def _atomic_write_local(path: str, parts: list) -> None:
     target = Path(os.path.realpath(path))
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -441,7 +510,8 @@ def _atomic_write_local(path: str, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            for part in parts:
+                fh.write(part)
             fh.flush()
             os.fchmod(fh.fileno(), mode)
             os.fsync(fh.fileno())

@@ -257,6 +257,11 @@ class SparkDriver(PlannedDriver):
                 "versions": {"spark": sc.version}}
 
     def teardown(self) -> None:
+        for host in self.hosts.values():
+            try:
+                host.close()  # a failed run too: no snapshot is left half-written
+            except OSError:
+                pass
         while self._scopes:
             self._close_scope()
         if self.session is not None:
@@ -475,6 +480,9 @@ class SparkDriver(PlannedDriver):
             raise self.user_error(node, exc, op.span) from None
         self.hosts[node] = host
         return host
+
+    def flush_actor(self, actor: str) -> None:
+        self.hosts[actor].flush()
 
     def call_actor(self, actor: str, seq: int, method: str, args: list, kwargs: dict):
         # Copies, as a remote actor would get: the actor must not alias the driver's values.
