@@ -19,6 +19,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from pipec.dsl import ast
 from pipec.dsl.diagnostics import ERROR, Diagnostic, PipeSyntaxError
+from pipec.dsl.lalr import Fallback, driver
 from pipec.dsl.source import SourceFile, Span
 from pipec.grammar import grammar_text
 
@@ -287,11 +288,16 @@ class _KeywordOrName:
     always_accept = ()
 
     def process(self, stream):
-        keywords, bound, text = self.KEYWORDS, self.BOUND, _parsing.text
+        text = _parsing.text
         for tok in stream:
-            if tok.type in keywords and bound.match(text, tok.end_pos):
-                tok = Token.new_borrow_pos("NAME", tok.value, tok)
-            yield tok
+            yield self.rename(text, tok)
+
+    @classmethod
+    def rename(cls, text: str, tok: Token) -> Token:
+        """``tok`` of ``text``, or a NAME in its place if it is a keyword being bound."""
+        if tok.type in cls.KEYWORDS and cls.BOUND.match(text, tok.end_pos):
+            return Token.new_borrow_pos("NAME", tok.value, tok)
+        return tok
 
 
 class _Held:
@@ -326,6 +332,11 @@ def _reducer(rule, method):
     passing = single and len(expansion) == 1 and len(include) == 1 and not include[0][1] and not trailing
     name = rule.alias or rule.origin.name
 
+    # An inlined repetition (`__pipeline_star_1: __pipeline_star_1 stmt`) grows the list
+    # of the one before it in place: copying it at each step is quadratic in the items.
+    grow = inline and bool(include) and include[0][0] == 0 and include[0][1] and include[0][2] == 0 \
+        and expansion[0].name == rule.origin.name
+
     def reduce(children):
         if passing and type(children[0]) is _Held:
             return children[0]
@@ -341,7 +352,10 @@ def _reducer(rule, method):
                 held.last = c.last if type(c) is _Held else c
                 break
         values = []
-        for i, expand, nones in include:
+        parts = include
+        if grow and type(children[0]) is _Held:  # the first item is the list so far
+            values, parts = children[0].value, include[1:]
+        for i, expand, nones in parts:
             if nones:
                 values += [None] * nones
             c = children[i]
@@ -362,6 +376,8 @@ def _reducer(rule, method):
         else:
             held.value = method(held, *values)
         return held
+    # The lean driver (pipec.dsl.lalr) skips the call where the rule passes a _Held on.
+    reduce.passes_on = _Held if passing else None
     return reduce
 
 
@@ -391,13 +407,22 @@ def _parser() -> Lark:
     ))
 
 
+@lru_cache(maxsize=1)
+def _lean():
+    return driver(_parser(), _KeywordOrName.rename)
+
+
 def parse(source: SourceFile) -> ast.Module:
     """Parse a whole file. Raises :class:`PipeSyntaxError` with the position of the problem."""
     _parsing.found = []
     _parsing.text = source.text
     _parsing.depth = {}
     try:
-        module = _parser().parse(source.text).value
+        try:  # the lean loop over Lark's tables (see pipec.dsl.lalr), twice as fast
+            module = _lean()(source.text).value
+        except Fallback:  # not valid: Lark's own loop finds the error and says it
+            _parsing.found, _parsing.depth = [], {}
+            module = _parser().parse(source.text).value
     except UnexpectedInput as exc:
         raise PipeSyntaxError([_describe(exc, source)], source) from None
     except _Refused as exc:
