@@ -76,6 +76,7 @@ def driver(lark: Lark, postlex: Callable[[str, Token], Token]) -> Callable[[str]
             return entry
 
     lexing, actions = Lexing(), Actions()
+    chains: dict[tuple, int] = {}  # (state below, top state, token) -> top state after passing rules
     new_token = str.__new__
 
     def parse(text: str):
@@ -143,12 +144,25 @@ def driver(lark: Lark, postlex: Callable[[str, Token], Token]) -> Callable[[str]
                     break
                 _, size, symbol, callback, passes_on = action
                 if passes_on is not None and type(values[-1]) is passes_on:
-                    # a `?rule` of one rule: the value is passed on as it is (its
-                    # callback would return it), only the state changes
-                    del states[-1]
-                    goto = actions[states[-1]][symbol][1]
-                    states.append(goto)
-                    if kind == "$END" and goto == end_state:
+                    # A `?rule` of one rule: the value is passed on as it is (its
+                    # callback would return it) and only the top state changes, often
+                    # through a chain of them (`expr` -> `or_test` -> ... -> `power`
+                    # for every name). Where the chain ends depends only on the state
+                    # below, the top state and the token: found once, then looked up.
+                    key = (states[-2], states[-1], kind)
+                    top = chains.get(key)
+                    if top is None:
+                        under, top, step = states[-2], states[-1], action
+                        while True:
+                            top = actions[under][step[2]][1]
+                            if kind == "$END" and top == end_state:
+                                break
+                            step = actions[top].get(kind)
+                            if step is None or step[0] or step[4] is None:
+                                break
+                        chains[key] = top
+                    states[-1] = top
+                    if kind == "$END" and top == end_state:
                         return values[-1]
                     continue
                 if size:

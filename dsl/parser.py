@@ -20,7 +20,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from pipec.dsl import ast
 from pipec.dsl.diagnostics import ERROR, Diagnostic, PipeSyntaxError
 from pipec.dsl.lalr import Fallback, driver
-from pipec.dsl.source import SourceFile, Span
+from pipec.dsl.source import SourceFile, Span, fast_constructor, make_span
 from pipec.grammar import grammar_text
 
 # Deeper nesting than this is refused with a located error instead of exhausting the
@@ -33,15 +33,19 @@ _parsing = threading.local()
 
 
 def _span(meta) -> Span:
-    return Span(meta.line, meta.column, meta.end_line, meta.end_column, meta.start_pos, meta.end_pos)
+    return make_span(meta.line, meta.column, meta.end_line, meta.end_column, meta.start_pos, meta.end_pos)
 
 
 def _tok_span(tok: Token) -> Span:
-    return Span(tok.line, tok.column, tok.end_line, tok.end_column, tok.start_pos, tok.end_pos)
+    return make_span(tok.line, tok.column, tok.end_line, tok.end_column, tok.start_pos, tok.end_pos)
+
+
+# The nodes made most often, made without the dataclass's __init__ (see fast_constructor).
+_make_name, _make_dotted, _make_ref = (fast_constructor(c) for c in (ast.Name, ast.Dotted, ast.Ref))
 
 
 def _name(tok: Token) -> ast.Name:
-    return ast.Name(str(tok), _tok_span(tok))
+    return _make_name(str(tok), _tok_span(tok))
 
 
 def _split_options(items, kinds):
@@ -212,7 +216,7 @@ class _ToAst:
         return self._nest(ast.UnaryOp("+", operand, _span(meta)), operand)
 
     def ref(self, meta, path):
-        return ast.Ref(path, path.span)
+        return _make_ref(path, path.span)
 
     def call(self, meta, func, *args):
         args = [a for a in args if a is not None]
@@ -234,7 +238,7 @@ class _ToAst:
         return self._nest(ast.ListExpr(items, _span(meta)), *items)
 
     def dotted(self, meta, *names):
-        return ast.Dotted(tuple(str(n) for n in names), _span(meta))
+        return _make_dotted(tuple([str(n) for n in names]), _span(meta))
 
     # ---- literals
 
