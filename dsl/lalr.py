@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Callable
 
 from lark import Lark, Token
+from lark.lexer import UnlessCallback
 from lark.parsers.lalr_analysis import Shift
 
 
@@ -29,10 +30,25 @@ class Fallback(Exception):
     """The driver stopped: parse with Lark's loop instead (it raises the proper error)."""
 
 
-def driver(lark: Lark, postlex: Callable[[str, Token], Token]) -> Callable[[str], object]:
+def _keyword_table(callback) -> dict[str, str] | None:
+    """For Lark's check of a name against the keywords its pattern also matches (an
+    ``UnlessCallback``), the same check as a table, keyword text -> terminal; None for
+    any other callback, or when a keyword is more than a plain string."""
+    if type(callback) is not UnlessCallback:
+        return None
+    terminals = callback.scanner.terminals
+    if any(t.pattern.type != "str" or t.pattern.flags for t in terminals):
+        return None
+    table = {t.pattern.value: t.name for t in terminals}
+    return table if len(table) == len(terminals) else None
+
+
+def driver(lark: Lark, postlex: Callable[[str, Token], Token],
+           postlex_types: frozenset[str]) -> Callable[[str], object]:
     """A function parsing a text with ``lark``'s LALR tables and contextual lexer, with
-    ``postlex(text, token)`` standing for the post-lexer (one token in, one out). It
-    gives what ``lark.parse`` gives, or raises :class:`Fallback`."""
+    ``postlex(text, token)`` standing for the post-lexer (one token in, one out), called
+    for tokens of ``postlex_types`` (it gives the others back as they are). It gives what
+    ``lark.parse`` gives, or raises :class:`Fallback`."""
     frontend = lark.parser
     contextual = frontend.lexer.lexer  # PostLexConnector -> ContextualLexer
     table = frontend.parser.parser.parse_table
@@ -55,7 +71,23 @@ def driver(lark: Lark, postlex: Callable[[str, Token], Token]) -> Callable[[str]
                 scanner = lexer.scanner  # builds lexer.callback too
                 if scanner.use_bytes:
                     raise RuntimeError("a bytes lexer: the lean driver reads text")
-                entry = by_lexer[id(lexer)] = (tuple(m.match for m in scanner._mres), dict(lexer.callback),
+                matchers = tuple(m.match for m in scanner._mres)
+                if len(matchers) == 1:
+                    match = matchers[0]
+                else:  # more terminals than one regex holds: the first that matches, as Lark
+                    def match(text, pos, matchers=matchers):
+                        for one in matchers:
+                            m = one(text, pos)
+                            if m is not None:
+                                return m
+                        return None
+                token_callbacks, keywords = dict(lexer.callback), {}
+                for kind, callback in lexer.callback.items():
+                    words = _keyword_table(callback)
+                    if words is not None:
+                        keywords[kind] = words
+                        del token_callbacks[kind]
+                entry = by_lexer[id(lexer)] = (match, token_callbacks, keywords,
                                                lexer.newline_types, lexer.ignore_types)
             self[state] = entry
             return entry
@@ -66,11 +98,21 @@ def driver(lark: Lark, postlex: Callable[[str, Token], Token]) -> Callable[[str]
     # one child, or None) for a reduction.
     rows = table.states
 
+    reducers: dict = {}  # rule -> its callback, written out where the callback offers that
+
+    def reducer(rule):
+        found = reducers.get(rule)
+        if found is None:
+            callback = callbacks[rule]
+            written_out = getattr(callback, "written_out", None)
+            found = reducers[rule] = written_out() if written_out is not None else callback
+        return found
+
     class Actions(dict):
         def __missing__(self, state):
             entry = self[state] = {
                 symbol: (True, arg) if action is Shift else
-                (False, len(arg.expansion), arg.origin.name, callbacks[arg],
+                (False, len(arg.expansion), arg.origin.name, reducer(arg),
                  getattr(callbacks[arg], "passes_on", None))
                 for symbol, (action, arg) in rows[state].items()}
             return entry
@@ -87,14 +129,11 @@ def driver(lark: Lark, postlex: Callable[[str, Token], Token]) -> Callable[[str]
         last = None
         while True:
             # -- the next token, with the lexer of the state the parser is in
-            matchers, token_callbacks, newline_types, ignored = lexing[states[-1]]
+            match, token_callbacks, keywords, newline_types, ignored = lexing[states[-1]]
             token = None
             while pos < n:
-                for match in matchers:
-                    m = match(text, pos)
-                    if m is not None:
-                        break
-                else:
+                m = match(text, pos)
+                if m is None:
                     raise Fallback  # no terminal here: Lark says which were expected
                 value, kind = m.group(0), m.lastgroup
                 callback = token_callbacks.get(kind)
@@ -118,10 +157,13 @@ def driver(lark: Lark, postlex: Callable[[str, Token], Token]) -> Callable[[str]
                 token.end_line, token.end_column, token.end_pos = line, pos - line_start + 1, pos
                 if callback is not None:
                     token = callback(token)
+                elif kind in keywords:  # a name that is a keyword here
+                    token.type = keywords[kind].get(value, kind)
                 if kind in ignored:
                     token = None
                     continue
-                token = postlex(text, token)
+                if token.type in postlex_types:
+                    token = postlex(text, token)
                 break
             if token is None:  # the end of the text
                 if last is not None:

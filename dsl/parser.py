@@ -380,9 +380,84 @@ def _reducer(rule, method):
         else:
             held.value = method(held, *values)
         return held
-    # The lean driver (pipec.dsl.lalr) skips the call where the rule passes a _Held on.
+    # The lean driver (pipec.dsl.lalr) skips the call where the rule passes a _Held on,
+    # and calls the rule's reducer written out (made when it first meets the rule).
     reduce.passes_on = _Held if passing else None
+    reduce.written_out = lambda: _written_out(rule, method, include, trailing, inline, single, passing, grow)
     return reduce
+
+
+def _written_out(rule, method, include, trailing, inline, single, passing, grow):
+    """The reducer of :func:`_reducer` for ``rule``, written out for its symbols: which
+    child is a token (always with a position) and which a _Held (maybe without, if it
+    matched nothing) is known here, so the loops over the children become a few
+    assignments. It gives what the general one gives, for the lean driver's hot loop."""
+    expansion = rule.expansion
+    size = len(expansion)
+    terminal = [sym.is_term for sym in expansion]
+    code = ["def reduce(children):"]
+    if passing:
+        code += ["    if type(children[0]) is _Held:", "        return children[0]"]
+    if size:
+        code.append(f"    {''.join(f'c{i}, ' for i in range(size))}= children")
+    code.append("    held = new(_Held)")
+
+    def first(order, assign):
+        """``assign(i)`` for the first child in ``order`` with a position, else None."""
+        lines, opener = [], "if"
+        for i in order:
+            if terminal[i]:
+                lines += (["    else:"] + ["    " + a for a in assign(i)]) if lines else assign(i)
+                return lines
+            lines += [f"    {opener} c{i}.line is not None:"] + ["    " + a for a in assign(i)]
+            opener = "elif"
+        none = assign(None)
+        return (lines + ["    else:"] + ["    " + a for a in none]) if lines else none
+
+    def start(i):
+        if i is None:
+            return ["    held.line = held.column = held.start_pos = None"]
+        return [f"    held.line, held.column, held.start_pos = c{i}.line, c{i}.column, c{i}.start_pos"]
+
+    def end(i):
+        if i is None:
+            return ["    held.end_line = held.end_column = held.end_pos = held.last = None"]
+        last = f"c{i}" if terminal[i] else f"c{i}.last"
+        return [f"    held.end_line, held.end_column, held.end_pos = c{i}.end_line, c{i}.end_column, c{i}.end_pos",
+                f"    held.last = {last}"]
+
+    code += first(range(size), start)
+    code += first(reversed(range(size)), end)
+    items, expands = [], False
+    parts = include[1:] if grow else include
+    for i, expand, nones in parts:
+        items += ["None"] * nones
+        if terminal[i]:
+            items.append(f"c{i}")
+        elif expand:
+            items.append(f"*c{i}.value")
+            expands = True
+        else:
+            items.append(f"c{i}.value")
+    items += ["None"] * trailing
+    listed = "[" + ", ".join(items) + "]"
+    if grow:
+        code += ["    values = c0.value", f"    values += {listed}"]
+    else:
+        code.append(f"    values = {listed}")
+    if inline:
+        code.append("    held.value = values")
+    else:
+        if single:
+            code += ["    if len(values) == 1:", "        held.value = values[0]", "        return held"]
+        if method is None:
+            code.append(f"    raise AttributeError('the parser has no method for grammar rule `{rule.alias or rule.origin.name}`')")
+        else:
+            code.append("    held.value = method(held, *values)")
+    code.append("    return held")
+    scope = {"_Held": _Held, "new": object.__new__, "method": method}
+    exec("\n".join(code) + "\n", scope)
+    return scope["reduce"]
 
 
 def _install(lark: Lark) -> Lark:
@@ -413,7 +488,7 @@ def _parser() -> Lark:
 
 @lru_cache(maxsize=1)
 def _lean():
-    return driver(_parser(), _KeywordOrName.rename)
+    return driver(_parser(), _KeywordOrName.rename, _KeywordOrName.KEYWORDS)
 
 
 def parse(source: SourceFile) -> ast.Module:
