@@ -48,6 +48,14 @@ class SpanModel(Model):
     def of(cls, span) -> "SpanModel | None":
         if span is None:
             return None
+        if type(span.line) is int and type(span.column) is int and type(span.end_line) is int \
+                and type(span.end_column) is int:
+            # A span's numbers are ints, as the fields say: made as model_copy makes a model,
+            # since the IR of a large file holds one per node.
+            model = object.__new__(cls)
+            object.__setattr__(model, "__dict__", {"line": span.line, "column": span.column,
+                                                   "end_line": span.end_line, "end_column": span.end_column})
+            return model
         return cls(line=span.line, column=span.column, end_line=span.end_line, end_column=span.end_column)
 
 
