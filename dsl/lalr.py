@@ -26,6 +26,9 @@ from lark.lexer import UnlessCallback
 from lark.parsers.lalr_analysis import Shift
 
 
+WRITE_OUT_AT = 20_000  # characters, about 400 lines: see `written` in driver()
+
+
 class Fallback(Exception):
     """The driver stopped: parse with Lark's loop instead (it raises the proper error)."""
 
@@ -98,31 +101,40 @@ def driver(lark: Lark, postlex: Callable[[str, Token], Token],
     # one child, or None) for a reduction.
     rows = table.states
 
-    reducers: dict = {}  # rule -> its callback, written out where the callback offers that
+    # Writing a rule's reducer out costs a compile (a few milliseconds for all the rules
+    # a file meets), which a small file does not win back: the written-out reducers
+    # serve texts of WRITE_OUT_AT characters or more, the general ones the others.
+    written: dict = {}  # rule -> its callback written out, where the callback offers that
 
-    def reducer(rule):
-        found = reducers.get(rule)
+    def write_out(rule):
+        found = written.get(rule)
         if found is None:
             callback = callbacks[rule]
-            written_out = getattr(callback, "written_out", None)
-            found = reducers[rule] = written_out() if written_out is not None else callback
+            make = getattr(callback, "written_out", None)
+            found = written[rule] = make() if make is not None else callback
         return found
 
     class Actions(dict):
+        def __init__(self, reducer):
+            super().__init__()
+            self.reducer = reducer
+
         def __missing__(self, state):
             entry = self[state] = {
                 symbol: (True, arg) if action is Shift else
-                (False, len(arg.expansion), arg.origin.name, reducer(arg),
+                (False, len(arg.expansion), arg.origin.name, self.reducer(arg),
                  getattr(callbacks[arg], "passes_on", None))
                 for symbol, (action, arg) in rows[state].items()}
             return entry
 
-    lexing, actions = Lexing(), Actions()
+    lexing = Lexing()
+    general_actions, written_actions = Actions(callbacks.__getitem__), Actions(write_out)
     chains: dict[tuple, int] = {}  # (state below, top state, token) -> top state after passing rules
     new_token = str.__new__
 
     def parse(text: str):
         n = len(text)
+        actions = written_actions if n >= WRITE_OUT_AT else general_actions
         pos, line, line_start = 0, 1, 0
         states = [start]
         values: list = []

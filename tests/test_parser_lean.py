@@ -11,6 +11,7 @@ import re
 import pytest
 
 from benchmarks.compile_speed import generate
+from pipec.dsl import lalr
 from pipec.dsl import parser as pipe_parser
 from pipec.dsl.diagnostics import PipeSyntaxError
 from pipec.dsl.lalr import Fallback
@@ -18,6 +19,15 @@ from pipec.dsl.source import SourceFile
 from tests.conftest import EXAMPLES, ROOT
 
 FILES = sorted(EXAMPLES.glob("*.pipe")) + sorted((ROOT / "benchmarks").glob("*.pipe"))
+
+
+@pytest.fixture(autouse=True, params=["general", "written out"])
+def reducers(request, monkeypatch):
+    """Every test runs twice: with the general reducers (small texts) and with the ones
+    written out per rule (texts of lalr.WRITE_OUT_AT characters or more)."""
+    if request.param == "written out":
+        monkeypatch.setattr(lalr, "WRITE_OUT_AT", 0)
+    return request.param
 
 
 def _outcome(text: str):
@@ -62,7 +72,7 @@ def test_the_lean_loop_parses_every_example_as_lark_does(path, monkeypatch):
 
 
 def test_the_lean_loop_parses_a_generated_pipeline_as_lark_does(monkeypatch):
-    text = generate(300)
+    text = generate(600)  # more than WRITE_OUT_AT characters
     text = text.replace("    actor acc", "    # a comment\n    actor acc", 1)
     assert _lean_takes(text)
     assert _outcome(text) == _lark_outcome(text, monkeypatch)
