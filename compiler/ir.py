@@ -117,8 +117,14 @@ class Op(Model):
 
     def inputs(self) -> Iterator[tuple[str, str]]:
         """(port, node id) for every node this op reads, in a stable order."""
+        values = self.__dict__
         for field_name in _field_names(type(self)):
-            yield from _refs(field_name, getattr(self, field_name))
+            value = values[field_name]
+            kind = type(value)
+            if kind is NodeRef:  # the common cases first: a reference, nothing, a literal
+                yield field_name, value.node
+            elif value is not None and kind is not Lit:
+                yield from _refs(field_name, value)
 
     @property
     def node_shape(self) -> str:
