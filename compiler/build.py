@@ -92,6 +92,7 @@ class Builder:
         # parameter -> (least value, what needs it, where): checked when values are given
         self.param_limits: dict[str, list[tuple[int, str, Span]]] = {}
         self._id_counts: dict[str, int] = {}
+        self._refs: dict[str, ir.NodeRef] = {}  # node id -> the NodeRef reading it (see _ref)
         self._naming: str | None = None  # the name the current statement defines
 
     # ---- diagnostics
@@ -197,6 +198,14 @@ class Builder:
             if node not in self.ir:
                 self._id_counts[wanted] = n
                 return node
+
+    def _ref(self, node: str) -> ir.NodeRef:
+        """The operand reading ``node``: one frozen NodeRef per node, shared by its readers
+        (a parameter read by 10,000 stages is one model, not 10,000 for the collector)."""
+        ref = self._refs.get(node)
+        if ref is None:
+            ref = self._refs[node] = ir.NodeRef(node=node)
+        return ref
 
     def _add(self, node_id: str, op: ir.Op) -> str:
         update = {"loop": self.region.id}
@@ -367,7 +376,7 @@ class Builder:
         if typed.shape not in (ir.COLLECTION, ir.VALUE):
             self._shape_error(typed, ir.VALUE, stmt.expr, "a var holds a collection or a value")
         init = self._materialise(typed, f"{stmt.name.text}/init", stmt.expr.span)
-        node = self._add(stmt.name.text, ir.Var(var_shape=typed.shape, init=ir.NodeRef(node=init),
+        node = self._add(stmt.name.text, ir.Var(var_shape=typed.shape, init=self._ref(init),
                                                 span=ir.SpanModel.of(stmt.span), name=stmt.name.text))
         self._define(stmt.name.text, stmt.name.span, "var", node, typed.shape,
                      keyed=typed.keyed, order=typed.order, py_type=typed.py_type)
@@ -403,7 +412,7 @@ class Builder:
                               f"`{name}` was declared as a {binding.shape} (line {binding.span.line})")
         value = self._materialise(typed, f"{name}@{self.region.id}/value", stmt.expr.span)
         node = self._add(f"{name}@{self.region.id}", ir.Rebind(
-            var=binding.node, var_shape=binding.shape, value=ir.NodeRef(node=value),
+            var=binding.node, var_shape=binding.shape, value=self._ref(value),
             span=ir.SpanModel.of(stmt.span), name=name))
         self.region.rebound[name] = node
         # Later reads in this round see the new value.
@@ -530,7 +539,7 @@ class Builder:
         source = self._materialise(typed, f"{stmt.name.text}/value", stmt.expr.span)
         if self.region.id is not None:
             self._round_sink(stmt, fmt, path)
-        node = self._add(stmt.name.text, ir.Sink(input=ir.NodeRef(node=source), format=fmt, path=path,
+        node = self._add(stmt.name.text, ir.Sink(input=self._ref(source), format=fmt, path=path,
                                                  span=ir.SpanModel.of(stmt.span), name=stmt.name.text))
         self._define(stmt.name.text, stmt.name.span, "sink", node, ir.EFFECT)
         self.sinks.append(node)
@@ -564,7 +573,7 @@ class Builder:
                 raise Abort
             if binding.shape != ir.VALUE:
                 self.fail(f"`{{{name}}}` names a {binding.kind}; a sink path takes values", span, code="wrong-kind")
-            fields[name] = ir.NodeRef(node=binding.node)
+            fields[name] = self._ref(binding.node)
         try:
             _template_fields(target.raw)
             text = target.value.format_map({k: "" for k in fields})
@@ -574,7 +583,7 @@ class Builder:
             return Typed(ir.Lit(value=text), ir.VALUE, py_type=str)
         node = self._add(f"{stmt.name.text}/path", ir.Format(template=target.value, fields=fields,
                                                               span=ir.SpanModel.of(target.span)))
-        return Typed(ir.NodeRef(node=node), ir.VALUE, py_type=str)
+        return Typed(self._ref(node), ir.VALUE, py_type=str)
 
     def _round_sink(self, stmt: ast.Sink, fmt: str | None, path) -> None:
         """A sink inside a loop writes one file per round: it needs a file format, and a
@@ -623,7 +632,7 @@ class Builder:
         if all(isinstance(i, ir.Lit) for i in items):
             return Typed(ir.Lit(value=[i.value for i in items]), ir.VALUE, py_type=list)
         node = self._add(name or "list", ir.Expr(operator="list", operands=items, span=ir.SpanModel.of(expr.span)))
-        return Typed(ir.NodeRef(node=node), ir.VALUE, py_type=list)
+        return Typed(self._ref(node), ir.VALUE, py_type=list)
 
     def _expr_ref(self, expr: ast.Ref, name, options) -> Typed:
         parts = expr.path.parts
@@ -645,7 +654,7 @@ class Builder:
             self.fail(f"`{head}` is a {binding.kind} and has no attributes", expr.span, code="no-attributes")
         if binding.kind == "sink":
             self.fail(f"`{head}` is a sink; sinks produce files, not data", expr.span, code="sink-as-data")
-        return Typed(ir.NodeRef(node=binding.node), binding.shape, binding.keyed, binding.order,
+        return Typed(self._ref(binding.node), binding.shape, binding.keyed, binding.order,
                      binding.py_type, binding if binding.shape == ir.ACTOR else None)
 
     def _undefined(self, name: str, span: Span, rebinding: bool = False) -> NoReturn:
@@ -669,7 +678,7 @@ class Builder:
             return Typed(ir.Lit(value=value), ir.VALUE, py_type=type(value))
         node = self._add(name or "expr", ir.Expr(operator=expr.op, operands=[left.operand, right.operand],
                                                   span=ir.SpanModel.of(expr.span)))
-        return Typed(ir.NodeRef(node=node), ir.VALUE, py_type=py_type)
+        return Typed(self._ref(node), ir.VALUE, py_type=py_type)
 
     def _expr_unaryop(self, expr: ast.UnaryOp, name, options) -> Typed:
         inner = self._nested(expr.operand, name, "operand")
@@ -684,7 +693,7 @@ class Builder:
             return Typed(ir.Lit(value=value), ir.VALUE, py_type=type(value))
         node = self._add(name or "expr", ir.Expr(operator=operator, operands=[inner.operand],
                                                   span=ir.SpanModel.of(expr.span)))
-        return Typed(ir.NodeRef(node=node), ir.VALUE, py_type=bool if operator == "not" else inner.py_type)
+        return Typed(self._ref(node), ir.VALUE, py_type=bool if operator == "not" else inner.py_type)
 
     def _expr_call(self, expr: ast.Call, name, options) -> Typed:
         parts = expr.func.parts
@@ -715,7 +724,7 @@ class Builder:
         args = [self._value_arg(a) for a in expr.args]
         kwargs = {k.name.text: self._value_arg(k.value) for k in expr.kwargs}
         node = self._add(name or fn.attr, ir.Call(fn=fn, args=args, kwargs=kwargs, span=ir.SpanModel.of(expr.span)))
-        return Typed(ir.NodeRef(node=node), ir.VALUE)
+        return Typed(self._ref(node), ir.VALUE)
 
     def _actor_call(self, expr: ast.Call, actor: Binding, name) -> Typed:
         parts = expr.func.parts
@@ -731,13 +740,13 @@ class Builder:
                       code="pool-called-directly")
         args, kwargs, seq = self._numbered_call(actor, method, expr)
         node = self._add(name or f"{parts[0]}.{method}", ir.ActorCall(
-            actor=ir.NodeRef(node=actor.node), method=method, args=args, kwargs=kwargs, seq=seq,
+            actor=self._ref(actor.node), method=method, args=args, kwargs=kwargs, seq=seq,
             span=ir.SpanModel.of(expr.span)))
         self._after_actor_use(actor.node, node)
         for stage in self.handle_stages.pop(actor.node, []):
             if stage != node:
                 self.ir.add_order(stage, node)
-        return Typed(ir.NodeRef(node=node), ir.VALUE)
+        return Typed(self._ref(node), ir.VALUE)
 
     def _numbered_call(self, actor: Binding, method: str, expr: ast.Call) -> tuple[list, dict, int]:
         """A graph-level call of ``method`` on ``actor`` (one actor or a whole pool): its
@@ -760,10 +769,10 @@ class Builder:
                       code="each-without-pool")
         args, kwargs, seq = self._numbered_call(actor, method, expr)
         node = self._add(name or f"{pool_name}.each.{method}", ir.PoolCall(
-            pool=ir.NodeRef(node=actor.node), method=method, args=args, kwargs=kwargs, seq=seq,
+            pool=self._ref(actor.node), method=method, args=args, kwargs=kwargs, seq=seq,
             span=ir.SpanModel.of(expr.span)))
         self._after_actor_use(actor.node, node)
-        return Typed(ir.NodeRef(node=node), ir.VALUE, py_type=list)
+        return Typed(self._ref(node), ir.VALUE, py_type=list)
 
     def _after_actor_use(self, actor: str, node: str) -> None:
         previous = self.last_actor_use.get(actor)
@@ -811,13 +820,13 @@ class Builder:
         self._args(expr, 1)
         src = self._collection_arg(expr.args[0], f"{name}/input", "`collect`")
         node = self._add(name, ir.Collect(input=src.operand, span=ir.SpanModel.of(expr.span)))
-        return Typed(ir.NodeRef(node=node), ir.VALUE, py_type=list)
+        return Typed(self._ref(node), ir.VALUE, py_type=list)
 
     def _builtin_count(self, expr: ast.Call, name, options) -> Typed:
         self._args(expr, 1)
         src = self._collection_arg(expr.args[0], f"{name}/input", "`count`")
         node = self._add(name, ir.Count(input=src.operand, span=ir.SpanModel.of(expr.span)))
-        return Typed(ir.NodeRef(node=node), ir.VALUE, py_type=int)
+        return Typed(self._ref(node), ir.VALUE, py_type=int)
 
     def _builtin_top(self, expr: ast.Call, name, options) -> Typed:
         self._args(expr, 2, ("by",))
@@ -826,7 +835,7 @@ class Builder:
         self._expect_value(n, expr.args[1], int)
         by = self._key_function(expr)
         node = self._add(name, ir.Top(input=src.operand, n=n.operand, by=by, span=ir.SpanModel.of(expr.span)))
-        return Typed(ir.NodeRef(node=node), ir.VALUE, py_type=list)
+        return Typed(self._ref(node), ir.VALUE, py_type=list)
 
     def _builtin_join(self, expr: ast.Call, name, options) -> Typed:
         self._args(expr, 2)
@@ -838,7 +847,7 @@ class Builder:
                           "join pairs up (key, value) records; make them with `map`", code="not-keyed")
         node = self._add(name, ir.Join(left=left.operand, right=right.operand, options=options or self.defaults,
                                        span=ir.SpanModel.of(expr.span)))
-        return Typed(ir.NodeRef(node=node), ir.COLLECTION, keyed=True, order="key")
+        return Typed(self._ref(node), ir.COLLECTION, keyed=True, order="key")
 
     def _builtin_union(self, expr: ast.Call, name, options) -> Typed:
         if len(expr.args) < 2 or expr.kwargs:
@@ -846,14 +855,14 @@ class Builder:
         parts = [self._collection_arg(a, f"{name}/part{i}", "`union`") for i, a in enumerate(expr.args)]
         keyed = True if all(p.keyed for p in parts) else (False if any(p.keyed is False for p in parts) else None)
         node = self._add(name, ir.UnionAll(parts=[p.operand for p in parts], span=ir.SpanModel.of(expr.span)))
-        return Typed(ir.NodeRef(node=node), ir.COLLECTION, keyed=keyed)
+        return Typed(self._ref(node), ir.COLLECTION, keyed=keyed)
 
     def _builtin_distinct(self, expr: ast.Call, name, options) -> Typed:
         self._args(expr, 1)
         src = self._collection_arg(expr.args[0], f"{name}/input", "`distinct`")
         node = self._add(name, ir.Distinct(input=src.operand, options=options or self.defaults,
                                            span=ir.SpanModel.of(expr.span)))
-        return Typed(ir.NodeRef(node=node), ir.COLLECTION, keyed=src.keyed, order="element")
+        return Typed(self._ref(node), ir.COLLECTION, keyed=src.keyed, order="element")
 
     def _builtin_collect_map(self, expr: ast.Call, name, options) -> Typed:
         self._args(expr, 1)
@@ -862,7 +871,7 @@ class Builder:
             self.fail("`collect_map` needs (key, value) records, and its input is not keyed", expr.args[0].span,
                       "make pairs first, e.g. `map m.to_pair over xs`", code="not-keyed")
         node = self._add(name, ir.CollectMap(input=src.operand, span=ir.SpanModel.of(expr.span)))
-        return Typed(ir.NodeRef(node=node), ir.VALUE, py_type=dict)
+        return Typed(self._ref(node), ir.VALUE, py_type=dict)
 
     def _builtin_take(self, expr: ast.Call, name, options) -> Typed:
         self._args(expr, 2)
@@ -871,7 +880,7 @@ class Builder:
         self._expect_value(n, expr.args[1], int)
         self._at_least(n, 0, "`take`'s count", expr.args[1])
         node = self._add(name, ir.Take(input=src.operand, n=n.operand, span=ir.SpanModel.of(expr.span)))
-        return Typed(ir.NodeRef(node=node), ir.VALUE, py_type=list)
+        return Typed(self._ref(node), ir.VALUE, py_type=list)
 
     def _builtin_sort_by(self, expr: ast.Call, name, options) -> Typed:
         self._args(expr, 1, ("by",))
@@ -879,7 +888,7 @@ class Builder:
         by = self._key_function(expr)
         node = self._add(name, ir.SortBy(input=src.operand, by=by, options=options or self.defaults,
                                          span=ir.SpanModel.of(expr.span)))
-        return Typed(ir.NodeRef(node=node), ir.COLLECTION, keyed=src.keyed)
+        return Typed(self._ref(node), ir.COLLECTION, keyed=src.keyed)
 
     def _builtin_sample(self, expr: ast.Call, name, options) -> Typed:
         self._args(expr, 2, ("seed",))
@@ -896,13 +905,13 @@ class Builder:
             seed = typed.operand
         node = self._add(name, ir.Sample(input=src.operand, fraction=fraction.operand, seed=seed,
                                          span=ir.SpanModel.of(expr.span)))
-        return Typed(ir.NodeRef(node=node), ir.COLLECTION, keyed=src.keyed)
+        return Typed(self._ref(node), ir.COLLECTION, keyed=src.keyed)
 
     def _builtin_zip_with_index(self, expr: ast.Call, name, options) -> Typed:
         self._args(expr, 1)
         src = self._collection_arg(expr.args[0], f"{name}/input", "`zip_with_index`")
         node = self._add(name, ir.ZipWithIndex(input=src.operand, span=ir.SpanModel.of(expr.span)))
-        return Typed(ir.NodeRef(node=node), ir.COLLECTION, keyed=True)
+        return Typed(self._ref(node), ir.COLLECTION, keyed=True)
 
     def _key_function(self, expr: ast.Call) -> ir.FnRef | None:
         """The ``by = m.f`` of ``expr`` (``top``, ``sort_by``): a function of one element, or None."""
@@ -936,16 +945,16 @@ class Builder:
         if expr.kind == "group_by_key":
             self._need_keyed(src, expr)
             node = self._add(name, ir.GroupByKey(input=src.operand, options=options, span=span))
-            return Typed(ir.NodeRef(node=node), ir.COLLECTION, keyed=True, order="key")
+            return Typed(self._ref(node), ir.COLLECTION, keyed=True, order="key")
         if expr.kind in ("reduce", "reduce_by_key"):
             fn = self.signatures.function(expr.fn)
             self.signatures.check_arity(fn, 2, expr.fn.span)
             if expr.kind == "reduce":
                 node = self._add(name, ir.Reduce(fn=fn, input=src.operand, options=options, span=span))
-                return Typed(ir.NodeRef(node=node), ir.VALUE)
+                return Typed(self._ref(node), ir.VALUE)
             self._need_keyed(src, expr)
             node = self._add(name, ir.ReduceByKey(fn=fn, input=src.operand, options=options, span=span))
-            return Typed(ir.NodeRef(node=node), ir.COLLECTION, keyed=True, order="key")
+            return Typed(self._ref(node), ir.COLLECTION, keyed=True, order="key")
         return self._elementwise(expr, src, name, options, span)
 
     def _need_keyed(self, src: Typed, expr: ast.Dataflow) -> None:
@@ -969,7 +978,7 @@ class Builder:
             method = expr.fn.parts[1]
             self.signatures.check_method(self.signatures.class_info(head.actor_class), head.actor_class, method,
                                          expr.fn.span)
-            pool = ir.NodeRef(node=head.node)
+            pool = self._ref(head.node)
         elif head is not None and head.kind != "broken":
             self.fail(f"`{expr.fn.parts[0]}` is a {head.kind}, not a function", expr.fn.span,
                       "name a Python function as `module.function`", code="wrong-kind")
@@ -1020,7 +1029,7 @@ class Builder:
             self._handle_stage(actor, node)
         keyed = True if expr.kind == "map_values" else (src.keyed if expr.kind == "filter" else None)
         order = src.order if expr.kind in ("filter", "map_values") else None
-        return Typed(ir.NodeRef(node=node), ir.COLLECTION, keyed=keyed, order=order)
+        return Typed(self._ref(node), ir.COLLECTION, keyed=keyed, order=order)
 
     def _handle_stage(self, actor: Binding, node: str) -> None:
         self._after_actor_use(actor.node, node)

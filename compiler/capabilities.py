@@ -39,8 +39,8 @@ def features_used(graph: ir.IR) -> dict[str, list[ir.SpanModel | None]]:
             if op.checkpoint_every:
                 need("actor_checkpoint", op)
         elif isinstance(op, ir.Elementwise):
-            if any(graph.edge_kind(src, node, port) == "actor"
-                   for port, src in op.inputs() if port.startswith("bindings.")):
+            if any(graph.edge_kind(ref.node, node, f"bindings.{key}") == "actor"
+                   for key, ref in op.bindings.items() if isinstance(ref, ir.NodeRef)):
                 need("actor_handle", op)
         elif isinstance(op, ir.PoolCall):
             need("pool_each", op)

@@ -48,6 +48,14 @@ class SpanModel(Model):
     def of(cls, span) -> "SpanModel | None":
         if span is None:
             return None
+        if type(span.line) is int and type(span.column) is int and type(span.end_line) is int \
+                and type(span.end_column) is int:
+            # A span's numbers are ints, as the fields say: made as model_copy makes a model,
+            # since the IR of a large file holds one per node.
+            model = object.__new__(cls)
+            object.__setattr__(model, "__dict__", {"line": span.line, "column": span.column,
+                                                   "end_line": span.end_line, "end_column": span.end_column})
+            return model
         return cls(line=span.line, column=span.column, end_line=span.end_line, end_column=span.end_column)
 
 
@@ -109,8 +117,14 @@ class Op(Model):
 
     def inputs(self) -> Iterator[tuple[str, str]]:
         """(port, node id) for every node this op reads, in a stable order."""
+        values = self.__dict__
         for field_name in _field_names(type(self)):
-            yield from _refs(field_name, getattr(self, field_name))
+            value = values[field_name]
+            kind = type(value)
+            if kind is NodeRef:  # the common cases first: a reference, nothing, a literal
+                yield field_name, value.node
+            elif value is not None and kind is not Lit:
+                yield from _refs(field_name, value)
 
     @property
     def node_shape(self) -> str:

@@ -53,7 +53,7 @@ def stage_options(options, base: ir.StageOptions, report: Reporter) -> ir.StageO
             update["effectful"] = True
         elif opt.kind == "resources":
             update["resources"] = base.resources.merged(resources(opt.value, report))
-    return base.model_copy(update=update)
+    return base.model_copy(update=update) if update else base  # frozen: shared as it is
 
 
 def resources(items, report: Reporter) -> ir.Resources:

@@ -34,6 +34,7 @@ class Signatures:
         self.aliases: dict[str, tuple[str, Span]] = {}  # alias -> (dotted module, the `use`)
         self.used_aliases: set[str] = set()
         self.broken_modules: set[str] = set()  # missing or unreadable, already reported
+        self._refs: dict[tuple[str, str], ir.FnRef] = {}  # one frozen FnRef per function named
 
     # ---- modules
 
@@ -114,7 +115,10 @@ class Signatures:
             self.report.fail(f"module `{module}` has no {what} `{attr}`", path.span,
                              hint or f"{info.path} defines: {', '.join(sorted(info.names())[:8]) or 'nothing'}",
                              code="missing-attribute")
-        return ir.FnRef(module=module, attr=attr)
+        ref = self._refs.get((module, attr))
+        if ref is None:
+            ref = self._refs[module, attr] = ir.FnRef(module=module, attr=attr)
+        return ref
 
     def class_info(self, ref: ir.FnRef) -> ClassInfo | None:
         """What the source says about the class ``ref`` names, or None if it is no class there."""

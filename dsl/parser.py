@@ -19,7 +19,8 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from pipec.dsl import ast
 from pipec.dsl.diagnostics import ERROR, Diagnostic, PipeSyntaxError
-from pipec.dsl.source import SourceFile, Span
+from pipec.dsl.lalr import Fallback, driver
+from pipec.dsl.source import SourceFile, Span, fast_constructor, make_span
 from pipec.grammar import grammar_text
 
 # Deeper nesting than this is refused with a located error instead of exhausting the
@@ -32,15 +33,19 @@ _parsing = threading.local()
 
 
 def _span(meta) -> Span:
-    return Span(meta.line, meta.column, meta.end_line, meta.end_column, meta.start_pos, meta.end_pos)
+    return make_span(meta.line, meta.column, meta.end_line, meta.end_column, meta.start_pos, meta.end_pos)
 
 
 def _tok_span(tok: Token) -> Span:
-    return Span(tok.line, tok.column, tok.end_line, tok.end_column, tok.start_pos, tok.end_pos)
+    return make_span(tok.line, tok.column, tok.end_line, tok.end_column, tok.start_pos, tok.end_pos)
+
+
+# The nodes made most often, made without the dataclass's __init__ (see fast_constructor).
+_make_name, _make_dotted, _make_ref = (fast_constructor(c) for c in (ast.Name, ast.Dotted, ast.Ref))
 
 
 def _name(tok: Token) -> ast.Name:
-    return ast.Name(str(tok), _tok_span(tok))
+    return _make_name(str(tok), _tok_span(tok))
 
 
 def _split_options(items, kinds):
@@ -211,7 +216,7 @@ class _ToAst:
         return self._nest(ast.UnaryOp("+", operand, _span(meta)), operand)
 
     def ref(self, meta, path):
-        return ast.Ref(path, path.span)
+        return _make_ref(path, path.span)
 
     def call(self, meta, func, *args):
         args = [a for a in args if a is not None]
@@ -233,7 +238,7 @@ class _ToAst:
         return self._nest(ast.ListExpr(items, _span(meta)), *items)
 
     def dotted(self, meta, *names):
-        return ast.Dotted(tuple(str(n) for n in names), _span(meta))
+        return _make_dotted(tuple([str(n) for n in names]), _span(meta))
 
     # ---- literals
 
@@ -287,11 +292,16 @@ class _KeywordOrName:
     always_accept = ()
 
     def process(self, stream):
-        keywords, bound, text = self.KEYWORDS, self.BOUND, _parsing.text
+        text = _parsing.text
         for tok in stream:
-            if tok.type in keywords and bound.match(text, tok.end_pos):
-                tok = Token.new_borrow_pos("NAME", tok.value, tok)
-            yield tok
+            yield self.rename(text, tok)
+
+    @classmethod
+    def rename(cls, text: str, tok: Token) -> Token:
+        """``tok`` of ``text``, or a NAME in its place if it is a keyword being bound."""
+        if tok.type in cls.KEYWORDS and cls.BOUND.match(text, tok.end_pos):
+            return Token.new_borrow_pos("NAME", tok.value, tok)
+        return tok
 
 
 class _Held:
@@ -326,6 +336,11 @@ def _reducer(rule, method):
     passing = single and len(expansion) == 1 and len(include) == 1 and not include[0][1] and not trailing
     name = rule.alias or rule.origin.name
 
+    # An inlined repetition (`__pipeline_star_1: __pipeline_star_1 stmt`) grows the list
+    # of the one before it in place: copying it at each step is quadratic in the items.
+    grow = inline and bool(include) and include[0][0] == 0 and include[0][1] and include[0][2] == 0 \
+        and expansion[0].name == rule.origin.name
+
     def reduce(children):
         if passing and type(children[0]) is _Held:
             return children[0]
@@ -341,7 +356,10 @@ def _reducer(rule, method):
                 held.last = c.last if type(c) is _Held else c
                 break
         values = []
-        for i, expand, nones in include:
+        parts = include
+        if grow and type(children[0]) is _Held:  # the first item is the list so far
+            values, parts = children[0].value, include[1:]
+        for i, expand, nones in parts:
             if nones:
                 values += [None] * nones
             c = children[i]
@@ -362,7 +380,84 @@ def _reducer(rule, method):
         else:
             held.value = method(held, *values)
         return held
+    # The lean driver (pipec.dsl.lalr) skips the call where the rule passes a _Held on,
+    # and calls the rule's reducer written out (made when it first meets the rule).
+    reduce.passes_on = _Held if passing else None
+    reduce.written_out = lambda: _written_out(rule, method, include, trailing, inline, single, passing, grow)
     return reduce
+
+
+def _written_out(rule, method, include, trailing, inline, single, passing, grow):
+    """The reducer of :func:`_reducer` for ``rule``, written out for its symbols: which
+    child is a token (always with a position) and which a _Held (maybe without, if it
+    matched nothing) is known here, so the loops over the children become a few
+    assignments. It gives what the general one gives, for the lean driver's hot loop."""
+    expansion = rule.expansion
+    size = len(expansion)
+    terminal = [sym.is_term for sym in expansion]
+    code = ["def reduce(children):"]
+    if passing:
+        code += ["    if type(children[0]) is _Held:", "        return children[0]"]
+    if size:
+        code.append(f"    {''.join(f'c{i}, ' for i in range(size))}= children")
+    code.append("    held = new(_Held)")
+
+    def first(order, assign):
+        """``assign(i)`` for the first child in ``order`` with a position, else None."""
+        lines, opener = [], "if"
+        for i in order:
+            if terminal[i]:
+                lines += (["    else:"] + ["    " + a for a in assign(i)]) if lines else assign(i)
+                return lines
+            lines += [f"    {opener} c{i}.line is not None:"] + ["    " + a for a in assign(i)]
+            opener = "elif"
+        none = assign(None)
+        return (lines + ["    else:"] + ["    " + a for a in none]) if lines else none
+
+    def start(i):
+        if i is None:
+            return ["    held.line = held.column = held.start_pos = None"]
+        return [f"    held.line, held.column, held.start_pos = c{i}.line, c{i}.column, c{i}.start_pos"]
+
+    def end(i):
+        if i is None:
+            return ["    held.end_line = held.end_column = held.end_pos = held.last = None"]
+        last = f"c{i}" if terminal[i] else f"c{i}.last"
+        return [f"    held.end_line, held.end_column, held.end_pos = c{i}.end_line, c{i}.end_column, c{i}.end_pos",
+                f"    held.last = {last}"]
+
+    code += first(range(size), start)
+    code += first(reversed(range(size)), end)
+    items, expands = [], False
+    parts = include[1:] if grow else include
+    for i, expand, nones in parts:
+        items += ["None"] * nones
+        if terminal[i]:
+            items.append(f"c{i}")
+        elif expand:
+            items.append(f"*c{i}.value")
+            expands = True
+        else:
+            items.append(f"c{i}.value")
+    items += ["None"] * trailing
+    listed = "[" + ", ".join(items) + "]"
+    if grow:
+        code += ["    values = c0.value", f"    values += {listed}"]
+    else:
+        code.append(f"    values = {listed}")
+    if inline:
+        code.append("    held.value = values")
+    else:
+        if single:
+            code += ["    if len(values) == 1:", "        held.value = values[0]", "        return held"]
+        if method is None:
+            code.append(f"    raise AttributeError('the parser has no method for grammar rule `{rule.alias or rule.origin.name}`')")
+        else:
+            code.append("    held.value = method(held, *values)")
+    code.append("    return held")
+    scope = {"_Held": _Held, "new": object.__new__, "method": method}
+    exec("\n".join(code) + "\n", scope)
+    return scope["reduce"]
 
 
 def _install(lark: Lark) -> Lark:
@@ -391,13 +486,22 @@ def _parser() -> Lark:
     ))
 
 
+@lru_cache(maxsize=1)
+def _lean():
+    return driver(_parser(), _KeywordOrName.rename, _KeywordOrName.KEYWORDS)
+
+
 def parse(source: SourceFile) -> ast.Module:
     """Parse a whole file. Raises :class:`PipeSyntaxError` with the position of the problem."""
     _parsing.found = []
     _parsing.text = source.text
     _parsing.depth = {}
     try:
-        module = _parser().parse(source.text).value
+        try:  # the lean loop over Lark's tables (see pipec.dsl.lalr), twice as fast
+            module = _lean()(source.text).value
+        except Fallback:  # not valid: Lark's own loop finds the error and says it
+            _parsing.found, _parsing.depth = [], {}
+            module = _parser().parse(source.text).value
     except UnexpectedInput as exc:
         raise PipeSyntaxError([_describe(exc, source)], source) from None
     except _Refused as exc:

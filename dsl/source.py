@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import codecs
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cached_property
 from pathlib import Path
 
@@ -25,6 +25,24 @@ class Span:
 
     def __str__(self) -> str:
         return f"{self.line}:{self.column}"
+
+
+def fast_constructor(cls: type):
+    """A function building an instance of ``cls``, a frozen slotted dataclass, from all
+    its fields in order, as ``cls(...)`` does but about twice as fast (no call through
+    the type, no ``object.__setattr__`` per field): for the loops that make spans and
+    nodes by the ten thousand (the parser, the language server moving statements)."""
+    if getattr(cls, "__post_init__", None) is not None or "__dict__" in dir(cls):
+        raise TypeError(f"{cls.__name__} is not a plain frozen slotted dataclass")
+    names = [f.name for f in fields(cls)]
+    scope = {"new": object.__new__, "cls": cls, **{f"s{i}": cls.__dict__[n].__set__ for i, n in enumerate(names)}}
+    args = ", ".join(f"a{i}" for i in range(len(names)))
+    sets = "".join(f"    s{i}(o, a{i})\n" for i in range(len(names)))
+    exec(f"def make({args}):\n    o = new(cls)\n{sets}    return o\n", scope)
+    return scope["make"]
+
+
+make_span = fast_constructor(Span)
 
 
 @dataclass(frozen=True)

@@ -62,17 +62,17 @@ def check_source(source: SourceFile, backend: str | None = None, params: Mapping
     which is a mistake on the command line, not in the file."""
     from pipec.api import _few_collections, load_source
 
-    try:
-        with _few_collections():  # as load_source parses: many small objects, all kept
+    with _few_collections():  # as load_source parses: many small objects, all kept
+        try:
             module = parser(source) if parser else None
-        pipeline = load_source(source, index, module)
-    except PipeSyntaxError as exc:
-        return Report(source.path, source, _coded(exc.diagnostics, "syntax"))
-    report = Report(source.path, source, module=pipeline.module, pipeline=pipeline)
-    try:
-        found = pipeline.check(backend)
-    except CompileError as exc:
-        found = exc.diagnostics
+            pipeline = load_source(source, index, module)
+        except PipeSyntaxError as exc:
+            return Report(source.path, source, _coded(exc.diagnostics, "syntax"))
+        report = Report(source.path, source, module=pipeline.module, pipeline=pipeline)
+        try:
+            found = pipeline.check(backend)
+        except CompileError as exc:
+            found = exc.diagnostics
     report.diagnostics = _coded(found, "semantic")
     if params is not None and not report.errors:
         try:

@@ -30,7 +30,7 @@ from functools import lru_cache
 from pipec.dsl import ast
 from pipec.dsl.diagnostics import PipecError
 from pipec.dsl.parser import STATEMENT_KEYWORDS, parse
-from pipec.dsl.source import SourceFile, Span
+from pipec.dsl.source import SourceFile, Span, fast_constructor, make_span
 
 _HEAD = "pipeline _(){"
 _CLEAN = re.compile(r"\"([^\"\\\n]|\\.)*\"|'([^'\\\n]|\\.)*'|#[^\n]*")
@@ -193,8 +193,8 @@ def _shift(node, lines: int, chars: int):
     (columns stay: a chunk starts at the beginning of a line, before and after)."""
     kind = type(node)
     if kind is Span:
-        return Span(node.line + lines, node.column, node.end_line + lines, node.end_column,
-                    node.start + chars, node.end + chars)
+        return make_span(node.line + lines, node.column, node.end_line + lines, node.end_column,
+                         node.start + chars, node.end + chars)
     shifter = _SHIFTERS.get(kind)
     if shifter is not None:
         return shifter(node, lines, chars)
@@ -210,8 +210,8 @@ def _shifter(cls: type):
     A field of one AST class (or a tuple of them) calls that class's shifter directly."""
     args = [_field_code(f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""), f"node.{f.name}")
             for f in fields(cls)]
-    scope = {"_shift": _shift, "cls": cls, "Span": Span, "_S": _SHIFTERS, **_CLASSES}
-    exec(f"def shift(node, lines, chars):\n    return cls({', '.join(args)})\n", scope)
+    scope = {"_shift": _shift, "make": fast_constructor(cls), "Span": make_span, "_S": _SHIFTERS, **_CLASSES}
+    exec(f"def shift(node, lines, chars):\n    return make({', '.join(args)})\n", scope)
     return scope["shift"]
 
 
