@@ -4,7 +4,8 @@ Three curves, each point checked against a plain Python/numpy reference, printed
 table and drawn as a self-contained HTML page (inline SVG, no network):
 
     python benchmarks/scaling.py --backend dask|ray|spark [--curve rounds|partitions|rows]
-                                 [--quick] [--reps N] [--address URL] [--json OUT] [--html OUT]
+                                 [--points 16,64,...] [--quick] [--reps N] [--address URL]
+                                 [--json OUT] [--html OUT]
 
 * rounds:     benchmarks/paramserver.pipe (200,000 rows in 8 partitions) for 20, 100, 300
               and 1,000 rounds. pipec's time per round is read round by round (the run's
@@ -425,8 +426,8 @@ def table(curve: Curve) -> str:
                      f"{'vs first':>9} {'hand s':>8} {'hand ms/round':>14} {'load':>6}  same")
         for q in p:
             lines.append(f"{q['rounds']:>7} {q['pipec_s']:>9.3f} {q['per_round_ms']:>9.2f} "
-                         f"{q['median_round_ms']:>8.2f} {q['last_tenth_ms']:>9.2f} {q['vs_first']:>9.2f} {q['hand_s']:>8.3f} "
-                         f"{q['hand_per_round_ms']:>14.2f} {q['load']:>6.2f}  {_yes(q['same_result'])}")
+                         f"{q['median_round_ms']:>8.2f} {q['last_tenth_ms']:>9.2f} {q['vs_first']:>9.2f} "
+                         f"{q['hand_s']:>8.3f} {q['hand_per_round_ms']:>14.2f} {q['load']:>6.2f}  {_yes(q['same_result'])}")
         n = curve.notes
         lines.append(f"worst change of the time per round against the first point: {100 * n['worst_change']:.1f} % "
                      f"(goal {100 * n['goal']:.0f} %: {'met' if n['met'] else 'NOT met'})")
@@ -650,6 +651,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--curve", choices=CURVES, help="one curve (default: all three)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
     parser.add_argument("--reps", type=int, default=3, help="timed repetitions per partitions point (medians)")
+    parser.add_argument("--points", help="comma-separated points of the one --curve (default: the issue's sizes)")
     parser.add_argument("--address", help="an existing cluster (default: the backend's embedded engine)")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--html", help="write the charts to this HTML file")
@@ -665,6 +667,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sizes = SIZES["quick" if args.quick else "full"]
     names = [args.curve] if args.curve else list(CURVES)
+    if args.points:
+        if not args.curve:
+            parser.error("--points needs --curve")
+        sizes = dict(sizes, **{args.curve: dict(sizes[args.curve], points=[int(p) for p in args.points.split(",")])})
     curves: list[Curve] = []
 
     def log(msg):
