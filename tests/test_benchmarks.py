@@ -64,6 +64,7 @@ def test_scaling_curves_are_drawn_and_every_point_computes_the_reference(tmp_pat
     assert [len(p["round_ms"]) for p in rounds.points] == [1, 3]  # one time per round run
     assert [p["pipec_tasks"] for p in partitions.points] == sorted(p["pipec_tasks"] for p in partitions.points)
     assert all("pipec_us_per_task" in p for p in partitions.points[1:])
+    assert all(p["pipec_dependencies"] > 0 and p["hand_dependencies"] > 0 for p in partitions.points)
     assert all(p["rss_peak_mb"] >= p["rss_before_mb"] > 0 for p in rows.points)
 
     meta = {"backend": "dask", "engine": "test session", "date": "today", "machine": "test", "quick": True}
@@ -75,4 +76,4 @@ def test_scaling_curves_are_drawn_and_every_point_computes_the_reference(tmp_pat
     data = json.loads((tmp_path / "s.json").read_text(encoding="utf-8"))
     assert [c["name"] for c in data["curves"]] == list(scaling.CURVES)
     page = (tmp_path / "s.html").read_text(encoding="utf-8")
-    assert page.count("<svg") == 6 and "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert page.count("<svg") == 7 and "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
