@@ -56,3 +56,40 @@ def test_the_snapshot_benchmark_runs_both_variants_to_the_same_state(backend, tm
     figures = snapshot_cost.measure(runners, reps=1)
     assert figures["same_result"] and len(figures["plain_runs"]) == len(figures["checkpointed_runs"]) == 1
     assert not list(tmp_path.iterdir())  # each run's folder (its snapshots) is removed
+
+
+def test_scaling_curves_are_drawn_and_every_point_computes_the_reference(tmp_path, monkeypatch, capsys):
+    """benchmarks/scaling.py at tiny sizes on the session's Dask cluster: each curve gives
+    a point per size, every point the reference's answer (numpy for mapreduce, the same
+    functions in this process for paramserver), and the table, JSON and HTML chart come
+    out. No timing is asserted."""
+    import json
+
+    from benchmarks import scaling
+    monkeypatch.setattr(hand_dask, "_CLIENT", [engine_options("dask")["client"]])
+    sizes = {"rounds": {"points": [1, 3], "rows": 16_000},
+             "partitions": {"points": [2, 4, 8], "n": 4_000, "floor_tasks": 8},
+             "rows": {"points": [4_000, 8_000], "parts": 2}}
+    curves = scaling.run_curves("dask", list(scaling.CURVES), sizes, tmp_path, reps=1, fresh=False,
+                                log=lambda msg: None)
+    assert [c.name for c in curves] == list(scaling.CURVES)
+    for curve, (name, size) in zip(curves, sizes.items()):
+        assert len(curve.points) == len(size["points"])
+        assert all(p["same_result"] for p in curve.points), (name, curve.points)
+    rounds, partitions, rows = curves
+    assert [len(p["round_ms"]) for p in rounds.points] == [1, 3]  # one time per round run
+    assert [p["pipec_tasks"] for p in partitions.points] == sorted(p["pipec_tasks"] for p in partitions.points)
+    assert all("pipec_us_per_task" in p for p in partitions.points[1:])
+    assert all(p["pipec_dependencies"] > 0 and p["hand_dependencies"] > 0 for p in partitions.points)
+    assert all(p["rss_peak_mb"] >= p["rss_before_mb"] > 0 for p in rows.points)
+
+    meta = {"backend": "dask", "engine": "test session", "date": "today", "machine": "test", "quick": True}
+    status = scaling.report(curves, meta, str(tmp_path / "s.json"), str(tmp_path / "s.html"))
+    assert status == 0
+    out = capsys.readouterr().out
+    for header in ("ms/round", "us/task", "s/M rows"):
+        assert header in out
+    data = json.loads((tmp_path / "s.json").read_text(encoding="utf-8"))
+    assert [c["name"] for c in data["curves"]] == list(scaling.CURVES)
+    page = (tmp_path / "s.html").read_text(encoding="utf-8")
+    assert page.count("<svg") == 7 and "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
