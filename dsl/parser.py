@@ -488,7 +488,12 @@ def _parser() -> Lark:
 
 @lru_cache(maxsize=1)
 def _lean():
-    return driver(_parser(), _KeywordOrName.rename, _KeywordOrName.KEYWORDS)
+    """The lean loop, or None when this Lark keeps its tables where the loop does not look
+    (a newer release): Lark's own loop then parses every file, only slower."""
+    try:
+        return driver(_parser(), _KeywordOrName.rename, _KeywordOrName.KEYWORDS)
+    except (AttributeError, KeyError, TypeError, RuntimeError):
+        return None
 
 
 def parse(source: SourceFile) -> ast.Module:
@@ -497,10 +502,13 @@ def parse(source: SourceFile) -> ast.Module:
     _parsing.text = source.text
     _parsing.depth = {}
     try:
-        try:  # the lean loop over Lark's tables (see pipec.dsl.lalr), twice as fast
-            module = _lean()(source.text).value
-        except Fallback:  # not valid: Lark's own loop finds the error and says it
-            _parsing.found, _parsing.depth = [], {}
+        lean, module = _lean(), None
+        if lean is not None:
+            try:  # the lean loop over Lark's tables (see pipec.dsl.lalr), twice as fast
+                module = lean(source.text).value
+            except Fallback:  # not valid: Lark's own loop finds the error and says it
+                _parsing.found, _parsing.depth = [], {}
+        if module is None:
             module = _parser().parse(source.text).value
     except UnexpectedInput as exc:
         raise PipeSyntaxError([_describe(exc, source)], source) from None

@@ -106,3 +106,22 @@ def test_mutated_examples_give_what_lark_gives(path, monkeypatch):
     rng = random.Random(path.stem)
     for mutated in _mutations(text, rng, 40):
         assert _outcome(mutated) == _lark_outcome(mutated, monkeypatch), mutated
+
+
+def test_a_lark_whose_tables_the_loop_cannot_read_parses_with_lark_s_own_loop(monkeypatch):
+    """A newer Lark that keeps its tables elsewhere must not break parsing: the lean loop
+    is then not built, and every file is parsed, with the same result, by Lark's loop."""
+    text = (EXAMPLES / "train.pipe").read_text(encoding="utf-8")
+    expected = _outcome(text)
+
+    def incompatible(*_args):
+        raise AttributeError("'ParsingFrontend' object has no attribute 'lexer'")
+    monkeypatch.setattr(pipe_parser, "driver", incompatible)
+    pipe_parser._lean.cache_clear()
+    try:
+        assert pipe_parser._lean() is None
+        assert _outcome(text) == expected
+        assert _outcome("pipeline p() {\n    value x = \n}\n") == _lark_outcome("pipeline p() {\n    value x = \n}\n",
+                                                                           monkeypatch)
+    finally:
+        pipe_parser._lean.cache_clear()
