@@ -45,6 +45,24 @@ def step(y, r):
 def add(a, b):
     return a + b
 
+def _slow_snapshot_writes(marker):
+    """Until ``marker`` exists, every snapshot this process writes keeps its temporary
+    file on disk for a second before the rename, so the kill below lands mid-write
+    however fast the disk is (the file is made before its parts are written)."""
+    from pipec.backends.runtime import storage
+    if getattr(storage, "_slowed_for_test", False):
+        return
+    write = storage._atomic_write_local
+
+    def slowly(path, parts):
+        def then_wait():
+            yield from parts
+            if not os.path.exists(marker):
+                time.sleep(1.0)
+        return write(path, then_wait())
+    storage._atomic_write_local, storage._slowed_for_test = slowly, True
+
+
 class Big:
     """A big state (``mb`` MB, changed whole by every call) and the calls it applied."""
     def __init__(self, mb):
@@ -52,6 +70,7 @@ class Big:
         self.seen = []
 
     def add(self, x, actors, kill_at, marker):
+        _slow_snapshot_writes(marker)
         if len(self.seen) == kill_at and not os.path.exists(marker):
             # Die while a snapshot of this actor is being written (its temporary exists).
             deadline = time.time() + 30
@@ -73,7 +92,7 @@ class Big:
 # written, so snapshot 1 is the newest durable one: restored, calls 2 and 3 replayed.
 PIPELINE = '''use m_snap as m
 
-pipeline p(actors: str, marker: str, kill_at: int = 4, rounds: int = 8, mb: float = 64.0) {
+pipeline p(actors: str, marker: str, kill_at: int = 4, rounds: int = 8, mb: float = 8.0) {
     source xs = range(12) partitions 3
     var ys = map m.one over xs
     actor big = m.Big(mb = mb) {

@@ -346,13 +346,7 @@ def atomic_write(url: str | Path, data: str | bytes | list | tuple) -> str | Pat
         fs.pipe_file(path, raw)
     else:
         fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        tmp = posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            fs.pipe_file(tmp, raw)
-            fs.mv(tmp, path)
-        except BaseException:
-            _quietly_remove(fs, tmp)
-            raise
+        _by_temporary(fs, path, lambda tmp: fs.pipe_file(tmp, raw))
     fs.invalidate_cache(path)
     return url
 
@@ -390,14 +384,21 @@ def copy(src: str | Path, dst: str | Path) -> None:
     if protocol_of(src) in OBJECT_STORES:
         fs.copy(path, target)
     else:
-        tmp = posixpath.join(posixpath.dirname(target), f".{posixpath.basename(target)}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            fs.copy(path, tmp)
-            fs.mv(tmp, target)
-        except BaseException:
-            _quietly_remove(fs, tmp)
-            raise
+        _by_temporary(fs, target, lambda tmp: fs.copy(path, tmp))
     fs.invalidate_cache(target)
+
+
+def _by_temporary(fs, path: str, put) -> None:
+    """``put(tmp)`` writes a temporary beside ``path`` on ``fs``, which is then moved onto
+    ``path``: a reader sees the old object or the whole new one. The temporary is removed
+    when anything fails."""
+    tmp = posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        put(tmp)
+        fs.mv(tmp, path)
+    except BaseException:
+        _quietly_remove(fs, tmp)
+        raise
 
 
 @_oserrors
