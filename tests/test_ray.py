@@ -578,3 +578,22 @@ def test_a_real_head_node_runs_an_example(workdir, tmp_path_factory):
             proc.kill()
         shutil.rmtree(temp_dir, ignore_errors=True)  # the session's logs and sockets
     assert not alive, [p.pid for p in alive]
+
+
+def test_the_reaper_finds_a_raylet_s_workers_by_the_pid_in_their_environment():
+    """A worker the raylet started just before the driver died is in no tree the reaper
+    noted: it is found by RAY_RAYLET_PID, and a process of another raylet is not."""
+    from pipec.backends.ray import reaper
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    ours = subprocess.Popen(sleeper, env=dict(os.environ, RAY_RAYLET_PID="4194000"))
+    theirs = subprocess.Popen(sleeper, env=dict(os.environ, RAY_RAYLET_PID="4194001"))
+    try:
+        deadline = time.monotonic() + 10
+        while ours.pid not in reaper.workers_of({4194000}) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the environment is there once the exec is done
+        found = reaper.workers_of({4194000})
+        assert ours.pid in found and theirs.pid not in found
+    finally:
+        for proc in (ours, theirs):
+            proc.kill()
+            proc.wait()

@@ -7,7 +7,10 @@ they were still alive 40 s after the driver was killed. So when pipec starts an 
 runtime it also starts this small watcher, in a session of its own (a signal to the
 driver's process group does not reach it). While the driver lives, the watcher notes
 every process descended from it; when the driver is gone (the pipe on the watcher's
-stdin closes, however the driver died) it kills those still running and exits.
+stdin closes, however the driver died) it kills those still running and exits. A
+worker the raylet started in the watcher's last interval is not among the descendants
+it noted, and once the raylet is dead it is no one's descendant: such workers are found
+by the raylet's pid, which Ray puts in every worker's environment (``RAY_RAYLET_PID``).
 
     python -m pipec.backends.ray.reaper DRIVER_PID      (started by engine.start_runtime)
 
@@ -80,22 +83,47 @@ def ray_processes(driver: int) -> dict[int, int]:
     return found
 
 
+def workers_of(raylets: set[int]) -> list[int]:
+    """The processes whose environment names one of ``raylets`` as their raylet."""
+    wanted = {f"RAY_RAYLET_PID={pid}".encode() for pid in raylets}
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if wanted.intersection(environ):
+                found.append(int(entry))
+    return found
+
+
 def watch(driver: int) -> None:
     """Note Ray's processes below the driver until stdin closes, then kill those still
-    running (each checked by its start time, so a reused pid is never hit)."""
+    running (each checked by its start time, so a reused pid is never hit), and any
+    worker of their raylets they did not include."""
     seen: dict[int, int] = {}
+    raylets: set[int] = set()
     while True:
-        seen.update(ray_processes(driver))
+        found = ray_processes(driver)
+        raylets.update(pid for pid in found if pid not in seen and _program(pid).endswith("/raylet"))
+        seen.update(found)
         ready, _, _ = select.select([sys.stdin], [], [], INTERVAL)
         if ready and not os.read(sys.stdin.fileno(), 4096):
             break
     for pid, started in seen.items():
         stat = _stat(pid)
         if stat is not None and stat[1] == started:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+            _kill(pid)
+    for pid in workers_of(raylets):
+        _kill(pid)
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":
