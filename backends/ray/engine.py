@@ -37,13 +37,25 @@ def configure_environment() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
+def _dashboard_installed() -> bool:
+    """Whether this Ray can serve its dashboard (``pip install 'ray[default]'``): an
+    embedded runtime starts it only then, since without its packages Ray would only warn."""
+    try:
+        from ray._private.utils import get_dashboard_dependency_error
+        return get_dashboard_dependency_error() is None
+    except Exception:  # a Ray that checks elsewhere: start none, as before
+        return False
+
+
 def start_runtime(address: str | None = None, num_cpus: int | None = None,
                   runtime_env: dict | None = None) -> bool:
     """Connect this process to Ray; True if this call started (or joined) it.
 
     Reuses a Ray already initialised in this process. Otherwise joins ``address`` (or
     ``RAY_ADDRESS``), or starts an embedded local runtime sized to the machine (or to
-    ``num_cpus``): no dashboard, worker output kept off the terminal, logs at ERROR.
+    ``num_cpus``): its dashboard only where Ray's dashboard is installed (``ray[default]``;
+    the run's header then prints its address), worker output kept off the terminal, logs
+    at ERROR.
     """
     configure_environment()
     import ray
@@ -56,7 +68,7 @@ def start_runtime(address: str | None = None, num_cpus: int | None = None,
                                  "fresh process")
         return False
     target = address or os.environ.get("RAY_ADDRESS") or "local"
-    quiet = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+    quiet = dict(include_dashboard=_dashboard_installed(), log_to_driver=False, logging_level=logging.ERROR,
                  configure_logging=True, namespace="pipec")
     if target != "local":
         _probe(target)
