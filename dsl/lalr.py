@@ -148,24 +148,19 @@ def driver(lark: Lark, postlex: Callable[[str, Token], Token],
                 if m is None:
                     raise Fallback  # no terminal here: Lark says which were expected
                 value, kind = m.group(0), m.lastgroup
-                callback = token_callbacks.get(kind)
-                if callback is None and kind in ignored:  # white space: only the position moves
-                    if kind in newline_types:
-                        breaks = value.count("\n")
-                        if breaks:
-                            line += breaks
-                            line_start = pos + value.rindex("\n") + 1
-                    pos += len(value)
-                    continue
-                token = new_token(Token, value)
-                token.type, token.value, token.start_pos = kind, value, pos
-                token.line, token.column = line, pos - line_start + 1
+                at, at_line, at_column = pos, line, pos - line_start + 1
                 if kind in newline_types:
                     breaks = value.count("\n")
                     if breaks:
                         line += breaks
                         line_start = pos + value.rindex("\n") + 1
                 pos += len(value)
+                callback = token_callbacks.get(kind)
+                if callback is None and kind in ignored:  # white space: only the position moves
+                    continue
+                token = new_token(Token, value)
+                token.type, token.value, token.start_pos = kind, value, at
+                token.line, token.column = at_line, at_column
                 token.end_line, token.end_column, token.end_pos = line, pos - line_start + 1, pos
                 if callback is not None:
                     token = callback(token)

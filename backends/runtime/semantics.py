@@ -14,7 +14,10 @@ import functools
 import hashlib
 import json
 import math
+import operator
 import struct
+from collections import Counter
+from operator import itemgetter
 from typing import Any, Callable, Iterable, Sequence
 
 # Operators on values are part of these semantics, but the compiler folds constants with
@@ -225,7 +228,6 @@ def is_addition(fn: Callable) -> bool:
     """Whether ``fn(a, b)`` is ``a + b``: :func:`operator.add`, or a function whose code
     is exactly ``return a + b`` of its two parameters (names, annotations and a
     docstring aside)."""
-    import operator
     if fn is operator.add:
         return True
     try:
@@ -260,7 +262,6 @@ def count_pairs(elements: Sequence, c: int) -> list[tuple] | None:
     """``reduce_by_key`` with addition over ``[(x, c) for x in elements]``: (x, n * c) in
     first-seen order; None when an element is not hashable (the general loop then
     raises the error it always raised)."""
-    from collections import Counter
     try:
         counts = Counter(elements)
     except TypeError:
@@ -271,7 +272,6 @@ def count_pairs(elements: Sequence, c: int) -> list[tuple] | None:
 def _counted(records: Sequence) -> list[tuple] | None:
     """The map-side combine with addition when every record is a pair (key, c) with the
     same int c (see above); None when the records do not all have that shape."""
-    from operator import itemgetter
     if not records or not set(map(type, records)) <= {tuple, list}:
         return None
     try:
