@@ -140,6 +140,10 @@ def second(pair):
 def neg_int(x):
     return -x
 
+def join_sum(record):
+    key, (a, b) = record
+    return (key, a + b)
+
 def layout(items, partition):
     return [(partition, list(items))]
 
@@ -293,6 +297,20 @@ CASES: dict[str, Case] = {
         sink c = collect(sums) -> json("out/c.json")
         sink d = ys -> jsonl("out/d.jsonl")
         sink e = collect(squares) -> json("out/e.json")"""),
+    # links is made before the loop: its join split is made once and read by every round
+    # (tests/test_scans.py); grown's partitions grow, so its join splits again from round 2.
+    "join_in_a_loop_splits_the_invariant_side_once": Case("""
+        source xs = range(20) partitions 4
+        source few = range(6) partitions 2
+        stage links = map m.pair over xs
+        var ranks = map_values m.inc over (reduce_by_key m.add over links)
+        var grown = map m.pair over few
+        repeat 3 as r {
+            ranks = reduce_by_key m.add over (map m.join_sum over join(links, ranks))
+            grown = union(grown, map_values m.inc over (map m.join_sum over join(grown, links)))
+        }
+        sink a = collect(ranks) -> json("out/a.json")
+        sink b = collect(grown) -> json("out/b.json")"""),
     "top_and_count": Case("""
         source lines = read_text("data.txt") partitions 2
         stage counts = reduce_by_key m.add over (map m.word_pair over (flat_map m.words over lines))

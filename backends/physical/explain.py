@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Callable
 
 from pipec.compiler import ir
 from pipec.backends.base import Plan
-from pipec.backends.physical.planner import DriverStep, LoopStep, PhysicalPlan, Ref, Scan, TaskSpec, key_of
+from pipec.backends.physical.planner import DriverStep, HoistedSplit, LoopStep, PhysicalPlan, Ref, Scan, TaskSpec, key_of
 
 if TYPE_CHECKING:  # networkx costs ~70 ms to import; only plan drawing needs it
     import networkx as nx
@@ -30,6 +30,7 @@ class Mapping:
     task_notes: Callable[[TaskSpec], list[str]] = lambda spec: []
     actor_text: Callable[[ir.Actor], str] = lambda op: ""
     declined_scans: str | None = None  # what the engine does instead of a shared scan, and why
+    declined_hoists: str | None = None  # what it does instead of splitting a join's side once, and why
 
 
 def describe(graph: ir.IR, node: str) -> str:
@@ -97,13 +98,18 @@ def _explain_steps(plan: PhysicalPlan, mapping: Mapping, steps, lines: list[str]
         elif isinstance(step, LoopStep):
             loop = step.block.loop
             lines.append(f"{pad}repeat {plan.rounds(loop)}  # {loop.id}; every round runs:")
+            for hoisted in step.declined:
+                lines.append(f"{pad}  note: `{hoisted.node}` is split for `{hoisted.join}` every round, though it "
+                             f"does not change in {loop.id}: {mapping.declined_hoists}")
             _explain_steps(plan, mapping, step.steps, lines, depth + 1)
         else:
             specs = plan.tasks[step.number]
             ntasks = sum(1 for s in specs if s.data is None)
             ndata = len(specs) - ntasks
             extra = f", {ndata} data key{'s' if ndata != 1 else ''}" if ndata else ""
-            lines.append(f"{pad}graph {step.number}  ({ntasks} task{'s' if ntasks != 1 else ''}{extra})")
+            before = (f"  # before {step.hoisted[0].loop}: the splits its rounds share" if step.hoisted and not step.nodes
+                      else "")
+            lines.append(f"{pad}graph {step.number}  ({ntasks} task{'s' if ntasks != 1 else ''}{extra}){before}")
             for scan in step.declined.values():
                 lines.append(f"{pad}  note: no shared scan of {_scan_text(scan)}: {mapping.declined_scans}")
             width = max(len(s.key) for s in specs)
@@ -147,17 +153,26 @@ def _steps_json(plan: PhysicalPlan, mapping: Mapping, steps) -> list[dict]:
                         "steps": _steps_json(plan, mapping, step.steps)})
         elif isinstance(step, LoopStep):
             loop = step.block.loop
-            out.append({"step": "loop", "loop": loop.id, "rounds": plan.rounds(loop),
-                        "steps": _steps_json(plan, mapping, step.steps)})
+            entry = {"step": "loop", "loop": loop.id, "rounds": plan.rounds(loop),
+                     "steps": _steps_json(plan, mapping, step.steps)}
+            if step.declined:
+                entry["declined_hoists"] = [_hoist_json(h) for h in step.declined]
+            out.append(entry)
         else:
             entry = {"step": "graph", "number": step.number, "nodes": step.nodes,
                      "tasks": [_spec_json(s, mapping) for s in plan.tasks[step.number]]}
+            if step.hoisted:
+                entry["hoisted_splits"] = [_hoist_json(h) for h in step.hoisted]
             for name, scans in (("shared_scans", step.scans), ("declined_scans", step.declined)):
                 if scans:
                     entry[name] = [{"head": s.head, "branches": list(s.branches), "keep": s.keep}
                                    for s in scans.values()]
             out.append(entry)
     return out
+
+
+def _hoist_json(hoisted: HoistedSplit) -> dict:
+    return {"join": hoisted.join, "side": hoisted.side, "collection": hoisted.node, "loop": hoisted.loop}
 
 
 def _spec_json(spec: TaskSpec, mapping: Mapping) -> dict:

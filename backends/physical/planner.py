@@ -136,6 +136,26 @@ class Scan:
     keep: bool
 
 
+@dataclass(frozen=True)
+class HoistedSplit:
+    """The shuffle split of one side of a join inside loop ``loop`` whose collection
+    (``node``) is made before the loop: split once, before the first round, and read by
+    every round's merge while the join's bucket count (which ``other``, the side that may
+    change, has a say in) is the one it was split for; a round where it is not splits
+    again, as if nothing were hoisted."""
+
+    join: str
+    side: str  # "left" or "right"
+    node: str
+    other: str
+    loop: str
+
+    @property
+    def name(self) -> str:
+        """The name the driver keeps the split outputs under (not a node of the IR)."""
+        return f"{self.join}@{self.side}"
+
+
 @dataclass
 class GraphStep:
     number: int
@@ -145,12 +165,14 @@ class GraphStep:
     loop: str | None = None  # the loop whose every round submits this graph
     scans: dict[str, Scan] = field(default_factory=dict)  # scanned collection -> its scan
     declined: dict[str, Scan] = field(default_factory=dict)  # scans the engine does not take
+    hoisted: tuple[HoistedSplit, ...] = ()  # splits made here for the loop that follows
 
 
 @dataclass
 class LoopStep:
     block: Block
     steps: list
+    declined: tuple[HoistedSplit, ...] = ()  # invariant splits the engine runs every round instead
 
 
 Step = DriverStep | GraphStep | LoopStep
@@ -164,11 +186,13 @@ def signature(items: list) -> tuple:
 class Planner:
     """Splits every block of a pipeline into steps, once, in program order. With
     ``shared_scans`` off (an engine that declines them) the scans found are listed in
-    each step's ``declined`` instead, so the plan can say what the engine does instead."""
+    each step's ``declined`` instead, so the plan can say what the engine does instead;
+    the same for ``hoist_splits`` and the loop-invariant splits of joins."""
 
-    def __init__(self, graph: ir.IR, shared_scans: bool = True):
+    def __init__(self, graph: ir.IR, shared_scans: bool = True, hoist_splits: bool = True):
         self.ir = graph
         self.shared_scans = shared_scans
+        self.hoist_splits = hoist_splits
         self.actors = {n for n, op in graph.items() if isinstance(op, ir.Actor)}
         self.loop_reads: set[str] = set()
         for loop in graph.info.loops.values():
@@ -206,7 +230,12 @@ class Planner:
         for item in block.items:
             if isinstance(item, Block):
                 flush()
-                steps.append(LoopStep(item, self.plan(item)))
+                hoisted = self.invariant_splits(item)
+                if hoisted and self.hoist_splits:
+                    steps.append(GraphStep(next(self._numbers), [], frozenset(h.name for h in hoisted), {},
+                                           block.loop.id if block.loop else None, hoisted=hoisted))
+                    hoisted = ()
+                steps.append(LoopStep(item, self.plan(item), hoisted))
                 continue
             op = self.ir.op(item)
             reads = {src for _, src in op.inputs()}
@@ -227,6 +256,24 @@ class Planner:
         flush()
         self._by_items[signature(block.items)] = steps
         return steps
+
+    def invariant_splits(self, block: Block) -> tuple[HoistedSplit, ...]:
+        """The splits of joins inside ``repeat`` block ``block`` (at any depth) whose side is
+        a collection made before the loop: the same every round, so split once. A var is
+        not one (it changes every round), nor is a join of a collection with itself."""
+        loop = block.loop
+        if loop is None or loop.when is not None:
+            return ()
+        inside = set(block.nodes())
+        out = []
+        for node in block.nodes():
+            op = self.ir.op(node)
+            if not isinstance(op, ir.Join) or op.left.node == op.right.node:
+                continue
+            for side, mine, other in (("left", op.left.node, op.right.node), ("right", op.right.node, op.left.node)):
+                if mine not in inside and not isinstance(self.ir.op(mine), (ir.Var, ir.Rebind)):
+                    out.append(HoistedSplit(node, side, mine, other, loop.id))
+        return tuple(out)
 
     def _must_wait(self, op: ir.Op, open_nodes: set[str]) -> bool:
         if isinstance(op, ir.Sink):
@@ -476,6 +523,15 @@ class StaticContext:
         self.ir = graph
         self.params = params
         self.unknown: set[str] = set()
+        self.splits: dict[str, int] = {}  # hoisted split -> its bucket count (see HoistedSplit)
+
+    def hoist(self, name: str, k: int) -> None:
+        """Hoisted split ``name`` is made with ``k`` buckets."""
+        self.splits[name] = k
+
+    def hoisted(self, name: str) -> int | None:
+        """The bucket count hoisted split ``name`` was made with, if it was."""
+        return self.splits.get(name)
 
     def value(self, operand):
         if operand is None or isinstance(operand, ir.Lit):
@@ -611,6 +667,8 @@ class StepLowering:
         for node in self.step.nodes:
             op = self.ir.op(node)
             getattr(self, f"_lower_{op.op}")(node, op)
+        for hoisted in self.step.hoisted:
+            self._hoist_split(hoisted)
         unfinished = [node for node, scan in self.scans.items() if len(scan.branches) < len(scan.plan.branches)]
         if unfinished:
             raise AssertionError(f"the shared scans of {', '.join(unfinished)} lack branches")
@@ -935,9 +993,50 @@ class StepLowering:
         left, right = op.left.node, op.right.node
         k = max(self.nparts(left), self.nparts(right))
         term = steps.Split(node, "join", k)
-        lsplits = self._partials(node, left, term, f"split {k} ways by key", op.options, f"{key_of(node)}-left")
-        rsplits = self._partials(node, right, term, f"split {k} ways by key", op.options, f"{key_of(node)}-right")
-        self._merge(node, op, "join", None, [lsplits, rsplits], "join by key", k)
+        sides = []
+        for side, src in (("left", left), ("right", right)):
+            name = f"{node}@{side}"
+            if self.ctx.hoisted(name) == k:  # split before the loop, for this bucket count
+                sides.append([Ref(part_key(key_of(name), i), name, i) for i in range(self.nparts(src))])
+            else:
+                sides.append(self._partials(node, src, term, f"split {k} ways by key", op.options,
+                                            f"{key_of(node)}-{side}"))
+        self._merge(node, op, "join", None, sides, "join by key", k)
+
+    def _hoist_split(self, hoisted: HoistedSplit) -> None:
+        """The split of a join's side that is the same every round of its loop, made
+        before the first round with the bucket count the rounds are expected to use (the
+        other side's partitions as the loop will see them); see :class:`HoistedSplit`."""
+        other = self._expected_nparts(hoisted.other, hoisted.loop)
+        if other is None:
+            return  # cannot tell before the loop: every round splits it
+        op = self.ir.op(hoisted.join)
+        k = max(self.nparts(hoisted.node), other)
+        chain = _Chain.reading(hoisted.node, self.parts_of(hoisted.node))
+        label = (f"split {k} ways by key, once for the rounds of {hoisted.loop} that join {k} ways "
+                 f"(`{hoisted.node}` does not change in them)")
+        self.parts[hoisted.name] = self._emit(chain, steps.Split(hoisted.join, "join", k), label, op.options,
+                                              name=key_of(hoisted.name), group=hoisted.join)
+        self.ctx.hoist(hoisted.name, k)
+
+    def _expected_nparts(self, node: str, loop: str) -> int | None:
+        """How many partitions ``node`` will have in loop ``loop``'s rounds, as far as can
+        be told before the loop: a collection made before it (a var: its value now) as it
+        is, one made in a round from its inputs; None where that cannot be told."""
+        op = self.ir.op(node)
+        if loop not in loops_of(self.ir, op.loop) or isinstance(op, ir.Var):
+            return self.ctx.nparts(node)
+        inputs = {ir.Elementwise: "input", ir.ReduceByKey: "input", ir.GroupByKey: "input", ir.Distinct: "input",
+                  ir.SortBy: "input", ir.Sample: "input", ir.ZipWithIndex: "input", ir.Rebind: "value"}
+        if type(op) in inputs:
+            return self._expected_nparts(getattr(op, inputs[type(op)]).node, loop)
+        if isinstance(op, (ir.Join, ir.UnionAll)):
+            counts = [self._expected_nparts(r.node, loop) for r in ((op.left, op.right) if isinstance(op, ir.Join)
+                                                                    else op.parts)]
+            if None in counts:
+                return None
+            return max(counts) if isinstance(op, ir.Join) else sum(counts)
+        return None
 
     def _lower_union(self, node: str, op: ir.UnionAll) -> None:
         self.parts[node] = [ref for part in op.parts for ref in self.parts_of(part.node)]
@@ -1008,12 +1107,12 @@ class PhysicalPlan:
     """A pipeline planned once for one set of parameters: the steps of every block and
     the tasks of every graph step, with partition counts known before running (those
     known only at run time are planned with one partition and listed in ``unknown``).
-    ``shared_scans`` off: the engine declines them (see :class:`Planner`)."""
+    ``shared_scans`` or ``hoist_splits`` off: the engine declines them (see :class:`Planner`)."""
 
-    def __init__(self, graph: ir.IR, params: dict[str, Any], shared_scans: bool = True):
+    def __init__(self, graph: ir.IR, params: dict[str, Any], shared_scans: bool = True, hoist_splits: bool = True):
         self.ir = graph
         self.params = params
-        self.planner = Planner(graph, shared_scans)
+        self.planner = Planner(graph, shared_scans, hoist_splits)
         self.static = StaticContext(graph, params)
         self.tasks: dict[int, list[TaskSpec]] = {}
         self.parts: dict[str, list[str]] = {}  # collection node -> its partitions' keys

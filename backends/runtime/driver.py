@@ -695,6 +695,8 @@ class Driver:
         variables, and per actor its newest snapshot and the calls made since."""
         env, vars_ = {}, {}
         for node, value in list(self.env.items()):
+            if node not in self.ir:
+                continue  # the driver's own (a hoisted split): made again on resume
             op = self.ir.op(node)
             if isinstance(op, ir.Var):
                 vars_[node] = (resuming.CollectionValue(self.var_partitions(node))
@@ -795,6 +797,13 @@ class LiveContext:
     def nparts(self, node: str) -> int:
         return self.driver.nparts(node)
 
+    def hoist(self, name: str, k: int) -> None:
+        self.driver.splits[name] = k
+
+    def hoisted(self, name: str) -> int | None:
+        """The bucket count of hoisted split ``name``, while the driver holds it."""
+        return self.driver.splits.get(name) if name in self.driver.env else None
+
     def pool_size(self, pool: str) -> int:
         return self.driver.pool_size(pool)
 
@@ -809,6 +818,7 @@ class PlannedDriver(Driver):
     def __init__(self, plan, progress: Progress | None = None, run_dir: str | None = None, resume: bool = False):
         super().__init__(plan, progress, run_dir, resume)
         self.planner = plan.physical.planner
+        self.splits: dict[str, int] = {}  # hoisted split -> its bucket count (see planner.HoistedSplit)
 
     def run_block(self, block: Block) -> None:
         for item in self.top_items(block):
