@@ -155,6 +155,40 @@ class Machine:
         return cls(cores, gpus, int(total))
 
 
+def resource_gaps(graph: ir.IR, machines: list[Machine], holder: str) -> list[tuple[str, ir.Op, str]]:
+    """The stages of ``graph`` asking for more cpus, gpus or memory than any one of
+    ``machines`` (the places a task can run, each a ``holder``: "worker of the cluster")
+    has: their tasks would wait forever. Each as (node, op, what it needs and why it
+    cannot have it). Used before a run where the engine is known (``Backend.check``) and
+    when a run joins a cluster (the driver asks the cluster what its machines have)."""
+    out = []
+    for node, op in graph.items():
+        options = getattr(op, "options", None)
+        if not isinstance(options, ir.StageOptions):
+            continue
+        r = options.resources
+        asks = [(want, field) for want, field in ((r.gpus, "gpus"), (r.cpus, "cpus"), (r.memory, "memory")) if want]
+        if not asks or any(all(getattr(m, f) >= want for want, f in asks) for m in machines):
+            continue
+        most = {f: max((getattr(m, f) for m in machines), default=0) for _, f in asks}
+        each = f"each {holder} has" if len(machines) == 1 else f"the most a {holder} has is"
+        wanted = []
+        for want, f in asks:
+            if want <= most[f]:
+                continue
+            if f == "gpus":
+                wanted.append(("a GPU" if want == 1 else f"{want:g} GPUs",
+                               f"no {holder} has a GPU" if not most[f] else f"{each} {most[f]:g}"))
+            elif f == "cpus":
+                wanted.append((f"{want:g} cpus", f"{each} {most[f]:g}"))
+            else:
+                wanted.append((f"{want / 2**30:.1f} GiB of memory", f"{each} {most[f] / 2**30:.1f} GiB"))
+        if not wanted:  # each alone is there, never all on one machine
+            wanted.append((" and ".join(f"{want:g} {f}" for want, f in asks), f"no single {holder} has all of it"))
+        out.extend((node, op, f"stage `{op.name or node}` needs {what}: {why}") for what, why in wanted)
+    return out
+
+
 class Plan(ABC):
     """A pipeline lowered for one engine, for one set of parameters.
 
@@ -259,25 +293,9 @@ class Backend(ABC):
     def over_resources(self, graph: ir.IR, has: "Machine", holder: str) -> list[Diagnostic]:
         """Stages asking for more cpus, gpus or memory than one ``holder`` (a place a
         task can run: "worker of the local cluster") has, ``has``: they would wait
-        forever, so each is an error at the stage."""
-        out = []
-        for node, op in graph.items():
-            options = getattr(op, "options", None)
-            if not isinstance(options, ir.StageOptions):
-                continue
-            r, wanted = options.resources, []
-            if r.gpus and r.gpus > has.gpus:
-                wanted.append(("a GPU" if r.gpus == 1 else f"{r.gpus:g} GPUs",
-                               f"no {holder} has a GPU" if not has.gpus else f"each {holder} has {has.gpus}"))
-            if r.cpus is not None and r.cpus > has.cpus:
-                wanted.append((f"{r.cpus:g} cpus", f"each {holder} has {has.cpus}"))
-            if r.memory is not None and r.memory > has.memory:
-                wanted.append((f"{r.memory / 2**30:.1f} GiB of memory",
-                               f"each {holder} has {has.memory / 2**30:.1f} GiB"))
-            for what, why in wanted:
-                out.append(self.refusal(graph, op.span, f"stage `{op.name or node}` needs {what}: {why}",
-                                        "ask for less, or run on a cluster that has it (--address)"))
-        return out
+        forever, so each is an error at the stage (see :func:`resource_gaps`)."""
+        return [self.refusal(graph, op.span, message, "ask for less, or run on a cluster that has it (--address)")
+                for _, op, message in resource_gaps(graph, [has], holder)]
 
     def can(self, feature: str) -> bool:
         """Whether this backend supports ``feature`` (a key of capabilities.FEATURES)."""

@@ -559,7 +559,8 @@ pipeline p() {
     monkeypatch.chdir(tmp_path)
     with pytest.raises(PipelineRuntimeError) as err:
         load(path).run(backend="dask", address=address)
-    assert "needs 2 CPU per task, and no worker of the cluster offers that much" in err.value.render()
+    assert "stage `ys` needs 2 cpus: the most a worker of the cluster (as --resources) has is 0" in err.value.render()
+    assert "p.pipe:5:" in err.value.render()
 
 
 # ---- random pipelines: the same bytes as the reference ------------------------------------------------

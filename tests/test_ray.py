@@ -280,6 +280,23 @@ def test_resources_the_runtime_lacks_are_refused_by_check_at_the_stage(write_pip
     assert "^^^" in text and "hint: ask for less, or run on a cluster that has it (--address)" in text
 
 
+def test_a_cluster_known_only_at_run_start_is_asked_then_before_any_task(write_pipe):
+    """A cluster joined by address is known only when the run starts: the driver asks it
+    what its nodes have and refuses, at the stage, before any task (the plan is lowered
+    here without `check`, as for an address `check` could not ask)."""
+    _ray_options()
+    path = write_pipe("use ray_t_mod as m\npipeline p() {\nsource xs = range(2) partitions 1\n"
+                      "stage ys = map m.inc over xs resources { cpus 3 }\nsink out = collect(ys)\n}\n",
+                      ray_t_mod=MOD)
+    pipeline = load(path)
+    plan = RayBackend().lower(pipeline.ir, pipeline.params(None))
+    with pytest.raises(PipelineRuntimeError) as err:
+        plan.run()
+    text = err.value.render()
+    assert f"{path.name}:4:12: error: in `ys`: stage `ys` needs 3 cpus: each node of the Ray cluster has 2" in text, text
+    assert "hint: lower the stage's `resources`" in text
+
+
 def test_unpicklable_output_fails_naming_the_stage(write_pipe):
     with pytest.raises(PipelineRuntimeError) as err:
         run(write_pipe, "source xs = range(4) partitions 2\nstage locks = map m.lock over xs\n"

@@ -20,7 +20,7 @@ from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 from distributed import Future, as_completed, wait
 
 from pipec.compiler import ir
-from pipec.backends.base import NoProgress, notify
+from pipec.backends.base import Machine, NoProgress, notify
 from pipec.backends.dask import worker
 from pipec.backends.dask.plugins import PathsPlugin, StoragePlugin
 from pipec.backends.physical.planner import Arg, GraphStep, Ref, Rounds, Seq, StepLowering, key_of
@@ -161,25 +161,14 @@ class DaskDriver(PlannedDriver):
             self.client.register_plugin(StoragePlugin(options), name=self._storage_plugin)
 
     def _check_resources(self) -> None:
-        """A task needing a resource no worker offers would wait forever: refuse to start.
-        (For the embedded cluster ``lower`` already refused, with the source position.)"""
-        need: dict[str, tuple[float, str]] = {}
-        for specs in self.plan.physical.tasks.values():
-            for spec in specs:
-                for name, amount in (spec.resources or {}).items():
-                    if amount > need.get(name, (0.0, ""))[0]:
-                        need[name] = (amount, spec.group)
-        if not need:
-            return
-        offered = [w.get("resources") or {} for w in self.client.scheduler_info()["workers"].values()]
-        for name, (amount, group) in sorted(need.items()):
-            if not any(r.get(name, 0) >= amount for r in offered):
-                op = self.ir.op(group) if group in self.ir else None
-                have = sorted({r.get(name, 0) for r in offered})
-                raise self.error(group, f"needs {amount:g} {name} per task, and no worker of the cluster offers "
-                                        f"that much (workers offer {name}: {', '.join(f'{h:g}' for h in have)})",
-                                 op.span if op else None,
-                                 f"start the workers with --resources \"{name}={amount:g}\", or ask for less")
+        """Stages ask Dask for the resources a worker declares (``--resources``, which the
+        embedded cluster sets from this machine): one asking more than any worker of the
+        cluster declares would wait forever, so the run is refused before any task."""
+        declared = [w.get("resources") or {} for w in self.client.scheduler_info()["workers"].values()]
+        machines = [Machine(r.get("CPU", 0), r.get("GPU", 0), r.get("MEMORY", 0)) for r in declared]
+        self.refuse_over_resources(machines, "worker of the cluster (as --resources)",
+                                   'start the workers with what the stage asks, e.g. --resources "CPU=2,GPU=1", '
+                                   "or ask for less")
 
     def engine_info(self) -> dict[str, Any]:
         """Dask's workers, its dashboard and the dask and distributed versions."""

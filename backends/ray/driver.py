@@ -11,7 +11,7 @@ from dataclasses import fields, is_dataclass, replace
 from typing import Any
 
 from pipec.compiler import ir
-from pipec.backends.base import NoProgress, RunResult, notify
+from pipec.backends.base import Machine, NoProgress, RunResult, notify
 from pipec.backends.physical import steps as s
 from pipec.backends.physical.planner import Arg, GraphStep, Ref, Rounds, Seq, StepLowering
 from pipec.backends.runtime import storage
@@ -129,7 +129,7 @@ class RayDriver(PlannedDriver):
         self.call_op: ir.ActorCall | None = None
         self.call_ref = None
         self.unsettled: dict[str, CallResult] = {}  # actor -> its call sent and not settled
-        self._check_resources(ray.cluster_resources())
+        self._check_resources()
 
     def engine_info(self) -> dict[str, Any]:
         """Ray's CPUs, its dashboard (where it is installed and started) and version."""
@@ -152,21 +152,14 @@ class RayDriver(PlannedDriver):
         self.env.clear()
         self.puts.clear()
 
-    def _check_resources(self, cluster: dict) -> None:
-        """A task asking for more than the whole cluster has would wait forever: refuse.
-        (For a runtime known before the run, RayBackend.check already refused, with the
-        source position.)"""
-        for node, op in self.ir.items():
-            options = getattr(op, "options", None)
-            if not isinstance(options, ir.StageOptions):
-                continue
-            res = options.resources
-            for key, want in (("CPU", res.cpus), ("GPU", res.gpus), ("memory", res.memory)):
-                if want and want > cluster.get(key, 0):
-                    have = cluster.get(key, 0)
-                    raise self.error(node, f"asks for {key.lower() if key != 'memory' else 'memory'} {want:g} "
-                                           f"but the Ray cluster has {have:g} in all", op.span,
-                                     "lower the stage's `resources`, or run on a cluster that has them")
+    def _check_resources(self) -> None:
+        """A task asking for more than any node of the cluster has would wait forever:
+        refuse before any task (RayBackend.check refused already, at the source, where the
+        runtime was known before the run)."""
+        nodes = [n["Resources"] for n in self.ray.nodes() if n.get("Alive")]
+        self.refuse_over_resources([Machine(r.get("CPU", 0), r.get("GPU", 0), r.get("memory", 0)) for r in nodes],
+                                   "node of the Ray cluster",
+                                   "lower the stage's `resources`, or run on a cluster that has them")
 
     # ---- blocks
 

@@ -21,7 +21,7 @@ from pipec.backends.physical.planner import (FILE_FORMATS, Arg, DriverStep, Grap
                                              Rounds, order_of, read_by_stages_only)
 from pipec.dsl.diagnostics import PipelineRuntimeError, UsageError
 from pipec.dsl.source import SourceFile, Span
-from pipec.backends.base import NoProgress, Progress, RunResult, notify
+from pipec.backends.base import Machine, NoProgress, Progress, RunResult, notify, resource_gaps
 from pipec.backends.runtime import datasets, preflight, semantics, sources, storage
 from pipec.backends.runtime import resume as resuming
 from pipec.backends.runtime.interpreter import StageFailure
@@ -334,6 +334,16 @@ class Driver:
     def error(self, where: str, message: str, span: ir.SpanModel | None = None, hint: str | None = None):
         s = Span(span.line, span.column, span.end_line, span.end_column, 0, 0) if span else None
         return PipelineRuntimeError(where, message, s, self.source_file(), hint)
+
+    def refuse_over_resources(self, machines: list[Machine], holder: str, hint: str) -> None:
+        """At the start of a run on a cluster known only now (joined by address): refuse,
+        before any task, a stage asking for more than any of its ``machines`` has (its
+        tasks would wait forever). The same rule ``Backend.check`` applies before a run
+        where the engine is known then (see base.resource_gaps)."""
+        gaps = resource_gaps(self.ir, machines, holder)
+        if gaps:
+            node, op, message = gaps[0]
+            raise self.error(node, message, op.span, hint)
 
     def user_error(self, where: str, exc: BaseException, span: ir.SpanModel | None, partition: int | None = None):
         place = f" (partition {partition})" if partition is not None else ""
