@@ -18,6 +18,7 @@ import pytest
 from pipec import load
 from pipec.dsl.diagnostics import PipelineRuntimeError, UsageError
 from pipec.backends import backend_class
+from pipec.backends.runtime import resume
 from tests.engines import BACKENDS, engine_options
 
 # Every backend that declares the capability is held to a clean run.
@@ -277,3 +278,94 @@ def test_a_resumed_pool_replays_its_recorded_calls_to_every_member(backend, tmp_
         pipeline.run(backend=backend, params=params, run_dir="run", **options)
     pipeline.run(backend=backend, params=params, run_dir="run", resume=True, **options)
     assert _outputs(root) == expected  # every member got every push once, also those before the record
+
+
+JOURNAL_MODULE = '''
+import os
+
+def step(y, r, stop, marker):
+    if r == stop and not os.path.exists(marker):
+        open(marker, "a").close()
+        raise RuntimeError("the run stops here once")
+    return y + r
+
+def add(a, b):
+    return a + b
+
+class Acc:
+    def __init__(self):
+        self.seen = []
+    def add(self, x):
+        self.seen.append(x)
+        return len(self.seen)
+    def history(self):
+        return list(self.seen)
+'''
+
+JOURNAL_PIPELINE = '''use m_journal as m
+
+pipeline p(marker: str, stop: int, rounds: int = 40) {
+    source xs = range(6) partitions 2
+    actor acc = m.Acc()
+    repeat rounds as r {
+        value total = reduce m.add over (map m.step over xs with r = r, stop = stop, marker = marker)
+        acc.add([r, total, "a call argument long enough to be seen in a record's size"])
+    }
+    sink calls = acc.history() -> json("out/calls.json")
+}
+'''
+
+
+def test_records_stay_the_same_size_however_many_calls_an_actor_without_snapshots_has(tmp_path, monkeypatch):
+    """An actor without snapshots replays every call since the start on resume: the calls
+    go into the run's journal, each written once, and a record names where they end, so
+    a record after 30 rounds is as big as one after 3, and resuming replays them all."""
+    sizes = {}
+    for stop in (3, 30):
+        root = tmp_path / f"stop{stop}"
+        root.mkdir()
+        (root / "m_journal.py").write_text(JOURNAL_MODULE)
+        (root / "p.pipe").write_text(JOURNAL_PIPELINE)
+        monkeypatch.chdir(root)
+        pipeline = load(root / "p.pipe")
+        params = {"marker": str(root / "marker"), "stop": stop}
+        with pytest.raises(PipelineRuntimeError, match="the run stops here once"):
+            pipeline.run(backend="local", params=params, run_dir="run")
+        sizes[stop] = (root / "run" / "resume" / "state.pickle").stat().st_size
+        record = resume.read(str(root / "run"))
+        spans = sorted(tuple(map(int, p.name.split(".")[1].split("-")))
+                       for p in (root / "run" / "resume" / "journal").iterdir())
+        # Each call written once: the segments follow each other, up to the record's end.
+        assert [first for first, _ in spans] == [0] + [last + 1 for _, last in spans[:-1]]
+        assert spans[-1][1] == record.actors["acc"]["next_seq"] - 1 == record.rounds - 1
+        pipeline.run(backend="local", params=params, run_dir="run", resume=True)
+        calls = json.loads((root / "out" / "calls.json").read_text())
+        assert [c[0] for c in calls] == list(range(40))  # every call once, in order
+    assert abs(sizes[30] - sizes[3]) < 16, sizes
+
+
+def test_a_call_journaled_twice_is_read_from_the_segment_written_last(tmp_path):
+    """A resumed run journals again the calls it replayed, and a killed run may leave a
+    segment its record never named: reading takes each call from the newest segment
+    holding it, only the calls the record needs, and says which are missing."""
+    base = dict(pipeline="p", backend="local", fingerprint="f", top_index=0, loop="loop1", done=False)
+
+    def store(rounds: int, log: list) -> None:
+        writer = resume.RecordWriter(str(tmp_path))  # a run of its own each time
+        writer.write(resume.Record(**base, rounds=rounds,
+                                   actors={"acc": {"next_seq": log[-1][0] + 1, "snapshot": None, "log": log}}))
+        writer.close()
+    store(2, [(0, "add", [0], {}), (1, "add", ["first"], {})])
+    store(3, [(0, "add", [0], {}), (1, "add", ["again"], {}), (2, "add", [2], {})])  # resumed
+    record_file = tmp_path / "resume" / "state.pickle"
+    named = record_file.read_bytes()
+    store(4, [(3, "add", [3], {})])
+    record_file.write_bytes(named)  # as if killed after the segment, before its record
+    record = resume.read(str(tmp_path))
+    assert record.actors["acc"]["log"] == [(0, "add", [0], {}), (1, "add", ["again"], {}), (2, "add", [2], {})]
+    assert "journal" not in record.actors["acc"]
+    for segment in (tmp_path / "resume" / "journal").iterdir():
+        if segment.name.startswith("acc.0-"):
+            segment.unlink()
+    with pytest.raises(FileNotFoundError, match="lacks calls 0..2"):
+        resume.read(str(tmp_path))

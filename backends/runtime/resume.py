@@ -11,6 +11,13 @@ application died with the driver, and the snapshot does not hold them), and cont
 with the next round: every actor call is applied exactly once to the state the run ends
 with.
 
+The calls go into a journal beside the records, each written once: a record stores only
+the calls made since the record before it, as one segment file
+(``resume/journal/ACTOR.FIRST-LAST.N.pickle``), and names where the actor's calls end, so
+a record's size does not grow with the number of calls the run has made (an actor without
+snapshots replays every call since the start). Reading a record puts the calls it needs
+back from the segments.
+
 Snapshots are also kept under their sequence number because the newest one may already
 hold calls of the round that was interrupted; a record always names one that matches
 the end of its round.
@@ -27,16 +34,17 @@ import json
 import pickle
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pipec.compiler import ir
 from pipec.backends.runtime import storage
 from pipec.backends.runtime.actors import versioned
 
-FORMAT = 2
+FORMAT = 3
 RECORD = "resume/state.pickle"  # relative to the run folder
 FINISHED = "resume/finished"
+JOURNAL = "resume/journal"
 
 
 @dataclass
@@ -86,6 +94,8 @@ class RecordWriter:
         self._thread: ThreadPoolExecutor | None = None
         self._last: Future | None = None
         self.seconds = 0.0  # how long the thread took to store the last record
+        self._journaled: dict[str, int] = {}  # actor -> the last call this writer put in the journal
+        self._segments = 0  # numbers this writer's segments: a later one wins over an earlier one
 
     def write(self, record: Record) -> None:
         """Queue ``record``. Raises the OSError of an earlier record that could not be
@@ -109,14 +119,36 @@ class RecordWriter:
 
     def _store(self, record: Record) -> None:
         start = time.perf_counter()
+        actors, segments = {}, []
+        for actor, state in record.actors.items():
+            if "log" not in state:
+                actors[actor] = state
+                continue
+            done, log = self._journaled.get(actor, -1), state["log"]
+            i = len(log)
+            while i and log[i - 1][0] > done:  # the calls are in order: the new ones end it
+                i -= 1
+            new = log[i:]
+            if new:
+                segments.append((actor, new))
+            actors[actor] = {k: v for k, v in state.items() if k != "log"} | {"journal": True}
         try:
-            data = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
+            blobs = [(actor, new, pickle.dumps(new, protocol=pickle.HIGHEST_PROTOCOL)) for actor, new in segments]
+            data = pickle.dumps(replace(record, actors=actors), protocol=pickle.HIGHEST_PROTOCOL)
         except Exception:
             return  # a value that cannot be pickled: the previous record stands
+        # The segments before the record that needs them: a driver killed in between
+        # leaves a segment no record names yet, which reading ignores.
+        for actor, new, blob in blobs:
+            self._segments += 1
+            name = f"{actor}.{new[0][0]}-{new[-1][0]}.{time.time_ns()}{self._segments:06d}.pickle"
+            storage.atomic_write(storage.join(self.run_dir, JOURNAL, name), blob)
+            self._journaled[actor] = new[-1][0]
         storage.atomic_write(storage.join(self.run_dir, RECORD), data)
         for actor, state in record.actors.items():
             if state.get("snapshot") is not None:
                 _prune(storage.join(self.run_dir, "actors"), actor, state["snapshot"])
+                _prune_journal(storage.join(self.run_dir, JOURNAL), actor, state["snapshot"])
         self.seconds = time.perf_counter() - start
 
 
@@ -128,7 +160,47 @@ def read(run_dir: str) -> Record | None:
     except FileNotFoundError:
         return None
     record = pickle.loads(data)
-    return record if getattr(record, "format", None) == FORMAT else None
+    if getattr(record, "format", None) != FORMAT:
+        return None
+    for actor, state in record.actors.items():
+        if state.pop("journal", False):
+            state["log"] = journaled_calls(run_dir, actor, state["snapshot"], state["next_seq"])
+    return record
+
+
+def journaled_calls(run_dir: str, actor: str, snapshot: int | None, next_seq: int) -> list:
+    """Calls ``snapshot + 1 .. next_seq - 1`` of ``actor``, in order, from the journal of
+    ``run_dir``. A call in two segments (a resumed run journals again what it replayed;
+    a killed one may have left a segment its record never named) is taken from the one
+    written last."""
+    folder = storage.join(run_dir, JOURNAL)
+    segments = []
+    for entry in storage.listing(folder):
+        span = _segment_span(entry, actor)
+        if span is not None and span[1] > (snapshot if snapshot is not None else -1) and span[0] < next_seq:
+            segments.append((span[2], entry))
+    calls: dict[int, tuple] = {}
+    for _, entry in sorted(segments):
+        for call in pickle.loads(storage.read_bytes(storage.join(folder, entry))):
+            calls[call[0]] = call
+    first = snapshot + 1 if snapshot is not None else 0
+    missing = [seq for seq in range(first, next_seq) if seq not in calls]
+    if missing:
+        raise FileNotFoundError(f"the journal of actor `{actor}` lacks calls {missing[0]}..{missing[-1]}")
+    return [calls[seq] for seq in range(first, next_seq)]
+
+
+def _segment_span(entry: str, actor: str) -> tuple[int, int, int] | None:
+    """``ACTOR.FIRST-LAST.N.pickle`` -> (FIRST, LAST, N), for ``actor``'s segments."""
+    if not entry.startswith(f"{actor}.") or not entry.endswith(".pickle"):
+        return None
+    middle = entry[len(actor) + 1:-len(".pickle")].split(".")
+    if len(middle) != 2 or not middle[1].isdigit():
+        return None
+    first, _, last = middle[0].partition("-")
+    if not (first.isdigit() and last.isdigit()):
+        return None
+    return int(first), int(last), int(middle[1])
 
 
 def finish(run_dir: str) -> None:
@@ -153,6 +225,14 @@ def restore_snapshot(snapshot: str, seq: int | None) -> None:
         storage.remove(snapshot)
     else:
         storage.copy(versioned(snapshot, seq), snapshot)
+
+
+def _prune_journal(folder: str, actor: str, snapshot: int) -> None:
+    """Drop journal segments whose calls the snapshot a record names holds already."""
+    for entry in storage.listing(folder):
+        span = _segment_span(entry, actor)
+        if span is not None and span[1] <= snapshot:
+            storage.remove(storage.join(folder, entry))
 
 
 def _prune(folder: str, actor: str, keep_from: int) -> None:
