@@ -341,6 +341,12 @@ def test_records_stay_the_same_size_however_many_calls_an_actor_without_snapshot
         pipeline.run(backend="local", params=params, run_dir="run", resume=True)
         calls = json.loads((root / "out" / "calls.json").read_text())
         assert [c[0] for c in calls] == list(range(40))  # every call once, in order
+    # A journal that lost a segment cannot be replayed: said so, not resumed short.
+    for segment in (root / "run" / "resume" / "journal").iterdir():
+        segment.unlink()
+    (root / "run" / "resume" / "finished").unlink()
+    with pytest.raises(UsageError, match="cannot be resumed: the journal of actor `acc` lacks calls 0"):
+        pipeline.run(backend="local", params=params, run_dir="run", resume=True)
     assert abs(sizes[30] - sizes[3]) < 16, sizes
 
 

@@ -658,7 +658,12 @@ class Driver:
             if resuming.finished(self.run_dir):
                 raise UsageError(f"run {self.run_dir} finished already; there is nothing to resume",
                                  "run the pipeline again without --resume")
-            record = resuming.read(self.run_dir)
+            try:
+                record = resuming.read(self.run_dir)
+            except FileNotFoundError as exc:  # a journal segment gone: the calls cannot be replayed
+                raise UsageError(f"run {self.run_dir} cannot be resumed: {exc}",
+                                 "its folder lost files since it stopped; run the pipeline again without --resume"
+                                 ) from None
             if record is not None:
                 if record.backend != self.backend:
                     raise UsageError(f"run {self.run_dir} ran on backend `{record.backend}`",
