@@ -278,6 +278,8 @@ def test_a_resumed_pool_replays_its_recorded_calls_to_every_member(backend, tmp_
         pipeline.run(backend=backend, params=params, run_dir="run", **options)
     pipeline.run(backend=backend, params=params, run_dir="run", resume=True, **options)
     assert _outputs(root) == expected  # every member got every push once, also those before the record
+    journal = root / "run" / "resume" / "journal"
+    assert [p.name.split(".")[0] for p in journal.iterdir()].count("ms") >= 1  # the pool's calls, journaled
 
 
 JOURNAL_MODULE = '''

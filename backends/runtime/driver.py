@@ -720,7 +720,8 @@ class Driver:
                 env[node] = self.materialize(value)
         actors = {actor: {"next_seq": log.next_seq, "snapshot": log.snapshot, "log": list(log.entries)}
                   for actor, log in self.logs.items()}
-        actors.update({pool: {"each": list(log)} for pool, log in self.pool_logs.items()})
+        actors.update({pool: {"each": list(log), "next_seq": len(log), "snapshot": None}
+                       for pool, log in self.pool_logs.items()})
         record = resuming.Record(
             pipeline=self.ir.info.name, backend=self.backend, fingerprint=self.fingerprint, top_index=self.top_index,
             loop=loop.id, rounds=rounds, done=done, env=env, vars=vars_, actors=actors,

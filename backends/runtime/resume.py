@@ -45,6 +45,9 @@ FORMAT = 3
 RECORD = "resume/state.pickle"  # relative to the run folder
 FINISHED = "resume/finished"
 JOURNAL = "resume/journal"
+# What a record's actor entry holds calls in: an actor's calls since its snapshot, a
+# pool's calls to every member (``pool.each``) since the start.
+JOURNALED = ("log", "each")
 
 
 @dataclass
@@ -67,7 +70,7 @@ class Record:
     done: bool  # the loop will run no more rounds
     env: dict[str, Any] = field(default_factory=dict)
     vars: dict[str, Any] = field(default_factory=dict)
-    actors: dict[str, dict] = field(default_factory=dict)  # next_seq, snapshot, log
+    actors: dict[str, dict] = field(default_factory=dict)  # next_seq, snapshot, and log (or each, a pool's)
     loops_done: dict[str, int] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
@@ -121,17 +124,18 @@ class RecordWriter:
         start = time.perf_counter()
         actors, segments = {}, []
         for actor, state in record.actors.items():
-            if "log" not in state:
+            key = next((k for k in JOURNALED if k in state), None)
+            if key is None:
                 actors[actor] = state
                 continue
-            done, log = self._journaled.get(actor, -1), state["log"]
+            done, log = self._journaled.get(actor, -1), state[key]
             i = len(log)
             while i and log[i - 1][0] > done:  # the calls are in order: the new ones end it
                 i -= 1
             new = log[i:]
             if new:
                 segments.append((actor, new))
-            actors[actor] = {k: v for k, v in state.items() if k != "log"} | {"journal": True}
+            actors[actor] = {k: v for k, v in state.items() if k != key} | {"journal": key}
         try:
             blobs = [(actor, new, pickle.dumps(new, protocol=pickle.HIGHEST_PROTOCOL)) for actor, new in segments]
             data = pickle.dumps(replace(record, actors=actors), protocol=pickle.HIGHEST_PROTOCOL)
@@ -163,8 +167,9 @@ def read(run_dir: str) -> Record | None:
     if getattr(record, "format", None) != FORMAT:
         return None
     for actor, state in record.actors.items():
-        if state.pop("journal", False):
-            state["log"] = journaled_calls(run_dir, actor, state["snapshot"], state["next_seq"])
+        key = state.pop("journal", None)
+        if key is not None:
+            state[key] = journaled_calls(run_dir, actor, state["snapshot"], state["next_seq"])
     return record
 
 
