@@ -304,6 +304,55 @@ def test_pipec_run_is_quiet(workdir):
     assert (workdir / "out" / "top.json").exists()
 
 
+def test_a_run_borrows_the_active_context_and_leaves_it_running(write_pipe, spark):
+    """SparkPlan.engine lends the run the session's context; the run does not stop it."""
+    path = pipe(write_pipe, "source xs = range(6) partitions 3\nstage ys = map m.f over xs\nsink out = collect(ys)",
+                "m_borrow", "def f(x):\n    return x * 3\n")
+    plan = load(path).lower("spark")
+    assert plan.run().outputs["out"] == [0, 3, 6, 9, 12, 15]
+    from pipec.backends.spark.session import active
+    assert plan.last_driver.session.sc is spark and not plan.last_driver.session.owned
+    assert active() is spark and spark.parallelize([1, 2]).count() == 2  # still running
+
+
+OWN_SESSION = """
+import json, sys
+from pipec import load
+from pipec.backends.spark.session import active
+
+class Seen:
+    info = None
+    def stage(self, name, tasks): pass
+    def advance(self, name, done=1): pass
+    def round(self, loop, index, count): pass
+    def engine_ready(self, info): Seen.info = info
+
+result = load("examples/wordcount.pipe").run(backend="spark", progress=Seen())
+print(json.dumps({"dashboard": Seen.info["dashboard"], "after": active() is not None,
+                  "log": (result.run_dir + "/spark.log"), "files": sorted(result.files)}))
+"""
+
+
+def test_a_run_starts_the_embedded_master_with_its_ui_and_stops_it(workdir):
+    """No active context: the plan starts local[N,F] (the UI on when asked for), the JVM's
+    output in the run's spark.log, and stops the context when the run ends."""
+    proc = subprocess.run([sys.executable, "-c", OWN_SESSION], cwd=workdir, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT), "PIPEC_SPARK_UI": "1", "MASTER": ""})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["dashboard"].startswith("http://") and report["after"] is False
+    assert report["files"] == ["top_words"] and Path(workdir, report["log"]).stat().st_size > 0
+    assert "WARN" not in proc.stdout + proc.stderr
+
+
+def test_missing_java_is_reported_before_spark_starts(workdir):
+    result = cli("run", "examples/wordcount.pipe", "--backend", "spark", cwd=workdir,
+                 env={"JAVA_HOME": str(workdir / "no-java"), "MASTER": ""})
+    assert result.returncode == 2
+    assert "the spark backend needs Java, and `java` was not found" in result.stderr
+    assert "openjdk-17" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_resume_is_refused_where_it_cannot_work(workdir, spark):
     pipeline = load("examples/train.pipe")
     pipeline.run(backend="spark", params={"epochs": 2, "rows": 2000}, run_dir="r1", **engine_options("spark"))

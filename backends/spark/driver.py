@@ -227,7 +227,7 @@ class SparkDriver(PlannedDriver):
         self._broadcasts: dict[str, tuple[Any, Any]] = {}
         self.hosts: dict[str, VersionedHost] = {}
         self.pool_sizes: dict[str, int] = {}
-        self.session: sessions.Session | None = None
+        self.session: sessions.Session | None = None  # given by SparkPlan.engine
         self._jobs = 0
 
     # ---- lifecycle
@@ -241,10 +241,10 @@ class SparkDriver(PlannedDriver):
                                        hint=f"Spark's log is {log}" if log else None) from None
 
     def setup(self) -> None:
-        plan = self.plan
-        retries = max((op.options.retries for _, op in self.ir.items()
-                       if isinstance(getattr(op, "options", None), ir.StageOptions)), default=0)
-        self.session = sessions.session(plan.address, str(self.log_dir / "spark.log"), retries, plan.ui)
+        """Ship the user's modules to the session :meth:`SparkPlan.engine` holds (the
+        driver starts and stops no SparkContext itself)."""
+        if self.session is None:
+            raise RuntimeError("SparkDriver runs inside SparkPlan.engine, which gives it its session")
         self.sc = self.session.sc
         archive = None if self.session.local else sessions.ship_modules(self.sc, self.ir)
         roots = () if archive else tuple(self.ir.info.module_paths())
@@ -263,9 +263,7 @@ class SparkDriver(PlannedDriver):
             except OSError:
                 pass
         while self._scopes:
-            self._close_scope()
-        if self.session is not None:
-            self.session.stop()
+            self._close_scope()  # while the session is up: SparkPlan.engine stops it after the run
 
     # ---- scopes: what a round caches and broadcasts, dropped when it ends
 

@@ -6,6 +6,7 @@ the driver, which translates each graph step into RDD operations (see
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -37,8 +38,8 @@ _ON_SPARK = {"finish": "on the driver", "source_call": "on the driver", "line_in
 
 
 class SparkPlan(explaining.MappedPlan):
-    """Run on the active SparkContext (or one the driver starts for ``address``, in its
-    ``setup``)."""
+    """The physical plan on Spark: run on the SparkContext its :meth:`engine` holds (the
+    active one, or one started for ``address`` or the embedded master)."""
 
     backend = "spark"
     driver = "pipec.backends.spark.driver:SparkDriver"
@@ -69,6 +70,27 @@ class SparkPlan(explaining.MappedPlan):
             notes.append(f"not cached ({why}): Spark holds its partitions already" if held_by_spark(spec)
                          else f"cached: {why}")
         return notes
+
+    @contextlib.contextmanager
+    def engine(self, driver):
+        """The SparkContext active in this process (borrowed: left running), or one
+        started on the master at ``address`` or on the embedded ``local[N,F]`` master
+        (F attempts per task, enough for the stages' retries), stopped after the run.
+        Its JVM output goes to the run's ``spark.log``; the UI runs only when asked for.
+        The driver runs on ``driver.session``."""
+        from pipec.backends.spark import session as sessions
+        live = sessions.session(self.address, str(driver.log_dir / "spark.log"), most_retries(self.ir), self.ui)
+        driver.session = live
+        try:
+            yield
+        finally:
+            live.stop()  # only a context this plan started
+
+
+def most_retries(graph: ir.IR) -> int:
+    """The most ``retries`` any stage of ``graph`` asks for (0 when none does)."""
+    return max((op.options.retries for _, op in graph.items()
+                if isinstance(getattr(op, "options", None), ir.StageOptions)), default=0)
 
 
 def loop_invariant(graph: ir.IR) -> dict[str, str]:
