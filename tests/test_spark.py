@@ -250,7 +250,9 @@ class Model:
 '''
 
 
-def test_pool_is_one_instance_per_python_worker(write_pipe, spark, tmp_path):
+def test_pool_members_are_logical_with_a_replica_per_python_worker_serving_one(write_pipe, spark, tmp_path):
+    """Partition i is member i % 5's; a Python worker builds a replica of each member it
+    serves, once, and reuses it for that member's later partitions."""
     folder = tmp_path / "built"
     folder.mkdir()
     path = pipe(write_pipe, "source xs = range(40) partitions 8\nactor pool models = m.Model(folder = d) x 5\n"
@@ -258,10 +260,71 @@ def test_pool_is_one_instance_per_python_worker(write_pipe, spark, tmp_path):
                 "m_pool", POOL, 'd: str = "x"')
     out = run(path, d=str(folder)).outputs["out"]
     assert [x for x, _ in out] == list(range(40))
-    workers = {pid for _, pid in out}
+    replicas = {(pid, x // 5 % 5) for x, pid in out}  # partition x // 5, served by member x // 5 % 5
     built = list(folder.iterdir())
-    assert len(built) == len(workers) < 8  # not one per partition, not the pool size: one per worker
-    assert {int(p.name.split("-")[1]) for p in built} == workers
+    assert len(built) == len(replicas) < 8  # partitions 5, 6, 7 found a replica of their member
+    assert {int(p.name.split("-")[1]) for p in built} == {pid for pid, _ in replicas}
+
+
+REPLICAS = '''
+import os, time
+
+class Member:
+    """Notes every pool-wide call it applies in a file of its own (one per replica)."""
+    def __init__(self, folder):
+        self.path = os.path.join(folder, f"{os.getpid()}-{id(self)}")
+        self.calls = []
+    def set(self, k):
+        self.calls.append(k)
+        with open(self.path, "a") as fh:
+            fh.write(f"{k}\\n")
+        return [os.getpid(), list(self.calls)]
+    def tag(self, items):
+        time.sleep(0.3)  # both task slots busy: the partitions go to two Python workers
+        return [(x, os.getpid(), list(self.calls)) for x in items]
+'''
+
+
+def test_every_replica_of_a_member_applies_every_pool_wide_call_once_in_order(write_pipe, spark, tmp_path):
+    """One member, served by two Python workers at once: two replicas, each its
+    constructor plus every pool-wide call before what it serves, each applied once."""
+    folder = tmp_path / "replicas"
+    folder.mkdir()
+    path = pipe(write_pipe, "source xs = range(8) partitions 8\nactor pool ms = m.Member(folder = d) x 1\n"
+                            "ms.each.set(1)\nvalue two = ms.each.set(2)\n"
+                            "sink first = collect(map_batches ms.tag over xs)\n"
+                            "value three = ms.each.set(3)\nsink second = collect(map_batches ms.tag over xs)\n"
+                            "sink answers = [two, three]",
+                "m_replicas", REPLICAS, 'd: str = "x"')
+    out = run(path, d=str(folder)).outputs
+    assert [x for x, _, _ in out["first"]] == list(range(8)) == [x for x, _, _ in out["second"]]
+    assert {tuple(calls) for _, _, calls in out["first"]} == {(1, 2)}
+    assert {tuple(calls) for _, _, calls in out["second"]} == {(1, 2, 3)}
+    servers = {pid for _, pid, _ in out["first"] + out["second"]}
+    assert len(servers) >= 2  # a second replica of member 0
+    logs = {p.name: p.read_text().split() for p in folder.iterdir()}
+    assert len(logs) >= 2 and {int(name.split("-")[0]) for name in logs} >= servers
+    for calls in logs.values():  # each replica: the calls in order, none twice
+        assert calls in (["1", "2"], ["1", "2", "3"]), logs
+    for pid in servers & {pid for _, pid, _ in out["second"]}:
+        assert [c for name, c in logs.items() if int(name.split("-")[0]) == pid] == [["1", "2", "3"]]
+    two, three = out["answers"]
+    assert len(two) == len(three) == 1 and two[0][1] == [1, 2] and three[0][1] == [1, 2, 3]
+
+
+def test_a_failing_pool_wide_call_is_reported_at_the_call_as_locally(write_pipe, spark):
+    module = ("class M:\n    def __init__(self):\n        self.k = 1\n"
+              "    def set_k(self, k):\n        raise ValueError(f'no k {k}')\n")
+    path = pipe(write_pipe, "actor pool ds = m.M() x 2\nvalue ks = ds.each.set_k(4)\nsink out = ks",
+                "m_each_err", module)
+    errors = {}
+    for backend in ("local", "spark"):
+        with pytest.raises(PipelineRuntimeError) as err:
+            load(path).run(backend=backend, **engine_options(backend))
+        errors[backend] = str(err.value)
+    assert errors["spark"] == errors["local"]
+    assert "in `ds.each.set_k`: ValueError: no k 4" in errors["spark"] and "p.pipe:4:" in errors["spark"]
+    assert "m_each_err.py:5 in set_k" in errors["spark"]
 
 
 def test_edited_module_is_used_by_the_next_run(write_pipe, spark, tmp_path):

@@ -34,7 +34,8 @@ DECLINED_SCANS = ("each reader runs its own pass over the partitions, pipelined 
 
 # What a task body becomes on Spark, where the plan's word needs it.
 _ON_SPARK = {"finish": "on the driver", "source_call": "on the driver", "line_index": "on the driver",
-             "take_part": "parallelized from the driver", "pool": "in the task: its Python worker's own member"}
+             "take_part": "parallelized from the driver",
+             "pool": "in the task: its Python worker's replica of the member"}
 
 
 class SparkPlan(explaining.MappedPlan):
@@ -121,7 +122,8 @@ def held_by_spark(spec: TaskSpec) -> bool:
 
 def _actor_text(op: ir.Actor) -> str:
     if op.pool_size is not None:
-        return "  -- one member per Python worker process, built on first use"
+        return ("  -- partition i is member i % size's: a replica of it in each Python worker that serves it "
+                "(its constructor, then every pool-wide call so far)")
     extra = [f"restarts {op.restarts}"]
     if op.checkpoint_every:
         extra.append(f"snapshot every {op.checkpoint_every} calls")
@@ -132,7 +134,7 @@ class SparkBackend(Backend):
     name = "spark"
     description = ("Apache Spark (PySpark RDDs): fused stage passes, keyed shuffles, actors hosted "
                    "in the driver, resumable runs; needs Java 17+")
-    capabilities = frozenset(FEATURES) - {"actor_handle", "pool_each"}
+    capabilities = frozenset(FEATURES) - {"actor_handle"}
     engine_module, extra = "pyspark", "spark"
     actor_host = "driver"  # pool members live in the Python workers
     gap_hints = {
@@ -141,11 +143,6 @@ class SparkBackend(Backend):
             "task cannot call into the driver while it runs. Call the actor at graph level instead "
             "(`value w = ps.weights()`, then `with weights = w`), or run this pipeline on an engine "
             "with actors (`pipec backends` lists them)"),
-        "pool_each": (
-            "Spark builds a pool's members lazily, one in each Python worker process it happens to use, "
-            "so a pool has no fixed set of members to call and collect answers from. Run this pipeline on "
-            "an engine with actors (`pipec backends` lists them), or pass what the members need as a stage "
-            "binding (`with path = p`)"),
     }
 
     def __init__(self, address: str | None = None, ui: bool | None = None):
