@@ -391,6 +391,18 @@ CASES: dict[str, Case] = {
         }
         ds.each.set_k(1)
         sink last = collect(map_batches ds.run over xs) -> json("out/last.json")"""),
+    "pool_each_after_stages_read_later": Case("""
+        source xs = range(12) partitions 4
+        actor pool ds = m.Doubler(k = 2) x 2
+        stage ys = map_batches ds.run over xs
+        stage zs = map m.inc over ys
+        ds.each.set_k(10)
+        sink a = collect(zs) -> json("out/a.json")
+        sink b = collect(map_batches ds.run over xs) -> json("out/b.json")
+        repeat 2 as i {
+            value ks = ds.each.set_k(i + 3)
+            sink c = [ks, collect(ys)] -> json("out/c-{i}.json")
+        }"""),
     "handle_in_stage_schedule_dependent": Case("""
         actor c = m.Counter()
         source xs = range(10) partitions 3

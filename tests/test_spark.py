@@ -250,7 +250,9 @@ class Model:
 '''
 
 
-def test_pool_is_one_instance_per_python_worker(write_pipe, spark, tmp_path):
+def test_pool_members_are_logical_with_a_replica_per_python_worker_serving_one(write_pipe, spark, tmp_path):
+    """Partition i is member i % 5's; a Python worker builds a replica of each member it
+    serves, once, and reuses it for that member's later partitions."""
     folder = tmp_path / "built"
     folder.mkdir()
     path = pipe(write_pipe, "source xs = range(40) partitions 8\nactor pool models = m.Model(folder = d) x 5\n"
@@ -258,10 +260,71 @@ def test_pool_is_one_instance_per_python_worker(write_pipe, spark, tmp_path):
                 "m_pool", POOL, 'd: str = "x"')
     out = run(path, d=str(folder)).outputs["out"]
     assert [x for x, _ in out] == list(range(40))
-    workers = {pid for _, pid in out}
+    replicas = {(pid, x // 5 % 5) for x, pid in out}  # partition x // 5, served by member x // 5 % 5
     built = list(folder.iterdir())
-    assert len(built) == len(workers) < 8  # not one per partition, not the pool size: one per worker
-    assert {int(p.name.split("-")[1]) for p in built} == workers
+    assert len(built) == len(replicas) < 8  # partitions 5, 6, 7 found a replica of their member
+    assert {int(p.name.split("-")[1]) for p in built} == {pid for pid, _ in replicas}
+
+
+REPLICAS = '''
+import os, time
+
+class Member:
+    """Notes every pool-wide call it applies in a file of its own (one per replica)."""
+    def __init__(self, folder):
+        self.path = os.path.join(folder, f"{os.getpid()}-{id(self)}")
+        self.calls = []
+    def set(self, k):
+        self.calls.append(k)
+        with open(self.path, "a") as fh:
+            fh.write(f"{k}\\n")
+        return [os.getpid(), list(self.calls)]
+    def tag(self, items):
+        time.sleep(0.3)  # both task slots busy: the partitions go to two Python workers
+        return [(x, os.getpid(), list(self.calls)) for x in items]
+'''
+
+
+def test_every_replica_of_a_member_applies_every_pool_wide_call_once_in_order(write_pipe, spark, tmp_path):
+    """One member, served by two Python workers at once: two replicas, each its
+    constructor plus every pool-wide call before what it serves, each applied once."""
+    folder = tmp_path / "replicas"
+    folder.mkdir()
+    path = pipe(write_pipe, "source xs = range(8) partitions 8\nactor pool ms = m.Member(folder = d) x 1\n"
+                            "ms.each.set(1)\nvalue two = ms.each.set(2)\n"
+                            "sink first = collect(map_batches ms.tag over xs)\n"
+                            "value three = ms.each.set(3)\nsink second = collect(map_batches ms.tag over xs)\n"
+                            "sink answers = [two, three]",
+                "m_replicas", REPLICAS, 'd: str = "x"')
+    out = run(path, d=str(folder)).outputs
+    assert [x for x, _, _ in out["first"]] == list(range(8)) == [x for x, _, _ in out["second"]]
+    assert {tuple(calls) for _, _, calls in out["first"]} == {(1, 2)}
+    assert {tuple(calls) for _, _, calls in out["second"]} == {(1, 2, 3)}
+    servers = {pid for _, pid, _ in out["first"] + out["second"]}
+    assert len(servers) >= 2  # a second replica of member 0
+    logs = {p.name: p.read_text().split() for p in folder.iterdir()}
+    assert len(logs) >= 2 and {int(name.split("-")[0]) for name in logs} >= servers
+    for calls in logs.values():  # each replica: the calls in order, none twice
+        assert calls in (["1", "2"], ["1", "2", "3"]), logs
+    for pid in servers & {pid for _, pid, _ in out["second"]}:
+        assert [c for name, c in logs.items() if int(name.split("-")[0]) == pid] == [["1", "2", "3"]]
+    two, three = out["answers"]
+    assert len(two) == len(three) == 1 and two[0][1] == [1, 2] and three[0][1] == [1, 2, 3]
+
+
+def test_a_failing_pool_wide_call_is_reported_at_the_call_as_locally(write_pipe, spark):
+    module = ("class M:\n    def __init__(self):\n        self.k = 1\n"
+              "    def set_k(self, k):\n        raise ValueError(f'no k {k}')\n")
+    path = pipe(write_pipe, "actor pool ds = m.M() x 2\nvalue ks = ds.each.set_k(4)\nsink out = ks",
+                "m_each_err", module)
+    errors = {}
+    for backend in ("local", "spark"):
+        with pytest.raises(PipelineRuntimeError) as err:
+            load(path).run(backend=backend, **engine_options(backend))
+        errors[backend] = str(err.value)
+    assert errors["spark"] == errors["local"]
+    assert "in `ds.each.set_k`: ValueError: no k 4" in errors["spark"] and "p.pipe:4:" in errors["spark"]
+    assert "m_each_err.py:5 in set_k" in errors["spark"]
 
 
 def test_edited_module_is_used_by_the_next_run(write_pipe, spark, tmp_path):
@@ -302,6 +365,55 @@ def test_pipec_run_is_quiet(workdir):
     assert "finished on spark" in result.stderr
     assert (workdir / "run1" / "spark.log").stat().st_size > 0  # Spark's output went here
     assert (workdir / "out" / "top.json").exists()
+
+
+def test_a_run_borrows_the_active_context_and_leaves_it_running(write_pipe, spark):
+    """SparkPlan.engine lends the run the session's context; the run does not stop it."""
+    path = pipe(write_pipe, "source xs = range(6) partitions 3\nstage ys = map m.f over xs\nsink out = collect(ys)",
+                "m_borrow", "def f(x):\n    return x * 3\n")
+    plan = load(path).lower("spark")
+    assert plan.run().outputs["out"] == [0, 3, 6, 9, 12, 15]
+    from pipec.backends.spark.session import active
+    assert plan.last_driver.session.sc is spark and not plan.last_driver.session.owned
+    assert active() is spark and spark.parallelize([1, 2]).count() == 2  # still running
+
+
+OWN_SESSION = """
+import json, sys
+from pipec import load
+from pipec.backends.spark.session import active
+
+class Seen:
+    info = None
+    def stage(self, name, tasks): pass
+    def advance(self, name, done=1): pass
+    def round(self, loop, index, count): pass
+    def engine_ready(self, info): Seen.info = info
+
+result = load("examples/wordcount.pipe").run(backend="spark", progress=Seen())
+print(json.dumps({"dashboard": Seen.info["dashboard"], "after": active() is not None,
+                  "log": (result.run_dir + "/spark.log"), "files": sorted(result.files)}))
+"""
+
+
+def test_a_run_starts_the_embedded_master_with_its_ui_and_stops_it(workdir):
+    """No active context: the plan starts local[N,F] (the UI on when asked for), the JVM's
+    output in the run's spark.log, and stops the context when the run ends."""
+    proc = subprocess.run([sys.executable, "-c", OWN_SESSION], cwd=workdir, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT), "PIPEC_SPARK_UI": "1", "MASTER": ""})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["dashboard"].startswith("http://") and report["after"] is False
+    assert report["files"] == ["top_words"] and Path(workdir, report["log"]).stat().st_size > 0
+    assert "WARN" not in proc.stdout + proc.stderr
+
+
+def test_missing_java_is_reported_before_spark_starts(workdir):
+    result = cli("run", "examples/wordcount.pipe", "--backend", "spark", cwd=workdir,
+                 env={"JAVA_HOME": str(workdir / "no-java"), "MASTER": ""})
+    assert result.returncode == 2
+    assert "the spark backend needs Java, and `java` was not found" in result.stderr
+    assert "openjdk-17" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_resume_is_refused_where_it_cannot_work(workdir, spark):

@@ -2,9 +2,11 @@
 
 Spark has tasks but no actors, so pipec closes the gap itself: actors are hosted in the
 driver (graph-level calls run there between jobs, numbered, snapshotted, replayed after a
-crash, and a run can resume after its driver died), and an actor pool becomes one
-instance per Python worker. What Spark cannot do at all, an actor handle called from
-inside a running task, is refused by ``pipec check --backend spark`` before anything runs.
+crash, and a run can resume after its driver died), and an actor pool's members are
+replicated in the Python workers that serve them, each replica its constructor plus the
+pool-wide calls (``pool.each.m(...)``) applied in order. What Spark cannot do at all, an
+actor handle called from inside a running task, is refused by ``pipec check --backend
+spark`` before anything runs.
 
 Modules: :mod:`.plan` (the shared physical plan with Spark's mapping: what ``compile``
 and ``graph`` show), :mod:`.driver` (each graph step of that plan as RDD operations),

@@ -15,7 +15,9 @@ Spark a group is one RDD, and what each task body becomes is a small table:
   merge), ``source_call`` and ``line_index``: on the driver, over what one job collected
   (the partials, in partition order) or reads itself;
 * ``take_part``: the driver's blocks, ``parallelize``-d one per partition;
-* ``pool``: the stage runs inside the task, with one pool member per Python worker;
+* ``pool``: the stage runs inside the task, partition i served by this Python worker's
+  replica of member ``i % size`` (see :class:`worker.Pool`); a pool-wide call is one job
+  of ``size`` tasks, task m answering for member m;
 * a value a task reads (a slot): a broadcast, made once while the value stays the same
   and dropped when its round ends.
 
@@ -34,7 +36,7 @@ import re
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from py4j.protocol import Py4JError
@@ -43,7 +45,7 @@ from pipec.compiler import ir
 from pipec.dsl.diagnostics import PipelineRuntimeError
 from pipec.backends.base import NoProgress
 from pipec.backends.physical import steps as s
-from pipec.backends.physical.planner import GraphStep, Ref, StepLowering, fn_ref
+from pipec.backends.physical.planner import GraphStep, Ref, StepLowering, fn_ref, loops_of
 from pipec.backends.runtime import semantics, sources, storage
 from pipec.backends.runtime.actors import VersionedHost
 from pipec.backends.runtime.driver import LiveContext, PlannedDriver
@@ -65,6 +67,10 @@ class Rdd:
     # Whether ``rdd`` is made from ``data`` (from_driver), not from a lineage that may read
     # a round's broadcasts: only such an RDD outlives the round that brought it back.
     sent: bool = False
+    # The actor pools whose members its lineage calls: Spark computes an RDD again for
+    # every action, so one still to be read is brought back before a pool-wide call of
+    # one of them changes the members (see SparkDriver.call_pool).
+    pools: frozenset = frozenset()
 
 
 # The plan's task bodies (physical.planner.BODIES) on Spark: the tasks of one segment (or
@@ -91,6 +97,7 @@ class _Graph:
                 self.place[spec.key] = (id(anchor), len(group))
                 group.append(spec)
         self.rdds: dict[tuple[int, int], Any] = {}
+        self.lineage: dict[int, frozenset] = {}  # a group -> the pools its RDD's lineage calls
         self.held: dict[int, Rdd] = {}  # groups whose partitions the driver holds too
         self.values: dict[str, Any] = {}
         self.collected: dict[int, list] = {}
@@ -104,7 +111,19 @@ class _Graph:
         groups = {self.place[ref.key][0] if ref.key in self.place else None for ref in refs}
         if len(groups) == 1 and (group := groups.pop()) in self.held and len(refs) == len(self.groups[group]):
             return self.held[group]
-        return Rdd(rdd, len(refs))
+        return Rdd(rdd, len(refs), pools=self.pools_of(refs))
+
+    def pools_of(self, refs) -> frozenset:
+        """The actor pools the lineage of the partitions ``refs`` calls (their RDDs built)."""
+        out: frozenset = frozenset()
+        for ref in refs:
+            if ref is None:
+                continue
+            if ref.key in self.place:
+                out |= self.lineage.get(self.place[ref.key][0], frozenset())
+            elif isinstance(self.driver.env.get(ref.node), Rdd):
+                out |= self.driver.env[ref.node].pools
+        return out
 
     def rdd_of(self, refs: list[Ref]):
         """The RDD whose partitions are ``refs``, in order: one group's or held collection's
@@ -138,13 +157,15 @@ class _Graph:
             step = first.args[0]
             segment = s.Segment(step.node, s.Input(step.node), (step,), None, (step.node,))
             pools = (driver.env[step.pool],)
-            source, refs = self.rdd_of([spec.args[5] for spec in specs]), first.args[6:]
+            bases = [spec.args[5] for spec in specs]
+            source, refs = self.rdd_of(bases), first.args[6:]
         elif first.body == "merge":
             segment, sides, refs = first.args[0], first.args[2], first.args[3:]
             pools = ()
             mapped = [self._split_side(refs, slots, side) for side, slots in enumerate(sides)]
             source = (mapped[0] if len(mapped) == 1 else driver.sc.union(mapped)).partitionBy(
                 len(specs), worker.destination)
+            bases = [refs[i] for side in sides for i in side]
         else:
             segment, refs = first.args[0], first.args[3:]
             pools = tuple(driver.env[e.pool] for e in segment.steps if e.pool is not None)
@@ -154,6 +175,7 @@ class _Graph:
         slots = tuple(None if i in split_slots else driver.broadcast(ref, self.value(ref))
                       for i, ref in enumerate(refs))
         task = worker.Pass(driver.context, driver.filled(segment), slots, pools, tag)
+        self.lineage[id(first.args[0])] = frozenset(p.node for p in pools) | self.pools_of(bases)
         rdd = source.mapPartitionsWithIndex(task)
         rdd.setName(f"{first.group}: {first.label}")
         if first.resources and not driver.session.local:
@@ -227,7 +249,8 @@ class SparkDriver(PlannedDriver):
         self._broadcasts: dict[str, tuple[Any, Any]] = {}
         self.hosts: dict[str, VersionedHost] = {}
         self.pool_sizes: dict[str, int] = {}
-        self.session: sessions.Session | None = None
+        self.session: sessions.Session | None = None  # given by SparkPlan.engine
+        self._calling: ir.SpanModel | None = None  # the pool-wide call being made
         self._jobs = 0
 
     # ---- lifecycle
@@ -241,10 +264,10 @@ class SparkDriver(PlannedDriver):
                                        hint=f"Spark's log is {log}" if log else None) from None
 
     def setup(self) -> None:
-        plan = self.plan
-        retries = max((op.options.retries for _, op in self.ir.items()
-                       if isinstance(getattr(op, "options", None), ir.StageOptions)), default=0)
-        self.session = sessions.session(plan.address, str(self.log_dir / "spark.log"), retries, plan.ui)
+        """Ship the user's modules to the session :meth:`SparkPlan.engine` holds (the
+        driver starts and stops no SparkContext itself)."""
+        if self.session is None:
+            raise RuntimeError("SparkDriver runs inside SparkPlan.engine, which gives it its session")
         self.sc = self.session.sc
         archive = None if self.session.local else sessions.ship_modules(self.sc, self.ir)
         roots = () if archive else tuple(self.ir.info.module_paths())
@@ -263,9 +286,7 @@ class SparkDriver(PlannedDriver):
             except OSError:
                 pass
         while self._scopes:
-            self._close_scope()
-        if self.session is not None:
-            self.session.stop()
+            self._close_scope()  # while the session is up: SparkPlan.engine stops it after the run
 
     # ---- scopes: what a round caches and broadcasts, dropped when it ends
 
@@ -374,10 +395,10 @@ class SparkDriver(PlannedDriver):
 
     # ---- jobs
 
-    def job(self, node: str, rdd, tasks: int) -> list:
+    def job(self, node: str, rdd, tasks: int, span: ir.SpanModel | None = None) -> list:
         """Run one Spark job collecting ``rdd`` (one record per partition, or a partition's
         items), with progress; the first StageFailure in program order, then by partition,
-        is raised as the error the user sees."""
+        is raised as the error the user sees (at ``span``, by default its node's)."""
         self.progress.stage(node, tasks)
         self._jobs += 1
         group = f"pipec-{self.run_id}-{self._jobs}"
@@ -399,7 +420,7 @@ class SparkDriver(PlannedDriver):
         if failures:
             first = min(failures, key=lambda f: (self.order.get(f.node.split(".")[0], 0),
                                                  -1 if f.partition is None else f.partition))
-            raise self.stage_failed(first)
+            raise self.stage_failed(first, span)
         return out
 
     def _job_error(self, node: str, exc: Exception) -> PipelineRuntimeError:
@@ -493,7 +514,43 @@ class SparkDriver(PlannedDriver):
         self.pool_sizes[node] = size
         args = tuple(self.value(a) for a in op.args)
         kwargs = tuple((k, self.value(v)) for k, v in op.kwargs.items())
-        return worker.Pool(node, fn_ref(op.cls), args, kwargs)
+        # a resumed run's pool-wide calls so far: every replica applies them before it serves
+        return worker.Pool(node, fn_ref(op.cls), args, kwargs, size, tuple(self.pool_logs.get(node, ())))
+
+    def op_pool_call(self, node: str, op: ir.PoolCall):
+        self._calling = op.span  # where an error of the call points (call_pool has no node)
+        try:
+            return super().op_pool_call(node, op)
+        finally:
+            self._calling = None
+
+    def call_pool(self, pool: str, seq: int, method: str, args: list, kwargs: dict) -> list:
+        """Call ``seq`` on every member: the pool now carries it (every replica applies it
+        before it next serves), and one job of ``size`` tasks has a replica of each member
+        apply it and answer. Collections still to be read whose lineage calls the pool
+        come to the driver first: Spark would otherwise compute them later, with the call
+        applied."""
+        for node, held in list(self.env.items()):
+            if isinstance(held, Rdd) and not held.sent and pool in held.pools and self._read_later(node):
+                self.env[node] = self._brought_back(node)
+        target = self.env[pool] = replace(self.env[pool], each=tuple(self.pool_logs[pool]))
+        try:
+            task = worker.EachCall(self.context, target, seq)
+            rdd = self.indices(target.size).mapPartitionsWithIndex(task)
+        except Exception as exc:
+            raise self._unpicklable(pool, exc) from None
+        return self.job(pool, rdd, target.size, span=self._calling)
+
+    def _read_later(self, node: str) -> bool:
+        """Whether collection ``node`` may still be read: a reader not run yet, one in a
+        loop ``node`` is made outside of (it runs again), or a loop variable it becomes."""
+        mine = set(loops_of(self.ir, self.ir.op(node).loop))
+        for reader, kind in self.ir.out_edges(node):
+            if kind == "carry" or reader not in self.env:
+                return True
+            if any(loop not in mine for loop in loops_of(self.ir, self.ir.op(reader).loop)):
+                return True
+        return False
 
 
 # ---- helpers ---------------------------------------------------------------------------------

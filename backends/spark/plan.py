@@ -6,6 +6,7 @@ the driver, which translates each graph step into RDD operations (see
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -38,12 +39,13 @@ DECLINED_HOISTS = ("Spark shuffles both sides in one partitionBy each round, and
 
 # What a task body becomes on Spark, where the plan's word needs it.
 _ON_SPARK = {"finish": "on the driver", "source_call": "on the driver", "line_index": "on the driver",
-             "take_part": "parallelized from the driver", "pool": "in the task: its Python worker's own member"}
+             "take_part": "parallelized from the driver",
+             "pool": "in the task: its Python worker's replica of the member"}
 
 
 class SparkPlan(explaining.MappedPlan):
-    """Run on the active SparkContext (or one the driver starts for ``address``, in its
-    ``setup``)."""
+    """The physical plan on Spark: run on the SparkContext its :meth:`engine` holds (the
+    active one, or one started for ``address`` or the embedded master)."""
 
     backend = "spark"
     driver = "pipec.backends.spark.driver:SparkDriver"
@@ -75,6 +77,27 @@ class SparkPlan(explaining.MappedPlan):
                          else f"cached: {why}")
         return notes
 
+    @contextlib.contextmanager
+    def engine(self, driver):
+        """The SparkContext active in this process (borrowed: left running), or one
+        started on the master at ``address`` or on the embedded ``local[N,F]`` master
+        (F attempts per task, enough for the stages' retries), stopped after the run.
+        Its JVM output goes to the run's ``spark.log``; the UI runs only when asked for.
+        The driver runs on ``driver.session``."""
+        from pipec.backends.spark import session as sessions
+        live = sessions.session(self.address, str(driver.log_dir / "spark.log"), most_retries(self.ir), self.ui)
+        driver.session = live
+        try:
+            yield
+        finally:
+            live.stop()  # only a context this plan started
+
+
+def most_retries(graph: ir.IR) -> int:
+    """The most ``retries`` any stage of ``graph`` asks for (0 when none does)."""
+    return max((op.options.retries for _, op in graph.items()
+                if isinstance(getattr(op, "options", None), ir.StageOptions)), default=0)
+
 
 def loop_invariant(graph: ir.IR) -> dict[str, str]:
     """Collections read by every round of a loop they are made outside of, and why: these
@@ -104,7 +127,8 @@ def held_by_spark(spec: TaskSpec) -> bool:
 
 def _actor_text(op: ir.Actor) -> str:
     if op.pool_size is not None:
-        return "  -- one member per Python worker process, built on first use"
+        return ("  -- partition i is member i % size's: a replica of it in each Python worker that serves it "
+                "(its constructor, then every pool-wide call so far)")
     extra = [f"restarts {op.restarts}"]
     if op.checkpoint_every:
         extra.append(f"snapshot every {op.checkpoint_every} calls")
@@ -115,7 +139,7 @@ class SparkBackend(Backend):
     name = "spark"
     description = ("Apache Spark (PySpark RDDs): fused stage passes, keyed shuffles, actors hosted "
                    "in the driver, resumable runs; needs Java 17+")
-    capabilities = frozenset(FEATURES) - {"actor_handle", "pool_each"}
+    capabilities = frozenset(FEATURES) - {"actor_handle"}
     engine_module, extra = "pyspark", "spark"
     actor_host = "driver"  # pool members live in the Python workers
     gap_hints = {
@@ -124,11 +148,6 @@ class SparkBackend(Backend):
             "task cannot call into the driver while it runs. Call the actor at graph level instead "
             "(`value w = ps.weights()`, then `with weights = w`), or run this pipeline on an engine "
             "with actors (`pipec backends` lists them)"),
-        "pool_each": (
-            "Spark builds a pool's members lazily, one in each Python worker process it happens to use, "
-            "so a pool has no fixed set of members to call and collect answers from. Run this pipeline on "
-            "an engine with actors (`pipec backends` lists them), or pass what the members need as a stage "
-            "binding (`with path = p`)"),
     }
 
     def __init__(self, address: str | None = None, ui: bool | None = None):

@@ -4,7 +4,7 @@ Every segment of the shared physical plan (a head, fused element-wise stages, a 
 runs as one ``mapPartitionsWithIndex`` pass through the shared interpreter, framed by
 :class:`Pass`. What is Spark's own lives here: how records arrive and leave a pass
 (shuffle records keyed by their destination partition), which run's modules a reused
-worker process imports, and actor pool members, one per Python worker process.
+worker process imports, and the replicas of actor pool members (see :class:`Pool`).
 
 A failing stage does not fail the Spark task. Spark's retry count is per application
 (``spark.task.maxFailures``), while pipec's is per stage (the interpreter retries user
@@ -19,13 +19,14 @@ Pure Python apart from ``pyspark.SparkFiles`` (imported only when modules were s
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from pipec.backends.physical import steps as s
 from pipec.backends.runtime import batches, storage
-from pipec.backends.runtime.interpreter import Given, StageFailure, run_segment
+from pipec.backends.runtime.interpreter import Given, StageFailure, failure, run_segment
 from pipec.backends.runtime.tasks import pipec_folders, resolve
 
 # pipec's own folders: never unloaded when a new run swaps the user's modules.
@@ -34,13 +35,20 @@ _PIPEC_PACKAGES = pipec_folders()
 
 @dataclass(frozen=True)
 class Pool:
-    """An actor pool as Spark runs it: one instance per Python worker process, built on
-    first use and reused by every later partition of the run."""
+    """An actor pool as Spark runs it. Its ``size`` members are logical, as on the other
+    engines: partition i of a stage the pool serves is member ``i % size``'s. Spark cannot
+    pin a task to a process, so each Python worker that serves member m builds a replica
+    of it on first use (its constructor) and, before every use, applies the pool-wide
+    calls it has not applied yet, in their order, each once (``each``: every call so far,
+    numbered by the driver and sent with the pool). A replica is what a restarted member
+    is on Dask or Ray: the constructor plus the pool-wide calls."""
 
     node: str
     cls: s.Fn
     args: tuple = ()
     kwargs: tuple = ()  # (name, value) pairs
+    size: int = 1
+    each: tuple = ()  # (seq, method, args, kwargs) of every call to every member so far
 
 
 @dataclass(frozen=True)
@@ -93,7 +101,8 @@ class Pass:
             items = records[0]
         else:
             items = [v for _, v in records] if keyed else records
-        slots = Given([None if b is None else b.value for b in self.slots], members=self._member)
+        slots = Given([None if b is None else b.value for b in self.slots],
+                      members=lambda node, method: self._member(node, method, index))
         return run_segment(self.segment, index, items, slots)
 
     def _out(self, index: int, result) -> list:
@@ -102,14 +111,61 @@ class Pass:
             return [(j, (self.tag, index, bucket)) for j, bucket in enumerate(result) if bucket]
         return [result] if terminal is not None or batches.is_table(result) else result
 
-    def _member(self, node: str, method: str) -> Callable:
-        """The bound ``method`` of this worker process's member of pool ``node``."""
-        key = (self.context.run, node)
-        member = _POOLS.get(key)
-        if member is None:
-            pool = next(p for p in self.pools if p.node == node)
-            member = _POOLS[key] = resolve(pool.cls.module, pool.cls.attr)(*pool.args, **dict(pool.kwargs))
-        return getattr(member, method)
+    def _member(self, node: str, method: str, index: int) -> Callable:
+        """The bound ``method`` of this process's replica of the member of pool ``node``
+        that serves partition ``index``, every pool-wide call so far applied."""
+        pool = next(p for p in self.pools if p.node == node)
+        obj, _ = replica(self.context.run, pool, index % pool.size)
+        return getattr(obj, method)
+
+
+@dataclass(frozen=True)
+class EachCall:
+    """The function of the job making pool-wide call ``seq`` (the newest of ``pool.each``):
+    partition m is member m, and gives the answer of this process's replica of it. The
+    replica applies the call as it catches up; one that applied it already (a task Spark
+    ran again in the same process) gives the answer it kept, never applying it twice.
+
+    Out: one record, the answer, or the StageFailure of the user code that raised."""
+
+    context: Context
+    pool: Pool
+    seq: int
+
+    def __call__(self, index: int, iterator) -> list:
+        prepare(self.context)
+        method = next(m for n, m, _, _ in self.pool.each if n == self.seq)
+        try:
+            _, calls = replica(self.context.run, self.pool, index)
+        except Exception as exc:
+            return [failure(f"{self.pool.node}.each.{method}", None, exc)]
+        from pipec.backends.runtime.actors import SKIPPED
+        return [calls.last if calls.applied == self.seq else SKIPPED]
+
+
+def replica(run: str, pool: Pool, member: int) -> tuple:
+    """This process's replica of ``member`` of ``pool`` in ``run`` and its record of the
+    pool-wide calls it applied: built on first use, then brought up to date with
+    ``pool.each`` (each call gets its own copy of the arguments, as over a wire). A call
+    that raises leaves the replica at the calls before it, and the error goes up."""
+    # Imported here: every Python worker imports this module, and only pools need it (40 ms).
+    from pipec.backends.runtime.actors import EachCalls
+    key = (run, pool.node, member)
+    held = _POOLS.get(key)
+    if held is None:
+        args, kwargs = _copy((pool.args, dict(pool.kwargs)))
+        obj = resolve(pool.cls.module, pool.cls.attr)(*args, **kwargs)
+        held = _POOLS[key] = (obj, EachCalls(obj, None))
+    obj, calls = held
+    for seq, method, args, kwargs in pool.each:
+        if seq > calls.applied:
+            args, kwargs = _copy((args, kwargs))
+            calls.call(obj, seq, method, args, kwargs)
+    return held
+
+
+def _copy(value):
+    return pickle.loads(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def unblock(block: list) -> list:
@@ -133,7 +189,7 @@ def destination(key: int) -> int:
 # ---- per-process state: user modules and pool members --------------------------------------------
 
 _ACTIVE: dict[str, Any] = {"run": None, "roots": ()}
-_POOLS: dict[tuple[str, str], Any] = {}
+_POOLS: dict[tuple[str, str, int], tuple] = {}  # (run, pool, member) -> replica
 
 
 def prepare(context: Context) -> None:
