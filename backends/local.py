@@ -200,9 +200,7 @@ class LocalDriver(Driver):
                 raise self.error(node, f"cannot write {op.format} part {i}: {exc.strerror or exc}", op.span) from None
             if name is not None:
                 names.append(name)
-        path = self.value(op.path)
-        self.result.files[node] = self.sinks.dataset_written(path, names)
-        return path
+        return self.dataset_written(node, op, names)
 
     # ---- element-wise
 

@@ -586,16 +586,13 @@ class Builder:
         return Typed(self._ref(node), ir.VALUE, py_type=str)
 
     def _round_sink(self, stmt: ast.Sink, fmt: str | None, path) -> None:
-        """A sink inside a loop writes one file per round: it needs a file format, and a
-        path naming the index of every `repeat` around it, so no round overwrites another."""
+        """A sink inside a loop writes one file (or dataset folder) per round: it needs a
+        format, and a path naming the index of every `repeat` around it, so no round
+        overwrites another."""
         if fmt is None:
             self.fail("a sink inside `repeat` writes a file each round, and this one has no file", stmt.span,
                       'give it one, e.g. `-> json("out/eval-{i}.json")`, or declare a `var` before the loop, '
                       "rebind it inside, and sink it after", code="round-sink-without-file")
-        if fmt in ir.DATASET_FORMATS:
-            self.fail(f"a {fmt} sink cannot sit inside `repeat`", stmt.format.span,
-                      "write the round's result with `-> json(...)` or `-> jsonl(...)`, or sink it after the loop",
-                      code="round-dataset-sink")
         named = set(self.ir.op(path.node).fields.values()) if isinstance(path, ir.NodeRef) and \
             isinstance(self.ir.op(path.node), ir.Format) else set()
         named = {operand.node for operand in named}

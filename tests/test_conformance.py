@@ -146,6 +146,12 @@ def layout(items, partition):
 def label_pair(x):
     return (f"k{x}", x)
 
+def as_row(x, i=0):
+    return {"x": x, "i": i, "tag": f"t{x % 3}"}
+
+def small_row(row):
+    return row["x"] < 4
+
 def lose_process(marker, driver):
     """The first time: end this process as a crash would, unless it is the test's own
     (``driver``), where it only notes that it ran there."""
@@ -411,6 +417,19 @@ CASES: dict[str, Case] = {
         value firsts = take(ys, count(xs) - 9)
         sink out = [collect(ys), firsts, collect(zip_with_index(ys))] -> json("out/out.json")
         sink parts = collect(map_batches m.layout over ys) -> json("out/parts.json")"""),
+    # A dataset per round, committed with its round (empty partitions write no part).
+    "dataset_sinks_in_loops": Case("""
+        source xs = range(11) partitions 3
+        var ys = xs
+        repeat 3 as i {
+            ys = map m.inc over ys
+            stage rows = map m.as_row over ys with i = i
+            sink preds = rows -> parquet("out/preds-{i}")
+            when i % 2 == 0 {
+                sink few = filter m.small_row over rows -> csv("out/{name}-{i}")
+            }
+        }
+        sink last = collect(ys) -> json("out/last.json")""", {"name": "few"}),
 }
 
 _PARAM_DECLS = {"n": "n: int = 10", "parts": "parts: int = 2", "factor": "factor: float = 1.0",

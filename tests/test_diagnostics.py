@@ -264,9 +264,10 @@ CASES = [
     Case("path_field_unclosed",
          '    source xs = range(10) partitions 2\n    sink s = collect(xs) -> json("s-{i.json")\n',
          SemanticError, 4, 37, "an unclosed `{` in the sink path", "write `{{`"),
-    Case("round_dataset_sink",
-         '    source xs = range(10) partitions 2\n    repeat 2 as i {\n        sink s = xs -> parquet("s-{i}")\n'
-         '    }\n', SemanticError, 5, 24, "a parquet sink cannot sit inside `repeat`", "sink it after the loop"),
+    Case("round_dataset_sink_path",
+         '    source xs = range(10) partitions 2\n    repeat 2 as i {\n        sink s = xs -> parquet("s")\n'
+         '    }\n', SemanticError, 5, 32, "a sink inside `repeat` writes a file per round, and its path does not "
+         "name the round", "e.g. `{i}`"),
     Case("each_on_single_actor",
          "    actor ps = m.Server()\n    ps.each.weights()\n", SemanticError, 4, 5,
          "`ps` is a single actor; `.each.` calls every member of a pool", "declare `actor pool ps"),

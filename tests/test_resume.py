@@ -277,3 +277,118 @@ def test_a_resumed_pool_replays_its_recorded_calls_to_every_member(backend, tmp_
         pipeline.run(backend=backend, params=params, run_dir="run", **options)
     pipeline.run(backend=backend, params=params, run_dir="run", resume=True, **options)
     assert _outputs(root) == expected  # every member got every push once, also those before the record
+
+
+DATASET_PIPELINE = '''use m_resume as m
+
+pipeline p(marker: str, rounds: int = 6) {
+    source xs = range(12) partitions 3
+    var ys = map m.one over xs
+    repeat rounds as r {
+        ys = map m.step over ys with r = r, marker = marker
+        sink preds = map m.row over ys -> parquet("out/preds-{r}")
+        when r % 2 == 1 {
+            sink odd = map m.row over ys -> csv("out/odd-{r}")
+        }
+    }
+    sink last = collect(ys) -> json("out/last.json")
+}
+'''
+
+
+def _dataset_root(root: Path) -> Path:
+    path = _write(root)
+    path.write_text(DATASET_PIPELINE)
+    return path
+
+
+def _clean_datasets(tmp_path: Path, monkeypatch) -> dict[str, bytes]:
+    marker = tmp_path / "clean.marker"
+    marker.touch()
+    path = _dataset_root(tmp_path / "clean")
+    monkeypatch.chdir(tmp_path / "clean")
+    load(path).run(backend="local", params={"marker": str(marker)}, run_dir="run")
+    return _outputs(tmp_path / "clean")
+
+
+def _hidden(root: Path) -> list[str]:
+    return [str(p) for p in (root / "out").rglob(".*")]
+
+
+@pytest.mark.parametrize("backend", RESUMABLE)
+def test_round_datasets_are_committed_once_each_across_a_resume(backend, tmp_path, monkeypatch):
+    expected = _clean_datasets(tmp_path, monkeypatch)
+    assert sorted({name.split("/")[0] for name in expected}) == [
+        "last.json", *[f"odd-{r}" for r in (1, 3, 5)], *[f"preds-{r}" for r in range(6)]]
+    root = tmp_path / backend
+    pipeline = load(_dataset_root(root))
+    monkeypatch.chdir(root)
+    params, options = {"marker": str(tmp_path / f"{backend}.marker")}, engine_options(backend)
+    with pytest.raises(PipelineRuntimeError, match="the run stops here once"):
+        pipeline.run(backend=backend, params=params, run_dir="run", **options)
+    # Rounds 0 to 2 committed their datasets whole; round 3's tasks failed: nothing of it.
+    before = {str(p.relative_to(root / "out")): p.stat() for p in (root / "out").rglob("*") if p.is_file()}
+    assert sorted({name.split("/")[0] for name in before}) == ["odd-1", "preds-0", "preds-1", "preds-2"]
+    assert all(name in expected for name in before) and not _hidden(root)
+    resumed = pipeline.run(backend=backend, params=params, run_dir="run", resume=True, **options)
+    assert _outputs(root) == expected
+    for name, stat in before.items():  # not written again
+        now = (root / "out" / name).stat()
+        assert (now.st_ino, now.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns), name
+    assert resumed.round_files["preds"] == [f"out/preds-{r}" for r in range(6)]
+    assert not _hidden(root)
+
+
+KILLER = '''
+import os, sys
+from pipec import load
+from pipec.backends.runtime import datasets
+
+how, marker, resume = sys.argv[1], sys.argv[2], len(sys.argv) > 3
+write_part, commit = datasets.write_part, datasets.commit
+
+def dying_write(items, fmt, staging, partition):
+    if how == "parts" and not resume and "preds-3" in staging and partition == 1:
+        os._exit(9)  # the driver dies while round 3's tasks write its parts: part 0 is there
+    return write_part(items, fmt, staging, partition)
+
+def dying_commit(staging, target, names, again=False):
+    if how == "commit" and not resume and target.endswith("preds-3"):
+        fs, root = datasets.filesystem(target)
+        fs.makedirs(root, exist_ok=True)
+        fs.mv(staging + "/" + names[0], root + "/" + names[0])
+        os._exit(9)  # the driver dies in the middle of round 3's commit: one part moved
+    return commit(staging, target, names, again)
+
+datasets.write_part, datasets.commit = dying_write, dying_commit
+load("p.pipe").run(backend="local", params={"marker": marker}, run_dir="run", resume=resume)
+'''
+
+
+@pytest.mark.parametrize("how", ["parts", "commit"])
+def test_a_round_dataset_cut_short_by_a_killed_driver_is_finished_or_written_again(how, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    expected = _clean_datasets(tmp_path, monkeypatch)
+    root = tmp_path / how
+    _dataset_root(root)
+    (root / "killer.py").write_text(KILLER)
+    monkeypatch.chdir(root)
+    marker = tmp_path / "clean.marker"  # no stage failure: the kill stops the run
+    env = {**__import__("os").environ, "PYTHONPATH": ":".join(sys.path)}
+    run = [sys.executable, "killer.py", how, str(marker)]
+    assert subprocess.run(run, env=env, capture_output=True).returncode == 9
+    staged = [p.name for p in (root / "out").iterdir() if p.name.startswith(".")]
+    if how == "parts":  # round 3's staging folder holds part 0, and its target is not there
+        assert [p for p in staged if "preds-3" in p] and not (root / "out" / "preds-3").exists()
+    else:  # one part moved in, no _SUCCESS yet
+        assert sorted(p.name for p in (root / "out" / "preds-3").iterdir()) == ["part-00000.parquet"]
+    before = {str(p.relative_to(root / "out")): p.stat() for p in (root / "out").rglob("*")
+              if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root / "out").parts)}
+    done = subprocess.run(run + ["--resume"], env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert _outputs(root) == expected
+    assert not _hidden(root)
+    for name, stat in before.items():  # what the dead driver committed is not written again
+        now = (root / "out" / name).stat()
+        assert (now.st_ino, now.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns), name
