@@ -87,7 +87,6 @@ CODES: dict[str, tuple[str, str]] = {
     "round-sink-path": (SEMANTIC, "a sink inside `repeat` whose path does not name every round index"),
     "bad-path-template": (SEMANTIC, "a sink path with an unclosed or empty `{...}` field"),
     "when-outside-loop": (SEMANTIC, "a `when` block outside `repeat`"),
-    "rebind-in-when": (SEMANTIC, "a var rebound inside a `when` block"),
     "sink-as-data": (SEMANTIC, "a sink read as if it were data"),
     # -- actors
     "pool-without-size": (SEMANTIC, "an actor pool without `x N`"),

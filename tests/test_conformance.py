@@ -430,6 +430,27 @@ CASES: dict[str, Case] = {
             }
         }
         sink last = collect(ys) -> json("out/last.json")""", {"name": "few"}),
+    # Vars rebound inside `when` blocks (nested too): new values where a block runs,
+    # seen by what follows it in the round; kept in the other rounds.
+    "rebind_in_when_blocks": Case("""
+        source xs = range(10) partitions 3
+        var ys = xs
+        var best = 0
+        var sums = reduce_by_key m.add over (map m.pair over xs)
+        repeat 5 as i {
+            ys = map m.inc over ys
+            value total = reduce m.add over ys
+            when i % 2 == 0 {
+                stage zs = map m.square over ys
+                when total > 70 {
+                    best = total
+                    sums = reduce_by_key m.add over (map m.pair over zs)
+                }
+                sink seen = [best, collect(sums)] -> json("out/seen-{i}.json")
+            }
+            sink after = [best, count(sums), take(sums, 2)] -> json("out/after-{i}.json")
+        }
+        sink out = [collect(ys), best, collect(sums)] -> json("out/out.json")"""),
 }
 
 _PARAM_DECLS = {"n": "n: int = 10", "parts": "parts: int = 2", "factor": "factor: float = 1.0",

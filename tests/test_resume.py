@@ -392,3 +392,49 @@ def test_a_round_dataset_cut_short_by_a_killed_driver_is_finished_or_written_aga
     for name, stat in before.items():  # what the dead driver committed is not written again
         now = (root / "out" / name).stat()
         assert (now.st_ino, now.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns), name
+
+
+WHEN_PIPELINE = '''use m_resume as m
+
+pipeline p(marker: str, rounds: int = 6) {
+    source xs = range(12) partitions 3
+    var ys = map m.one over xs
+    var last = -1
+    repeat rounds as r {
+        stage zs = map m.step over ys with r = r, marker = marker
+        when r % 3 != 1 {
+            ys = zs
+            last = r
+        }
+        sink seen = [last, collect(ys)] -> json("out/seen-{r}.json")
+    }
+    sink out = [last, collect(ys)] -> json("out/ys.json")
+}
+'''
+
+
+@pytest.mark.parametrize("backend", RESUMABLE)
+def test_vars_rebound_in_when_blocks_resume_from_their_recorded_values(backend, tmp_path, monkeypatch):
+    marker = tmp_path / "clean.marker"
+    marker.touch()
+    path = _write(tmp_path / "clean")
+    path.write_text(WHEN_PIPELINE)
+    monkeypatch.chdir(tmp_path / "clean")
+    load(path).run(backend="local", params={"marker": str(marker)}, run_dir="run")
+    expected = _outputs(tmp_path / "clean")
+    assert [json.loads(expected[f"seen-{r}.json"])[0] for r in range(6)] == [0, 0, 2, 3, 3, 5]
+
+    root = tmp_path / backend
+    path = _write(root)
+    path.write_text(WHEN_PIPELINE)
+    pipeline = load(path)
+    monkeypatch.chdir(root)
+    monkeypatch.setattr("pipec.backends.runtime.driver.RECORD_BUDGET", 1e9)  # a record after every round
+    params, options = {"marker": str(tmp_path / f"{backend}.marker")}, engine_options(backend)
+    with pytest.raises(PipelineRuntimeError, match="the run stops here once"):
+        pipeline.run(backend=backend, params=params, run_dir="run", **options)
+    from pipec.backends.runtime import resume
+    record = resume.read("run")
+    assert record.rounds == 3 and record.vars["last"] == 2  # the value the `when` of round 2 gave it
+    pipeline.run(backend=backend, params=params, run_dir="run", resume=True, **options)
+    assert _outputs(root) == expected

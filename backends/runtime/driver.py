@@ -268,7 +268,8 @@ class Driver:
         self.result.rounds[loop.id] = rounds
 
     def run_when(self, block: Block) -> None:
-        """A ``when`` block: its body runs once, in this round, if its condition is true."""
+        """A ``when`` block: its body runs once, in this round, if its condition is true;
+        then the vars it rebinds take their new values."""
         loop = block.loop
         cond = self.value(loop.when)
         if not isinstance(cond, bool):
@@ -276,6 +277,10 @@ class Driver:
                              "compare it, e.g. `when i % 10 == 0`")
         if cond:
             self.run_block(Block(None, block.items))
+            # A var rebound in the block holds its new value from here on, in this round
+            # and the next; in a round where the block does not run, it keeps its value.
+            for rebind in block.rebinds(self.ir):
+                self.env[self.ir.op(rebind).var] = self.env[rebind]
 
     def until(self, loop: ir.Loop) -> bool:
         """Whether a `repeat ... until` loop stops after the round just run."""
