@@ -152,6 +152,12 @@ def as_row(x, i=0):
 def small_row(row):
     return row["x"] < 4
 
+def mod7(x):
+    return x % 7
+
+def late(x):
+    return x > 45
+
 def lose_process(marker, driver):
     """The first time: end this process as a crash would, unless it is the test's own
     (``driver``), where it only notes that it ran there."""
@@ -396,6 +402,18 @@ CASES: dict[str, Case] = {
         sink c = sort_by(sums, by = m.neg) -> jsonl("out/c.jsonl")
         sink d = collect(sort_by(joined, by = m.second)) -> json("out/d.json")
         sink e = collect(sort_by(map m.neg_int over xs)) -> json("out/e.json")"""),
+    # Key ranges: long runs of ties across partitions, partitions left empty, one partition,
+    # a dataset written range by range, positions counted over the ranges.
+    "sort_by_key_ranges": Case("""
+        source xs = range(60) partitions 5
+        source one = range(7) partitions 1
+        stage ties = sort_by(xs, by = m.mod7)
+        stage late = sort_by(filter m.late over xs, by = m.neg_int)
+        sink a = collect(map_batches m.layout over ties) -> json("out/a.json")
+        sink b = collect(map_batches m.layout over late) -> json("out/b.json")
+        sink c = collect(sort_by(one, by = m.neg_int)) -> json("out/c.json")
+        sink d = map m.as_row over ties -> parquet("out/d")
+        sink e = [take(ties, 5), collect(zip_with_index(late))] -> json("out/e.json")"""),
     "take_zip_sample_collect_map": Case("""
         source xs = range(n) partitions 4
         source few = range(3) partitions 5
