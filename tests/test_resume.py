@@ -438,3 +438,17 @@ def test_vars_rebound_in_when_blocks_resume_from_their_recorded_values(backend, 
     assert record.rounds == 3 and record.vars["last"] == 2  # the value the `when` of round 2 gave it
     pipeline.run(backend=backend, params=params, run_dir="run", resume=True, **options)
     assert _outputs(root) == expected
+
+
+def test_a_round_dataset_staged_again_in_its_round_reuses_its_folder(tmp_path):
+    from pipec.backends.runtime.sinks import RoundFiles
+    files, target = RoundFiles(str(tmp_path / "run"), "one"), str(tmp_path / "out" / "preds-0")
+    staging = files.stage_dataset("preds", target)
+    assert files.stage_dataset("preds", target) == staging  # a graph submitted again (an actor came back)
+    with pytest.raises(FileExistsError):  # another sink writing the same folder in the round
+        files.stage_dataset("other", target)
+    assert files.commit_dataset("preds", target, []) is True
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["preds-0"]
+    assert [p.name for p in (tmp_path / "out" / "preds-0").iterdir()] == ["_SUCCESS"]
+    with pytest.raises(FileExistsError):  # a later round writing it again
+        files.stage_dataset("preds", target)

@@ -232,14 +232,17 @@ class RoundFiles:
         leftovers for ``path`` removed. Raises FileExistsError for a path this run wrote
         in an earlier round. For a dataset an earlier driver of this run committed, the
         parts go to a folder that :meth:`commit_dataset` throws away."""
-        if path in self.log:
-            if path in self.recovered and self.log[path][1] == node:
-                staging = datasets.staging_of(path, self.run_id)
+        staging = datasets.staging_of(path, self.run_id)
+        entry = self.log.get(path)
+        if entry is not None:
+            if path in self.recovered and entry[1] == node:
                 self.discarded[path] = staging
                 datasets.prepare_staging(path, staging)
                 return staging
+            if entry[1:] == [node, None] and entry[0] == staging:  # this round's graph lowered again
+                datasets.prepare_staging(path, staging)
+                return staging
             raise FileExistsError(path)
-        staging = datasets.staging_of(path, self.run_id)
         self.log[path] = [staging, node, None]
         self._write_log()
         datasets.prepare_staging(path, staging)
