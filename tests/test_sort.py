@@ -122,3 +122,27 @@ def test_the_plan_shows_the_sort_task_by_task(tmp_path, capsys):
     assert "2 splitters of 3 key ranges from the 3 runs' keys" in plan
     assert "merge one key range from every run's piece, in partition order" in plan
     assert "take_part" not in plan  # no task holds the whole collection
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(few_keys, max_size=50), st.lists(st.integers(0, 50), max_size=6), st.randoms(use_true_random=False))
+def test_the_tasks_of_the_plan_give_the_same_ranges_whatever_order_the_shuffle_delivers(keys, cuts, rng):
+    from pipec.backends.physical import steps as s
+    from pipec.backends.runtime.interpreter import Given, run_finisher, run_segment
+    parts = _cuts([(k, i) for i, k in enumerate(keys)], cuts)
+    k = len(parts)
+    head = s.SortRun("s", None, True, None)  # by the element: (key, index) pairs, all distinct
+    runs = [run_segment(s.Segment("s-run", head), i, p) for i, p in enumerate(parts)]
+    samples = [run_segment(s.Segment("s-sample", s.Input("s"), (), s.SortSample("s", k)), i, r)
+               for i, r in enumerate(runs)]
+    splitters = run_finisher(s.SortSplitters("s", k, 1), samples)
+    cut = s.Segment("s-split", s.Input("s"), (), s.Split("s", "range", k, splitters=0))
+    pieces = [run_segment(cut, i, r, Given([splitters])) for i, r in enumerate(runs)]
+    merged = []
+    for r in range(k):
+        delivered = [(0, i, p[r]) for i, p in enumerate(pieces)]
+        rng.shuffle(delivered)  # an engine's shuffle delivers the pieces in any order
+        merged.append(run_segment(s.Segment("s", s.Merge("s", "sort")), r, delivered))
+    runs_plain = [semantics.sort_run(p, None, True, None) for p in parts]
+    assert merged == semantics.sorted_ranges(runs_plain, 1)
+    assert [x for m in merged for x in m] == sorted(x for p in parts for x in p)
