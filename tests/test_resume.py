@@ -452,3 +452,87 @@ def test_a_round_dataset_staged_again_in_its_round_reuses_its_folder(tmp_path):
     assert [p.name for p in (tmp_path / "out" / "preds-0").iterdir()] == ["_SUCCESS"]
     with pytest.raises(FileExistsError):  # a later round writing it again
         files.stage_dataset("preds", target)
+
+
+KILL_PIPELINE = '''use m_kill as m
+
+pipeline p(rounds: int = 14) {
+    source xs = range(12) partitions 3
+    repeat rounds as r {
+        sink preds = map m.slow_row over xs with r = r -> parquet("out/preds-{r}")
+    }
+}
+'''
+
+KILL_MODULE = '''
+import time
+
+def slow_row(x, r):
+    time.sleep(0.03)  # rounds long enough to be killed in the middle of one
+    return {"x": x, "r": r}
+'''
+
+
+@pytest.mark.parametrize("backend", [b for b in RESUMABLE if b in ("dask", "ray")])
+def test_a_driver_killed_among_round_datasets_resumes_to_every_dataset_once(backend, tmp_path):
+    """The driver and the engine it started die together (SIGKILL to the process group and
+    its children) while rounds write their datasets; `pipec run --resume` ends with the
+    datasets of a clean run, the ones committed before the kill untouched, and nothing
+    half-written or hidden left behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    psutil = pytest.importorskip("psutil")
+    root = tmp_path / backend
+    root.mkdir()
+    (root / "m_kill.py").write_text(KILL_MODULE)
+    (root / "p.pipe").write_text(KILL_PIPELINE)
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), *sys.path]), "RAY_ADDRESS": "",
+           "DASK_SCHEDULER_ADDRESS": ""}
+    run_dir = root / "run"
+    command = [sys.executable, "-m", "pipec", "run", "p.pipe", "--backend", backend]
+    driver = subprocess.Popen(command + ["--run-dir", str(run_dir)], cwd=root, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = run_dir / "resume" / "round-files.json"
+    deadline, family = time.time() + 240, []
+    try:
+        while time.time() < deadline and driver.poll() is None:
+            try:
+                if sum(1 for entry in json.loads(log.read_text()).values() if entry[2] is not None) >= 3:
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.02)
+        assert driver.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.15)  # into the next round's tasks
+        family = psutil.Process(driver.pid).children(recursive=True)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        for proc in family:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        driver.wait()
+    out = root / "out"
+    whole = [p.name for p in out.iterdir() if (p / "_SUCCESS").exists()]
+    # (Most kills land while a round's tasks write into its staging folder, still pending.)
+    assert 3 <= len(whole) < 14
+    before = {str(f.relative_to(out)): f.stat() for name in whole for f in (out / name).iterdir()}
+    resumed = subprocess.run(command + ["--resume", str(run_dir)], cwd=root, env=env, capture_output=True,
+                             text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    for name, stat in before.items():  # committed before the kill: not written again
+        now = (out / name).stat()
+        assert (now.st_ino, now.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns), name
+    assert not _hidden(root)
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    (clean / "m_kill.py").write_text(KILL_MODULE)
+    (clean / "p.pipe").write_text(KILL_PIPELINE)
+    subprocess.run([sys.executable, "-m", "pipec", "run", "p.pipe", "--backend", "local"], cwd=clean, env=env,
+                   check=True, capture_output=True)
+    assert _outputs(root) == _outputs(clean)
