@@ -200,9 +200,7 @@ class LocalDriver(Driver):
                 raise self.error(node, f"cannot write {op.format} part {i}: {exc.strerror or exc}", op.span) from None
             if name is not None:
                 names.append(name)
-        path = self.value(op.path)
-        self.result.files[node] = self.sinks.dataset_written(path, names)
-        return path
+        return self.dataset_written(node, op, names)
 
     # ---- element-wise
 
@@ -290,25 +288,26 @@ class LocalDriver(Driver):
 
     def in_collection_order(self, node: str) -> list[list]:
         """Collection ``node``'s partitions laid out in collection order: as they are, or a
-        keyed result's (hash buckets) sorted by key and cut again into as many."""
+        keyed result's (hash buckets) sorted by key range, as the planned backends do."""
         parts = self.partitions(node)
         order = self.order_of(node)
         if order is None:
             return parts
         try:
-            return semantics.split(semantics.ordered([x for p in parts for x in p], order), len(parts))
+            runs = [semantics.sort_run(p, None, False, order) for p in parts]
         except TypeError as exc:
             raise self.error(node, str(exc), self.ir.op(node).span) from None
+        return semantics.sorted_ranges(runs, semantics.sort_width(False, False, order))
 
     def collection_sort_by(self, node: str, op: ir.SortBy):
         parts = self.partitions(op.input.node)
         by, order = fn_of(op.by) if op.by else None, self.order_of(op.input.node)
         # Each partition sorted in a task of its own, as on a cluster: a failing key function
-        # names the same partition everywhere.
-        runs = [self.run_task(node, op, i, lambda items=items: semantics.sort_partial(items, by, op.by is None, order),
+        # names the same partition everywhere. Then the same key ranges as the planned sort.
+        runs = [self.run_task(node, op, i, lambda items=items: semantics.sort_run(items, by, op.by is None, order),
                               [items], op.options.retries) for i, items in enumerate(parts)]
-        out = semantics.sort_merge(runs)
-        return [self.roundtrip(p, node, "a partition", op.span) for p in semantics.split(out, len(parts))]
+        out = semantics.sorted_ranges(runs, semantics.sort_width(by is not None, op.by is None, order))
+        return [self.roundtrip(p, node, "a partition", op.span) for p in out]
 
     def collection_zip_with_index(self, node: str, op: ir.ZipWithIndex):
         parts = self.in_collection_order(op.input.node)

@@ -396,16 +396,20 @@ class Builder:
             self.fail(f"`{name}` is rebound outside a `repeat`", stmt.name.span,
                       "a var is rebound once per round inside a loop; outside, define a new name",
                       code="rebind-outside-loop")
-        if binding.region == self.region.id:
+        # A rebind inside `when` blocks belongs to the round of the innermost `repeat`
+        # around them: it takes effect where the block runs (see Driver.run_when).
+        round_regions = [self.region]
+        while self.loops[round_regions[-1].id].when is not None:
+            round_regions.append(round_regions[-1].parent)
+        if binding.region in {r.id for r in round_regions}:
             self.fail(f"`{name}` is rebound in the block that declares it", stmt.name.span,
                       "declare the var before the `repeat` that updates it", code="rebind-in-declaring-block")
-        if self.loops[self.region.id].when is not None:
-            self.fail(f"`{name}` is rebound inside a `when` block", stmt.name.span,
-                      "a var takes one new value per round: compute it in the loop body, e.g. "
-                      "`x = m.pick(cond, new, x)`", code="rebind-in-when")
-        if name in self.region.rebound:
-            self.fail(f"`{name}` is rebound twice in one round", stmt.name.span,
-                      "compute the final value once and rebind it once", code="rebind-twice")
+        for region in round_regions:
+            if name in region.rebound:
+                first = self.ir.op(region.rebound[name]).span
+                where = f" (first at line {first.line})" if first is not None else ""
+                self.fail(f"`{name}` is rebound twice in one round{where}", stmt.name.span,
+                          "compute the final value once and rebind it once", code="rebind-twice")
         typed = self._expr(stmt.expr, name=f"{name}@{self.region.id}/value")
         if typed.shape != binding.shape:
             self._shape_error(typed, binding.shape, stmt.expr,
@@ -414,8 +418,9 @@ class Builder:
         node = self._add(f"{name}@{self.region.id}", ir.Rebind(
             var=binding.node, var_shape=binding.shape, value=self._ref(value),
             span=ir.SpanModel.of(stmt.span), name=name))
-        self.region.rebound[name] = node
-        # Later reads in this round see the new value.
+        for region in round_regions:
+            region.rebound[name] = node
+        # Later reads in this round see the new value (after a `when` block, through the var).
         self.region.names[name] = Binding("var", node, binding.shape, binding.span, self.region.id,
                                           keyed=typed.keyed, order=typed.order)
 
@@ -586,16 +591,13 @@ class Builder:
         return Typed(self._ref(node), ir.VALUE, py_type=str)
 
     def _round_sink(self, stmt: ast.Sink, fmt: str | None, path) -> None:
-        """A sink inside a loop writes one file per round: it needs a file format, and a
-        path naming the index of every `repeat` around it, so no round overwrites another."""
+        """A sink inside a loop writes one file (or dataset folder) per round: it needs a
+        format, and a path naming the index of every `repeat` around it, so no round
+        overwrites another."""
         if fmt is None:
             self.fail("a sink inside `repeat` writes a file each round, and this one has no file", stmt.span,
                       'give it one, e.g. `-> json("out/eval-{i}.json")`, or declare a `var` before the loop, '
                       "rebind it inside, and sink it after", code="round-sink-without-file")
-        if fmt in ir.DATASET_FORMATS:
-            self.fail(f"a {fmt} sink cannot sit inside `repeat`", stmt.format.span,
-                      "write the round's result with `-> json(...)` or `-> jsonl(...)`, or sink it after the loop",
-                      code="round-dataset-sink")
         named = set(self.ir.op(path.node).fields.values()) if isinstance(path, ir.NodeRef) and \
             isinstance(self.ir.op(path.node), ir.Format) else set()
         named = {operand.node for operand in named}

@@ -411,7 +411,9 @@ class Var(Op):
 
 
 class Rebind(Op):
-    """``ranks = ...`` inside a loop: the var's value for the next round."""
+    """``ranks = ...`` inside a loop: the var's value for the next round. Inside a ``when``
+    block (``loop`` a when region), the var's value from there on, in the rounds where the
+    block runs (in the others it keeps its value)."""
 
     op: Literal["rebind"] = "rebind"
     var: str  # the Var node; linked by a `carry` edge, not a ref (it is a back edge)

@@ -238,6 +238,8 @@ def _describe(graph: ir.IR, op: ir.Op) -> list[str]:
     if isinstance(op, ir.Var):
         return [f"var {op.var_shape}"]
     if isinstance(op, ir.Rebind):
+        if op.loop is not None and graph.info.loops[op.loop].when is not None:
+            return [f"{op.name or op.var} from here on, when {op.loop} runs"]
         return [f"{op.name or op.var} for the next round"]
     if isinstance(op, ir.Sink):
         if op.format is None:

@@ -28,8 +28,19 @@ class Block:
                 yield item
 
     def rebinds(self, graph: ir.IR) -> list[str]:
-        """The var updates of this loop body (applied at the end of each round)."""
+        """The var updates of this loop body (applied at the end of each round), or of this
+        ``when`` body (applied when it has run)."""
         return [n for n in self.items if isinstance(n, str) and isinstance(graph.op(n), ir.Rebind)]
+
+    def when_rebinds(self, graph: ir.IR) -> list[str]:
+        """The var updates inside the ``when`` blocks of this loop body (at any depth, not
+        inside nested loops): applied in the rounds where their block runs."""
+        out = []
+        for item in self.items:
+            if isinstance(item, Block) and item.loop.when is not None:
+                out.extend(item.rebinds(graph))
+                out.extend(item.when_rebinds(graph))
+        return out
 
 
 def blocks(graph: ir.IR) -> Block:

@@ -85,10 +85,8 @@ CODES: dict[str, tuple[str, str]] = {
     "unknown-batch-form": (SEMANTIC, "a batch form other than pandas, arrow or numpy"),
     "round-sink-without-file": (SEMANTIC, "a sink inside `repeat` without a file to write each round"),
     "round-sink-path": (SEMANTIC, "a sink inside `repeat` whose path does not name every round index"),
-    "round-dataset-sink": (SEMANTIC, "a parquet or csv sink inside `repeat`"),
     "bad-path-template": (SEMANTIC, "a sink path with an unclosed or empty `{...}` field"),
     "when-outside-loop": (SEMANTIC, "a `when` block outside `repeat`"),
-    "rebind-in-when": (SEMANTIC, "a var rebound inside a `when` block"),
     "sink-as-data": (SEMANTIC, "a sink read as if it were data"),
     # -- actors
     "pool-without-size": (SEMANTIC, "an actor pool without `x N`"),

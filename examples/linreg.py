@@ -57,6 +57,12 @@ def squared_error(batch, weights):
     return float(r @ r), len(y)
 
 
+def error_row(batch, weights, epoch):
+    """One held-out batch's squared error as a table row (for a dataset sink)."""
+    sse, n = squared_error(batch, weights)
+    return {"epoch": epoch, "sse": sse, "rows": n}
+
+
 def mean(total):
     """A (sum, count) pair's mean."""
     return total[0] / total[1]

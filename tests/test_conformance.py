@@ -150,6 +150,18 @@ def layout(items, partition):
 def label_pair(x):
     return (f"k{x}", x)
 
+def as_row(x, i=0):
+    return {"x": x, "i": i, "tag": f"t{x % 3}"}
+
+def small_row(row):
+    return row["x"] < 4
+
+def mod7(x):
+    return x % 7
+
+def late(x):
+    return x > 45
+
 def lose_process(marker, driver):
     """The first time: end this process as a crash would, unless it is the test's own
     (``driver``), where it only notes that it ran there."""
@@ -420,6 +432,18 @@ CASES: dict[str, Case] = {
         sink c = sort_by(sums, by = m.neg) -> jsonl("out/c.jsonl")
         sink d = collect(sort_by(joined, by = m.second)) -> json("out/d.json")
         sink e = collect(sort_by(map m.neg_int over xs)) -> json("out/e.json")"""),
+    # Key ranges: long runs of ties across partitions, partitions left empty, one partition,
+    # a dataset written range by range, positions counted over the ranges.
+    "sort_by_key_ranges": Case("""
+        source xs = range(60) partitions 5
+        source one = range(7) partitions 1
+        stage ties = sort_by(xs, by = m.mod7)
+        stage late = sort_by(filter m.late over xs, by = m.neg_int)
+        sink a = collect(map_batches m.layout over ties) -> json("out/a.json")
+        sink b = collect(map_batches m.layout over late) -> json("out/b.json")
+        sink c = collect(sort_by(one, by = m.neg_int)) -> json("out/c.json")
+        sink d = map m.as_row over ties -> parquet("out/d")
+        sink e = [take(ties, 5), collect(zip_with_index(late))] -> json("out/e.json")"""),
     "take_zip_sample_collect_map": Case("""
         source xs = range(n) partitions 4
         source few = range(3) partitions 5
@@ -441,6 +465,40 @@ CASES: dict[str, Case] = {
         value firsts = take(ys, count(xs) - 9)
         sink out = [collect(ys), firsts, collect(zip_with_index(ys))] -> json("out/out.json")
         sink parts = collect(map_batches m.layout over ys) -> json("out/parts.json")"""),
+    # A dataset per round, committed with its round (empty partitions write no part).
+    "dataset_sinks_in_loops": Case("""
+        source xs = range(11) partitions 3
+        var ys = xs
+        repeat 3 as i {
+            ys = map m.inc over ys
+            stage rows = map m.as_row over ys with i = i
+            sink preds = rows -> parquet("out/preds-{i}")
+            when i % 2 == 0 {
+                sink few = filter m.small_row over rows -> csv("out/{name}-{i}")
+            }
+        }
+        sink last = collect(ys) -> json("out/last.json")""", {"name": "few"}),
+    # Vars rebound inside `when` blocks (nested too): new values where a block runs,
+    # seen by what follows it in the round; kept in the other rounds.
+    "rebind_in_when_blocks": Case("""
+        source xs = range(10) partitions 3
+        var ys = xs
+        var best = 0
+        var sums = reduce_by_key m.add over (map m.pair over xs)
+        repeat 5 as i {
+            ys = map m.inc over ys
+            value total = reduce m.add over ys
+            when i % 2 == 0 {
+                stage zs = map m.square over ys
+                when total > 70 {
+                    best = total
+                    sums = reduce_by_key m.add over (map m.pair over zs)
+                }
+                sink seen = [best, collect(sums)] -> json("out/seen-{i}.json")
+            }
+            sink after = [best, count(sums), take(sums, 2)] -> json("out/after-{i}.json")
+        }
+        sink out = [collect(ys), best, collect(sums)] -> json("out/out.json")"""),
 }
 
 _PARAM_DECLS = {"n": "n: int = 10", "parts": "parts: int = 2", "factor": "factor: float = 1.0",

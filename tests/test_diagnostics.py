@@ -264,9 +264,10 @@ CASES = [
     Case("path_field_unclosed",
          '    source xs = range(10) partitions 2\n    sink s = collect(xs) -> json("s-{i.json")\n',
          SemanticError, 4, 37, "an unclosed `{` in the sink path", "write `{{`"),
-    Case("round_dataset_sink",
-         '    source xs = range(10) partitions 2\n    repeat 2 as i {\n        sink s = xs -> parquet("s-{i}")\n'
-         '    }\n', SemanticError, 5, 24, "a parquet sink cannot sit inside `repeat`", "sink it after the loop"),
+    Case("round_dataset_sink_path",
+         '    source xs = range(10) partitions 2\n    repeat 2 as i {\n        sink s = xs -> parquet("s")\n'
+         '    }\n', SemanticError, 5, 32, "a sink inside `repeat` writes a file per round, and its path does not "
+         "name the round", "e.g. `{i}`"),
     Case("each_on_single_actor",
          "    actor ps = m.Server()\n    ps.each.weights()\n", SemanticError, 4, 5,
          "`ps` is a single actor; `.each.` calls every member of a pool", "declare `actor pool ps"),
@@ -278,9 +279,18 @@ CASES = [
          "    source xs = range(10) partitions 2\n    repeat 2 as i {\n        when i + 1 {\n"
          '            sink s = collect(xs) -> json("s-{i}.json")\n        }\n    }\n',
          SemanticError, 5, 14, "`when` needs a boolean, and this is an int", "compare it"),
-    Case("rebind_in_when",
-         "    var v = 0\n    repeat 2 as i {\n        when i == 0 {\n            v = v + 1\n        }\n    }\n"
-         "    sink s = v\n", SemanticError, 6, 13, "`v` is rebound inside a `when` block", "compute it in the loop body"),
+    Case("rebind_in_when_and_in_the_loop",
+         "    var v = 0\n    repeat 2 as i {\n        when i == 0 {\n            v = v + 1\n        }\n        v = v * 2\n"
+         "    }\n    sink s = v\n", SemanticError, 8, 9, "`v` is rebound twice in one round (first at line 6)",
+         "rebind it once"),
+    Case("rebind_in_two_whens",
+         "    var v = 0\n    repeat 2 as i {\n        when i == 0 {\n            v = v + 1\n        }\n"
+         "        when i > 0 {\n            v = 2\n        }\n    }\n    sink s = v\n", SemanticError, 9, 13,
+         "`v` is rebound twice in one round (first at line 6)", "rebind it once"),
+    Case("rebind_in_when_of_a_var_declared_in_the_loop",
+         "    repeat 2 as i {\n        var v = i\n        when i == 0 {\n            v = v + 1\n        }\n"
+         '        sink s = v -> json("s-{i}.json")\n    }\n', SemanticError, 6, 13,
+         "`v` is rebound in the block that declares it", "declare the var before the `repeat`"),
 
     # ---- options -----------------------------------------------------------------------
     Case("duplicate_option",

@@ -64,10 +64,18 @@ def check_evaluate(workdir):
             evals[f"out/eval-{epoch}.json"] = [epoch + 1, float(np.mean((Xh @ w - yh) ** 2))]
         if (epoch + 1) % save == 0:
             saved[f"out/weights-{epoch}.json"] = w
-    assert result.round_files == {"eval": list(evals), "checkpoint": list(saved)}
-    for path, (n, error) in evals.items():
+    tables = [path.replace("eval-", "errors-").removesuffix(".json") for path in evals]
+    assert result.round_files == {"eval": list(evals), "errors": tables, "checkpoint": list(saved)}
+    import pyarrow.parquet as pq
+    for (path, (n, error)), table in zip(evals.items(), tables):
         got = json.loads(Path(path).read_text())
         assert got[0] == n and math.isclose(got[1], error, rel_tol=1e-9)
+        rows = pq.read_table(table).to_pylist()  # one row per held-out batch, committed whole
+        assert (Path(table) / "_SUCCESS").exists() and {r["epoch"] for r in rows} == {n}
+        assert math.isclose(sum(r["sse"] for r in rows) / sum(r["rows"] for r in rows), error, rel_tol=1e-9)
+    best = min(evals.values(), key=lambda e: e[1])
+    got = json.loads(Path(result.files["best"]).read_text())
+    assert got[0] == best[0] and math.isclose(got[1], best[1], rel_tol=1e-9)
     for path, weights in saved.items():
         np.testing.assert_allclose(json.loads(Path(path).read_text()), weights, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(json.loads(Path(result.files["weights"]).read_text()), w, rtol=1e-9, atol=1e-12)

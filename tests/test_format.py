@@ -436,6 +436,14 @@ def test_when_blocks_round_sink_paths_and_pool_calls():
     assert fmt(out) == out
 
 
+def test_a_rebind_inside_a_when_block_formats_like_one_in_the_loop():
+    src = 'pipeline p(){var b=0\nrepeat 3 as i{when i>b{b=i+1}}}'
+    out = fmt(src)
+    assert out == ('pipeline p() {\n    var b = 0\n    repeat 3 as i {\n        when i > b {\n'
+                   '            b = i + 1\n        }\n    }\n}\n')
+    assert fmt(out) == out
+
+
 # ---- where comments go ----------------------------------------------------------------------
 
 

@@ -159,11 +159,24 @@ def _cut(items: list, k: int) -> list[list]:
     return semantics.split(items, k)
 
 
+def _range_sort(parts: list[list], head: s.SortRun) -> list[list]:
+    """A sort as the planned backends' tasks run it: runs, samples, splitters, splits, merges."""
+    k, width = len(parts), semantics.sort_width(head.by is not None, head.by_element, head.order)
+    runs = [run_segment(s.Segment("s-run", head), i, part) for i, part in enumerate(parts)]
+    samples = [run_segment(s.Segment("s-sample", s.Input("s"), (), s.SortSample("s", k)), i, run)
+               for i, run in enumerate(runs)]
+    splitters = run_finisher(s.SortSplitters("s", k, width), samples)
+    cut = s.Segment("s-split", s.Input("s"), (), s.Split("s", "range", k, splitters=0))
+    pieces = [run_segment(cut, i, run, Given([splitters])) for i, run in enumerate(runs)]
+    merge = s.Segment("s", s.Merge("s", "sort"))
+    return [run_segment(merge, r, [(0, i, p[r]) for i, p in reversed(list(enumerate(pieces)))]) for r in range(k)]
+
+
 @pytest.mark.parametrize("k", [1, 2, 5, 13, 20])
 def test_sort_runs_merged_are_one_stable_total_order_whatever_the_partitioning(k):
-    sort = s.Segment("s", s.Input("xs"), (), s.SortPartial("s", None, True, None))  # by the elements
-    runs = [run_segment(sort, i, part) for i, part in enumerate(_cut(MIXED, k))]
-    merged = run_finisher(s.SortMerge("s"), runs)
+    parts = _range_sort(_cut(MIXED, k), s.SortRun("s", None, True, None))  # by the elements
+    assert parts == semantics.sorted_ranges([semantics.sort_run(p, None, True, None) for p in _cut(MIXED, k)], 1)
+    merged = [x for part in parts for x in part]
     assert merged == semantics.sort_by(MIXED, None, True, None)
     # None, numbers by value (True == 1; 3 and 3.0 tie and keep their order; NaN last),
     # strings, bytes, sequences element by element

@@ -432,3 +432,14 @@ def test_plan_graph_of_ir_operations_in_a_plain_digraph():
     assert [n.label for n in drawing.nodes] == [n.label for n in expected.nodes]
     assert [(e.source, e.target, e.kind) for e in drawing.edges] == \
         [(e.source, e.target, e.kind) for e in expected.edges]
+
+
+def test_a_var_rebound_in_a_when_block_is_drawn_inside_it_with_its_carry(tmp_path, capsys):
+    path = tmp_path / "w.pipe"
+    path.write_text("pipeline w() {\n    var best = 0\n    repeat 3 as i {\n        when i > 0 {\n"
+                    "            best = i\n        }\n    }\n    sink out = best\n}\n")
+    code, dot, err = run_cli(capsys, "graph", str(path))
+    assert code == 0, err
+    assert _dot_clusters(dot)["best@when1"] == ["cluster_loop1", "cluster_when1"]
+    assert "best from here on, when when1 runs" in dot
+    assert any(a == "best@when1" and b == "best" for a, b, _ in _dot_edges(dot))  # the carry edge

@@ -318,6 +318,23 @@ pipeline p(marker: str, stop: int, rounds: int = 40) {
 '''
 
 
+DATASET_PIPELINE = '''use m_resume as m
+
+pipeline p(marker: str, rounds: int = 6) {
+    source xs = range(12) partitions 3
+    var ys = map m.one over xs
+    repeat rounds as r {
+        ys = map m.step over ys with r = r, marker = marker
+        sink preds = map m.row over ys -> parquet("out/preds-{r}")
+        when r % 2 == 1 {
+            sink odd = map m.row over ys -> csv("out/odd-{r}")
+        }
+    }
+    sink last = collect(ys) -> json("out/last.json")
+}
+'''
+
+
 def test_records_stay_the_same_size_however_many_calls_an_actor_without_snapshots_has(tmp_path, monkeypatch):
     """An actor without snapshots replays every call since the start on resume: the calls
     go into the run's journal, each written once, and a record names where they end, so
@@ -377,3 +394,245 @@ def test_a_call_journaled_twice_is_read_from_the_segment_written_last(tmp_path):
             segment.unlink()
     with pytest.raises(FileNotFoundError, match="lacks calls 0..2"):
         resume.read(str(tmp_path))
+
+
+def _dataset_root(root: Path) -> Path:
+    path = _write(root)
+    path.write_text(DATASET_PIPELINE)
+    return path
+
+
+def _clean_datasets(tmp_path: Path, monkeypatch) -> dict[str, bytes]:
+    marker = tmp_path / "clean.marker"
+    marker.touch()
+    path = _dataset_root(tmp_path / "clean")
+    monkeypatch.chdir(tmp_path / "clean")
+    load(path).run(backend="local", params={"marker": str(marker)}, run_dir="run")
+    return _outputs(tmp_path / "clean")
+
+
+def _hidden(root: Path) -> list[str]:
+    return [str(p) for p in (root / "out").rglob(".*")]
+
+
+@pytest.mark.parametrize("backend", RESUMABLE)
+def test_round_datasets_are_committed_once_each_across_a_resume(backend, tmp_path, monkeypatch):
+    expected = _clean_datasets(tmp_path, monkeypatch)
+    assert sorted({name.split("/")[0] for name in expected}) == [
+        "last.json", *[f"odd-{r}" for r in (1, 3, 5)], *[f"preds-{r}" for r in range(6)]]
+    root = tmp_path / backend
+    pipeline = load(_dataset_root(root))
+    monkeypatch.chdir(root)
+    params, options = {"marker": str(tmp_path / f"{backend}.marker")}, engine_options(backend)
+    with pytest.raises(PipelineRuntimeError, match="the run stops here once"):
+        pipeline.run(backend=backend, params=params, run_dir="run", **options)
+    # Rounds 0 to 2 committed their datasets whole; round 3's tasks failed: nothing of it.
+    before = {str(p.relative_to(root / "out")): p.stat() for p in (root / "out").rglob("*") if p.is_file()}
+    assert sorted({name.split("/")[0] for name in before}) == ["odd-1", "preds-0", "preds-1", "preds-2"]
+    assert all(name in expected for name in before) and not _hidden(root)
+    resumed = pipeline.run(backend=backend, params=params, run_dir="run", resume=True, **options)
+    assert _outputs(root) == expected
+    for name, stat in before.items():  # not written again
+        now = (root / "out" / name).stat()
+        assert (now.st_ino, now.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns), name
+    assert resumed.round_files["preds"] == [f"out/preds-{r}" for r in range(6)]
+    assert not _hidden(root)
+
+
+KILLER = '''
+import os, sys
+from pipec import load
+from pipec.backends.runtime import datasets
+
+how, marker, resume = sys.argv[1], sys.argv[2], len(sys.argv) > 3
+write_part, commit = datasets.write_part, datasets.commit
+
+def dying_write(items, fmt, staging, partition):
+    if how == "parts" and not resume and "preds-3" in staging and partition == 1:
+        os._exit(9)  # the driver dies while round 3's tasks write its parts: part 0 is there
+    return write_part(items, fmt, staging, partition)
+
+def dying_commit(staging, target, names, again=False):
+    if how == "commit" and not resume and target.endswith("preds-3"):
+        fs, root = datasets.filesystem(target)
+        fs.makedirs(root, exist_ok=True)
+        fs.mv(staging + "/" + names[0], root + "/" + names[0])
+        os._exit(9)  # the driver dies in the middle of round 3's commit: one part moved
+    return commit(staging, target, names, again)
+
+datasets.write_part, datasets.commit = dying_write, dying_commit
+load("p.pipe").run(backend="local", params={"marker": marker}, run_dir="run", resume=resume)
+'''
+
+
+@pytest.mark.parametrize("how", ["parts", "commit"])
+def test_a_round_dataset_cut_short_by_a_killed_driver_is_finished_or_written_again(how, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    expected = _clean_datasets(tmp_path, monkeypatch)
+    root = tmp_path / how
+    _dataset_root(root)
+    (root / "killer.py").write_text(KILLER)
+    monkeypatch.chdir(root)
+    marker = tmp_path / "clean.marker"  # no stage failure: the kill stops the run
+    env = {**__import__("os").environ, "PYTHONPATH": ":".join(sys.path)}
+    run = [sys.executable, "killer.py", how, str(marker)]
+    assert subprocess.run(run, env=env, capture_output=True).returncode == 9
+    staged = [p.name for p in (root / "out").iterdir() if p.name.startswith(".")]
+    if how == "parts":  # round 3's staging folder holds part 0, and its target is not there
+        assert [p for p in staged if "preds-3" in p] and not (root / "out" / "preds-3").exists()
+    else:  # one part moved in, no _SUCCESS yet
+        assert sorted(p.name for p in (root / "out" / "preds-3").iterdir()) == ["part-00000.parquet"]
+    before = {str(p.relative_to(root / "out")): p.stat() for p in (root / "out").rglob("*")
+              if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root / "out").parts)}
+    done = subprocess.run(run + ["--resume"], env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert _outputs(root) == expected
+    assert not _hidden(root)
+    for name, stat in before.items():  # what the dead driver committed is not written again
+        now = (root / "out" / name).stat()
+        assert (now.st_ino, now.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns), name
+
+
+WHEN_PIPELINE = '''use m_resume as m
+
+pipeline p(marker: str, rounds: int = 6) {
+    source xs = range(12) partitions 3
+    var ys = map m.one over xs
+    var last = -1
+    repeat rounds as r {
+        stage zs = map m.step over ys with r = r, marker = marker
+        when r % 3 != 1 {
+            ys = zs
+            last = r
+        }
+        sink seen = [last, collect(ys)] -> json("out/seen-{r}.json")
+    }
+    sink out = [last, collect(ys)] -> json("out/ys.json")
+}
+'''
+
+
+@pytest.mark.parametrize("backend", RESUMABLE)
+def test_vars_rebound_in_when_blocks_resume_from_their_recorded_values(backend, tmp_path, monkeypatch):
+    marker = tmp_path / "clean.marker"
+    marker.touch()
+    path = _write(tmp_path / "clean")
+    path.write_text(WHEN_PIPELINE)
+    monkeypatch.chdir(tmp_path / "clean")
+    load(path).run(backend="local", params={"marker": str(marker)}, run_dir="run")
+    expected = _outputs(tmp_path / "clean")
+    assert [json.loads(expected[f"seen-{r}.json"])[0] for r in range(6)] == [0, 0, 2, 3, 3, 5]
+
+    root = tmp_path / backend
+    path = _write(root)
+    path.write_text(WHEN_PIPELINE)
+    pipeline = load(path)
+    monkeypatch.chdir(root)
+    monkeypatch.setattr("pipec.backends.runtime.driver.RECORD_BUDGET", 1e9)  # a record after every round
+    params, options = {"marker": str(tmp_path / f"{backend}.marker")}, engine_options(backend)
+    with pytest.raises(PipelineRuntimeError, match="the run stops here once"):
+        pipeline.run(backend=backend, params=params, run_dir="run", **options)
+    from pipec.backends.runtime import resume
+    record = resume.read("run")
+    assert record.rounds == 3 and record.vars["last"] == 2  # the value the `when` of round 2 gave it
+    pipeline.run(backend=backend, params=params, run_dir="run", resume=True, **options)
+    assert _outputs(root) == expected
+
+
+def test_a_round_dataset_staged_again_in_its_round_reuses_its_folder(tmp_path):
+    from pipec.backends.runtime.sinks import RoundFiles
+    files, target = RoundFiles(str(tmp_path / "run"), "one"), str(tmp_path / "out" / "preds-0")
+    staging = files.stage_dataset("preds", target)
+    assert files.stage_dataset("preds", target) == staging  # a graph submitted again (an actor came back)
+    with pytest.raises(FileExistsError):  # another sink writing the same folder in the round
+        files.stage_dataset("other", target)
+    assert files.commit_dataset("preds", target, []) is True
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["preds-0"]
+    assert [p.name for p in (tmp_path / "out" / "preds-0").iterdir()] == ["_SUCCESS"]
+    with pytest.raises(FileExistsError):  # a later round writing it again
+        files.stage_dataset("preds", target)
+
+
+KILL_PIPELINE = '''use m_kill as m
+
+pipeline p(rounds: int = 14) {
+    source xs = range(12) partitions 3
+    repeat rounds as r {
+        sink preds = map m.slow_row over xs with r = r -> parquet("out/preds-{r}")
+    }
+}
+'''
+
+KILL_MODULE = '''
+import time
+
+def slow_row(x, r):
+    time.sleep(0.03)  # rounds long enough to be killed in the middle of one
+    return {"x": x, "r": r}
+'''
+
+
+@pytest.mark.parametrize("backend", [b for b in RESUMABLE if b in ("dask", "ray")])
+def test_a_driver_killed_among_round_datasets_resumes_to_every_dataset_once(backend, tmp_path):
+    """The driver and the engine it started die together (SIGKILL to the process group and
+    its children) while rounds write their datasets; `pipec run --resume` ends with the
+    datasets of a clean run, the ones committed before the kill untouched, and nothing
+    half-written or hidden left behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    psutil = pytest.importorskip("psutil")
+    root = tmp_path / backend
+    root.mkdir()
+    (root / "m_kill.py").write_text(KILL_MODULE)
+    (root / "p.pipe").write_text(KILL_PIPELINE)
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), *sys.path]), "RAY_ADDRESS": "",
+           "DASK_SCHEDULER_ADDRESS": ""}
+    run_dir = root / "run"
+    command = [sys.executable, "-m", "pipec", "run", "p.pipe", "--backend", backend]
+    driver = subprocess.Popen(command + ["--run-dir", str(run_dir)], cwd=root, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = run_dir / "resume" / "round-files.json"
+    deadline, family = time.time() + 240, []
+    try:
+        while time.time() < deadline and driver.poll() is None:
+            try:
+                if sum(1 for entry in json.loads(log.read_text()).values() if entry[2] is not None) >= 3:
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.02)
+        assert driver.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.15)  # into the next round's tasks
+        family = psutil.Process(driver.pid).children(recursive=True)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        for proc in family:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        driver.wait()
+    out = root / "out"
+    whole = [p.name for p in out.iterdir() if (p / "_SUCCESS").exists()]
+    # (Most kills land while a round's tasks write into its staging folder, still pending.)
+    assert 3 <= len(whole) < 14
+    before = {str(f.relative_to(out)): f.stat() for name in whole for f in (out / name).iterdir()}
+    resumed = subprocess.run(command + ["--resume", str(run_dir)], cwd=root, env=env, capture_output=True,
+                             text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    for name, stat in before.items():  # committed before the kill: not written again
+        now = (out / name).stat()
+        assert (now.st_ino, now.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns), name
+    assert not _hidden(root)
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    (clean / "m_kill.py").write_text(KILL_MODULE)
+    (clean / "p.pipe").write_text(KILL_PIPELINE)
+    subprocess.run([sys.executable, "-m", "pipec", "run", "p.pipe", "--backend", "local"], cwd=clean, env=env,
+                   check=True, capture_output=True)
+    assert _outputs(root) == _outputs(clean)

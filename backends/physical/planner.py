@@ -37,9 +37,10 @@ GRAPH_OPS = (ir.Source, ir.Elementwise, ir.ReduceByKey, ir.GroupByKey, ir.Join, 
              ir.Reduce, ir.Count, ir.Top)
 # Operations whose per-partition half can be fused onto the element-wise chain feeding them.
 TERMINALS = (ir.Reduce, ir.Count, ir.Top, ir.ReduceByKey, ir.GroupByKey, ir.Distinct, ir.Join)
-# Ordering, sampling and indexing: take and sort_by have a partition-wise half to fuse onto.
+# Ordering, sampling and indexing: take has a partition-wise half to fuse onto (a sort's
+# runs are read twice, by the sample and by the range split: its input is a partition).
 GRAPH_OPS += (ir.Take, ir.SortBy, ir.Sample, ir.ZipWithIndex)
-TERMINALS += (ir.Take, ir.SortBy)
+TERMINALS += (ir.Take,)
 
 # What a task runs, by name; each engine maps these to its own task functions.
 BODIES = {
@@ -47,7 +48,7 @@ BODIES = {
     "merge": "a shuffle's merge: one bucket of every split output, then the segment",
     "finish": "a combine node of a reduction tree, a count's total or a top's final merge",
     "source_call": "a callable source called once, on a worker",
-    "take_part": "partition i of k contiguous blocks of a list one task made (a callable source's items, a sort)",
+    "take_part": "partition i of k contiguous blocks of a list one task made (a callable source's items)",
     "line_index": "a text file's newlines counted once, so each partition reads only its bytes",
     "pool": "one partition of a stage served by an actor pool member",
 }
@@ -1054,20 +1055,37 @@ class StepLowering:
 
     def _sorted_parts(self, node: str, src: str, by: ir.FnRef | None, by_element: bool, options,
                       stem: str, what: str) -> list[Ref]:
-        """``src`` sorted (see semantics.sort_key) and cut again into as many partitions:
-        each partition sorted in its task, the runs merged by one task, then cut into
-        contiguous blocks. The merge holds the whole collection: the price of a total
-        order that does not depend on the engine."""
+        """``src`` sorted (see semantics.sort_key) by key range, into as many partitions:
+        each partition sorted into a run by its task; evenly spaced keys of each run
+        (one small task per run) choose the splitters (one task); each run cut at the
+        splitters into its pieces of every range; one merge per range, of those pieces in
+        partition order. No task holds more than a partition, a run or a range (see
+        semantics.sorted_ranges: the local backend computes the same partitions)."""
+        if src in self.chains:  # fused here: its partitions are made first (the runs read them)
+            self.parts[src] = self._emit(self.chains.pop(src), None, None, None)
         k = self.nparts(src)
+        if k == 0:
+            return []
         order = order_of(self.ir, src)
-        term = steps.SortPartial(node, fn_ref(by), by_element, order, policy_of(options))
-        runs = self._partials(node, src, term, f"{what} (each partition)", options, f"{stem}-run")
-        merged = self._add(TaskSpec(f"{stem}-merged", node, f"merge the {len(runs)} sorted runs, in partition order",
-                                    "finish", (steps.SortMerge(node), *runs), retries_of(options),
-                                    resources_of(options)))
-        return [self._add(TaskSpec(part_key(stem, i), node, f"part {i} of {k} of the sorted items", "take_part",
-                                   (node, i, k, merged), retries_of(options), resources_of(options)))
-                for i in range(k)]
+        width = semantics.sort_width(by is not None, by_element, order)
+        retries, res = retries_of(options), resources_of(options)
+        sort = _Chain(steps.SortRun(node, fn_ref(by), by_element, order, policy_of(options)), list(self.parts_of(src)),
+                      names=[node], labels=[f"{what}: this partition's sorted run"], options=[options])
+        runs = self._emit(sort, None, None, None, name=f"{stem}-run", group=node)
+        samples = self._emit(_Chain.reading(node, runs), steps.SortSample(node, k),
+                             "evenly spaced keys of the run, weighted", None, name=f"{stem}-sample", group=node)
+        splitters = self._add(TaskSpec(f"{stem}-splitters", node,
+                                       f"{k - 1} splitter{'' if k == 2 else 's'} of {k} key ranges from the {k} runs' keys",
+                                       "finish", (steps.SortSplitters(node, k, width), *samples), retries, res))
+        cutting = _Chain.reading(node, runs)
+        cut = steps.Split(node, "range", k, splitters=cutting.slot(splitters))
+        pieces = self._emit(cutting, cut, f"cut the run at the splitters into its {k} key ranges", None,
+                            name=f"{stem}-split", group=node)
+        merge = _Chain(steps.Merge(node, "sort", None, policy_of(options)), [None] * k, names=[node],
+                       labels=["merge one key range from every run's piece, in partition order"],
+                       options=[options])
+        merge.sides = (tuple(merge.slot(ref) for ref in pieces),)
+        return self._emit(merge, None, None, None, name=stem, group=node)
 
     def _lower_sort_by(self, node: str, op: ir.SortBy) -> None:
         what = f"sort by {op.by.dotted}" if op.by else "sort by element"
@@ -1076,7 +1094,7 @@ class StepLowering:
 
     def _in_collection_order(self, node: str, src: str) -> list[Ref]:
         """The partitions of ``src`` laid out in collection order: as they are, or for a
-        keyed result (hash buckets, each sorted) merged by key and cut again."""
+        keyed result (hash buckets, each sorted) sorted by key range (see _sorted_parts)."""
         if order_of(self.ir, src) is None:
             return self.parts_of(src)
         return self._sorted_parts(node, src, None, False, None, f"{key_of(node)}-ordered",

@@ -156,11 +156,12 @@ class Sharded:
 
 @dataclass(frozen=True)
 class Merge:
-    """The reduce side of a keyed shuffle: the buckets meant for this partition from every
+    """The reduce side of a shuffle: the buckets meant for this partition from every
     source partition, merged in source-partition order (a join's left side first).
 
     ``how`` is ``reduce_by_key`` (``fn`` combines values), ``group_by_key``,
-    ``distinct`` or ``join``. The input is a list of ``(side, source partition, bucket)``
+    ``distinct``, ``join`` or ``sort`` (one key range of a sort, from every run's piece
+    of it: semantics.range_merge). The input is a list of ``(side, source partition, bucket)``
     records in any order (the shuffle's order); the merge puts them in order first."""
 
     node: str
@@ -228,14 +229,17 @@ class TopPartial:
 
 @dataclass(frozen=True)
 class Split:
-    """The map side of a keyed shuffle: the partition cut into ``k`` buckets by the stable
-    key hash (by element for ``distinct``); ``reduce_by_key`` combines per key first."""
+    """The map side of a shuffle: the partition cut into ``k`` buckets by the stable key
+    hash (by element for ``distinct``); ``reduce_by_key`` combines per key first. For a
+    sort (``how`` ``range``) the partition is a sorted run, cut into ``k`` key ranges at
+    the splitters in slot ``splitters`` (see semantics.range_split)."""
 
     node: str
     how: str
     k: int
     fn: Fn | None = None
     policy: Policy = Policy()
+    splitters: int | None = None
 
 
 @dataclass(frozen=True)
@@ -346,10 +350,12 @@ class TakeMerge:
 
 
 @dataclass(frozen=True)
-class SortPartial:
-    """Terminal: the partition sorted stably as (sort key, item) pairs: by ``by`` (or the
-    element when ``by_element``; neither: collection order only), ties by position in
-    the input's canonical ``order`` (see semantics.sort_key)."""
+class SortRun:
+    """Head: the partition (arriving as for :class:`Input`) sorted stably into its run of
+    (sort key, item) pairs: by ``by`` (or the element when ``by_element``; neither:
+    collection order only), ties by position in the input's canonical ``order`` (see
+    semantics.sort_key). A head, so the run is a partition like any other on every
+    engine: the sample and the range split read it as their input."""
 
     node: str
     by: Fn | None
@@ -359,10 +365,22 @@ class SortPartial:
 
 
 @dataclass(frozen=True)
-class SortMerge:
-    """Finisher: the whole sorted collection from the partitions' sorted pairs, in partition order."""
+class SortSample:
+    """Terminal: the evenly spaced keys of a sorted run that choose ``k`` key ranges,
+    each with how many items it stands for (semantics.run_sample)."""
 
     node: str
+    k: int
+
+
+@dataclass(frozen=True)
+class SortSplitters:
+    """Finisher: the ``k - 1`` splitters of a sort from the runs' samples, given in
+    partition order (semantics.sort_splitters); ``width``: the parts of a sort key."""
+
+    node: str
+    k: int
+    width: int
 
 
 @dataclass(frozen=True)
@@ -387,9 +405,9 @@ class Positioned:
     seed: int | None = None
 
 
-Head = Head | Positioned
-Terminal = Terminal | TakePartial | SortPartial
-Finisher = Finisher | TakeMerge | SortMerge | Offsets
+Head = Head | Positioned | SortRun
+Terminal = Terminal | TakePartial | SortSample
+Finisher = Finisher | TakeMerge | SortSplitters | Offsets
 
 
 def pick(outputs, output: int, buckets: int | None = None):

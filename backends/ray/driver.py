@@ -319,7 +319,8 @@ class RayDriver(PlannedDriver):
             if spec.body == "merge":
                 i, sides = args[1], args[2]
                 for slot in {slot for side in sides for slot in side}:
-                    args[3 + slot] = args[3 + slot][i]  # bucket i of that split
+                    buckets = args[3 + slot]  # a split into one bucket has one Ray return: itself
+                    args[3 + slot] = buckets[i] if isinstance(buckets, list) else buckets  # bucket i of that split
             if spec.body == "pool":
                 step_, i, seq, m, member, base, *bound = args
                 ref = member.run.options(name=spec.key).remote(step_, i, seq, base, *bound)

@@ -97,6 +97,7 @@ class Driver:
                 self.finish_records()
         finally:
             self.sinks.abort()  # nothing staged is left once a run ends, well or badly
+            self.round_files.abort()
             self.close_records()
             self.teardown()
         self.result.seconds = time.perf_counter() - start
@@ -151,10 +152,16 @@ class Driver:
             raise self.error(node, str(exc), op.span) from None
 
     def stage_dataset(self, node: str, op: ir.Sink) -> str:
-        """The staging folder dataset sink ``node``'s tasks write into (see StagedSinks)."""
+        """The staging folder dataset sink ``node``'s tasks write into: committed with the
+        run's other sinks (see StagedSinks), or inside a loop with its round (RoundFiles)."""
         path = self.value(op.path)
         try:
+            if op.loop is not None:
+                return self.round_files.stage_dataset(node, path)
             return self.sinks.stage_dataset(path)
+        except FileExistsError:
+            raise self.error(node, f"{path} was written in an earlier round of this run", op.span,
+                             "name every round index in the path, e.g. `{i}`") from None
         except OSError as exc:
             raise self.error(node, f"cannot write {path}: {exc.strerror or exc}", op.span) from None
 
@@ -261,7 +268,8 @@ class Driver:
         self.result.rounds[loop.id] = rounds
 
     def run_when(self, block: Block) -> None:
-        """A ``when`` block: its body runs once, in this round, if its condition is true."""
+        """A ``when`` block: its body runs once, in this round, if its condition is true;
+        then the vars it rebinds take their new values."""
         loop = block.loop
         cond = self.value(loop.when)
         if not isinstance(cond, bool):
@@ -269,6 +277,10 @@ class Driver:
                              "compare it, e.g. `when i % 10 == 0`")
         if cond:
             self.run_block(Block(None, block.items))
+            # A var rebound in the block holds its new value from here on, in this round
+            # and the next; in a round where the block does not run, it keeps its value.
+            for rebind in block.rebinds(self.ir):
+                self.env[self.ir.op(rebind).var] = self.env[rebind]
 
     def until(self, loop: ir.Loop) -> bool:
         """Whether a `repeat ... until` loop stops after the round just run."""
@@ -516,10 +528,24 @@ class Driver:
 
     def sink_dataset(self, node: str, op: ir.Sink) -> str:
         """A dataset sink after its tasks wrote the parts (a planned backend's graph did,
-        its value being their names): the parts are staged for the commit at the end."""
-        names = self.materialize(self.env[node])
+        its value being their names)."""
+        return self.dataset_written(node, op, self.materialize(self.env[node]))
+
+    def dataset_written(self, node: str, op: ir.Sink, names: list[str]) -> str:
+        """The tasks of dataset sink ``node`` wrote the parts ``names``: staged for the
+        commit at the end of the run, or inside a loop committed now, with its round."""
         path = self.value(op.path)
-        self.result.files[node] = self.sinks.dataset_written(path, names)
+        if op.loop is None:
+            self.result.files[node] = self.sinks.dataset_written(path, names)
+            return path
+        try:
+            fresh = self.round_files.commit_dataset(node, path, names)
+        except OSError as exc:
+            raise self.error(node, f"cannot write {path}: {exc.strerror or exc}", op.span) from None
+        self.result.files[node] = path
+        if fresh:
+            self.result.round_files.setdefault(node, []).append(path)
+            notify(self.progress, "sink_written", node, path)
         return path
 
     def order_of(self, node: str) -> str | None:

@@ -210,6 +210,8 @@ def _head_merge(head: s.Merge, items, partition: int, slots: Slots):
         return _plain(head.node, partition, lambda: semantics.group_merge(parts))
     if head.how == "distinct":
         return semantics.distinct_merge(parts)
+    if head.how == "sort":
+        return semantics.range_merge(parts)
     raise UnknownStep(f"merge {head.how!r}")
 
 
@@ -302,6 +304,8 @@ def _split(step: s.Split, items, partition: int, slots: Slots) -> list[list]:
         items = attempt(step.node, partition, step.policy, lambda: semantics.reduce_by_key_partial(fn, items))
     if step.how == "distinct":
         return semantics.distinct_split(items, step.k)
+    if step.how == "range":
+        return semantics.range_split(items, slots.value(step.splitters), step.k)
     return _plain(step.node, partition, lambda: semantics.shuffle_split(items, step.k, step.how))
 
 
@@ -424,13 +428,17 @@ def _take(step: s.TakePartial, items, partition: int, slots: Slots):
     return _plain(step.node, partition, lambda: semantics.take_partial(list(items), step.n, step.order))
 
 
-def _sort(step: s.SortPartial, items, partition: int, slots: Slots):
+def _head_sort_run(step: s.SortRun, items, partition: int, slots: Slots):
+    items = batches.rows(items)
     if step.by is None:  # no user code: a record that is not a pair gets pipec's message
-        return _plain(step.node, partition,
-                      lambda: semantics.sort_partial(items, None, step.by_element, step.order))
+        return _plain(step.node, partition, lambda: semantics.sort_run(items, None, step.by_element, step.order))
     by = resolve(step.by.module, step.by.attr)
     return attempt(step.node, partition, step.policy,
-                   lambda: semantics.sort_partial(items, by, step.by_element, step.order))
+                   lambda: semantics.sort_run(items, by, step.by_element, step.order))
+
+
+def _sort_sample(step: s.SortSample, items, partition: int, slots: Slots):
+    return semantics.run_sample(items, step.k)
 
 
 def _head_positioned(step: s.Positioned, items, partition: int, slots: Slots):
@@ -447,11 +455,11 @@ def _head_positioned(step: s.Positioned, items, partition: int, slots: Slots):
     raise UnknownStep(f"positioned {step.how!r}")
 
 
-_HEADS[s.Positioned] = _head_positioned
-_TERMINALS.update({s.TakePartial: _take, s.SortPartial: _sort})
+_HEADS.update({s.Positioned: _head_positioned, s.SortRun: _head_sort_run})
+_TERMINALS.update({s.TakePartial: _take, s.SortSample: _sort_sample})
 
 _FINISHERS = {
     s.TakeMerge: lambda step, partials: semantics.take_merge(list(partials), step.n, step.order),
-    s.SortMerge: lambda step, partials: semantics.sort_merge(list(partials)),
+    s.SortSplitters: lambda step, partials: semantics.sort_splitters(list(partials), step.k, step.width),
     s.Offsets: lambda step, partials: semantics.offsets(list(partials)),
 }

@@ -10,6 +10,7 @@ are written as JSON. Pure Python, no engine imports: workers import this module 
 
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import json
@@ -456,6 +457,129 @@ def sort_merge(runs: Sequence[tuple]) -> list:
     pairs = [p for _, part in runs for p in part]
     pairs.sort(key=_comparing(kinds))
     return [x for _, x in pairs]
+
+
+# ---- the range-partitioned sort: no task holds more than one key range ---------------------
+# A sort of k partitions gives k partitions, partition r holding the r-th key range:
+# each partition sorted into a *run* of (key, item) pairs (sort_run); from each run
+# evenly spaced keys, weighted by how many items each stands for (run_sample); from
+# all of them, in canonical order, k - 1 splitters at the weighted quantiles
+# (sort_splitters); each run cut at the splitters (range_split), an item going to the
+# range of the first splitter not below its key, so equal keys share a range; each
+# range merged from the runs' pieces in partition order (range_merge), stably. Every
+# step is a function of its inputs only: the same splitters, the same partitions on
+# every backend and in every run.
+
+# Sampled keys per run: 20 per output range, but about 100,000 in all at most (at least
+# 20 per run), so the task choosing the splitters stays small for any partition count.
+SAMPLES_PER_RANGE, SAMPLES_IN_ALL = 20, 100_000
+
+
+def sort_width(by: bool, by_element: bool, order: str | None) -> int:
+    """How many parts a sort key has (see :func:`sort_key`): the key itself, and the
+    position in collection order for a keyed (or distinct) input."""
+    return int(by or by_element) + int(order is not None)
+
+
+def sort_run(items: Iterable, by: Callable | None, by_element: bool, order: str | None) -> list[tuple]:
+    """One partition sorted stably by :func:`sort_key`: its run of (key, item) pairs (see
+    :func:`sort_partial`; ``by`` runs once per element)."""
+    return sort_partial(items, by, by_element, order)[1]
+
+
+def samples_per_run(k: int) -> int:
+    """How many keys :func:`run_sample` takes from each of ``k`` runs (at most)."""
+    return min(SAMPLES_PER_RANGE * k, max(SAMPLES_PER_RANGE, SAMPLES_IN_ALL // max(1, k)))
+
+
+def run_sample(run: Sequence[tuple], k: int) -> list[tuple]:
+    """The keys of a sorted run that choose the ``k`` ranges: the run cut into s equal
+    blocks (s = :func:`samples_per_run`, or its length if shorter), the middle key of
+    each with the block's length, in order."""
+    m = len(run)
+    n = min(m, samples_per_run(k))
+    bounds = [j * m // n for j in range(n + 1)] if n else [0]
+    return [(run[(a + b) // 2][0], b - a) for a, b in zip(bounds, bounds[1:])]
+
+
+def _columns(keys: list, width: int) -> list[list]:
+    if width == 1:
+        return [keys]
+    return [list(column) for column in zip(*keys)] if keys else [[] for _ in range(width)]
+
+
+def _key_kinds(pairs: Sequence[tuple], width: int) -> tuple:
+    return tuple(_kinds(column) for column in _columns([key for key, _ in pairs], width))
+
+
+def _key_order(kinds: tuple) -> Callable:
+    """What a sort key is compared as, given the kinds of each part (see _comparing)."""
+    plain = [kind in (_NUMBER, _STRING) for kind in kinds]
+    if all(plain):
+        return _itself
+    if len(plain) == 1:
+        return canonical_key
+    return lambda key: tuple(p if raw else canonical_key(p) for p, raw in zip(key, plain))
+
+
+def _itself(x):
+    return x
+
+
+def sort_splitters(samples: Sequence[list], k: int, width: int) -> tuple:
+    """The ``k - 1`` splitters of a sort from the runs' samples (given in partition
+    order): ``(width, kinds, keys)``, the keys in canonical order, splitter r the first
+    sampled key at which the samples' weight reaches r/k of their total (no splitters
+    when every run is empty)."""
+    entries = [entry for sample in samples for entry in sample]
+    canonical = _key_order((_OTHER,) * width)
+    entries.sort(key=lambda entry: canonical(entry[0]))  # stable: equal keys in partition order
+    total = sum(weight for _, weight in entries)
+    keys, seen, i = [], 0, 0
+    if entries:
+        for r in range(1, k):
+            while i < len(entries) and seen * k < r * total:
+                seen += entries[i][1]
+                i += 1
+            keys.append(entries[max(i, 1) - 1][0])
+    return width, _key_kinds([(key, None) for key in keys], width), keys
+
+
+def range_split(run: Sequence[tuple], splitters: tuple, k: int) -> list:
+    """A sorted run cut into ``k`` key ranges at the splitters: range r holds the keys
+    above splitter r - 1 and up to splitter r. Each piece is ``(kinds, pairs)``, an
+    empty one ``[]``; the cuts are found by bisection (the run is sorted already)."""
+    width, kinds, keys = splitters
+    if not run:
+        return [[] for _ in range(k)]
+    run_kinds = _key_kinds(run, width)
+    key = _key_order(tuple(a | b for a, b in zip(run_kinds, kinds)) if keys else run_kinds)
+    cuts = [bisect.bisect_left(run, key(splitter), key=lambda pair: key(pair[0])) for splitter in keys]
+    bounds = [0, *cuts, len(run)]
+    pieces = [(run_kinds, list(run[a:b])) if b > a else [] for a, b in zip(bounds, bounds[1:])]
+    return pieces + [[] for _ in range(k - len(pieces))]
+
+
+def range_merge(pieces: Sequence) -> list:
+    """One key range of the sorted collection from the runs' pieces of it (given in
+    partition order): one stable sort of their concatenation, a merge of sorted runs,
+    so equal keys keep partition order, then position."""
+    pieces = [piece for piece in pieces if piece]
+    if not pieces:
+        return []
+    kinds = tuple(functools.reduce(lambda a, b: a | b, column, 0) for column in zip(*(k for k, _ in pieces)))
+    pairs = [pair for _, part in pieces for pair in part]
+    pairs.sort(key=_comparing(kinds))
+    return [x for _, x in pairs]
+
+
+def sorted_ranges(runs: Sequence[list], width: int) -> list[list]:
+    """The partitions of a sort from its runs (one per input partition, in order), as
+    the planned backends' tasks compute them: one per key range."""
+    k = len(runs)
+    splitters = sort_splitters([run_sample(run, k) for run in runs], k, width)
+    pieces = [range_split(run, splitters, k) for run in runs]
+    return [range_merge([p[r] for p in pieces]) for r in range(k)]
 
 
 _NUMBER, _STRING, _OTHER = 1, 2, 4

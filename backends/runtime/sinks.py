@@ -170,8 +170,9 @@ ROUND_LOG = "resume/round-files.json"  # relative to the run folder; a fresh run
 
 
 class RoundFiles:
-    """The files that sinks inside loops write, one per round, each committed as soon as
-    its round computes it and written exactly once per run, also across ``--resume``.
+    """The files (and dataset folders) that sinks inside loops write, one per round, each
+    committed as soon as its round computes it and written exactly once per run, also
+    across ``--resume``.
 
     A file is rendered in full under a hidden name beside its target, then listed in the
     run folder's log (target -> that name), then moved onto its target. A driver killed
@@ -179,12 +180,25 @@ class RoundFiles:
     on resume and writes it); killed after, the resumed run finishes the move
     (:meth:`recover`); either way the target is written once, whole. A resumed run that
     runs a round again skips the files the log holds (the round computes the same bytes:
-    every backend is deterministic and actor calls are applied exactly once)."""
+    every backend is deterministic and actor calls are applied exactly once).
+
+    A dataset (``parquet``, ``csv``) is listed in the log as *pending* (its staging folder
+    beside the target, no parts yet) before its tasks write their parts there; once they
+    all have, the log names the parts and the commit moves them in, ``_SUCCESS`` last
+    (:func:`datasets.commit`). A resumed run removes the staging folder of a pending
+    dataset (its round runs again and writes it afresh) and finishes the commit of one
+    whose parts the log names; so a round's dataset is committed once, whole, and a
+    killed round leaves nothing behind."""
 
     def __init__(self, run_dir: str, run_id: str):
         self.run_dir, self.run_id = str(run_dir), run_id
-        self.log: dict[str, list[str]] = {}  # target (as given) -> [hidden name, sink node]
+        # target (as given) -> [hidden name, sink node] for a file; [staging folder, sink
+        # node, part names or None while its tasks write them] for a dataset
+        self.log: dict[str, list] = {}
         self.recovered: set[str] = set()  # targets an earlier driver of this run committed
+        # datasets committed by an earlier driver whose round runs again: target -> the
+        # folder its tasks write into this time, thrown away once they have
+        self.discarded: dict[str, str] = {}
 
     def recover(self) -> dict[str, list[str]]:
         """A resumed run: finish the moves the dead driver logged; returns the files it
@@ -194,12 +208,73 @@ class RoundFiles:
         except (OSError, ValueError):
             self.log = {}
         by_node: dict[str, list[str]] = {}
-        for path, (tmp, node) in self.log.items():
-            if storage.exists(tmp):
+        pending = []
+        for path, (tmp, node, *dataset) in self.log.items():
+            if dataset and dataset[0] is None:  # its round's tasks were writing: it runs again
+                datasets.remove(tmp)
+                pending.append(path)
+                continue
+            if dataset:
+                datasets.commit(tmp, path, dataset[0], again=True)
+            elif storage.exists(tmp):
                 storage.move(tmp, _target(path))
             self.recovered.add(path)
             by_node.setdefault(node, []).append(path)
+        if pending:
+            for path in pending:
+                del self.log[path]
+            self._write_log()
         return by_node
+
+    def stage_dataset(self, node: str, path: str) -> str:
+        """The staging folder the tasks of dataset sink ``node`` write this round's parts
+        of ``path`` into: listed in the log as pending first, emptied, other runs'
+        leftovers for ``path`` removed. Raises FileExistsError for a path this run wrote
+        in an earlier round. For a dataset an earlier driver of this run committed, the
+        parts go to a folder that :meth:`commit_dataset` throws away."""
+        staging = datasets.staging_of(path, self.run_id)
+        entry = self.log.get(path)
+        if entry is not None:
+            if path in self.recovered and entry[1] == node:
+                self.discarded[path] = staging
+                datasets.prepare_staging(path, staging)
+                return staging
+            if entry[1:] == [node, None] and entry[0] == staging:  # this round's graph lowered again
+                datasets.prepare_staging(path, staging)
+                return staging
+            raise FileExistsError(path)
+        self.log[path] = [staging, node, None]
+        self._write_log()
+        datasets.prepare_staging(path, staging)
+        return staging
+
+    def commit_dataset(self, node: str, path: str, names: list[str]) -> bool:
+        """The tasks wrote the parts ``names`` of this round's dataset ``path``: listed in
+        the log, then committed; False when an earlier driver of this run committed it
+        (this round's parts are removed, the target is left as it is)."""
+        if path in self.discarded:
+            datasets.remove(self.discarded.pop(path))
+            return False
+        staging = self.log[path][0]
+        self.log[path] = [staging, node, list(names)]
+        self._write_log()
+        datasets.commit(staging, path, names)
+        return True
+
+    def abort(self) -> None:
+        """The run failed: the staging folders of datasets whose parts were still being
+        written are removed, and so is their pending entry in the log."""
+        for path, staging in self.discarded.items():
+            datasets.remove(staging)
+        self.discarded.clear()
+        pending = [path for path, entry in self.log.items() if len(entry) > 2 and entry[2] is None]
+        for path in pending:
+            datasets.remove(self.log.pop(path)[0])
+        if pending:
+            self._write_log()
+
+    def _write_log(self) -> None:
+        storage.atomic_write(storage.join(self.run_dir, ROUND_LOG), json.dumps(self.log, sort_keys=True))
 
     def write(self, node: str, value, fmt: str, path: str, is_collection: bool) -> bool:
         """Commit round file ``path`` of sink ``node``; False when an earlier driver of
@@ -214,7 +289,7 @@ class RoundFiles:
         tmp = storage.join(storage.parent(target), f".{storage.name(target)}{ROUND_MARK}{self.run_id}.tmp")
         storage.atomic_write(tmp, data)
         self.log[path] = [tmp, node]
-        storage.atomic_write(storage.join(self.run_dir, ROUND_LOG), json.dumps(self.log, sort_keys=True))
+        self._write_log()
         storage.move(tmp, target)
         return True
 

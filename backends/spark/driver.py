@@ -468,7 +468,8 @@ class SparkDriver(PlannedDriver):
     def end_round(self, block) -> None:
         """Bring each collection var rebound this round to the driver, so the next round
         starts from data, not from a lineage that grows by a round each time."""
-        for rebind in block.rebinds(self.ir):
+        ran = [r for r in block.when_rebinds(self.ir) if self.env.get(self.ir.op(r).var) is self.env.get(r)]
+        for rebind in block.rebinds(self.ir) + ran:  # a `when` block's: in the rounds it ran
             op = self.ir.op(rebind)
             if op.var_shape == ir.COLLECTION:
                 self.env[op.var] = self._brought_back(op.var)
