@@ -191,7 +191,7 @@ def test_a_keyed_input_sorts_its_ties_by_key_then_partition_position():
     assert zero == [(0, "d"), (1, "b"), (1, "a"), (2, "e"), (4, "c")]  # collection order: by key, then position
     # With no key function at all: collection order only (how positions are counted).
     runs = [semantics.sort_partial(b, None, False, "key") for b in buckets]
-    assert semantics.sort_merge(runs) == zero
+    assert semantics.range_merge(runs) == zero
 
 
 @pytest.mark.parametrize("k", [1, 3, 7])
@@ -252,7 +252,7 @@ def test_the_fast_comparisons_order_exactly_as_the_canonical_key(values):
         [repr(x) for x in sorted(values, key=by_key)]
     # Runs of different kinds (numbers here, a mix there) merge by canonical key.
     runs = [semantics.sort_partial(values[:3], None, True, None), semantics.sort_partial(values[3:], None, True, None)]
-    assert [repr(x) for x in semantics.sort_merge(runs)] == [repr(x) for x in sorted(values, key=by_key)]
+    assert [repr(x) for x in semantics.range_merge(runs)] == [repr(x) for x in sorted(values, key=by_key)]
     records = [(v, i) for i, v in enumerate(values)]
     assert semantics.sort_by(records, semantics.canonical_key, False, "key") == \
         sorted(records, key=lambda r: semantics.sort_key(r, semantics.canonical_key, False, "key"))

@@ -282,26 +282,12 @@ def test_a_resumed_pool_replays_its_recorded_calls_to_every_member(backend, tmp_
     assert [p.name.split(".")[0] for p in journal.iterdir()].count("ms") >= 1  # the pool's calls, journaled
 
 
-JOURNAL_MODULE = '''
-import os
-
-def step(y, r, stop, marker):
+JOURNAL_MODULE = MODULE + '''
+def step_until(y, r, stop, marker):
     if r == stop and not os.path.exists(marker):
         open(marker, "a").close()
         raise RuntimeError("the run stops here once")
     return y + r
-
-def add(a, b):
-    return a + b
-
-class Acc:
-    def __init__(self):
-        self.seen = []
-    def add(self, x):
-        self.seen.append(x)
-        return len(self.seen)
-    def history(self):
-        return list(self.seen)
 '''
 
 JOURNAL_PIPELINE = '''use m_journal as m
@@ -310,7 +296,7 @@ pipeline p(marker: str, stop: int, rounds: int = 40) {
     source xs = range(6) partitions 2
     actor acc = m.Acc()
     repeat rounds as r {
-        value total = reduce m.add over (map m.step over xs with r = r, stop = stop, marker = marker)
+        value total = reduce m.add over (map m.step_until over xs with r = r, stop = stop, marker = marker)
         acc.add([r, total, "a call argument long enough to be seen in a record's size"])
     }
     sink calls = acc.history() -> json("out/calls.json")

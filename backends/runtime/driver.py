@@ -520,6 +520,11 @@ class Driver:
             raise self.error(node, f"cannot write {op.format}: {exc}", op.span) from None
         except OSError as exc:
             raise self.error(node, f"cannot write {path}: {exc.strerror or exc}", op.span) from None
+        return self._round_written(node, path, fresh)
+
+    def _round_written(self, node: str, path: str, fresh: bool) -> str:
+        """Sink ``node`` of a loop has this round's file or dataset at ``path`` (``fresh``:
+        written now, not by an earlier driver of a resumed run)."""
         self.result.files[node] = path
         if fresh:
             self.result.round_files.setdefault(node, []).append(path)
@@ -542,11 +547,7 @@ class Driver:
             fresh = self.round_files.commit_dataset(node, path, names)
         except OSError as exc:
             raise self.error(node, f"cannot write {path}: {exc.strerror or exc}", op.span) from None
-        self.result.files[node] = path
-        if fresh:
-            self.result.round_files.setdefault(node, []).append(path)
-            notify(self.progress, "sink_written", node, path)
-        return path
+        return self._round_written(node, path, fresh)
 
     def order_of(self, node: str) -> str | None:
         """The canonical order of a collection's output (None: partition order)."""

@@ -446,19 +446,6 @@ def sort_partial(items: Iterable, by: Callable | None, by_element: bool, order: 
     return kinds, pairs
 
 
-def sort_merge(runs: Sequence[tuple]) -> list:
-    """The sorted collection from the partitions' :func:`sort_partial` runs, given in
-    partition order: one stable sort of their concatenation (a merge of sorted runs), so
-    equal keys keep partition order, then position."""
-    runs = list(runs)
-    if not runs:
-        return []
-    kinds = tuple(functools.reduce(lambda a, b: a | b, column, 0) for column in zip(*(k for k, _ in runs)))
-    pairs = [p for _, part in runs for p in part]
-    pairs.sort(key=_comparing(kinds))
-    return [x for _, x in pairs]
-
-
 # ---- the range-partitioned sort: no task holds more than one key range ---------------------
 # A sort of k partitions gives k partitions, partition r holding the r-th key range:
 # each partition sorted into a *run* of (key, item) pairs (sort_run); from each run
@@ -611,8 +598,8 @@ def _first(pair):
 
 
 def sort_by(items: Iterable, by: Callable | None, by_element: bool, order: str | None) -> list:
-    """The whole collection (gathered in partition order) sorted: :func:`sort_merge` of one part."""
-    return sort_merge([sort_partial(items, by, by_element, order)])
+    """The whole collection (gathered in partition order) sorted: :func:`range_merge` of one run."""
+    return range_merge([sort_partial(items, by, by_element, order)])
 
 
 def offsets(counts: Sequence[int]) -> list[int]:
