@@ -160,7 +160,8 @@ def test_options_map_to_ray():
     # lost worker; the interpreter retries user code in the task)
     assert task_options(train.ir, spec, spec.args[0]) == {"max_retries": 3, "retry_exceptions": False,
                                                           "name": "grads-0", "num_cpus": 1}
-    assert _actor_options(train.ir.op("ps"), "n") == {"max_restarts": 3, "max_task_retries": 0, "name": "n"}
+    # pipec restarts a single actor itself, from a standby (Ray's restart takes seconds)
+    assert _actor_options(train.ir.op("ps"), "n") == {"max_restarts": 0, "max_task_retries": 0, "name": "n"}
     wordcount = load(EXAMPLES / "wordcount.pipe").lower("ray")
     split = next(spec for specs in wordcount.physical.tasks.values() for spec in specs
                  if isinstance(spec.args[0], s.Segment) and isinstance(spec.args[0].terminal, s.Split))
