@@ -100,6 +100,18 @@ class Fragile(Counter):
             threading.Timer(0.05, os._exit, [1]).start()
         return total
 
+class Doomed(Counter):
+    """Loses its process in each `add` until `deaths` losses are counted in a file."""
+    def __init__(self, marker, deaths):
+        super().__init__()
+        self.marker, self.deaths = marker, deaths
+    def add(self, x):
+        with open(self.marker, "a") as fh:
+            fh.write("x")
+        if os.path.getsize(self.marker) <= self.deaths:
+            os._exit(1)
+        return super().add(x)
+
 class Broken:
     def __init__(self):
         raise RuntimeError("no model file")
@@ -377,6 +389,25 @@ def test_an_actor_losing_its_process_just_after_answering_is_restored_and_every_
     assert result.outputs["out"] == list(range(8))  # each call applied exactly once, in order
     assert result.outputs["total"] == 28
     assert result.recoveries["c"] == 1
+
+
+@pytest.mark.parametrize("restarts", [1, 2])
+def test_each_lost_process_counts_against_restarts_and_the_last_restart_still_replays(write_pipe, tmp_path, restarts):
+    """pipec restarts the actor (its standby takes over, then a new process when the
+    standby is lost too): the call that kills it twice needs `restarts 2`, and is then
+    applied once; with `restarts 1` the run fails, saying so."""
+    marker = tmp_path / "deaths"
+    body = (f'actor c = m.Doomed(marker = "{marker}", deaths = 2) {{\n    restarts {restarts}\n}}\n'
+            f'c.add(5)\nc.add(6)\nsink out = c.history()')
+    if restarts == 1:
+        with pytest.raises(PipelineRuntimeError) as err:
+            run(write_pipe, body, run_dir=str(tmp_path / "run"))
+        assert "`restarts 1` used up" in str(err.value)
+        return
+    result = run(write_pipe, body, run_dir=str(tmp_path / "run"))
+    assert result.outputs["out"] == [5, 6]
+    assert result.recoveries["c"] == 1  # one replay, which lost a second process on its way
+    assert marker.read_text() == "xxxx"  # two deaths, then calls 0 and 1 applied once each
 
 
 def test_an_actor_without_restarts_that_dies_fails_with_a_hint(write_pipe, tmp_path):

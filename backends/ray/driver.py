@@ -137,6 +137,7 @@ class RayDriver(PlannedDriver):
         self.standbys: dict[str, Any] = {}
         self.restarts_used: dict[str, int] = {}
         self.generations: dict[str, int] = {}
+        self.standby_due: set[str] = set()  # actors whose standby starts after their first answer
         self.pools: dict[str, list] = {}
         self.puts: dict[str, tuple[Any, Any]] = {}
         self.names: dict[str, str] = {}  # Ray task name -> the IR node its errors belong to
@@ -295,6 +296,7 @@ class RayDriver(PlannedDriver):
         if recovered:
             self.env[call.node] = result  # the stages read it again from a fresh put
         self.logs[actor].confirm(call.seq)
+        self._answered(actor)
         notify(self.progress, "actor_call", actor, call.seq, call.op.method, False)
         return recovered
 
@@ -313,6 +315,7 @@ class RayDriver(PlannedDriver):
                     stage = next(n for n in step.nodes if actor in self.planner.handles(n))
                     raise _HandleActorLost(ActorLost(stage, None, actor, lost))
                 self.logs[actor].checkpointed()
+                self._answered(actor)
 
     def _restore_for_stage(self, lost: ActorLost, restores: int) -> None:
         """Bring back the actor a stage lost (see run_graph); errors name the stage."""
@@ -564,7 +567,9 @@ class RayDriver(PlannedDriver):
         self.restarts_used[node], self.generations[node] = 0, 0
         handle = self.actors[node] = self._actor_process(node)
         self.result.recoveries[node] = 0
-        self._keep_standby(node)
+        # Its standby starts once the actor has answered a call: on two cores, starting
+        # both processes together delayed the actor's first answer, which the run waits for.
+        self.standby_due.add(node)
         return handle
 
     def _actor_process(self, node: str, standby: bool = False):
@@ -578,6 +583,12 @@ class RayDriver(PlannedDriver):
             self.worker_setup, node, op.cls.module, op.cls.attr, args, kwargs, op.checkpoint_every,
             self.snapshot_path(node), standby)
 
+    def _answered(self, actor: str) -> None:
+        """Actor ``actor`` answered a call: its standby starts now if it is due."""
+        if actor in self.standby_due:
+            self.standby_due.discard(actor)
+            self._keep_standby(actor)
+
     def _keep_standby(self, node: str) -> None:
         """Start a standby for actor ``node`` unless it has one or no restart is left:
         Ray starts its process while the run goes on."""
@@ -587,9 +598,10 @@ class RayDriver(PlannedDriver):
 
     def _take_over(self, actor: str, span, where: str):
         """Actor ``actor``'s process is gone (or unreachable): the old Ray actor is killed
-        for good, so no two hosts of it ever run, and its standby becomes the actor (a new
-        process is started when there is none); it builds its host from the last snapshot
-        when the driver first asks it what it holds. Counts against `restarts N`."""
+        for good (were it only unreachable, it is never called again, and Ray does not
+        restart it), and its standby becomes the actor (a new process is started when
+        there is none); it builds its host from the last snapshot when the driver first
+        asks it what it holds. Counts against `restarts N`."""
         op = self.actor_specs[actor][0]
         if self.restarts_used[actor] >= op.restarts:
             raise self.error(where, f"actor `{actor}` died and cannot be restarted again (`restarts "
@@ -698,6 +710,7 @@ class RayDriver(PlannedDriver):
         if isinstance(result, Gap):  # restarted while idle: calls since its snapshot are missing
             return self._recover(actor, seq, method, args, kwargs)
         self.call_ref = ref
+        self._answered(actor)
         return result
 
     def _actor_result(self, ref, timeout: float | None = None):
@@ -749,9 +762,11 @@ class RayDriver(PlannedDriver):
                     results[q] = r
                 ray.get(handle.recovered.remote())
                 self.result.recoveries[actor] += 1
+                self.standby_due.discard(actor)
                 self._keep_standby(actor)
-                notify(self.progress, "fault", f"actor `{actor}` lost its process; pipec restored it from its "
-                                               f"snapshot and replayed its calls after call {applied}")
+                notify(self.progress, "fault", f"actor `{actor}` lost its process; pipec restored it in a standby "
+                                               f"process from its snapshot and replayed its calls after call "
+                                               f"{applied}")
                 return results
             except ray.exceptions.GetTimeoutError:
                 raise self.error(where, f"actor `{actor}` did not come back within {ACTOR_RESTART_WAIT:g} s of "
