@@ -772,9 +772,9 @@ class RayDriver(PlannedDriver):
                 raise self.error(where, f"actor `{actor}` did not come back within {ACTOR_RESTART_WAIT:g} s of "
                                         f"a crash", span) from None
             except ray.exceptions.RayActorError:
-                lost = True  # the new process was lost too
+                lost = True  # this process is gone (the one that took over, too, may be lost)
             except _Restarted:
-                pass
+                time.sleep(0.05)
             if time.monotonic() > deadline:
                 raise self.error(where, f"actor `{actor}` kept failing while pipec replayed its calls",
                                  span) from None
