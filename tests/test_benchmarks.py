@@ -93,3 +93,19 @@ def test_scaling_curves_are_drawn_and_every_point_computes_the_reference(tmp_pat
     assert [c["name"] for c in data["curves"]] == list(scaling.CURVES)
     page = (tmp_path / "s.html").read_text(encoding="utf-8")
     assert page.count("<svg") == 7 and "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+
+
+def test_the_recovery_benchmark_kills_the_actor_and_judges_the_run_byte_for_byte(tmp_path):
+    """benchmarks/recovery.py: one whole `pipec run` on Ray (an embedded runtime of its
+    own), 8 rounds, its actor's process killed after a seeded number of calls: the run
+    ends with the fault-free bytes, every call once, and a kill-to-next-call figure is
+    taken (how long it is, is the benchmark's to say)."""
+    pytest.importorskip("ray")
+    from benchmarks import recovery
+    rounds = 8
+    expected = recovery.reference(tmp_path, rounds)
+    assert expected["state.json"].count(b'"round"') == rounds
+    outcome = recovery.run_case(tmp_path, "ray", 0, expected, rounds, timeout=180)
+    assert outcome.verdict == "correct", outcome
+    assert outcome.detail.startswith("actor pid ") and outcome.kill_to_next > 0, outcome
+    assert "| ray | actor | 1 | all |" in recovery.table([outcome])

@@ -100,6 +100,18 @@ class Fragile(Counter):
             threading.Timer(0.05, os._exit, [1]).start()
         return total
 
+class Doomed(Counter):
+    """Loses its process in each `add` until `deaths` losses are counted in a file."""
+    def __init__(self, marker, deaths):
+        super().__init__()
+        self.marker, self.deaths = marker, deaths
+    def add(self, x):
+        with open(self.marker, "a") as fh:
+            fh.write("x")
+        if os.path.getsize(self.marker) <= self.deaths:
+            os._exit(1)
+        return super().add(x)
+
 class Broken:
     def __init__(self):
         raise RuntimeError("no model file")
@@ -160,7 +172,8 @@ def test_options_map_to_ray():
     # lost worker; the interpreter retries user code in the task)
     assert task_options(train.ir, spec, spec.args[0]) == {"max_retries": 3, "retry_exceptions": False,
                                                           "name": "grads-0", "num_cpus": 1}
-    assert _actor_options(train.ir.op("ps"), "n") == {"max_restarts": 3, "max_task_retries": 0, "name": "n"}
+    # pipec restarts a single actor itself, from a standby (Ray's restart takes seconds)
+    assert _actor_options(train.ir.op("ps"), "n") == {"max_restarts": 0, "max_task_retries": 0, "name": "n"}
     wordcount = load(EXAMPLES / "wordcount.pipe").lower("ray")
     split = next(spec for specs in wordcount.physical.tasks.values() for spec in specs
                  if isinstance(spec.args[0], s.Segment) and isinstance(spec.args[0].terminal, s.Split))
@@ -393,6 +406,25 @@ def test_an_actor_losing_its_process_just_after_answering_is_restored_and_every_
     assert result.outputs["out"] == list(range(8))  # each call applied exactly once, in order
     assert result.outputs["total"] == 28
     assert result.recoveries["c"] == 1
+
+
+@pytest.mark.parametrize("restarts", [1, 2])
+def test_each_lost_process_counts_against_restarts_and_the_last_restart_still_replays(write_pipe, tmp_path, restarts):
+    """pipec restarts the actor (its standby takes over, then a new process when the
+    standby is lost too): the call that kills it twice needs `restarts 2`, and is then
+    applied once; with `restarts 1` the run fails, saying so."""
+    marker = tmp_path / "deaths"
+    body = (f'actor c = m.Doomed(marker = "{marker}", deaths = 2) {{\n    restarts {restarts}\n}}\n'
+            f'c.add(5)\nc.add(6)\nsink out = c.history()')
+    if restarts == 1:
+        with pytest.raises(PipelineRuntimeError) as err:
+            run(write_pipe, body, run_dir=str(tmp_path / "run"))
+        assert "`restarts 1` used up" in str(err.value)
+        return
+    result = run(write_pipe, body, run_dir=str(tmp_path / "run"))
+    assert result.outputs["out"] == [5, 6]
+    assert result.recoveries["c"] == 1  # one replay, which lost a second process on its way
+    assert marker.read_text() == "xxxx"  # two deaths, then calls 0 and 1 applied once each
 
 
 def test_an_actor_without_restarts_that_dies_fails_with_a_hint(write_pipe, tmp_path):

@@ -628,6 +628,6 @@ def test_ray_without_a_shared_disk_survives_its_actors_worker(s3, private_ray_cl
     assert killed_at < epochs - 10  # the kill came mid-run, not after the last round
     assert (workdir / "out" / "weights.json").read_bytes() == expected
     summary = json.loads(s3.get("runs/train/summary.json"))  # the actor was lost and restored, not spared
-    assert any("actor `ps` lost its process; Ray restarted it" in f["message"] for f in summary["faults"]), summary
+    assert any("actor `ps` lost its process; pipec restored it" in f["message"] for f in summary["faults"]), summary
     assert "runs/train/actors/ps.snapshot" in s3.keys("runs/train/actors/")
     assert not list(workdir.glob(".pipec/runs/*/actors"))  # nothing of the run state on the driver's disk

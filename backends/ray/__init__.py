@@ -10,10 +10,13 @@ store. Every task body is the shared interpreter (``pipec.backends.runtime``), w
 retries and times user code inside the task; Ray's ``max_retries`` (exception retries off)
 re-runs a pure task lost with its worker.
 
-Actors are Ray actors with ``max_restarts`` and Ray's method retries off. Every
-graph-level call carries a sequence number; the actor restores its last snapshot in its
-constructor, reports a gap when calls are missing, and the driver replays its log in
-order, each call applied exactly once. A pool task is a call of its member actor.
+Actors are Ray actors with Ray's restarts and method retries off: pipec restarts an
+actor itself, from a standby process started beside it, which restores the last
+snapshot when it takes over (a lost process is known within milliseconds, where Ray's
+own restart took seconds). Every graph-level call carries a sequence number; the actor
+reports a gap when calls are missing, and the driver replays its log in order, each
+call applied exactly once. A pool task is a call of its member actor; pool members keep
+Ray's restarts (``max_restarts``).
 
 Modules: :mod:`.engine` (starting or joining Ray), :mod:`.plan` (the backend, explain,
 run), :mod:`.driver` (a run), :mod:`.worker` (task bodies and actor classes). Ray itself

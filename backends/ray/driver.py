@@ -59,8 +59,17 @@ class CallResult(Lazy):
 
 
 def _actor_options(op: ir.Actor, name: str) -> dict[str, Any]:
-    """A Ray actor restarts its process (``max_restarts``); its method retries stay off,
-    because pipec replays graph-level calls itself, in order, exactly once."""
+    """An actor's Ray options. Ray never restarts it (``max_restarts 0``): pipec does,
+    from a standby process started ahead (see RayDriver._take_over), and a process Ray
+    will not restart is reported dead within milliseconds, where one it restarts is only
+    reported unavailable after a second. Method retries stay off, because pipec replays
+    graph-level calls itself, in order, exactly once."""
+    return {"max_restarts": 0, "max_task_retries": 0, "name": name}
+
+
+def _pool_options(op: ir.Actor, name: str) -> dict[str, Any]:
+    """A pool member's Ray options: Ray restarts its process (``max_restarts``), which
+    replays the calls made to every member; method retries stay off."""
     return {"max_restarts": op.restarts, "max_task_retries": 0, "name": name}
 
 
@@ -122,6 +131,13 @@ class RayDriver(PlannedDriver):
         self.worker_setup = WorkerSetup(tuple(self.ir.info.module_paths()), storage.shipped())
         self.fns = remote_calls()
         self.actors: dict[str, Any] = {}
+        # Per actor: how it is made (op, args, kwargs), its standby (see _take_over), the
+        # restarts used of its `restarts N`, and how many processes it has had.
+        self.actor_specs: dict[str, tuple] = {}
+        self.standbys: dict[str, Any] = {}
+        self.restarts_used: dict[str, int] = {}
+        self.generations: dict[str, int] = {}
+        self.standby_due: set[str] = set()  # actors whose standby starts after their first answer
         self.pools: dict[str, list] = {}
         self.puts: dict[str, tuple[Any, Any]] = {}
         self.names: dict[str, str] = {}  # Ray task name -> the IR node its errors belong to
@@ -144,7 +160,8 @@ class RayDriver(PlannedDriver):
         return {"workers": int(cpus) if cpus else None, "dashboard": url, "versions": {"ray": self.ray.__version__}}
 
     def teardown(self) -> None:
-        for handle in list(self.actors.values()) + [h for hs in self.pools.values() for h in hs]:
+        handles = list(self.actors.values()) + list(self.standbys.values())
+        for handle in handles + [h for hs in self.pools.values() for h in hs]:
             try:
                 self.ray.kill(handle, no_restart=True)
             except Exception:
@@ -272,6 +289,7 @@ class RayDriver(PlannedDriver):
         if recovered:
             self.env[call.node] = result  # the stages read it again from a fresh put
         self.logs[actor].confirm(call.seq)
+        self._answered(actor)
         notify(self.progress, "actor_call", actor, call.seq, call.op.method, False)
         return recovered
 
@@ -290,6 +308,7 @@ class RayDriver(PlannedDriver):
                     stage = next(n for n in step.nodes if actor in self.planner.handles(n))
                     raise _HandleActorLost(ActorLost(stage, None, actor, lost))
                 self.logs[actor].checkpointed()
+                self._answered(actor)
 
     def _restore_for_stage(self, lost: ActorLost, restores: int) -> None:
         """Bring back the actor a stage lost (see run_graph); errors name the stage."""
@@ -536,14 +555,61 @@ class RayDriver(PlannedDriver):
 
     def _create_actor(self, node: str, op: ir.Actor, args: list, kwargs: dict):
         # Every actor has a snapshot file: periodic checkpoints go there, and so do the
-        # snapshots taken after graphs that call it through handles (what a restart, and
-        # a resumed run, restore those calls from).
-        snapshot = self.snapshot_path(node)
-        name = f"pipec.{self.ir.info.name}.{node}.{self.run_id}"
-        handle = self.fns.actor.options(**_actor_options(op, name)).remote(
-            self.worker_setup, node, op.cls.module, op.cls.attr, args, kwargs, op.checkpoint_every, snapshot)
-        self.actors[node] = handle
+        # snapshots taken after graphs that call it through handles (what a replacement,
+        # and a resumed run, restore those calls from).
+        self.actor_specs[node] = (op, args, kwargs)
+        self.restarts_used[node], self.generations[node] = 0, 0
+        handle = self.actors[node] = self._actor_process(node)
         self.result.recoveries[node] = 0
+        # Its standby starts once the actor has answered a call: on two cores, starting
+        # both processes together delayed the actor's first answer, which the run waits for.
+        self.standby_due.add(node)
+        return handle
+
+    def _actor_process(self, node: str, standby: bool = False):
+        """A new Ray actor for pipec actor ``node``: the first is named
+        ``pipec.<pipeline>.<actor>.<run>``, later ones (standbys) ``...<actor>~<n>...``."""
+        op, args, kwargs = self.actor_specs[node]
+        n = self.generations[node]
+        self.generations[node] = n + 1
+        name = f"pipec.{self.ir.info.name}.{node}{f'~{n}' if n else ''}.{self.run_id}"
+        return self.fns.actor.options(**_actor_options(op, name)).remote(
+            self.worker_setup, node, op.cls.module, op.cls.attr, args, kwargs, op.checkpoint_every,
+            self.snapshot_path(node), standby)
+
+    def _answered(self, actor: str) -> None:
+        """Actor ``actor`` answered a call: its standby starts now if it is due."""
+        if actor in self.standby_due:
+            self.standby_due.discard(actor)
+            self._keep_standby(actor)
+
+    def _keep_standby(self, node: str) -> None:
+        """Start a standby for actor ``node`` unless it has one or no restart is left:
+        Ray starts its process while the run goes on."""
+        op = self.actor_specs[node][0]
+        if node not in self.standbys and self.restarts_used[node] < op.restarts:
+            self.standbys[node] = self._actor_process(node, standby=True)
+
+    def _take_over(self, actor: str, span, where: str):
+        """Actor ``actor``'s process is gone (or unreachable): the old Ray actor is killed
+        for good (were it only unreachable, it is never called again, and Ray does not
+        restart it), and its standby becomes the actor (a new process is started when
+        there is none); it builds its host from the last snapshot when the driver first
+        asks it what it holds. Counts against `restarts N`."""
+        op = self.actor_specs[actor][0]
+        if self.restarts_used[actor] >= op.restarts:
+            raise self.error(where, f"actor `{actor}` died and cannot be restarted again (`restarts "
+                                    f"{op.restarts}` used up)", span)
+        self.restarts_used[actor] += 1
+        old = self.actors[actor]
+        try:
+            self.ray.kill(old, no_restart=True)
+        except Exception:
+            pass  # gone already
+        handle = self.standbys.pop(actor, None) or self._actor_process(actor, standby=True)
+        self.actors[actor] = handle
+        if self.env.get(actor) is old:
+            self.env[actor] = handle
         return handle
 
     def start_pool(self, node: str, op: ir.Actor, size: int):
@@ -553,7 +619,7 @@ class RayDriver(PlannedDriver):
     def _create_pool(self, node: str, op: ir.Actor, size: int, args: list, kwargs: dict):
         members = []
         for i in range(size):
-            options = _actor_options(op, f"pipec.{self.ir.info.name}.{node}.{i}.{self.run_id}")
+            options = _pool_options(op, f"pipec.{self.ir.info.name}.{node}.{i}.{self.run_id}")
             members.append(self.fns.pool.options(**options).remote(
                 self.worker_setup, node, op.cls.module, op.cls.attr, args, kwargs, self.each_path(node)))
         self.pools[node] = members
@@ -638,11 +704,12 @@ class RayDriver(PlannedDriver):
         if isinstance(result, Gap):  # restarted while idle: calls since its snapshot are missing
             return self._recover(actor, seq, method, args, kwargs)
         self.call_ref = ref
+        self._answered(actor)
         return result
 
-    def _actor_result(self, ref):
+    def _actor_result(self, ref, timeout: float | None = None):
         try:
-            return self.ray.get(ref)
+            return self.ray.get(ref, timeout=timeout)
         except self.ray.exceptions.RayTaskError as exc:
             raise self.task_error(exc) from None
 
@@ -657,10 +724,11 @@ class RayDriver(PlannedDriver):
         return self._actor_result(self.actors[actor].call.remote(seq, method, args, kwargs))
 
     def _replay(self, actor: str, span, where: str | None = None) -> dict[int, Any]:
-        """The actor lost its process: wait for Ray to restart it (its constructor restores
-        the last snapshot), replay, in order, every logged call it has not applied, and
-        let calls through handles in again. Gives the replayed calls' results by number.
-        Errors name ``where`` (a stage that lost it), else the actor."""
+        """The actor lost its process: its standby takes over (see _take_over) and restores
+        the last snapshot, the driver replays, in order, every logged call it has not
+        applied, and lets calls through handles in again; a new standby is then started
+        for the next loss. Gives the replayed calls' results by number. Errors name
+        ``where`` (a stage that lost it), else the actor."""
         ray = self.ray
         op = self.ir.op(actor)
         where = where or actor
@@ -668,30 +736,39 @@ class RayDriver(PlannedDriver):
             raise self.error(where, f"actor `{actor}`'s process died, and it has `restarts 0`", span,
                              "give it `restarts N` (and `checkpoint every N calls`) so pipec can restore it "
                              "and replay its calls")
-        handle, log = self.actors[actor], self.logs[actor]
+        log = self.logs[actor]
         deadline = time.monotonic() + ACTOR_RESTART_WAIT
+        handle = self.actors[actor]
+        # Asked first: a process Ray knows is gone fails at once (ActorDiedError), and one
+        # that answers with a Gap only needs the calls it lacks.
+        lost = False
         while True:
+            if lost:
+                handle = self._take_over(actor, span, where)
+            lost = False
             try:
-                applied = ray.get(handle.applied.remote(), timeout=max(0.1, deadline - time.monotonic()))
+                applied = self._actor_result(handle.applied.remote(), max(0.1, deadline - time.monotonic()))
                 results = {}
                 for q, m, a, k in log.since(applied):
                     r = self._actor_result(handle.call.remote(q, m, a, k))
                     if isinstance(r, Gap):
-                        raise _Restarted  # restarted again mid-replay
+                        raise _Restarted  # restored from an older snapshot meanwhile
                     results[q] = r
                 ray.get(handle.recovered.remote())
                 self.result.recoveries[actor] += 1
-                notify(self.progress, "fault", f"actor `{actor}` lost its process; Ray restarted it and pipec "
-                                               f"replayed its calls after call {applied}")
+                self.standby_due.discard(actor)
+                self._keep_standby(actor)
+                notify(self.progress, "fault", f"actor `{actor}` lost its process; pipec restored it in a standby "
+                                               f"process from its snapshot and replayed its calls after call "
+                                               f"{applied}")
                 return results
             except ray.exceptions.GetTimeoutError:
                 raise self.error(where, f"actor `{actor}` did not come back within {ACTOR_RESTART_WAIT:g} s of "
                                         f"a crash", span) from None
-            except ray.exceptions.ActorDiedError:
-                raise self.error(where, f"actor `{actor}` died and cannot be restarted again (`restarts "
-                                        f"{op.restarts}` used up)", span) from None
-            except (ray.exceptions.RayActorError, _Restarted):
-                if time.monotonic() > deadline:
-                    raise self.error(where, f"actor `{actor}` kept failing while pipec replayed its calls",
-                                     span) from None
+            except ray.exceptions.RayActorError:
+                lost = True  # this process is gone (the one that took over, too, may be lost)
+            except _Restarted:
                 time.sleep(0.05)
+            if time.monotonic() > deadline:
+                raise self.error(where, f"actor `{actor}` kept failing while pipec replayed its calls",
+                                 span) from None

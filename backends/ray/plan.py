@@ -109,7 +109,9 @@ class RayBackend(Backend):
 def _actor_text(op: ir.Actor) -> str:
     if op.pool_size is not None:
         return f"  -- a pool of Ray actors (max_restarts {op.restarts})"
-    extra = [f"max_restarts {op.restarts}", "calls replayed exactly once"]
+    # pipec restarts it, from a standby process started ahead (Ray's max_restarts is 0)
+    extra = [f"restarts {op.restarts}" + (" from a standby process" if op.restarts else ""),
+             "calls replayed exactly once"]
     if op.checkpoint_every:
         extra.append(f"checkpoint every {op.checkpoint_every} calls")
     return f"  -- a Ray actor ({', '.join(extra)})"

@@ -138,49 +138,74 @@ class Gap:
 
 
 class ActorServer:
-    """The process behind one pipec actor: a :class:`VersionedHost` restored from its
-    last snapshot when Ray restarts it (the constructor runs again), or from the one a
-    resumed run's record names."""
+    """The process behind one pipec actor: a :class:`VersionedHost` built from the
+    actor's last snapshot (the one a resumed run's record names, at the start), or from
+    its constructor before the first.
+
+    pipec, not Ray, restarts it (the Ray actor has ``max_restarts 0``): a *standby*
+    (``standby=True``) is started beside it, with Ray's and pipec's imports done and the
+    user's module imported, but no host; when the actor's process is lost the driver
+    sends the standby ``applied``, which builds the host from the snapshot, and replays
+    the calls since. Ray's own restart starts a new worker process once the loss is
+    known (1.3 to 2 s on a 2-core machine); the standby answers within milliseconds."""
 
     def __init__(self, setup: WorkerSetup, name: str, module: str, cls: str, args: list, kwargs: dict,
-                 checkpoint_every: int | None, snapshot: str | None):
+                 checkpoint_every: int | None, snapshot: str | None, standby: bool = False):
         setup.apply()
         import ray
         self.name = name
         self.failed: StageFailure | None = None
-        # Restarted by Ray: the snapshot may lack graph-level calls the driver made since
-        # (and calls made through handles in the graph that was running). Until the
-        # driver has replayed them (`recovered`), calls through handles are refused, so
-        # none is applied to a state that is behind.
-        self.recovering = ray.get_runtime_context().was_current_actor_reconstructed
+        self.host: VersionedHost | None = None
+        self._spec = (module, cls, args, kwargs, checkpoint_every, snapshot)
+        # Taking over (or restarted by Ray, on a cluster configured to): the snapshot may
+        # lack graph-level calls the driver made since (and calls made through handles in
+        # the graph that was running). Until the driver has replayed them (`recovered`),
+        # calls through handles are refused, so none is applied to a state that is behind.
+        self.recovering = standby or ray.get_runtime_context().was_current_actor_reconstructed
+        if standby:
+            try:
+                resolve(module, cls)  # imported now, not when it takes over
+            except Exception:  # reported when it takes over, by the constructor's call
+                pass
+        else:
+            self._build()
+
+    def _build(self) -> None:
+        module, cls, args, kwargs, checkpoint_every, snapshot = self._spec
         try:
             self.host = VersionedHost(module, cls, args, kwargs, checkpoint_every, snapshot)
         except Exception as exc:  # reported on the first call, at the actor's declaration
-            self.failed = failure(name, None, exc)
+            self.failed = failure(self.name, None, exc)
+
+    def _ready(self) -> VersionedHost:
+        """The host (a standby builds it now, from the snapshot); raises a failed one's error."""
+        if self.host is None and self.failed is None:
+            self._build()
+        if self.failed is not None:
+            raise self.failed
+        return self.host
 
     def call(self, seq: int, method: str, args: list, kwargs: dict):
         """Graph-level call ``seq``, applied exactly once (see ActorHost.call)."""
-        if self.failed is not None:
-            raise self.failed
-        if seq > self.host.applied + 1:
-            return Gap(self.host.applied)
-        if seq == self.host.applied + 1:
+        host = self._ready()
+        if seq > host.applied + 1:
+            return Gap(host.applied)
+        if seq == host.applied + 1:
             # Every call before this one is applied, and handle calls are in a snapshot
             # before the driver makes its next call: the state is whole again.
             self.recovering = False
         try:
-            return self.host.call(seq, method, args, kwargs)
+            return host.call(seq, method, args, kwargs)
         except Exception as exc:
             raise failure(f"{self.name}.{method}", None, exc) from None
 
     def invoke(self, key: tuple, method: str, args: tuple, kwargs: dict):
         """A call from inside a stage, through a handle: applied once per key (see
         ActorHost.invoke)."""
-        if self.failed is not None:
-            raise self.failed
+        host = self._ready()
         if self.recovering:
-            return Gap(self.host.applied)
-        return self.host.invoke(key, method, args, kwargs)
+            return Gap(host.applied)
+        return host.invoke(key, method, args, kwargs)
 
     def recovered(self) -> None:
         """The driver replayed every call the restored snapshot lacked."""
@@ -195,20 +220,19 @@ class ActorServer:
         """A snapshot now (after a graph whose stages called this actor through handles);
         a Gap instead when Ray restarted this actor since: the graph's calls died with the
         old process (even if no task noticed), so saving now would lose them."""
-        if self.failed is not None:
-            raise self.failed
+        host = self._ready()
         if self.recovering:
-            return Gap(self.host.applied)
-        return self.host.checkpoint()
+            return Gap(host.applied)
+        return host.checkpoint()
 
     def applied(self) -> int:
-        if self.failed is not None:
-            raise self.failed
-        return self.host.applied
+        """The number of the last call the host holds (a standby taking over builds its
+        host first, from the actor's last snapshot)."""
+        return self._ready().applied
 
     def flush(self) -> None:
         """Wait until the snapshot being written, if any, is durable (see ActorHost.flush)."""
-        if self.failed is None:
+        if self.host is not None:
             self.host.flush()
 
 
