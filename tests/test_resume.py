@@ -276,10 +276,11 @@ def test_a_resumed_pool_replays_its_recorded_calls_to_every_member(backend, tmp_
     params, options = {"marker": str(tmp_path / f"{backend}.marker")}, engine_options(backend)
     with pytest.raises(PipelineRuntimeError, match="the run stops here once"):
         pipeline.run(backend=backend, params=params, run_dir="run", **options)
-    pipeline.run(backend=backend, params=params, run_dir="run", resume=True, **options)
-    assert _outputs(root) == expected  # every member got every push once, also those before the record
     journal = root / "run" / "resume" / "journal"
     assert [p.name.split(".")[0] for p in journal.iterdir()].count("ms") >= 1  # the pool's calls, journaled
+    pipeline.run(backend=backend, params=params, run_dir="run", resume=True, **options)
+    assert _outputs(root) == expected  # every member got every push once, also those before the record
+    assert not journal.exists()  # a finished run has nothing left to resume
 
 
 JOURNAL_MODULE = MODULE + '''
@@ -346,9 +347,9 @@ def test_records_stay_the_same_size_however_many_calls_an_actor_without_snapshot
         pipeline.run(backend="local", params=params, run_dir="run", resume=True)
         calls = json.loads((root / "out" / "calls.json").read_text())
         assert [c[0] for c in calls] == list(range(40))  # every call once, in order
-    # A journal that lost a segment cannot be replayed: said so, not resumed short.
-    for segment in (root / "run" / "resume" / "journal").iterdir():
-        segment.unlink()
+    # A journal that lost a segment cannot be replayed: said so, not resumed short (the
+    # finished run removed its journal; taking the mark away leaves a run without one).
+    assert not (root / "run" / "resume" / "journal").exists()
     (root / "run" / "resume" / "finished").unlink()
     with pytest.raises(UsageError, match="cannot be resumed: the journal of actor `acc` lacks calls 0"):
         pipeline.run(backend="local", params=params, run_dir="run", resume=True)

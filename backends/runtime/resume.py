@@ -209,7 +209,9 @@ def _segment_span(entry: str, actor: str) -> tuple[int, int, int] | None:
 
 
 def finish(run_dir: str) -> None:
+    """Mark the run finished: nothing is left to resume, so its journal goes too."""
     storage.atomic_write(storage.join(run_dir, FINISHED), b"")
+    storage.remove_tree(storage.join(run_dir, JOURNAL))
 
 
 def finished(run_dir: str) -> bool:
