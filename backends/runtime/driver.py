@@ -685,12 +685,7 @@ class Driver:
             if resuming.finished(self.run_dir):
                 raise UsageError(f"run {self.run_dir} finished already; there is nothing to resume",
                                  "run the pipeline again without --resume")
-            try:
-                record = resuming.read(self.run_dir)
-            except FileNotFoundError as exc:  # a journal segment gone: the calls cannot be replayed
-                raise UsageError(f"run {self.run_dir} cannot be resumed: {exc}",
-                                 "its folder lost files since it stopped; run the pipeline again without --resume"
-                                 ) from None
+            record = resuming.read_record(self.run_dir)
             if record is not None:
                 if record.backend != self.backend:
                     raise UsageError(f"run {self.run_dir} ran on backend `{record.backend}`",
@@ -698,7 +693,11 @@ class Driver:
                 if record.fingerprint != self.fingerprint:
                     raise UsageError(f"run {self.run_dir} was started with a different pipeline or different "
                                      f"parameters", "resume with the same file and --param values")
-                self.record = record
+                try:
+                    self.record = resuming.with_calls(self.run_dir, record)
+                except FileNotFoundError as exc:  # a journal segment gone: the calls cannot be replayed
+                    raise UsageError(f"run {self.run_dir} cannot be resumed: {exc}", "its folder lost files "
+                                     "since it stopped; run the pipeline again without --resume") from None
                 self.result.files.update(record.files)
                 self.result.outputs.update(record.outputs)
                 self.result.round_files.update(self.round_files.recover())

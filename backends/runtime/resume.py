@@ -157,15 +157,26 @@ class RecordWriter:
 
 
 def read(run_dir: str) -> Record | None:
-    """The newest record in run folder ``run_dir``, or None (none yet, or an older
-    format)."""
+    """The newest record in run folder ``run_dir`` with its actors' calls (see
+    :func:`with_calls`), or None (none yet, or an older format)."""
+    record = read_record(run_dir)
+    return with_calls(run_dir, record) if record is not None else None
+
+
+def read_record(run_dir: str) -> Record | None:
+    """The newest record in run folder ``run_dir`` as stored: its actors' calls still in
+    the journal (what a driver checks a record against needs no more), or None."""
     try:
         data = storage.read_bytes(storage.join(run_dir, RECORD))
     except FileNotFoundError:
         return None
     record = pickle.loads(data)
-    if getattr(record, "format", None) != FORMAT:
-        return None
+    return record if getattr(record, "format", None) == FORMAT else None
+
+
+def with_calls(run_dir: str, record: Record) -> Record:
+    """``record`` with each actor's calls since its snapshot (a pool's calls to every
+    member) read back from the journal; FileNotFoundError when a segment is missing."""
     for actor, state in record.actors.items():
         key = state.pop("journal", None)
         if key is not None:
