@@ -99,6 +99,7 @@ class RecordWriter:
         self.seconds = 0.0  # how long the thread took to store the last record
         self._journaled: dict[str, int] = {}  # actor -> the last call this writer put in the journal
         self._segments = 0  # numbers this writer's segments: a later one wins over an earlier one
+        self._written: dict[str, list[tuple[int, str]]] = {}  # actor -> (last call, name) of its segments
 
     def write(self, record: Record) -> None:
         """Queue ``record``. Raises the OSError of an earlier record that could not be
@@ -148,12 +149,25 @@ class RecordWriter:
             name = f"{actor}.{new[0][0]}-{new[-1][0]}.{time.time_ns()}{self._segments:06d}.pickle"
             storage.atomic_write(storage.join(self.run_dir, JOURNAL, name), blob)
             self._journaled[actor] = new[-1][0]
+            self._written.setdefault(actor, []).append((new[-1][0], name))
         storage.atomic_write(storage.join(self.run_dir, RECORD), data)
         for actor, state in record.actors.items():
             if state.get("snapshot") is not None:
                 _prune(storage.join(self.run_dir, "actors"), actor, state["snapshot"])
-                _prune_journal(storage.join(self.run_dir, JOURNAL), actor, state["snapshot"])
+                self._prune_journal(actor, state["snapshot"])
         self.seconds = time.perf_counter() - start
+
+    def _prune_journal(self, actor: str, snapshot: int) -> None:
+        """Drop the segments this writer wrote whose calls the snapshot a record names
+        holds already (no listing: on an object store that is a request per record; a
+        resumed run's older segments go when the run finishes, see :func:`finish`)."""
+        kept = []
+        for last, name in self._written.get(actor, ()):
+            if last <= snapshot:
+                storage.remove(storage.join(self.run_dir, JOURNAL, name))
+            else:
+                kept.append((last, name))
+        self._written[actor] = kept
 
 
 def read(run_dir: str) -> Record | None:
@@ -243,14 +257,6 @@ def restore_snapshot(snapshot: str, seq: int | None) -> None:
         storage.remove(snapshot)
     else:
         storage.copy(versioned(snapshot, seq), snapshot)
-
-
-def _prune_journal(folder: str, actor: str, snapshot: int) -> None:
-    """Drop journal segments whose calls the snapshot a record names holds already."""
-    for entry in storage.listing(folder):
-        span = _segment_span(entry, actor)
-        if span is not None and span[1] <= snapshot:
-            storage.remove(storage.join(folder, entry))
 
 
 def _prune(folder: str, actor: str, keep_from: int) -> None:
