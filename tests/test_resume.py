@@ -11,6 +11,7 @@ Parquet dataset sink written after it."""
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -623,3 +624,26 @@ def test_a_driver_killed_among_round_datasets_resumes_to_every_dataset_once(back
     subprocess.run([sys.executable, "-m", "pipec", "run", "p.pipe", "--backend", "local"], cwd=clean, env=env,
                    check=True, capture_output=True)
     assert _outputs(root) == _outputs(clean)
+
+
+def test_the_newest_record_replaces_one_still_waiting_and_a_failed_store_is_raised(tmp_path):
+    """Records queue behind a slow store no deeper than one: the one waiting is replaced
+    by the newest, which is what ends up stored; a store that fails is raised by the
+    writer's next call, never lost."""
+    base = dict(pipeline="p", backend="local", fingerprint="f", top_index=0, loop="loop1", done=False)
+    writer = resume.RecordWriter(str(tmp_path))
+    gate = threading.Event()
+    store = writer._store
+    writer._store = lambda record: (gate.wait(10), store(record))
+    for rounds in range(1, 6):  # the first is being stored; 2 to 4 wait in turn and are replaced
+        writer.write(resume.Record(**base, rounds=rounds))
+    assert writer._waiting is not None and writer._waiting.rounds == 5
+    gate.set()
+    writer.close()
+    assert resume.read(str(tmp_path)).rounds == 5
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    failing = resume.RecordWriter(str(blocked))
+    failing.write(resume.Record(**base, rounds=1))
+    with pytest.raises(OSError):
+        failing.close()

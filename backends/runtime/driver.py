@@ -291,9 +291,11 @@ class Driver:
 
     def round_done(self, loop: ir.Loop, rounds: int, done: bool) -> None:
         """After each round of a top-level loop: record it, for a resume. A record costs
-        what it fetches (a collection var comes whole from the cluster) and what storing it
-        takes, so rounds are skipped while the last record's cost is above RECORD_BUDGET of
-        the time since; small records (values, actor calls) are written every round."""
+        what it fetches (a collection var comes whole from the cluster) and the CPU its
+        pickling takes (storing it is I/O off the driver's path, and a record waiting for
+        a slow store is replaced by the next one), so rounds are skipped while the last
+        record's cost is above RECORD_BUDGET of the time since; small records (values,
+        actor calls) are written every round."""
         if not (self.resumable and loop.parent is None):
             return
         self.result.rounds[loop.id] = rounds

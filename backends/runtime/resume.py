@@ -32,8 +32,9 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -88,41 +89,62 @@ def fingerprint(graph: ir.IR, params: dict[str, Any]) -> str:
 
 class RecordWriter:
     """Stores the records of one run, off the driver's path: one background thread
-    pickles and writes them atomically, in order, while the driver goes on with the next
-    round (pipec's values are never mutated, so a record handed over holds the state of
-    its own round). A driver that dies mid-write leaves the previous record whole."""
+    pickles and writes them atomically, the newest first where several wait, while the
+    driver goes on with the next round (pipec's values are never mutated, so a record
+    handed over holds the state of its own round). A driver that dies mid-write leaves
+    the previous record whole."""
 
     def __init__(self, run_dir: str):
         self.run_dir = run_dir  # a local folder or a storage URL
         self._thread: ThreadPoolExecutor | None = None
-        self._last: Future | None = None
-        self.seconds = 0.0  # how long the thread took to store the last record
+        self._lock = threading.Lock()
+        self._waiting: Record | None = None  # the newest record not yet being stored
+        self._error: OSError | None = None  # why an earlier record could not be stored
+        # The CPU the thread spent on the last record (pickling; storing is I/O, which
+        # does not slow the run): what the driver's 5 % budget counts.
+        self.seconds = 0.0
         self._journaled: dict[str, int] = {}  # actor -> the last call this writer put in the journal
         self._segments = 0  # numbers this writer's segments: a later one wins over an earlier one
         self._written: dict[str, list[tuple[int, str]]] = {}  # actor -> (last call, name) of its segments
 
     def write(self, record: Record) -> None:
-        """Queue ``record``. Raises the OSError of an earlier record that could not be
-        written."""
-        if self._last is not None and self._last.done():
-            self._last.result()
+        """Queue ``record``. A record still waiting behind the one being stored is
+        replaced by it: only the newest matters, and a slow store (an object store's
+        requests) must not make rounds queue up. Raises the OSError of an earlier record
+        that could not be stored."""
+        self._raise()
+        with self._lock:
+            queued, self._waiting = self._waiting is not None, record
+        if queued:
+            return  # the store queued already takes the newest
         if self._thread is None:
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipec-record")
-        self._last = self._thread.submit(self._store, record)
+        self._thread.submit(self._drain)
 
     def close(self) -> None:
-        """Wait until every queued record is written; raises the OSError of one that was
-        not."""
+        """Wait until the newest record is stored; raises the OSError of one that was not."""
         if self._thread is not None:
             self._thread.shutdown(wait=True)
             self._thread = None
-        last, self._last = self._last, None
-        if last is not None:
-            last.result()
+        self._raise()
 
+    def _raise(self) -> None:
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def _drain(self) -> None:
+        with self._lock:
+            record, self._waiting = self._waiting, None
+        if record is None:
+            return
+        try:
+            self._store(record)
+        except OSError as exc:
+            self._error = exc
 
     def _store(self, record: Record) -> None:
-        start = time.perf_counter()
+        start = time.thread_time()
         actors, segments = {}, []
         for actor, state in record.actors.items():
             key = next((k for k in JOURNALED if k in state), None)
@@ -142,6 +164,7 @@ class RecordWriter:
             data = pickle.dumps(replace(record, actors=actors), protocol=pickle.HIGHEST_PROTOCOL)
         except Exception:
             return  # a value that cannot be pickled: the previous record stands
+        self.seconds = time.thread_time() - start
         # The segments before the record that needs them: a driver killed in between
         # leaves a segment no record names yet, which reading ignores.
         for actor, new, blob in blobs:
@@ -155,7 +178,6 @@ class RecordWriter:
             if state.get("snapshot") is not None:
                 _prune(storage.join(self.run_dir, "actors"), actor, state["snapshot"])
                 self._prune_journal(actor, state["snapshot"])
-        self.seconds = time.perf_counter() - start
 
     def _prune_journal(self, actor: str, snapshot: int) -> None:
         """Drop the segments this writer wrote whose calls the snapshot a record names
