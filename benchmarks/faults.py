@@ -59,9 +59,9 @@ ROUNDS, ITEMS, PARTITIONS = 5, 24, 4
 # How long a process pipec started may outlive its driver before it counts as a stray.
 STRAY_GRACE = 5.0
 
-MODULE = '''
-"""The fault-injection suite's ledger and stage functions (see benchmarks/faults.py)."""
-import json, os, time
+# The start of every ledger module (this suite's, benchmarks/recovery.py's): the imports
+# and how a process notes a line in a file shared with other processes.
+NOTES = '''import json, os, time
 
 def _note(path, line):
     # One short O_APPEND write per line: lines from several processes never interleave.
@@ -70,7 +70,10 @@ def _note(path, line):
         os.write(fd, (line + "\\n").encode())
     finally:
         os.close(fd)
+'''
 
+MODULE = '''"""The fault-injection suite's ledger and stage functions (see benchmarks/faults.py)."""
+''' + NOTES + '''
 def work(x, r, beacons):
     _note(beacons, f"stage {os.getpid()}")
     time.sleep(0.03)

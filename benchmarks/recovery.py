@@ -55,18 +55,8 @@ ROUNDS, ITEMS, PARTITIONS = 24, 16, 4
 # What is killed on each engine (Spark hosts actors in its driver).
 VICTIM = {"dask": "actor", "ray": "actor", "spark": "stage worker"}
 
-MODULE = '''
-"""The recovery benchmark's ledger and stage functions (see benchmarks/recovery.py)."""
-import json, os, time
-
-def _note(path, line):
-    # One short O_APPEND write per line: lines from several processes never interleave.
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (line + "\\n").encode())
-    finally:
-        os.close(fd)
-
+MODULE = '''"""The recovery benchmark's ledger and stage functions (see benchmarks/recovery.py)."""
+''' + faults.NOTES + '''
 def work(x, r, beacons):
     _note(beacons, f"{os.getpid()} {r}")
     time.sleep(0.005)
