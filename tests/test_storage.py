@@ -51,6 +51,27 @@ def test_local_write_keeps_permissions_and_symlinks(tmp_path):
     assert real.stat().st_mode & 0o777 == 0o600
 
 
+def test_a_device_or_a_pipe_is_written_into_never_replaced(tmp_path):
+    """`pipec compile x.pipe -o /dev/null` must leave /dev/null a device: an atomic
+    write renames a temporary over its target, which for a device or a FIFO would put a
+    regular file in its place."""
+    import stat
+    import threading
+    fifo = tmp_path / "stream"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    storage.atomic_write(fifo, [b"plan ", b"text"])
+    reader.join(10)
+    assert got == [b"plan text"] and stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert storage.listing(tmp_path) == ["stream"]  # no temporary left beside it
+    done = subprocess.run([sys.executable, "-m", "pipec", "compile", "examples/train.pipe", "-o", os.devnull],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+
+
 def test_naming_helpers():
     assert storage.join("s3://b/runs/", "actors", "ps.snapshot") == "s3://b/runs/actors/ps.snapshot"
     assert storage.join("runs", "x") == os.path.join("runs", "x")

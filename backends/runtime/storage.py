@@ -505,9 +505,20 @@ def _atomic_write_local(path: str, parts: list) -> None:
     target = Path(os.path.realpath(path))
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        mode = stat.S_IMODE(os.stat(target).st_mode)
+        found = os.stat(target).st_mode
     except FileNotFoundError:
-        mode = 0o666 & ~_umask()
+        found = None
+    if found is not None and (stat.S_ISCHR(found) or stat.S_ISFIFO(found) or stat.S_ISSOCK(found)
+                              or stat.S_ISBLK(found)):
+        # A device or a pipe (`-o /dev/null`, `/dev/stdout`, a FIFO) is written into: a
+        # rename over it would put a regular file in its place (for /dev/null, the whole
+        # machine's, when run as root), and "the old file or the whole new one" means
+        # nothing for a stream.
+        with open(target, "wb") as fh:
+            for part in parts:
+                fh.write(part)
+        return
+    mode = stat.S_IMODE(found) if found is not None else 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
