@@ -218,6 +218,110 @@ def test_the_replay_log_names_only_a_snapshot_it_knows_is_durable():
     assert log.snapshot == 6 and log.entries == []
 
 
+# ---- incremental snapshots: only the chunks a call changed ------------------------------------------
+
+
+@pytest.fixture
+def table_module(tmp_path, monkeypatch):
+    """An actor holding a 4 MB table (four chunks) of which each call changes one slice."""
+    (tmp_path / "snap_table.py").write_text(
+        "import numpy as np\n"
+        "class Table:\n"
+        "    def __init__(self):\n"
+        "        self.table = np.zeros(4 * 2**20 // 8)\n"
+        "        self.calls = []\n"
+        "    def add(self, x, part):\n"
+        "        n = len(self.table) // 4\n"
+        "        self.table[part * n:(part + 1) * n] += x\n"
+        "        self.calls.append(x)\n"
+        "        return len(self.calls)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "snap_table"
+
+
+def _chunks(folder: str) -> set[str]:
+    return {e for e in storage.listing(storage.join(folder, "t.chunks")) if not e.startswith(".")}
+
+
+@pytest.mark.parametrize("where", ["disk", "s3"])
+def test_a_snapshot_writes_only_the_chunks_changed_since_the_one_before(where, table_module, tmp_path, request):
+    folder = str(tmp_path / "actors") if where == "disk" else request.getfixturevalue("s3").url("run/actors")
+    path = storage.join(folder, "t.snapshot")
+    host = VersionedHost(table_module, "Table", [], {}, 2, path)
+    host.call(0, "add", [1.0, 0], {})
+    host.call(1, "add", [2.0, 1], {})  # due: the first snapshot holds every chunk
+    host.flush()
+    first = _chunks(folder)
+    assert len(first) == 4
+    host.call(2, "add", [3.0, 2], {})
+    host.call(3, "add", [4.0, 2], {})  # due: calls 2 and 3 changed one chunk of four
+    host.flush()
+    assert len(_chunks(folder) - first) == 1 and first <= _chunks(folder)
+    host.close()
+    # every numbered snapshot restores the state of its own call, the newest the last
+    for seq, table in ((1, [1.0, 2.0, 0.0, 0.0]), (3, [1.0, 2.0, 7.0, 0.0])):
+        obj, applied = read_snapshot(versioned(path, seq))[:2]
+        n = len(obj.table) // 4
+        assert applied == seq and [float(obj.table[i * n]) for i in range(4)] == table
+        assert [float(obj.table[(i + 1) * n - 1]) for i in range(4)] == table
+    restored = VersionedHost(table_module, "Table", [], {}, 2, path)
+    assert restored.applied == 3 and restored.obj.calls == [1.0, 2.0, 3.0, 4.0]
+    restored.obj.table += 1  # writable after a restore from chunks
+    assert restored.obj.table.flags.aligned
+
+
+@pytest.mark.parametrize("where", ["disk", "s3"])
+def test_chunks_no_snapshot_names_any_more_are_removed(where, table_module, tmp_path, request):
+    """The driver prunes numbered snapshots a record may no longer name: their chunks go
+    too, so the folder holds at most the chunks of the snapshots kept."""
+    from pipec.backends.runtime import snapshots
+    folder = str(tmp_path / "actors") if where == "disk" else request.getfixturevalue("s3").url("run/actors")
+    path = storage.join(folder, "t.snapshot")
+    host = VersionedHost(table_module, "Table", [], {}, 1, path)  # a snapshot after every call
+    for seq in range(12):
+        host.call(seq, "add", [float(seq), seq % 4], {})
+        if seq >= 2:
+            host.flush()
+            snapshots.prune(folder, "t", seq - 1)  # what a record naming snapshot seq - 1 does
+    host.close()
+    numbered = sorted(e for e in storage.listing(folder) if e.endswith(".snapshot"))
+    assert numbered == ["t.10.snapshot", "t.11.snapshot", "t.snapshot"]
+    assert len(_chunks(folder)) == 5  # four chunks of snapshot 11, one that only 10 names
+    obj = read_snapshot(versioned(path, 10))[0]
+    assert obj.calls == [float(s) for s in range(11)]
+    snapshots.prune(folder, "t", None)  # a finished run: only the newest is left
+    assert [e for e in storage.listing(folder) if e.endswith(".snapshot")] == ["t.snapshot"]
+    assert len(_chunks(folder)) == 4
+    assert read_snapshot(path)[0].calls == [float(s) for s in range(12)]
+
+
+def test_a_snapshot_whose_chunk_is_gone_is_an_error_not_a_fresh_start(table_module, tmp_path):
+    from pipec.backends.runtime.snapshots import SnapshotDamaged
+    path = str(tmp_path / "actors" / "t.snapshot")
+    host = VersionedHost(table_module, "Table", [], {}, 1, path)
+    host.call(0, "add", [1.0, 0], {})
+    host.close()
+    os.unlink(next(iter(glob.glob(str(tmp_path / "actors" / "t.chunks" / "*")))))
+    with pytest.raises(SnapshotDamaged):
+        VersionedHost(table_module, "Table", [], {}, 1, path)
+
+
+def test_a_small_state_is_one_file_and_an_older_format_is_still_read(counter_module, tmp_path):
+    path = str(tmp_path / "actors" / "c.snapshot")
+    host = VersionedHost(counter_module, "Counter", [], {}, 1, path)  # 800 KB: below a chunk
+    host.call(0, "add", [1], {})
+    host.close()
+    assert not os.path.exists(tmp_path / "actors" / "c.chunks")
+    # format 1 (every buffer inline, written by pipec before incremental snapshots)
+    import struct
+    buffer = np.arange(5.0).tobytes()
+    views = []
+    header = pickle.dumps(np.arange(5.0), protocol=5, buffer_callback=views.append)
+    head = b"pipec-snapshot1\n" + struct.pack("<QQQ", len(header), 1, len(buffer))
+    pad = b"\0" * (-(len(head) + len(header)) % 64)
+    np.testing.assert_array_equal(decode_state(head + header + pad + buffer), np.arange(5.0))
+
+
 # ---- processes killed while a snapshot is being written ---------------------------------------------
 
 
