@@ -233,13 +233,14 @@ def keep(events: RunEvents, pipeline, result=None) -> Path | None:
 
 
 def prune_snapshots(folder: Path) -> int:
-    """Delete the numbered actor snapshots of a finished run; returns how many."""
-    gone = 0
-    for f in (folder / "actors").glob("*.snapshot") if (folder / "actors").is_dir() else ():
-        if _NUMBERED.match(f.name):
-            f.unlink(missing_ok=True)
-            gone += 1
-    return gone
+    """Delete the numbered actor snapshots of a finished run, and the chunks only they
+    named; returns how many snapshots went."""
+    from pipec.backends.runtime import snapshots
+    actors = folder / "actors"
+    if not actors.is_dir():
+        return 0
+    names = {m.group("actor") for f in actors.glob("*.snapshot") if (m := _NUMBERED.match(f.name))}
+    return sum(snapshots.prune(str(actors), actor, None) for actor in sorted(names))
 
 
 @dataclass

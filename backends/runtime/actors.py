@@ -20,77 +20,23 @@ snapshot of the due call before ``n`` is durable, and only that one may be named
 record or let the driver forget the calls it holds; the log keeps the calls after it
 (at most ``2 * checkpoint_every - 1``). A host killed mid-write leaves the previous
 snapshot whole (the write is atomic) and its temporary is removed by the next host.
+A snapshot writes only the chunks of big buffers that changed since the one before (see
+:mod:`pipec.backends.runtime.snapshots`, which holds the file format).
 """
 
 from __future__ import annotations
 
-import os
 import pickle
-import struct
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from pipec.backends.runtime import storage
+from pipec.backends.runtime.snapshots import (ALIGN, MAGIC, Capture, SnapshotWriter, chunk_folder,  # noqa: F401
+                                              decode_state, encode_state, read_snapshot, versioned)
 from pipec.backends.runtime.tasks import resolve
 
 SKIPPED = "pipec:skipped"
-
-# A snapshot file: MAGIC, the pickle's length and the number of out-of-band buffers
-# (u64 each), each buffer's length (u64), the pickle (protocol 5), then each buffer at an
-# offset aligned to ALIGN (numpy arrays restored from them are aligned and writable).
-MAGIC = b"pipec-snapshot1\n"
-ALIGN = 64
-
-
-def encode_state(state: Any, spare: list | None = None) -> list:
-    """``state`` as the parts of a snapshot file, captured now: big buffers (numpy
-    arrays) are copied out of the live objects, into the buffers of ``spare`` (an earlier
-    snapshot's parts, no longer written) where their sizes match."""
-    views: list = []
-    header = pickle.dumps(state, protocol=5, buffer_callback=views.append)
-    reuse: dict[int, list] = {}
-    for part in spare or ():
-        if isinstance(part, bytearray):
-            reuse.setdefault(len(part), []).append(part)
-    copies = []
-    for view in views:
-        raw = view.raw()
-        copy = reuse[raw.nbytes].pop() if reuse.get(raw.nbytes) else bytearray(raw.nbytes)
-        memoryview(copy)[:] = raw
-        copies.append(copy)
-    head = MAGIC + struct.pack(f"<QQ{len(copies)}Q", len(header), len(copies), *(len(c) for c in copies))
-    parts, offset = [head, header], len(head) + len(header)
-    for copy in copies:
-        pad = -offset % ALIGN
-        parts += [b"\0" * pad, copy]
-        offset += pad + len(copy)
-    return parts
-
-
-def decode_state(data: bytes | bytearray) -> Any:
-    """The state a snapshot file holds (also one pickled whole, by pipec before 2026-12)."""
-    if not data.startswith(MAGIC):
-        return pickle.loads(data)
-    view = memoryview(data)
-    at = len(MAGIC)
-    size, count = struct.unpack_from("<QQ", view, at)
-    lengths = struct.unpack_from(f"<{count}Q", view, at + 16)
-    at += 16 + 8 * count
-    header = view[at:at + size]
-    at += size
-    buffers = []
-    for length in lengths:
-        at += -at % ALIGN
-        buffers.append(view[at:at + length])
-        at += length
-    return pickle.loads(header, buffers=buffers)
-
-
-def read_snapshot(path: str) -> Any:
-    """The state of snapshot file ``path`` (a path or a storage URL); FileNotFoundError
-    when there is none."""
-    return decode_state(storage.read_writable(path))
 
 
 class ActorHost:
@@ -113,7 +59,8 @@ class ActorHost:
         self._latest: dict[str, tuple] = {}  # stage -> the newest round that called it
         self._writer: ThreadPoolExecutor | None = None  # writes snapshots off the call's path
         self._writing: Future | None = None  # the snapshot being written, if any
-        self._spare: list = []  # the parts of the last snapshot written: reused buffers
+        # writes each snapshot with only the chunks of big buffers changed since the last
+        self._snapshots = SnapshotWriter(self.snapshot_path) if self.snapshot_path else None
         self._remove_partial_snapshots()
         state = self._stored_state()
         if state is not None:
@@ -136,6 +83,10 @@ class ActorHost:
         for entry in storage.listing(folder):
             if entry.startswith(f".{stem}.") and entry.endswith(".tmp"):
                 storage.remove(storage.join(folder, entry))
+        chunks = storage.join(folder, chunk_folder(self.snapshot_path))
+        for entry in storage.listing(chunks):  # a chunk being written when the host died
+            if entry.startswith(".") and entry.endswith(".tmp"):
+                storage.remove(storage.join(chunks, entry))
 
     def _stored_state(self) -> tuple | None:
         """The snapshot's state, or None when there is none (one read: on an object store
@@ -186,16 +137,16 @@ class ActorHost:
     def save(self) -> None:
         """A snapshot of the state now, written before this returns."""
         self.flush()
-        self.write(self.applied, self.snapshot_parts())
+        self.write(self.applied, self.capture())
 
     def save_in_background(self) -> None:
         """A snapshot of the state now, captured before this returns and written by the
         host's thread (:meth:`flush` waits for it)."""
         self.flush()
-        parts, seq = self.snapshot_parts(), self.applied
+        captured, seq = self.capture(), self.applied
         if self._writer is None:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipec-snapshot")
-        self._writing = self._writer.submit(self.write, seq, parts)
+        self._writing = self._writer.submit(self.write, seq, captured)
 
     def flush(self) -> None:
         """Wait until the snapshot being written, if any, is durable; raises its error."""
@@ -203,18 +154,21 @@ class ActorHost:
         if writing is not None:
             writing.result()
 
-    def write(self, seq: int, parts: list) -> None:
-        """Store snapshot ``seq`` (the parts of :func:`encode_state`) atomically."""
-        storage.atomic_write(self.snapshot_path, parts)
-        self._spare = parts
+    def write(self, seq: int, captured: Capture) -> None:
+        """Store snapshot ``seq`` (a :meth:`capture`) atomically: the chunks it changed,
+        then the file that names them."""
+        self._snapshots.write(captured, seq)
 
-    def snapshot_parts(self) -> list:
-        """The state as of now, as a snapshot file's parts (see :func:`encode_state`)."""
-        spare, self._spare = self._spare, []
-        return encode_state((self.obj, self.applied, self.last_result, self.keyed, self._latest), spare)
+    def capture(self) -> Capture:
+        """The state as of now, copied for a snapshot (see snapshots.SnapshotWriter)."""
+        return self._snapshots.capture(self._snapshot_state())
+
+    def _snapshot_state(self) -> tuple:
+        return self.obj, self.applied, self.last_result, self.keyed, self._latest
 
     def snapshot_bytes(self) -> bytes:
-        return b"".join(self.snapshot_parts())
+        """The state as of now as one self-contained snapshot file."""
+        return b"".join(encode_state(self._snapshot_state()))
 
     def checkpoint(self) -> bool:
         """A snapshot now, whatever ``checkpoint_every`` says: the driver asks for one when
@@ -292,29 +246,14 @@ class ReplayLog:
         return [e for e in self.entries if e[0] > applied]
 
 
-def versioned(path: str, seq: int) -> str:
-    """``actors/ps.snapshot`` -> ``actors/ps.41.snapshot`` (a path or a storage URL)."""
-    stem, suffix = os.path.splitext(storage.name(path))
-    return storage.join(storage.parent(path), f"{stem}.{seq}{suffix}")
-
-
 class VersionedHost(ActorHost):
     """An :class:`ActorHost` that also keeps each snapshot under its sequence number, for
     backends that can resume a run: the newest snapshot may already hold calls of the
     round the driver died in, so a resumed run restores the one its record names."""
 
-    def write(self, seq: int, parts: list) -> None:
-        # The versioned copy first: a host killed between the two writes then leaves the
-        # newest snapshot one call-range older, and its successor restores that, replays
-        # and writes both again. The other order left a newest snapshot (say at call 9)
-        # without its versioned copy, for good, since call 9 is never applied again; a
-        # record naming snapshot 9 then could not be resumed (seen with S3's slower PUTs).
-        # The newest is a copy of the versioned one: a hard link on disk, a server-side
-        # copy on an object store, so the state is written once.
-        numbered = versioned(self.snapshot_path, seq)
-        storage.atomic_write(numbered, parts)
-        storage.copy(numbered, self.snapshot_path)
-        self._spare = parts
+    def write(self, seq: int, captured: Capture) -> None:
+        # numbered first, then the newest as a copy of it (see SnapshotWriter.write)
+        self._snapshots.write(captured, seq, versioned(self.snapshot_path, seq))
 
 
 def last_snapshot(checkpoint_every: int | None, next_seq: int) -> int | None:

@@ -40,7 +40,8 @@ from typing import Any
 
 from pipec.compiler import ir
 from pipec.backends.runtime import storage
-from pipec.backends.runtime.actors import versioned
+from pipec.backends.runtime import snapshots
+from pipec.backends.runtime.snapshots import versioned
 
 FORMAT = 3
 RECORD = "resume/state.pickle"  # relative to the run folder
@@ -282,9 +283,6 @@ def restore_snapshot(snapshot: str, seq: int | None) -> None:
 
 
 def _prune(folder: str, actor: str, keep_from: int) -> None:
-    """Drop versioned snapshots older than the one the newest record names."""
-    for entry in storage.listing(folder):
-        if entry.startswith(f"{actor}.") and entry.endswith(".snapshot"):
-            middle = entry[len(actor) + 1:-len(".snapshot")]
-            if middle.isdigit() and int(middle) < keep_from:
-                storage.remove(storage.join(folder, entry))
+    """Drop versioned snapshots older than the one the newest record names, and the
+    chunks only they named."""
+    snapshots.prune(folder, actor, keep_from)

@@ -419,6 +419,54 @@ def read_writable(url: str | Path) -> bytearray:
 
 
 @_oserrors
+def write_many(items: list) -> None:
+    """Write each ``(url, data)`` of ``items`` atomically (see :func:`atomic_write`; all
+    on one storage), with no order between them: on an object store the PUTs run
+    concurrently (an actor snapshot's changed chunks, 10 PUTs of 1 MB each)."""
+    if not items:
+        return
+    if is_local(items[0][0]) or protocol_of(items[0][0]) not in OBJECT_STORES:
+        for url, data in items:
+            atomic_write(url, data)
+        return
+    fs, _ = filesystem(items[0][0])
+    paths = {filesystem(url)[1]: bytes(data) for url, data in items}
+    fs.pipe(paths)
+    for path in paths:
+        fs.invalidate_cache(path)
+
+
+@_oserrors
+def read_into(items: list) -> None:
+    """Fill each ``(url, view)`` of ``items`` (a writable memoryview) with the start of
+    file ``url`` (all on one storage): read straight into it from the local disk,
+    fetched concurrently from an object store. FileNotFoundError when one is missing;
+    OSError when one is shorter than its view."""
+    if not items:
+        return
+    if is_local(items[0][0]):
+        for url, view in items:
+            with open(local_path(url), "rb") as fh:
+                done = 0
+                while done < len(view):
+                    n = fh.readinto(view[done:])
+                    if not n:
+                        raise OSError(f"{url} holds {done} bytes, {len(view)} expected")
+                    done += n
+        return
+    fs, _ = filesystem(items[0][0])
+    paths = [filesystem(url)[1] for url, _ in items]
+    got = fs.cat(paths, on_error="return") if len(paths) > 1 else {paths[0]: fs.cat_file(paths[0])}
+    for (url, view), path in zip(items, paths):
+        data = got.get(path, FileNotFoundError(url))
+        if isinstance(data, Exception):
+            raise data
+        if len(data) < len(view):
+            raise OSError(f"{url} holds {len(data)} bytes, {len(view)} expected")
+        view[:] = data[:len(view)]
+
+
+@_oserrors
 def move(src: str | Path, dst: str | Path) -> None:
     """Put file ``src`` in place of ``dst`` (both on the same storage). On the local disk
     a rename; on an object store a server-side copy (the target key appears whole) and
