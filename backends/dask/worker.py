@@ -4,7 +4,8 @@ hosts, the handle proxy.
 A task runs a segment of the physical plan with
 :func:`pipec.backends.runtime.interpreter.run_segment`, so a partition computed here is
 the one the reference backend computes; this module only adds Dask's way of moving data
-(values sealed as in-band pickles, split outputs as one sealed object per bucket).
+(values sealed as in-band pickles; a task with several outputs, a split's say, as one
+sealed list of sealed outputs: one frame on the wire, each output opened only by its reader).
 Functions are pickled by reference: workers import this module (and ``distributed``,
 lazily, only where a task talks to an actor).
 
@@ -122,7 +123,7 @@ class SealedSlots:
 
 def segment_task(segment: steps.Segment, partition: int, items, *bound):
     """One partition of a segment; ``items`` is the sealed input partition (None when the
-    head makes it). A split's buckets are sealed one by one, so a merge opens only its own."""
+    head makes it). A split's outputs are sealed one by one, so a merge opens only its own."""
     return _sealed(segment, run_segment(segment, partition, unseal(items), SealedSlots(bound)))
 
 
