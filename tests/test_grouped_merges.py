@@ -249,3 +249,15 @@ def test_group_bounds_cut_like_range_partitions():
             for r in range(k):
                 j, place = s.group_of(k, groups, r)
                 assert bounds[j][0] + place == r < bounds[j][1]
+
+
+def test_a_grouped_merge_read_twice_is_not_scanned_and_the_plan_says_so(tmp_path):
+    from tests.test_conformance import CASES, _write_case
+    name = "wide_shuffles_merge_in_groups"
+    plan = load(_write_case(tmp_path, name, CASES[name])).lower("dask")
+    text = plan.explain()
+    for node in ("sums", "joined"):  # each read by two consumers in the graph that makes it
+        assert f"note: no shared scan of `{node}`: grouped merge tasks make its partitions" in text
+    step = next(s for s in plan.to_json()["steps"] if s["step"] == "graph")
+    assert step["unscanned_grouped_merges"] == ["sums", "joined"]
+    assert [scan["head"] for scan in step["shared_scans"]] == ["xs", "pairs"]

@@ -113,6 +113,9 @@ def _explain_steps(plan: PhysicalPlan, mapping: Mapping, steps, lines: list[str]
             lines.append(f"{pad}graph {step.number}  ({ntasks} task{'s' if ntasks != 1 else ''}{extra}){before}")
             for scan in step.declined.values():
                 lines.append(f"{pad}  note: no shared scan of {_scan_text(scan)}: {mapping.declined_scans}")
+            for node in plan.unscanned.get(step.number, ()):
+                lines.append(f"{pad}  note: no shared scan of `{node}`: grouped merge tasks make its partitions, "
+                             f"and each reader reads them")
             for node, k in plan.ungrouped.get(step.number, ()):
                 lines.append(f"{pad}  note: `{node}` merges its {k} partitions in {k} tasks, not in groups of "
                              f"partitions: {mapping.declined_groups}")
@@ -169,7 +172,11 @@ def _steps_json(plan: PhysicalPlan, mapping: Mapping, steps) -> list[dict]:
                 entry["hoisted_splits"] = [_hoist_json(h) for h in step.hoisted]
             if plan.ungrouped.get(step.number):
                 entry["ungrouped_merges"] = [{"node": node, "partitions": k} for node, k in plan.ungrouped[step.number]]
-            for name, scans in (("shared_scans", step.scans), ("declined_scans", step.declined)):
+            unscanned = plan.unscanned.get(step.number, ())
+            if unscanned:
+                entry["unscanned_grouped_merges"] = list(unscanned)
+            for name, scans in (("shared_scans", {n: s for n, s in step.scans.items() if n not in unscanned}),
+                                ("declined_scans", step.declined)):
                 if scans:
                     entry[name] = [{"head": s.head, "branches": list(s.branches), "keep": s.keep}
                                    for s in scans.values()]

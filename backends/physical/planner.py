@@ -700,6 +700,7 @@ class StepLowering:
         self.scans: dict[str, _Scanning] = {}  # scanned collection -> its scan, while its branches come
         self.loops = loops_of(graph, step.loop)  # the loops whose every round runs this graph
         self.ungrouped: list[tuple[str, int]] = []  # (shuffle, k) merged a task a partition: the engine declines
+        self.unscanned: list[str] = []  # planned scans of grouped merges' partitions, read as they are instead
 
     def lower(self) -> list[TaskSpec]:
         for node in self.step.nodes:
@@ -786,6 +787,9 @@ class StepLowering:
             # each reader reads them as it reads any collection's (a rare shape: a shuffle
             # of more than MERGE_WIDTH partitions read twice in its own graph).
             self._open_scan(node, chain)
+        elif node in self.step.scans:
+            self.unscanned.append(node)
+            self.parts[node] = self._emit(chain, None, None, None)
         else:
             self.parts[node] = self._emit(chain, None, None, None)
 
@@ -1218,11 +1222,13 @@ class PhysicalPlan:
         self.static = StaticContext(graph, params)
         self.tasks: dict[int, list[TaskSpec]] = {}
         self.ungrouped: dict[int, list[tuple[str, int]]] = {}
+        self.unscanned: dict[int, list[str]] = {}  # per graph step: scans its grouped merges made moot
         self.parts: dict[str, list[str]] = {}  # collection node -> its partitions' keys
         for step in self.planner.graph_steps():
             lowering = StepLowering(graph, step, self.static, self.planner.actors)
             self.tasks[step.number] = lowering.lower()
             self.ungrouped[step.number] = lowering.ungrouped
+            self.unscanned[step.number] = lowering.unscanned
             for node, refs in lowering.parts.items():
                 self.parts[node] = [r.key for r in refs]
 
