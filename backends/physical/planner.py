@@ -634,6 +634,25 @@ def fn_ref(ref: ir.FnRef | None) -> steps.Fn | None:
     return steps.Fn(ref.module, ref.attr) if ref is not None else None
 
 
+class _Slots(list):
+    """The keys a chain's tasks read, each once, numbered by position. Finding a key's
+    slot is a lookup, not a scan of the list: a merge of P splits takes P slots, and the
+    scan made lowering mapreduce at 1,024 partitions quadratic (1M comparisons, 0.63 s
+    of a 4.1 s run on Ray under a profiler)."""
+
+    def __init__(self, refs=()):
+        super().__init__(refs)
+        self._index = {ref: i for i, ref in enumerate(self)}
+
+    def slot(self, ref: "Ref") -> int:
+        """The slot of ``ref``, added at the end when new."""
+        i = self._index.get(ref)
+        if i is None:
+            i = self._index[ref] = len(self)
+            self.append(ref)
+        return i
+
+
 @dataclass
 class _Chain:
     """Work fused into one task per partition: a head (a partition read from a key, a
@@ -641,7 +660,7 @@ class _Chain:
 
     head: Any  # a physical-plan head (see physical.steps)
     inputs: list  # per partition: a Ref to its items, or None when the head makes them
-    refs: list[Ref] = field(default_factory=list)  # keys every task reads (slots)
+    refs: _Slots = field(default_factory=_Slots)  # keys every task reads (slots)
     stages: list[steps.Elementwise] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
@@ -659,9 +678,7 @@ class _Chain:
         return cls(steps.Input(node), list(refs))
 
     def slot(self, ref: Ref) -> int:
-        if ref not in self.refs:
-            self.refs.append(ref)
-        return self.refs.index(ref)
+        return self.refs.slot(ref)
 
 
 @dataclass
