@@ -166,7 +166,7 @@ class Merge:
     records in any order (the shuffle's order); the merge puts them in order first.
 
     With ``groups`` the shuffle's ``k`` buckets are merged by ``groups`` tasks (see
-    :func:`merge_groups`): task j merges the contiguous run of partitions
+    :func:`group_bounds`): task j merges the contiguous run of partitions
     ``group_bounds(k, groups)[j]``, each one as an ungrouped merge would and through the
     rest of the segment, and gives their outputs one after another; its input records
     carry each source's group of buckets, ``(side, source partition, [bucket, ...])``."""
@@ -369,8 +369,8 @@ def grouped(buckets: list, groups: int) -> list[list]:
 
 def task_outputs(segment: "Segment", index: int) -> int:
     """How many objects task ``index`` of ``segment`` gives: a grouped merge's task one
-    partition's worth (:func:`outputs_of`) for every partition of its group, else one
-    partition's worth (a lone object when that is 1 and the result is not a list)."""
+    partition's worth (:func:`outputs_of`) for every partition of its group, any other
+    task one partition's worth."""
     head = segment.head
     width = outputs_of(segment.terminal)
     if isinstance(head, Merge) and head.groups is not None:
