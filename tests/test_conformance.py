@@ -323,6 +323,25 @@ CASES: dict[str, Case] = {
         }
         sink a = collect(ranks) -> json("out/a.json")
         sink b = collect(grown) -> json("out/b.json")"""),
+    # More partitions than a shuffle has merge tasks (planner.MERGE_WIDTH, 16): the
+    # merges run in groups of partitions, one or two a task here, and every partition,
+    # every part file and every position must be the ungrouped ones.
+    "wide_shuffles_merge_in_groups": Case("""
+        source xs = range(600) partitions 20
+        stage pairs = map m.pair over xs
+        stage sums = reduce_by_key m.add over pairs
+        stage groups = group_by_key over pairs
+        stage uniq = distinct(map m.mod7 over xs)
+        stage joined = join(pairs, sums)
+        stage again = reduce_by_key m.add over (map m.join_sum over joined)
+        sink a = collect(sums) -> json("out/a.json")
+        sink b = groups -> jsonl("out/b.jsonl")
+        sink c = collect(uniq) -> json("out/c.json")
+        sink d = collect(map_batches m.layout over joined) -> json("out/d.json")
+        sink e = collect(zip_with_index(sums)) -> json("out/e.json")
+        sink f = collect(map_batches m.layout over sort_by(xs, by = m.neg_int)) -> json("out/f.json")
+        sink g = map m.as_row over (map m.first over sums) -> parquet("out/g")
+        sink h = [count(again), top(again, 3, by = m.neg)] -> json("out/h.json")"""),
     "top_and_count": Case("""
         source lines = read_text("data.txt") partitions 2
         stage counts = reduce_by_key m.add over (map m.word_pair over (flat_map m.words over lines))

@@ -23,6 +23,7 @@ from pipec.compiler import ir
 from pipec.backends.base import Machine, NoProgress, notify
 from pipec.backends.dask import worker
 from pipec.backends.dask.plugins import PathsPlugin, StoragePlugin
+from pipec.backends.physical import steps
 from pipec.backends.physical.planner import Arg, GraphStep, Ref, Rounds, Seq, StepLowering, key_of
 from pipec.backends.runtime import storage
 from pipec.backends.runtime.driver import LiveContext, PlannedDriver
@@ -49,12 +50,34 @@ BODIES = {"segment": worker.segment_task, "merge": worker.merge_task, "finish": 
 
 
 class Parts:
-    """A collection kept on the cluster: one future per partition, in order."""
+    """A collection kept on the cluster: one future per partition, in order. With
+    ``outputs``, partition i is output ``outputs[i]`` of its future's value (a grouped
+    merge's task holds a run of partitions: the driver keeps the task's key, not a key
+    per partition, which would be a task each for the scheduler)."""
 
-    __slots__ = ("futures",)
+    __slots__ = ("futures", "outputs")
 
-    def __init__(self, futures: list):
+    def __init__(self, futures: list, outputs: list | None = None):
         self.futures = futures
+        self.outputs = outputs
+
+    def output(self, i: int) -> int | None:
+        """Which output of its future's value partition ``i`` is (None: the whole value)."""
+        return None if self.outputs is None else self.outputs[i]
+
+    def gather(self, client) -> list:
+        """Every partition's value, opened, in order."""
+        values = client.gather(self.futures)
+        return [worker.unseal(v if self.output(i) is None else worker.unseal(v)[self.output(i)])
+                for i, v in enumerate(values)]
+
+
+def _whole_partitions(spec) -> bool:
+    """Whether a task's outputs are partitions of one collection and nothing else (a
+    grouped merge's task without a terminal), so the driver may hold its key for them."""
+    segment = spec.args[0] if spec is not None and spec.body == "merge" else None
+    return (segment is not None and isinstance(segment.head, steps.Merge) and segment.head.groups is not None
+            and segment.terminal is None)
 
 
 class Lazy:
@@ -205,7 +228,7 @@ class DaskDriver(PlannedDriver):
         return len(self.env[pool].futures)
 
     def var_partitions(self, var: str) -> list[list]:
-        return [worker.unseal(part) for part in self.client.gather(self.env[var].futures)]
+        return self.env[var].gather(self.client)
 
     def var_from_partitions(self, var: str, parts: list[list]):
         return Parts(self.client.scatter([worker.seal(part) for part in parts], hash=False))
@@ -228,8 +251,7 @@ class DaskDriver(PlannedDriver):
             self._make_pending(actor)
 
     def gather(self, node: str) -> list:
-        parts = self.client.gather(self.env[node].futures)
-        return [x for part in parts for x in worker.unseal(part)]
+        return [x for part in self.env[node].gather(self.client) for x in part]
 
     # ---- graph steps
 
@@ -327,9 +349,10 @@ class DaskDriver(PlannedDriver):
         if task_specs:
             read = {dep for layer in layers.values() for task in layer.values() for dep in task.dependencies}
             # A shared scan's partition read after this graph gets a key of its own, so
-            # the driver holds just the partition, not every output of the scan's key.
+            # the driver holds just the partition, not every output of the scan's key (a
+            # grouped merge's task holds partitions only: its key is held, see Parts).
             kept = {ref.text: ref for node in step.exports for ref in lowering.parts.get(node, ())
-                    if ref.output is not None}
+                    if ref.output is not None and not _whole_partitions(in_step[ref.key])}
             if kept:
                 layers[("picks",)] = {name + suffix: Task(name + suffix, worker.pick, TaskRef(ref.key + suffix),
                                                           ref.output, ref.buckets) for name, ref in kept.items()}
@@ -370,6 +393,9 @@ class DaskDriver(PlannedDriver):
                     # (no key of its own: nothing more for the scheduler to track).
                     return Task(None, worker.pick, TaskRef(arg.key + suffix), arg.output, arg.buckets)
                 return TaskRef(arg.key + suffix)
+            held = self.env.get(arg.node)
+            if isinstance(held, Parts) and held.output(arg.part) is not None:
+                return Task(None, worker.pick, TaskRef(self._held(arg).key), held.output(arg.part))
             return TaskRef(self._held(arg).key)
         if isinstance(arg, Arg):
             value = self.value(arg.operand)
@@ -422,7 +448,9 @@ class DaskDriver(PlannedDriver):
         groups = Counter(spec.group for spec in specs)
         for group, n in groups.items():
             self.progress.stage(group, n)
-        keep = {ref.key for node in step.exports for ref in lowering.parts.get(node, []) if ref.output is None}
+        in_step = {spec.key: spec for spec in specs}
+        keep = {ref.key for node in step.exports for ref in lowering.parts.get(node, [])
+                if ref.output is None or _whole_partitions(in_step.get(ref.key))}
         keep |= {lowering.values[node].key for node in step.exports if node in lowering.values}
         start = time.perf_counter()
         done_at: dict[str, float] = {}
@@ -535,7 +563,10 @@ class DaskDriver(PlannedDriver):
             return self._held(ref)
         for node in step.exports:
             if node in lowering.parts:
-                self.env[node] = Parts([future_of(r) for r in lowering.parts[node]])
+                refs = lowering.parts[node]
+                outputs = [r.output if r.text not in picks and r.key in futures else None for r in refs]
+                self.env[node] = Parts([future_of(r) for r in refs], outputs if any(o is not None for o in outputs)
+                                       else None)
             elif node in lowering.values:
                 self.env[node] = Lazy(future_of(lowering.values[node]))
 

@@ -4,7 +4,8 @@ hosts, the handle proxy.
 A task runs a segment of the physical plan with
 :func:`pipec.backends.runtime.interpreter.run_segment`, so a partition computed here is
 the one the reference backend computes; this module only adds Dask's way of moving data
-(values sealed as in-band pickles, split outputs as one sealed object per bucket).
+(values sealed as in-band pickles; a task with several outputs, a split's say, as one
+sealed list of sealed outputs: one frame on the wire, each output opened only by its reader).
 Functions are pickled by reference: workers import this module (and ``distributed``,
 lazily, only where a task talks to an actor).
 
@@ -24,7 +25,7 @@ from pipec.backends.physical import steps
 from pipec.backends.runtime import semantics, sources
 from pipec.backends.runtime.actors import SKIPPED, EachCalls, VersionedHost
 from pipec.backends.runtime.interpreter import (StageFailure, bind, failure, run_elementwise, run_finisher,
-                                                run_segment)
+                                                run_merge, run_segment)
 from pipec.backends.runtime.tasks import ensure_path, resolve
 
 
@@ -122,29 +123,32 @@ class SealedSlots:
 
 def segment_task(segment: steps.Segment, partition: int, items, *bound):
     """One partition of a segment; ``items`` is the sealed input partition (None when the
-    head makes it). A split's buckets are sealed one by one, so a merge opens only its own."""
+    head makes it). A split's outputs are sealed one by one, so a merge opens only its own."""
     return _sealed(segment, run_segment(segment, partition, unseal(items), SealedSlots(bound)))
 
 
 def _sealed(segment: steps.Segment, out):
-    """A task's result as it leaves the worker; a split's buckets, or a shared scan's
-    outputs, sealed one by one (a reader opens only the one it reads)."""
-    if isinstance(segment.terminal, (steps.Split, steps.Branches)):
-        return [seal(output) for output in out]
+    """A task's result as it leaves the worker; a task with several outputs (a split's
+    buckets or groups of buckets, a shared scan's outputs, a grouped merge's partitions)
+    has them sealed one by one: a reader opens only the one it reads. A grouped split's
+    output is one list per merge group, so a transfer of it is w frames, not k."""
+    if steps.several(segment.terminal) or isinstance(segment.head, steps.Merge) and segment.head.groups:
+        return seal([seal(output) for output in out])
     return seal(out)
 
 
-def pick(outputs: list, output: int, buckets: int | None = None):
+def pick(outputs: Sealed, output: int, buckets: int | None = None):
     """One output of a task with several (see :func:`steps.pick`), sealed as it was."""
-    return steps.pick(outputs, output, buckets)
+    return steps.pick(unseal(outputs), output, buckets)
 
 
-def merge_task(segment: steps.Segment, partition: int, sides: tuple, *bound):
-    """The reduce side of a shuffle: bucket ``partition`` of every split output (slots
-    ``sides[side]``, in source-partition order) merged by the segment's head."""
-    records = [(side, i, unseal(bound[slot][partition])) for side, slots in enumerate(sides)
+def merge_task(segment: steps.Segment, index: int, sides: tuple, *bound):
+    """The reduce side of a shuffle: output ``index`` of every split output (slots
+    ``sides[side]``, in source-partition order; a bucket, or a grouped merge's group of
+    buckets) merged by the segment's head (see :func:`interpreter.run_merge`)."""
+    records = [(side, i, unseal(unseal(bound[slot])[index])) for side, slots in enumerate(sides)
                for i, slot in enumerate(slots)]
-    return _sealed(segment, run_segment(segment, partition, records, SealedSlots(bound)))
+    return _sealed(segment, run_merge(segment, index, records, SealedSlots(bound)))
 
 
 def finisher_task(step, *partials) -> Sealed:

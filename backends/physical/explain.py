@@ -31,6 +31,7 @@ class Mapping:
     actor_text: Callable[[ir.Actor], str] = lambda op: ""
     declined_scans: str | None = None  # what the engine does instead of a shared scan, and why
     declined_hoists: str | None = None  # what it does instead of splitting a join's side once, and why
+    declined_groups: str | None = None  # why it merges a wide shuffle in a task per partition
 
 
 def describe(graph: ir.IR, node: str) -> str:
@@ -112,6 +113,12 @@ def _explain_steps(plan: PhysicalPlan, mapping: Mapping, steps, lines: list[str]
             lines.append(f"{pad}graph {step.number}  ({ntasks} task{'s' if ntasks != 1 else ''}{extra}){before}")
             for scan in step.declined.values():
                 lines.append(f"{pad}  note: no shared scan of {_scan_text(scan)}: {mapping.declined_scans}")
+            for node in plan.unscanned.get(step.number, ()):
+                lines.append(f"{pad}  note: no shared scan of `{node}`: grouped merge tasks make its partitions, "
+                             f"and each reader reads them")
+            for node, k in plan.ungrouped.get(step.number, ()):
+                lines.append(f"{pad}  note: `{node}` merges its {k} partitions in {k} tasks, not in groups of "
+                             f"partitions: {mapping.declined_groups}")
             width = max(len(s.key) for s in specs)
             fwidth = max(len(s.task_name) for s in specs)
             for spec in specs:
@@ -163,7 +170,13 @@ def _steps_json(plan: PhysicalPlan, mapping: Mapping, steps) -> list[dict]:
                      "tasks": [_spec_json(s, mapping) for s in plan.tasks[step.number]]}
             if step.hoisted:
                 entry["hoisted_splits"] = [_hoist_json(h) for h in step.hoisted]
-            for name, scans in (("shared_scans", step.scans), ("declined_scans", step.declined)):
+            if plan.ungrouped.get(step.number):
+                entry["ungrouped_merges"] = [{"node": node, "partitions": k} for node, k in plan.ungrouped[step.number]]
+            unscanned = plan.unscanned.get(step.number, ())
+            if unscanned:
+                entry["unscanned_grouped_merges"] = list(unscanned)
+            for name, scans in (("shared_scans", {n: s for n, s in step.scans.items() if n not in unscanned}),
+                                ("declined_scans", step.declined)):
                 if scans:
                     entry[name] = [{"head": s.head, "branches": list(s.branches), "keep": s.keep}
                                    for s in scans.values()]

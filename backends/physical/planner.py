@@ -54,6 +54,19 @@ BODIES = {
 }
 
 
+# The most merge tasks a shuffle gets. A k-way shuffle keeps its k partitions (which key
+# lands where, and the order of every fold, are the language's), but when k is larger
+# its partitions are merged by MERGE_WIDTH tasks, each making a contiguous run of them
+# (steps.group_bounds), and each split hands its buckets over in that many groups: P
+# splits then make P x MERGE_WIDTH dependencies, not P x k (1,049,746 at 1,024
+# partitions on benchmarks/mapreduce.pipe). Measured there on Dask (2 workers, load 3 to
+# 5, medians of 3): 1,024 partitions took 4.7 / 6.9 / 6.2 s at widths 8 / 16 / 32 (and
+# 25 to 37 s at 128), 256 partitions 2.6 / 3.1 / 4.8 s. Each dependency costs, a wider
+# merge side buys nothing on two workers; but the width caps how many merge tasks run at
+# once, so 16, not 8, keeps a cluster of 16 threads busy. A constant, not the cluster's
+# size: the plan `pipec compile` shows is the one that runs, on any cluster.
+MERGE_WIDTH = 16
+
 # The file sources and the format each reads (see runtime/datasets.py).
 FILE_FORMATS = {"read_text": "text", "read_jsonl": "jsonl", "read_parquet": "parquet", "read_csv": "csv"}
 
@@ -167,6 +180,7 @@ class GraphStep:
     scans: dict[str, Scan] = field(default_factory=dict)  # scanned collection -> its scan
     declined: dict[str, Scan] = field(default_factory=dict)  # scans the engine does not take
     hoisted: tuple[HoistedSplit, ...] = ()  # splits made here for the loop that follows
+    merge_width: int | None = MERGE_WIDTH  # the most merge tasks a shuffle gets; None: one per partition
 
 
 @dataclass
@@ -188,12 +202,16 @@ class Planner:
     """Splits every block of a pipeline into steps, once, in program order. With
     ``shared_scans`` off (an engine that declines them) the scans found are listed in
     each step's ``declined`` instead, so the plan can say what the engine does instead;
-    the same for ``hoist_splits`` and the loop-invariant splits of joins."""
+    the same for ``hoist_splits`` and the loop-invariant splits of joins. With
+    ``group_merges`` off every shuffle has one merge task per partition (see
+    :data:`MERGE_WIDTH`)."""
 
-    def __init__(self, graph: ir.IR, shared_scans: bool = True, hoist_splits: bool = True):
+    def __init__(self, graph: ir.IR, shared_scans: bool = True, hoist_splits: bool = True,
+                 group_merges: bool = True):
         self.ir = graph
         self.shared_scans = shared_scans
         self.hoist_splits = hoist_splits
+        self.merge_width = MERGE_WIDTH if group_merges else None
         self.actors = {n for n, op in graph.items() if isinstance(op, ir.Actor)}
         self.loop_reads: set[str] = set()
         for loop in graph.info.loops.values():
@@ -234,7 +252,8 @@ class Planner:
                 hoisted = self.invariant_splits(item)
                 if hoisted and self.hoist_splits:
                     steps.append(GraphStep(next(self._numbers), [], frozenset(h.name for h in hoisted), {},
-                                           block.loop.id if block.loop else None, hoisted=hoisted))
+                                           block.loop.id if block.loop else None, hoisted=hoisted,
+                                           merge_width=self.merge_width))
                     hoisted = ()
                 steps.append(LoopStep(item, self.plan(item), hoisted))
                 continue
@@ -315,8 +334,9 @@ class Planner:
             if scan is not None:
                 scans[n] = scan
         if not self.shared_scans:
-            return GraphStep(next(self._numbers), nodes, exports, fuse, loop, declined=scans)
-        return GraphStep(next(self._numbers), nodes, exports, fuse, loop, scans)
+            return GraphStep(next(self._numbers), nodes, exports, fuse, loop, declined=scans,
+                             merge_width=self.merge_width)
+        return GraphStep(next(self._numbers), nodes, exports, fuse, loop, scans, merge_width=self.merge_width)
 
     def _readers(self, node: str) -> list[str]:
         return [dst for dst, kind in self.ir.out_edges(node) if kind in ("data", "value")]
@@ -370,6 +390,11 @@ class Planner:
             node = fuse[node]
 
 
+def _ways(k: int, groups: int | None) -> str:
+    """How a split cuts its partition, for the plan: ``split 1024 ways, in 32 groups``."""
+    return f"split {k} ways" + (f", in {groups} groups (one per merge task)" if groups else "")
+
+
 def _heads_segment(op: ir.Op) -> bool:
     """Whether ``op`` makes its partitions in a segment that can go on fused (with more
     element-wise steps and a terminal), rather than in tasks of its own kind."""
@@ -416,20 +441,26 @@ class Ref:
     """A key a task reads: made in the same graph, or kept from an earlier one, where the
     driver holds it as partition ``part`` of ``node`` (``None``: a value or an actor).
 
-    A task with several outputs (a shared scan, see :func:`steps.outputs_of`) is read one
-    output at a time: ``output`` is its index, and ``buckets`` (a split's buckets) says
-    the ref stands for that many outputs from ``output`` on, as a list."""
+    A task with several outputs (a shared scan, see :func:`steps.outputs_of`, or a
+    grouped merge, see :func:`steps.task_outputs`) is read one output at a time:
+    ``output`` is its index, and ``buckets`` (a split's buckets) says the ref stands for
+    that many outputs from ``output`` on, as a list. ``partition``: the shuffle partition
+    whose output it is, of a grouped merge's task."""
 
     key: str
     node: str
     part: int | None = None
     output: int | None = None
     buckets: int | None = None
+    partition: int | None = None
 
     @property
     def text(self) -> str:
-        """The ref as a plan shows it: the key, and which output of it (``ys-0[total]``)."""
-        return self.key if self.output is None else f"{self.key}[{self.node}]"
+        """The ref as a plan shows it: the key, and which output of it (``ys-0[total]``,
+        or partition 40 of a grouped merge's task, ``counts-32..63[40]``)."""
+        if self.output is None:
+            return self.key
+        return f"{self.key}[{self.node if self.partition is None else self.partition}]"
 
 
 @dataclass(frozen=True)
@@ -603,6 +634,25 @@ def fn_ref(ref: ir.FnRef | None) -> steps.Fn | None:
     return steps.Fn(ref.module, ref.attr) if ref is not None else None
 
 
+class _Slots(list):
+    """The keys a chain's tasks read, each once, numbered by position. Finding a key's
+    slot is a lookup, not a scan of the list: a merge of P splits takes P slots, and the
+    scan made lowering mapreduce at 1,024 partitions quadratic (1M comparisons, 0.63 s
+    of a 4.1 s run on Ray under a profiler)."""
+
+    def __init__(self, refs=()):
+        super().__init__(refs)
+        self._index = {ref: i for i, ref in enumerate(self)}
+
+    def slot(self, ref: "Ref") -> int:
+        """The slot of ``ref``, added at the end when new."""
+        i = self._index.get(ref)
+        if i is None:
+            i = self._index[ref] = len(self)
+            self.append(ref)
+        return i
+
+
 @dataclass
 class _Chain:
     """Work fused into one task per partition: a head (a partition read from a key, a
@@ -610,7 +660,7 @@ class _Chain:
 
     head: Any  # a physical-plan head (see physical.steps)
     inputs: list  # per partition: a Ref to its items, or None when the head makes them
-    refs: list[Ref] = field(default_factory=list)  # keys every task reads (slots)
+    refs: _Slots = field(default_factory=_Slots)  # keys every task reads (slots)
     stages: list[steps.Elementwise] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
@@ -618,14 +668,17 @@ class _Chain:
     sides: tuple | None = None  # a merge: the slots of each side's split outputs
     scan: str | None = None  # a branch of the shared scan of this collection
 
+    @property
+    def grouped(self) -> bool:
+        """Whether the head is a grouped merge: a task per group of partitions."""
+        return isinstance(self.head, steps.Merge) and self.head.groups is not None
+
     @classmethod
     def reading(cls, node: str, refs: list[Ref]) -> "_Chain":
         return cls(steps.Input(node), list(refs))
 
     def slot(self, ref: Ref) -> int:
-        if ref not in self.refs:
-            self.refs.append(ref)
-        return self.refs.index(ref)
+        return self.refs.slot(ref)
 
 
 @dataclass
@@ -663,6 +716,8 @@ class StepLowering:
         self.chains: dict[str, _Chain] = {}  # node fused into its consumer -> pending chain
         self.scans: dict[str, _Scanning] = {}  # scanned collection -> its scan, while its branches come
         self.loops = loops_of(graph, step.loop)  # the loops whose every round runs this graph
+        self.ungrouped: list[tuple[str, int]] = []  # (shuffle, k) merged a task a partition: the engine declines
+        self.unscanned: list[str] = []  # planned scans of grouped merges' partitions, read as they are instead
 
     def lower(self) -> list[TaskSpec]:
         for node in self.step.nodes:
@@ -744,8 +799,14 @@ class StepLowering:
     def _continue(self, node: str, chain: _Chain) -> None:
         if node in self.step.fuse:
             self.chains[node] = chain
-        elif node in self.step.scans:
+        elif node in self.step.scans and not chain.grouped:
+            # A grouped merge's partitions are not scanned: its group tasks make them, and
+            # each reader reads them as it reads any collection's (a rare shape: a shuffle
+            # of more than MERGE_WIDTH partitions read twice in its own graph).
             self._open_scan(node, chain)
+        elif node in self.step.scans:
+            self.unscanned.append(node)
+            self.parts[node] = self._emit(chain, None, None, None)
         else:
             self.parts[node] = self._emit(chain, None, None, None)
 
@@ -826,6 +887,8 @@ class StepLowering:
         res = resources_of(given[0] if given else None)
         nodes = tuple(chain.names) + ((terminal.node,) if terminal is not None else ())
         segment = steps.Segment(stem, chain.head, tuple(chain.stages), terminal, nodes)
+        if chain.grouped:
+            return self._merge_groups(chain, segment, stem, group or chain.names[-1], label, retries, res)
         if chain.sides is not None:
             return [self._add(TaskSpec(part_key(stem, i), group or chain.names[-1], label, "merge",
                                        (segment, i, chain.sides, *chain.refs), retries, res))
@@ -833,6 +896,23 @@ class StepLowering:
         return [self._add(TaskSpec(part_key(stem, i), group or chain.names[-1], label, "segment",
                                    (segment, i, base, *chain.refs), retries, res))
                 for i, base in enumerate(chain.inputs)]
+
+    def _merge_groups(self, chain: _Chain, segment: steps.Segment, stem: str, group: str, label: str,
+                      retries: int, res) -> list[Ref]:
+        """The tasks of a grouped merge, one per group of partitions (keyed by the
+        partitions it makes, ``counts-0..31``), and a ref per partition: its output of
+        its group's task (a list of them when the segment ends in a split)."""
+        head = chain.head
+        width = steps.outputs_of(segment.terminal)
+        buckets = width if steps.several(segment.terminal) else None
+        refs = []
+        for j, (a, b) in enumerate(steps.group_bounds(head.k, head.groups)):
+            key = f"{stem}-{a}..{b - 1}"
+            self._add(TaskSpec(key, group, f"{label}: partitions {a}..{b - 1} of {head.k} (group {j} of "
+                                           f"{head.groups})", "merge", (segment, j, chain.sides, *chain.refs),
+                               retries, res))
+            refs += [Ref(key, group, None, (r - a) * width, buckets, r) for r in range(a, b)]
+        return refs
 
     # sources
 
@@ -963,46 +1043,64 @@ class StepLowering:
 
     # shuffles: a split per input partition, a merge per output partition
 
-    def _merge(self, node: str, op, how: str, fn, splits: list[list[Ref]], label: str, k: int) -> None:
-        chain = _Chain(steps.Merge(node, how, fn, policy_of(op.options)), [None] * k)
+    def _groups(self, node: str, k: int) -> int | None:
+        """How many merge tasks make the ``k`` partitions of shuffle ``node``: None (one
+        each) up to the step's ``merge_width``, else that many groups. A shuffle the
+        engine declines to group is noted (``ungrouped``) where grouping would apply."""
+        width = self.step.merge_width
+        if width is None:
+            if k > MERGE_WIDTH:
+                self.ungrouped.append((node, k))
+            return None
+        return width if k > width else None
+
+    def _merge(self, node: str, op, how: str, fn, splits: list[list[Ref]], label: str, k: int,
+               groups: int | None) -> None:
+        chain = _Chain(steps.Merge(node, how, fn, policy_of(op.options), *((k, groups) if groups else ())),
+                       [None] * k)
         chain.sides = tuple(tuple(chain.slot(ref) for ref in side) for side in splits)
         self._start(node, chain, label, op.options)
 
     def _lower_reduce_by_key(self, node: str, op: ir.ReduceByKey) -> None:
         src = op.input.node
         k = self.nparts(src)
-        fn = fn_ref(op.fn)
-        splits = self._partials(node, src, steps.Split(node, "reduce_by_key", k, fn, policy_of(op.options)),
-                                f"combine by key {op.fn.dotted}, split {k} ways", op.options, f"{key_of(node)}-split")
-        self._merge(node, op, "reduce_by_key", fn, [splits], f"merge {op.fn.dotted} by key", k)
+        fn, groups = fn_ref(op.fn), self._groups(node, k)
+        splits = self._partials(node, src, steps.Split(node, "reduce_by_key", k, fn, policy_of(op.options),
+                                                       groups=groups),
+                                f"combine by key {op.fn.dotted}, {_ways(k, groups)}", op.options,
+                                f"{key_of(node)}-split")
+        self._merge(node, op, "reduce_by_key", fn, [splits], f"merge {op.fn.dotted} by key", k, groups)
 
     def _lower_group_by_key(self, node: str, op: ir.GroupByKey) -> None:
         src = op.input.node
         k = self.nparts(src)
-        splits = self._partials(node, src, steps.Split(node, "group_by_key", k), f"split {k} ways by key",
-                                op.options, f"{key_of(node)}-split")
-        self._merge(node, op, "group_by_key", None, [splits], "group by key", k)
+        groups = self._groups(node, k)
+        splits = self._partials(node, src, steps.Split(node, "group_by_key", k, groups=groups),
+                                f"{_ways(k, groups)} by key", op.options, f"{key_of(node)}-split")
+        self._merge(node, op, "group_by_key", None, [splits], "group by key", k, groups)
 
     def _lower_distinct(self, node: str, op: ir.Distinct) -> None:
         src = op.input.node
         k = self.nparts(src)
-        splits = self._partials(node, src, steps.Split(node, "distinct", k), f"split {k} ways by element",
-                                op.options, f"{key_of(node)}-split")
-        self._merge(node, op, "distinct", None, [splits], "distinct", k)
+        groups = self._groups(node, k)
+        splits = self._partials(node, src, steps.Split(node, "distinct", k, groups=groups),
+                                f"{_ways(k, groups)} by element", op.options, f"{key_of(node)}-split")
+        self._merge(node, op, "distinct", None, [splits], "distinct", k, groups)
 
     def _lower_join(self, node: str, op: ir.Join) -> None:
         left, right = op.left.node, op.right.node
         k = max(self.nparts(left), self.nparts(right))
-        term = steps.Split(node, "join", k)
+        groups = self._groups(node, k)
+        term = steps.Split(node, "join", k, groups=groups)
         sides = []
         for side, src in (("left", left), ("right", right)):
             name = f"{node}@{side}"
             if self.ctx.hoisted(name) == k:  # split before the loop, for this bucket count
                 sides.append([Ref(part_key(key_of(name), i), name, i) for i in range(self.nparts(src))])
             else:
-                sides.append(self._partials(node, src, term, f"split {k} ways by key", op.options,
+                sides.append(self._partials(node, src, term, f"{_ways(k, groups)} by key", op.options,
                                             f"{key_of(node)}-{side}"))
-        self._merge(node, op, "join", None, sides, "join by key", k)
+        self._merge(node, op, "join", None, sides, "join by key", k, groups)
 
     def _hoist_split(self, hoisted: HoistedSplit) -> None:
         """The split of a join's side that is the same every round of its loop, made
@@ -1014,10 +1112,11 @@ class StepLowering:
         op = self.ir.op(hoisted.join)
         k = max(self.nparts(hoisted.node), other)
         chain = _Chain.reading(hoisted.node, self.parts_of(hoisted.node))
-        label = (f"split {k} ways by key, once for the rounds of {hoisted.loop} that join {k} ways "
+        groups = self._groups(hoisted.join, k)
+        label = (f"{_ways(k, groups)} by key, once for the rounds of {hoisted.loop} that join {k} ways "
                  f"(`{hoisted.node}` does not change in them)")
-        self.parts[hoisted.name] = self._emit(chain, steps.Split(hoisted.join, "join", k), label, op.options,
-                                              name=key_of(hoisted.name), group=hoisted.join)
+        self.parts[hoisted.name] = self._emit(chain, steps.Split(hoisted.join, "join", k, groups=groups), label,
+                                              op.options, name=key_of(hoisted.name), group=hoisted.join)
         self.ctx.hoist(hoisted.name, k)
 
     def _expected_nparts(self, node: str, loop: str) -> int | None:
@@ -1078,10 +1177,13 @@ class StepLowering:
                                        f"{k - 1} splitter{'' if k == 2 else 's'} of {k} key ranges from the {k} runs' keys",
                                        "finish", (steps.SortSplitters(node, k, width), *samples), retries, res))
         cutting = _Chain.reading(node, runs)
-        cut = steps.Split(node, "range", k, splitters=cutting.slot(splitters))
-        pieces = self._emit(cutting, cut, f"cut the run at the splitters into its {k} key ranges", None,
+        groups = self._groups(node, k)
+        cut = steps.Split(node, "range", k, splitters=cutting.slot(splitters), groups=groups)
+        into = f", in {groups} groups (one per merge task)" if groups else ""
+        pieces = self._emit(cutting, cut, f"cut the run at the splitters into its {k} key ranges{into}", None,
                             name=f"{stem}-split", group=node)
-        merge = _Chain(steps.Merge(node, "sort", None, policy_of(options)), [None] * k, names=[node],
+        merge = _Chain(steps.Merge(node, "sort", None, policy_of(options), *((k, groups) if groups else ())),
+                       [None] * k, names=[node],
                        labels=["merge one key range from every run's piece, in partition order"],
                        options=[options])
         merge.sides = (tuple(merge.slot(ref) for ref in pieces),)
@@ -1125,18 +1227,25 @@ class PhysicalPlan:
     """A pipeline planned once for one set of parameters: the steps of every block and
     the tasks of every graph step, with partition counts known before running (those
     known only at run time are planned with one partition and listed in ``unknown``).
-    ``shared_scans`` or ``hoist_splits`` off: the engine declines them (see :class:`Planner`)."""
+    ``shared_scans``, ``hoist_splits`` or ``group_merges`` off: the engine declines them
+    (see :class:`Planner`); ``ungrouped`` lists, per graph step, the shuffles it then
+    merges in a task per partition where they would have been grouped."""
 
-    def __init__(self, graph: ir.IR, params: dict[str, Any], shared_scans: bool = True, hoist_splits: bool = True):
+    def __init__(self, graph: ir.IR, params: dict[str, Any], shared_scans: bool = True, hoist_splits: bool = True,
+                 group_merges: bool = True):
         self.ir = graph
         self.params = params
-        self.planner = Planner(graph, shared_scans, hoist_splits)
+        self.planner = Planner(graph, shared_scans, hoist_splits, group_merges)
         self.static = StaticContext(graph, params)
         self.tasks: dict[int, list[TaskSpec]] = {}
+        self.ungrouped: dict[int, list[tuple[str, int]]] = {}
+        self.unscanned: dict[int, list[str]] = {}  # per graph step: scans its grouped merges made moot
         self.parts: dict[str, list[str]] = {}  # collection node -> its partitions' keys
         for step in self.planner.graph_steps():
             lowering = StepLowering(graph, step, self.static, self.planner.actors)
             self.tasks[step.number] = lowering.lower()
+            self.ungrouped[step.number] = lowering.ungrouped
+            self.unscanned[step.number] = lowering.unscanned
             for node, refs in lowering.parts.items():
                 self.parts[node] = [r.key for r in refs]
 

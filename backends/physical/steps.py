@@ -17,6 +17,7 @@ nothing heavy (no pydantic, no networkx, no engine). What the steps *do* lives i
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,12 +163,20 @@ class Merge:
     ``how`` is ``reduce_by_key`` (``fn`` combines values), ``group_by_key``,
     ``distinct``, ``join`` or ``sort`` (one key range of a sort, from every run's piece
     of it: semantics.range_merge). The input is a list of ``(side, source partition, bucket)``
-    records in any order (the shuffle's order); the merge puts them in order first."""
+    records in any order (the shuffle's order); the merge puts them in order first.
+
+    With ``groups`` the shuffle's ``k`` buckets are merged by ``groups`` tasks (see
+    :func:`group_bounds`): task j merges the contiguous run of partitions
+    ``group_bounds(k, groups)[j]``, each one as an ungrouped merge would and through the
+    rest of the segment, and gives their outputs one after another; its input records
+    carry each source's group of buckets, ``(side, source partition, [bucket, ...])``."""
 
     node: str
     how: str
     fn: Fn | None = None
     policy: Policy = Policy()
+    k: int | None = None
+    groups: int | None = None
 
 
 Head = Input | RangeSlice | ReadText | ReadJsonl | ReadFiles | Sharded | Merge
@@ -232,7 +241,9 @@ class Split:
     """The map side of a shuffle: the partition cut into ``k`` buckets by the stable key
     hash (by element for ``distinct``); ``reduce_by_key`` combines per key first. For a
     sort (``how`` ``range``) the partition is a sorted run, cut into ``k`` key ranges at
-    the splitters in slot ``splitters`` (see semantics.range_split)."""
+    the splitters in slot ``splitters`` (see semantics.range_split). With ``groups`` the
+    buckets leave as that many outputs, output j the list of the buckets of merge group j
+    (see :func:`group_bounds`); without, one output per bucket."""
 
     node: str
     how: str
@@ -240,6 +251,7 @@ class Split:
     fn: Fn | None = None
     policy: Policy = Policy()
     splitters: int | None = None
+    groups: int | None = None
 
 
 @dataclass(frozen=True)
@@ -319,13 +331,52 @@ Finisher = Combine | CountTotal | TopMerge | Written
 
 
 def outputs_of(terminal: Terminal | None) -> int:
-    """How many objects one task of a segment with ``terminal`` gives: one per bucket for
-    a split, the partition plus each branch's outputs for a shared scan, else one."""
+    """How many objects one task of a segment with ``terminal`` gives for one partition:
+    one per bucket (or per group of buckets) for a split, the partition plus each
+    branch's outputs for a shared scan, else one."""
     if isinstance(terminal, Split):
-        return terminal.k
+        return terminal.groups or terminal.k
     if isinstance(terminal, Branches):
         return int(terminal.keep) + sum(outputs_of(t) for _, t in terminal.branches)
     return 1
+
+
+def several(terminal: Terminal | None) -> bool:
+    """Whether a partition's result under ``terminal`` is a list of outputs (a split's,
+    a shared scan's), not one object."""
+    return isinstance(terminal, (Split, Branches))
+
+
+# ---- grouped merges: a shuffle's k partitions merged by fewer tasks -----------------------------
+
+
+def group_bounds(k: int, groups: int) -> list[tuple[int, int]]:
+    """The partitions each of ``groups`` merge tasks makes of a ``k``-way shuffle:
+    contiguous runs ``[j*k//groups, (j+1)*k//groups)``, as ``range`` cuts its blocks."""
+    return [(j * k // groups, (j + 1) * k // groups) for j in range(groups)]
+
+
+def group_of(k: int, groups: int, partition: int) -> tuple[int, int]:
+    """Which merge group makes ``partition`` of a ``k``-way shuffle, and its place there."""
+    j = bisect.bisect_right([a for a, _ in group_bounds(k, groups)], partition) - 1
+    return j, partition - j * k // groups
+
+
+def grouped(buckets: list, groups: int) -> list[list]:
+    """A split's ``k`` buckets as ``groups`` outputs, one list per merge group."""
+    return [buckets[a:b] for a, b in group_bounds(len(buckets), groups)]
+
+
+def task_outputs(segment: "Segment", index: int) -> int:
+    """How many objects task ``index`` of ``segment`` gives: a grouped merge's task one
+    partition's worth (:func:`outputs_of`) for every partition of its group, any other
+    task one partition's worth."""
+    head = segment.head
+    width = outputs_of(segment.terminal)
+    if isinstance(head, Merge) and head.groups is not None:
+        a, b = group_bounds(head.k, head.groups)[index]
+        return (b - a) * width
+    return width
 
 
 # ---- ordering, sampling and indexing (positions in collection order) ----------------------------

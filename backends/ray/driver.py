@@ -87,7 +87,8 @@ def task_options(graph: ir.IR, spec, first=None) -> dict[str, Any]:
                            "retry_exceptions": False, "name": spec.key, "num_cpus": 1}
     for name, amount in (spec.resources or {}).items():
         out[_RAY_RESOURCE[name]] = int(amount) if name == "MEMORY" else amount
-    returns = s.outputs_of(segment.terminal) if segment is not None and segment.terminal is not None else 1
+    returns = s.task_outputs(segment, spec.args[1]) if segment is not None and spec.body in ("segment", "merge") \
+        else 1
     if returns > 1:
         out["num_returns"] = returns
     return out
@@ -396,8 +397,11 @@ class RayDriver(PlannedDriver):
         if isinstance(arg, Ref):
             if arg.key not in out:
                 return self._held(arg)
-            # One output of a task with several is one of its ObjectRefs (Ray returns).
-            return out[arg.key] if arg.output is None else s.pick(out[arg.key], arg.output, arg.buckets)
+            # One output of a task with several is one of its ObjectRefs (Ray returns); a
+            # task with one output (a grouped merge's group of one) has one ObjectRef.
+            held = out[arg.key]
+            return held if arg.output is None or not isinstance(held, list) else s.pick(held, arg.output,
+                                                                                         arg.buckets)
         if isinstance(arg, Arg):
             value = self.value(arg.operand)
             return storage.absolute(value) if arg.path and isinstance(value, str) else value  # URLs as they are

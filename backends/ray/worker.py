@@ -11,7 +11,7 @@ from functools import lru_cache
 from pipec.backends.physical import steps as s
 from pipec.backends.runtime import semantics, sources
 from pipec.backends.runtime.actors import EachCalls, VersionedHost
-from pipec.backends.runtime.interpreter import Given, StageFailure, failure, run_elementwise, run_finisher
+from pipec.backends.runtime.interpreter import Given, StageFailure, failure, run_elementwise, run_finisher, run_merge
 from pipec.backends.runtime.interpreter import run_segment as interpret
 from pipec.backends.runtime.tasks import WorkerSetup, resolve
 
@@ -76,19 +76,22 @@ def segment(setup: WorkerSetup, blob: bytes, partition: int, items, *bound):
     return _returns(seg, _short(lambda: interpret(seg, partition, items, _slots(bound))))
 
 
-def merge(setup: WorkerSetup, blob: bytes, partition: int, sides: tuple, *bound):
-    """The reduce side of a shuffle: the driver passes bucket ``partition`` of every split
-    output in the slots ``sides[side]`` (in source-partition order)."""
+def merge(setup: WorkerSetup, blob: bytes, index: int, sides: tuple, *bound):
+    """The reduce side of a shuffle: the driver passes output ``index`` of every split
+    (a bucket, or a grouped merge's group of buckets) in the slots ``sides[side]`` (in
+    source-partition order); see :func:`interpreter.run_merge`."""
     setup.apply()
     seg = _unpack(blob)
     records = [(side, i, bound[slot]) for side, slots in enumerate(sides) for i, slot in enumerate(slots)]
-    return _returns(seg, _short(lambda: interpret(seg, partition, records, _slots(bound))))
+    return _returns(seg, _short(lambda: run_merge(seg, index, records, _slots(bound))), index)
 
 
-def _returns(seg: s.Segment, out):
-    """A task's Ray returns: a split's buckets or a shared scan's outputs, one each."""
-    if isinstance(seg.terminal, (s.Split, s.Branches)) and s.outputs_of(seg.terminal) <= 1:
-        return out[0] if out else None  # one Ray return: the object itself
+def _returns(seg: s.Segment, out, index: int = 0):
+    """A task's Ray returns: a split's buckets, a shared scan's or a grouped merge's
+    outputs, one each (a lone output is the object itself, Ray's one return)."""
+    grouped = isinstance(seg.head, s.Merge) and seg.head.groups is not None
+    if (s.several(seg.terminal) or grouped) and s.task_outputs(seg, index) <= 1:
+        return out[0] if out else None
     return out
 
 

@@ -303,10 +303,15 @@ def _split(step: s.Split, items, partition: int, slots: Slots) -> list[list]:
         fn = resolve(step.fn.module, step.fn.attr)
         items = attempt(step.node, partition, step.policy, lambda: semantics.reduce_by_key_partial(fn, items))
     if step.how == "distinct":
-        return semantics.distinct_split(items, step.k)
+        return _handed(step, semantics.distinct_split(items, step.k))
     if step.how == "range":
-        return semantics.range_split(items, slots.value(step.splitters), step.k)
-    return _plain(step.node, partition, lambda: semantics.shuffle_split(items, step.k, step.how))
+        return _handed(step, semantics.range_split(items, slots.value(step.splitters), step.k))
+    return _handed(step, _plain(step.node, partition, lambda: semantics.shuffle_split(items, step.k, step.how)))
+
+
+def _handed(step: s.Split, buckets: list) -> list:
+    """A split's buckets as its outputs: one each, or one list per merge group."""
+    return buckets if step.groups is None else s.grouped(buckets, step.groups)
 
 
 def _write(step: s.WritePart, items, partition: int, slots: Slots):
@@ -364,6 +369,28 @@ def run_segment(segment: s.Segment, partition: int, items=None, slots: Slots = N
     return run_chain(segment.steps, segment.terminal, items, partition, slots)
 
 
+def run_merge(segment: s.Segment, index: int, records: list, slots: Slots = NO_SLOTS):
+    """Merge task ``index`` of ``segment`` (its head a :class:`~steps.Merge`) over the
+    shuffle's ``(side, source partition, bucket)`` records: one partition, as
+    :func:`run_segment` gives it, or for a grouped merge (``groups``) every partition of
+    group ``index`` in order, each merged from its own bucket of each source's group
+    and run through the segment as an ungrouped merge task would, their outputs laid
+    one after another (:func:`steps.task_outputs` of them)."""
+    head = segment.head
+    if head.groups is None:
+        return run_segment(segment, index, records, slots)
+    first, end = s.group_bounds(head.k, head.groups)[index]
+    out = []
+    for partition in range(first, end):
+        mine = [(side, source, group[partition - first]) for side, source, group in records]
+        result = run_segment(segment, partition, mine, slots)
+        if s.several(segment.terminal):
+            out.extend(result)
+        else:
+            out.append(result)
+    return out
+
+
 def run_chain(steps: Sequence[s.Elementwise], terminal, items, partition: int, slots: Slots = NO_SLOTS):
     """Element-wise ``steps``, then ``terminal``, over one partition's ``items``.
 
@@ -377,7 +404,8 @@ def run_chain(steps: Sequence[s.Elementwise], terminal, items, partition: int, s
         c = semantics.constant_pair(resolve(pairing.fn.module, pairing.fn.attr))
         counted = semantics.count_pairs(batches.rows(items), c)
         if counted is not None:
-            return _plain(terminal.node, partition, lambda: semantics.shuffle_split(counted, terminal.k, terminal.how))
+            return _handed(terminal, _plain(terminal.node, partition,
+                                            lambda: semantics.shuffle_split(counted, terminal.k, terminal.how)))
         steps = [pairing]  # an element that is not hashable: the general path gives its error
     for step in steps:
         items = run_elementwise(step, items, partition, slots)

@@ -37,6 +37,14 @@ DECLINED_SCANS = ("each reader runs its own pass over the partitions, pipelined 
 DECLINED_HOISTS = ("Spark shuffles both sides in one partitionBy each round, and the collection itself is cached "
                    "for every round already")
 
+# Spark takes no grouped merge: its shuffle is not a task graph's dependencies. A
+# partitionBy's reduce tasks fetch their blocks from the map side's one sorted file per
+# task through the shuffle service, so a k-way shuffle costs no P x k edges to schedule,
+# and a reduce task per partition keeps its partitions those of the plan.
+DECLINED_GROUPS = ("Spark's partitionBy shuffle fetches each reduce task's blocks from every map task's one shuffle "
+                   "file, with no dependency per pair for a scheduler to track, so each partition keeps its own "
+                   "reduce task")
+
 # What a task body becomes on Spark, where the plan's word needs it.
 _ON_SPARK = {"finish": "on the driver", "source_call": "on the driver", "line_index": "on the driver",
              "take_part": "parallelized from the driver",
@@ -54,7 +62,7 @@ class SparkPlan(explaining.MappedPlan):
         super().__init__(graph, params)
         self.address = address
         self.ui = ui
-        self.physical = PhysicalPlan(graph, params, shared_scans=False, hoist_splits=False)
+        self.physical = PhysicalPlan(graph, params, shared_scans=False, hoist_splits=False, group_merges=False)
         self._cached = loop_invariant(graph)
 
     @property
@@ -65,7 +73,8 @@ class SparkPlan(explaining.MappedPlan):
         return explaining.Mapping("spark", engine, TASK_NOTE, {"address": self.address,
                                                                "embedded": self.address is None},
                                   task_notes=self._task_notes, actor_text=_actor_text,
-                                  declined_scans=DECLINED_SCANS, declined_hoists=DECLINED_HOISTS)
+                                  declined_scans=DECLINED_SCANS, declined_hoists=DECLINED_HOISTS,
+                                  declined_groups=DECLINED_GROUPS)
 
     def _task_notes(self, spec: TaskSpec) -> list[str]:
         notes = [_ON_SPARK[spec.body]] if spec.body in _ON_SPARK else []
