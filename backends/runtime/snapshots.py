@@ -54,10 +54,17 @@ ALIGN = 64
 # store's request cost stays small beside the bytes. Buffers below it stay inline.
 CHUNK = 1 << 20
 
-try:  # numpy compares 1 MB in about 0.09 ms; a memoryview comparison takes 2 ms
-    import numpy as _np
-except ImportError:  # pragma: no cover - numpy is there whenever an actor has big buffers
-    _np = None
+
+def _numpy():
+    """numpy, imported the first time a big buffer is compared (it compares 1 MB in about
+    0.09 ms, a memoryview comparison takes 2 ms); None without it. Not at import: every
+    driver and worker imports this module, and numpy costs about 55 ms to import where a
+    pipeline never uses it."""
+    try:
+        import numpy
+    except ImportError:  # pragma: no cover - numpy is there whenever an actor has big buffers
+        return None
+    return numpy
 
 
 @dataclass
@@ -100,11 +107,12 @@ def _copy_changed(live: memoryview, copy: bytearray) -> list[int]:
     50 MB either way) and copies only what changed."""
     target = memoryview(copy)
     changed = []
+    np = _numpy()
     for index, start in enumerate(range(0, len(live), CHUNK)):
         a, b = live[start:start + CHUNK], target[start:start + CHUNK]
-        if _np is not None:
-            kind = _np.uint64 if len(a) % 8 == 0 else _np.uint8
-            same = _np.array_equal(_np.frombuffer(a, kind), _np.frombuffer(b, kind))
+        if np is not None:
+            kind = np.uint64 if len(a) % 8 == 0 else np.uint8
+            same = np.array_equal(np.frombuffer(a, kind), np.frombuffer(b, kind))
         else:
             same = a.tobytes() == b.tobytes()
         if not same:
