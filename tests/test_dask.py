@@ -234,6 +234,27 @@ def test_a_value_read_from_an_actor_reaches_its_stages_by_reference(client, work
     assert _sinks(result) == _sinks(pipeline.run(backend="local", params=params))
 
 
+def test_a_loops_partitions_are_spread_and_each_workers_share_runs_as_one_task(client, workdir):
+    """The partitions a loop reads are placed in equal contiguous shares, one per worker
+    (Dask alone put six of eight on one worker), and every round runs each worker's share
+    of a stage as one task: the weights are still the reference backend's, bit for bit."""
+    from distributed import get_task_stream
+    params = {"rows": 2000, "epochs": 3}
+    pipeline = load("examples/train.pipe")
+    with get_task_stream(client) as stream:
+        result = pipeline.lower("dask", params, client=client).run()
+    ran = [(str(d["key"]).split("@")[0], d["worker"]) for d in stream.data]
+    where = {}
+    for key, address in ran:
+        where.setdefault(key, set()).add(address)
+    assert sorted(key for key, _ in ran if key.startswith("grads-")) == ["grads-0..3"] * 3 + ["grads-4..7"] * 3
+    homes = [where[f"batches-{i}"] for i in range(8)]
+    assert all(len(h) == 1 for h in homes) and homes[:4] == [homes[0]] * 4 and homes[4:] == [homes[4]] * 4
+    assert homes[0] != homes[4]
+    assert where["grads-0..3"] == homes[0] and where["grads-4..7"] == homes[4]
+    assert _sinks(result) == _sinks(pipeline.run(backend="local", params=params))
+
+
 def test_progress_per_stage_and_round(client, workdir):
     rec = Recorder()
     load("examples/train.pipe").lower("dask", {"rows": 2000, "epochs": 3}, client=client).run(progress=rec)

@@ -24,7 +24,7 @@ from pipec.backends.base import Machine, NoProgress, notify
 from pipec.backends.dask import worker
 from pipec.backends.dask.plugins import PathsPlugin, StoragePlugin
 from pipec.backends.physical import steps
-from pipec.backends.physical.planner import Arg, GraphStep, Ref, Rounds, Seq, StepLowering, key_of
+from pipec.backends.physical.planner import Arg, GraphStep, Ref, Rounds, Seq, StepLowering, TaskSpec, key_of
 from pipec.backends.runtime import storage
 from pipec.backends.runtime.driver import LiveContext, PlannedDriver
 from pipec.backends.runtime.interpreter import StageFailure
@@ -44,7 +44,7 @@ _INLINE_UPTO = 1 << 16
 
 
 # The plan's task bodies (see physical.planner.BODIES) as Dask task functions.
-BODIES = {"segment": worker.segment_task, "merge": worker.merge_task, "finish": worker.finisher_task,
+BODIES = {"segment": worker.segment_task, "segments": worker.segments_task, "merge": worker.merge_task, "finish": worker.finisher_task,
           "source_call": worker.source_call, "take_part": worker.take_part, "line_index": worker.line_index,
           "pool": worker.pool_call, "actor_call": worker.actor_call}
 
@@ -53,13 +53,15 @@ class Parts:
     """A collection kept on the cluster: one future per partition, in order. With
     ``outputs``, partition i is output ``outputs[i]`` of its future's value (a grouped
     merge's task holds a run of partitions: the driver keeps the task's key, not a key
-    per partition, which would be a task each for the scheduler)."""
+    per partition, which would be a task each for the scheduler). ``homes``: the worker
+    each partition was placed on, when the driver spread them (see _spread)."""
 
-    __slots__ = ("futures", "outputs")
+    __slots__ = ("futures", "outputs", "homes")
 
-    def __init__(self, futures: list, outputs: list | None = None):
+    def __init__(self, futures: list, outputs: list | None = None, homes: list | None = None):
         self.futures = futures
         self.outputs = outputs
+        self.homes = homes
 
     def output(self, i: int) -> int | None:
         """Which output of its future's value partition ``i`` is (None: the whole value)."""
@@ -163,6 +165,9 @@ class DaskDriver(PlannedDriver):
         self.events: list[str] = []
         self.submitted: list[list[str]] = []  # plan keys of each graph submitted (for tests)
         self.pending: dict[str, PendingCall] = {}  # actor -> its call not made yet
+        self._batched: dict[str, tuple[str, int]] = {}  # plan key -> (its batch's key, position)
+        self._widths: dict[str, int] = {}  # batch key -> partitions it runs
+        self._homes: dict[str, str] = {}  # plan key -> the worker its task was placed on
         self._storage_plugin: str | None = None  # the name of the run's StoragePlugin, while registered
 
     # ---- lifecycle
@@ -326,6 +331,9 @@ class DaskDriver(PlannedDriver):
                 annotations[("data",)] = {}
                 continue
             task_specs.append(spec)
+        homes = self._spread(step, lowering, in_step)
+        task_specs, self._batched, self._widths = self._batch(step, lowering, task_specs, in_step, homes)
+        self._homes = homes
 
         for spec in task_specs:
             # No Dask retries: user code is retried inside the task by the interpreter (never
@@ -336,6 +344,9 @@ class DaskDriver(PlannedDriver):
             if spec.member is not None:
                 pool, m = spec.member
                 notes["workers"] = [self.env[pool].addresses[m]]
+                notes["allow_other_workers"] = True
+            elif spec.key in homes:  # a preference: a task whose worker is gone runs elsewhere
+                notes["workers"] = [homes[spec.key]]
                 notes["allow_other_workers"] = True
             sig = (spec.group, tuple(sorted((k, repr(v)) for k, v in notes.items())))
             key = spec.key + suffix
@@ -383,6 +394,9 @@ class DaskDriver(PlannedDriver):
         # Keys held from earlier graphs are named, not embedded as futures: the graph
         # must not keep them alive (the driver's handles decide how long they live).
         if isinstance(arg, Ref):
+            if arg.key in self._batched:  # its partition's result, in its batch's list
+                batch, position = self._batched[arg.key]
+                return Task(None, worker.pick_partition, TaskRef(batch + suffix), position)
             if arg.key in self._inline:
                 return self._inline[arg.key]
             if arg.key in aliases:
@@ -420,6 +434,100 @@ class DaskDriver(PlannedDriver):
             return {k: self._resolve(v, aliases, in_step, suffix) for k, v in arg.items()}
         return arg
 
+    # ---- placement: where a loop's partitions live, and one task per worker's share
+
+    def _spread(self, step: GraphStep, lowering, in_step: dict) -> dict[str, str]:
+        """Where the tasks making the partitions of a collection that a loop reads go
+        (plan key -> worker address): partition i of P on worker i x W / P, in contiguous
+        runs, so every round finds each worker holding an equal share. Left to Dask, they
+        pile up where their input is (six of paramserver's eight batches on one worker:
+        each round then ran six gradients on one core and two on the other). Only for a
+        graph outside loops: its collections are made once and read every round."""
+        if step.loop is not None:
+            return {}
+        wanted = []
+        for node in sorted(step.exports):
+            refs = lowering.parts.get(node, ())
+            keys = [ref.key for ref in refs]
+            if (len(refs) > 1 and len(set(keys)) == len(keys) and all(ref.output is None for ref in refs)
+                    and all(in_step.get(key) is not None for key in keys) and self._read_in_loops(node)):
+                wanted.append(keys)
+        if not wanted:
+            return {}
+        workers = self._workers()
+        return {key: workers[i * len(workers) // len(keys)] for keys in wanted for i, key in enumerate(keys)}
+
+    def _read_in_loops(self, node: str) -> bool:
+        return any(self.ir.op(dst).loop is not None for dst, _ in self.ir.out_edges(node))
+
+    def _batch(self, step: GraphStep, lowering, specs: list, in_step: dict, homes: dict):
+        """``specs`` with each run of a segment's tasks whose input partitions one worker
+        holds (spread there by :meth:`_spread`) made one task (body ``segments``), giving
+        the list of those partitions' results; also plan key -> (batch key, position),
+        and batch key -> how many partitions it runs. Dask pays a few hops between
+        processes for every task (paramserver's gradients compute for under 1 ms each), so
+        a worker's share as one task saves them every round; each result is still its
+        partition's own, read by its readers in partition order, so the folds and the
+        bytes are those of a task per partition. Only tasks read inside this graph: a
+        partition kept for later graphs keeps a key of its own, and one nobody reads is
+        not batched (its reader is where a failed partition's failure surfaces)."""
+        kept = {ref.key for node in step.exports for ref in lowering.parts.get(node, ())}
+        kept |= {lowering.values[node].key for node in step.exports if node in lowering.values}
+        runs: dict[tuple, list] = {}
+        order = []
+        read = {ref.key for spec in specs for ref in spec.deps}
+        for spec in specs:
+            home = self._batchable(spec, kept) if spec.key in read else None
+            if home is None:
+                order.append(spec)
+                continue
+            segment, partition = spec.args[0], spec.args[1]
+            run = runs.get((id(segment), home))
+            if run is None or run[-1].args[1] != partition - 1 or run[-1].args[3:] != spec.args[3:]:
+                run = runs[(id(segment), home)] = []
+                order.append(run)
+            run.append(spec)
+        out, batched, widths = [], {}, {}
+        for item in order:
+            if isinstance(item, TaskSpec):
+                out.append(item)
+                continue
+            if len(item) == 1:
+                out.append(item[0])
+                continue
+            first, last = item[0], item[-1]
+            key = f"{first.args[0].name}-{first.args[1]}..{last.args[1]}"
+            if key in in_step:
+                out.extend(item)
+                continue
+            base = self.env[first.args[2].node]
+            batch = replace(first, key=key, body="segments",
+                            label=f"{first.label}: partitions {first.args[1]}..{last.args[1]}, one task on the "
+                                  "worker holding them",
+                            args=(first.args[0], tuple(s.args[1] for s in item), *(s.args[2] for s in item),
+                                  *first.args[3:]))
+            homes[key] = base.homes[first.args[2].part]
+            for position, spec in enumerate(item):
+                batched[spec.key] = (key, position)
+            widths[key] = len(item)
+            out.append(batch)
+        return out, batched, widths
+
+    def _batchable(self, spec, kept: set) -> str | None:
+        """The worker holding the input partition of segment task ``spec`` if it may run
+        in a batch: one output, read only in this graph, no pool, resources or handle."""
+        if spec.body != "segment" or spec.member is not None or spec.resources or spec.key in kept:
+            return None
+        segment, base = spec.args[0], spec.args[2]
+        if steps.several(segment.terminal) or not isinstance(base, Ref):
+            return None
+        if any(isinstance(b, steps.Handle) for stage in segment.steps for _, b in stage.bindings):
+            return None
+        held = self.env.get(base.node)
+        if not isinstance(held, Parts) or held.homes is None or held.output(base.part) is not None:
+            return None
+        return held.homes[base.part]
+
     def _advance_pools(self, specs) -> None:
         last: dict[tuple[str, int], int] = {}
         for spec in specs:
@@ -445,7 +553,9 @@ class DaskDriver(PlannedDriver):
     def _wait(self, step: GraphStep, specs, futures: dict, lowering, read: set) -> None:
         """Wait for a submitted graph; ``read`` holds the keys its own tasks read."""
         by_key = {f.key: spec for spec, f in zip(specs, futures.values())}
-        groups = Counter(spec.group for spec in specs)
+        groups: Counter = Counter()
+        for spec in specs:
+            groups[spec.group] += self._widths.get(spec.key, 1)
         for group, n in groups.items():
             self.progress.stage(group, n)
         in_step = {spec.key: spec for spec in specs}
@@ -475,7 +585,7 @@ class DaskDriver(PlannedDriver):
                 spec = by_key[future.key]
                 if future.status != "finished":
                     self._fail(self._first_failure(future, pending, by_key), specs)
-                self.progress.advance(spec.group)
+                self.progress.advance(spec.group, self._widths.get(spec.key, 1))
                 done_at[spec.group] = time.perf_counter() - start
                 if spec.key not in keep:
                     future.release()  # not read after this graph: the cluster may drop it
@@ -565,8 +675,9 @@ class DaskDriver(PlannedDriver):
             if node in lowering.parts:
                 refs = lowering.parts[node]
                 outputs = [r.output if r.text not in picks and r.key in futures else None for r in refs]
+                homes = [self._homes.get(r.key) for r in refs]
                 self.env[node] = Parts([future_of(r) for r in refs], outputs if any(o is not None for o in outputs)
-                                       else None)
+                                       else None, homes if all(homes) else None)
             elif node in lowering.values:
                 self.env[node] = Lazy(future_of(lowering.values[node]))
 

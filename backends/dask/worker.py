@@ -127,6 +127,43 @@ def segment_task(segment: steps.Segment, partition: int, items, *bound):
     return _sealed(segment, run_segment(segment, partition, unseal(items), SealedSlots(bound)))
 
 
+class FailedPartition:
+    """A partition of a batch whose stage failed: what its reader gets in its place."""
+
+    __slots__ = ("failure",)
+
+    def __init__(self, failure: StageFailure):
+        self.failure = failure
+
+
+def segments_task(segment: steps.Segment, partitions: tuple, *items_and_bound) -> list:
+    """Several partitions of one segment as one task (a worker's share, see the driver's
+    _batch): the first ``len(partitions)`` arguments are their sealed inputs, the rest the
+    bound slots. Gives each partition's result as :func:`segment_task` does, in a list
+    that each reader picks its own from (:func:`pick_partition`). A partition whose stage
+    fails is a FailedPartition there and the others still run: each reader fails or goes
+    on exactly as with a task per partition (an actor pool serving partitions in order
+    would otherwise wait for good for a partition that failed with a sibling)."""
+    n = len(partitions)
+    slots = SealedSlots(items_and_bound[n:])
+    out = []
+    for p, items in zip(partitions, items_and_bound[:n]):
+        try:
+            out.append(_sealed(segment, run_segment(segment, p, unseal(items), slots)))
+        except StageFailure as exc:
+            out.append(FailedPartition(exc))
+    return out
+
+
+def pick_partition(batch: list, position: int):
+    """A partition's result out of its batch's list; a failed one raises its failure, so
+    its reader fails as it would have reading the partition's own task."""
+    value = batch[position]
+    if isinstance(value, FailedPartition):
+        raise value.failure
+    return value
+
+
 def _sealed(segment: steps.Segment, out):
     """A task's result as it leaves the worker; a task with several outputs (a split's
     buckets or groups of buckets, a shared scan's outputs, a grouped merge's partitions)
