@@ -253,6 +253,11 @@ def test_a_loops_partitions_are_spread_and_each_workers_share_runs_as_one_task(c
     assert homes[0] != homes[4]
     assert where["grads-0..3"] == homes[0] and where["grads-4..7"] == homes[4]
     assert _sinks(result) == _sinks(pipeline.run(backend="local", params=params))
+    # The plan `pipec compile` shows says so on exactly those tasks.
+    lines = pipeline.lower("dask", params).explain().splitlines()
+    noted = {line.split()[0]: line for line in lines if "spread:" in line or "batched:" in line}
+    assert sorted(noted) == sorted([f"batches-{i}" for i in range(8)] + [f"grads-{i}" for i in range(8)])
+    assert all("batched: one task per worker's share, `grads-a..b`" in noted[f"grads-{i}"] for i in range(8))
 
 
 def test_progress_per_stage_and_round(client, workdir):

@@ -21,7 +21,7 @@ from distributed import Future, as_completed, wait
 
 from pipec.compiler import ir
 from pipec.backends.base import Machine, NoProgress, notify
-from pipec.backends.dask import worker
+from pipec.backends.dask import placement, worker
 from pipec.backends.dask.plugins import PathsPlugin, StoragePlugin
 from pipec.backends.physical import steps
 from pipec.backends.physical.planner import Arg, GraphStep, Ref, Rounds, Seq, StepLowering, TaskSpec, key_of
@@ -434,99 +434,34 @@ class DaskDriver(PlannedDriver):
             return {k: self._resolve(v, aliases, in_step, suffix) for k, v in arg.items()}
         return arg
 
-    # ---- placement: where a loop's partitions live, and one task per worker's share
+    # ---- placement: a loop's partitions spread, a worker's share one task (see placement)
 
     def _spread(self, step: GraphStep, lowering, in_step: dict) -> dict[str, str]:
-        """Where the tasks making the partitions of a collection that a loop reads go
-        (plan key -> worker address): partition i of P on worker i x W / P, in contiguous
-        runs, so every round finds each worker holding an equal share. Left to Dask, they
-        pile up where their input is (six of paramserver's eight batches on one worker:
-        each round then ran six gradients on one core and two on the other). Only for a
-        graph outside loops: its collections are made once and read every round."""
-        if step.loop is not None:
-            return {}
-        wanted = []
-        for node in sorted(step.exports):
-            refs = lowering.parts.get(node, ())
-            keys = [ref.key for ref in refs]
-            if (len(refs) > 1 and len(set(keys)) == len(keys) and all(ref.output is None for ref in refs)
-                    and all(in_step.get(key) is not None for key in keys) and self._read_in_loops(node)):
-                wanted.append(keys)
-        if not wanted:
-            return {}
-        workers = self._workers()
-        return {key: workers[i * len(workers) // len(keys)] for keys in wanted for i, key in enumerate(keys)}
-
-    def _read_in_loops(self, node: str) -> bool:
-        return any(self.ir.op(dst).loop is not None for dst, _ in self.ir.out_edges(node))
+        """Plan key -> worker, for the tasks of this graph that :mod:`.placement` spreads."""
+        collections = placement.spread_keys(self.ir, step.exports, lowering.parts, in_step) if step.loop is None \
+            else {}
+        return placement.homes(collections, self._workers()) if collections else {}
 
     def _batch(self, step: GraphStep, lowering, specs: list, in_step: dict, homes: dict):
-        """``specs`` with each run of a segment's tasks whose input partitions one worker
-        holds (spread there by :meth:`_spread`) made one task (body ``segments``), giving
-        the list of those partitions' results; also plan key -> (batch key, position),
-        and batch key -> how many partitions it runs. Dask pays a few hops between
-        processes for every task (paramserver's gradients compute for under 1 ms each), so
-        a worker's share as one task saves them every round; each result is still its
-        partition's own, read by its readers in partition order, so the folds and the
-        bytes are those of a task per partition. Only tasks read inside this graph: a
-        partition kept for later graphs keeps a key of its own, and one nobody reads is
-        not batched (its reader is where a failed partition's failure surfaces)."""
+        """``specs`` with each worker's share of a segment made one task (see
+        :func:`placement.batches`); also plan key -> (batch key, position), and batch
+        key -> how many partitions it runs. ``homes`` gets each batch's worker."""
         kept = {ref.key for node in step.exports for ref in lowering.parts.get(node, ())}
         kept |= {lowering.values[node].key for node in step.exports if node in lowering.values}
-        runs: dict[tuple, list] = {}
-        order = []
         read = {ref.key for spec in specs for ref in spec.deps}
-        for spec in specs:
-            home = self._batchable(spec, kept) if spec.key in read else None
-            if home is None:
-                order.append(spec)
-                continue
-            segment, partition = spec.args[0], spec.args[1]
-            run = runs.get((id(segment), home))
-            if run is None or run[-1].args[1] != partition - 1 or run[-1].args[3:] != spec.args[3:]:
-                run = runs[(id(segment), home)] = []
-                order.append(run)
-            run.append(spec)
-        out, batched, widths = [], {}, {}
-        for item in order:
-            if isinstance(item, TaskSpec):
-                out.append(item)
-                continue
-            if len(item) == 1:
-                out.append(item[0])
-                continue
-            first, last = item[0], item[-1]
-            key = f"{first.args[0].name}-{first.args[1]}..{last.args[1]}"
-            if key in in_step:
-                out.extend(item)
-                continue
-            base = self.env[first.args[2].node]
-            batch = replace(first, key=key, body="segments",
-                            label=f"{first.label}: partitions {first.args[1]}..{last.args[1]}, one task on the "
-                                  "worker holding them",
-                            args=(first.args[0], tuple(s.args[1] for s in item), *(s.args[2] for s in item),
-                                  *first.args[3:]))
-            homes[key] = base.homes[first.args[2].part]
-            for position, spec in enumerate(item):
-                batched[spec.key] = (key, position)
-            widths[key] = len(item)
-            out.append(batch)
-        return out, batched, widths
 
-    def _batchable(self, spec, kept: set) -> str | None:
-        """The worker holding the input partition of segment task ``spec`` if it may run
-        in a batch: one output, read only in this graph, no pool, resources or handle."""
-        if spec.body != "segment" or spec.member is not None or spec.resources or spec.key in kept:
-            return None
-        segment, base = spec.args[0], spec.args[2]
-        if steps.several(segment.terminal) or not isinstance(base, Ref):
-            return None
-        if any(isinstance(b, steps.Handle) for stage in segment.steps for _, b in stage.bindings):
-            return None
-        held = self.env.get(base.node)
-        if not isinstance(held, Parts) or held.homes is None or held.output(base.part) is not None:
-            return None
-        return held.homes[base.part]
+        def home_of(spec) -> str | None:
+            if spec.key in kept or spec.key not in read or not placement.batchable(spec):
+                return None  # kept: a key of its own; unread: its failure would surface nowhere
+            base = spec.args[2]
+            held = self.env.get(base.node)
+            if not isinstance(held, Parts) or held.homes is None or held.output(base.part) is not None:
+                return None
+            return held.homes[base.part]
+        out, batched, where = placement.batches(specs, home_of, set(in_step))
+        homes.update(where)
+        widths = Counter(batch for batch, _ in batched.values())
+        return out, batched, dict(widths)
 
     def _advance_pools(self, specs) -> None:
         last: dict[tuple[str, int], int] = {}

@@ -10,6 +10,7 @@ from pipec.compiler import ir
 from pipec.compiler.capabilities import FEATURES
 from pipec.dsl.diagnostics import Diagnostic
 from pipec.backends.base import Backend, Machine
+from pipec.backends.dask import placement
 from pipec.backends.dask.engine import LocalShape, scheduler_address
 from pipec.backends.physical import explain as explaining
 from pipec.backends.physical.planner import PhysicalPlan, TaskSpec, actor_answer_for_stages
@@ -69,6 +70,7 @@ class DaskPlan(explaining.MappedPlan):
         self.shape = shape
         self.client = client
         self.physical = PhysicalPlan(graph, params)
+        self._placement: dict[str, str] | None = None  # plan key -> its placement note (see placement)
 
     @property
     def mapping(self) -> explaining.Mapping:
@@ -87,7 +89,10 @@ class DaskPlan(explaining.MappedPlan):
         if spec.data and actor_answer_for_stages(self.ir, spec.data):
             return ["the call is a task of this graph, on the actor's worker: its answer never passes "
                     "through the driver"]
-        return []
+        if self._placement is None:
+            self._placement = placement.notes(self.physical)
+        note = self._placement.get(spec.key)
+        return [note] if note else []
 
     @contextlib.contextmanager
     def engine(self, driver):

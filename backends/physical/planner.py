@@ -1241,6 +1241,7 @@ class PhysicalPlan:
         self.ungrouped: dict[int, list[tuple[str, int]]] = {}
         self.unscanned: dict[int, list[str]] = {}  # per graph step: scans its grouped merges made moot
         self.parts: dict[str, list[str]] = {}  # collection node -> its partitions' keys
+        self.refs: dict[str, list[Ref]] = {}  # collection node -> its partitions' refs
         for step in self.planner.graph_steps():
             lowering = StepLowering(graph, step, self.static, self.planner.actors)
             self.tasks[step.number] = lowering.lower()
@@ -1248,6 +1249,7 @@ class PhysicalPlan:
             self.unscanned[step.number] = lowering.unscanned
             for node, refs in lowering.parts.items():
                 self.parts[node] = [r.key for r in refs]
+                self.refs[node] = refs
 
     @property
     def root(self) -> list[Step]:
