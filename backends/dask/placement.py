@@ -68,6 +68,13 @@ def batchable(spec: TaskSpec) -> bool:
     return not any(isinstance(b, steps.Handle) for stage in segment.steps for _, b in stage.bindings)
 
 
+def read_by_pools(specs: list[TaskSpec]) -> set[str]:
+    """Keys that a stage served by an actor pool reads. Not batched: a pool member serves
+    its partitions in order and waits for each, so a partition's failure must reach its
+    member exactly as a task of its own would deliver it."""
+    return {ref.key for spec in specs if spec.body == "pool" for ref in spec.deps}
+
+
 def batches(specs: list[TaskSpec], home_of, taken: set[str]) -> tuple[list[TaskSpec], dict[str, tuple[str, int]],
                                                                     dict[str, str]]:
     """``specs`` with each run of consecutive partitions of one segment that one worker
@@ -121,7 +128,7 @@ def notes(plan: PhysicalPlan) -> dict[str, str]:
     for step in plan.planner.graph_steps():
         specs = plan.tasks[step.number]
         kept = {ref.key for node in step.exports for ref in plan.refs.get(node, ())} | {key_of(n) for n in step.exports}
-        read = {ref.key for spec in specs for ref in spec.deps}
+        read = {ref.key for spec in specs for ref in spec.deps} - read_by_pools(specs)
         for spec in specs:
             if spec.key in read and spec.key not in kept and batchable(spec) and spec.args[2].key in spread:
                 out[spec.key] = f"batched: one task per worker's share, `{spec.args[0].name}-a..b`"
