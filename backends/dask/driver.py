@@ -46,8 +46,8 @@ _INLINE_UPTO = 1 << 16
 
 # The plan's task bodies (see physical.planner.BODIES) as Dask task functions.
 BODIES = {"segment": worker.segment_task, "segments": worker.segments_task, "merge": worker.merge_task,
-          "finish": worker.finisher_task, "source_call": worker.source_call, "take_part": worker.take_part, "line_index": worker.line_index,
-          "pool": worker.pool_call, "actor_call": worker.actor_call}
+          "finish": worker.finisher_task, "source_call": worker.source_call, "take_part": worker.take_part,
+          "line_index": worker.line_index, "pool": worker.pool_call, "actor_call": worker.actor_call}
 
 
 class Parts:

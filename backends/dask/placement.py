@@ -34,7 +34,8 @@ from pipec.backends.physical.planner import PhysicalPlan, Ref, TaskSpec, key_of
 def made_once_read_every_round(graph: ir.IR, node: str) -> bool:
     """Whether collection ``node`` is made outside loops and read inside one (a node of
     the plan's own, a split hoisted out of a loop say, is neither)."""
-    return node in graph and graph.op(node).loop is None and any(graph.op(dst).loop is not None for dst, _ in graph.out_edges(node))
+    return (node in graph and graph.op(node).loop is None
+            and any(graph.op(dst).loop is not None for dst, _ in graph.out_edges(node)))
 
 
 def spread_keys(graph: ir.IR, exports, parts: dict[str, list[Ref]], in_step: dict) -> dict[str, list[str]]:
