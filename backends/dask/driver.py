@@ -172,7 +172,6 @@ class DaskDriver(PlannedDriver):
         self.submitted: list[list[str]] = []  # plan keys of each graph submitted (for tests)
         self.pending: dict[str, PendingCall] = {}  # actor -> its call not made yet
         self._batched: dict[str, tuple[str, int]] = {}  # plan key -> (its batch's key, position)
-        self._widths: dict[str, int] = {}  # batch key -> partitions it runs
         self._homes: dict[str, str] = {}  # plan key -> the worker its task was placed on
         self._small: set[str] = set()  # values last fetched small: finished on the driver
         self._also_keep: set[str] = set()  # keys of this graph read by the driver's combines
@@ -340,9 +339,9 @@ class DaskDriver(PlannedDriver):
                 continue
             task_specs.append(spec)
         homes = self._spread(step, lowering, in_step)
-        task_specs, self._batched, self._widths = self._batch(step, lowering, task_specs, in_step, homes)
+        task_specs, self._batched = self._batch(step, lowering, task_specs, in_step, homes)
         self._homes = homes
-        on_driver = self._finished_on_driver(step, lowering, task_specs)
+        on_driver = self._finished_on_driver(step, lowering, task_specs, in_step)
         task_specs = [spec for spec in task_specs if spec.key not in on_driver]
         self._also_keep = {self._batched.get(ref.key, (ref.key,))[0] for spec in on_driver.values()
                            for ref in spec.deps}
@@ -457,15 +456,15 @@ class DaskDriver(PlannedDriver):
 
     def _batch(self, step: GraphStep, lowering, specs: list, in_step: dict, homes: dict):
         """``specs`` with each worker's share of a segment made one task (see
-        :func:`placement.batches`); also plan key -> (batch key, position), and batch
-        key -> how many partitions it runs. ``homes`` gets each batch's worker."""
+        :func:`placement.batches`), and plan key -> (batch key, position). ``homes``
+        gets each batch's worker."""
         kept = {ref.key for node in step.exports for ref in lowering.parts.get(node, ())}
         kept |= {lowering.values[node].key for node in step.exports if node in lowering.values}
-        read = {ref.key for spec in specs for ref in spec.deps} - placement.read_by_pools(specs)
+        eligible = placement.eligible(specs, kept)
 
         def home_of(spec) -> str | None:
-            if spec.key in kept or spec.key not in read or not placement.batchable(spec):
-                return None  # kept: a key of its own; unread (or read by a pool): see placement
+            if spec.key not in eligible:
+                return None
             base = spec.args[2]
             held = self.env.get(base.node)
             if not isinstance(held, Parts) or held.homes is None or held.output(base.part) is not None:
@@ -473,8 +472,7 @@ class DaskDriver(PlannedDriver):
             return held.homes[base.part]
         out, batched, where = placement.batches(specs, home_of, set(in_step))
         homes.update(where)
-        widths = Counter(batch for batch, _ in batched.values())
-        return out, batched, dict(widths)
+        return out, batched
 
     # ---- a small value the driver reads: its last combine runs on the driver
 
@@ -486,7 +484,7 @@ class DaskDriver(PlannedDriver):
         else:
             self._small.discard(node)
 
-    def _finished_on_driver(self, step: GraphStep, lowering, specs: list) -> dict[str, TaskSpec]:
+    def _finished_on_driver(self, step: GraphStep, lowering, specs: list, in_step: dict) -> dict[str, TaskSpec]:
         """The last combine of each value of this graph that the driver fetched before and
         found small (paramserver's total: 10 floats, every round): the driver gathers its
         partials and folds them itself, in partition order, with the same function. The
@@ -500,7 +498,7 @@ class DaskDriver(PlannedDriver):
             ref = lowering.values.get(node)
             if ref is None or node not in self._small:
                 continue
-            spec = next((s for s in specs if s.key == ref.key), None)
+            spec = in_step.get(ref.key)
             if spec is not None and spec.body == "finish" and spec.deps and \
                     all(dep.key in in_graph and dep.output is None for dep in spec.deps):
                 out[node] = spec
@@ -563,9 +561,10 @@ class DaskDriver(PlannedDriver):
     def _wait(self, step: GraphStep, specs, futures: dict, lowering, read: set) -> None:
         """Wait for a submitted graph; ``read`` holds the keys its own tasks read."""
         by_key = {f.key: spec for spec, f in zip(specs, futures.values())}
+        widths = Counter(batch for batch, _ in self._batched.values())  # batch key -> partitions it runs
         groups: Counter = Counter()
         for spec in specs:
-            groups[spec.group] += self._widths.get(spec.key, 1)
+            groups[spec.group] += widths.get(spec.key, 1)
         for group, n in groups.items():
             self.progress.stage(group, n)
         in_step = {spec.key: spec for spec in specs}
@@ -596,7 +595,7 @@ class DaskDriver(PlannedDriver):
                 spec = by_key[future.key]
                 if future.status != "finished":
                     self._fail(self._first_failure(future, pending, by_key), specs)
-                self.progress.advance(spec.group, self._widths.get(spec.key, 1))
+                self.progress.advance(spec.group, widths.get(spec.key, 1))
                 done_at[spec.group] = time.perf_counter() - start
                 if spec.key not in keep:
                     future.release()  # not read after this graph: the cluster may drop it

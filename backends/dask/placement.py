@@ -69,11 +69,15 @@ def batchable(spec: TaskSpec) -> bool:
     return not any(isinstance(b, steps.Handle) for stage in segment.steps for _, b in stage.bindings)
 
 
-def read_by_pools(specs: list[TaskSpec]) -> set[str]:
-    """Keys that a stage served by an actor pool reads. Not batched: a pool member serves
-    its partitions in order and waits for each, so a partition's failure must reach its
-    member exactly as a task of its own would deliver it."""
-    return {ref.key for spec in specs if spec.body == "pool" for ref in spec.deps}
+def eligible(specs: list[TaskSpec], kept: set[str]) -> set[str]:
+    """Keys of the tasks of one graph that may share a task with their worker's share:
+    batchable, not ``kept`` for later graphs (a key of its own), and read in this graph
+    (where a failed partition's failure surfaces) but not by a stage served by an actor
+    pool (a member serves its partitions in order and waits for each, so a partition's
+    failure must reach it exactly as a task of its own would deliver it)."""
+    read = {ref.key for spec in specs for ref in spec.deps}
+    read -= {ref.key for spec in specs if spec.body == "pool" for ref in spec.deps}
+    return {spec.key for spec in specs if spec.key in read and spec.key not in kept and batchable(spec)}
 
 
 def batches(specs: list[TaskSpec], home_of, taken: set[str]) -> tuple[list[TaskSpec], dict[str, tuple[str, int]],
@@ -129,8 +133,8 @@ def notes(plan: PhysicalPlan) -> dict[str, str]:
     for step in plan.planner.graph_steps():
         specs = plan.tasks[step.number]
         kept = {ref.key for node in step.exports for ref in plan.refs.get(node, ())} | {key_of(n) for n in step.exports}
-        read = {ref.key for spec in specs for ref in spec.deps} - read_by_pools(specs)
+        batchable_here = eligible(specs, kept)
         for spec in specs:
-            if spec.key in read and spec.key not in kept and batchable(spec) and spec.args[2].key in spread:
+            if spec.key in batchable_here and spec.args[2].key in spread:
                 out[spec.key] = f"batched: one task per worker's share, `{spec.args[0].name}-a..b`"
     return out
