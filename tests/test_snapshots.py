@@ -45,13 +45,15 @@ def step(y, r):
 def add(a, b):
     return a + b
 
-def _slow_snapshot_writes(marker):
-    """Until ``marker`` exists, every snapshot this process writes keeps its temporary
-    file on disk for a second before the rename, so the kill below lands mid-write
-    however fast the disk is (the file is made before its parts are written)."""
+def _slow_snapshot_writes(watch, marker, armed):
+    """Once ``armed`` and until ``marker`` exists, every file this process writes into the
+    folder ``watch`` keeps its temporary on disk for a second before the rename, so the
+    kill below lands mid-write however fast the disk is (the file is made before its parts
+    are written). Earlier snapshots, and writes elsewhere (the chunks, when the manifest is
+    watched), go at full speed."""
     from pipec.backends.runtime import storage
-    # this test's marker: an engine's worker process may have run an earlier test's
-    storage._slow_until = marker
+    # this test's marker and folder: an engine's worker process may have run an earlier test's
+    storage._slow_until, storage._slow_in, storage._slow_armed = marker, os.path.abspath(watch), armed
     if getattr(storage, "_slowed_for_test", False):
         return
     write = storage._atomic_write_local
@@ -59,7 +61,8 @@ def _slow_snapshot_writes(marker):
     def slowly(path, parts):
         def then_wait():
             yield from parts
-            if not os.path.exists(storage._slow_until):
+            watched = os.path.dirname(os.path.abspath(path)) == storage._slow_in
+            if watched and storage._slow_armed and not os.path.exists(storage._slow_until):
                 time.sleep(1.0)
         return write(path, then_wait())
     storage._atomic_write_local, storage._slowed_for_test = slowly, True
@@ -74,7 +77,8 @@ class Big:
         self.seen = []
 
     def add(self, x, watch, kill_at, marker):
-        _slow_snapshot_writes(marker)
+        # the snapshot taken after the call before the kill is the one written slowly
+        _slow_snapshot_writes(watch, marker, armed=len(self.seen) >= kill_at - 1)
         if len(self.seen) == kill_at and not os.path.exists(marker):
             # Die while a snapshot of this actor is being written (a temporary of its
             # file, or with ``watch`` the chunks' folder of one of its chunks, exists).
