@@ -216,6 +216,8 @@ class Case:
     body: str
     params: dict = field(default_factory=dict)
     files: dict = field(default_factory=dict)
+    # backend -> why the case says nothing there that the other cases do not already
+    not_on: dict = field(default_factory=dict)
 
 
 CASES: dict[str, Case] = {
@@ -341,7 +343,9 @@ CASES: dict[str, Case] = {
         sink e = collect(zip_with_index(sums)) -> json("out/e.json")
         sink f = collect(map_batches m.layout over sort_by(xs, by = m.neg_int)) -> json("out/f.json")
         sink g = map m.as_row over (map m.first over sums) -> parquet("out/g")
-        sink h = [count(again), top(again, 3, by = m.neg)] -> json("out/h.json")"""),
+        sink h = [count(again), top(again, 3, by = m.neg)] -> json("out/h.json")""",
+        not_on={"spark": "Spark shuffles with its own exchange, never in grouped merges, and runs each of the "
+                         "case's nine jobs as 20 tasks: 18 s that test what the narrower cases test"}),
     "top_and_count": Case("""
         source lines = read_text("data.txt") partitions 2
         stage counts = reduce_by_key m.add over (map m.word_pair over (flat_map m.words over lines))
@@ -571,6 +575,8 @@ def outputs(path: Path) -> dict[str, bytes]:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_conformance(backend, name, tmp_path, monkeypatch):
     case = CASES[name]
+    if backend in case.not_on:
+        pytest.skip(case.not_on[backend])
     (tmp_path / "gaps").mkdir()
     path = _write_case(tmp_path / "gaps", name, case)
     gaps = set(features_used(load(path).ir)) - backend_class(backend).capabilities
