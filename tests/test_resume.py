@@ -553,10 +553,12 @@ pipeline p(rounds: int = 14) {
 '''
 
 KILL_MODULE = '''
-import time
+import os, time
 
 def slow_row(x, r):
-    time.sleep(0.03)  # rounds long enough to be killed in the middle of one
+    # rounds long enough to be killed in the middle of one; the runs after the kill
+    # (resumed, and the clean one) go at full speed, with the same rows
+    time.sleep(float(os.environ.get("KILL_ROW_SECONDS", "0")))
     return {"x": x, "r": r}
 '''
 
@@ -582,8 +584,9 @@ def test_a_driver_killed_among_round_datasets_resumes_to_every_dataset_once(back
            "DASK_SCHEDULER_ADDRESS": ""}
     run_dir = root / "run"
     command = [sys.executable, "-m", "pipec", "run", "p.pipe", "--backend", backend]
-    driver = subprocess.Popen(command + ["--run-dir", str(run_dir)], cwd=root, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    driver = subprocess.Popen(command + ["--run-dir", str(run_dir)], cwd=root,
+                              env={**env, "KILL_ROW_SECONDS": "0.03"}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
     log = run_dir / "resume" / "round-files.json"
     deadline, family = time.time() + 240, []
     try:
