@@ -86,6 +86,10 @@ def _write(root: Path) -> Path:
     return path
 
 
+# An engine address nothing listens on, per backend.
+UNREACHABLE = {"dask": "tcp://127.0.0.1:9", "ray": "127.0.0.1:9", "spark": "spark://127.0.0.1:9"}
+
+
 @pytest.mark.parametrize("backend", RESUMABLE)
 def test_a_stopped_run_resumes_after_its_last_round_and_ends_as_a_clean_run(backend, tmp_path, monkeypatch):
     clean_root = tmp_path / "clean"
@@ -109,6 +113,9 @@ def test_a_stopped_run_resumes_after_its_last_round_and_ends_as_a_clean_run(back
     assert list(resumed.rounds.values()) == [6]
     with pytest.raises(UsageError, match="finished already"):
         pipeline.run(backend=backend, params=params, run_dir="run", resume=True, **options)
+    if backend in UNREACHABLE:  # refused before any engine is reached: nothing listens there
+        with pytest.raises(UsageError, match="finished already"):
+            pipeline.run(backend=backend, params=params, run_dir="run", resume=True, address=UNREACHABLE[backend])
 
 
 def test_a_backend_without_the_capability_refuses_to_resume(tmp_path):

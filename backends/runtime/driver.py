@@ -68,6 +68,7 @@ class Driver:
         self._source = plan.source  # the .pipe text for errors; read from the file only when missing
         self.resume = resume
         self.record: resuming.Record | None = None  # what a resumed run continues from
+        self._resumed: resuming.Record | None = None  # its record as read in preflight
         self.records = resuming.RecordWriter(self.run_dir)
         self.sinks = StagedSinks(self.run_dir, self.run_id)  # committed together at the end
         self.round_files = RoundFiles(self.run_dir, self.run_id)  # sinks in loops: committed per round
@@ -112,6 +113,8 @@ class Driver:
         if not self._preflown:
             self.check_extras()
             preflight.check(self.ir, self.params, self.run_dir, self.source_file())
+            if self.resumable and self.resume:
+                self._resumed = self._record_to_resume()
             self._preflown = True
 
     def check_extras(self) -> None:
@@ -684,17 +687,8 @@ class Driver:
         """Read the record of the run being resumed, or clear the run folder of an earlier
         run's state (a fresh run must not restore its actors from old snapshots)."""
         if self.resume:
-            if resuming.finished(self.run_dir):
-                raise UsageError(f"run {self.run_dir} finished already; there is nothing to resume",
-                                 "run the pipeline again without --resume")
-            record = resuming.read_record(self.run_dir)
+            record = self._resumed
             if record is not None:
-                if record.backend != self.backend:
-                    raise UsageError(f"run {self.run_dir} ran on backend `{record.backend}`",
-                                     f"resume it with --backend {record.backend}")
-                if record.fingerprint != self.fingerprint:
-                    raise UsageError(f"run {self.run_dir} was started with a different pipeline or different "
-                                     f"parameters", "resume with the same file and --param values")
                 try:
                     self.record = resuming.with_calls(self.run_dir, record)
                 except FileNotFoundError as exc:  # a journal segment gone: the calls cannot be replayed
@@ -707,6 +701,22 @@ class Driver:
                 return
         resuming.clear(self.run_dir)
         storage.make_folder(self.run_dir)  # the run folder exists from the start
+
+    def _record_to_resume(self):
+        """The record of the run being resumed (None if it stopped before its first), or a
+        usage error if it cannot be resumed by this run: read in ``preflight``, so that a
+        refusal costs no engine start."""
+        if resuming.finished(self.run_dir):
+            raise UsageError(f"run {self.run_dir} finished already; there is nothing to resume",
+                             "run the pipeline again without --resume")
+        record = resuming.read_record(self.run_dir)
+        if record is not None and record.backend != self.backend:
+            raise UsageError(f"run {self.run_dir} ran on backend `{record.backend}`",
+                             f"resume it with --backend {record.backend}")
+        if record is not None and record.fingerprint != self.fingerprint:
+            raise UsageError(f"run {self.run_dir} was started with a different pipeline or different parameters",
+                             "resume with the same file and --param values")
+        return record
 
     def finish_records(self) -> None:
         """The run completed: every record is on disk, and the run is marked finished
