@@ -702,7 +702,7 @@ class Driver:
         resuming.clear(self.run_dir)
         storage.make_folder(self.run_dir)  # the run folder exists from the start
 
-    def _record_to_resume(self):
+    def _record_to_resume(self) -> resuming.Record | None:
         """The record of the run being resumed (None if it stopped before its first), or a
         usage error if it cannot be resumed by this run: read in ``preflight``, so that a
         refusal costs no engine start."""
