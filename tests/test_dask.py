@@ -376,6 +376,48 @@ class Tagger:
     assert _sinks(pipeline.run(backend="dask", client=client)) == local
 
 
+def test_a_pool_whose_earlier_partition_failed_upstream_reports_the_failure(client, write_pipe, tmp_path,
+                                                                           monkeypatch):
+    """The member serves partitions in order; partition 0 never reaches it (the stage
+    before failed there), so its calls for partitions 1 to 3 wait for one that never
+    comes. The run ends with the reference backend's error instead of waiting for good."""
+    path = write_pipe("""
+use m_pool_after_failure as m
+pipeline p() {
+    source xs = range(8) partitions 4
+    actor pool tags = m.Tagger() x 1
+    stage ys = map m.boom_on_zero over xs
+    stage zs = map_batches tags.tag over ys
+    sink out = collect(zs) -> json("out/o.json")
+}""", m_pool_after_failure="""
+class Tagger:
+    def tag(self, batch):
+        return [("tagged", x) for x in batch]
+
+def boom_on_zero(x):
+    if x == 0:
+        raise ValueError("zero")
+    return x
+""")
+    monkeypatch.chdir(tmp_path)
+    pipeline = load(path)
+    with pytest.raises(PipelineRuntimeError) as local:
+        pipeline.run(backend="local")
+    ended: dict = {}
+
+    def run():
+        try:
+            pipeline.run(backend="dask", client=client)  # quiet: nobody watches task by task
+        except PipelineRuntimeError as exc:
+            ended["error"] = exc
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    runner.join(120)
+    assert not runner.is_alive(), "the run waits for good for a partition its pool will never serve"
+    assert str(ended["error"]) == str(local.value)
+    assert not (tmp_path / "out").exists()
+
+
 # ---- fault tolerance ------------------------------------------------------------------------------
 
 

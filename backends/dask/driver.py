@@ -574,7 +574,12 @@ class DaskDriver(PlannedDriver):
         keep |= self._also_keep  # the partials of a value finished on the driver, until it has them
         start = time.perf_counter()
         done_at: dict[str, float] = {}
-        if isinstance(self.progress, NoProgress):
+        # A pool member serves its partitions in order, so its task for partition i waits
+        # inside the member for partition i-1's: if that one never runs (what it reads
+        # failed), waiting for every end would wait for good. Such graphs are watched
+        # task by task, and the first failure ends the wait.
+        pooled = any(spec.member is not None for spec in specs)
+        if isinstance(self.progress, NoProgress) and not pooled:
             # Nobody watches task by task: wait for the graph's ends only (every other task
             # finishes before what reads it), one wake-up instead of one per task.
             ends = [f for f in futures.values() if f.key not in read]
