@@ -295,3 +295,102 @@ def test_ordering_errors_name_the_operation_and_what_is_wrong(backend, tmp_path,
     assert "p.pipe:5:16" in err.render() and "reduce_by_key" in err.render()
     err = fails("collect(sample(xs, f))", f=1.5)
     assert "`sample` needs a fraction between 0 and 1, got 1.5" in str(err) and "p.pipe:5:24" in err.render()
+
+
+# ---- a small value the driver reads each round: its last combine runs on the driver
+
+FOLD_MODULE = """
+import os
+
+def make():
+    return [1, 2, 3, 4]  # one item a partition: only the last combine calls add
+
+def tag(x, r):
+    return (x, r, frozenset())
+
+def add(a, b):
+    # Which processes combined this round's total: the test's device, not a pure function.
+    if a[1] == FAIL_IN_ROUND:
+        raise ValueError(f"no sum in round {a[1]}")
+    return (a[0] + b[0], a[1], a[2] | b[2] | {os.getpid()})
+
+def scale(x, t):
+    return x * t[0]
+
+class Acc:
+    def __init__(self):
+        self.seen = []
+
+    def add(self, total):
+        self.seen.append([total[0], sorted(total[2])])
+
+    def add_n(self, n):
+        self.seen.append(n)
+
+    def total(self):
+        return self.seen
+"""
+
+FOLD_PIPE = """use {module} as m
+pipeline p(rounds: int = 3) {{
+    source xs = m.make() partitions 4
+    actor acc = m.Acc()
+    repeat rounds as r {{
+        value total = reduce m.add over (map m.tag over xs with r = r)
+{reader}        acc.add(total)
+    }}
+    sink out = acc.total() -> json("out/t.json")
+}}
+"""
+
+
+def _fold_run(backend: str, tmp_path: Path, reader: str = "", fail_in_round: int = -1):
+    module = f"m_fold_{backend}_{fail_in_round + 1}_{bool(reader)}"
+    (tmp_path / f"{module}.py").write_text(FOLD_MODULE.replace("FAIL_IN_ROUND", str(fail_in_round)))
+    path = tmp_path / "p.pipe"
+    path.write_text(FOLD_PIPE.format(module=module, reader=reader))
+    result = load(path).run(backend=backend, **engine_options(backend))
+    return json.loads(Path(result.files["out"]).read_text())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_small_value_the_driver_reads_is_folded_on_the_driver_after_its_first_round(backend, tmp_path,
+                                                                                       monkeypatch):
+    """A value the driver fetches every round (here an actor call's argument) is combined
+    by a task on a worker in the first round, where its size is not known yet; once the
+    driver has seen it is small, it folds the partials itself, with the same function in
+    partition order (the sums are the same)."""
+    monkeypatch.chdir(tmp_path)
+    seen = _fold_run(backend, tmp_path)
+    assert [total for total, _ in seen] == [10, 10, 10]
+    combined_in = [pids for _, pids in seen]
+    assert combined_in[1:] == [[os.getpid()], [os.getpid()]]
+    if backend in ("dask", "ray"):  # the others combine on the driver from the start
+        assert combined_in[0] != [os.getpid()]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_small_value_a_stage_of_its_graph_reads_keeps_its_combine_task(backend, tmp_path, monkeypatch):
+    """The same value, also read by a stage in its own graph, is still combined where that
+    stage can read it (folding it on the driver would leave the stage waiting)."""
+    monkeypatch.chdir(tmp_path)
+    reader = "        stage scaled = map m.scale over xs with t = total\n        acc.add_n(count(scaled))\n"
+    seen = _fold_run(backend, tmp_path, reader=reader)
+    counts, totals = seen[0::2], seen[1::2]  # acc.add_n(count(scaled)) comes first in each round
+    assert counts == [4, 4, 4] and [total for total, _ in totals] == [10, 10, 10]
+    if backend in ("dask", "ray"):
+        assert all(pids != [os.getpid()] for _, pids in totals)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_fold_failing_on_the_driver_is_the_error_a_combine_task_gives(backend, tmp_path, monkeypatch):
+    """The combine fails in round 2, when it runs on the driver: the error is the one the
+    reference backend gives (stage, message, line), and nothing is written."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PipelineRuntimeError) as err:
+        _fold_run(backend, tmp_path, fail_in_round=2)
+    with pytest.raises(PipelineRuntimeError) as reference:
+        _fold_run("local", tmp_path, fail_in_round=2)
+    assert "no sum in round 2" in str(err.value)
+    assert err.value.render().replace(backend, "B") == reference.value.render().replace("local", "B")
+    assert not (tmp_path / "out").exists()

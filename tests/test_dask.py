@@ -275,48 +275,6 @@ def test_a_small_value_the_driver_reads_is_folded_on_the_driver_after_its_first_
     assert _sinks(result) == _sinks(pipeline.run(backend="local", params=params))
 
 
-FOLD_FAILS = """
-use m_fold_fails as m
-pipeline p(rounds: int = 4) {
-    source xs = m.make() partitions 4
-    actor acc = m.Acc()
-    repeat rounds as r {
-        acc.add(reduce m.add over (map m.tag over xs with r = r))
-    }
-    sink out = acc.total() -> json("out/t.json")
-}"""
-
-FOLD_FAILS_MODULE = """
-def make():
-    return [1, 2, 3, 4]  # one a partition: only the last combine calls add
-def tag(x, r):
-    return (x, r)
-def add(a, b):
-    if a[1] == 2:
-        raise ValueError(f"no sum in round {a[1]}")
-    return (a[0] + b[0], a[1])
-class Acc:
-    def __init__(self):
-        self.n = 0
-    def add(self, x):
-        self.n += x[0]
-    def total(self):
-        return self.n
-"""
-
-
-def test_a_fold_failing_on_the_driver_is_the_error_a_combine_task_gives(client, write_pipe, tmp_path, monkeypatch):
-    path = write_pipe(FOLD_FAILS, m_fold_fails=FOLD_FAILS_MODULE)
-    monkeypatch.chdir(tmp_path)
-    errors = {}
-    for backend, options in (("local", {}), ("dask", {"client": client})):
-        with pytest.raises(PipelineRuntimeError) as err:
-            load(path).run(backend=backend, **options)
-        errors[backend] = str(err.value)
-    assert "no sum in round 2" in errors["dask"]
-    assert errors["dask"].replace("dask", "B") == errors["local"].replace("local", "B")
-
-
 def test_progress_per_stage_and_round(client, workdir):
     rec = Recorder()
     load("examples/train.pipe").lower("dask", {"rows": 2000, "epochs": 3}, client=client).run(progress=rec)

@@ -28,7 +28,7 @@ from pipec.backends.physical import steps
 from pipec.backends.physical.planner import Arg, GraphStep, Ref, Rounds, Seq, StepLowering, TaskSpec, key_of
 from pipec.backends.runtime import storage
 from pipec.backends.runtime.driver import LiveContext, PlannedDriver
-from pipec.backends.runtime.interpreter import StageFailure, run_finisher
+from pipec.backends.runtime.interpreter import StageFailure
 from pipec.backends.runtime.tasks import ensure_path
 
 log = logging.getLogger("pipec.dask")
@@ -173,7 +173,6 @@ class DaskDriver(PlannedDriver):
         self.pending: dict[str, PendingCall] = {}  # actor -> its call not made yet
         self._batched: dict[str, tuple[str, int]] = {}  # plan key -> (its batch's key, position)
         self._homes: dict[str, str] = {}  # plan key -> the worker its task was placed on
-        self._small: set[str] = set()  # values last fetched small: finished on the driver
         self._also_keep: set[str] = set()  # keys of this graph read by the driver's combines
         self._storage_plugin: str | None = None  # the name of the run's StoragePlugin, while registered
 
@@ -341,7 +340,7 @@ class DaskDriver(PlannedDriver):
         homes = self._spread(step, lowering, in_step)
         task_specs, self._batched = self._batch(step, lowering, task_specs, in_step, homes)
         self._homes = homes
-        on_driver = self._finished_on_driver(step, lowering, task_specs, in_step)
+        on_driver = self.folded_on_driver(step, lowering, {spec.key for spec in task_specs} | set(self._batched))
         task_specs = [spec for spec in task_specs if spec.key not in on_driver]
         self._also_keep = {self._batched.get(ref.key, (ref.key,))[0] for spec in on_driver.values()
                            for ref in spec.deps}
@@ -477,32 +476,9 @@ class DaskDriver(PlannedDriver):
     # ---- a small value the driver reads: its last combine runs on the driver
 
     def _observe(self, node: str, sealed) -> None:
-        """The driver fetched value ``node``: while it stays small, later graphs finish it
-        on the driver (see :meth:`_finished_on_driver`)."""
-        if isinstance(sealed, worker.Sealed) and sealed.nbytes <= _INLINE_UPTO:
-            self._small.add(node)
-        else:
-            self._small.discard(node)
-
-    def _finished_on_driver(self, step: GraphStep, lowering, specs: list, in_step: dict) -> dict[str, TaskSpec]:
-        """The last combine of each value of this graph that the driver fetched before and
-        found small (paramserver's total: 10 floats, every round): the driver gathers its
-        partials and folds them itself, in partition order, with the same function. The
-        combine task on a worker, the transfer of the other worker's partials to it and
-        the fetch of its result would cost more hops between processes than the work: in
-        one session a round took 24 ms instead of 34. Only partials made in this graph,
-        as plan key -> the combine's spec."""
-        in_graph = {spec.key for spec in specs} | set(self._batched)
-        out = {}
-        for node in step.exports:
-            ref = lowering.values.get(node)
-            if ref is None or node not in self._small:
-                continue
-            spec = in_step.get(ref.key)
-            if spec is not None and spec.body == "finish" and spec.deps and \
-                    all(dep.key in in_graph and dep.output is None for dep in spec.deps):
-                out[node] = spec
-        return out
+        """The driver fetched value ``node``: its size decides whether later graphs fold it
+        on the driver (see :meth:`PlannedDriver.folded_on_driver`)."""
+        self.observed(node, sealed.nbytes if isinstance(sealed, worker.Sealed) else None)
 
     def _finish(self, on_driver: dict[str, TaskSpec], futures: dict) -> dict[str, Any]:
         """Fold each value of ``on_driver`` from its partials, gathered at once; node ->
@@ -512,29 +488,16 @@ class DaskDriver(PlannedDriver):
         gathered = dict(zip(wanted, self.client.gather([futures[key] for key in wanted])))
         for key in wanted:
             futures[key].release()
-        values = {}
-        for node, spec in on_driver.items():
-            start = time.perf_counter()
-            self.progress.stage(spec.group, 1)
-            partials = []
-            for dep in spec.deps:
-                if dep.key in self._batched:
-                    batch, position = self._batched[dep.key]
-                    got = gathered[batch][position]
-                    if isinstance(got, worker.FailedPartition):
-                        raise self.stage_failed(got.failure) from None
-                else:
-                    got = gathered[dep.key]
-                partials.append(worker.unseal(got))
-            try:
-                values[node] = run_finisher(self._resolve(spec.args[0], {}, {}, ""), partials)  # its Args filled
-            except StageFailure as exc:
-                raise self.stage_failed(exc) from None
-            if worker.seal(values[node]).nbytes > _INLINE_UPTO:
-                self._small.discard(node)
-            self.progress.advance(spec.group)
-            self._record_timings({spec.group: time.perf_counter() - start})
-        return values
+
+        def partial(dep: Ref):
+            if dep.key not in self._batched:
+                return worker.unseal(gathered[dep.key])
+            batch, position = self._batched[dep.key]
+            got = gathered[batch][position]
+            if isinstance(got, worker.FailedPartition):
+                raise self.stage_failed(got.failure) from None
+            return worker.unseal(got)
+        return self.fold_on_driver(on_driver, partial)
 
     def _advance_pools(self, specs) -> None:
         last: dict[tuple[str, int], int] = {}

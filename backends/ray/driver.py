@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import fields, is_dataclass, replace
+from functools import partial
 from typing import Any
 
 from pipec.compiler import ir
@@ -15,7 +16,7 @@ from pipec.backends.base import Machine, NoProgress, RunResult, notify
 from pipec.backends.physical import steps as s
 from pipec.backends.physical.planner import Arg, GraphStep, Ref, Rounds, Seq, StepLowering
 from pipec.backends.runtime import storage
-from pipec.backends.runtime.driver import LiveContext, PlannedDriver
+from pipec.backends.runtime.driver import FOLD_UPTO, LiveContext, PlannedDriver, pickled_size
 from pipec.backends.runtime.interpreter import StageFailure
 from pipec.backends.runtime.tasks import WorkerSetup
 from pipec.dsl.diagnostics import PipelineRuntimeError
@@ -39,10 +40,11 @@ class Parts:
 
 
 class Lazy:
-    """A value kept in the object store until the driver needs it (then fetched once)."""
+    """A value kept in the object store until the driver needs it (then fetched once, and
+    given to ``observe`` when there is one)."""
 
-    def __init__(self, ref):
-        self.ref = ref
+    def __init__(self, ref, observe=None):
+        self.ref, self.observe = ref, observe
         self.fetched, self.value = False, None
 
 
@@ -207,6 +209,8 @@ class RayDriver(PlannedDriver):
         if isinstance(value, Lazy):
             if not value.fetched:
                 value.value, value.fetched = self.fetch([value.ref])[0], True
+                if value.observe is not None:
+                    value.observe(value.value)
             return value.value
         return value
 
@@ -331,9 +335,12 @@ class RayDriver(PlannedDriver):
         self._resolved: dict[int, tuple] = {}
         self._packed: dict[int, tuple] = {}
         tasks = []
+        on_driver = self.folded_on_driver(step, lowering, {spec.key for spec in specs if spec.data is None})
         for spec in specs:
             if spec.data is not None:
                 out[spec.key] = self._data(spec.data)
+                continue
+            if spec.key in on_driver:
                 continue
             args = [self._resolve(a, out) for a in spec.args]
             if spec.body == "merge":
@@ -353,11 +360,26 @@ class RayDriver(PlannedDriver):
             tasks.append((spec, ref[0] if isinstance(ref, list) else ref))
             self.names[spec.key] = spec.group
         self._wait(tasks)
+        folded = self._fold(on_driver, out) if on_driver else {}
         for node in step.exports:
             if node in lowering.parts:
                 self.env[node] = Parts([self._resolve(r, out) for r in lowering.parts[node]])
+            elif node in folded:
+                self.env[node] = folded[node]
             elif node in lowering.values:
-                self.env[node] = Lazy(self._resolve(lowering.values[node], out))
+                self.env[node] = Lazy(self._resolve(lowering.values[node], out), observe=partial(self._observe, node))
+
+    def _fold(self, on_driver: dict, out: dict) -> dict[str, Any]:
+        """The values of ``on_driver`` folded here from their partials, fetched at once
+        (see :meth:`PlannedDriver.folded_on_driver`); node -> value."""
+        keys = sorted({dep.key for spec in on_driver.values() for dep in spec.deps})
+        partials = dict(zip(keys, self.fetch([out[key] for key in keys])))
+        return self.fold_on_driver(on_driver, lambda dep: partials[dep.key])
+
+    def _observe(self, node: str, value) -> None:
+        """The driver fetched value ``node``: its size decides whether later graphs fold it
+        here (see :meth:`PlannedDriver.folded_on_driver`)."""
+        self.observed(node, pickled_size(value, FOLD_UPTO))
 
     def _remote(self, spec, args):
         """The Ray remote function for a task, with its options."""

@@ -8,23 +8,24 @@ actor calls, loops and sinks mean the same everywhere and live here once.
 from __future__ import annotations
 
 import os
+import pickle
 import time
 import uuid
 from dataclasses import fields, is_dataclass, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pipec.compiler import ir
 from pipec.compiler.schedule import Block, blocks
 from pipec.backends.physical.planner import (FILE_FORMATS, Arg, DriverStep, GraphStep, LoopStep, Planner, Ref,
-                                             Rounds, order_of, read_by_stages_only)
+                                             Rounds, StepLowering, TaskSpec, order_of, read_by_stages_only)
 from pipec.dsl.diagnostics import PipelineRuntimeError, UsageError
 from pipec.dsl.source import SourceFile, Span
 from pipec.backends.base import Machine, NoProgress, Progress, RunResult, notify, resource_gaps
 from pipec.backends.runtime import datasets, preflight, semantics, sources, storage
 from pipec.backends.runtime import resume as resuming
-from pipec.backends.runtime.interpreter import StageFailure
+from pipec.backends.runtime.interpreter import StageFailure, run_finisher
 from pipec.backends.runtime.actors import SKIPPED, ReplayLog, write_each_log
 from pipec.backends.runtime.sinks import RoundFiles, StagedSinks
 from pipec.backends.runtime.tasks import (ensure_path, failing_element, forget_stale_modules, fn_of, user_frame,
@@ -33,6 +34,10 @@ from pipec.backends.runtime.tasks import (ensure_path, failing_element, forget_s
 
 # The share of a run's time its resume records may take on the driver.
 RECORD_BUDGET = 0.05
+# A value the driver reads whose pickle is at most this big is folded on the driver from
+# its partials (see PlannedDriver.folded_on_driver): a few partials of this size cost less
+# to fetch than the combine task's hops between processes.
+FOLD_UPTO = 1 << 16
 
 
 class Driver:
@@ -873,6 +878,7 @@ class PlannedDriver(Driver):
         super().__init__(plan, progress, run_dir, resume)
         self.planner = plan.physical.planner
         self.splits: dict[str, int] = {}  # hoisted split -> its bucket count (see planner.HoistedSplit)
+        self.small: set[str] = set()  # values last read small by the driver: folded on the driver
 
     def run_block(self, block: Block) -> None:
         for item in self.top_items(block):
@@ -901,7 +907,7 @@ class PlannedDriver(Driver):
         Refs, and steps without placeholders, come back as they are."""
         if isinstance(arg, Arg):
             value = self.value(arg.operand)
-            return os.path.abspath(value) if arg.path and isinstance(value, str) else value
+            return storage.absolute(value) if arg.path and isinstance(value, str) else value  # URLs as they are
         if isinstance(arg, Rounds):
             return tuple(self.round_index.get(loop, 0) for loop in arg.loops)
         if isinstance(arg, Ref) or isinstance(arg, type):
@@ -918,6 +924,59 @@ class PlannedDriver(Driver):
             return {k: self.filled(v) for k, v in arg.items()}
         return arg
 
+    # ---- a small value the driver reads: its last combine runs on the driver
+
+    def observed(self, node: str, nbytes: int | None) -> None:
+        """The driver fetched value ``node``, ``nbytes`` big pickled (None: bigger than
+        FOLD_UPTO): while it stays small, later graphs fold it on the driver."""
+        if nbytes is not None and nbytes <= FOLD_UPTO:
+            self.small.add(node)
+        else:
+            self.small.discard(node)
+
+    def folded_on_driver(self, step: GraphStep, lowering: StepLowering, in_graph: set[str]) -> dict[str, TaskSpec]:
+        """The last combine of each value of ``step`` that the driver fetched before and
+        found small (paramserver's total: 10 floats, every round), as node -> the combine's
+        spec: the driver gathers its partials and folds them itself (:meth:`fold_on_driver`),
+        in partition order, with the same function. The combine task on a worker, the
+        transfer of the other workers' partials to it and the fetch of its result cost
+        more hops between processes than the work. Only combines whose partials are all
+        whole results of tasks in this graph (``in_graph``: their keys), and whose value
+        no task of the graph reads (it would wait for a combine that never runs)."""
+        out = {}
+        read = None
+        for node in step.exports:
+            ref = lowering.values.get(node)
+            if ref is None or node not in self.small:
+                continue
+            if read is None:
+                read = {dep.key for spec in lowering.specs.values() for dep in spec.deps}
+            if ref.key in read:
+                continue
+            spec = lowering.specs.get(ref.key)
+            if spec is not None and spec.body == "finish" and spec.deps and \
+                    all(dep.key in in_graph and dep.output is None for dep in spec.deps):
+                out[node] = spec
+        return out
+
+    def fold_on_driver(self, on_driver: dict[str, TaskSpec], partial: Callable[[Ref], Any]) -> dict[str, Any]:
+        """Each value of ``on_driver`` (see :meth:`folded_on_driver`) folded from its
+        partials, ``partial(ref)`` being the value of one; node -> value. A fold that fails
+        is the error its combine task would have given."""
+        values = {}
+        for node, spec in on_driver.items():
+            start = time.perf_counter()
+            self.progress.stage(spec.group, 1)
+            partials = [partial(dep) for dep in spec.deps]
+            try:
+                values[node] = run_finisher(self.filled(spec.args[0]), partials)
+            except StageFailure as exc:
+                raise self.stage_failed(exc) from None
+            self.observed(node, pickled_size(values[node], FOLD_UPTO))
+            self.progress.advance(spec.group)
+            self.result.timings[spec.group] = self.result.timings.get(spec.group, 0.0) + time.perf_counter() - start
+        return values
+
     def read_by_stages_only(self, node: str) -> bool:
         """See :func:`pipec.backends.physical.planner.read_by_stages_only`."""
         return read_by_stages_only(self.ir, node)
@@ -929,6 +988,37 @@ class PlannedDriver(Driver):
     def pool_size(self, pool: str) -> int:
         """How many members actor pool ``pool`` has in this run."""
         raise NotImplementedError
+
+
+class _Over(Exception):
+    pass
+
+
+class _Measure:
+    """A file that counts what is written to it, and stops a pickle past ``limit`` bytes."""
+
+    def __init__(self, limit: int):
+        self.size, self.limit = 0, limit
+
+    def add(self, n: int) -> None:
+        self.size += n
+        if self.size > self.limit:
+            raise _Over
+
+    def write(self, data) -> None:
+        self.add(memoryview(data).nbytes)
+
+
+def pickled_size(value: Any, limit: int) -> int | None:
+    """How many bytes ``value`` pickles to, or None when that is more than ``limit`` (or it
+    does not pickle). Costs at most about ``limit`` bytes of pickling: a big value is
+    given up on early, and a numpy array's data is counted without being copied."""
+    out = _Measure(limit)
+    try:
+        pickle.Pickler(out, protocol=5, buffer_callback=lambda buffer: out.add(buffer.raw().nbytes)).dump(value)
+    except Exception:  # _Over, or a value that does not pickle
+        return None
+    return out.size
 
 
 def _user_modules(graph: ir.IR) -> set[str]:
