@@ -21,6 +21,7 @@ from pipec.backends.runtime.interpreter import StageFailure
 from pipec.backends.runtime.tasks import WorkerSetup
 from pipec.dsl.diagnostics import PipelineRuntimeError
 from pipec.backends.runtime.actors import SKIPPED
+from pipec.backends.ray.plan import parts_returned_by_source
 from pipec.backends.ray.worker import ActorLost, Gap, remote_calls
 
 
@@ -336,13 +337,25 @@ class RayDriver(PlannedDriver):
         self._packed: dict[int, tuple] = {}
         tasks = []
         on_driver = self.folded_on_driver(step, lowering, {spec.key for spec in specs if spec.data is None})
+        parted = parts_returned_by_source(specs)
         for spec in specs:
             if spec.data is not None:
                 out[spec.key] = self._data(spec.data)
                 continue
             if spec.key in on_driver:
                 continue
+            if spec.body == "take_part" and spec.args[3].key in parted:
+                whole = out[spec.args[3].key]
+                out[spec.key] = whole[spec.args[1]] if isinstance(whole, list) else whole
+                continue
             args = [self._resolve(a, out) for a in spec.args]
+            if spec.key in parted:
+                ref = self._remote(spec, args, "source_parts", parted[spec.key]).remote(self.worker_setup, *args,
+                                                                                         parted[spec.key])
+                out[spec.key] = ref
+                tasks.append((spec, ref[0] if isinstance(ref, list) else ref))
+                self.names[spec.key] = spec.group
+                continue
             if spec.body == "merge":
                 i, sides = args[1], args[2]
                 for slot in {slot for side in sides for slot in side}:
@@ -381,13 +394,17 @@ class RayDriver(PlannedDriver):
         here (see :meth:`PlannedDriver.folded_on_driver`)."""
         self.observed(node, pickled_size(value, FOLD_UPTO))
 
-    def _remote(self, spec, args):
-        """The Ray remote function for a task, with its options."""
+    def _remote(self, spec, args, body: str | None = None, returns: int = 1):
+        """The Ray remote function for a task, with its options: the function of its
+        ``body`` (the spec's own unless given) with ``returns`` Ray returns at least."""
         options = task_options(self.ir, spec, args[0] if args else None)
-        sig = (spec.body, tuple(sorted(options.items())))
+        if returns > 1:
+            options["num_returns"] = returns
+        body = body or spec.body
+        sig = (body, tuple(sorted(options.items())))
         remote = self.remotes.get(sig)
         if remote is None:
-            remote = self.remotes[sig] = self.fns.bodies[spec.body].options(**options)
+            remote = self.remotes[sig] = self.fns.bodies[body].options(**options)
         return remote
 
     def _pack(self, segment: s.Segment) -> bytes:

@@ -6,7 +6,9 @@ driver, which submits one Ray task per task of the plan."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+from collections import defaultdict
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,24 @@ from pipec.backends.ray.engine import start_runtime, stop_runtime
 TASK_NOTE = ("each task is one Ray task named by its key (a split has one return per bucket, a shared "
              "scan one per output, `key[name]` being name's; a merge reads bucket j of every split); what it "
              "reads are ObjectRefs; pool tasks are calls of the member actor")
+
+
+def parts_returned_by_source(specs) -> dict[str, int]:
+    """The callable sources of one graph (``specs``) whose one task returns their ``k``
+    parts as ``k`` Ray returns: source key -> ``k``. Their ``take_part`` tasks then run
+    nothing: each is one return of the source's task. On cold workers the ``k`` tasks each
+    read the whole list (17 MB for paramserver) and took 0.5 s of a 1.7 s run."""
+    readers = defaultdict(list)
+    for spec in specs:
+        for dep in spec.deps:
+            readers[dep.key].append(spec)
+    out = {}
+    for spec in specs:
+        takers = readers.get(spec.key, [])
+        if spec.body == "source_call" and takers and all(t.body == "take_part" for t in takers) and \
+                sorted(t.args[1] for t in takers) == list(range(takers[0].args[2])):
+            out[spec.key] = takers[0].args[2]
+    return out
 
 
 class RayPlan(explaining.MappedPlan):
@@ -42,9 +62,17 @@ class RayPlan(explaining.MappedPlan):
     def _task_notes(self, spec) -> list[str]:
         if spec.member:
             return [f"a call of {spec.member[0]} member {spec.member[1]}"]
+        if spec.body == "source_call" and spec.key in self._parted:
+            return [f"one Ray task with {self._parted[spec.key]} returns, one a part"]
+        if spec.body == "take_part" and spec.args[3].key in self._parted:
+            return [f"return {spec.args[1]} of {spec.args[3].key}: no task of its own"]
         if spec.data and actor_answer_for_stages(self.ir, spec.data):
             return ["the call's ObjectRef, handed to the stages as it is (confirmed after the graph)"]
         return []
+
+    @functools.cached_property
+    def _parted(self) -> dict[str, int]:
+        return {key: k for graph in self.physical.tasks.values() for key, k in parts_returned_by_source(graph).items()}
 
     @contextlib.contextmanager
     def engine(self, driver):

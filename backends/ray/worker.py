@@ -110,6 +110,15 @@ def source_call(setup: WorkerSetup, where: str, fn: s.Fn, args: list, kwargs: di
         raise failure(where, None, exc).with_traceback(None) from None
 
 
+def source_parts(setup: WorkerSetup, where: str, fn: s.Fn, args: list, kwargs: dict, k: int):
+    """All items of a callable source as its ``k`` contiguous partitions, the task's ``k``
+    Ray returns (one partition is the one return itself): the partitions the plan's
+    ``take_part`` tasks would cut, with no task reading the whole list ``k`` times."""
+    items = source_call(setup, where, fn, args, kwargs)
+    parts = [items[a:b] for a, b in semantics.partition_bounds(len(items), k)]
+    return parts if k > 1 else parts[0]
+
+
 def take_part(setup: WorkerSetup, where: str, i: int, k: int, items: list) -> list:
     """Partition i of k contiguous blocks of ``items``."""
     a, b = semantics.partition_bounds(len(items), k)[i]
@@ -126,7 +135,7 @@ def line_index(setup: WorkerSetup, where: str, path: str):
 
 
 BODIES = {"segment": segment, "merge": merge, "finish": finish, "source_call": source_call,
-          "take_part": take_part, "line_index": line_index}
+          "source_parts": source_parts, "take_part": take_part, "line_index": line_index}
 
 
 class Gap:
