@@ -10,6 +10,7 @@ import pickle
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -587,8 +588,9 @@ def private_ray_cluster(s3, tmp_path_factory):
             command = [*launcher, str(hidden / name), *start] if launcher else start
             procs.append(subprocess.Popen(command, cwd=outside / name, stdout=log, stderr=log, env=env,
                                           start_new_session=True))
-            if name == "head":
-                _wait_for_ray(address, env, nodes=1)
+            if name == "head":  # the second node joins once the head's GCS listens
+                _wait_for_port(port, procs[0])
+        _wait_for_started(outside / "cluster.log", procs)
         _wait_for_ray(address, env, nodes=2)
         yield address, env, launcher is not None
     finally:
@@ -607,6 +609,30 @@ def _ray_query(address: str, env: dict, code: str, timeout: float = 60) -> str:
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout.strip()
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen) -> None:
+    """Wait until something listens on loopback ``port`` (a connection attempt costs
+    microseconds; `ray status` starts a Python process that imports Ray)."""
+    deadline = time.time() + 90
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"nothing listens on port {port} (the Ray head exited or is slow)")
+
+
+def _wait_for_started(log: Path, procs: list) -> None:
+    """Wait until every `ray start` of ``procs`` has said so in ``log``: polling `ray status`
+    instead (a process importing Ray, twice a second) took CPU from the starting nodes."""
+    deadline = time.time() + 90
+    while time.time() < deadline and all(proc.poll() is None for proc in procs):
+        if log.read_text(errors="replace").count("Ray runtime started") >= len(procs):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the Ray nodes did not start; see the end of the log:\n{log.read_text()[-2000:]}")
 
 
 def _wait_for_ray(address: str, env: dict, nodes: int) -> None:
@@ -634,7 +660,10 @@ def test_ray_without_a_shared_disk_survives_its_actors_worker(s3, private_ray_cl
             f"def sees(): return os.path.exists({str(workdir)!r})\n"
             "print(json.dumps(ray.get([sees.remote() for _ in range(4)])))"))
         assert json.loads(seen) == [False] * 4
-    epochs = 300  # rounds of a few ms each: time to find the actor and kill it mid-run
+    # Finding the actor takes a few seconds (a process joining the cluster), and the kill
+    # lands a few rounds in (round 7 when timed); after it, each round costs tens of ms
+    # here (records and snapshots go to the bucket), so more rounds only cost time.
+    epochs = 120
     clean = load(Path("examples/train.pipe")).run(backend="local", params={"epochs": epochs, "rows": 2000})
     expected = Path(clean.files["weights"]).read_bytes()
     shutil.rmtree(workdir / "out")

@@ -715,10 +715,12 @@ class Driver:
             raise UsageError(f"run {self.run_dir} finished already; there is nothing to resume",
                              "run the pipeline again without --resume")
         record = resuming.read_record(self.run_dir)
-        if record is not None and record.backend != self.backend:
+        if record is None:
+            return None
+        if record.backend != self.backend:
             raise UsageError(f"run {self.run_dir} ran on backend `{record.backend}`",
                              f"resume it with --backend {record.backend}")
-        if record is not None and record.fingerprint != self.fingerprint:
+        if record.fingerprint != self.fingerprint:
             raise UsageError(f"run {self.run_dir} was started with a different pipeline or different parameters",
                              "resume with the same file and --param values")
         return record
