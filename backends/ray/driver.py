@@ -372,8 +372,8 @@ class RayDriver(PlannedDriver):
             out[spec.key] = ref
             tasks.append((spec, ref[0] if isinstance(ref, list) else ref))
             self.names[spec.key] = spec.group
-        self._wait(tasks)
-        folded = self._fold(on_driver, out) if on_driver else {}
+        values = self._wait(tasks)
+        folded = self._fold(on_driver, out, dict(zip((spec.key for spec, _ in tasks), values))) if on_driver else {}
         for node in step.exports:
             if node in lowering.parts:
                 self.env[node] = Parts([self._resolve(r, out) for r in lowering.parts[node]])
@@ -382,11 +382,15 @@ class RayDriver(PlannedDriver):
             elif node in lowering.values:
                 self.env[node] = Lazy(self._resolve(lowering.values[node], out), observe=partial(self._observe, node))
 
-    def _fold(self, on_driver: dict, out: dict) -> dict[str, Any]:
-        """The values of ``on_driver`` folded here from their partials, fetched at once
-        (see :meth:`PlannedDriver.folded_on_driver`); node -> value."""
+    def _fold(self, on_driver: dict, out: dict, waited: dict) -> dict[str, Any]:
+        """The values of ``on_driver`` folded here from their partials (see
+        :meth:`PlannedDriver.folded_on_driver`), ``waited`` holding the tasks' values as
+        :meth:`_wait` fetched them; node -> value."""
         keys = sorted({dep.key for spec in on_driver.values() for dep in spec.deps})
-        partials = dict(zip(keys, self.fetch([out[key] for key in keys])))
+        fetch = [key for key in keys if key not in waited or isinstance(out[key], list)]
+        partials = {key: waited[key] for key in keys if key not in fetch}
+        if fetch:
+            partials.update(zip(fetch, self.fetch([out[key] for key in fetch])))
         return self.fold_on_driver(on_driver, lambda dep: partials[dep.key])
 
     def _observe(self, node: str, value) -> None:
@@ -477,17 +481,16 @@ class RayDriver(PlannedDriver):
             return held.ref
         raise AssertionError(f"{ref.key} is not in the object store")
 
-    def _wait(self, tasks: list) -> None:
-        """Wait for a graph's tasks; the failure reported is the one the reference backend
-        meets first (earliest stage in program order, then lowest partition)."""
+    def _wait(self, tasks: list) -> list:
+        """Wait for a graph's tasks and give the value of each one's (first) ObjectRef, in
+        order; the failure reported is the one the reference backend meets first (earliest
+        stage in program order, then lowest partition)."""
         if not tasks:
-            return
+            return []
         ray = self.ray
         refs = [ref for _, ref in tasks]
         start = time.perf_counter()
-        if isinstance(self.progress, NoProgress):
-            ready, _ = ray.wait(refs, num_returns=len(refs), fetch_local=False)
-        else:
+        if not isinstance(self.progress, NoProgress):  # watched: one task at a time (else the get waits)
             groups: dict[str, int] = {}
             for spec, _ in tasks:
                 groups[spec.group] = groups.get(spec.group, 0) + 1
@@ -499,15 +502,16 @@ class RayDriver(PlannedDriver):
                 ready, pending = ray.wait(pending, num_returns=1, fetch_local=False)
                 for ref in ready:
                     self.progress.advance(group_of[ref])
+        try:
+            values = ray.get(refs)
+        except Exception:
+            values = None
         seconds = time.perf_counter() - start
         for spec, _ in tasks:
             self.result.timings[spec.group] = self.result.timings.get(spec.group, 0.0) + seconds / len(tasks)
+        if values is not None:
+            return values
         failures = []
-        try:
-            ray.get(refs)
-            return
-        except Exception:
-            pass
         order = {node: i for i, node in enumerate(self.ir)}
         for spec, ref in tasks:
             try:
