@@ -8,8 +8,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections import defaultdict
 import sys
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,9 @@ TASK_NOTE = ("each task is one Ray task named by its key (a split has one return
 def parts_returned_by_source(specs) -> dict[str, int]:
     """The callable sources of one graph (``specs``) whose one task returns their ``k``
     parts as ``k`` Ray returns: source key -> ``k``. Their ``take_part`` tasks then run
-    nothing: each is one return of the source's task. On cold workers the ``k`` tasks each
-    read the whole list (17 MB for paramserver) and took 0.5 s of a 1.7 s run."""
+    nothing: each is one return of the source's task. As tasks of their own, each read the
+    whole list (17 MB for paramserver): on cold workers the source took 0.85 s of a 1.7 s
+    run, and takes 0.2 s this way."""
     readers = defaultdict(list)
     for spec in specs:
         for dep in spec.deps:
