@@ -394,3 +394,40 @@ def test_a_fold_failing_on_the_driver_is_the_error_a_combine_task_gives(backend,
     assert "no sum in round 2" in str(err.value)
     assert err.value.render().replace(backend, "B") == reference.value.render().replace("local", "B")
     assert not (tmp_path / "out").exists()
+
+
+SOURCE_MODULE = """
+def few():
+    return ["a", "b"]  # fewer items than partitions: some partitions are empty
+
+def broken(n):
+    raise ValueError(f"no rows for {n}")
+
+def tag(x):
+    return x + "!"
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_callable_source_fails_or_cuts_its_items_as_the_reference_does(backend, tmp_path, monkeypatch):
+    """A callable source (on Ray one task giving its parts as its returns) cuts its items
+    into the partitions the reference cuts, empty ones included, and a source function
+    that raises is the reference's error, at the source's line."""
+    monkeypatch.chdir(tmp_path)
+    module = f"m_source_{BACKENDS.index(backend)}"  # no backend name: the errors are compared with it replaced
+    (tmp_path / f"{module}.py").write_text(SOURCE_MODULE)
+    path = tmp_path / "p.pipe"
+
+    def outcome(body: str, on: str):
+        path.write_text(f"use {module} as m\n\npipeline p() {{\n{body}\n}}\n")
+        try:
+            return load(path).run(backend=on, **(engine_options(on) if on == backend else {})).outputs
+        except PipelineRuntimeError as err:
+            return err.render().replace(on, "B")
+
+    cut = "    source xs = m.few() partitions 4\n    sink out = collect(map m.tag over xs)"
+    assert outcome(cut, backend) == outcome(cut, "local") == {"out": ["a!", "b!"]}
+    broken = "    source xs = m.broken(n = 3) partitions 4\n    sink out = collect(xs)"
+    error = outcome(broken, backend)
+    assert "no rows for 3" in error and "p.pipe:4:" in error, error
+    assert error == outcome(broken, "local")
