@@ -372,6 +372,15 @@ CASES: dict[str, Case] = {
         }
         sink out = c.history() -> json("out/out.json")
         sink total = c.value() -> json("out/total.json")"""),
+    "values_the_driver_reads_every_round": Case("""
+        actor c = m.Counter()
+        source xs = range(9) partitions 3
+        repeat 3 as i {
+            stage ys = map m.scale over xs with factor = i + 1
+            value s = reduce m.add over ys
+            c.add(count(ys) + m.total_of(top(ys, 2)) + s)
+        }
+        sink out = c.history() -> json("out/out.json")"""),
     "actor_pool_map_batches": Case("""
         source xs = range(30) partitions 6
         actor pool ds = m.Doubler(k = 3) x 2
