@@ -491,7 +491,8 @@ class DaskDriver(PlannedDriver):
 
         def partial(dep: Ref):
             if dep.key not in self._batched:
-                return worker.unseal(gathered[dep.key])
+                got = gathered[dep.key]
+                return worker.unseal(got if dep.output is None else worker.pick(got, dep.output))
             batch, position = self._batched[dep.key]
             got = gathered[batch][position]
             if isinstance(got, worker.FailedPartition):

@@ -386,12 +386,14 @@ class RayDriver(PlannedDriver):
         """The values of ``on_driver`` folded here from their partials (see
         :meth:`PlannedDriver.folded_on_driver`), ``waited`` holding the tasks' values as
         :meth:`_wait` fetched them; node -> value."""
-        keys = sorted({dep.key for spec in on_driver.values() for dep in spec.deps})
-        fetch = [key for key in keys if key not in waited or isinstance(out[key], list)]
-        partials = {key: waited[key] for key in keys if key not in fetch}
+        wanted = list(dict.fromkeys((dep.key, dep.output) for spec in on_driver.values() for dep in spec.deps))
+        # A task's one ObjectRef was fetched by the wait; one output of several is fetched here.
+        fetch = [(key, output) for key, output in wanted if key not in waited or isinstance(out[key], list)]
+        partials = {(key, output): waited[key] for key, output in wanted if (key, output) not in fetch}
         if fetch:
-            partials.update(zip(fetch, self.fetch([out[key] for key in fetch])))
-        return self.fold_on_driver(on_driver, lambda dep: partials[dep.key])
+            refs = [out[key] if output is None else s.pick(out[key], output, None) for key, output in fetch]
+            partials.update(zip(fetch, self.fetch(refs)))
+        return self.fold_on_driver(on_driver, lambda dep: partials[dep.key, dep.output])
 
     def _observe(self, node: str, value) -> None:
         """The driver fetched value ``node``: its size decides whether later graphs fold it

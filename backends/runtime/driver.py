@@ -943,8 +943,9 @@ class PlannedDriver(Driver):
         in partition order, with the same function. The combine task on a worker, the
         transfer of the other workers' partials to it and the fetch of its result cost
         more hops between processes than the work. Only combines whose partials are all
-        whole results of tasks in this graph (``in_graph``: their keys), and whose value
-        no task of the graph reads (it would wait for a combine that never runs)."""
+        results of tasks in this graph (``in_graph``: their keys), whole or one output of a
+        shared scan, and whose value no task of the graph reads (it would wait for a
+        combine that never runs)."""
         out = {}
         read = None
         for node in step.exports:
@@ -957,7 +958,7 @@ class PlannedDriver(Driver):
                 continue
             spec = lowering.specs.get(ref.key)
             if spec is not None and spec.body == "finish" and spec.deps and \
-                    all(dep.key in in_graph and dep.output is None for dep in spec.deps):
+                    all(dep.key in in_graph and dep.buckets is None for dep in spec.deps):
                 out[node] = spec
         return out
 
