@@ -349,13 +349,6 @@ class RayDriver(PlannedDriver):
                 out[spec.key] = whole[spec.args[1]] if isinstance(whole, list) else whole
                 continue
             args = [self._resolve(a, out) for a in spec.args]
-            if spec.key in parted:
-                ref = self._remote(spec, args, "source_parts", parted[spec.key]).remote(self.worker_setup, *args,
-                                                                                         parted[spec.key])
-                out[spec.key] = ref
-                tasks.append((spec, ref[0] if isinstance(ref, list) else ref))
-                self.names[spec.key] = spec.group
-                continue
             if spec.body == "merge":
                 i, sides = args[1], args[2]
                 for slot in {slot for side in sides for slot in side}:
@@ -364,6 +357,9 @@ class RayDriver(PlannedDriver):
             if spec.body == "pool":
                 step_, i, seq, m, member, base, *bound = args
                 ref = member.run.options(name=spec.key).remote(step_, i, seq, base, *bound)
+            elif spec.key in parted:  # the source's k parts as its k Ray returns
+                k = parted[spec.key]
+                ref = self._remote(spec, args, "source_parts", k).remote(self.worker_setup, *args, k)
             else:
                 remote = self._remote(spec, args)
                 if isinstance(args[0], s.Segment):

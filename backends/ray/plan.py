@@ -32,16 +32,20 @@ def parts_returned_by_source(specs) -> dict[str, int]:
     nothing: each is one return of the source's task. As tasks of their own, each read the
     whole list (17 MB for paramserver): on cold workers the source took 0.85 s of a 1.7 s
     run, and takes 0.2 s this way."""
+    sources = {spec.key for spec in specs if spec.body == "source_call"}
+    if not sources:  # most graphs (every round's): no pass over their dependencies
+        return {}
     readers = defaultdict(list)
     for spec in specs:
         for dep in spec.deps:
-            readers[dep.key].append(spec)
+            if dep.key in sources:
+                readers[dep.key].append(spec)
     out = {}
-    for spec in specs:
-        takers = readers.get(spec.key, [])
-        if spec.body == "source_call" and takers and all(t.body == "take_part" for t in takers) and \
+    for key in sources:
+        takers = readers[key]
+        if takers and all(t.body == "take_part" for t in takers) and \
                 sorted(t.args[1] for t in takers) == list(range(takers[0].args[2])):
-            out[spec.key] = takers[0].args[2]
+            out[key] = takers[0].args[2]
     return out
 
 
