@@ -188,9 +188,12 @@ def _ungrouped_and_grouped(how: str, parts: list[list], k: int, groups: int, ste
     run = lambda term, items, i: interpreter.run_chain((), term, items, i)  # noqa: E731
     outs = [[run(split, p, i) for i, p in enumerate(side)] for side in sides]
     gouts = [[run(gsplit, p, i) for i, p in enumerate(side)] for side in sides]
-    for side, gside in zip(outs, gouts):  # the groups are the buckets, cut contiguously
+    for side, gside in zip(outs, gouts):  # the groups are the non-empty buckets, cut contiguously
         for buckets, grouped in zip(side, gside):
-            assert len(grouped) == groups and [b for g in grouped for b in g] == buckets
+            assert len(grouped) == groups
+            starts = [a for a, _ in s.group_bounds(k, groups)]
+            placed = {starts[j] + place: b for j, group in enumerate(grouped) for place, b in group.items()}
+            assert placed == {r: b for r, b in enumerate(buckets) if b}
     segment = s.Segment(how, s.Merge(how, how, fn), tuple(steps_after), terminal)
     gsegment = s.Segment(how, s.Merge(how, how, fn, k=k, groups=groups), tuple(steps_after), terminal)
     wire = lambda x: pickle.loads(pickle.dumps(x))  # noqa: E731  (as between processes)
@@ -246,9 +249,11 @@ def test_group_bounds_cut_like_range_partitions():
             bounds = s.group_bounds(k, groups)
             assert [a for a, _ in bounds] == sorted(a for a, _ in bounds) and bounds[-1][1] == k
             assert all(b > a for a, b in bounds)  # no group without a partition
-            for r in range(k):
-                j, place = s.group_of(k, groups, r)
-                assert bounds[j][0] + place == r < bounds[j][1]
+            # Every partition's bucket lands in the group whose run holds it, at its place there.
+            out = s.grouped({r: [r] for r in range(k)}, k, groups)
+            for j, (a, b) in enumerate(bounds):
+                assert out[j] == {r - a: [r] for r in range(a, b)}
+            assert s.grouped({}, k, groups) == [{}] * groups
 
 
 def test_a_grouped_merge_read_twice_is_not_scanned_and_the_plan_says_so(tmp_path):

@@ -156,7 +156,7 @@ def _head_input(head: s.Input, items, partition: int, slots: Slots):
 
 
 def _head_range(head: s.RangeSlice, items, partition: int, slots: Slots):
-    a, b = semantics.partition_bounds(head.n, head.k)[partition]
+    a, b = semantics.partition_of(head.n, head.k, partition)
     return range(a, b)  # a list only where user code would see it (see run_segment)
 
 
@@ -167,7 +167,7 @@ def _head_text(head: s.ReadText, items, partition: int, slots: Slots):
 
 def _head_jsonl(head: s.ReadJsonl, items, partition: int, slots: Slots):
     rows = _reading(head.node, head.path, lambda: sources.read_jsonl(head.path))
-    a, b = semantics.partition_bounds(len(rows), head.k)[partition]
+    a, b = semantics.partition_of(len(rows), head.k, partition)
     return rows[a:b]
 
 
@@ -298,20 +298,24 @@ def _top(step: s.TopPartial, items, partition: int, slots: Slots):
                    lambda: semantics.top_partial(list(items), step.n, by, step.order))
 
 
-def _split(step: s.Split, items, partition: int, slots: Slots) -> list[list]:
+def _split(step: s.Split, items, partition: int, slots: Slots) -> list:
     if step.how == "reduce_by_key":
         fn = resolve(step.fn.module, step.fn.attr)
         items = attempt(step.node, partition, step.policy, lambda: semantics.reduce_by_key_partial(fn, items))
     if step.how == "distinct":
-        return _handed(step, semantics.distinct_split(items, step.k))
+        return _handed(step, semantics.distinct_buckets(items, step.k))
     if step.how == "range":
-        return _handed(step, semantics.range_split(items, slots.value(step.splitters), step.k))
-    return _handed(step, _plain(step.node, partition, lambda: semantics.shuffle_split(items, step.k, step.how)))
+        pieces = semantics.range_split(items, slots.value(step.splitters), step.k)
+        return _handed(step, {index: piece for index, piece in enumerate(pieces) if piece})
+    return _handed(step, _plain(step.node, partition, lambda: semantics.shuffle_buckets(items, step.k, step.how)))
 
 
-def _handed(step: s.Split, buckets: list) -> list:
-    """A split's buckets as its outputs: one each, or one list per merge group."""
-    return buckets if step.groups is None else s.grouped(buckets, step.groups)
+def _handed(step: s.Split, buckets: dict[int, list]) -> list:
+    """A split's non-empty buckets (by output partition) as its outputs: one each (an
+    empty one []), or per merge group its buckets by their place (see steps.grouped)."""
+    if step.groups is None:
+        return semantics.dense(buckets, step.k)
+    return s.grouped(buckets, step.k, step.groups)
 
 
 def _write(step: s.WritePart, items, partition: int, slots: Slots):
@@ -382,7 +386,8 @@ def run_merge(segment: s.Segment, index: int, records: list, slots: Slots = NO_S
     first, end = s.group_bounds(head.k, head.groups)[index]
     out = []
     for partition in range(first, end):
-        mine = [(side, source, group[partition - first]) for side, source, group in records]
+        place = partition - first
+        mine = [(side, source, group[place]) for side, source, group in records if place in group]
         result = run_segment(segment, partition, mine, slots)
         if s.several(segment.terminal):
             out.extend(result)
@@ -405,7 +410,7 @@ def run_chain(steps: Sequence[s.Elementwise], terminal, items, partition: int, s
         counted = semantics.count_pairs(batches.rows(items), c)
         if counted is not None:
             return _handed(terminal, _plain(terminal.node, partition,
-                                            lambda: semantics.shuffle_split(counted, terminal.k, terminal.how)))
+                                            lambda: semantics.shuffle_buckets(counted, terminal.k, terminal.how)))
         steps = [pairing]  # an element that is not hashable: the general path gives its error
     for step in steps:
         items = run_elementwise(step, items, partition, slots)
