@@ -217,6 +217,20 @@ def test_stable_hash_is_process_independent_and_equal_for_equal_keys():
     assert semantics.stable_hash("pipec") == PINNED_HASH
 
 
+def test_a_remembered_stable_hash_is_the_one_computed_afresh():
+    """int and str keys' hashes are remembered per process; a key equal to a remembered
+    one but of another type (1.0, True, Decimal(1)) still gets its own encoding's hash."""
+    from decimal import Decimal
+    fresh = [(key, semantics.stable_hash(key)) for key in (Decimal(1), 1.0, True, "1", b"1")]  # equal keys: no dict
+    semantics._HASHED.clear()
+    assert semantics.stable_hash(1) == semantics.stable_hash(1) and 1 in semantics._HASHED
+    assert semantics.stable_hash("1") == dict(fresh[3:])["1"] and "1" in semantics._HASHED
+    for key, hashed in fresh:  # looked up after 1 and "1" are remembered
+        assert semantics.stable_hash(key) == hashed
+    assert Decimal(1) == 1 and semantics.stable_hash(Decimal(1)) != semantics.stable_hash(1)
+    assert semantics.stable_hash("pipec") == PINNED_HASH == semantics.stable_hash("pipec")
+
+
 def test_combine_partials_order_is_fixed_by_index():
     calls = []
 

@@ -212,7 +212,7 @@ def source_call(where: str, fn: steps.Fn, args: list, kwargs: dict) -> Sealed:
 def take_part(where: str, i: int, k: int, items: Sealed) -> Sealed:
     """Partition i of k contiguous blocks of ``items``."""
     items = unseal(items)
-    a, b = semantics.partition_bounds(len(items), k)[i]
+    a, b = semantics.partition_of(len(items), k, i)
     return seal(list(items[a:b]))
 
 

@@ -121,7 +121,7 @@ def source_parts(setup: WorkerSetup, where: str, fn: s.Fn, args: list, kwargs: d
 
 def take_part(setup: WorkerSetup, where: str, i: int, k: int, items: list) -> list:
     """Partition i of k contiguous blocks of ``items``."""
-    a, b = semantics.partition_bounds(len(items), k)[i]
+    a, b = semantics.partition_of(len(items), k, i)
     return list(items[a:b])
 
 

@@ -82,9 +82,9 @@ def read_lines_part(path: str, i: int, k: int, index: dict | None) -> list[str]:
     :func:`line_index`) is given."""
     if index is None:
         lines = read_lines(path)
-        a, b = semantics.partition_bounds(len(lines), k)[i]
+        a, b = semantics.partition_of(len(lines), k, i)
         return lines[a:b]
-    a, b = semantics.partition_bounds(index["lines"], k)[i]
+    a, b = semantics.partition_of(index["lines"], k, i)
     if a == b:
         return []
     with storage.open_input(path) as fh:
