@@ -5,6 +5,7 @@ order, each applied exactly once."""
 
 from __future__ import annotations
 
+import pickle
 import re
 import time
 from dataclasses import fields, is_dataclass, replace
@@ -97,6 +98,18 @@ def task_options(graph: ir.IR, spec, first=None) -> dict[str, Any]:
     return out
 
 
+def _fetch_errors(ray, refs) -> None:
+    """Fetch the other returns of a failed task (a split's buckets, a callable source's
+    parts), which hold its error: Ray logs "Unhandled error" with the traceback for each
+    error object nobody fetched once its ObjectRef is dropped, noise on the user's
+    terminal for a failure pipec reports itself."""
+    for ref in refs:
+        try:
+            ray.get(ref)
+        except Exception:
+            pass
+
+
 class RayRunResult(RunResult):
     """A run's results plus what fault tolerance did: actor recoveries per actor."""
 
@@ -133,6 +146,7 @@ class RayDriver(PlannedDriver):
         # Every task and actor gets it first: the module folders, and the storage options
         # given in Python (Ray's runtime_env would show them in its dashboard and state API).
         self.worker_setup = WorkerSetup(tuple(self.ir.info.module_paths()), storage.shipped())
+        self.task_setup = pickle.dumps(self.worker_setup)  # pickled once for every task (see worker._setup)
         self.fns = remote_calls()
         self.actors: dict[str, Any] = {}
         # Per actor: how it is made (op, args, kwargs), its standby (see _take_over), the
@@ -354,14 +368,14 @@ class RayDriver(PlannedDriver):
                 ref = member.run.options(name=spec.key).remote(step_, i, seq, base, *bound)
             elif spec.key in parted:  # the source's k parts as its k Ray returns
                 k = parted[spec.key]
-                ref = self._remote(spec, args, "source_parts", k).remote(self.worker_setup, *args, k)
+                ref = self._remote(spec, args, "source_parts", k).remote(self.task_setup, *args, k)
             else:
                 remote = self._remote(spec, args)
                 if isinstance(args[0], s.Segment):
                     args[0] = self._pack(args[0])
-                ref = remote.remote(self.worker_setup, *args)
+                ref = remote.remote(self.task_setup, *args)
             out[spec.key] = ref
-            tasks.append((spec, ref[0] if isinstance(ref, list) else ref))
+            tasks.append((spec, ref))
             self.names[spec.key] = spec.group
         values = self._wait(tasks)
         folded = self._fold(on_driver, out, dict(zip((spec.key for spec, _ in tasks), values))) if on_driver else {}
@@ -374,21 +388,25 @@ class RayDriver(PlannedDriver):
                 self.env[node] = Lazy(self._resolve(lowering.values[node], out), observe=partial(self._observe, node))
 
     def _merge_args(self, spec, out: dict) -> list:
-        """A merge task's arguments: in the slots its ``sides`` name, output ``index`` (its
-        bucket or group) of each split, the one ObjectRef of a split with one bucket. Read
-        straight from the split's ObjectRefs: a 1,024-way shuffle's merges read 16,384
-        of them, and resolving each to its split's list of 16 first cost 0.2 s a run."""
-        index, sides = spec.args[1], spec.args[2]
+        """A merge task's arguments: the segment, its index and the slots ``sides`` name
+        as they are (plain ints, 1,024 of them at 1,024 partitions), then each bound
+        argument, those slots' being output ``index`` of a split (see :meth:`_bucket`)."""
+        segment, index, sides, *bound = spec.args
         slots = {slot for side in sides for slot in side}
-        args = []
-        for position, arg in enumerate(spec.args):
-            held = out.get(arg.key) if position - 3 in slots and isinstance(arg, Ref) else None
-            if isinstance(held, list) and arg.output is not None:
-                args.append(held[arg.output + index] if arg.buckets is not None else held[arg.output])
-                continue
-            value = self._resolve(arg, out)
-            args.append(value[index] if position - 3 in slots and isinstance(value, list) else value)
-        return args
+        return [self._resolve(segment, out), index, sides,
+                *(self._bucket(arg, out, index) if slot in slots else self._resolve(arg, out)
+                  for slot, arg in enumerate(bound))]
+
+    def _bucket(self, arg, out: dict, index: int):
+        """Output ``index`` (a bucket or a merge group) of the split that ``arg`` reads, or
+        the one ObjectRef of a split into one bucket. Taken straight from the split's
+        ObjectRefs: a 1,024-way shuffle's merges read 16,384 of them, and resolving each
+        to its split's list of 16 first cost 0.2 s a run."""
+        held = out.get(arg.key) if isinstance(arg, Ref) else None
+        if isinstance(held, list) and arg.output is not None:
+            return held[arg.output + index] if arg.buckets is not None else held[arg.output]
+        value = self._resolve(arg, out)
+        return value[index] if isinstance(value, list) else value
 
     def _fold(self, on_driver: dict, out: dict, waited: dict) -> dict[str, Any]:
         """The values of ``on_driver`` folded here from their partials (see
@@ -492,12 +510,15 @@ class RayDriver(PlannedDriver):
         raise AssertionError(f"{ref.key} is not in the object store")
 
     def _wait(self, tasks: list) -> list:
-        """Wait for a graph's tasks and give the value of each one's (first) ObjectRef, in
-        order; the failure reported is the one the reference backend meets first (earliest
-        stage in program order, then lowest partition)."""
+        """Wait for a graph's tasks (``(spec, its ObjectRef or list of them)``) and give the
+        value of each one's (first) ObjectRef, in order; the failure reported is the one
+        the reference backend meets first (earliest stage in program order, then lowest
+        partition)."""
         if not tasks:
             return []
         ray = self.ray
+        others = {ref[0]: ref[1:] for _, ref in tasks if isinstance(ref, list)}  # first return -> the rest
+        tasks = [(spec, ref[0] if isinstance(ref, list) else ref) for spec, ref in tasks]
         refs = [ref for _, ref in tasks]
         start = time.perf_counter()
         if not isinstance(self.progress, NoProgress):  # watched: one task at a time (else the get waits)
@@ -526,11 +547,10 @@ class RayDriver(PlannedDriver):
         for spec, ref in tasks:
             try:
                 ray.get(ref)
-            except ray.exceptions.RayActorError as exc:
-                if spec.member is not None:
-                    raise _MemberLost(spec) from None
-                failures.append((spec, exc))
             except Exception as exc:
+                _fetch_errors(ray, others.get(ref, ()))
+                if isinstance(exc, ray.exceptions.RayActorError) and spec.member is not None:
+                    raise _MemberLost(spec) from None
                 failures.append((spec, exc))
         for _, exc in failures:
             if isinstance(getattr(exc, "cause", None), ActorLost):

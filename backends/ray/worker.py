@@ -60,6 +60,15 @@ def _short(body):
         raise exc.with_traceback(None) from None
 
 
+@lru_cache(maxsize=8)
+def _setup(packed: bytes) -> WorkerSetup:
+    """A task's :class:`WorkerSetup`, which the driver pickled once for all its tasks
+    (Ray pickling the dataclass again for every task cost the driver 50 to 100 us a
+    task, time it needs to keep two workers fed); unpickled once per worker. Every task
+    still applies it: another run's tasks in this process may have applied their own."""
+    return pickle.loads(packed)
+
+
 @lru_cache(maxsize=64)
 def _unpack(blob: bytes) -> s.Segment:
     """A worker unpickles each segment once: it is frozen, and functions must not change
@@ -67,20 +76,20 @@ def _unpack(blob: bytes) -> s.Segment:
     return pickle.loads(blob)
 
 
-def segment(setup: WorkerSetup, blob: bytes, partition: int, items, *bound):
+def segment(setup: bytes, blob: bytes, partition: int, items, *bound):
     """One partition of a segment (``blob``: pickled once by the driver; ``items``: the
     input partition, None when the head makes it). A split gives its buckets as the
     task's Ray returns, a shared scan its outputs."""
-    setup.apply()
+    _setup(setup).apply()
     seg = _unpack(blob)
     return _returns(seg, _short(lambda: interpret(seg, partition, items, _slots(bound))))
 
 
-def merge(setup: WorkerSetup, blob: bytes, index: int, sides: tuple, *bound):
+def merge(setup: bytes, blob: bytes, index: int, sides: tuple, *bound):
     """The reduce side of a shuffle: the driver passes output ``index`` of every split
     (a bucket, or a grouped merge's group of buckets) in the slots ``sides[side]`` (in
     source-partition order); see :func:`interpreter.run_merge`."""
-    setup.apply()
+    _setup(setup).apply()
     seg = _unpack(blob)
     records = [(side, i, bound[slot]) for side, slots in enumerate(sides) for i, slot in enumerate(slots)]
     return _returns(seg, _short(lambda: run_merge(seg, index, records, _slots(bound))), index)
@@ -95,22 +104,22 @@ def _returns(seg: s.Segment, out, index: int = 0):
     return out
 
 
-def finish(setup: WorkerSetup, step, *partials):
+def finish(setup: bytes, step, *partials):
     """A combine node of a reduction tree, a count's total or a top's final merge."""
-    setup.apply()
+    _setup(setup).apply()
     return _short(lambda: run_finisher(step, list(partials)))
 
 
-def source_call(setup: WorkerSetup, where: str, fn: s.Fn, args: list, kwargs: dict) -> list:
+def source_call(setup: bytes, where: str, fn: s.Fn, args: list, kwargs: dict) -> list:
     """All items of a callable source (called once, on a worker)."""
-    setup.apply()
+    _setup(setup).apply()
     try:
         return list(resolve(fn.module, fn.attr)(*args, **kwargs))
     except Exception as exc:
         raise failure(where, None, exc).with_traceback(None) from None
 
 
-def source_parts(setup: WorkerSetup, where: str, fn: s.Fn, args: list, kwargs: dict, k: int):
+def source_parts(setup: bytes, where: str, fn: s.Fn, args: list, kwargs: dict, k: int):
     """All items of a callable source as its ``k`` contiguous partitions, the task's ``k``
     Ray returns (one partition is the one return itself): the partitions the plan's
     ``take_part`` tasks would cut, with no task reading the whole list ``k`` times."""
@@ -119,15 +128,15 @@ def source_parts(setup: WorkerSetup, where: str, fn: s.Fn, args: list, kwargs: d
     return parts if k > 1 else parts[0]
 
 
-def take_part(setup: WorkerSetup, where: str, i: int, k: int, items: list) -> list:
+def take_part(setup: bytes, where: str, i: int, k: int, items: list) -> list:
     """Partition i of k contiguous blocks of ``items``."""
     a, b = semantics.partition_of(len(items), k, i)
     return list(items[a:b])
 
 
-def line_index(setup: WorkerSetup, where: str, path: str):
+def line_index(setup: bytes, where: str, path: str):
     """The text file's line index (see :func:`sources.line_index`)."""
-    setup.apply()
+    _setup(setup).apply()
     try:
         return sources.line_index(path)
     except OSError as exc:
