@@ -74,6 +74,20 @@ def engine_options(backend: str) -> dict[str, Any]:
     return _STARTED[backend]
 
 
+def joining_env(backend: str) -> dict[str, str]:
+    """Environment variables that make a ``pipec run`` subprocess join this session's
+    engine for ``backend`` (started if need be) instead of starting one of its own:
+    cheaper than a second engine beside the session's. Empty where a process cannot
+    join it (Spark's session lives in this process)."""
+    if backend == "dask":
+        return {"DASK_SCHEDULER_ADDRESS": engine_options(backend)["client"].scheduler.address}
+    if backend == "ray":
+        engine_options(backend)
+        import ray
+        return {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    return {}
+
+
 def on_shutdown(fn: Callable[[], None]) -> None:
     _STOPPERS.append(fn)
 

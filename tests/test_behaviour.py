@@ -22,7 +22,7 @@ import pytest
 from pipec import load
 from pipec.backends import backend_class
 from pipec.dsl.diagnostics import PipelineRuntimeError, UsageError
-from tests.engines import BACKENDS, engine_options
+from tests.engines import BACKENDS, engine_options, joining_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -257,10 +257,10 @@ def test_a_driver_killed_mid_run_resumes_to_the_clean_weights(backend, workdir):
     stopped_at = pickle.loads(record.read_bytes()).rounds
     assert 2 <= stopped_at < epochs and not (workdir / "out" / "weights.json").exists()
 
-    def resume():
+    def resume():  # on the session's engine where a process can join it, as a resume on a cluster would
         return subprocess.run([sys.executable, "-m", "pipec", "run", "examples/train.pipe", "--backend", backend,
-                               "--resume", str(run_dir), *params], cwd=workdir, env=env, capture_output=True,
-                              text=True, timeout=240)
+                               "--resume", str(run_dir), *params], cwd=workdir, env={**env, **joining_env(backend)},
+                              capture_output=True, text=True, timeout=240)
     resumed = resume()
     assert resumed.returncode == 0, resumed.stderr
     assert not [n for n in _NOISE if n in resumed.stdout + resumed.stderr], resumed.stderr

@@ -20,7 +20,7 @@ from pipec import load
 from pipec.dsl.diagnostics import PipelineRuntimeError, UsageError
 from pipec.backends import backend_class
 from pipec.backends.runtime import resume
-from tests.engines import BACKENDS, engine_options
+from tests.engines import BACKENDS, engine_options, joining_env
 
 # Every backend that declares the capability is held to a clean run.
 RESUMABLE = [b for b in BACKENDS if "resume" in backend_class(b).capabilities]
@@ -570,16 +570,6 @@ def slow_row(x, r):
 '''
 
 
-def _session_engine(backend: str) -> dict[str, str]:
-    """The environment that makes a ``pipec run`` subprocess join this test session's
-    engine for ``backend`` (Dask or Ray)."""
-    options = engine_options(backend)
-    if backend == "dask":
-        return {"DASK_SCHEDULER_ADDRESS": options["client"].scheduler.address}
-    import ray
-    return {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-
-
 @pytest.mark.parametrize("backend", [b for b in RESUMABLE if b in ("dask", "ray")])
 def test_a_driver_killed_among_round_datasets_resumes_to_every_dataset_once(backend, tmp_path):
     """The driver and the engine it started die together (SIGKILL to the process group and
@@ -632,7 +622,7 @@ def test_a_driver_killed_among_round_datasets_resumes_to_every_dataset_once(back
     before = {str(f.relative_to(out)): f.stat() for name in whole for f in (out / name).iterdir()}
     # The resume joins this session's engine, as a resume on a cluster would, rather
     # than starting a second one of its own (10 to 20 s of this test in CI).
-    resumed = subprocess.run(command + ["--resume", str(run_dir)], cwd=root, env={**env, **_session_engine(backend)},
+    resumed = subprocess.run(command + ["--resume", str(run_dir)], cwd=root, env={**env, **joining_env(backend)},
                              capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     for name, stat in before.items():  # committed before the kill: not written again
