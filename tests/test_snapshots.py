@@ -19,6 +19,7 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -197,6 +198,57 @@ def test_a_background_snapshot_holds_the_state_of_the_call_it_is_numbered_by(hos
     restored.obj.table += 1  # writable after a restore
     assert restored.applied == 2 and restored.obj.calls == [1, 2, 3]
     assert not glob.glob(str(tmp_path / "actors" / ".*.tmp"))
+
+
+@pytest.fixture
+def gated_module(tmp_path, monkeypatch):
+    """An actor whose state cannot be pickled until ``GATE`` opens: a capture in progress."""
+    (tmp_path / "snap_gated.py").write_text(
+        "import threading\n"
+        "GATE, PICKLING = threading.Event(), threading.Event()\n"
+        "class Gated:\n"
+        "    def __init__(self):\n"
+        "        self.calls = []\n"
+        "    def add(self, x):\n"
+        "        self.calls.append(x)\n"
+        "        return list(self.calls)\n"
+        "    def __getstate__(self):\n"
+        "        PICKLING.set()\n"
+        "        GATE.wait(10)\n"
+        "        return {'calls': list(self.calls)}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+    return importlib.import_module("snap_gated")
+
+
+@pytest.mark.parametrize("entry", ["call", "invoke", "obj"])
+def test_a_due_call_answers_before_its_capture_and_nothing_touches_the_state_until_it_is_over(
+        entry, gated_module, tmp_path):
+    """The call due for a snapshot answers while a thread of the host captures the state;
+    the next call, a call through a handle, or the object itself waits for the capture,
+    so the snapshot holds the state of its own call, never a later one."""
+    gated_module.GATE.clear()
+    gated_module.PICKLING.clear()
+    path = str(tmp_path / "g.snapshot")
+    host = ActorHost("snap_gated", "Gated", [], {}, 2, path)
+    host.call(0, "add", [1], {})
+    assert host.call(1, "add", [2], {}) == [1, 2]  # due: answered with its capture still blocked
+    assert gated_module.PICKLING.wait(10)
+    done = threading.Event()
+    seen = []
+    action = {"call": lambda: host.call(2, "add", [3], {}),
+              "invoke": lambda: host.invoke(("stage", (0,), 0, "b", 0), "add", (3,), {}),
+              "obj": lambda: host.obj.add(3)}[entry]
+    worker = threading.Thread(target=lambda: (seen.append(action()), done.set()))
+    worker.start()
+    assert not done.wait(0.3)  # waiting for the capture, not applied
+    assert host._obj.calls == [1, 2]
+    gated_module.GATE.set()
+    worker.join(10)
+    assert seen == [[1, 2, 3]]
+    host.close()
+    obj, applied = read_snapshot(path)[:2]
+    assert applied == 1 and obj.calls == [1, 2]
 
 
 def test_a_failed_background_write_is_raised_before_the_next_due_call_is_applied(counter_module, tmp_path):

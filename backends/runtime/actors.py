@@ -11,14 +11,17 @@ worker, Spark has none), so pipec closes the gap itself:
 * after a crash, a new host restores the snapshot and the driver replays its log: calls
   the snapshot already holds are skipped, the rest are applied once, in order.
 
-A periodic snapshot is written off the call's path: the host captures the state as of
-its call synchronously (pickled, with numpy's buffers out of band and copied into
-buffers it keeps, so the copy costs no page faults) and a thread of the host writes it
-while the actor goes on. Before it applies the next call that is due for a snapshot, the
-host waits for that write. So when the driver has the answer of due call ``n``, the
-snapshot of the due call before ``n`` is durable, and only that one may be named by a
-record or let the driver forget the calls it holds; the log keeps the calls after it
-(at most ``2 * checkpoint_every - 1``). A host killed mid-write leaves the previous
+A periodic snapshot is taken off the call's path: the call's answer leaves at once, and
+a thread of the host captures the state as of that call (pickled, with numpy's buffers
+out of band and copied into buffers it keeps, so the copy costs no page faults), then
+writes it. Nothing reads or changes the state meanwhile: every entry point of the host
+(the next call, a call through a handle, ``obj`` itself) first waits for the capture,
+which the next call's own work (the driver's round trip, a round's tasks) mostly hides.
+Before it applies the next call that is due for a snapshot, the host waits for the
+write. So when the driver has the answer of due call ``n``, the snapshot of the due call
+before ``n`` is durable, and only that one may be named by a record or let the driver
+forget the calls it holds; the log keeps the calls after it (at most
+``2 * checkpoint_every - 1``). A host killed mid-write leaves the previous
 snapshot whole (the write is atomic) and its temporary is removed by the next host.
 A snapshot writes only the chunks of big buffers that changed since the one before (see
 :mod:`pipec.backends.runtime.snapshots`, which holds the file format).
@@ -27,6 +30,7 @@ A snapshot writes only the chunks of big buffers that changed since the one befo
 from __future__ import annotations
 
 import pickle
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,20 +61,34 @@ class ActorHost:
         # same keys, and gets the recorded answers without applying them twice.
         self.keyed: dict[tuple, Any] = {}
         self._latest: dict[str, tuple] = {}  # stage -> the newest round that called it
-        self._writer: ThreadPoolExecutor | None = None  # writes snapshots off the call's path
+        self._writer: ThreadPoolExecutor | None = None  # captures and writes snapshots off the call's path
         self._writing: Future | None = None  # the snapshot being written, if any
+        self._capturing: threading.Event | None = None  # set once that snapshot's capture is over
         # writes each snapshot with only the chunks of big buffers changed since the last
         self._snapshots = SnapshotWriter(self.snapshot_path) if self.snapshot_path else None
         self._remove_partial_snapshots()
         state = self._stored_state()
         if state is not None:
-            self.obj, self.applied = state[0], state[1]
+            self._obj, self.applied = state[0], state[1]
             self.last_result = state[2] if len(state) > 2 else SKIPPED
             if len(state) > 3:
                 self.keyed, self._latest = state[3], state[4]
             self.restored = True
         else:
-            self.obj = resolve(module, cls)(*args, **kwargs)
+            self._obj = resolve(module, cls)(*args, **kwargs)
+
+    @property
+    def obj(self) -> Any:
+        """The actor object, once a snapshot being captured has its state."""
+        self._captured()
+        return self._obj
+
+    def _captured(self) -> None:
+        """Wait until the snapshot being captured, if any, holds the state: until then
+        nothing may read or change it (see the module's docstring)."""
+        capturing = self._capturing
+        if capturing is not None:
+            capturing.wait()
 
     def _remove_partial_snapshots(self) -> None:
         """A host killed while it saved left the temporary file of that save (on disk; an
@@ -103,12 +121,13 @@ class ActorHost:
         result of the last applied call when ``seq`` is that call). A call due for a
         snapshot first waits for the previous snapshot's write (raising its error, before
         anything is applied), then starts its own (see the module's docstring)."""
+        self._captured()
         if seq <= self.applied:
             return self.last_result if seq == self.applied else SKIPPED
         due = bool(self.checkpoint_every and self.snapshot_path is not None and (seq + 1) % self.checkpoint_every == 0)
         if due:
             self.flush()
-        result = getattr(self.obj, method)(*args, **kwargs)
+        result = getattr(self._obj, method)(*args, **kwargs)
         self.applied = seq
         self.last_result = result
         if due:
@@ -120,8 +139,9 @@ class ActorHost:
         ``(stage, round, partition, binding, position)``: a key seen before is answered
         from the table and not applied again. Keys of a stage's earlier rounds are dropped
         when a newer round calls (rounds run one after another, so those tasks are done)."""
+        self._captured()
         if key is None:
-            return getattr(self.obj, method)(*args, **kwargs)
+            return getattr(self._obj, method)(*args, **kwargs)
         if key in self.keyed:
             return self.keyed[key]
         stage, rounds = key[0], key[1]
@@ -130,7 +150,7 @@ class ActorHost:
             if latest is not None:
                 self.keyed = {k: v for k, v in self.keyed.items() if k[0] != stage or k[1] >= rounds}
             self._latest[stage] = rounds
-        result = getattr(self.obj, method)(*args, **kwargs)
+        result = getattr(self._obj, method)(*args, **kwargs)
         self.keyed[key] = result
         return result
 
@@ -140,13 +160,22 @@ class ActorHost:
         self.write(self.applied, self.capture())
 
     def save_in_background(self) -> None:
-        """A snapshot of the state now, captured before this returns and written by the
-        host's thread (:meth:`flush` waits for it)."""
+        """A snapshot of the state now, captured and then written by the host's thread:
+        this returns at once, and every entry point waits for the capture (see
+        :meth:`_captured`), :meth:`flush` for the write. An error of either is raised by
+        the next :meth:`flush`."""
         self.flush()
-        captured, seq = self.capture(), self.applied
         if self._writer is None:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipec-snapshot")
-        self._writing = self._writer.submit(self.write, seq, captured)
+        capturing = self._capturing = threading.Event()
+        self._writing = self._writer.submit(self._capture_and_write, self.applied, capturing)
+
+    def _capture_and_write(self, seq: int, capturing: threading.Event) -> None:
+        try:
+            captured = self.capture()
+        finally:
+            capturing.set()  # the state may change again (a failed capture left it as it was)
+        self.write(seq, captured)
 
     def flush(self) -> None:
         """Wait until the snapshot being written, if any, is durable; raises its error."""
@@ -164,10 +193,12 @@ class ActorHost:
         return self._snapshots.capture(self._snapshot_state())
 
     def _snapshot_state(self) -> tuple:
-        return self.obj, self.applied, self.last_result, self.keyed, self._latest
+        # ``_obj``, not ``obj``: a background capture reads it while every entry point waits
+        return self._obj, self.applied, self.last_result, self.keyed, self._latest
 
     def snapshot_bytes(self) -> bytes:
         """The state as of now as one self-contained snapshot file."""
+        self._captured()
         return b"".join(encode_state(self._snapshot_state()))
 
     def checkpoint(self) -> bool:
