@@ -277,6 +277,30 @@ def test_timeout_names_the_stage(write_pipe):
     assert time.monotonic() - start < 30
 
 
+def test_the_driver_fetches_no_partition_a_graph_keeps_in_the_object_store(write_pipe, monkeypatch):
+    """Partitions exported from a graph (read again every round) and those a graph's
+    tasks read stay in Ray's object store: the driver waits on each task's status
+    return, never fetching a partition, yet a failing partition is still its error."""
+    import ray
+    fetched: list = []
+    real_get = ray.get
+
+    def spying_get(refs, *args, **kwargs):
+        got = real_get(refs, *args, **kwargs)
+        fetched.extend(got if isinstance(refs, list) else [got])
+        return got
+    monkeypatch.setattr(ray, "get", spying_get)
+    body = ("source xs = range(4000) partitions 4\nstage ys = map m.inc over xs\nvar c = 0\n"
+            "repeat 3 {\n  c = reduce m.add over (map m.inc over ys)\n}\nsink out = c")
+    assert run(write_pipe, body).outputs == {"out": sum(range(2, 4002))}
+    assert fetched and not [v for v in fetched if isinstance(v, list) and len(v) > 1], \
+        [type(v).__name__ for v in fetched]
+    with pytest.raises(PipelineRuntimeError) as err:  # a partition's task fails: still its error, at its stage
+        run(write_pipe, "source xs = range(4) partitions 2\nstage ys = map m.boom over xs\n"
+                        "var c = 0\nrepeat 2 {\n  c = count(ys)\n}\nsink out = c")
+    assert "`ys`" in str(err.value) and "bad item 0" in str(err.value), str(err.value)
+
+
 def test_resources_the_runtime_lacks_are_refused_by_check_at_the_stage(write_pipe):
     """The session's runtime (one node, 2 CPUs, no GPU) is known before a run starts, as
     the embedded one is: `check` refuses, at the stage, and nothing runs."""

@@ -143,8 +143,17 @@ def line_index(setup: bytes, where: str, path: str):
         raise StageFailure(where, None, "plain", f"cannot read {path}: {exc.strerror or exc}") from None
 
 
+def with_status(body: str, outputs: int, *args):
+    """Task body ``body`` on ``args``, its ``outputs`` returns, then one more: None. The
+    driver fetches that one to learn the task ended (on failure every return holds the
+    error), while the others, partitions, stay in the object store for their readers."""
+    out = BODIES[body](*args)
+    return (*out, None) if outputs > 1 else (out, None)
+
+
 BODIES = {"segment": segment, "merge": merge, "finish": finish, "source_call": source_call,
-          "source_parts": source_parts, "take_part": take_part, "line_index": line_index}
+          "source_parts": source_parts, "take_part": take_part, "line_index": line_index,
+          "with_status": with_status}
 
 
 class Gap:
