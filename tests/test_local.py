@@ -229,6 +229,9 @@ def test_a_remembered_stable_hash_is_the_one_computed_afresh():
         assert semantics.stable_hash(key) == hashed
     assert Decimal(1) == 1 and semantics.stable_hash(Decimal(1)) != semantics.stable_hash(1)
     assert semantics.stable_hash("pipec") == PINNED_HASH == semantics.stable_hash("pipec")
+    long_key, huge = "k" * (semantics.HASHED_STR_UPTO + 1), 1 << 70  # hashed, not kept
+    assert semantics.stable_hash(long_key) == semantics.stable_hash(long_key) and long_key not in semantics._HASHED
+    assert semantics.stable_hash(huge) != semantics.stable_hash(huge + 1) and huge not in semantics._HASHED
 
 
 def test_combine_partials_order_is_fixed_by_index():

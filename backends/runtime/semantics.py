@@ -104,14 +104,17 @@ def _encode(x, out: list[bytes]) -> None:
 # hashes the same keys in every partition (about 1.5 us each), a lookup costs a tenth of
 # that. Only those two exact types: keys equal under ``==`` (1, 1.0, True, Decimal(1))
 # may encode differently, and an int never equals a str, so one dict serves both.
-# Bounded, so a shuffle over millions of distinct keys does not keep them all.
+# Bounded in count and in size (short strings only), so a shuffle over millions of
+# distinct keys, or over long ones, does not keep them all.
 _HASHED: dict = {}
 HASHED_UPTO = 1 << 16
+HASHED_STR_UPTO = 256
 
 
 def stable_hash(key) -> int:
     """A 64-bit hash of ``key`` that is the same in every process (unlike ``hash``)."""
-    cacheable = type(key) is int or type(key) is str
+    kind = type(key)
+    cacheable = kind is int and -(1 << 63) <= key < 1 << 64 or kind is str and len(key) <= HASHED_STR_UPTO
     if cacheable:
         found = _HASHED.get(key)
         if found is not None:
