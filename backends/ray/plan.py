@@ -22,8 +22,9 @@ from pipec.backends.physical.planner import PhysicalPlan, actor_answer_for_stage
 from pipec.backends.ray.engine import start_runtime, stop_runtime
 
 TASK_NOTE = ("each task is one Ray task named by its key (a split has one return per bucket, a shared "
-             "scan one per output, `key[name]` being name's; a merge reads bucket j of every split); what it "
-             "reads are ObjectRefs; pool tasks are calls of the member actor")
+             "scan one per output, `key[name]` being name's; a merge reads bucket j of every split; a task "
+             "giving partitions one more, its status, which the driver waits on while the partitions stay "
+             "in the object store); what it reads are ObjectRefs; pool tasks are calls of the member actor")
 
 
 def parts_returned_by_source(specs) -> dict[str, int]:
