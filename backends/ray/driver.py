@@ -384,10 +384,10 @@ class RayDriver(PlannedDriver):
                 out[spec.key] = whole[spec.args[1]] if isinstance(whole, list) else whole
                 continue
             args = self._merge_args(spec, out) if spec.body == "merge" else [self._resolve(a, out) for a in spec.args]
-            status = spec.key in parted or _gives_partitions(spec, args[0] if args else None)
-            if spec.body == "pool":
+            status = spec.body == "pool" or spec.key in parted or _gives_partitions(spec, args[0] if args else None)
+            if spec.body == "pool":  # a member's partition, then its status (see PoolMember.run)
                 step_, i, seq, m, member, base, *bound = args
-                ref = member.run.options(name=spec.key).remote(step_, i, seq, base, *bound)
+                ref = member.run.options(name=spec.key, num_returns=2).remote(step_, i, seq, base, *bound)
             elif spec.key in parted:  # the source's k parts as its k Ray returns, then a status
                 k = parted[spec.key]
                 remote = self._remote(spec, args, "source_parts", k, status=True)

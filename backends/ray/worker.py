@@ -288,11 +288,13 @@ class PoolMember:
         return self.each_calls.call(self.obj, seq, method, args, kwargs)
 
     def run(self, step: s.Elementwise, partition: int, seq: int, items: list, *values):
-        """One partition of a stage served by this member (calls arrive in ``seq`` order)."""
+        """One partition of a stage served by this member (calls arrive in ``seq`` order),
+        then None: a status the driver waits on while the partition stays in the object
+        store (as worker.with_status gives for tasks)."""
         if self.failed is not None:
             raise self.failed
         fn = getattr(self.obj, step.method)
-        return _short(lambda: run_elementwise(step, items, partition, _slots(values), fn))
+        return _short(lambda: run_elementwise(step, items, partition, _slots(values), fn)), None
 
 
 @lru_cache(maxsize=None)
