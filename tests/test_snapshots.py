@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipec import load
 from pipec.backends.runtime import storage
@@ -198,6 +200,26 @@ def test_a_background_snapshot_holds_the_state_of_the_call_it_is_numbered_by(hos
     restored.obj.table += 1  # writable after a restore
     assert restored.applied == 2 and restored.obj.calls == [1, 2, 3]
     assert not glob.glob(str(tmp_path / "actors" / ".*.tmp"))
+
+
+@settings(max_examples=15, deadline=None, derandomize=True, database=None)
+@given(st.integers(1, 3), st.integers(0, 9999), st.lists(st.tuples(st.integers(0, 3), st.integers(0, 2**20 - 1)),
+                                                          max_size=4))
+def test_the_chunks_copied_are_exactly_those_whose_bytes_differ(whole, tail, edits):
+    """The compare (libc's memcmp where there is one) finds a one-byte change anywhere,
+    the last, short chunk included, and nothing else; the copy is the live buffer after."""
+    from pipec.backends.runtime import snapshots
+    size = whole * snapshots.CHUNK + tail
+    live = bytearray(np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes())
+    copy = bytearray(live)
+    for chunk, offset in edits:
+        position = min(chunk * snapshots.CHUNK + offset, size - 1)
+        live[position] ^= 0xFF
+    expected = [i for i in range(-(-size // snapshots.CHUNK))
+                if live[i * snapshots.CHUNK:(i + 1) * snapshots.CHUNK] != copy[i * snapshots.CHUNK:(i + 1) * snapshots.CHUNK]]
+    assert snapshots._copy_changed(memoryview(bytes(live)), copy) == expected
+    assert copy == live
+    assert sys.platform == "win32" or snapshots._memcmp() is not None  # the C compare was the one used
 
 
 @pytest.fixture

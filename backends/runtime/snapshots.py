@@ -41,6 +41,7 @@ import pickle
 import struct
 import uuid
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from pipec.backends.runtime import storage
@@ -101,6 +102,22 @@ def capture(state: Any, kept: list, chunked: bool = True) -> Capture:
     return Capture(header, copies, dirty)
 
 
+@lru_cache(maxsize=1)
+def _memcmp():
+    """The C library's ``memcmp`` (through ctypes, which releases the GIL around it), or
+    None where the process's symbols do not hold it. It reads each byte once and stops at
+    the first difference, where numpy's compare also writes and reads a temporary array:
+    50 MB with a fifth changed, 2.0 ms against 2.9 (alone, on the 2-core machine)."""
+    try:
+        import ctypes
+        memcmp = ctypes.CDLL(None).memcmp
+    except (OSError, AttributeError, TypeError):  # pragma: no cover - no libc symbols (Windows)
+        return None
+    memcmp.restype = ctypes.c_int
+    memcmp.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+    return memcmp
+
+
 def _copy_changed(live: memoryview, copy: bytearray) -> list[int]:
     """Copy ``live`` into ``copy`` chunk by chunk, only where they differ; the indexes
     of the chunks copied. Comparing first costs about as much as copying (4.3 ms for
@@ -108,9 +125,15 @@ def _copy_changed(live: memoryview, copy: bytearray) -> list[int]:
     target = memoryview(copy)
     changed = []
     np = _numpy()
+    memcmp = _memcmp() if np is not None else None
+    if memcmp is not None:  # the buffers' addresses (the arrays keep both alive meanwhile)
+        arrays = np.frombuffer(live, np.uint8), np.frombuffer(copy, np.uint8)
+        base_live, base_copy = arrays[0].ctypes.data, arrays[1].ctypes.data
     for index, start in enumerate(range(0, len(live), CHUNK)):
         a, b = live[start:start + CHUNK], target[start:start + CHUNK]
-        if np is not None:
+        if memcmp is not None:
+            same = memcmp(base_live + start, base_copy + start, len(a)) == 0
+        elif np is not None:
             kind = np.uint64 if len(a) % 8 == 0 else np.uint8
             same = np.array_equal(np.frombuffer(a, kind), np.frombuffer(b, kind))
         else:
