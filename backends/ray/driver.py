@@ -553,7 +553,7 @@ class RayDriver(PlannedDriver):
         if not tasks:
             return []
         ray = self.ray
-        others = {ref[0]: ref[1:] for _, ref in tasks if isinstance(ref, list)}  # first return -> the rest
+        returns = [ref for _, ref in tasks]  # a task's ObjectRef, or its list of them
         tasks = [(spec, ref[0] if isinstance(ref, list) else ref) for spec, ref in tasks]
         refs = [ref for _, ref in tasks]
         start = time.perf_counter()
@@ -580,11 +580,11 @@ class RayDriver(PlannedDriver):
             return values
         failures = []
         order = {node: i for i, node in enumerate(self.ir)}
-        for spec, ref in tasks:
+        for (spec, ref), every in zip(tasks, returns):
             try:
                 ray.get(ref)
             except Exception as exc:
-                _fetch_errors(ray, others.get(ref, ()))
+                _fetch_errors(ray, every[1:] if isinstance(every, list) else ())
                 if isinstance(exc, ray.exceptions.RayActorError) and spec.member is not None:
                     raise _MemberLost(spec) from None
                 failures.append((spec, exc))

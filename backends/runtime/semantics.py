@@ -189,14 +189,20 @@ def shuffle_buckets(records: Iterable, k: int, what: str) -> dict[int, list]:
     only the buckets that get a record, by output index. Sparse because a wide shuffle
     of a combined partition fills few of its buckets (benchmarks/mapreduce.pipe at 1,024
     partitions: about 50 of 1,024), and making the empty ones cost more than the rest."""
+    return _bucketed(records, k, lambda record: _record_key(record, what))
+
+
+def _bucketed(items: Iterable, k: int, key: Callable | None = None) -> dict[int, list]:
+    """``items`` among k buckets by the stable hash of each one's key (``key(item)``, or
+    the item itself), in order: only the buckets that get one, by output index."""
     buckets: dict[int, list] = {}
-    for record in records:
-        index = key_partition(_record_key(record, what), k)
+    for item in items:
+        index = key_partition(item if key is None else key(item), k)
         bucket = buckets.get(index)
         if bucket is None:
-            buckets[index] = [record]
+            buckets[index] = [item]
         else:
-            bucket.append(record)
+            bucket.append(item)
     return buckets
 
 
@@ -370,15 +376,7 @@ def join_merge(left_parts: Sequence[Iterable], right_parts: Sequence[Iterable]) 
 def distinct_buckets(items: Iterable, k: int) -> dict[int, list]:
     """Bucket one partition's items among k outputs by their key hash, keeping their
     order: only the buckets that get an item, by output index (see :func:`shuffle_buckets`)."""
-    buckets: dict[int, list] = {}
-    for item in items:
-        index = key_partition(item, k)
-        bucket = buckets.get(index)
-        if bucket is None:
-            buckets[index] = [item]
-        else:
-            bucket.append(item)
-    return buckets
+    return _bucketed(items, k)
 
 
 def distinct_split(items: Iterable, k: int) -> list[list]:
